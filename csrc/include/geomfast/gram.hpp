@@ -1,0 +1,66 @@
+// Streaming Gram accumulation: count, shift, Σ(x - shift) and Σ(x - shift)(x - shift)ᵀ in
+// float64, whatever the number of rows. Memory is O(dim²).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "geomfast/eig.hpp"
+#include "geomfast/tensor.hpp"
+
+namespace geomfast {
+
+// highest: float64 arithmetic on exactly up-cast values.
+// fast: float32 products over blocks of rows (tensor cores on the GPU), flushed into float64.
+enum class Precision : int { kHighest = 0, kFast = 1 };
+
+// The state on the host. With y = x - shift over all rows seen:
+//   count = n, sum = Σ y  [dim], gram = Σ y yᵀ  [dim, dim] row-major, full and symmetric.
+// The shift is fixed at the first update (that chunk's column means), so activations with
+// large means (LLM outlier dimensions) keep their small eigenvalues.
+struct GramState {
+  int64_t dim = 0;
+  int64_t count = 0;
+  std::vector<double> shift;  // [dim]
+  std::vector<double> sum;    // [dim]
+  std::vector<double> gram;   // [dim, dim]
+};
+
+// Returns s re-expressed around new_shift [dim]: exact algebra, O(dim²).
+GramState reshift_state(const GramState& s, const double* new_shift);
+// into += other (re-shifting other onto into's shift; an empty `into` takes other's).
+void add_state_into(GramState& into, const GramState& other);
+// Covariance (G - n m mᵀ) / (n - ddof), m = sum / n, written to out [dim, dim] row-major.
+void covariance_from_state(const GramState& s, int64_t ddof, double* out);
+
+class GramBackend {
+ public:
+  virtual ~GramBackend() = default;
+  virtual int64_t dim() const = 0;
+  virtual Device device() const = 0;
+  virtual Precision precision() const = 0;
+  virtual int64_t count() const = 0;
+  // x: [n, dim] on this backend's device (any strides). Checks every value first: NaN/Inf
+  // throw NonFiniteError (how many, first bad row) and leave the state unchanged.
+  virtual void update(const MatrixView& x) = 0;
+  virtual GramState state() const = 0;               // a host copy
+  virtual void set_state(const GramState& s) = 0;    // replaces the state
+  virtual void add_state(const GramState& s) = 0;    // merge (any shift)
+  virtual void reset() = 0;
+  // Covariance [dim, dim] row-major into host memory `out`.
+  virtual void covariance(int64_t ddof, double* out) const = 0;
+  // Descending eigenvalues of the covariance, solved on this backend's device.
+  virtual std::vector<double> spectrum(int64_t ddof, const EigOptions& opt) const = 0;
+};
+
+// Tunables of the CPU backend (exposed for benchmarks; defaults are measured choices).
+struct GramTuning {
+  int64_t block_rows = 512;       // rows converted and multiplied at a time
+  int64_t fast_flush_rows = 512;  // fast: rows accumulated in float32 before a float64 flush
+};
+GramTuning& gram_tuning();
+
+std::unique_ptr<GramBackend> make_gram_backend(int64_t dim, Device device, Precision precision);
+std::unique_ptr<GramBackend> make_cpu_gram(int64_t dim, Precision precision);
+
+}  // namespace geomfast
