@@ -3,6 +3,7 @@
 // build tests the same algorithm the GPU runs.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "geomfast/tensor.hpp"
