@@ -1,0 +1,510 @@
+"""The results store: an embedded SQLite database (WAL) holding one row per
+model × checkpoint (revision) × layer × pooling × options, plus the spectra behind it.
+
+Why SQLite: a single file, no server, transactions that survive a SIGKILL (a committed
+transaction is in the write-ahead log before ``commit`` returns), readers that do not block
+the writer (WAL), and a UNIQUE constraint that makes "nothing is duplicated" a property of
+the schema rather than of the code that writes it.
+
+Layout (schema version 1)
+-------------------------
+- ``meta(key, value)``: ``schema_version``, ``created_by``.
+- ``runs``: one row per ``geomfast trace`` invocation (command line, options as JSON,
+  options hash, start/finish times, status).
+- ``results``: one row per (model, revision, layer, pooling, options_hash), UNIQUE. Columns:
+  checkpoint identity (model, revision, source, hub_revision, step, tokens, ord), layer,
+  pooling, n, dim, every metric of :func:`geomfast.metrics.geometry`, warnings (JSON list),
+  options (JSON), timings (load_s, extract_s, metrics_s), status ``'ok'``/``'error'`` and
+  error text.
+- ``spectra(result_id, kind, length, data)``: ``kind`` is ``'covariance'`` (covariance
+  eigenvalues, descending) or ``'singular'`` (singular values of the raw, uncentered matrix,
+  descending); ``data`` is float64 little-endian bytes (never pickle).
+
+The covariance eigenvalues and singular values are everything the metrics need, so every
+metric can be recomputed under any convention from the store alone: see
+:func:`recompute_metrics`.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import sqlite3
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "METRIC_COLUMNS",
+    "EXPORT_COLUMNS",
+    "ResultStore",
+    "options_hash",
+    "encode_spectrum",
+    "decode_spectrum",
+    "recompute_metrics",
+    "export",
+]
+
+SCHEMA_VERSION = 1
+
+# Every float metric of geometry(), in the order they are stored and exported.
+METRIC_COLUMNS: tuple[str, ...] = (
+    "rankme",
+    "rankme_garrido2023",
+    "rankme_full",
+    "alpha",
+    "alpha_r2",
+    "alpha_r2_100",
+    "participation_ratio",
+    "stable_rank",
+    "spectral_entropy",
+    "effective_rank_roy",
+    "condition_number",
+)
+
+EXPORT_COLUMNS: tuple[str, ...] = (
+    "model", "revision", "step", "tokens", "layer", "pooling", "n", "dim",
+    *METRIC_COLUMNS,
+    "status", "error", "warnings", "options_hash", "load_s", "extract_s", "metrics_s",
+    "source", "hub_revision", "ord", "run_id", "created_at",
+)
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    command      TEXT,
+    options      TEXT NOT NULL,
+    options_hash TEXT NOT NULL,
+    version      TEXT,
+    host         TEXT,
+    started_at   REAL NOT NULL,
+    finished_at  REAL,
+    status       TEXT NOT NULL DEFAULT 'running'
+);
+CREATE TABLE IF NOT EXISTS results (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id       INTEGER REFERENCES runs(id),
+    model        TEXT NOT NULL,
+    revision     TEXT NOT NULL,
+    source       TEXT,
+    hub_revision TEXT,
+    step         INTEGER,
+    tokens       INTEGER,
+    ord          INTEGER,
+    layer        TEXT NOT NULL,
+    pooling      TEXT NOT NULL,
+    options_hash TEXT NOT NULL,
+    options      TEXT,
+    status       TEXT NOT NULL CHECK (status IN ('ok', 'error')),
+    error        TEXT,
+    n            INTEGER,
+    dim          INTEGER,
+    {", ".join(f"{c} REAL" for c in METRIC_COLUMNS)},
+    warnings     TEXT,
+    load_s       REAL,
+    extract_s    REAL,
+    metrics_s    REAL,
+    created_at   REAL NOT NULL,
+    UNIQUE (model, revision, layer, pooling, options_hash)
+);
+CREATE INDEX IF NOT EXISTS results_by_step ON results (model, options_hash, step);
+CREATE TABLE IF NOT EXISTS spectra (
+    result_id INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
+    kind      TEXT NOT NULL,
+    length    INTEGER NOT NULL,
+    data      BLOB NOT NULL,
+    PRIMARY KEY (result_id, kind)
+);
+"""
+
+
+def options_hash(options: Mapping[str, Any]) -> str:
+    """A short stable hash of the options that change results (dataset, sample count, seed,
+    lengths, dtype, precision, preset, metric options …). Two runs with the same hash produce
+    comparable rows; a different hash never counts as done."""
+    blob = json.dumps(dict(options), sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def encode_spectrum(values) -> bytes:
+    """1-D array -> float64 little-endian bytes."""
+    arr = np.ascontiguousarray(np.asarray(values, dtype=np.float64).ravel(), dtype="<f8")
+    return arr.tobytes()
+
+
+def decode_spectrum(blob: bytes) -> np.ndarray:
+    """float64 little-endian bytes -> 1-D float64 numpy array (a writable copy)."""
+    return np.frombuffer(blob, dtype="<f8").astype(np.float64, copy=True)
+
+
+def _float_or_none(v) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else (None if np.isnan(f) else f)
+
+
+class ResultStore:
+    """One SQLite results database.
+
+    ``ResultStore(path)`` creates the file and schema if needed. The connection runs in
+    autocommit mode; every write goes through an explicit ``BEGIN IMMEDIATE … COMMIT``
+    so a result row and its spectra land together or not at all.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, timeout: float = 60.0, readonly: bool = False):
+        self.path = os.fspath(path)
+        if readonly:
+            if not os.path.exists(self.path):
+                raise FileNotFoundError(f"[ResultStore] no results database at {self.path!r}")
+            uri = "file:" + os.path.abspath(self.path) + "?mode=ro"
+            self.conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None,
+                                        check_same_thread=False)
+        else:
+            parent = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(parent, exist_ok=True)
+            self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
+                                        check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        self.conn.execute("PRAGMA foreign_keys = ON")
+        if not readonly:
+            mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":  # e.g. a filesystem without shared memory
+                print(f"[ResultStore] warning: journal_mode is {mode!r}, not WAL", file=sys.stderr)
+            # FULL: a committed transaction is on disk, not only in the OS cache.
+            self.conn.execute("PRAGMA synchronous = FULL")
+            self._create_schema()
+        self._check_schema()
+
+    # -- schema ---------------------------------------------------------------------------
+    def _create_schema(self) -> None:
+        # executescript commits implicitly; run each statement inside one transaction.
+        statements = [s.strip() for s in _SCHEMA.split(";") if s.strip()]
+        with self.transaction():
+            for s in statements:
+                self.conn.execute(s)
+            row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                self.conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)",
+                                  (str(SCHEMA_VERSION),))
+                self.conn.execute("INSERT INTO meta(key, value) VALUES ('created_at', ?)",
+                                  (str(time.time()),))
+
+    def _check_schema(self) -> None:
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise ValueError(f"[ResultStore] {self.path!r} is not a geomfast results database: {e}") from e
+        if row is None:
+            raise ValueError(f"[ResultStore] {self.path!r} has no schema_version")
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise ValueError(
+                f"[ResultStore] {self.path!r} has schema version {version}; this geomfast reads "
+                f"up to {SCHEMA_VERSION} — upgrade geomfast")
+        self.schema_version = version
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on any exception)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- runs -----------------------------------------------------------------------------
+    def start_run(self, options: Mapping[str, Any], command: str | Sequence[str] | None = None) -> int:
+        from . import _version
+
+        if command is not None and not isinstance(command, str):
+            command = " ".join(str(c) for c in command)
+        with self.transaction():
+            cur = self.conn.execute(
+                "INSERT INTO runs(command, options, options_hash, version, host, started_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (command, json.dumps(dict(options), sort_keys=True, default=str),
+                 options_hash(options), _version.__version__, os.uname().nodename, time.time()))
+            return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int, status: str = "finished") -> None:
+        with self.transaction():
+            self.conn.execute("UPDATE runs SET finished_at=?, status=? WHERE id=?",
+                              (time.time(), status, run_id))
+
+    def runs(self) -> list[dict]:
+        return [dict(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY id")]
+
+    # -- writing results ------------------------------------------------------------------
+    def write_result(
+        self,
+        checkpoint,
+        layer: str,
+        pooling: str,
+        *,
+        options: Mapping[str, Any],
+        metrics: Mapping[str, Any] | None = None,
+        spectra: Mapping[str, Any] | None = None,
+        status: str = "ok",
+        error: str | None = None,
+        timings: Mapping[str, float] | None = None,
+        run_id: int | None = None,
+        replace: bool = False,
+    ) -> bool:
+        """Write one (checkpoint, layer, pooling) result and its spectra in one transaction.
+
+        ``checkpoint`` is a :class:`geomfast.checkpoints.Checkpoint` (or any object / mapping
+        with model, revision, source, hub_revision, step, tokens, order). ``spectra`` maps a
+        kind (``'covariance'``, ``'singular'``) to a 1-D array.
+
+        An ``'ok'`` row is never overwritten unless ``replace``: writing the same key twice
+        keeps the first and returns False. An ``'error'`` row is replaced by whatever comes
+        next (a retry that succeeds). Returns True when a row was written.
+        """
+        if status not in ("ok", "error"):
+            raise ValueError(f"[write_result] status must be 'ok' or 'error', got {status!r}")
+        ck = _checkpoint_fields(checkpoint)
+        h = options_hash(options)
+        metrics = dict(metrics or {})
+        timings = dict(timings or {})
+        warnings = metrics.get("warnings")
+        values = {
+            "run_id": run_id,
+            **ck,
+            "layer": str(layer),
+            "pooling": str(pooling),
+            "options_hash": h,
+            "options": json.dumps(dict(options), sort_keys=True, default=str),
+            "status": status,
+            "error": error,
+            "n": _int_or_none(metrics.get("n")),
+            "dim": _int_or_none(metrics.get("dim")),
+            **{c: _float_or_none(metrics.get(c)) for c in METRIC_COLUMNS},
+            "warnings": json.dumps(list(warnings)) if warnings else None,
+            "load_s": _float_or_none(timings.get("load_s")),
+            "extract_s": _float_or_none(timings.get("extract_s")),
+            "metrics_s": _float_or_none(timings.get("metrics_s")),
+            "created_at": time.time(),
+        }
+        cols = list(values)
+        key = (values["model"], values["revision"], values["layer"], values["pooling"], h)
+        with self.transaction():
+            old = self.conn.execute(
+                "SELECT id, status FROM results WHERE model=? AND revision=? AND layer=? "
+                "AND pooling=? AND options_hash=?", key).fetchone()
+            if old is not None:
+                if old["status"] == "ok" and not replace:
+                    return False
+                self.conn.execute("DELETE FROM spectra WHERE result_id=?", (old["id"],))
+                self.conn.execute("DELETE FROM results WHERE id=?", (old["id"],))
+            cur = self.conn.execute(
+                f"INSERT INTO results({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                [values[c] for c in cols])
+            rid = int(cur.lastrowid)
+            for kind, arr in (spectra or {}).items():
+                if arr is None:
+                    continue
+                blob = encode_spectrum(arr)
+                self.conn.execute(
+                    "INSERT INTO spectra(result_id, kind, length, data) VALUES (?, ?, ?, ?)",
+                    (rid, kind, len(blob) // 8, sqlite3.Binary(blob)))
+            if status == "ok":
+                # A success supersedes checkpoint-level error rows left by earlier attempts.
+                self.conn.execute(
+                    "DELETE FROM results WHERE model=? AND revision=? AND options_hash=? "
+                    "AND status='error' AND layer LIKE '*%'", (key[0], key[1], h))
+        return True
+
+    def write_error(self, checkpoint, *, options: Mapping[str, Any], error: str,
+                    layers: Iterable[str] = ("*",), poolings: Iterable[str] = ("*",),
+                    run_id: int | None = None, timings: Mapping[str, float] | None = None) -> None:
+        """Record a failure. When it happened before layer names were known (the model did not
+        load), the row's layer is ``'*'`` (or ``'*<spec>'``); such rows are cleared by the
+        checkpoint's first success. Existing ``'ok'`` rows are kept."""
+        for layer in layers:
+            for pooling in poolings:
+                self.write_result(checkpoint, layer, pooling, options=options, status="error",
+                                  error=error, run_id=run_id, timings=timings)
+
+    # -- reading --------------------------------------------------------------------------
+    def done_keys(self, options_hash: str | None = None, *, model: str | None = None
+                  ) -> set[tuple[str, str, str, str]]:
+        """The (model, revision, layer, pooling) keys with status 'ok' (for the given options
+        hash, if any). Error rows are not done: a re-run retries them."""
+        q = "SELECT model, revision, layer, pooling FROM results WHERE status='ok'"
+        args: list = []
+        if options_hash is not None:
+            q += " AND options_hash=?"
+            args.append(options_hash)
+        if model is not None:
+            q += " AND model=?"
+            args.append(model)
+        return {tuple(r) for r in self.conn.execute(q, args)}
+
+    def rows(self, *, status: str | None = None, model: str | None = None,
+             options_hash: str | None = None, order: str = "model, ord, step, revision, layer, pooling"
+             ) -> list[dict]:
+        q = "SELECT * FROM results"
+        conds, args = [], []
+        for col, val in (("status", status), ("model", model), ("options_hash", options_hash)):
+            if val is not None:
+                conds.append(f"{col}=?")
+                args.append(val)
+        if conds:
+            q += " WHERE " + " AND ".join(conds)
+        q += f" ORDER BY {order}"
+        return [dict(r) for r in self.conn.execute(q, args)]
+
+    def spectrum(self, result_id: int, kind: str = "covariance") -> np.ndarray | None:
+        row = self.conn.execute("SELECT data FROM spectra WHERE result_id=? AND kind=?",
+                                (result_id, kind)).fetchone()
+        return None if row is None else decode_spectrum(row[0])
+
+    def spectra(self, kind: str = "covariance", *, status: str = "ok") -> Iterator[tuple[dict, np.ndarray]]:
+        """Yield (result row, spectrum) for every result that has a spectrum of this kind."""
+        q = ("SELECT r.*, s.data AS _data FROM results r JOIN spectra s ON s.result_id = r.id "
+             "WHERE s.kind=? AND r.status=? ORDER BY r.model, r.ord, r.step, r.layer, r.pooling")
+        for r in self.conn.execute(q, (kind, status)):
+            d = dict(r)
+            blob = d.pop("_data")
+            yield d, decode_spectrum(blob)
+
+    def count(self, status: str | None = None) -> int:
+        if status is None:
+            return int(self.conn.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+        return int(self.conn.execute("SELECT COUNT(*) FROM results WHERE status=?",
+                                     (status,)).fetchone()[0])
+
+
+def _int_or_none(v) -> int | None:
+    return None if v is None else int(v)
+
+
+def _checkpoint_fields(ck) -> dict:
+    get = (ck.get if isinstance(ck, Mapping) else lambda k, d=None: getattr(ck, k, d))
+    model = get("model")
+    revision = get("revision")
+    if model is None or revision is None:
+        raise ValueError(f"[write_result] checkpoint needs model and revision, got {ck!r}")
+    order = get("order", None)
+    if order is None:
+        order = get("ord", None)
+    return {
+        "model": str(model),
+        "revision": str(revision),
+        "source": None if get("source") is None else str(get("source")),
+        "hub_revision": None if get("hub_revision") is None else str(get("hub_revision")),
+        "step": _int_or_none(get("step")),
+        "tokens": _int_or_none(get("tokens")),
+        "ord": _int_or_none(order),
+    }
+
+
+# -- recompute and export ---------------------------------------------------------------------
+
+def recompute_metrics(
+    db: "str | os.PathLike | ResultStore",
+    *,
+    convention: str = "li2025",
+    fit_range: tuple[int, int] = (11, 100),
+    eps: float = 1e-7,
+) -> list[dict]:
+    """Recompute RankMe (under ``convention``) and α-ReQ (over ``fit_range``) from the stored
+    spectra, without running any model. Returns one dict per ok result with the identity
+    columns plus ``rankme``, ``alpha``, ``alpha_r2``, ``alpha_r2_100``, ``convention`` and
+    ``fit_range``.
+
+    ``convention``: ``'li2025'`` and ``'full'`` use the covariance eigenvalues, ``'garrido2023'``
+    the singular values of the raw matrix (both are stored).
+    """
+    from . import metrics as M
+
+    store = db if isinstance(db, ResultStore) else ResultStore(db, readonly=True)
+    try:
+        singular = {row["id"]: sv for row, sv in store.spectra("singular")}
+        out = []
+        for row, spec in store.spectra("covariance"):
+            if convention == "garrido2023":
+                sv = singular.get(row["id"])
+                rm = float(M.rankme(sv, convention="garrido2023", eps=eps)) if sv is not None else None
+            else:
+                rm = float(M.rankme(spec, convention=convention, eps=eps))
+            fit = M.alpha_req(spec, fit_range=tuple(fit_range))
+            out.append({
+                **{k: row[k] for k in ("id", "model", "revision", "step", "tokens", "layer",
+                                       "pooling", "n", "dim", "options_hash")},
+                "convention": convention,
+                "fit_range": tuple(fit_range),
+                "rankme": rm,
+                "alpha": float(fit.alpha),
+                "alpha_r2": None if fit.r2 is None else float(fit.r2),
+                "alpha_r2_100": None if fit.r2_100 is None else float(fit.r2_100),
+            })
+        return out
+    finally:
+        if not isinstance(db, ResultStore):
+            store.close()
+
+
+def export(db: "str | os.PathLike | ResultStore", path: str | os.PathLike, *,
+           format: str | None = None, include_errors: bool = True) -> int:
+    """Write every result row (not the spectra) to ``path`` as CSV or Parquet (pyarrow).
+    Returns the number of rows written. ``format`` defaults to the file extension."""
+    path = os.fspath(path)
+    if format is None:
+        format = "parquet" if path.endswith((".parquet", ".pq")) else "csv"
+    format = format.lower()
+    if format not in ("csv", "parquet"):
+        raise ValueError(f"[export] format must be 'csv' or 'parquet', got {format!r}")
+    store = db if isinstance(db, ResultStore) else ResultStore(db, readonly=True)
+    try:
+        rows = store.rows(status=None if include_errors else "ok")
+    finally:
+        if not isinstance(db, ResultStore):
+            store.close()
+    cols = list(EXPORT_COLUMNS)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    if format == "csv":
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(cols)
+            for r in rows:
+                w.writerow(["" if r.get(c) is None else r.get(c) for c in cols])
+    else:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("[export] parquet needs pyarrow: pip install 'geomfast[parquet]'") from e
+        types = {c: pa.float64() for c in (*METRIC_COLUMNS, "load_s", "extract_s", "metrics_s", "created_at")}
+        types.update({c: pa.int64() for c in ("step", "tokens", "n", "dim", "ord", "run_id")})
+        schema = pa.schema([(c, types.get(c, pa.string())) for c in cols])
+        table = pa.table({c: [r.get(c) for r in rows] for c in cols}, schema=schema)
+        pq.write_table(table, path)
+    return len(rows)
