@@ -1,0 +1,677 @@
+"""Spectral geometry metrics: RankMe, alpha-ReQ and friends.
+
+Every measure is defined on a 1-D spectrum (plain numpy, float64). Functions that also take
+activations accept a 2-D array ``[n, d]`` (numpy / torch / cupy, rows are samples) or a
+``GramAccumulator`` and obtain the spectrum through the core API (``geomfast.linalg``).
+The formulas follow docs ``METRICS.md``; the conventions are named after the tool a user came
+from (``li2025`` = Li et al. 2025, ``garrido2023`` = Garrido et al. 2023).
+
+Treatment of numerical noise in spectra (one rule for every function here):
+
+* A covariance spectrum is mathematically >= 0, but eigensolvers return tiny negative values
+  for (near-)zero eigenvalues. Every measure uses magnitudes ``|lambda|`` -- this is what the
+  papers' own formulas do (``sum_j |s_j|`` in RankMe, ``log|lambda|`` in alpha-ReQ). Negative
+  values larger than ``1e-6 * max|lambda|`` are not plausible rounding noise; they are still
+  used as ``|lambda|`` but a :class:`SpectrumWarning` says so.
+* Exact zeros cannot enter a logarithm: alpha-ReQ drops them from the fit and the R^2 ranges
+  (ranks of the remaining values are kept) and warns; entropies use ``0 log 0 = 0``.
+* A spectrum on which a measure is undefined (all zeros, too few positive values for a fit)
+  raises :class:`DegenerateSpectrumError` (a ``ValueError``) naming the function. ``geometry``
+  catches it per measure, stores ``nan`` for that key and explains it in ``"warnings"``.
+  No function returns NaN without a warning saying why.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "AlphaReqResult",
+    "DegenerateSpectrumError",
+    "SpectrumWarning",
+    "rankme",
+    "alpha_req",
+    "geometry",
+    "participation_ratio",
+    "stable_rank",
+    "spectral_entropy",
+    "effective_rank",
+    "condition_number",
+    "RANKME_CONVENTIONS",
+    "LI2025_MAX_COMPONENTS",
+    "GEOMETRY_KEYS",
+]
+
+RANKME_CONVENTIONS = ("li2025", "garrido2023", "full")
+# sklearn PCA(n_components=min(2048, n, d)) in Li et al. (2025).
+LI2025_MAX_COMPONENTS = 2048
+# Negative eigenvalues below this fraction of max|lambda| are taken as rounding noise silently.
+_NEGATIVE_NOISE_RTOL = 1e-6
+
+
+class SpectrumWarning(RuntimeWarning):
+    """A metric was computed, but the spectrum or the settings deserve a look (see message)."""
+
+
+class DegenerateSpectrumError(ValueError):
+    """The measure is undefined on this spectrum (e.g. all zeros, too few positive values)."""
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _fmt_value(v) -> str:
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def _to_numpy(x):
+    """Exact float64 numpy view of numpy / torch (incl. bfloat16) / cupy / list input."""
+    if hasattr(x, "detach"):  # torch.Tensor, without importing torch
+        x = x.detach().cpu()
+        if str(x.dtype) in ("torch.bfloat16", "torch.float16"):
+            x = x.float()
+        x = x.numpy()
+    elif hasattr(x, "get") and type(x).__module__.startswith("cupy"):
+        x = x.get()
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"expected a real numeric array, got dtype {arr.dtype}")
+    return arr.astype(np.float64, copy=False)
+
+
+def _as_spectrum(fn: str, arg: str, s) -> np.ndarray:
+    """Validate a 1-D spectrum: [m] real, finite, non-empty -> float64 copy."""
+    try:
+        arr = _to_numpy(s)
+    except TypeError as e:
+        raise TypeError(f"[{fn}] {arg} must be a 1-D real array, {e}") from None
+    if arr.ndim != 1:
+        raise ValueError(f"[{fn}] {arg} must be a 1-D spectrum, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"[{fn}] {arg} must be non-empty, got shape {arr.shape}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"[{fn}] {arg} must be finite, got {int(bad.sum())} non-finite value(s) "
+            f"(first at index {first}: {arr[first]})"
+        )
+    return np.array(arr, dtype=np.float64, copy=True)
+
+
+def _magnitudes(fn: str, arg: str, s: np.ndarray, notes: list[str]) -> np.ndarray:
+    """|s| sorted descending; notes a warning for implausibly large negative values."""
+    lo = float(s.min())
+    if lo < 0.0:
+        scale = float(np.abs(s).max())
+        if -lo > _NEGATIVE_NOISE_RTOL * scale:
+            notes.append(
+                f"[{fn}] {arg} has negative values down to {lo:.3e} "
+                f"({-lo / scale:.1e} of max|value|), larger than rounding noise; "
+                f"using |value| as the formula's |lambda| does"
+            )
+    return np.sort(np.abs(s))[::-1]
+
+
+def _check_eps(fn: str, eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
+        raise TypeError(f"[{fn}] eps must be a float >= 0, got {type(eps).__name__}")
+    eps = float(eps)
+    if not (math.isfinite(eps) and eps >= 0.0):
+        raise ValueError(f"[{fn}] eps must be a finite float >= 0, got {eps}")
+    return eps
+
+
+def _check_convention(fn: str, convention) -> str:
+    if convention not in RANKME_CONVENTIONS:
+        allowed = ", ".join(repr(c) for c in RANKME_CONVENTIONS)
+        raise ValueError(
+            f"[{fn}] convention must be one of {allowed}, got {_fmt_value(convention)}"
+        )
+    return convention
+
+
+def _check_fit_range(fn: str, fit_range) -> tuple[int, int]:
+    try:
+        lo, hi = fit_range
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"[{fn}] fit_range must be a pair (start, stop) of 0-based indices, got {fit_range!r}"
+        ) from None
+    for v in (lo, hi):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(
+                f"[{fn}] fit_range must hold integers, got {fit_range!r}"
+            )
+    lo, hi = int(lo), int(hi)
+    if lo < 0 or hi - lo < 2:
+        raise ValueError(
+            f"[{fn}] fit_range must satisfy 0 <= start and stop - start >= 2 "
+            f"(0-based, stop exclusive), got ({lo}, {hi})"
+        )
+    return lo, hi
+
+
+def _emit(notes: list[str], stacklevel: int = 3) -> None:
+    for msg in notes:
+        warnings.warn(msg, SpectrumWarning, stacklevel=stacklevel)
+
+
+def _is_accumulator(x) -> bool:
+    return all(hasattr(x, a) for a in ("spectrum", "singular_values", "count", "dim")) and not (
+        hasattr(x, "shape")
+    )
+
+
+def _activation_shape(fn: str, arg: str, x) -> tuple[int, int]:
+    """(n, d) of activations or an accumulator; raises for anything else."""
+    if _is_accumulator(x):
+        return int(x.count), int(x.dim)
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        shape = np.shape(x)
+    shape = tuple(int(v) for v in shape)
+    if len(shape) != 2:
+        raise ValueError(
+            f"[{fn}] {arg} must be 2-D activations [n, d] or a GramAccumulator, got shape {shape}"
+        )
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"[{fn}] {arg} must be non-empty, got shape {shape}")
+    return shape
+
+
+def _input_ndim(x) -> int:
+    if _is_accumulator(x):
+        return 2
+    nd = getattr(x, "ndim", None)
+    return int(nd) if nd is not None else int(np.ndim(x))
+
+
+def _covariance_spectrum(fn: str, x, n: int, *, method="full", k=None) -> np.ndarray:
+    if n < 2:
+        raise ValueError(
+            f"[{fn}] a covariance spectrum (ddof=1) needs at least 2 rows, got {n}"
+        )
+    from .linalg import spectrum
+
+    return np.asarray(spectrum(x, ddof=1, method=method, k=k), dtype=np.float64)
+
+
+def _raw_singular_values(x) -> np.ndarray:
+    from .linalg import singular_values
+
+    return np.asarray(singular_values(x), dtype=np.float64)
+
+
+def _li2025_count(n: int, d: int) -> int:
+    return min(LI2025_MAX_COMPONENTS, n, d)
+
+
+def _xlogx(p: np.ndarray) -> np.ndarray:
+    """p log p with 0 log 0 = 0."""
+    out = np.zeros_like(p)
+    pos = p > 0
+    out[pos] = p[pos] * np.log(p[pos])
+    return out
+
+
+# ----------------------------------------------------------------------------- RankMe
+
+
+def _rankme_core(fn: str, mags: np.ndarray, eps: float) -> float:
+    """RankMe of descending magnitudes (already truncated as the convention wants)."""
+    total = float(mags.sum())
+    if total == 0.0:
+        raise DegenerateSpectrumError(
+            f"[{fn}] spectrum is all zeros ({mags.size} values); RankMe is undefined"
+        )
+    p = mags / total + eps
+    return float(np.exp(-_xlogx(p).sum()))
+
+
+def rankme(x_or_spectrum, *, convention: str = "li2025", eps: float = 1e-7) -> float:
+    """RankMe = exp(-sum_k p_k log p_k), p_k = s_k / sum_j |s_j| + eps (METRICS.md).
+
+    Parameters
+    ----------
+    x_or_spectrum
+        * 2-D activations ``[n, d]`` (numpy / torch / cupy, any float dtype) or a
+          ``GramAccumulator``: the spectrum ``s`` is derived per ``convention``.
+        * 1-D spectrum ``[m]`` already in the convention's units; it is sorted descending
+          (by magnitude) and, for ``li2025``, truncated to the top 2048 values.
+    convention
+        ``"li2025"``: top ``min(2048, n, d)`` covariance eigenvalues of the centered data as
+        explained-variance ratios (sklearn ``PCA(...).explained_variance_ratio_``; Li et al.).
+        ``"garrido2023"``: singular values of the raw, uncentered matrix (Garrido et al.).
+        ``"full"``: all ``d`` covariance eigenvalues, no cap.
+    eps
+        Added to every ``p_k`` (1e-7 as in the papers). With it a flat spectrum of size m
+        gives slightly more than m.
+
+    Returns
+    -------
+    float. Negative spectrum values are used as ``|s|`` (see module docstring); an all-zero
+    spectrum raises :class:`DegenerateSpectrumError`.
+    """
+    fn = "rankme"
+    convention = _check_convention(fn, convention)
+    eps = _check_eps(fn, eps)
+    notes: list[str] = []
+    nd = _input_ndim(x_or_spectrum)
+    if nd == 1:
+        s = _as_spectrum(fn, "x_or_spectrum", x_or_spectrum)
+        mags = _magnitudes(fn, "x_or_spectrum", s, notes)
+        if convention == "li2025":
+            mags = mags[:LI2025_MAX_COMPONENTS]
+    elif nd == 2:
+        n, d = _activation_shape(fn, "x_or_spectrum", x_or_spectrum)
+        if convention == "garrido2023":
+            s = _as_spectrum(fn, "singular values", _raw_singular_values(x_or_spectrum))
+            mags = _magnitudes(fn, "singular values", s, notes)
+        else:
+            lam = _as_spectrum(fn, "covariance spectrum",
+                               _covariance_spectrum(fn, x_or_spectrum, n))
+            mags = _magnitudes(fn, "covariance spectrum", lam, notes)
+            if convention == "li2025":
+                mags = _explained_variance_ratio(mags, n, d)
+    else:
+        raise ValueError(
+            f"[{fn}] x_or_spectrum must be a 1-D spectrum or 2-D activations [n, d], "
+            f"got {nd}-D input"
+        )
+    _emit(notes)
+    return _rankme_core(fn, mags, eps)
+
+
+def _explained_variance_ratio(mags: np.ndarray, n: int, d: int) -> np.ndarray:
+    """Top min(2048, n, d) eigenvalues over the total variance (sklearn's ratio)."""
+    total = float(mags.sum())
+    top = mags[: _li2025_count(n, d)]
+    # The ratio's denominator cancels in RankMe; kept so the numbers mean what li2025 says.
+    return top / total if total > 0 else top
+
+
+# ----------------------------------------------------------------------------- alpha-ReQ
+
+
+@dataclass(frozen=True)
+class AlphaReqResult:
+    """Result of :func:`alpha_req`.
+
+    alpha     power-law decay exponent (lambda_k ~ C k^-alpha)
+    r2        R^2 of log|lambda| vs the fitted line over 0-based indices
+              [start + 1, 500) if the spectrum has >= 512 values else [start + 1, len - 10)
+              (start = fit_range[0]; [12, 500) with the paper's default)
+    r2_100    the same over [start + 1, 100)
+    fitted    [len] float64, the fitted power law C k^-alpha at every rank k = 1..len
+    fit_range the (start, stop) 0-based indices actually fitted (after clipping)
+    warnings  tuple of str: clipping, dropped zeros, noise-level values, undefined R^2
+    """
+
+    alpha: float
+    r2: float
+    r2_100: float
+    fitted: np.ndarray = field(repr=False)
+    fit_range: tuple[int, int]
+    warnings: tuple[str, ...] = ()
+
+
+def _log_rank_design(ranks: np.ndarray) -> np.ndarray:
+    return np.stack([-np.log(ranks), np.ones_like(ranks)], axis=1)
+
+
+def _r2(fn: str, label: str, mags: np.ndarray, start: int, stop: int,
+        b: np.ndarray, notes: list[str]) -> float:
+    """Unweighted R^2 of log|lambda| on 0-based indices [start, stop) vs the fitted line."""
+    stop = min(stop, mags.size)
+    idx = np.arange(start, stop)
+    idx = idx[mags[idx] > 0] if idx.size else idx
+    if idx.size < 2:
+        notes.append(
+            f"[{fn}] {label} is undefined (nan): its range [{start}, {stop}) holds "
+            f"{idx.size} positive value(s) of a spectrum of length {mags.size}, need >= 2"
+        )
+        return float("nan")
+    y = np.log(mags[idx])
+    y_hat = _log_rank_design((idx + 1).astype(np.float64)) @ b
+    ss_res = float(np.sum((y - y_hat) ** 2))
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    if ss_tot == 0.0:
+        # Constant log-spectrum (flat): a perfect fit explains it fully (sklearn's rule,
+        # with a rounding tolerance because the fitted slope is only ~1e-16 from zero).
+        tol = idx.size * (1e-12 * max(1.0, float(np.abs(y).max()))) ** 2
+        return 1.0 if ss_res <= tol else 0.0
+    return 1.0 - ss_res / ss_tot
+
+
+def _alpha_core(fn: str, mags: np.ndarray, fit_range: tuple[int, int],
+                notes: list[str]) -> AlphaReqResult:
+    """Weighted least-squares power-law fit on descending magnitudes (METRICS.md)."""
+    m = mags.size
+    lo, hi = fit_range
+    if hi > m:
+        notes.append(
+            f"[{fn}] spectrum has {m} values, fewer than fit_range stop {hi}; "
+            f"fitting indices [{lo}, {m}) instead"
+        )
+        hi = m
+    if hi - lo < 2:
+        raise DegenerateSpectrumError(
+            f"[{fn}] spectrum has {m} values; fit_range ({lo}, {fit_range[1]}) leaves "
+            f"{max(hi - lo, 0)} point(s) to fit, need >= 2: pass a smaller fit_range"
+        )
+    idx = np.arange(lo, hi)
+    zero = mags[idx] == 0.0
+    if zero.any():
+        notes.append(
+            f"[{fn}] {int(zero.sum())} exact zero eigenvalue(s) in the fit range [{lo}, {hi}) "
+            f"cannot enter log|lambda|; dropped from the fit (ranks of the others kept)"
+        )
+        idx = idx[~zero]
+    if idx.size < 2:
+        raise DegenerateSpectrumError(
+            f"[{fn}] only {idx.size} positive value(s) in the fit range [{lo}, {hi}) of a "
+            f"spectrum with {int((mags > 0).sum())} positive value(s); alpha is undefined"
+        )
+    floor = m * np.finfo(np.float64).eps * float(mags[0])
+    if float(mags[idx].min()) <= floor:
+        notes.append(
+            f"[{fn}] the fit range reaches eigenvalues at rounding level "
+            f"(<= {floor:.2e} = len * eps * lambda_1); alpha describes numerical noise there"
+        )
+    ranks = (idx + 1).astype(np.float64)
+    x = _log_rank_design(ranks)
+    y = np.log(mags[idx])
+    w = 1.0 / ranks
+    # (x^T W x) b = (W x)^T y  -- the normal equations as written in METRICS.md.
+    b = np.linalg.solve(x.T @ (w[:, None] * x), (w[:, None] * x).T @ y)
+    all_ranks = np.arange(1, m + 1, dtype=np.float64)
+    fitted = np.exp(_log_rank_design(all_ranks) @ b)
+    r2_stop = 500 if m >= 512 else m - 10
+    r2 = _r2(fn, "r2", mags, lo + 1, r2_stop, b, notes)
+    r2_100 = _r2(fn, "r2_100", mags, lo + 1, 100, b, notes)
+    return AlphaReqResult(
+        alpha=float(b[0]), r2=r2, r2_100=r2_100, fitted=fitted,
+        fit_range=(lo, hi), warnings=tuple(notes),
+    )
+
+
+def alpha_req(x_or_spectrum, *, fit_range=(11, 100)) -> AlphaReqResult:
+    """alpha-ReQ: power-law exponent of the covariance spectrum, lambda_k ~ C k^-alpha.
+
+    Weighted least squares (Stringer & Pachitariu; METRICS.md): for 0-based indices i in
+    ``[start, stop)``, ranks k = i + 1, y = log|lambda_i|, x = [-log k, 1], w = 1/k; solve
+    (x^T W x) b = (W x)^T y; alpha = b[0]. R^2 is the ordinary (unweighted) R^2 of
+    log|lambda| against the line, as in the alpha-ReQ authors' code.
+
+    Parameters
+    ----------
+    x_or_spectrum
+        1-D spectrum ``[m]`` (sorted descending by magnitude here), or 2-D activations
+        ``[n, d]`` / ``GramAccumulator``: then the top ``min(2048, n, d)`` covariance
+        eigenvalues are used, as in Li et al. (so ``len - 10`` in the R^2 range stays clear of
+        the zero eigenvalues of a centered matrix with n <= d).
+    fit_range
+        ``(start, stop)`` 0-based, stop exclusive; default (11, 100) = ranks 12..100.
+
+    Returns
+    -------
+    AlphaReqResult. A spectrum shorter than ``stop`` is fitted on ``[start, len)`` with a
+    warning (in ``result.warnings`` and as a :class:`SpectrumWarning`). Exact zeros are dropped
+    from the fit with a warning. ``r2``/``r2_100`` are ``nan`` (with a warning) when their
+    range holds fewer than 2 positive values. Raises :class:`DegenerateSpectrumError` when
+    fewer than 2 positive values are left to fit.
+    """
+    fn = "alpha_req"
+    fit_range = _check_fit_range(fn, fit_range)
+    notes: list[str] = []
+    nd = _input_ndim(x_or_spectrum)
+    if nd == 1:
+        s = _as_spectrum(fn, "x_or_spectrum", x_or_spectrum)
+        mags = _magnitudes(fn, "x_or_spectrum", s, notes)
+    elif nd == 2:
+        n, d = _activation_shape(fn, "x_or_spectrum", x_or_spectrum)
+        lam = _as_spectrum(fn, "covariance spectrum", _covariance_spectrum(fn, x_or_spectrum, n))
+        mags = _magnitudes(fn, "covariance spectrum", lam, notes)[: _li2025_count(n, d)]
+    else:
+        raise ValueError(
+            f"[{fn}] x_or_spectrum must be a 1-D spectrum or 2-D activations [n, d], "
+            f"got {nd}-D input"
+        )
+    result = _alpha_core(fn, mags, fit_range, notes)
+    _emit(list(result.warnings))
+    return result
+
+
+# ----------------------------------------------------------------------------- other measures
+
+
+def _nonzero_total(fn: str, mags: np.ndarray) -> float:
+    total = float(mags.sum())
+    if total == 0.0:
+        raise DegenerateSpectrumError(
+            f"[{fn}] spectrum is all zeros ({mags.size} values); the measure is undefined"
+        )
+    return total
+
+
+def _participation_ratio(fn, mags):
+    _nonzero_total(fn, mags)
+    # Scale by the largest value first so squares of huge/tiny spectra do not over/underflow.
+    r = mags / mags[0]
+    return float(r.sum() ** 2 / np.sum(r * r))
+
+
+def participation_ratio(spectrum) -> float:
+    """Participation ratio (sum lambda)^2 / sum lambda^2 of a covariance spectrum [m].
+
+    Between 1 (rank one) and m (flat). Uses |lambda|; all zeros raise
+    :class:`DegenerateSpectrumError`.
+    """
+    fn = "participation_ratio"
+    notes: list[str] = []
+    mags = _magnitudes(fn, "spectrum", _as_spectrum(fn, "spectrum", spectrum), notes)
+    _emit(notes)
+    return _participation_ratio(fn, mags)
+
+
+def _stable_rank(fn, mags):
+    total = _nonzero_total(fn, mags)
+    return float(total / mags[0])
+
+
+def stable_rank(spectrum) -> float:
+    """Stable rank sum lambda / lambda_1 of a covariance spectrum [m] (= ||X||_F^2 / ||X||_2^2).
+
+    Uses |lambda|; all zeros raise :class:`DegenerateSpectrumError`.
+    """
+    fn = "stable_rank"
+    notes: list[str] = []
+    mags = _magnitudes(fn, "spectrum", _as_spectrum(fn, "spectrum", spectrum), notes)
+    _emit(notes)
+    return _stable_rank(fn, mags)
+
+
+def _entropy(fn, mags):
+    total = _nonzero_total(fn, mags)
+    p = mags / total
+    return float(-_xlogx(p).sum())
+
+
+def spectral_entropy(spectrum) -> float:
+    """Von Neumann entropy -sum p log p (natural log) of p = lambda / sum lambda, [m] -> float.
+
+    0 log 0 = 0, so zeros contribute nothing; range [0, log m]. Uses |lambda|; all zeros
+    raise :class:`DegenerateSpectrumError`. No eps is added (unlike RankMe).
+    """
+    fn = "spectral_entropy"
+    notes: list[str] = []
+    mags = _magnitudes(fn, "spectrum", _as_spectrum(fn, "spectrum", spectrum), notes)
+    _emit(notes)
+    return _entropy(fn, mags)
+
+
+def effective_rank(singular_values) -> float:
+    """Effective rank of Roy & Vetterli (2007): exp(-sum q log q), q = sigma / sum sigma.
+
+    ``singular_values``: [m] singular values of a matrix (not eigenvalues -- pass
+    ``sqrt(lambda)`` for a covariance spectrum). Between 1 and m; 0 log 0 = 0; no eps. Uses
+    |sigma|; all zeros raise :class:`DegenerateSpectrumError`.
+    """
+    fn = "effective_rank"
+    notes: list[str] = []
+    mags = _magnitudes(fn, "singular_values",
+                       _as_spectrum(fn, "singular_values", singular_values), notes)
+    _emit(notes)
+    return float(np.exp(_entropy(fn, mags)))
+
+
+def _condition_number(fn, mags, rtol):
+    if mags[0] == 0.0:
+        raise DegenerateSpectrumError(
+            f"[{fn}] spectrum is all zeros ({mags.size} values); the condition number is undefined"
+        )
+    if rtol is None:
+        rtol = mags.size * np.finfo(np.float64).eps
+    kept = mags[mags > rtol * mags[0]]
+    return float(mags[0] / kept[-1])
+
+
+def condition_number(spectrum, *, rtol: float | None = None) -> float:
+    """lambda_1 / lambda_min over the positive values of a covariance spectrum [m].
+
+    Values at or below ``rtol * lambda_1`` count as zero (the numerically singular part is
+    excluded, as numpy's ``matrix_rank`` does); default ``rtol = m * eps(float64)``. Pass
+    ``rtol=0`` to use every positive value. The result is finite (>= 1) unless the ratio
+    itself overflows float64. Negative values are used as |lambda| like everywhere else
+    here; all zeros raise :class:`DegenerateSpectrumError`.
+    """
+    fn = "condition_number"
+    if rtol is not None:
+        if isinstance(rtol, bool) or not isinstance(rtol, (int, float, np.floating, np.integer)):
+            raise TypeError(f"[{fn}] rtol must be a float >= 0 or None, got {type(rtol).__name__}")
+        rtol = float(rtol)
+        if not (math.isfinite(rtol) and rtol >= 0.0):
+            raise ValueError(f"[{fn}] rtol must be a finite float >= 0 or None, got {rtol}")
+    notes: list[str] = []
+    mags = _magnitudes(fn, "spectrum", _as_spectrum(fn, "spectrum", spectrum), notes)
+    _emit(notes)
+    return _condition_number(fn, mags, rtol)
+
+
+# ----------------------------------------------------------------------------- geometry
+
+GEOMETRY_KEYS = (
+    "rankme", "rankme_garrido2023", "rankme_full", "alpha", "alpha_r2", "alpha_r2_100",
+    "participation_ratio", "stable_rank", "spectral_entropy", "effective_rank_roy",
+    "condition_number", "n", "dim", "warnings",
+)
+
+
+def geometry(x_or_accumulator, *, fit_range=(11, 100), eps: float = 1e-7,
+             method: str = "full", k: int | None = None,
+             spectrum=None, singular_values=None) -> dict:
+    """Every measure of this module on one set of activations.
+
+    Parameters
+    ----------
+    x_or_accumulator
+        2-D activations ``[n, d]`` (numpy / torch / cupy) or a ``GramAccumulator``.
+    fit_range, eps
+        As in :func:`alpha_req` and :func:`rankme`.
+    method, k
+        Passed to the covariance eigensolver (``geomfast.spectrum``); with
+        ``method="randomized"`` only k eigenvalues exist, which ``rankme_full`` and the
+        other full-spectrum measures then use (a warning says so).
+    spectrum, singular_values
+        Optional precomputed descending covariance eigenvalues (ddof=1, length d or k) and raw
+        singular values (length min(n, d)) of the same data, so callers that already have
+        them do not recompute. Each one given replaces its computation.
+
+    Returns
+    -------
+    dict with exactly the keys of ``GEOMETRY_KEYS``:
+    ``rankme`` (li2025), ``rankme_garrido2023``, ``rankme_full``, ``alpha``, ``alpha_r2``,
+    ``alpha_r2_100`` (alpha-ReQ on the li2025 spectrum: top min(2048, n, d) eigenvalues),
+    ``participation_ratio``, ``stable_rank``, ``spectral_entropy`` (all covariance
+    eigenvalues), ``effective_rank_roy`` (Roy & Vetterli on the singular values of the
+    *centered* matrix, i.e. sqrt of the covariance eigenvalues -- the raw-matrix version is
+    ``rankme_garrido2023`` up to eps), ``condition_number``, ``n``, ``dim`` (int), and
+    ``warnings`` (list of str). A measure undefined on this data is ``nan`` and
+    ``warnings`` says why; warnings are also issued as :class:`SpectrumWarning`.
+    """
+    fn = "geometry"
+    fit_range = _check_fit_range(fn, fit_range)
+    eps = _check_eps(fn, eps)
+    if _input_ndim(x_or_accumulator) != 2:
+        raise ValueError(
+            f"[{fn}] x_or_accumulator must be 2-D activations [n, d] or a GramAccumulator, "
+            f"got {_input_ndim(x_or_accumulator)}-D input"
+        )
+    n, d = _activation_shape(fn, "x_or_accumulator", x_or_accumulator)
+    notes: list[str] = []
+
+    if spectrum is None:
+        lam = _covariance_spectrum(fn, x_or_accumulator, n, method=method, k=k)
+    else:
+        lam = spectrum
+    lam = _as_spectrum(fn, "spectrum", lam)
+    if lam.size > d:
+        raise ValueError(
+            f"[{fn}] spectrum must have at most dim={d} values, got {lam.size}"
+        )
+    if singular_values is None:
+        sv = _raw_singular_values(x_or_accumulator)
+    else:
+        sv = singular_values
+    sv = _as_spectrum(fn, "singular_values", sv)
+    if sv.size > min(n, d):
+        raise ValueError(
+            f"[{fn}] singular_values must have at most min(n, dim)={min(n, d)} values, "
+            f"got {sv.size}"
+        )
+
+    lam_mags = _magnitudes(fn, "spectrum", lam, notes)
+    sv_mags = _magnitudes(fn, "singular_values", sv, notes)
+    n_li = _li2025_count(n, d)
+    if lam.size < d:
+        notes.append(
+            f"[{fn}] spectrum has {lam.size} of {d} eigenvalues (method={method!r}); "
+            f"rankme_full and the full-spectrum measures use only those"
+            + (f", and rankme (li2025) uses {lam.size} instead of {n_li}" if lam.size < n_li
+               else "")
+        )
+    li = _explained_variance_ratio(lam_mags, n, d)
+
+    out: dict = {}
+
+    def attempt(key, func):
+        try:
+            out[key] = func()
+        except DegenerateSpectrumError as e:
+            out[key] = float("nan")
+            notes.append(f"{key} = nan: {e}")
+
+    attempt("rankme", lambda: _rankme_core(fn, li, eps))
+    attempt("rankme_garrido2023", lambda: _rankme_core(fn, sv_mags, eps))
+    attempt("rankme_full", lambda: _rankme_core(fn, lam_mags, eps))
+    try:
+        ar = _alpha_core(fn, lam_mags[:n_li], fit_range, notes)
+        out["alpha"], out["alpha_r2"], out["alpha_r2_100"] = ar.alpha, ar.r2, ar.r2_100
+    except DegenerateSpectrumError as e:
+        out["alpha"] = out["alpha_r2"] = out["alpha_r2_100"] = float("nan")
+        notes.append(f"alpha = nan: {e}")
+    attempt("participation_ratio", lambda: _participation_ratio(fn, lam_mags))
+    attempt("stable_rank", lambda: _stable_rank(fn, lam_mags))
+    attempt("spectral_entropy", lambda: _entropy(fn, lam_mags))
+    attempt("effective_rank_roy", lambda: float(np.exp(_entropy(fn, np.sqrt(lam_mags)))))
+    attempt("condition_number", lambda: _condition_number(fn, lam_mags, None))
+    out["n"] = n
+    out["dim"] = d
+    # alpha's notes may repeat (none do today); keep order, drop duplicates.
+    out["warnings"] = list(dict.fromkeys(notes))
+    _emit(out["warnings"])
+    return {key: out[key] for key in GEOMETRY_KEYS}
