@@ -16,6 +16,8 @@ Layout (schema version 1)
   pooling, n, dim, every metric of :func:`geomfast.metrics.geometry`, warnings (JSON list),
   options (JSON), timings (load_s, extract_s, metrics_s), status ``'ok'``/``'error'`` and
   error text.
+- ``checkpoints(model, revision, options_hash, request)``: checkpoints whose every requested
+  (layer, pooling) is written, so a re-run skips them without loading the model.
 - ``spectra(result_id, kind, length, data)``: ``kind`` is ``'covariance'`` (covariance
   eigenvalues, descending) or ``'singular'`` (singular values of the raw, uncentered matrix,
   descending); ``data`` is float64 little-endian bytes (never pickle).
@@ -117,6 +119,15 @@ CREATE TABLE IF NOT EXISTS results (
     UNIQUE (model, revision, layer, pooling, options_hash)
 );
 CREATE INDEX IF NOT EXISTS results_by_step ON results (model, options_hash, step);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    model        TEXT NOT NULL,
+    revision     TEXT NOT NULL,
+    options_hash TEXT NOT NULL,
+    request      TEXT NOT NULL,
+    run_id       INTEGER,
+    finished_at  REAL NOT NULL,
+    PRIMARY KEY (model, revision, options_hash, request)
+);
 CREATE TABLE IF NOT EXISTS spectra (
     result_id INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
     kind      TEXT NOT NULL,
@@ -365,6 +376,24 @@ class ResultStore:
             q += " AND model=?"
             args.append(model)
         return {tuple(r) for r in self.conn.execute(q, args)}
+
+    def mark_checkpoint_done(self, model: str, revision: str, options_hash: str, request: str,
+                             run_id: int | None = None) -> None:
+        """Record that every (layer, pooling) of ``request`` (a canonical string of the layer
+        and pooling specs) was written for this checkpoint, so a re-run skips it without
+        loading the model. Written after the results, so a kill in between only costs a
+        recomputation whose rows are then kept from the first write."""
+        with self.transaction():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO checkpoints(model, revision, options_hash, request, run_id, "
+                "finished_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (model, revision, options_hash, request, run_id, time.time()))
+
+    def done_checkpoints(self, options_hash: str, request: str) -> set[tuple[str, str]]:
+        """(model, revision) pairs fully done for these options and this layer/pooling request."""
+        return {tuple(r) for r in self.conn.execute(
+            "SELECT model, revision FROM checkpoints WHERE options_hash=? AND request=?",
+            (options_hash, request))}
 
     def rows(self, *, status: str | None = None, model: str | None = None,
              options_hash: str | None = None, order: str = "model, ord, step, revision, layer, pooling"

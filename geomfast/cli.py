@@ -1,0 +1,312 @@
+"""The ``geomfast`` command line.
+
+Subcommands are registered, not hard-wired: each is a :class:`Command` (name, help,
+``add_arguments(parser)``, ``run(args) -> int``) appended with :func:`register`. Another
+module adds one with::
+
+    from geomfast.cli import register
+    register("phases", "detect training phases", add_phases_arguments, run_phases)
+
+and ``main()`` picks it up (modules listed in ``_PLUGIN_MODULES`` are imported first, if
+present, so their ``register`` calls run).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+__all__ = ["Command", "COMMANDS", "register", "build_parser", "main", "format_table"]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: list[Command] = []
+
+# Modules that may register more subcommands (imported if they exist).
+_PLUGIN_MODULES = ("geomfast.phases", "geomfast.bench", "geomfast.merge")
+
+
+def register(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+             run: Callable[[argparse.Namespace], int]) -> Command:
+    """Add (or replace) a subcommand."""
+    cmd = Command(name, help, add_arguments, run)
+    for i, c in enumerate(COMMANDS):
+        if c.name == name:
+            COMMANDS[i] = cmd
+            return cmd
+    COMMANDS.append(cmd)
+    return cmd
+
+
+# ----------------------------------------------------------------------------- trace
+
+def _fit_range(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in text.replace(":", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP (0-based, stop exclusive), got {text!r}")
+    return lo, hi
+
+
+def _add_trace(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", required=True, metavar="M",
+                   help="hub id, local folder of checkpoints (step* sub-folders) or a model "
+                        "folder; repeat for an ordered series (base -> SFT -> DPO -> ...)")
+    p.add_argument("--revisions", default=None, metavar="R",
+                   help="which checkpoints: all, every:K, log:N, a range, or a comma list "
+                        "(default: all)")
+    p.add_argument("--dataset", default=None, metavar="D",
+                   help="local .txt/.jsonl/.parquet, a hub dataset id, or 'synthetic'")
+    p.add_argument("--n-samples", type=int, default=None, metavar="N")
+    p.add_argument("--layers", default=None, metavar="L",
+                   help="comma list of: last (after the final norm), embed, block indices "
+                        "(negative allowed), all (default: last)")
+    p.add_argument("--pooling", default=None, metavar="P",
+                   help="comma list of: last, mean, all (default: last)")
+    p.add_argument("--out", required=True, metavar="RESULTS.db", help="SQLite results database")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="model weights (default float32; li2025: float16)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--min-length", type=int, default=None,
+                   help="keep sequences with at least this many tokens (li2025: 33, i.e. > 32)")
+    p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens")
+    p.add_argument("--precision", default=None, choices=["highest", "fast"])
+    p.add_argument("--preset", default=None, choices=["li2025"],
+                   help="the paper's settings; explicit flags override them")
+    p.add_argument("--fit-range", type=_fit_range, default=None, metavar="START:STOP",
+                   help="α-ReQ fit over 0-based indices [START, STOP) (default 11:100)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--padding-side", default=None, choices=["right", "left"])
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--local-files-only", action="store_true",
+                   help="never contact the hub (also HF_HUB_OFFLINE=1)")
+    p.add_argument("--no-prefetch", action="store_true",
+                   help="do not load the next checkpoint in the background")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_trace(args: argparse.Namespace) -> int:
+    from .sweep import trace
+
+    summary = trace(
+        args.model if len(args.model) > 1 else args.model[0],
+        dataset=args.dataset, out=args.out, revisions=args.revisions, preset=args.preset,
+        command=["geomfast", *(sys.argv[1:] if args.argv is None else args.argv)],
+        n_samples=args.n_samples, layers=args.layers, pooling=args.pooling, device=args.device,
+        dtype=args.dtype, batch_size=args.batch_size, min_length=args.min_length,
+        max_length=args.max_length, precision=args.precision, fit_range=args.fit_range,
+        seed=args.seed, padding_side=args.padding_side,
+        trust_remote_code=args.trust_remote_code or None,
+        local_files_only=args.local_files_only or None,
+        prefetch=False if args.no_prefetch else None,
+        progress=False if args.no_progress else None,
+    )
+    print(summary)
+    return 0 if summary.failed == 0 else 2
+
+
+# ----------------------------------------------------------------------------- export / plot / show
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("db", metavar="RESULTS.db")
+    p.add_argument("--format", choices=["csv", "parquet"], default=None,
+                   help="default: from the output file's extension")
+    p.add_argument("-o", "--output", required=True, metavar="FILE")
+    p.add_argument("--ok-only", action="store_true", help="leave out error rows")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .store import export
+
+    n = export(args.db, args.output, format=args.format, include_errors=not args.ok_only)
+    print(f"{n} row(s) written to {args.output}")
+    return 0
+
+
+def _add_plot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("db", metavar="RESULTS.db")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.png")
+    p.add_argument("--metrics", default="rankme,alpha",
+                   help="comma list of result columns, one panel each (default rankme,alpha)")
+    p.add_argument("--model", default=None, help="only this model")
+    p.add_argument("--title", default=None)
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_results
+
+    out = plot_results(args.db, args.output, metrics=[m for m in args.metrics.split(",") if m],
+                       model=args.model, title=args.title)
+    print(f"plot written to {out}")
+    return 0
+
+
+def _fmt(v, width: int | None = None) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf"
+        a = abs(v)
+        return f"{v:.3g}" if (a >= 1e5 or (0 < a < 1e-3)) else f"{v:.3f}" if a < 10 else f"{v:.2f}"
+    return str(v)
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """A plain aligned text table (numbers right-aligned)."""
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(r.get(c), (int, float)) or r.get(c) is None for r in rows)
+               for c in columns]
+
+    def line(vals):
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(vals, widths, numeric)).rstrip()
+
+    out = [line(list(columns)), line(["-" * w for w in widths])]
+    out += [line(row) for row in cells]
+    return "\n".join(out)
+
+
+def _add_show(p: argparse.ArgumentParser) -> None:
+    p.add_argument("db", metavar="RESULTS.db")
+    p.add_argument("--model", default=None, help="only this model")
+    p.add_argument("--all-columns", action="store_true",
+                   help="every metric, not only RankMe and α")
+    p.add_argument("--errors", action="store_true", help="show only the failures, with messages")
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    from .store import ResultStore
+
+    with ResultStore(args.db, readonly=True) as store:
+        rows = store.rows(model=args.model, status="error" if args.errors else None)
+        runs = store.runs()
+    if not rows:
+        print(f"{args.db}: no results")
+        return 0
+    models = sorted({r["model"] for r in rows})
+    cols = ["revision", "step", "layer", "pooling", "n", "dim", "rankme", "rankme_full", "alpha",
+            "alpha_r2", "status"]
+    if args.all_columns:
+        cols = ["revision", "step", "tokens", "layer", "pooling", "n", "dim", "rankme",
+                "rankme_garrido2023", "rankme_full", "alpha", "alpha_r2", "alpha_r2_100",
+                "participation_ratio", "stable_rank", "spectral_entropy", "effective_rank_roy",
+                "condition_number", "extract_s", "status"]
+    if args.errors:
+        cols = ["revision", "step", "layer", "pooling", "error"]
+    hashes = sorted({r["options_hash"] for r in rows})
+    for m in models:
+        for h in hashes:
+            sub = [r for r in rows if r["model"] == m and r["options_hash"] == h]
+            if not sub:
+                continue
+            n_ok = sum(r["status"] == "ok" for r in sub)
+            print(f"\n{m}  (options {h}: {n_ok} ok, {len(sub) - n_ok} error)")
+            print(format_table(sub, cols))
+    errors = [r for r in rows if r["status"] == "error"]
+    if errors and not args.errors:
+        print(f"\n{len(errors)} error row(s); `geomfast show {args.db} --errors` lists them")
+    print(f"\n{len(rows)} row(s), {len(runs)} run(s) recorded in {args.db}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="geomfast-demo", metavar="DIR",
+                   help="folder for checkpoints, results.db, plot and summary (default ./geomfast-demo)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 2000)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    kwargs = {"progress": not args.no_progress}
+    if args.steps is not None:
+        kwargs["steps"] = args.steps
+    if args.threads is not None:
+        kwargs["threads"] = args.threads
+    result = run_demo(args.out, **kwargs)
+    print(result["summary"])
+    return 0
+
+
+register("trace", "trace RankMe / α-ReQ across checkpoints and layers into a results database",
+         _add_trace, _run_trace)
+register("show", "print a results database as a table", _add_show, _run_show)
+register("export", "export a results database to CSV or Parquet", _add_export, _run_export)
+register("plot", "plot RankMe and α against training step", _add_plot, _run_plot)
+register("demo", "offline demo: train a tiny GPT-NeoX, trace its checkpoints, plot",
+         _add_demo, _run_demo)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def _load_plugins() -> None:
+    for name in _PLUGIN_MODULES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            continue
+        mod = importlib.import_module(name)
+        hook = getattr(mod, "register_cli", None)
+        if callable(hook):
+            hook(register)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="geomfast",
+        description="Representation geometry (RankMe, α-ReQ) of language models across "
+                    "training checkpoints.")
+    parser.add_argument("--version", action="version", version=f"geomfast {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _load_plugins()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = None if argv is None else list(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError) as e:
+        if os.environ.get("GEOMFAST_DEBUG"):
+            raise
+        print(f"geomfast {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

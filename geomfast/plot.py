@@ -1,0 +1,125 @@
+"""Plots of a results database: RankMe and α-ReQ against training step.
+
+matplotlib runs on the Agg backend (no display needed). Steps are drawn on a symmetric-log
+axis (linear between 0 and 1, logarithmic above), so step 0 — the initialisation — sits at
+the left edge instead of disappearing from a log axis.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Sequence
+
+__all__ = ["plot_results", "series"]
+
+
+def series(rows: Sequence[dict], *, x: str = "step") -> dict[tuple[str, str, str], list[dict]]:
+    """Group ok rows by (model, layer, pooling), each group sorted along ``x`` (step, falling
+    back to the checkpoint order where the step is unknown)."""
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        if r.get("status", "ok") != "ok":
+            continue
+        groups[(r["model"], r["layer"], r["pooling"])].append(r)
+    for g in groups.values():
+        g.sort(key=lambda r: (r.get(x) if r.get(x) is not None else float("inf"), r.get("ord") or 0))
+    return dict(groups)
+
+
+def _layer_sort_key(layer: str):
+    # embed first, then block indices in order, then named layers (last) at the end.
+    if layer == "embed":
+        return (0, 0, layer)
+    try:
+        return (1, int(layer), layer)
+    except ValueError:
+        return (2, 0, layer)
+
+
+def plot_results(
+    db,
+    out: str | os.PathLike,
+    *,
+    metrics: Sequence[str] = ("rankme", "alpha"),
+    model: str | None = None,
+    title: str | None = None,
+    dpi: int = 120,
+) -> str:
+    """Draw one panel per metric (default RankMe and α) against step, one line per
+    model × layer × pooling, and save a PNG to ``out``. ``db`` is a path or a ResultStore."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from .store import ResultStore
+
+    store = db if isinstance(db, ResultStore) else ResultStore(db, readonly=True)
+    try:
+        rows = store.rows(status="ok", model=model)
+    finally:
+        if store is not db:
+            store.close()
+    if not rows:
+        raise ValueError(f"[plot_results] no successful results in {getattr(db, 'path', db)!r}")
+
+    # With no steps at all (a post-training series of model ids) use the checkpoint order.
+    use_step = any(r.get("step") is not None for r in rows)
+    x_key = "step" if use_step else "ord"
+    groups = series(rows, x=x_key)
+    models = sorted({k[0] for k in groups})
+    labels = {
+        "rankme": "RankMe (li2025: top-2048 covariance, ε=1e-7)",
+        "rankme_full": "RankMe (full covariance spectrum)",
+        "rankme_garrido2023": "RankMe (garrido2023: raw singular values)",
+        "alpha": "α-ReQ (power-law decay exponent)",
+        "alpha_r2": "R² of the α fit",
+    }
+
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(9, 3.6 * len(metrics)), sharex=True,
+                             squeeze=False)
+    axes = axes[:, 0]
+    keys = sorted(groups, key=lambda k: (k[0], _layer_sort_key(k[1]), k[2]))
+    poolings = {k[2] for k in keys}
+    cmap = plt.get_cmap("tab10")
+    for i, key in enumerate(keys):
+        m, layer, pooling = key
+        g = groups[key]
+        xs = [r[x_key] if r[x_key] is not None else j for j, r in enumerate(g)]
+        label = f"layer {layer}" + (f", {pooling} pooling" if len(poolings) > 1 else "")
+        if len(models) > 1:
+            label = f"{m}: {label}"
+        for ax, metric in zip(axes, metrics):
+            ys = [r.get(metric) for r in g]
+            pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
+            if not pts:
+                continue
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3.5,
+                    linewidth=1.6, color=cmap(i % 10), label=label)
+    for ax, metric in zip(axes, metrics):
+        ax.set_ylabel(labels.get(metric, metric), fontsize=9)
+        ax.grid(True, which="major", alpha=0.35)
+        ax.grid(True, which="minor", alpha=0.12)
+    if use_step:
+        axes[-1].set_xscale("symlog", linthresh=1, linscale=0.5)
+        axes[-1].set_xlim(left=0)
+        axes[-1].set_xlabel("training step (symmetric log axis: step 0 at the left edge)")
+    else:
+        axes[-1].set_xlabel("checkpoint (order in the series)")
+        names = {}
+        for g in groups.values():
+            for r in g:
+                names[r["ord"]] = r["revision"] if r["revision"] not in ("main", "") else r["model"]
+        ticks = sorted(k for k in names if k is not None)
+        axes[-1].set_xticks(ticks)
+        axes[-1].set_xticklabels([names[t].split("/")[-1] for t in ticks], rotation=20, fontsize=8)
+    axes[0].legend(fontsize=8, loc="best", ncol=2 if len(keys) > 6 else 1)
+    if title is None:
+        title = ", ".join(models) if len(models) <= 3 else f"{len(models)} models"
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    out = os.fspath(out)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out

@@ -1,0 +1,461 @@
+"""The sweep runner: trace a model's representation geometry across checkpoints and layers.
+
+``trace()`` resolves the checkpoints, loads the samples once per tokenizer (the same samples
+for every checkpoint), then for each checkpoint not already in the results database: loads
+the model (the next one loads in a background thread while the current one computes),
+extracts one ``GramAccumulator`` per requested layer × pooling in a single forward pass,
+computes the spectrum and every metric, and commits each (checkpoint, layer, pooling) result
+with its spectra in one transaction. A checkpoint that fails is recorded with its error and
+the sweep goes on. Re-running the same command resumes: finished work is skipped and, thanks
+to the store's UNIQUE key, nothing is ever duplicated — even after a SIGKILL.
+
+The work is split into three functions so that data-parallel or checkpoint-parallel modes
+(torch.distributed) can reuse them:
+
+- :func:`load_checkpoint` — checkpoint -> model (on the device) + its samples;
+- :func:`extract_checkpoint` — model + samples -> ``{(layer, pooling): GramAccumulator}``
+  (the accumulators are sums: ranks can all-reduce / merge them before the next step);
+- :func:`finalize` — accumulator -> (metrics, spectra), then :meth:`ResultStore.write_result`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import sys
+import time
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .store import ResultStore, options_hash
+
+__all__ = [
+    "PRESETS",
+    "TraceConfig",
+    "TraceSummary",
+    "make_config",
+    "trace",
+    "load_checkpoint",
+    "extract_checkpoint",
+    "finalize",
+    "LoadedCheckpoint",
+]
+
+# What the paper's code did (Li et al. 2025, METRICS.md): final layer after the final norm,
+# last non-padding token, fp16 weights, 15,000 sequences longer than 32 tokens truncated to
+# 512, RankMe on the top-2048 covariance explained-variance ratios, α fitted on 0-based
+# indices 11..99. ``min_length`` is inclusive (keep sequences with >= 33 tokens == > 32).
+PRESETS: dict[str, dict[str, Any]] = {
+    "li2025": {
+        "layers": "last",
+        "pooling": "last",
+        "dtype": "float16",
+        "n_samples": 15000,
+        "min_length": 33,
+        "max_length": 512,
+        "fit_range": (11, 100),
+        "eps": 1e-7,
+        "spectrum_method": "full",
+    },
+}
+
+# Defaults when neither the preset nor a flag says otherwise.
+DEFAULTS: dict[str, Any] = {
+    "layers": "last",
+    "pooling": "last",
+    "dtype": "float32",
+    "n_samples": 1000,
+    "min_length": 0,
+    "max_length": None,
+    "fit_range": (11, 100),
+    "eps": 1e-7,
+    "spectrum_method": "full",
+    "seed": 0,
+    "precision": "highest",
+    "batch_size": 32,
+    "device": "cpu",
+    "padding_side": "right",
+}
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """Everything a sweep needs, after the preset and explicit options are merged."""
+
+    models: tuple[str, ...]
+    dataset: str
+    out: str
+    revisions: str | None = None
+    layers: tuple[str, ...] = ("last",)
+    poolings: tuple[str, ...] = ("last",)
+    n_samples: int = 1000
+    seed: int = 0
+    min_length: int = 0
+    max_length: int | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    batch_size: int = 32
+    precision: str = "highest"
+    padding_side: str = "right"
+    preset: str | None = None
+    fit_range: tuple[int, int] = (11, 100)
+    eps: float = 1e-7
+    spectrum_method: str = "full"
+    trust_remote_code: bool = False
+    local_files_only: bool = False
+    device_map: str | None = None
+    progress: bool = True
+    prefetch: bool = True
+
+    def result_options(self) -> dict[str, Any]:
+        """The options that change the numbers: hashed, so a different config is not 'done'."""
+        return {
+            "dataset": self.dataset,
+            "n_samples": self.n_samples,
+            "seed": self.seed,
+            "min_length": self.min_length,
+            "max_length": self.max_length,
+            "dtype": self.dtype,
+            "precision": self.precision,
+            "preset": self.preset,
+            "fit_range": list(self.fit_range),
+            "eps": self.eps,
+            "spectrum_method": self.spectrum_method,
+        }
+
+    def request(self) -> str:
+        """The layer × pooling request, canonical (the checkpoint-level resume key)."""
+        return json.dumps({"layers": list(self.layers), "poolings": list(self.poolings)},
+                          separators=(",", ":"))
+
+
+@dataclass
+class TraceSummary:
+    db: str
+    checkpoints: int = 0
+    skipped: int = 0
+    ok: int = 0
+    failed: int = 0
+    rows_written: int = 0
+    seconds: float = 0.0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        s = (f"{self.checkpoints} checkpoint(s): {self.ok} traced, {self.skipped} already done, "
+             f"{self.failed} failed; {self.rows_written} row(s) written to {self.db} "
+             f"in {self.seconds:.1f} s")
+        for rev, err in self.errors:
+            s += f"\n  error at {rev}: {err}"
+        return s
+
+
+def _split_spec(value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        items: list[str] = []
+        for v in value:
+            items.extend(_split_spec(v))
+        return tuple(items)
+    return tuple(s.strip() for s in str(value).split(",") if s.strip())
+
+
+def make_config(*, model, dataset=None, out, preset: str | None = None, **options) -> TraceConfig:
+    """Merge DEFAULTS < preset < explicit options (``None`` means "not given")."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"[trace] unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    merged: dict[str, Any] = dict(DEFAULTS)
+    if preset is not None:
+        merged.update(PRESETS[preset])
+    merged.update({k: v for k, v in options.items() if v is not None})
+    if dataset is None:
+        raise ValueError("[trace] dataset is required (a local .txt/.jsonl/.parquet file, a hub "
+                         "dataset id, or 'synthetic')")
+    models = (model,) if isinstance(model, str) else tuple(model)
+    if not models:
+        raise ValueError("[trace] at least one model is required")
+    pooling = merged.pop("pooling")
+    layers = merged.pop("layers")
+    fit_range = tuple(int(v) for v in merged.pop("fit_range"))
+    known = {f.name for f in dataclasses.fields(TraceConfig)}
+    unknown = set(merged) - known
+    if unknown:
+        raise TypeError(f"[trace] unknown option(s): {sorted(unknown)}")
+    return TraceConfig(models=models, dataset=str(dataset), out=str(out), preset=preset,
+                       layers=_split_spec(layers), poolings=_split_spec(pooling),
+                       fit_range=fit_range, **merged)
+
+
+# ----------------------------------------------------------------------------- per checkpoint
+
+@dataclass
+class LoadedCheckpoint:
+    checkpoint: Any
+    model: Any = None
+    samples: Any = None
+    load_s: float = 0.0
+    error: BaseException | None = None
+    error_trace: str = ""
+
+
+class _SampleCache:
+    """Samples loaded once per tokenizer (or per vocabulary size for the synthetic corpus).
+
+    Only the loader thread touches it, so no lock is needed."""
+
+    def __init__(self, cfg: TraceConfig):
+        self.cfg = cfg
+        self._by_key: dict[Any, Any] = {}
+        self._key_of_model: dict[str, Any] = {}
+
+    def get(self, checkpoint) -> Any:
+        from . import data
+
+        cfg = self.cfg
+        if checkpoint.model in self._key_of_model:
+            return self._by_key[self._key_of_model[checkpoint.model]]
+        if cfg.dataset == "synthetic":
+            vocab = _vocab_size(checkpoint, cfg)
+            key: Any = ("synthetic", vocab)
+            if key not in self._by_key:
+                self._by_key[key] = data.load_samples(
+                    "synthetic", None, n_samples=cfg.n_samples, seed=cfg.seed,
+                    min_length=cfg.min_length, max_length=cfg.max_length, vocab_size=vocab)
+        else:
+            from .models import load_tokenizer
+
+            tok = load_tokenizer(checkpoint.source, checkpoint.hub_revision,
+                                 trust_remote_code=cfg.trust_remote_code,
+                                 local_files_only=cfg.local_files_only or None)
+            key = ("tokenizer", _tokenizer_fingerprint(tok))
+            if key not in self._by_key:
+                self._by_key[key] = data.load_samples(
+                    cfg.dataset, tok, n_samples=cfg.n_samples, seed=cfg.seed,
+                    min_length=cfg.min_length, max_length=cfg.max_length)
+        self._key_of_model[checkpoint.model] = key
+        return self._by_key[key]
+
+
+def _vocab_size(checkpoint, cfg: TraceConfig) -> int:
+    from transformers import AutoConfig
+
+    kwargs = {"trust_remote_code": cfg.trust_remote_code}
+    if checkpoint.hub_revision is not None:
+        kwargs["revision"] = checkpoint.hub_revision
+    if cfg.local_files_only:
+        kwargs["local_files_only"] = True
+    conf = AutoConfig.from_pretrained(checkpoint.source, **kwargs)
+    return int(conf.vocab_size)
+
+
+def _tokenizer_fingerprint(tok) -> str:
+    import hashlib
+
+    try:
+        vocab = tok.get_vocab()
+        blob = json.dumps(sorted(vocab.items()), separators=(",", ":"))
+    except Exception:  # a tokenizer without get_vocab: fall back to its name
+        blob = repr(getattr(tok, "name_or_path", id(tok)))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_checkpoint(checkpoint, cfg: TraceConfig, samples: "_SampleCache | Any") -> LoadedCheckpoint:
+    """Load one checkpoint's model (on ``cfg.device``) and its samples. Never raises: a
+    failure comes back in ``.error`` so a background loader can hand it over."""
+    from .models import load_model
+
+    out = LoadedCheckpoint(checkpoint)
+    t0 = time.perf_counter()
+    try:
+        out.samples = samples.get(checkpoint) if isinstance(samples, _SampleCache) else samples
+        out.model = load_model(checkpoint.source, checkpoint.hub_revision, dtype=cfg.dtype,
+                               device=cfg.device, trust_remote_code=cfg.trust_remote_code,
+                               device_map=cfg.device_map,
+                               local_files_only=cfg.local_files_only or None)
+    except Exception as e:  # recorded by the caller; KeyboardInterrupt still stops the sweep
+        out.error = e
+        out.error_trace = traceback.format_exc()
+        out.model = None
+    out.load_s = time.perf_counter() - t0
+    return out
+
+
+def extract_checkpoint(model, samples, cfg: TraceConfig, *, layers: Sequence[str] | None = None,
+                       progress: bool | None = None) -> dict:
+    """One forward pass over ``samples``: ``{(layer_name, pooling): GramAccumulator}``.
+
+    This is the unit a distributed mode shards (by samples) and then merges/all-reduces."""
+    from .extract import extract_accumulators
+
+    layers = list(cfg.layers if layers is None else layers)
+    pooling = list(cfg.poolings)
+    return extract_accumulators(
+        model, samples, layers=layers, pooling=pooling if len(pooling) > 1 else pooling[0],
+        batch_size=cfg.batch_size, precision=cfg.precision, padding_side=cfg.padding_side,
+        progress=cfg.progress if progress is None else progress)
+
+
+def finalize(acc, cfg: TraceConfig) -> tuple[dict, dict[str, np.ndarray]]:
+    """Accumulator -> (geometry() metrics, {'covariance': eigenvalues, 'singular': σ})."""
+    from .metrics import geometry
+
+    method = cfg.spectrum_method
+    spec = np.asarray(acc.spectrum(method=method), dtype=np.float64)
+    sv = np.asarray(acc.singular_values(), dtype=np.float64)
+    metrics = geometry(acc, fit_range=cfg.fit_range, eps=cfg.eps, method=method,
+                       spectrum=spec, singular_values=sv)
+    return metrics, {"covariance": spec, "singular": sv}
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+def _short_error(e: BaseException) -> str:
+    msg = f"{type(e).__name__}: {e}"
+    return msg if len(msg) <= 2000 else msg[:2000] + " …"
+
+
+def trace(model: str | Sequence[str], *, dataset: str | None = None, out: str,
+          revisions: str | None = None, preset: str | None = None, command: Sequence[str] | None = None,
+          store: ResultStore | None = None, on_checkpoint: Callable[[Any, str], None] | None = None,
+          **options) -> TraceSummary:
+    """Trace ``model`` (a hub id, a local folder of checkpoints, a model folder, or a list of
+    these as an ordered series) across its checkpoints. See :class:`TraceConfig` for the
+    options (``layers``, ``pooling``, ``n_samples``, ``seed``, ``min_length``, ``max_length``,
+    ``dtype``, ``device``, ``batch_size``, ``precision``, ``fit_range`` …); ``preset='li2025'``
+    sets the paper's choices and explicit options override it. Results go to the SQLite file
+    ``out``. Returns a :class:`TraceSummary`.
+    """
+    from tqdm.auto import tqdm
+
+    from .checkpoints import resolve_checkpoints
+
+    cfg = make_config(model=model, dataset=dataset, out=out, preset=preset,
+                      revisions=revisions, **options)
+    t_start = time.perf_counter()
+    summary = TraceSummary(db=cfg.out)
+    own_store = store is None
+    store = store or ResultStore(cfg.out)
+    result_opts = cfg.result_options()
+    h = options_hash(result_opts)
+    request = cfg.request()
+    run_id = store.start_run({**dataclasses.asdict(cfg), "options_hash": h}, command)
+    run_status = "failed"
+    executor: ThreadPoolExecutor | None = None
+    try:
+        checkpoints = resolve_checkpoints(
+            list(cfg.models) if len(cfg.models) > 1 else cfg.models[0], cfg.revisions,
+            local_files_only=cfg.local_files_only)
+        summary.checkpoints = len(checkpoints)
+        done = store.done_checkpoints(h, request)
+        todo = [c for c in checkpoints if (c.model, c.revision) not in done]
+        summary.skipped = len(checkpoints) - len(todo)
+        if summary.skipped and cfg.progress:
+            print(f"[geomfast] {summary.skipped} of {len(checkpoints)} checkpoint(s) already in "
+                  f"{cfg.out}: skipped", file=sys.stderr)
+        samples = _SampleCache(cfg)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geomfast-loader") \
+            if cfg.prefetch else None
+
+        def submit(c) -> Future:
+            if executor is not None:
+                return executor.submit(load_checkpoint, c, cfg, samples)
+            f: Future = Future()
+            f.set_result(None)  # loaded lazily below, in this thread
+            return f
+
+        bar = tqdm(total=len(todo), desc="checkpoints", unit="ckpt", disable=not cfg.progress,
+                   position=0, leave=True)
+        pending = submit(todo[0]) if todo else None
+        for i, ck in enumerate(todo):
+            loaded = pending.result() if pending is not None else None
+            if loaded is None:
+                loaded = load_checkpoint(ck, cfg, samples)
+            # Start loading the next checkpoint while this one computes.
+            pending = submit(todo[i + 1]) if i + 1 < len(todo) else None
+            bar.set_postfix_str(ck.revision)
+            status = _run_one(store, loaded, cfg, result_opts, h, request, run_id, summary)
+            del loaded
+            gc.collect()
+            _empty_device_cache(cfg.device)
+            if on_checkpoint is not None:
+                on_checkpoint(ck, status)
+            bar.update(1)
+        bar.close()
+        run_status = "finished"
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        try:
+            store.finish_run(run_id, run_status)
+        finally:
+            if own_store:
+                store.close()
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def _run_one(store: ResultStore, loaded: LoadedCheckpoint, cfg: TraceConfig, result_opts: dict,
+             h: str, request: str, run_id: int, summary: TraceSummary) -> str:
+    """Extract, finalize and write one checkpoint. Returns 'ok' or 'error'."""
+    ck = loaded.checkpoint
+    if loaded.error is not None:
+        _record_failure(store, ck, cfg, result_opts, run_id, loaded.error, loaded.error_trace,
+                        {"load_s": loaded.load_s}, summary, stage="load")
+        return "error"
+    try:
+        t0 = time.perf_counter()
+        accs = extract_checkpoint(loaded.model, loaded.samples, cfg)
+        extract_s = time.perf_counter() - t0
+    except Exception as e:
+        _record_failure(store, ck, cfg, result_opts, run_id, e, traceback.format_exc(),
+                        {"load_s": loaded.load_s}, summary, stage="extract")
+        return "error"
+    loaded.model = None  # free the weights before the eigensolvers run
+    layer_errors = 0
+    for (layer, pooling), acc in accs.items():
+        t1 = time.perf_counter()
+        try:
+            metrics, spectra = finalize(acc, cfg)
+            status, err = "ok", None
+        except Exception as e:
+            metrics, spectra, status, err = None, None, "error", _short_error(e)
+            layer_errors += 1
+            summary.errors.append((ck.revision, f"{layer}/{pooling}: {err}"))
+        timings = {"load_s": loaded.load_s, "extract_s": extract_s,
+                   "metrics_s": time.perf_counter() - t1}
+        if store.write_result(ck, layer, pooling, options=result_opts, metrics=metrics,
+                              spectra=spectra, status=status, error=err, timings=timings,
+                              run_id=run_id):
+            summary.rows_written += 1
+    if layer_errors:
+        summary.failed += 1
+        return "error"
+    store.mark_checkpoint_done(ck.model, ck.revision, h, request, run_id)
+    summary.ok += 1
+    return "ok"
+
+
+def _record_failure(store, ck, cfg, result_opts, run_id, e, trace_text, timings, summary, stage):
+    err = f"[{stage}] {_short_error(e)}"
+    if cfg.progress:
+        print(f"\n[geomfast] {ck.model}@{ck.revision} failed ({stage}): {_short_error(e)}",
+              file=sys.stderr)
+    store.write_error(ck, options=result_opts, error=err, run_id=run_id, timings=timings,
+                      layers=["*" + ",".join(cfg.layers)], poolings=[",".join(cfg.poolings)])
+    summary.failed += 1
+    summary.rows_written += 1
+    summary.errors.append((ck.revision, err))
+
+
+def _empty_device_cache(device: str) -> None:
+    if str(device).startswith("cuda"):
+        try:
+            import torch
+
+            torch.cuda.empty_cache()
+        except Exception:
+            pass
