@@ -1,0 +1,33 @@
+"""Shared test helpers. Keep this file tiny."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def llm_like(n: int, d: int, rng: np.random.Generator, *, alpha: float = 1.0,
+             n_outliers: int | None = None) -> np.ndarray:
+    """[n, d] float64 activations shaped like LM hidden states, for numerically hard tests.
+
+    - a power-law covariance spectrum (variance of latent k ~ k^-alpha) mixed by a random
+      matrix, so columns are correlated;
+    - column means about 1e3 x the spread of the values around them (centering by
+      "raw Gram minus n mu mu^T" loses ~6 digits here);
+    - ``n_outliers`` columns (default max(1, d // 256)) 1e2 x larger than the rest, mean and
+      fluctuation alike, like the "massive activations" of real LMs.
+    """
+    latent = rng.standard_normal((n, d)) * np.arange(1, d + 1) ** (-alpha / 2)
+    x = latent @ (rng.standard_normal((d, d)) / np.sqrt(d))
+    spread = float(x.std())
+    x += 1e3 * spread * rng.uniform(0.5, 1.5, d) * rng.choice([-1.0, 1.0], d)
+    k = max(1, d // 256) if n_outliers is None else n_outliers
+    x[:, rng.choice(d, size=min(k, d), replace=False)] *= 1e2
+    return x
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def make_llm_like():
+    """The generator above as a fixture, for tests that prefer fixtures to imports."""
+    return llm_like
