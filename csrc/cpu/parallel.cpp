@@ -1,0 +1,70 @@
+#include "cpu/parallel.hpp"
+
+#include <cstdlib>
+
+namespace geomfast::cpu {
+
+ThreadPool& ThreadPool::instance() {
+  static ThreadPool pool([] {
+    if (const char* env = std::getenv("GEOMFAST_NUM_THREADS")) {
+      const int v = std::atoi(env);
+      if (v > 0) return v;
+    }
+    const unsigned hc = std::thread::hardware_concurrency();
+    return static_cast<int>(hc ? hc : 1);
+  }());
+  return pool;
+}
+
+ThreadPool::ThreadPool(int nthreads) {
+  for (int i = 1; i < nthreads; ++i) workers_.emplace_back([this, i] { loop(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::run(int nparts, const std::function<void(int, int)>& fn) {
+  std::lock_guard<std::mutex> serial(run_mu_);
+  nparts = std::min(nparts, size());
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    job_ = &fn;
+    nparts_ = nparts;
+    pending_ = nparts - 1;
+    ++generation_;
+  }
+  cv_.notify_all();
+  fn(0, nparts);
+  std::unique_lock<std::mutex> lk(mu_);
+  done_cv_.wait(lk, [this] { return pending_ == 0; });
+  job_ = nullptr;
+}
+
+void ThreadPool::loop(int id) {
+  uint64_t seen = 0;
+  for (;;) {
+    const std::function<void(int, int)>* job;
+    int nparts;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
+      if (stop_) return;
+      seen = generation_;
+      job = job_;
+      nparts = nparts_;
+    }
+    if (id < nparts) {
+      (*job)(id, nparts);
+      std::lock_guard<std::mutex> lk(mu_);
+      if (--pending_ == 0) done_cv_.notify_all();
+    }
+  }
+}
+
+}  // namespace geomfast::cpu
