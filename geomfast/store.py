@@ -478,12 +478,17 @@ def recompute_metrics(
         singular = {row["id"]: sv for row, sv in store.spectra("singular")}
         out = []
         for row, spec in store.spectra("covariance"):
+            # li2025 keeps the top min(2048, n, d) eigenvalues (sklearn PCA's components),
+            # and α is fitted on those; 'full' uses every eigenvalue.
+            n, d = row["n"] or spec.size, row["dim"] or spec.size
+            top = spec[: min(M.LI2025_MAX_COMPONENTS, n, d)]
             if convention == "garrido2023":
                 sv = singular.get(row["id"])
                 rm = float(M.rankme(sv, convention="garrido2023", eps=eps)) if sv is not None else None
             else:
-                rm = float(M.rankme(spec, convention=convention, eps=eps))
-            fit = M.alpha_req(spec, fit_range=tuple(fit_range))
+                rm = float(M.rankme(top if convention == "li2025" else spec,
+                                    convention=convention, eps=eps))
+            fit = M.alpha_req(spec if convention == "full" else top, fit_range=tuple(fit_range))
             out.append({
                 **{k: row[k] for k in ("id", "model", "revision", "step", "tokens", "layer",
                                        "pooling", "n", "dim", "options_hash")},

@@ -1,0 +1,232 @@
+"""The results store: round trip, uniqueness, WAL, resume keys, export, recompute."""
+from __future__ import annotations
+
+import csv
+import sqlite3
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from geomfast.store import (
+    EXPORT_COLUMNS,
+    METRIC_COLUMNS,
+    ResultStore,
+    decode_spectrum,
+    encode_spectrum,
+    export,
+    options_hash,
+)
+
+OPTS = {"dataset": "synthetic", "n_samples": 64, "seed": 0}
+
+
+@dataclass(frozen=True)
+class Ck:  # same fields as geomfast.checkpoints.Checkpoint
+    model: str
+    revision: str
+    source: str
+    hub_revision: str | None
+    step: int | None
+    tokens: int | None
+    order: int
+
+
+def ck(step: int) -> Ck:
+    return Ck("tiny", f"step{step}", f"/ckpts/step{step}", None, step, step * 1000, step)
+
+
+def metrics(seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    m = {c: float(rng.uniform(1, 10)) for c in METRIC_COLUMNS}
+    m.update(n=100, dim=8, warnings=["a note"])
+    return m
+
+
+def test_spectrum_encoding_is_float64_little_endian():
+    x = np.array([3.5, 2.0, -1e-300, 0.0])
+    blob = encode_spectrum(x)
+    assert len(blob) == 32
+    assert struct.unpack("<4d", blob) == tuple(x)
+    np.testing.assert_array_equal(decode_spectrum(blob), x)
+    assert decode_spectrum(blob).flags.writeable
+
+
+def test_round_trip(tmp_path):
+    db = tmp_path / "r.db"
+    spec = np.sort(np.random.default_rng(1).uniform(0, 1, 8))[::-1]
+    sv = np.sqrt(spec) * 3
+    m = metrics()
+    with ResultStore(db) as s:
+        run = s.start_run(OPTS, ["geomfast", "trace"])
+        assert s.write_result(ck(4), "last", "mean", options=OPTS, metrics=m,
+                              spectra={"covariance": spec, "singular": sv},
+                              timings={"load_s": 0.5, "extract_s": 1.5, "metrics_s": 0.1},
+                              run_id=run)
+        s.finish_run(run)
+    with ResultStore(db, readonly=True) as s:
+        (row,) = s.rows()
+        assert (row["model"], row["revision"], row["step"], row["tokens"], row["layer"],
+                row["pooling"], row["n"], row["dim"]) == ("tiny", "step4", 4, 4000, "last", "mean", 100, 8)
+        for c in METRIC_COLUMNS:
+            assert row[c] == m[c]
+        assert row["status"] == "ok" and row["error"] is None
+        assert row["options_hash"] == options_hash(OPTS)
+        assert row["extract_s"] == 1.5 and row["run_id"] == run
+        np.testing.assert_array_equal(s.spectrum(row["id"]), spec)
+        np.testing.assert_array_equal(s.spectrum(row["id"], "singular"), sv)
+        (r,) = s.runs()
+        assert r["status"] == "finished" and r["command"] == "geomfast trace"
+
+
+def test_unique_key_nothing_duplicates(tmp_path):
+    db = tmp_path / "r.db"
+    with ResultStore(db) as s:
+        assert s.write_result(ck(1), "last", "last", options=OPTS, metrics=metrics(1),
+                              spectra={"covariance": [2.0, 1.0]})
+        # the same key again: kept from the first write, nothing added
+        assert not s.write_result(ck(1), "last", "last", options=OPTS, metrics=metrics(2),
+                                  spectra={"covariance": [5.0, 1.0]})
+        assert s.count() == 1
+        assert s.rows()[0]["rankme"] == metrics(1)["rankme"]
+        # the schema itself refuses a duplicate, whatever the code does
+        with pytest.raises(sqlite3.IntegrityError):
+            s.conn.execute("INSERT INTO results(model, revision, layer, pooling, options_hash, "
+                           "status, created_at) VALUES ('tiny', 'step1', 'last', 'last', ?, 'ok', 0)",
+                           (options_hash(OPTS),))
+        # another options hash is another result
+        assert s.write_result(ck(1), "last", "last", options={**OPTS, "seed": 1}, metrics=metrics())
+        assert s.count() == 2
+        assert s.conn.execute("SELECT COUNT(*) FROM spectra").fetchone()[0] == 1
+
+
+def test_errors_are_retried_and_replaced(tmp_path):
+    with ResultStore(tmp_path / "r.db") as s:
+        s.write_error(ck(2), options=OPTS, error="OSError: corrupt", layers=["*last"],
+                      poolings=["last"])
+        assert s.count("error") == 1
+        assert s.done_keys(options_hash(OPTS)) == set()
+        s.write_result(ck(2), "last", "last", options=OPTS, metrics=metrics())
+        # the checkpoint-level error row is gone once the checkpoint succeeds
+        assert s.count("error") == 0 and s.count("ok") == 1
+        assert s.done_keys(options_hash(OPTS)) == {("tiny", "step2", "last", "last")}
+        # an error for a key that is already ok never overwrites it
+        s.write_error(ck(2), options=OPTS, error="late", layers=["last"], poolings=["last"])
+        assert s.rows()[0]["status"] == "ok"
+
+
+def test_done_checkpoints(tmp_path):
+    with ResultStore(tmp_path / "r.db") as s:
+        h = options_hash(OPTS)
+        s.mark_checkpoint_done("tiny", "step0", h, "req")
+        s.mark_checkpoint_done("tiny", "step0", h, "req")
+        assert s.done_checkpoints(h, "req") == {("tiny", "step0")}
+        assert s.done_checkpoints(h, "other") == set()
+        assert s.done_checkpoints("x", "req") == set()
+
+
+def test_wal_and_concurrent_reader(tmp_path):
+    db = tmp_path / "r.db"
+    s = ResultStore(db)
+    assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert s.conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+    s.write_result(ck(0), "last", "last", options=OPTS, metrics=metrics())
+    # a reader sees committed rows while the writer holds an open write transaction
+    s.conn.execute("BEGIN IMMEDIATE")
+    s.conn.execute("UPDATE results SET rankme = -1")
+    with ResultStore(db, readonly=True) as r:
+        assert r.count() == 1 and r.rows()[0]["rankme"] != -1
+    s.conn.execute("ROLLBACK")
+    s.close()
+
+
+def test_transaction_is_atomic(tmp_path):
+    with ResultStore(tmp_path / "r.db") as s:
+        with pytest.raises(RuntimeError):
+            with s.transaction():
+                s.conn.execute("INSERT INTO meta(key, value) VALUES ('x', 'y')")
+                raise RuntimeError("boom")
+        assert s.conn.execute("SELECT COUNT(*) FROM meta WHERE key='x'").fetchone()[0] == 0
+
+
+def test_schema_version_checked(tmp_path):
+    db = tmp_path / "r.db"
+    ResultStore(db).close()
+    con = sqlite3.connect(db)
+    con.execute("UPDATE meta SET value='999' WHERE key='schema_version'")
+    con.commit()
+    con.close()
+    with pytest.raises(ValueError, match="schema version 999"):
+        ResultStore(db)
+    with pytest.raises(FileNotFoundError):
+        ResultStore(tmp_path / "missing.db", readonly=True)
+
+
+def _filled(tmp_path):
+    db = tmp_path / "r.db"
+    with ResultStore(db) as s:
+        for step in (0, 1, 2):
+            for layer in ("embed", "last"):
+                s.write_result(ck(step), layer, "last", options=OPTS, metrics=metrics(step),
+                               spectra={"covariance": np.linspace(1, 0.1, 8)})
+        s.write_error(ck(3), options=OPTS, error="OSError: bad weights", layers=["*last"],
+                      poolings=["last"])
+    return db
+
+
+REQUIRED = ["model", "revision", "step", "tokens", "layer", "pooling", "n", "dim", "rankme",
+            "rankme_garrido2023", "rankme_full", "alpha", "alpha_r2", "alpha_r2_100", "status",
+            "error"]
+
+
+def test_export_csv(tmp_path):
+    db = _filled(tmp_path)
+    out = tmp_path / "r.csv"
+    assert export(db, out) == 7
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert set(REQUIRED) <= set(rows[0]) and list(rows[0]) == list(EXPORT_COLUMNS)
+    assert len(rows) == 7
+    err = [r for r in rows if r["status"] == "error"]
+    assert len(err) == 1 and "bad weights" in err[0]["error"] and err[0]["rankme"] == ""
+    assert export(db, tmp_path / "ok.csv", include_errors=False) == 6
+
+
+def test_export_parquet(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    db = _filled(tmp_path)
+    out = tmp_path / "r.parquet"
+    assert export(db, out, format="parquet") == 7
+    t = pq.read_table(out)
+    assert set(REQUIRED) <= set(t.column_names)
+    assert str(t.schema.field("rankme").type) == "double"
+    assert str(t.schema.field("step").type) == "int64"
+    d = t.to_pydict()
+    assert sorted(set(d["step"])) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="format"):
+        export(db, tmp_path / "x.xlsx", format="xlsx")
+
+
+def test_recompute_from_stored_spectra(tmp_path):
+    M = pytest.importorskip("geomfast.metrics")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 40)) @ np.diag(np.arange(1, 41) ** -0.7)
+    xc = x - x.mean(0)
+    spec = np.linalg.eigvalsh(xc.T @ xc / 299)[::-1]
+    sv = np.linalg.svd(x, compute_uv=False)
+    g = M.geometry(x, fit_range=(3, 30), spectrum=spec, singular_values=sv)
+    db = tmp_path / "r.db"
+    with ResultStore(db) as s:
+        s.write_result(ck(0), "last", "last", options=OPTS, metrics=g,
+                       spectra={"covariance": spec, "singular": sv})
+    from geomfast.store import recompute_metrics
+
+    (li,) = recompute_metrics(db, convention="li2025", fit_range=(3, 30))
+    assert li["rankme"] == pytest.approx(g["rankme"], rel=1e-12)
+    assert li["alpha"] == pytest.approx(g["alpha"], rel=1e-12)
+    (ga,) = recompute_metrics(db, convention="garrido2023", fit_range=(3, 30))
+    assert ga["rankme"] == pytest.approx(g["rankme_garrido2023"], rel=1e-12)
+    (full,) = recompute_metrics(db, convention="full", fit_range=(5, 20))
+    assert full["rankme"] == pytest.approx(g["rankme_full"], rel=1e-12)
+    assert full["alpha"] == pytest.approx(M.alpha_req(spec, fit_range=(5, 20)).alpha, rel=1e-12)
