@@ -597,9 +597,11 @@ def geometry(x_or_accumulator, *, fit_range=(11, 100), eps: float = 1e-7,
     ``rankme`` (li2025), ``rankme_garrido2023``, ``rankme_full``, ``alpha``, ``alpha_r2``,
     ``alpha_r2_100`` (alpha-ReQ on the li2025 spectrum: top min(2048, n, d) eigenvalues),
     ``participation_ratio``, ``stable_rank``, ``spectral_entropy`` (all covariance
-    eigenvalues), ``effective_rank_roy`` (Roy & Vetterli on the singular values of the
-    *centered* matrix, i.e. sqrt of the covariance eigenvalues -- the raw-matrix version is
-    ``rankme_garrido2023`` up to eps), ``condition_number``, ``n``, ``dim`` (int), and
+    eigenvalues), ``effective_rank_roy`` (Roy & Vetterli on the singular values sigma of the
+    raw matrix -- the sigma of METRICS.md; it is ``rankme_garrido2023`` without eps. The
+    centered alternative, sqrt of covariance eigenvalues, would turn rounding-level
+    eigenvalues of a rank-deficient covariance (n <= d) into sizeable sigmas),
+    ``condition_number`` (covariance eigenvalues), ``n``, ``dim`` (int), and
     ``warnings`` (list of str). A measure undefined on this data is ``nan`` and
     ``warnings`` says why; warnings are also issued as :class:`SpectrumWarning`.
     """
@@ -667,7 +669,7 @@ def geometry(x_or_accumulator, *, fit_range=(11, 100), eps: float = 1e-7,
     attempt("participation_ratio", lambda: _participation_ratio(fn, lam_mags))
     attempt("stable_rank", lambda: _stable_rank(fn, lam_mags))
     attempt("spectral_entropy", lambda: _entropy(fn, lam_mags))
-    attempt("effective_rank_roy", lambda: float(np.exp(_entropy(fn, np.sqrt(lam_mags)))))
+    attempt("effective_rank_roy", lambda: float(np.exp(_entropy(fn, sv_mags))))
     attempt("condition_number", lambda: _condition_number(fn, lam_mags, None))
     out["n"] = n
     out["dim"] = d
