@@ -1,0 +1,201 @@
+"""GramAccumulator: streaming covariance of activation sets far too large to stack.
+
+State (float64, on the accumulator's device), with y = x - shift over every row seen:
+count n, shift [dim] (the first chunk's column means), Σy [dim] and Σyyᵀ [dim, dim].
+Memory is O(dim²) whatever the number of rows; states merge exactly (they are sums).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import _core
+from ._array import CUDA, as_view, parse_device
+
+PRECISIONS = ("highest", "fast")
+_FORMAT = "geomfast.gram/1"
+
+
+def _device_str(dt: int, di: int) -> str:
+    return "cpu" if dt != CUDA else f"cuda:{di}"
+
+
+class GramAccumulator:
+    """Streaming Gram/covariance accumulator.
+
+    Args:
+        dim: number of columns (hidden size) of every chunk.
+        device: 'cpu', 'cuda' or 'cuda:<i>'; chunks must live there.
+        precision: 'highest' (float64 arithmetic on exactly up-cast values, ≤1e-12 relative) or
+            'fast' (float32 products over blocks of rows flushed into the float64 state, ≈1e-7).
+            None picks 'highest' on the CPU and 'fast' on CUDA devices.
+    """
+
+    def __init__(self, dim: int, *, device="cpu", precision: str | None = None):
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"[GramAccumulator] dim must be a positive int, got {dim!r}")
+        dt, di = parse_device(device)
+        if precision is None:
+            precision = "fast" if dt == CUDA else "highest"
+        if precision not in PRECISIONS:
+            raise ValueError(f"[GramAccumulator] precision must be 'highest' or 'fast', got {precision!r}")
+        self._dt, self._di = dt, di
+        self._native = _core.Gram(int(dim), dt, di, precision)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dim(self) -> int:
+        return self._native.dim
+
+    @property
+    def count(self) -> int:
+        return self._native.count
+
+    @property
+    def device(self) -> str:
+        return _device_str(self._dt, self._di)
+
+    @property
+    def precision(self) -> str:
+        return self._native.precision
+
+    def __repr__(self) -> str:
+        return f"GramAccumulator(dim={self.dim}, device='{self.device}', precision='{self.precision}', count={self.count})"
+
+    # ------------------------------------------------------------------ accumulation
+    def update(self, x) -> "GramAccumulator":
+        """Add the rows of x: [n, dim], numpy / torch / cupy, float64/32/16 or bfloat16, any strides.
+
+        Raises ValueError on NaN/Inf (with their count and first row); the state is then unchanged.
+        """
+        v = as_view(x, func="GramAccumulator.update")
+        if v.cols != self.dim:
+            raise ValueError(
+                f"[GramAccumulator.update] expected x with {self.dim} columns, got shape ({v.rows}, {v.cols})")
+        if v.device != self.device:
+            raise ValueError(
+                f"[GramAccumulator.update] x is on {v.device}, expected {self.device} (the accumulator's device)")
+        self._native.update(*v.args())
+        return self
+
+    def merge(self, other: "GramAccumulator") -> "GramAccumulator":
+        """Add another accumulator's rows (exactly; shifts may differ)."""
+        if not isinstance(other, GramAccumulator):
+            raise TypeError(f"[GramAccumulator.merge] expected a GramAccumulator, got {type(other).__name__}")
+        if other.dim != self.dim:
+            raise ValueError(f"[GramAccumulator.merge] dim mismatch: expected {self.dim}, got {other.dim}")
+        self._native.add_state(*other._native.state())
+        return self
+
+    def reset(self) -> "GramAccumulator":
+        self._native.reset()
+        return self
+
+    # ------------------------------------------------------------------ results (float64 numpy)
+    def _need_rows(self, func: str, at_least: int = 1):
+        if self.count < at_least:
+            raise ValueError(f"[GramAccumulator.{func}] needs at least {at_least} row(s), got {self.count}")
+
+    def mean(self) -> np.ndarray:
+        """Column means, float64 [dim]."""
+        self._need_rows("mean")
+        n, shift, s, _ = self._native.state()
+        return shift + s / n
+
+    def covariance(self, ddof: int = 1) -> np.ndarray:
+        """Covariance of the rows, float64 [dim, dim]."""
+        self._need_rows("covariance", ddof + 1)
+        return self._native.covariance(int(ddof))
+
+    def raw_gram(self) -> np.ndarray:
+        """Uncentered Σ x xᵀ, float64 [dim, dim]."""
+        n, shift, s, g = self._native.state()
+        # x = y + shift:  Σxxᵀ = Σyyᵀ + shift·(Σy)ᵀ + (Σy)·shiftᵀ + n·shift·shiftᵀ
+        return g + np.outer(shift, s) + np.outer(s, shift) + n * np.outer(shift, shift)
+
+    def spectrum(self, *, ddof: int = 1, method: str = "full", k: int | None = None, **eig_options) -> np.ndarray:
+        """Descending covariance eigenvalues, solved on the accumulator's device."""
+        from .linalg import _eig_args
+
+        self._need_rows("spectrum", ddof + 1)
+        args = _eig_args(self.dim, method, k, eig_options, func="GramAccumulator.spectrum")
+        return self._native.spectrum(int(ddof), *args)
+
+    def singular_values(self) -> np.ndarray:
+        """Descending singular values of the raw (uncentered) n × dim matrix, min(n, dim) of them.
+
+        From the eigenvalues of Σxxᵀ, so values below ≈1e-8·σ₁ are at float64 rounding level.
+        """
+        from .linalg import eigvalsh
+
+        self._need_rows("singular_values")
+        ev = eigvalsh(self.raw_gram())
+        return np.sqrt(np.clip(ev[: min(self.count, self.dim)], 0.0, None))
+
+    # ------------------------------------------------------------------ state (no pickle)
+    def state_dict(self) -> dict:
+        n, shift, s, g = self._native.state()
+        return {"format": _FORMAT, "dim": self.dim, "count": int(n), "precision": self.precision,
+                "shift": shift, "sum": s, "gram": g}
+
+    @classmethod
+    def from_state_dict(cls, state: dict, *, device=None, precision: str | None = None) -> "GramAccumulator":
+        for key in ("dim", "count", "shift", "sum", "gram"):
+            if key not in state:
+                raise ValueError(f"[GramAccumulator.from_state_dict] missing key {key!r}")
+        dim = int(state["dim"])
+        acc = cls(dim, device=device or "cpu", precision=precision or str(state.get("precision", "highest")))
+        shift = np.asarray(state["shift"], dtype=np.float64)
+        s = np.asarray(state["sum"], dtype=np.float64)
+        g = np.asarray(state["gram"], dtype=np.float64)
+        if shift.shape != (dim,) or s.shape != (dim,) or g.shape != (dim, dim):
+            raise ValueError(
+                f"[GramAccumulator.from_state_dict] expected shift/sum of shape ({dim},) and gram ({dim}, {dim}), "
+                f"got {shift.shape}, {s.shape}, {g.shape}")
+        acc._native.set_state(int(state["count"]), shift, s, g)
+        return acc
+
+    def to(self, device) -> "GramAccumulator":
+        """A copy of this accumulator on another device."""
+        return GramAccumulator.from_state_dict(self.state_dict(), device=device)
+
+    def save(self, path) -> None:
+        """Write the state to .safetensors or .npz (atomically: temp file then rename)."""
+        path = Path(path)
+        st = self.state_dict()
+        arrays = {"shift": st["shift"], "sum": st["sum"], "gram": st["gram"]}
+        meta = {"format": _FORMAT, "dim": str(st["dim"]), "count": str(st["count"]), "precision": st["precision"]}
+        tmp = path.with_name(path.name + ".tmp")
+        if path.suffix == ".safetensors":
+            from safetensors.numpy import save_file
+
+            save_file(arrays, str(tmp), metadata=meta)
+        elif path.suffix == ".npz":
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays, **{k: np.array(v) for k, v in meta.items()})
+        else:
+            raise ValueError(f"[GramAccumulator.save] path must end in .safetensors or .npz, got {path.name!r}")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path, *, device=None) -> "GramAccumulator":
+        path = Path(path)
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+                arrays = {k: f.get_tensor(k) for k in ("shift", "sum", "gram")}
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in ("shift", "sum", "gram")}
+                meta = {k: str(z[k]) for k in ("format", "dim", "count", "precision") if k in z}
+        else:
+            raise ValueError(f"[GramAccumulator.load] path must end in .safetensors or .npz, got {path.name!r}")
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"[GramAccumulator.load] {path} is not a geomfast Gram state "
+                             f"(format {meta.get('format')!r}, expected {_FORMAT!r})")
+        return cls.from_state_dict({**arrays, "dim": int(meta["dim"]), "count": int(meta["count"]),
+                                    "precision": meta.get("precision", "highest")}, device=device)
