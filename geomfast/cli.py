@@ -81,7 +81,7 @@ def _add_trace(p: argparse.ArgumentParser) -> None:
                    help="model weights (default float32; li2025: float16)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--min-length", type=int, default=None,
-                   help="keep sequences with at least this many tokens (li2025: 33, i.e. > 32)")
+                   help="keep sequences with MORE than this many tokens (li2025: 32)")
     p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens")
     p.add_argument("--precision", default=None, choices=["highest", "fast"])
     p.add_argument("--preset", default=None, choices=["li2025"],

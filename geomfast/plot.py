@@ -26,12 +26,25 @@ def series(rows: Sequence[dict], *, x: str = "step") -> dict[tuple[str, str, str
     return dict(groups)
 
 
+def _compact(v: float) -> str:
+    """Tick label for a step: 0, 8, 512, 2k, 143k, 1.5M."""
+    if v < 0:
+        return ""
+    v = int(round(v))
+    if v < 1000:
+        return str(v)
+    if v < 1_000_000:
+        return f"{v / 1000:g}k"
+    return f"{v / 1_000_000:g}M"
+
+
 def _layer_sort_key(layer: str):
-    # embed first, then block indices in order, then named layers (last) at the end.
+    # embed first, then blocks in order (block0, block1, …), then 'last' and other names.
     if layer == "embed":
         return (0, 0, layer)
+    digits = layer[5:] if layer.startswith("block") else layer
     try:
-        return (1, int(layer), layer)
+        return (1, int(digits), layer)
     except ValueError:
         return (2, 0, layer)
 
@@ -86,7 +99,11 @@ def plot_results(
         m, layer, pooling = key
         g = groups[key]
         xs = [r[x_key] if r[x_key] is not None else j for j, r in enumerate(g)]
-        label = f"layer {layer}" + (f", {pooling} pooling" if len(poolings) > 1 else "")
+        label = ("final layer (after norm)" if layer == "last" else
+                 "embeddings" if layer == "embed" else f"{layer} output" if layer.startswith("block")
+                 else f"layer {layer}")
+        if len(poolings) > 1:
+            label += f", {pooling} pooling"
         if len(models) > 1:
             label = f"{m}: {label}"
         for ax, metric in zip(axes, metrics):
@@ -101,9 +118,19 @@ def plot_results(
         ax.grid(True, which="major", alpha=0.35)
         ax.grid(True, which="minor", alpha=0.12)
     if use_step:
-        axes[-1].set_xscale("symlog", linthresh=1, linscale=0.5)
-        axes[-1].set_xlim(left=0)
-        axes[-1].set_xlabel("training step (symmetric log axis: step 0 at the left edge)")
+        from matplotlib.ticker import FixedLocator, FuncFormatter, SymmetricalLogLocator
+
+        ax = axes[-1]
+        ax.set_xscale("symlog", linthresh=1, linscale=0.5)
+        steps = sorted({r["step"] for r in rows if r.get("step") is not None})
+        ax.set_xlim(left=0, right=max(steps[-1] * 1.15, 1.5))
+        if len(steps) <= 12:
+            ax.xaxis.set_major_locator(FixedLocator(steps))
+        else:
+            subs = [1.0, 3.0] if steps[-1] > 1e4 else [1.0, 2.0, 5.0]
+            ax.xaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=1, subs=subs))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _compact(v)))
+        ax.set_xlabel("training step (log scale; step 0 at the left edge, linear between 0 and 1)")
     else:
         axes[-1].set_xlabel("checkpoint (order in the series)")
         names = {}

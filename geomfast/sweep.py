@@ -48,14 +48,14 @@ __all__ = [
 # What the paper's code did (Li et al. 2025, METRICS.md): final layer after the final norm,
 # last non-padding token, fp16 weights, 15,000 sequences longer than 32 tokens truncated to
 # 512, RankMe on the top-2048 covariance explained-variance ratios, α fitted on 0-based
-# indices 11..99. ``min_length`` is inclusive (keep sequences with >= 33 tokens == > 32).
+# indices 11..99. ``min_length`` is exclusive (data.load_samples keeps MORE than 32 tokens).
 PRESETS: dict[str, dict[str, Any]] = {
     "li2025": {
         "layers": "last",
         "pooling": "last",
         "dtype": "float16",
         "n_samples": 15000,
-        "min_length": 33,
+        "min_length": 32,
         "max_length": 512,
         "fit_range": (11, 100),
         "eps": 1e-7,
@@ -231,7 +231,7 @@ class _SampleCache:
             tok = load_tokenizer(checkpoint.source, checkpoint.hub_revision,
                                  trust_remote_code=cfg.trust_remote_code,
                                  local_files_only=cfg.local_files_only or None)
-            key = ("tokenizer", _tokenizer_fingerprint(tok))
+            key = ("tokenizer", data.tokenizer_fingerprint(tok))
             if key not in self._by_key:
                 self._by_key[key] = data.load_samples(
                     cfg.dataset, tok, n_samples=cfg.n_samples, seed=cfg.seed,
@@ -250,17 +250,6 @@ def _vocab_size(checkpoint, cfg: TraceConfig) -> int:
         kwargs["local_files_only"] = True
     conf = AutoConfig.from_pretrained(checkpoint.source, **kwargs)
     return int(conf.vocab_size)
-
-
-def _tokenizer_fingerprint(tok) -> str:
-    import hashlib
-
-    try:
-        vocab = tok.get_vocab()
-        blob = json.dumps(sorted(vocab.items()), separators=(",", ":"))
-    except Exception:  # a tokenizer without get_vocab: fall back to its name
-        blob = repr(getattr(tok, "name_or_path", id(tok)))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def load_checkpoint(checkpoint, cfg: TraceConfig, samples: "_SampleCache | Any") -> LoadedCheckpoint:
@@ -407,8 +396,16 @@ def _run_one(store: ResultStore, loaded: LoadedCheckpoint, cfg: TraceConfig, res
                         {"load_s": loaded.load_s}, summary, stage="load")
         return "error"
     try:
+        from .models import resolve_layers
+
+        # Resume at (layer, pooling) granularity: a checkpoint interrupted between two
+        # commits only recomputes the layers it had not written.
+        done = store.done_keys(h, model=ck.model)
+        names = [spec.name for spec in resolve_layers(loaded.model, list(cfg.layers))]
+        missing = [n for n in names
+                   if any((ck.model, ck.revision, n, p) not in done for p in cfg.poolings)]
         t0 = time.perf_counter()
-        accs = extract_checkpoint(loaded.model, loaded.samples, cfg)
+        accs = extract_checkpoint(loaded.model, loaded.samples, cfg, layers=missing) if missing else {}
         extract_s = time.perf_counter() - t0
     except Exception as e:
         _record_failure(store, ck, cfg, result_opts, run_id, e, traceback.format_exc(),
