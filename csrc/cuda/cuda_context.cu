@@ -1,0 +1,138 @@
+// Error reporting, per-device cuBLAS/cuSOLVER handles and cuda_backend_info().
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <sstream>
+
+#include "cuda/cuda_utils.hpp"
+#include "geomfast/backend.hpp"
+
+namespace geomfast::cuda {
+
+const char* cusolver_status_string(cusolverStatus_t s) {
+  switch (s) {
+    case CUSOLVER_STATUS_SUCCESS: return "CUSOLVER_STATUS_SUCCESS";
+    case CUSOLVER_STATUS_NOT_INITIALIZED: return "CUSOLVER_STATUS_NOT_INITIALIZED";
+    case CUSOLVER_STATUS_ALLOC_FAILED: return "CUSOLVER_STATUS_ALLOC_FAILED";
+    case CUSOLVER_STATUS_INVALID_VALUE: return "CUSOLVER_STATUS_INVALID_VALUE";
+    case CUSOLVER_STATUS_ARCH_MISMATCH: return "CUSOLVER_STATUS_ARCH_MISMATCH";
+    case CUSOLVER_STATUS_EXECUTION_FAILED: return "CUSOLVER_STATUS_EXECUTION_FAILED";
+    case CUSOLVER_STATUS_INTERNAL_ERROR: return "CUSOLVER_STATUS_INTERNAL_ERROR";
+    case CUSOLVER_STATUS_MATRIX_TYPE_NOT_SUPPORTED: return "CUSOLVER_STATUS_MATRIX_TYPE_NOT_SUPPORTED";
+    case CUSOLVER_STATUS_NOT_SUPPORTED: return "CUSOLVER_STATUS_NOT_SUPPORTED";
+    default: return "cuSOLVER error";
+  }
+}
+
+bool sync_launches() {
+  static const bool on = [] {
+    const char* v = std::getenv("GEOMFAST_CUDA_SYNC");
+    return v != nullptr && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
+void throw_cuda_error(const char* what, const char* file, int line, const std::string& err) {
+  throw RuntimeError(detail::concat("[cuda] ", what, " failed at ", file, ":", line, ": ", err));
+}
+
+namespace {
+std::mutex g_registry_mutex;
+std::map<int, std::unique_ptr<DeviceHandles>>& registry() {
+  static auto* r = new std::map<int, std::unique_ptr<DeviceHandles>>();  // never destroyed:
+  return *r;  // handles outlive every static destructor that might still use them
+}
+}  // namespace
+
+DeviceHandles& device_handles(int device) {
+  std::lock_guard<std::mutex> lock(g_registry_mutex);
+  auto& reg = registry();
+  auto it = reg.find(device);
+  if (it != reg.end()) return *it->second;
+  DeviceGuard guard(device);
+  auto h = std::make_unique<DeviceHandles>();
+  cublasStatus_t bs = cublasCreate(&h->blas);
+  if (bs != CUBLAS_STATUS_SUCCESS)
+    GF_THROW(RuntimeError, "[cuda] cannot create a cuBLAS handle on cuda:", device, ": ",
+             cublasGetStatusString(bs));
+  cusolverStatus_t ss = cusolverDnCreate(&h->solver);
+  if (ss != CUSOLVER_STATUS_SUCCESS) {
+    cublasDestroy(h->blas);
+    GF_THROW(RuntimeError, "[cuda] cannot create a cuSOLVER handle on cuda:", device, ": ",
+             cusolver_status_string(ss));
+  }
+  GF_CUSOLVER_CHECK(cusolverDnCreateParams(&h->params));
+  DeviceHandles& ref = *h;
+  reg.emplace(device, std::move(h));
+  return ref;
+}
+
+HandleLease::HandleLease(int device, cudaStream_t stream)
+    : h(device_handles(device)), lock(h.mutex) {
+  GF_CUBLAS_CHECK(cublasSetStream(h.blas, stream));
+  GF_CUSOLVER_CHECK(cusolverDnSetStream(h.solver, stream));
+}
+
+int pointer_device(const void* p) {
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free error state of this query
+    return -1;
+  }
+  if (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged) return attr.device;
+  return -1;
+}
+
+}  // namespace geomfast::cuda
+
+namespace geomfast {
+
+// Never throws: without a driver or a device, it says why in `reason`.
+BackendInfo cuda_backend_info() {
+  BackendInfo info;
+  info.built = true;
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    info.reason = cudaGetErrorString(err);
+    return info;
+  }
+  if (count < 1) {
+    info.reason = "no CUDA-capable device is detected";
+    return info;
+  }
+  info.device_count = count;
+  std::ostringstream os;
+  int rt = 0, drv = 0;
+  cudaRuntimeGetVersion(&rt);
+  cudaDriverGetVersion(&drv);
+  os << "CUDA runtime " << rt / 1000 << "." << (rt % 1000) / 10 << ", driver " << drv / 1000 << "."
+     << (drv % 1000) / 10;
+  for (int d = 0; d < count; ++d) {
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, d) == cudaSuccess)
+      os << "; cuda:" << d << " " << prop.name << " (sm_" << prop.major << prop.minor << ", "
+         << (prop.totalGlobalMem >> 20) << " MiB)";
+  }
+  try {
+    cuda::DeviceHandles& h = cuda::device_handles(0);
+    int blas_v = 0, solver_v = 0;
+    {
+      std::lock_guard<std::mutex> lock(h.mutex);
+      cublasGetVersion(h.blas, &blas_v);
+    }
+    cusolverGetVersion(&solver_v);
+    os << "; cuBLAS " << blas_v << "; cuSOLVER " << solver_v;
+  } catch (const std::exception& e) {
+    info.reason = e.what();
+    info.details = os.str();
+    return info;
+  }
+  info.usable = true;
+  info.details = os.str();
+  return info;
+}
+
+}  // namespace geomfast

@@ -1,0 +1,285 @@
+// Symmetric eigenvalues on a CUDA device: full (cuSOLVER syevd, values only) and randomized top-k
+// (the shared randomized_eigvalsh over CudaDenseOps: cuBLAS products, CholeskyQR2 with a
+// Householder fallback, a small syevd for Rayleigh–Ritz).
+//
+// Host synchronisations: full: one, to read the values and the solver's info. Randomized: the
+// shared algorithm reads the Ritz values on the host every iteration (its convergence test), and
+// each CholeskyQR pass reads potrf's info to know whether to fall back to Householder QR: about
+// three small reads per iteration, inherent to the algorithm's interface.
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <vector>
+
+#include "cuda/cuda_utils.hpp"
+#include "cuda/gram_kernels.cuh"
+#include "geomfast/backend.hpp"
+#include "geomfast/eig.hpp"
+
+namespace geomfast {
+namespace cuda {
+namespace {
+
+// Stream-ordered scratch allocation (cudaMallocAsync: no device synchronisation on free).
+class AsyncBuffer {
+ public:
+  AsyncBuffer(size_t bytes, cudaStream_t st) : st_(st) {
+    if (bytes > 0) GF_CUDA_CHECK(cudaMallocAsync(&p_, bytes, st));
+  }
+  ~AsyncBuffer() {
+    if (p_) cudaFreeAsync(p_, st_);
+  }
+  AsyncBuffer(const AsyncBuffer&) = delete;
+  AsyncBuffer& operator=(const AsyncBuffer&) = delete;
+  template <typename T>
+  T* as() const { return static_cast<T*>(p_); }
+
+ private:
+  void* p_ = nullptr;
+  cudaStream_t st_;
+};
+
+bool all_finite(const std::vector<double>& v) {
+  return std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x); });
+}
+
+// Ascending eigenvalues of the symmetric n x n matrix in `w` (float64 col-major; overwritten when
+// solved in float64) with cusolverDnXsyevd, values only. Returns false when cuSOLVER reports a
+// failure (info != 0) or a value is not finite.
+bool syevd_values(HandleLease& lease, double* w, int64_t n, bool single, std::vector<double>& out,
+                  int& info_out, cudaStream_t st) {
+  const cudaDataType_t t = single ? CUDA_R_32F : CUDA_R_64F;
+  const size_t esize = single ? sizeof(float) : sizeof(double);
+  AsyncBuffer a32(single ? static_cast<size_t>(n * n) * sizeof(float) : 0, st);
+  void* a = w;
+  if (single) {
+    convert_f64_to_f32(w, n * n, a32.as<float>(), st);
+    a = a32.as<void>();
+  }
+  AsyncBuffer vals(static_cast<size_t>(n) * esize, st);
+  AsyncBuffer info(sizeof(int), st);
+  size_t dev_bytes = 0, host_bytes = 0;
+  GF_CUSOLVER_CHECK(cusolverDnXsyevd_bufferSize(lease.h.solver, lease.h.params, CUSOLVER_EIG_MODE_NOVECTOR,
+                                                CUBLAS_FILL_MODE_LOWER, n, t, a, n, t, vals.as<void>(), t,
+                                                &dev_bytes, &host_bytes));
+  AsyncBuffer work(dev_bytes, st);
+  std::vector<char> host_work(std::max<size_t>(host_bytes, 1));
+  GF_CUSOLVER_CHECK(cusolverDnXsyevd(lease.h.solver, lease.h.params, CUSOLVER_EIG_MODE_NOVECTOR,
+                                     CUBLAS_FILL_MODE_LOWER, n, t, a, n, t, vals.as<void>(), t,
+                                     work.as<void>(), dev_bytes, host_work.data(), host_bytes,
+                                     info.as<int>()));
+  PinnedBuffer<int> hinfo(1);
+  out.assign(static_cast<size_t>(n), 0.0);
+  if (single) {
+    std::vector<float> v(static_cast<size_t>(n));
+    GF_CUDA_CHECK(cudaMemcpyAsync(v.data(), vals.as<void>(), n * esize, cudaMemcpyDeviceToHost, st));
+    GF_CUDA_CHECK(cudaMemcpyAsync(hinfo.get(), info.as<int>(), sizeof(int), cudaMemcpyDeviceToHost, st));
+    GF_CUDA_CHECK(cudaStreamSynchronize(st));
+    std::copy(v.begin(), v.end(), out.begin());
+  } else {
+    GF_CUDA_CHECK(cudaMemcpyAsync(out.data(), vals.as<void>(), n * esize, cudaMemcpyDeviceToHost, st));
+    GF_CUDA_CHECK(cudaMemcpyAsync(hinfo.get(), info.as<int>(), sizeof(int), cudaMemcpyDeviceToHost, st));
+    GF_CUDA_CHECK(cudaStreamSynchronize(st));
+  }
+  info_out = hinfo[0];
+  return hinfo[0] == 0 && all_finite(out);
+}
+
+// The CPU solver on a host copy of the symmetric matrix (the last resort of the full solver).
+std::vector<double> eigvalsh_on_host(const MatrixView& a, int64_t n, cudaStream_t st) {
+  AsyncBuffer w(static_cast<size_t>(n * n) * sizeof(double), st);
+  symmetric_from_lower(a, w.as<double>(), st);
+  std::vector<double> host(static_cast<size_t>(n * n));
+  GF_CUDA_CHECK(cudaMemcpyAsync(host.data(), w.as<double>(), host.size() * sizeof(double),
+                                cudaMemcpyDeviceToHost, st));
+  GF_CUDA_CHECK(cudaStreamSynchronize(st));
+  MatrixView hv;
+  hv.data = host.data();
+  hv.dtype = DType::kFloat64;
+  hv.rows = hv.cols = n;
+  hv.row_stride = n;
+  hv.col_stride = 1;
+  EigOptions full;
+  full.method = EigMethod::kFull;
+  return eigvalsh_cpu(hv, full).values;  // descending
+}
+
+class CudaDenseOps final : public DenseOps {
+ public:
+  CudaDenseOps(HandleLease& lease, const double* a, int64_t n, cudaStream_t st)
+      : lease_(lease), a_(a), n_(n), st_(st), info_(1) {}
+  ~CudaDenseOps() override {
+    for (double* p : live_) cudaFreeAsync(p, st_);
+  }
+
+  Mat alloc(int64_t rows, int64_t cols) override {
+    Mat m;
+    m.rows = rows;
+    m.cols = cols;
+    GF_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&m.data),
+                                  std::max<size_t>(static_cast<size_t>(rows * cols) * sizeof(double), 8), st_));
+    live_.insert(m.data);
+    return m;
+  }
+
+  void release(Mat& m) override {
+    if (m.data && live_.erase(m.data)) GF_CUDA_CHECK(cudaFreeAsync(m.data, st_));
+    m.data = nullptr;
+  }
+
+  void upload(const double* host, Mat& dst) override {
+    // Pageable source: returns once the data are staged, so `host` may be freed right after.
+    GF_CUDA_CHECK(cudaMemcpyAsync(dst.data, host, static_cast<size_t>(dst.rows * dst.cols) * sizeof(double),
+                                  cudaMemcpyHostToDevice, st_));
+  }
+
+  void apply(const Mat& x, Mat& y) override {  // y = A x
+    GF_ASSERT(x.rows == n_ && y.rows == n_ && y.cols == x.cols, "apply shapes");
+    const double one = 1.0, zero = 0.0;
+    GF_CUBLAS_CHECK(cublasDgemm(blas(), CUBLAS_OP_N, CUBLAS_OP_N, i32(n_), i32(x.cols), i32(n_), &one, a_,
+                                i32(n_), x.data, i32(x.rows), &zero, y.data, i32(y.rows)));
+  }
+
+  void gemm_tn(const Mat& x, const Mat& y, Mat& b) override {  // b = xᵀ y
+    GF_ASSERT(x.rows == y.rows && b.rows == x.cols && b.cols == y.cols, "gemm_tn shapes");
+    const double one = 1.0, zero = 0.0;
+    GF_CUBLAS_CHECK(cublasDgemm(blas(), CUBLAS_OP_T, CUBLAS_OP_N, i32(x.cols), i32(y.cols), i32(x.rows), &one,
+                                x.data, i32(x.rows), y.data, i32(y.rows), &zero, b.data, i32(b.rows)));
+  }
+
+  void orthonormalize(Mat& x) override {
+    // CholeskyQR2; when a Cholesky factorisation fails (x numerically rank-deficient), Householder.
+    if (!cholesky_qr(x) || !cholesky_qr(x)) householder_qr(x);
+  }
+
+  std::vector<double> small_eigvalsh(const Mat& b) override {
+    GF_ASSERT(b.rows == b.cols, "small_eigvalsh needs a square matrix");
+    const int64_t k = b.rows;
+    AsyncBuffer w(static_cast<size_t>(k * k) * sizeof(double), st_);
+    // Symmetrise from the lower triangle into w (syevd overwrites its input).
+    MatrixView v;
+    v.data = b.data;
+    v.dtype = DType::kFloat64;
+    v.rows = v.cols = k;
+    v.row_stride = 1;  // col-major
+    v.col_stride = k;
+    v.device = Device{DeviceType::kCUDA, 0};
+    symmetric_from_lower(v, w.as<double>(), st_);
+    std::vector<double> vals;
+    int info = 0;
+    if (syevd_values(lease_, w.as<double>(), k, false, vals, info, st_)) {
+      std::reverse(vals.begin(), vals.end());
+      return vals;
+    }
+    return eigvalsh_on_host(v, k, st_);
+  }
+
+ private:
+  static int i32(int64_t v) { return static_cast<int>(v); }
+  cublasHandle_t blas() const { return lease_.h.blas; }
+
+  bool cholesky_qr(Mat& x) {
+    const int64_t m = x.rows, k = x.cols;
+    AsyncBuffer r(static_cast<size_t>(k * k) * sizeof(double), st_);
+    const double one = 1.0, zero = 0.0;
+    GF_CUBLAS_CHECK(cublasDsyrk(blas(), CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_T, i32(k), i32(m), &one, x.data,
+                                i32(m), &zero, r.as<double>(), i32(k)));
+    int lwork = 0;
+    GF_CUSOLVER_CHECK(cusolverDnDpotrf_bufferSize(lease_.h.solver, CUBLAS_FILL_MODE_UPPER, i32(k), r.as<double>(),
+                                                  i32(k), &lwork));
+    AsyncBuffer work(static_cast<size_t>(std::max(lwork, 1)) * sizeof(double), st_);
+    AsyncBuffer dinfo(sizeof(int), st_);
+    GF_CUSOLVER_CHECK(cusolverDnDpotrf(lease_.h.solver, CUBLAS_FILL_MODE_UPPER, i32(k), r.as<double>(), i32(k),
+                                       work.as<double>(), lwork, dinfo.as<int>()));
+    GF_CUDA_CHECK(cudaMemcpyAsync(info_.get(), dinfo.as<int>(), sizeof(int), cudaMemcpyDeviceToHost, st_));
+    GF_CUDA_CHECK(cudaStreamSynchronize(st_));
+    if (info_[0] != 0) return false;
+    // x = x R⁻¹ (R upper, xᵀx = RᵀR).
+    GF_CUBLAS_CHECK(cublasDtrsm(blas(), CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
+                                CUBLAS_DIAG_NON_UNIT, i32(m), i32(k), &one, r.as<double>(), i32(k), x.data,
+                                i32(m)));
+    return true;
+  }
+
+  void householder_qr(Mat& x) {
+    const int64_t m = x.rows, k = x.cols;
+    AsyncBuffer tau(static_cast<size_t>(std::max<int64_t>(k, 1)) * sizeof(double), st_);
+    int lw_qr = 0, lw_q = 0;
+    GF_CUSOLVER_CHECK(cusolverDnDgeqrf_bufferSize(lease_.h.solver, i32(m), i32(k), x.data, i32(m), &lw_qr));
+    GF_CUSOLVER_CHECK(cusolverDnDorgqr_bufferSize(lease_.h.solver, i32(m), i32(k), i32(k), x.data, i32(m),
+                                                  tau.as<double>(), &lw_q));
+    const int lwork = std::max({lw_qr, lw_q, 1});
+    AsyncBuffer work(static_cast<size_t>(lwork) * sizeof(double), st_);
+    AsyncBuffer dinfo(sizeof(int), st_);
+    GF_CUSOLVER_CHECK(cusolverDnDgeqrf(lease_.h.solver, i32(m), i32(k), x.data, i32(m), tau.as<double>(),
+                                       work.as<double>(), lwork, dinfo.as<int>()));
+    GF_CUSOLVER_CHECK(cusolverDnDorgqr(lease_.h.solver, i32(m), i32(k), i32(k), x.data, i32(m),
+                                       tau.as<double>(), work.as<double>(), lwork, dinfo.as<int>()));
+    // info < 0 would only flag an illegal argument (a bug, caught by the status checks above).
+  }
+
+  HandleLease& lease_;
+  const double* a_;  // [n, n] col-major, symmetric
+  int64_t n_;
+  cudaStream_t st_;
+  PinnedBuffer<int> info_;
+  std::set<double*> live_;
+};
+
+void check_matrix(const MatrixView& a) {
+  if (a.device.type != DeviceType::kCUDA)
+    GF_THROW(ValueError, "[eigvalsh] expected a CUDA array, got one on ", a.device.str());
+  if (a.rows != a.cols)
+    GF_THROW(ValueError, "[eigvalsh] expected a square matrix, got shape (", a.rows, ", ", a.cols, ")");
+  if (a.dtype != DType::kFloat64 && a.dtype != DType::kFloat32)
+    GF_THROW(TypeError, "[eigvalsh] expected float32 or float64, got ", dtype_name(a.dtype));
+}
+
+}  // namespace
+}  // namespace cuda
+
+EigResult eigvalsh_cuda(const MatrixView& a, const EigOptions& opt) {
+  using namespace cuda;
+  check_matrix(a);
+  const int64_t n = a.rows;
+  EigResult res;
+  if (n == 0) return res;
+  DeviceGuard guard(a.device.index);
+  cudaStream_t st = as_stream(a.stream);
+  HandleLease lease(a.device.index, st);
+  GF_CUBLAS_CHECK(cublasSetMathMode(lease.h.blas, CUBLAS_DEFAULT_MATH));
+  // float64 col-major symmetric work copy (from the lower triangle, as numpy.linalg.eigvalsh).
+  AsyncBuffer w(static_cast<size_t>(n * n) * sizeof(double), st);
+  symmetric_from_lower(a, w.as<double>(), st);
+
+  if (opt.method == EigMethod::kRandomized) {
+    CudaDenseOps ops(lease, w.as<double>(), n, st);
+    return randomized_eigvalsh(ops, n, opt);
+  }
+
+  std::vector<double> vals;
+  int info = 0;
+  if (opt.single_precision) {
+    if (syevd_values(lease, w.as<double>(), n, true, vals, info, st)) {
+      std::reverse(vals.begin(), vals.end());
+      res.values = std::move(vals);
+      return res;
+    }
+    res.warnings.push_back(detail::concat("eigvalsh: cuSOLVER syevd in float32 failed (info=", info,
+                                          ", or non-finite values); retried in float64"));
+  }
+  if (syevd_values(lease, w.as<double>(), n, false, vals, info, st)) {
+    std::reverse(vals.begin(), vals.end());
+    res.values = std::move(vals);
+    return res;
+  }
+  res.warnings.push_back(detail::concat("eigvalsh: cuSOLVER syevd in float64 failed (info=", info,
+                                        ", or non-finite values); solved on the CPU instead"));
+  res.values = eigvalsh_on_host(a, n, st);
+  if (!all_finite(res.values))
+    GF_THROW(RuntimeError, "[eigvalsh] no finite eigenvalues from cuSOLVER or the CPU solver; does the "
+             "matrix hold NaN/Inf?");
+  return res;
+}
+
+}  // namespace geomfast

@@ -1,0 +1,460 @@
+// CudaGram: the streaming Gram state on a CUDA device (GramBackend over our kernels + cuBLAS).
+//
+// State (float64, on the device): shift [d], sum = Σ (x - shift) [d], gram = Σ (x - shift)(x -
+// shift)ᵀ [d, d] col-major with the upper triangle kept (cuBLAS UPPER), count on the host.
+//
+// One update(x) of n rows, all on the caller's stream (x.stream):
+//  1. column_stats: one fused pass over x computing Σ (x - c) and Σ (x - c)² per column in
+//     float64, the number of non-finite values and the first row holding one (atomicMin), and,
+//     for the 16-bit split path, values whose split would overflow. Here c is the "kernel shift"
+//     the products centre by (below). The first update runs it once more beforehand with c = 0 to
+//     set shift = that chunk's column means.
+//  2. HOST SYNC (the only one in the steady state): the 3 flags are copied to pinned memory and
+//     the stream is synchronised, so that NonFiniteError is thrown before the state is touched.
+//     (The first update, and the first one after a state change or a new 16-bit dtype, also
+//     downloads the kernel shift once to build the compact column list J.)
+//  3. products over blocks of rows, flushed into the float64 state (no sync in this loop):
+//     - highest (any dtype): y = x - shift in float64, cublasDsyrk into gram (beta = 1).
+//     - fast, float32/float64 input: y = fl32(x - shift), cublasSsyrk (pedantic math: no TF32,
+//       which carries only 11 bits) into a float32 block, flushed every kFast32FlushRows rows.
+//     - fast, float16/bfloat16 input: the exact hi + lo split on tensor cores (below).
+//  4. commit: sum += Σ (x - c) - n (shift - c); gram += the exact algebraic correction from
+//     centring by c instead of shift (only where they differ); count += n.
+//
+// Error analysis of the fast 16-bit path. Inputs x are bfloat16 (p = 8 significant bits) or
+// float16 (p = 11). Rounding x - shift to 16 bits would cost a relative 2^-p per element (4e-3 for
+// bfloat16), far above the `fast` bar (1e-6 relative Frobenius against float64 arithmetic on the
+// same values); products on raw x with the shift corrected afterwards lose the small eigenvalues
+// of large-offset data to cancellation (Σ x xᵀ is (1 + mean²/var) times larger than what is
+// kept). Instead:
+//  * the kernel shift c[j] is shift[j] rounded to the input's 16-bit type, or 0 for columns whose
+//    |shift| <= kSplitTau · std (there raw x loses at most a factor 1 + kSplitTau² = 1.25 to the
+//    later correction);
+//  * x - c = hi + lo EXACTLY with hi, lo 16-bit (TwoSum: the rounding error of a 16-bit addition
+//    is itself a 16-bit number; see split_rows_kernel). lo = 0 in columns with c = 0, so only the
+//    columns J with c != 0 carry a lo part;
+//  * Σ (hi + lo)(hi + lo)ᵀ = HᵀH + HᵀL_J + (HᵀL_J)ᵀ + L_JᵀL_J, all with exact 16x16-bit products
+//    on tensor cores (cublasGemmEx, float32 accumulation): HᵀH over the upper triangle's column
+//    blocks only, HᵀL_J [d, |J|] and L_JᵀL_J [|J|, |J|]. Cost: 1x (plus d²/(2·kTriangleTile) of
+//    diagonal-block waste) when no column needs a shift, up to 4x when all do (large offsets);
+//  * so the only rounding is float32 accumulation inside a block of kFast16FlushRows rows, which
+//    is then flushed into float64. Per entry its relative error is about k·2^-24 for k = rows /
+//    16 tensor-core accumulation steps when the hardware truncates (worst case; about sqrt(k)·2^-24
+//    with round-to-nearest), i.e. ≈ 1e-7..4e-6 at 1024 rows — the flush interval is the knob,
+//    measured by benchmarks/gpu_check.py (GEOMFAST_CUDA_FLUSH_ROWS overrides it);
+//  * the float64 commit re-expresses Σ (x - c)(x - c)ᵀ around the state's shift exactly in
+//    algebra; it amplifies the float32 error by 1 + (shift - c)²/var per column, ≤ 1.25 for c = 0
+//    and ≈ 1 + (ulp16(mean)/2)²/var otherwise, which stays O(1) because 16-bit data with a mean
+//    that large is itself quantised on that ulp grid.
+// Columns whose split would overflow (|x - c| beyond the 16-bit range, only possible for float16
+// with huge opposite-signed values) send the chunk down the float32 path instead.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "cuda/cuda_utils.hpp"
+#include "cuda/gram_kernels.cuh"
+#include "geomfast/backend.hpp"
+#include "geomfast/gram.hpp"
+
+namespace geomfast {
+namespace cuda {
+namespace {
+
+// Rows per float32 block before it is flushed into float64 (16-bit split path on tensor cores).
+// Smaller is more accurate (float32 accumulation error grows with the rows accumulated, linearly
+// if tensor cores truncate) and slower (each flush reads d² floats and rewrites d²/2 doubles).
+constexpr int64_t kFast16FlushRows = 1024;
+// Same for float32 input on CUDA cores (round-to-nearest FMA): the CPU backend's measured choice.
+constexpr int64_t kFast32FlushRows = 512;
+// highest: rows centred into float64 per DSYRK (no flush: DSYRK accumulates into the state).
+constexpr int64_t kHighestBytes = int64_t(256) << 20;  // cap on the float64 block
+// Column blocks of the upper-triangle GEMMs: the block diagonal wastes d·kTriangleTile/2 products.
+constexpr int64_t kTriangleTile = 1024;
+// Columns with |shift| <= kSplitTau·std are not shifted in the 16-bit split path (no lo part).
+constexpr double kSplitTau = 0.5;
+
+int64_t env_flush_rows(int64_t fallback) {
+  const char* v = std::getenv("GEOMFAST_CUDA_FLUSH_ROWS");
+  if (!v || !*v) return fallback;
+  const long long r = std::atoll(v);
+  return r >= 16 ? static_cast<int64_t>(r) : fallback;
+}
+
+enum class Path { kHighest, kFast32, kFast16 };
+
+class CudaGram final : public GramBackend {
+ public:
+  CudaGram(int64_t dim, int device, Precision precision)
+      : dim_(dim), device_(device), precision_(precision), hflags_(kNumFlags) {
+    if (dim < 1) GF_THROW(ValueError, "[GramAccumulator] expected dim >= 1, got ", dim);
+    DeviceGuard guard(device_);
+    device_handles(device_);  // fail early, with cuBLAS/cuSOLVER's reason
+    GF_CUDA_CHECK(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
+    GF_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+    const size_t d = static_cast<size_t>(dim_);
+    shift_.resize(d);
+    sum_.resize(d);
+    gram_.resize(d * d);
+    c_.resize(d);
+    zsum_.resize(d);
+    zsq_.resize(d);
+    flags_.resize(kNumFlags);
+    zero_state(own_stream_);
+    GF_CUDA_CHECK(cudaEventRecord(ready_, own_stream_));
+  }
+
+  ~CudaGram() override {
+    int prev = 0;
+    cudaGetDevice(&prev);
+    cudaSetDevice(device_);
+    if (own_stream_) cudaStreamSynchronize(own_stream_);
+    if (ready_) {
+      cudaEventSynchronize(ready_);  // work still queued on a caller's stream uses our buffers
+      cudaEventDestroy(ready_);
+    }
+    if (own_stream_) cudaStreamDestroy(own_stream_);
+    for (auto* b : {&shift_, &sum_, &gram_, &c_, &zsum_, &zsq_, &part_}) b->free();  // on device_
+    flags_.free();
+    col2j_.free();
+    block_.free();
+    for (auto* b : {&acc_, &hl_, &ll_}) b->free();
+    cudaSetDevice(prev);
+  }
+
+  int64_t dim() const override { return dim_; }
+  Device device() const override { return Device{DeviceType::kCUDA, device_}; }
+  Precision precision() const override { return precision_; }
+  int64_t count() const override { return count_; }
+
+  void update(const MatrixView& x) override {
+    if (x.device.type != DeviceType::kCUDA || x.device.index != device_)
+      GF_THROW(ValueError, "[GramAccumulator.update] expected an array on cuda:", device_,
+               ", got one on ", x.device.str());
+    if (x.cols != dim_)
+      GF_THROW(ValueError, "[GramAccumulator.update] expected a 2-D array with ", dim_,
+               " columns, got shape (", x.rows, ", ", x.cols, ")");
+    if (x.rows == 0) return;
+    DeviceGuard guard(device_);
+    cudaStream_t st = as_stream(x.stream);
+    GF_CUDA_CHECK(cudaStreamWaitEvent(st, ready_, 0));
+    const int64_t n = x.rows;
+    const int64_t d = dim_;
+    part_.reserve(static_cast<size_t>(column_stats_partials(n) * 2 * d));
+
+    Path path = choose_path(x.dtype);
+    const bool fresh = !shift_set_;
+    if (fresh) {
+      // First chunk: its column means become the shift (state untouched until the check passes).
+      column_stats(x, nullptr, 0.0, part_.get(), zsum_.get(), zsq_.get(), flags_.get(), st);
+      check_flags(st, x);
+      set_shift(zsum_.get(), d, n, shift_.get(), st);
+      shift_set_ = true;
+      c_mode_ = Mode::kStale;
+    }
+    const Mode want = path == Path::kFast16
+                          ? (x.dtype == DType::kBFloat16 ? Mode::kBF16 : Mode::kFP16)
+                          : Mode::kExact;
+    if (c_mode_ != want) {
+      // Column variance estimates for choosing c: this chunk (first update) or the state.
+      if (fresh)
+        prepare_kernel_shift(want, zsum_.get(), zsq_.get(), 1, n, st);
+      else
+        prepare_kernel_shift(want, sum_.get(), gram_.get(), d + 1, count_, st);
+    }
+    const double split_max = path == Path::kFast16
+                                 ? (x.dtype == DType::kFloat16 ? 65504.0 : 3.0e38)
+                                 : 0.0;
+    column_stats(x, c_.get(), split_max, part_.get(), zsum_.get(), zsq_.get(), flags_.get(), st);
+    check_flags(st, x);  // first update: already checked; this reads the overflow count
+    if (path == Path::kFast16 && hflags_[2] != 0) path = Path::kFast32;  // c stays valid there
+
+    HandleLease lease(device_, st);
+    switch (path) {
+      case Path::kHighest: products_highest(x, lease, st); break;
+      case Path::kFast32: products_fast32(x, lease, st); break;
+      case Path::kFast16: products_fast16(x, lease, st); break;
+    }
+    commit_chunk(shift_.get(), c_.get(), zsum_.get(), d, n, c_mode_ != Mode::kExact, sum_.get(),
+                 gram_.get(), st);
+    count_ += n;
+    GF_CUDA_CHECK(cudaEventRecord(ready_, st));
+  }
+
+  GramState state() const override {
+    DeviceGuard guard(device_);
+    GramState s;
+    s.dim = dim_;
+    s.count = count_;
+    const size_t d = static_cast<size_t>(dim_);
+    s.shift.resize(d);
+    s.sum.resize(d);
+    s.gram.resize(d * d);
+    cudaStream_t st = own_stream_;
+    GF_CUDA_CHECK(cudaStreamWaitEvent(st, ready_, 0));
+    DeviceBuffer<double> full(d * d);
+    symmetric_from_upper(gram_.get(), nullptr, dim_, 1.0, 1.0, full.get(), st);
+    GF_CUDA_CHECK(cudaMemcpyAsync(s.shift.data(), shift_.get(), d * sizeof(double), cudaMemcpyDeviceToHost, st));
+    GF_CUDA_CHECK(cudaMemcpyAsync(s.sum.data(), sum_.get(), d * sizeof(double), cudaMemcpyDeviceToHost, st));
+    GF_CUDA_CHECK(cudaMemcpyAsync(s.gram.data(), full.get(), d * d * sizeof(double), cudaMemcpyDeviceToHost, st));
+    GF_CUDA_CHECK(cudaStreamSynchronize(st));
+    GF_CUDA_CHECK(cudaEventRecord(ready_, st));
+    return s;
+  }
+
+  void set_state(const GramState& s) override {
+    if (s.dim != dim_)
+      GF_THROW(ValueError, "[GramAccumulator.set_state] expected a state of dim ", dim_, ", got ", s.dim);
+    const size_t d = static_cast<size_t>(dim_);
+    if (s.shift.size() != d || s.sum.size() != d || s.gram.size() != d * d)
+      GF_THROW(ValueError, "[GramAccumulator.set_state] expected shift/sum of ", d, " and gram of ",
+               d * d, " values, got ", s.shift.size(), "/", s.sum.size(), "/", s.gram.size());
+    DeviceGuard guard(device_);
+    cudaStream_t st = own_stream_;
+    GF_CUDA_CHECK(cudaStreamWaitEvent(st, ready_, 0));
+    // Symmetric, so the row-major host matrix is also the col-major one cuBLAS reads.
+    GF_CUDA_CHECK(cudaMemcpyAsync(shift_.get(), s.shift.data(), d * sizeof(double), cudaMemcpyHostToDevice, st));
+    GF_CUDA_CHECK(cudaMemcpyAsync(sum_.get(), s.sum.data(), d * sizeof(double), cudaMemcpyHostToDevice, st));
+    GF_CUDA_CHECK(cudaMemcpyAsync(gram_.get(), s.gram.data(), d * d * sizeof(double), cudaMemcpyHostToDevice, st));
+    GF_CUDA_CHECK(cudaStreamSynchronize(st));  // the host vectors may go away after return
+    GF_CUDA_CHECK(cudaEventRecord(ready_, st));
+    count_ = s.count;
+    shift_set_ = s.count > 0;
+    c_mode_ = Mode::kStale;
+  }
+
+  void add_state(const GramState& s) override {
+    // Merges with any shift: exact re-shifting on the host (shared code), then upload.
+    GramState cur = state();
+    add_state_into(cur, s);
+    set_state(cur);
+  }
+
+  void reset() override {
+    DeviceGuard guard(device_);
+    GF_CUDA_CHECK(cudaStreamWaitEvent(own_stream_, ready_, 0));
+    zero_state(own_stream_);
+    GF_CUDA_CHECK(cudaEventRecord(ready_, own_stream_));
+    count_ = 0;
+    shift_set_ = false;
+    c_mode_ = Mode::kStale;
+  }
+
+  void covariance(int64_t ddof, double* out) const override {
+    DeviceGuard guard(device_);
+    const size_t d = static_cast<size_t>(dim_);
+    DeviceBuffer<double> cov(d * d);
+    covariance_on_device(ddof, cov.get(), own_stream_);
+    GF_CUDA_CHECK(cudaMemcpyAsync(out, cov.get(), d * d * sizeof(double), cudaMemcpyDeviceToHost, own_stream_));
+    GF_CUDA_CHECK(cudaStreamSynchronize(own_stream_));
+  }
+
+  std::vector<double> spectrum(int64_t ddof, const EigOptions& opt) const override {
+    DeviceGuard guard(device_);
+    const size_t d = static_cast<size_t>(dim_);
+    DeviceBuffer<double> cov(d * d);
+    covariance_on_device(ddof, cov.get(), own_stream_);
+    MatrixView v;
+    v.data = cov.get();
+    v.dtype = DType::kFloat64;
+    v.rows = v.cols = dim_;
+    v.row_stride = dim_;
+    v.col_stride = 1;
+    v.device = Device{DeviceType::kCUDA, device_};
+    v.stream = reinterpret_cast<std::uintptr_t>(own_stream_);
+    EigResult r = eigvalsh_cuda(v, opt);  // synchronises own_stream_ before returning values
+    return r.values;
+  }
+
+ private:
+  enum class Mode { kStale, kExact, kBF16, kFP16 };
+
+  Path choose_path(DType t) const {
+    if (precision_ == Precision::kHighest) return Path::kHighest;
+    if (t == DType::kFloat16 || t == DType::kBFloat16) return Path::kFast16;
+    return Path::kFast32;
+  }
+
+  void zero_state(cudaStream_t st) {
+    const size_t d = static_cast<size_t>(dim_);
+    GF_CUDA_CHECK(cudaMemsetAsync(shift_.get(), 0, d * sizeof(double), st));
+    GF_CUDA_CHECK(cudaMemsetAsync(sum_.get(), 0, d * sizeof(double), st));
+    GF_CUDA_CHECK(cudaMemsetAsync(gram_.get(), 0, d * d * sizeof(double), st));
+  }
+
+  // Flags of the last column_stats into hflags_ (the update's one host synchronisation); throws
+  // NonFiniteError before the state is touched.
+  void check_flags(cudaStream_t st, const MatrixView& x) {
+    GF_CUDA_CHECK(cudaMemcpyAsync(hflags_.get(), flags_.get(), kNumFlags * sizeof(unsigned long long),
+                                  cudaMemcpyDeviceToHost, st));
+    GF_CUDA_CHECK(cudaStreamSynchronize(st));
+    if (hflags_[0] != 0) {
+      const auto count = static_cast<int64_t>(hflags_[0]);
+      const auto first = static_cast<int64_t>(hflags_[1]);
+      throw NonFiniteError(
+          detail::concat("[GramAccumulator.update] expected finite values, got ", count,
+                         " NaN/Inf value(s) in an array of shape (", x.rows, ", ", x.cols,
+                         "), the first in row ", first, "; nothing was accumulated"),
+          count, first);
+    }
+  }
+
+  // c_ for the path: the shift itself (exact paths), or its 16-bit split version plus the compact
+  // list J of shifted columns (downloaded once per shift / dtype change: a host sync).
+  void prepare_kernel_shift(Mode mode, const double* ysum, const double* ysq, int64_t ysq_stride,
+                            int64_t n, cudaStream_t st) {
+    const size_t d = static_cast<size_t>(dim_);
+    if (mode == Mode::kExact) {
+      GF_CUDA_CHECK(cudaMemcpyAsync(c_.get(), shift_.get(), d * sizeof(double), cudaMemcpyDeviceToDevice, st));
+      nj_ = 0;
+      c_mode_ = mode;
+      return;
+    }
+    choose_split_shift(shift_.get(), ysum, ysq, ysq_stride, dim_, n, kSplitTau,
+                       mode == Mode::kBF16 ? DType::kBFloat16 : DType::kFloat16, c_.get(), st);
+    std::vector<double> hc(d);
+    GF_CUDA_CHECK(cudaMemcpyAsync(hc.data(), c_.get(), d * sizeof(double), cudaMemcpyDeviceToHost, st));
+    GF_CUDA_CHECK(cudaStreamSynchronize(st));
+    std::vector<int> col2j(d, -1);
+    nj_ = 0;
+    for (size_t j = 0; j < d; ++j)
+      if (hc[j] != 0.0) col2j[j] = static_cast<int>(nj_++);
+    col2j_.reserve(d);
+    GF_CUDA_CHECK(cudaMemcpyAsync(col2j_.get(), col2j.data(), d * sizeof(int), cudaMemcpyHostToDevice, st));
+    GF_CUDA_CHECK(cudaStreamSynchronize(st));  // col2j (pageable) must outlive the copy
+    c_mode_ = mode;
+  }
+
+  void products_highest(const MatrixView& x, HandleLease& lease, cudaStream_t st) {
+    const int64_t d = dim_;
+    const int64_t rows_per = std::clamp<int64_t>(kHighestBytes / (8 * d), 64, 8192);
+    const int64_t br = std::min(rows_per, x.rows);
+    block_.reserve(static_cast<size_t>(br * d) * sizeof(double));
+    double* y = reinterpret_cast<double*>(block_.get());
+    // float64 has no reduced-precision mode: the default lets cuBLAS use FP64 tensor cores (DMMA).
+    GF_CUBLAS_CHECK(cublasSetMathMode(lease.h.blas, CUBLAS_DEFAULT_MATH));
+    const double one = 1.0;
+    for (int64_t r0 = 0; r0 < x.rows; r0 += br) {
+      const int64_t nb = std::min(br, x.rows - r0);
+      center_rows_f64(x, r0, nb, c_.get(), y, st);
+      // y row-major [nb, d] is col-major [d, nb]: gram += y_c y_cᵀ = Σ rows yᵀy.
+      GF_CUBLAS_CHECK(cublasDsyrk(lease.h.blas, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, static_cast<int>(d),
+                                  static_cast<int>(nb), &one, y, static_cast<int>(d), &one, gram_.get(),
+                                  static_cast<int>(d)));
+    }
+  }
+
+  void products_fast32(const MatrixView& x, HandleLease& lease, cudaStream_t st) {
+    const int64_t d = dim_;
+    const int64_t br = std::min(env_flush_rows(kFast32FlushRows), x.rows);
+    block_.reserve(static_cast<size_t>(br * d) * sizeof(float));
+    acc_.reserve(static_cast<size_t>(d * d));
+    float* y = reinterpret_cast<float*>(block_.get());
+    GF_CUBLAS_CHECK(cublasSetMathMode(lease.h.blas, CUBLAS_PEDANTIC_MATH));  // no TF32
+    const float one = 1.0f, zero = 0.0f;
+    for (int64_t r0 = 0; r0 < x.rows; r0 += br) {
+      const int64_t nb = std::min(br, x.rows - r0);
+      center_rows_f32(x, r0, nb, c_.get(), y, st);
+      GF_CUBLAS_CHECK(cublasSsyrk(lease.h.blas, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, static_cast<int>(d),
+                                  static_cast<int>(nb), &one, y, static_cast<int>(d), &zero, acc_.get(),
+                                  static_cast<int>(d)));
+      flush_upper(acc_.get(), d, gram_.get(), st);
+    }
+  }
+
+  void products_fast16(const MatrixView& x, HandleLease& lease, cudaStream_t st) {
+    const int64_t d = dim_;
+    const int64_t nj = nj_;
+    const int64_t br = std::min(env_flush_rows(kFast16FlushRows), x.rows);
+    const size_t hi_bytes = static_cast<size_t>(br * d) * 2;
+    const size_t lo_bytes = static_cast<size_t>(br * nj) * 2;
+    block_.reserve(hi_bytes + lo_bytes + 256);
+    void* hi = block_.get();
+    void* lo = block_.get() + ((hi_bytes + 255) / 256) * 256;
+    acc_.reserve(static_cast<size_t>(d * d));
+    if (nj > 0) {
+      hl_.reserve(static_cast<size_t>(d * nj));
+      ll_.reserve(static_cast<size_t>(nj * nj));
+    }
+    const cudaDataType_t t = x.dtype == DType::kBFloat16 ? CUDA_R_16BF : CUDA_R_16F;
+    GF_CUBLAS_CHECK(cublasSetMathMode(lease.h.blas, CUBLAS_DEFAULT_MATH));
+    const float one = 1.0f, zero = 0.0f;
+    const int di = static_cast<int>(d), nji = static_cast<int>(nj);
+    for (int64_t r0 = 0; r0 < x.rows; r0 += br) {
+      const int64_t nb = std::min(br, x.rows - r0);
+      const int k = static_cast<int>(nb);
+      split_rows_16(x, r0, nb, c_.get(), col2j_.get(), nj, hi, lo, st);
+      // hi row-major [nb, d] = col-major H_c [d, nb]; HᵀH = H_c H_cᵀ. Column block [j0, j0 + w)
+      // of the upper triangle: rows [0, j0 + w) (the diagonal block is computed in full).
+      for (int64_t j0 = 0; j0 < d; j0 += kTriangleTile) {
+        const int w = static_cast<int>(std::min(kTriangleTile, d - j0));
+        const int m = static_cast<int>(j0) + w;
+        GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, m, w, k, &one, hi, t, di,
+                                     static_cast<const char*>(hi) + j0 * 2, t, di, &zero,
+                                     acc_.get() + j0 * d, CUDA_R_32F, di, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT));
+      }
+      if (nj > 0) {
+        // lo row-major [nb, nj] = col-major L_c [nj, nb]. HᵀL_J = H_c L_cᵀ [d, nj]; L_JᵀL_J [nj, nj].
+        GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, di, nji, k, &one, hi, t, di, lo,
+                                     t, nji, &zero, hl_.get(), CUDA_R_32F, di, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT));
+        GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, nji, nji, k, &one, lo, t, nji,
+                                     lo, t, nji, &zero, ll_.get(), CUDA_R_32F, nji, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT));
+      }
+      flush_upper_split(acc_.get(), nj > 0 ? hl_.get() : nullptr, nj > 0 ? ll_.get() : nullptr,
+                        col2j_.get(), d, nj, gram_.get(), st);
+    }
+  }
+
+  void covariance_on_device(int64_t ddof, double* out, cudaStream_t st) const {
+    if (count_ - ddof <= 0)
+      GF_THROW(ValueError, "[GramAccumulator.covariance] expected more than ddof=", ddof,
+               " rows, got ", count_);
+    GF_CUDA_CHECK(cudaStreamWaitEvent(st, ready_, 0));
+    symmetric_from_upper(gram_.get(), sum_.get(), dim_, static_cast<double>(count_),
+                         1.0 / static_cast<double>(count_ - ddof), out, st);
+    GF_CUDA_CHECK(cudaEventRecord(ready_, st));
+  }
+
+  int64_t dim_;
+  int device_;
+  Precision precision_;
+  int64_t count_ = 0;
+  bool shift_set_ = false;
+  Mode c_mode_ = Mode::kStale;
+  int64_t nj_ = 0;
+
+  cudaStream_t own_stream_ = nullptr;  // state(), set_state(), covariance(): no caller stream
+  cudaEvent_t ready_ = nullptr;        // recorded after every operation; the next one waits on it
+
+  DeviceBuffer<double> shift_, sum_, gram_;  // the state: [d], [d], [d, d] col-major upper
+  DeviceBuffer<double> c_;                   // [d] kernel shift
+  DeviceBuffer<double> zsum_, zsq_;          // [d] chunk Σ (x - c), Σ (x - c)²
+  DeviceBuffer<double> part_;                // column_stats partials
+  DeviceBuffer<unsigned long long> flags_;   // [kNumFlags]
+  PinnedBuffer<unsigned long long> hflags_;  // [kNumFlags]
+  DeviceBuffer<int> col2j_;                  // [d]
+  DeviceBuffer<char> block_;                 // centred rows (f64 / f32 / hi+lo 16-bit)
+  DeviceBuffer<float> acc_, hl_, ll_;        // [d, d], [d, nj], [nj, nj] float32 products
+};
+
+}  // namespace
+}  // namespace cuda
+
+std::unique_ptr<GramBackend> make_cuda_gram(int64_t dim, int device_index, Precision precision) {
+  const BackendInfo info = cuda_backend_info();
+  if (!info.usable) GF_THROW(RuntimeError, "[GramAccumulator] the CUDA backend is not usable here: ", info.reason);
+  if (device_index < 0 || device_index >= info.device_count)
+    GF_THROW(ValueError, "[GramAccumulator] expected a device index in [0, ", info.device_count,
+             "), got cuda:", device_index);
+  return std::make_unique<cuda::CudaGram>(dim, device_index, precision);
+}
+
+}  // namespace geomfast

@@ -1,0 +1,445 @@
+// The CUDA backend's own kernels: fused column statistics with non-finite checks, shifted
+// centering (float64 / float32), the exact 16-bit hi+lo split, float32 -> float64 flushes over the
+// upper triangle, and the chunk commit. Launchers and shapes are documented in gram_kernels.cuh.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+
+#include "cuda/cuda_utils.hpp"
+#include "cuda/gram_kernels.cuh"
+
+namespace geomfast::cuda {
+namespace {
+
+__device__ __forceinline__ double to_double(double v) { return v; }
+__device__ __forceinline__ double to_double(float v) { return static_cast<double>(v); }
+__device__ __forceinline__ double to_double(__half v) { return static_cast<double>(__half2float(v)); }
+__device__ __forceinline__ double to_double(__nv_bfloat16 v) {
+  return static_cast<double>(__bfloat162float(v));
+}
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T16> __device__ __forceinline__ T16 round16(float v);
+template <> __device__ __forceinline__ __half round16<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 round16<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Calls f(T{}) with the C++ type of `t`.
+template <typename F>
+void dispatch_dtype(DType t, F&& f) {
+  switch (t) {
+    case DType::kFloat64: f(double{}); return;
+    case DType::kFloat32: f(float{}); return;
+    case DType::kFloat16: f(__half{}); return;
+    case DType::kBFloat16: f(__nv_bfloat16{}); return;
+  }
+  GF_ASSERT(false, "unknown dtype");
+}
+
+unsigned grid_1d(int64_t n, int threads) {
+  return static_cast<unsigned>(std::min<int64_t>((n + threads - 1) / threads, 1 << 20));
+}
+
+// ------------------------------------------------------------------------- column statistics
+constexpr int kStatsCols = 32;     // columns per block (threadIdx.x)
+constexpr int kStatsLanes = 8;     // row lanes per block (threadIdx.y)
+constexpr int kStatsMaxParts = 128;
+
+template <typename T>
+__global__ void column_stats_kernel(const T* __restrict__ x,  // [rows, cols], strides (rs, cs)
+                                    int64_t rows, int64_t cols, int64_t rs, int64_t cs,
+                                    const double* __restrict__ c,  // [cols] or nullptr
+                                    double split_max,
+                                    double* __restrict__ part,  // [gridDim.y, 2, cols]
+                                    unsigned long long* __restrict__ flags) {  // [kNumFlags]
+  __shared__ double s_sum[kStatsLanes][kStatsCols + 1];
+  __shared__ double s_sq[kStatsLanes][kStatsCols + 1];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kStatsCols + tx;
+  double sum = 0.0, sq = 0.0;
+  unsigned long long bad = 0, first = ULLONG_MAX, over = 0;
+  if (col < cols) {
+    const double cj = c ? c[col] : 0.0;
+    for (int64_t r = static_cast<int64_t>(blockIdx.y) * kStatsLanes + ty; r < rows;
+         r += static_cast<int64_t>(gridDim.y) * kStatsLanes) {
+      const double v = to_double(x[r * rs + col * cs]);
+      if (!isfinite(v)) {
+        if (bad++ == 0) first = static_cast<unsigned long long>(r);  // rows only increase here
+        continue;
+      }
+      const double y = v - cj;
+      sum += y;
+      sq += y * y;
+      if (split_max > 0.0 && fabs(y) > split_max) ++over;
+    }
+  }
+  s_sum[ty][tx] = sum;
+  s_sq[ty][tx] = sq;
+  __syncthreads();
+  if (ty == 0 && col < cols) {
+    double a = 0.0, b = 0.0;
+    for (int l = 0; l < kStatsLanes; ++l) {  // fixed order: deterministic
+      a += s_sum[l][tx];
+      b += s_sq[l][tx];
+    }
+    part[(static_cast<int64_t>(blockIdx.y) * 2 + 0) * cols + col] = a;
+    part[(static_cast<int64_t>(blockIdx.y) * 2 + 1) * cols + col] = b;
+  }
+  if (bad) {
+    atomicAdd(&flags[0], bad);
+    atomicMin(&flags[1], first);
+  }
+  if (over) atomicAdd(&flags[2], over);
+}
+
+__global__ void reduce_parts_kernel(const double* __restrict__ part,  // [nparts, 2, cols]
+                                    int64_t nparts, int64_t cols,
+                                    double* __restrict__ csum,  // [cols]
+                                    double* __restrict__ csq) {  // [cols]
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= cols) return;
+  double a = 0.0, b = 0.0;
+  for (int64_t p = 0; p < nparts; ++p) {
+    a += part[(p * 2 + 0) * cols + col];
+    b += part[(p * 2 + 1) * cols + col];
+  }
+  csum[col] = a;
+  csq[col] = b;
+}
+
+__global__ void init_flags_kernel(unsigned long long* flags) {  // [kNumFlags]
+  flags[0] = 0;
+  flags[1] = ULLONG_MAX;
+  flags[2] = 0;
+}
+
+// ------------------------------------------------------------------------- shifts
+__global__ void set_shift_kernel(const double* __restrict__ csum,  // [d]
+                                 int64_t d, double n, double* __restrict__ shift) {  // [d]
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j < d) shift[j] = csum[j] / n;
+}
+
+template <typename T16>
+__global__ void choose_split_shift_kernel(const double* __restrict__ shift,  // [d]
+                                          const double* __restrict__ ysum,   // [d]
+                                          const double* __restrict__ ysq,    // [d] strided
+                                          int64_t ysq_stride, int64_t d, double n, double tau,
+                                          double max16, double* __restrict__ c) {  // [d]
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= d) return;
+  const double s = shift[j];
+  const double m = n > 0 ? ysum[j] / n : 0.0;
+  const double var = n > 0 ? fmax(ysq[j * ysq_stride] / n - m * m, 0.0) : 0.0;
+  if (!(fabs(s) <= max16) || fabs(s) <= tau * sqrt(var)) {
+    c[j] = 0.0;  // raw x is exact in 16 bits: no lo part for this column
+  } else {
+    c[j] = static_cast<double>(to_float(round16<T16>(static_cast<float>(s))));
+  }
+}
+
+// ------------------------------------------------------------------------- centering
+constexpr int kRowThreads = 256;
+
+template <typename T, typename O>
+__global__ void center_rows_kernel(const T* __restrict__ x,  // [*, cols], strides (rs, cs)
+                                   int64_t r0, int64_t nb, int64_t cols, int64_t rs, int64_t cs,
+                                   const double* __restrict__ c,  // [cols]
+                                   O* __restrict__ y) {           // [nb, cols] row-major
+  for (int64_t r = blockIdx.y; r < nb; r += gridDim.y) {
+    const T* xr = x + (r0 + r) * rs;
+    for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < cols;
+         j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      y[r * cols + j] = static_cast<O>(to_double(xr[j * cs]) - c[j]);
+    }
+  }
+}
+
+// Exact hi + lo split (see gram_cuda.cu for the error analysis). With x, c in the 16-bit format
+// F (p significant bits; p = 8 for bfloat16, 11 for float16):
+//  * TwoSum in float32 gives s + e = x - c exactly (no float32 overflow: |x|, |c| < 2^128).
+//  * hi = RN_F(s) = RN_F(x - c): rounding to float32 first is innocuous since 24 >= 2p + 2.
+//  * x - c - hi is exactly representable in F (the error of a correctly rounded addition in F),
+//    and it equals (s - hi) + e where s - hi is exact in float32; since the exact sum is a float32
+//    value, the float32 addition returns it exactly, and rounding it to F is exact too.
+// The only failure, overflow of hi, is detected by column_stats (split_max) beforehand.
+template <typename T16>
+__global__ void split_rows_kernel(const T16* __restrict__ x,  // [*, cols], strides (rs, cs)
+                                  int64_t r0, int64_t nb, int64_t cols, int64_t rs, int64_t cs,
+                                  const double* __restrict__ c,  // [cols], values in T16
+                                  const int* __restrict__ col2j,  // [cols]
+                                  int64_t nj,
+                                  T16* __restrict__ hi,  // [nb, cols] row-major
+                                  T16* __restrict__ lo) {  // [nb, nj] row-major
+  for (int64_t r = blockIdx.y; r < nb; r += gridDim.y) {
+    const T16* xr = x + (r0 + r) * rs;
+    for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < cols;
+         j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      const float a = to_float(xr[j * cs]);
+      const float b = -static_cast<float>(c[j]);  // exact: c[j] is a 16-bit value
+      const float s = __fadd_rn(a, b);
+      const float bb = __fsub_rn(s, a);
+      const float e = __fadd_rn(__fsub_rn(a, __fsub_rn(s, bb)), __fsub_rn(b, bb));
+      const T16 h = round16<T16>(s);
+      hi[r * cols + j] = h;
+      const int jj = col2j[j];
+      if (jj >= 0) lo[r * nj + jj] = round16<T16>(__fadd_rn(__fsub_rn(s, to_float(h)), e));
+    }
+  }
+}
+
+// ------------------------------------------------------------------------- flushes and commits
+// 32 x 32 tiles of a [d, d] col-major matrix; blocks entirely below the diagonal return at once.
+constexpr int kTile = 32;
+constexpr int kTileLanes = 8;
+
+__global__ void flush_upper_kernel(const float* __restrict__ acc,  // [d, d] col-major
+                                   int64_t d, double* __restrict__ gram) {  // [d, d] col-major
+  const int64_t a0 = static_cast<int64_t>(blockIdx.x) * kTile, b0 = static_cast<int64_t>(blockIdx.y) * kTile;
+  if (a0 > b0 + kTile - 1) return;
+  const int64_t a = a0 + threadIdx.x;
+  for (int64_t b = b0 + threadIdx.y; b < b0 + kTile; b += kTileLanes) {
+    if (a < d && b < d && a <= b) gram[a + b * d] += static_cast<double>(acc[a + b * d]);
+  }
+}
+
+__global__ void flush_upper_split_kernel(const float* __restrict__ hh,  // [d, d] col-major
+                                         const float* __restrict__ hl,  // [d, nj] col-major
+                                         const float* __restrict__ ll,  // [nj, nj] col-major
+                                         const int* __restrict__ col2j,  // [d]
+                                         int64_t d, int64_t nj,
+                                         double* __restrict__ gram) {  // [d, d] col-major
+  const int64_t a0 = static_cast<int64_t>(blockIdx.x) * kTile, b0 = static_cast<int64_t>(blockIdx.y) * kTile;
+  if (a0 > b0 + kTile - 1) return;
+  const int64_t a = a0 + threadIdx.x;
+  if (a >= d) return;
+  const int ja = nj > 0 ? col2j[a] : -1;
+  for (int64_t b = b0 + threadIdx.y; b < b0 + kTile; b += kTileLanes) {
+    if (b >= d || a > b) continue;
+    double v = static_cast<double>(hh[a + b * d]);
+    if (nj > 0) {
+      const int jb = col2j[b];
+      if (jb >= 0) v += static_cast<double>(hl[a + jb * d]);
+      if (ja >= 0) v += static_cast<double>(hl[b + ja * d]);
+      if (ja >= 0 && jb >= 0) v += static_cast<double>(ll[ja + jb * nj]);
+    }
+    gram[a + b * d] += v;
+  }
+}
+
+__global__ void commit_sum_kernel(const double* __restrict__ shift,  // [d]
+                                  const double* __restrict__ c,      // [d]
+                                  const double* __restrict__ zsum,   // [d]
+                                  int64_t d, double n, double* __restrict__ sum) {  // [d]
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j < d) sum[j] += zsum[j] - n * (shift[j] - c[j]);
+}
+
+__global__ void commit_gram_kernel(const double* __restrict__ shift,  // [d]
+                                   const double* __restrict__ c,      // [d]
+                                   const double* __restrict__ zsum,   // [d]
+                                   int64_t d, double n,
+                                   double* __restrict__ gram) {  // [d, d] col-major
+  const int64_t a0 = static_cast<int64_t>(blockIdx.x) * kTile, b0 = static_cast<int64_t>(blockIdx.y) * kTile;
+  if (a0 > b0 + kTile - 1) return;
+  const int64_t a = a0 + threadIdx.x;
+  if (a >= d) return;
+  const double da = shift[a] - c[a], za = zsum[a];
+  for (int64_t b = b0 + threadIdx.y; b < b0 + kTile; b += kTileLanes) {
+    if (b >= d || a > b) continue;
+    const double db = shift[b] - c[b];
+    if (da != 0.0 || db != 0.0) gram[a + b * d] += n * da * db - da * zsum[b] - za * db;
+  }
+}
+
+__global__ void symmetric_from_upper_kernel(const double* __restrict__ gram,  // [d, d] col-major
+                                            const double* __restrict__ sum,   // [d] or nullptr
+                                            int64_t d, double n, double scale,
+                                            double* __restrict__ full) {  // [d, d]
+  const int64_t a = static_cast<int64_t>(blockIdx.x) * kTile + threadIdx.x;
+  if (a >= d) return;
+  for (int64_t b = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.y;
+       b < static_cast<int64_t>(blockIdx.y + 1) * kTile && b < d; b += kTileLanes) {
+    const int64_t lo = a < b ? a : b, hi = a < b ? b : a;
+    double v = gram[lo + hi * d];
+    if (sum) v -= sum[a] * sum[b] / n;
+    full[a + b * d] = v * scale;
+  }
+}
+
+template <typename T>
+__global__ void symmetric_from_lower_kernel(const T* __restrict__ a,  // [n, n], strides (rs, cs)
+                                            int64_t n, int64_t rs, int64_t cs,
+                                            double* __restrict__ w) {  // [n, n] col-major
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kTile + threadIdx.x;
+  if (i >= n) return;
+  for (int64_t j = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.y;
+       j < static_cast<int64_t>(blockIdx.y + 1) * kTile && j < n; j += kTileLanes) {
+    const int64_t r = i > j ? i : j, q = i > j ? j : i;  // lower triangle: row >= col
+    w[i + j * n] = to_double(a[r * rs + q * cs]);
+  }
+}
+
+__global__ void convert_f64_to_f32_kernel(const double* __restrict__ src,  // [n]
+                                          int64_t n, float* __restrict__ dst) {  // [n]
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = static_cast<float>(src[i]);
+}
+
+__global__ void fill_nan_kernel(double* __restrict__ p, int64_t n) {  // [n]
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    p[i] = NAN;
+}
+
+dim3 tile_grid(int64_t d) {
+  const unsigned t = static_cast<unsigned>((d + kTile - 1) / kTile);
+  return dim3(t, t);
+}
+
+dim3 row_grid(int64_t nb, int64_t cols) {
+  const unsigned gx = static_cast<unsigned>(std::min<int64_t>((cols + kRowThreads - 1) / kRowThreads, 64));
+  const unsigned gy = static_cast<unsigned>(std::min<int64_t>(nb, 65535));
+  return dim3(gx, gy);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------- launchers
+int64_t column_stats_partials(int64_t rows) {
+  const int64_t per = kStatsLanes * 16;  // at least 16 rows per thread before adding a part
+  return std::max<int64_t>(1, std::min<int64_t>((rows + per - 1) / per, kStatsMaxParts));
+}
+
+void column_stats(const MatrixView& x, const double* c, double split_max, double* part,
+                  double* csum, double* csq, unsigned long long* flags, cudaStream_t stream) {
+  const int64_t nparts = column_stats_partials(x.rows);
+  init_flags_kernel<<<1, 1, 0, stream>>>(flags);
+  GF_CUDA_CHECK_LAUNCH(stream);
+  const dim3 block(kStatsCols, kStatsLanes);
+  const dim3 grid(static_cast<unsigned>((x.cols + kStatsCols - 1) / kStatsCols),
+                  static_cast<unsigned>(nparts));
+  dispatch_dtype(x.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    column_stats_kernel<T><<<grid, block, 0, stream>>>(static_cast<const T*>(x.data), x.rows, x.cols,
+                                                       x.row_stride, x.col_stride, c, split_max,
+                                                       part, flags);
+  });
+  GF_CUDA_CHECK_LAUNCH(stream);
+  reduce_parts_kernel<<<grid_1d(x.cols, 256), 256, 0, stream>>>(part, nparts, x.cols, csum, csq);
+  GF_CUDA_CHECK_LAUNCH(stream);
+}
+
+void set_shift(const double* csum, int64_t d, int64_t n, double* shift, cudaStream_t stream) {
+  set_shift_kernel<<<grid_1d(d, 256), 256, 0, stream>>>(csum, d, static_cast<double>(n), shift);
+  GF_CUDA_CHECK_LAUNCH(stream);
+}
+
+void choose_split_shift(const double* shift, const double* ysum, const double* ysq,
+                        int64_t ysq_stride, int64_t d, int64_t n, double tau, DType dtype16,
+                        double* c, cudaStream_t stream) {
+  if (dtype16 == DType::kBFloat16) {
+    choose_split_shift_kernel<__nv_bfloat16><<<grid_1d(d, 256), 256, 0, stream>>>(
+        shift, ysum, ysq, ysq_stride, d, static_cast<double>(n), tau, 3.0e38, c);
+  } else {
+    GF_ASSERT(dtype16 == DType::kFloat16, "choose_split_shift needs a 16-bit dtype");
+    choose_split_shift_kernel<__half><<<grid_1d(d, 256), 256, 0, stream>>>(
+        shift, ysum, ysq, ysq_stride, d, static_cast<double>(n), tau, 65504.0, c);
+  }
+  GF_CUDA_CHECK_LAUNCH(stream);
+}
+
+void center_rows_f64(const MatrixView& x, int64_t r0, int64_t nb, const double* c, double* y,
+                     cudaStream_t stream) {
+  dispatch_dtype(x.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    center_rows_kernel<T, double><<<row_grid(nb, x.cols), kRowThreads, 0, stream>>>(
+        static_cast<const T*>(x.data), r0, nb, x.cols, x.row_stride, x.col_stride, c, y);
+  });
+  GF_CUDA_CHECK_LAUNCH(stream);
+}
+
+void center_rows_f32(const MatrixView& x, int64_t r0, int64_t nb, const double* c, float* y,
+                     cudaStream_t stream) {
+  dispatch_dtype(x.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    center_rows_kernel<T, float><<<row_grid(nb, x.cols), kRowThreads, 0, stream>>>(
+        static_cast<const T*>(x.data), r0, nb, x.cols, x.row_stride, x.col_stride, c, y);
+  });
+  GF_CUDA_CHECK_LAUNCH(stream);
+}
+
+void split_rows_16(const MatrixView& x, int64_t r0, int64_t nb, const double* c, const int* col2j,
+                   int64_t nj, void* hi, void* lo, cudaStream_t stream) {
+  if (x.dtype == DType::kBFloat16) {
+    split_rows_kernel<__nv_bfloat16><<<row_grid(nb, x.cols), kRowThreads, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(x.data), r0, nb, x.cols, x.row_stride, x.col_stride, c,
+        col2j, nj, static_cast<__nv_bfloat16*>(hi), static_cast<__nv_bfloat16*>(lo));
+  } else {
+    GF_ASSERT(x.dtype == DType::kFloat16, "split_rows_16 needs 16-bit input");
+    split_rows_kernel<__half><<<row_grid(nb, x.cols), kRowThreads, 0, stream>>>(
+        static_cast<const __half*>(x.data), r0, nb, x.cols, x.row_stride, x.col_stride, c, col2j,
+        nj, static_cast<__half*>(hi), static_cast<__half*>(lo));
+  }
+  GF_CUDA_CHECK_LAUNCH(stream);
+}
+
+void flush_upper(const float* acc, int64_t d, double* gram, cudaStream_t stream) {
+  flush_upper_kernel<<<tile_grid(d), dim3(kTile, kTileLanes), 0, stream>>>(acc, d, gram);
+  GF_CUDA_CHECK_LAUNCH(stream);
+}
+
+void flush_upper_split(const float* hh, const float* hl, const float* ll, const int* col2j,
+                       int64_t d, int64_t nj, double* gram, cudaStream_t stream) {
+  flush_upper_split_kernel<<<tile_grid(d), dim3(kTile, kTileLanes), 0, stream>>>(hh, hl, ll, col2j,
+                                                                                  d, nj, gram);
+  GF_CUDA_CHECK_LAUNCH(stream);
+}
+
+void commit_chunk(const double* shift, const double* c, const double* zsum, int64_t d, int64_t n,
+                  bool with_gram, double* sum, double* gram, cudaStream_t stream) {
+  commit_sum_kernel<<<grid_1d(d, 256), 256, 0, stream>>>(shift, c, zsum, d, static_cast<double>(n), sum);
+  GF_CUDA_CHECK_LAUNCH(stream);
+  if (with_gram) {
+    commit_gram_kernel<<<tile_grid(d), dim3(kTile, kTileLanes), 0, stream>>>(
+        shift, c, zsum, d, static_cast<double>(n), gram);
+    GF_CUDA_CHECK_LAUNCH(stream);
+  }
+}
+
+void symmetric_from_upper(const double* gram, const double* sum, int64_t d, double n, double scale,
+                          double* full, cudaStream_t stream) {
+  symmetric_from_upper_kernel<<<tile_grid(d), dim3(kTile, kTileLanes), 0, stream>>>(gram, sum, d, n,
+                                                                                     scale, full);
+  GF_CUDA_CHECK_LAUNCH(stream);
+}
+
+void symmetric_from_lower(const MatrixView& a, double* w, cudaStream_t stream) {
+  if (a.dtype == DType::kFloat64) {
+    symmetric_from_lower_kernel<double><<<tile_grid(a.rows), dim3(kTile, kTileLanes), 0, stream>>>(
+        static_cast<const double*>(a.data), a.rows, a.row_stride, a.col_stride, w);
+  } else {
+    GF_ASSERT(a.dtype == DType::kFloat32, "symmetric_from_lower takes float32 or float64");
+    symmetric_from_lower_kernel<float><<<tile_grid(a.rows), dim3(kTile, kTileLanes), 0, stream>>>(
+        static_cast<const float*>(a.data), a.rows, a.row_stride, a.col_stride, w);
+  }
+  GF_CUDA_CHECK_LAUNCH(stream);
+}
+
+void convert_f64_to_f32(const double* src, int64_t n, float* dst, cudaStream_t stream) {
+  convert_f64_to_f32_kernel<<<grid_1d(n, 256), 256, 0, stream>>>(src, n, dst);
+  GF_CUDA_CHECK_LAUNCH(stream);
+}
+
+void fill_nan(double* p, int64_t n, cudaStream_t stream) {
+  fill_nan_kernel<<<grid_1d(n, 256), 256, 0, stream>>>(p, n);
+  GF_CUDA_CHECK_LAUNCH(stream);
+}
+
+}  // namespace geomfast::cuda

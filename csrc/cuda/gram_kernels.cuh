@@ -1,0 +1,119 @@
+// Launchers of the CUDA backend's own kernels (definitions in gram_kernels.cu). Matrices named
+// "[r, c] col-major" are cuBLAS-style (element (i, j) at i + j*r); "[r, c] row-major" at i*c + j.
+// The Gram state `gram` is [d, d] col-major with only the upper triangle (i <= j) kept up to date.
+// Every launcher enqueues on `stream` and checks the launch (GF_CUDA_CHECK_LAUNCH).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "geomfast/tensor.hpp"
+
+namespace geomfast::cuda {
+
+// Flags written by column_stats: [0] non-finite values, [1] first row holding one (UINT64_MAX
+// when none), [2] values whose 16-bit split would overflow (|x - c| > split_max).
+constexpr int kNumFlags = 3;
+
+// Rows of partial sums column_stats needs in `part` (each row holds 2*cols doubles).
+int64_t column_stats_partials(int64_t rows);
+
+// One pass over x: csum[j] = Σ_r (x[r, j] - c[j]) and csq[j] = Σ_r (x[r, j] - c[j])² in float64
+// (c = nullptr means c = 0), non-finite values counted (and left out of the sums).
+void column_stats(const MatrixView& x,            // [n, d] any strides, any dtype, on device
+                  const double* c,                // [d] or nullptr
+                  double split_max,               // 0: no overflow count
+                  double* part,                   // [column_stats_partials(n), 2, d] scratch
+                  double* csum,                   // [d] out
+                  double* csq,                    // [d] out
+                  unsigned long long* flags,      // [kNumFlags] out
+                  cudaStream_t stream);
+
+// shift[j] = csum[j] / n.
+void set_shift(const double* csum,  // [d]
+               int64_t d, int64_t n,
+               double* shift,       // [d] out
+               cudaStream_t stream);
+
+// The kernel shift c that the 16-bit split path centres by: c[j] = 0 where |shift[j]| <= tau *
+// (column std), or where shift[j] does not fit the 16-bit type; otherwise shift[j] rounded to the
+// 16-bit type (so x - c splits exactly into two 16-bit values). The column variance comes from
+// y-sums over n rows of any base: var = ysq/n - (ysum/n)².
+void choose_split_shift(const double* shift,  // [d]
+                        const double* ysum,   // [d]
+                        const double* ysq,    // [d] with stride ysq_stride (a Gram diagonal: d + 1)
+                        int64_t ysq_stride, int64_t d, int64_t n, double tau, DType dtype16,
+                        double* c,            // [d] out
+                        cudaStream_t stream);
+
+// y[r, j] = x[r0 + r, j] - c[j], rows r0 .. r0 + nb, in float64 or float32 (rounded once).
+void center_rows_f64(const MatrixView& x, int64_t r0, int64_t nb,
+                     const double* c,  // [d]
+                     double* y,        // [nb, d] row-major out
+                     cudaStream_t stream);
+void center_rows_f32(const MatrixView& x, int64_t r0, int64_t nb,
+                     const double* c,  // [d]
+                     float* y,         // [nb, d] row-major out
+                     cudaStream_t stream);
+
+// Exact split of 16-bit input: x[r0 + r, j] - c[j] = hi[r, j] + lo[r, col2j[j]] with hi, lo in
+// x's 16-bit type (c[j] must be representable in it; lo is stored only for columns with
+// col2j[j] >= 0: the others have c[j] = 0, hence lo = 0).
+void split_rows_16(const MatrixView& x, int64_t r0, int64_t nb,
+                   const double* c,   // [d], values in x's 16-bit type
+                   const int* col2j,  // [d], -1 or index into lo's columns
+                   int64_t nj,
+                   void* hi,          // [nb, d] row-major out, x's dtype
+                   void* lo,          // [nb, nj] row-major out, x's dtype
+                   cudaStream_t stream);
+
+// gram[a, b] += acc[a, b] for a <= b (float32 block product flushed into float64).
+void flush_upper(const float* acc,  // [d, d] col-major, upper triangle read
+                 int64_t d,
+                 double* gram,      // [d, d] col-major, upper updated
+                 cudaStream_t stream);
+
+// gram[a, b] += HH[a, b] + HL[a, j(b)] + HL[b, j(a)] + LL[j(a), j(b)] for a <= b, the terms with
+// a column j(.) < 0 (not in J) being zero: Σ (h + l)(h + l)ᵀ from its four blocks.
+void flush_upper_split(const float* hh,   // [d, d] col-major, upper read
+                       const float* hl,   // [d, nj] col-major (HᵀL_J), or nullptr when nj = 0
+                       const float* ll,   // [nj, nj] col-major (L_JᵀL_J), or nullptr
+                       const int* col2j,  // [d]
+                       int64_t d, int64_t nj,
+                       double* gram,      // [d, d] col-major, upper updated
+                       cudaStream_t stream);
+
+// Commits a chunk of n rows centred by c to a state centred by shift (delta = shift - c):
+//   sum  += zsum - n delta
+//   gram += n delta deltaᵀ - delta zsumᵀ - zsum deltaᵀ   (upper; skipped when with_gram is false)
+void commit_chunk(const double* shift,  // [d]
+                  const double* c,      // [d]
+                  const double* zsum,   // [d] Σ (x - c) over the chunk
+                  int64_t d, int64_t n, bool with_gram,
+                  double* sum,          // [d] in/out
+                  double* gram,         // [d, d] col-major, upper in/out
+                  cudaStream_t stream);
+
+// full[a, b] = full[b, a] = (upper(gram)[min, max] - sum[a] sum[b] / n) * scale; with sum =
+// nullptr, the symmetric Gram itself (scale applied). Symmetric, so row- and col-major agree.
+void symmetric_from_upper(const double* gram,  // [d, d] col-major, upper read
+                          const double* sum,   // [d] or nullptr
+                          int64_t d, double n, double scale,
+                          double* full,        // [d, d] out
+                          cudaStream_t stream);
+
+// w[i + j n] = a[max(i, j), min(i, j)]: the symmetric matrix defined by a's lower triangle
+// (numpy's eigvalsh convention), float64 column-major.
+void symmetric_from_lower(const MatrixView& a,  // [n, n] float32/float64, any strides
+                          double* w,            // [n, n] col-major out
+                          cudaStream_t stream);
+
+void convert_f64_to_f32(const double* src,  // [n]
+                        int64_t n,
+                        float* dst,         // [n] out
+                        cudaStream_t stream);
+
+// Sets every element to NaN (tests/debugging of unwritten outputs).
+void fill_nan(double* p, int64_t n, cudaStream_t stream);
+
+}  // namespace geomfast::cuda
