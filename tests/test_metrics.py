@@ -44,6 +44,12 @@ def _core_available() -> bool:
         return False
 
 
+# The core derives raw singular values from the raw Gram X^T X (an accumulator keeps no rows),
+# so small sigma_k carry an absolute error ~ sqrt(eps) * sigma_1. On LLM-like data (means 1e3 x
+# the spread: sigma_1 / sigma_k ~ 1e4..1e6) RankMe(garrido2023) then agrees with a direct SVD to
+# ~1e-8 relative (measured: <= 3.2e-8 at 700 x 128), not 1e-9. Well-conditioned data keeps 1e-9.
+GRAM_SV_RTOL = 10 * np.sqrt(np.finfo(np.float64).eps)  # 1.5e-7
+
 needs_core = pytest.mark.skipif(
     not _core_available(), reason="geomfast.linalg (native core) is not importable/built"
 )
@@ -435,7 +441,9 @@ def test_rankme_li2025_accumulator_equals_sklearn():
     assert rankme(acc) == pytest.approx(hand_rankme(ratios), rel=1e-9), seed
     assert rankme(acc, convention="full") == pytest.approx(rankme(x, convention="full"), rel=1e-9), seed
     assert rankme(acc, convention="garrido2023") == pytest.approx(
-        hand_rankme(np.linalg.svd(x, compute_uv=False)), rel=1e-9), seed
+        hand_rankme(acc.singular_values()), rel=1e-12), seed
+    assert rankme(acc, convention="garrido2023") == pytest.approx(
+        hand_rankme(np.linalg.svd(x, compute_uv=False)), rel=GRAM_SV_RTOL), seed
 
 
 @needs_core
@@ -454,8 +462,13 @@ def test_rankme_li2025_caps_at_2048_components_like_sklearn():
 def test_rankme_garrido2023_and_full_match_numpy(name, build):
     rng, seed = fresh_rng()
     x = build(rng)
+    from geomfast.linalg import singular_values
+
     sv = np.linalg.svd(x, compute_uv=False)
-    assert rankme(x, convention="garrido2023") == pytest.approx(hand_rankme(sv), rel=1e-9), (name, seed)
+    rtol = 1e-9 if name.startswith("gaussian") else GRAM_SV_RTOL
+    assert rankme(x, convention="garrido2023") == pytest.approx(hand_rankme(sv), rel=rtol), (name, seed)
+    assert rankme(x, convention="garrido2023") == pytest.approx(
+        hand_rankme(singular_values(x)), rel=1e-12), (name, seed)
     centered = x - x.mean(axis=0)
     lam = np.linalg.eigvalsh(centered.T @ centered / (x.shape[0] - 1))
     assert rankme(x, convention="full") == pytest.approx(hand_rankme(np.abs(lam)), rel=1e-9), (name, seed)
@@ -510,7 +523,7 @@ def test_geometry_matches_the_single_measures(n, d):
     ratios = sklearn_li2025_ratios(x)
     assert g["rankme"] == pytest.approx(hand_rankme(ratios), rel=1e-9), seed
     assert g["rankme_garrido2023"] == pytest.approx(
-        hand_rankme(np.linalg.svd(x, compute_uv=False)), rel=1e-9), seed
+        hand_rankme(np.linalg.svd(x, compute_uv=False)), rel=GRAM_SV_RTOL), seed
     assert g["rankme_full"] == pytest.approx(rankme(x, convention="full"), rel=1e-12), seed
     assert g["alpha"] == ar.alpha and g["alpha_r2"] == ar.r2, seed
     assert (g["alpha_r2_100"] == ar.r2_100) or (np.isnan(ar.r2_100) and np.isnan(g["alpha_r2_100"]))
@@ -522,7 +535,8 @@ def test_geometry_matches_the_single_measures(n, d):
     assert g["spectral_entropy"] == pytest.approx(-np.sum(p[p > 0] * np.log(p[p > 0])), rel=1e-9), seed
     sv = np.linalg.svd(x, compute_uv=False)
     q = sv / sv.sum()
-    assert g["effective_rank_roy"] == pytest.approx(np.exp(-np.sum(q[q > 0] * np.log(q[q > 0]))), rel=1e-9), seed
+    assert g["effective_rank_roy"] == pytest.approx(
+        np.exp(-np.sum(q[q > 0] * np.log(q[q > 0]))), rel=GRAM_SV_RTOL), seed
     assert np.isfinite(g["condition_number"]) and g["condition_number"] >= 1.0
 
 
