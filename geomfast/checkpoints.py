@@ -105,9 +105,9 @@ def revision_sort_key(name: str) -> tuple:
     stage = _STAGE_RE.search(name)
     ingredient = _INGREDIENT_RE.search(name)
     return (
+        0 if step is not None else 1,
         int(stage.group(1)) if stage else 0,
         int(ingredient.group(1)) if ingredient else 0,
-        0 if step is not None else 1,
         step if step is not None else 0,
         tokens if tokens is not None else 0,
         name,

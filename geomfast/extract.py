@@ -255,9 +255,12 @@ def extract_accumulators(
             del err
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            current = max(min_batch_size, len(chunk) // 2)
-            for start in range(0, len(chunk), current):
-                run_or_split(chunk[start: start + current], skip | done)
+            current = min(current, max(min_batch_size, len(chunk) // 2))  # later batches too
+            pos = 0
+            while pos < len(chunk):
+                sub = chunk[pos: pos + current]  # `current` may shrink further inside
+                run_or_split(sub, skip | done)
+                pos += len(sub)
 
     try:
         with torch.no_grad():

@@ -19,6 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ARCHS = ("gpt_neox", "olmo", "olmo2")
+GENERIC_ARCHS = ("llama",)  # a generic Llama-like AutoModelForCausalLM
 VOCAB_SIZE = 512
 
 _WORDS = (
@@ -77,7 +78,7 @@ def tiny_tokenizer():
 
 def tiny_config(arch: str, *, hidden: int = 32, layers: int = 2, heads: int = 4, vocab_size: int = VOCAB_SIZE,
                 max_positions: int = 256):
-    """A config for 'gpt_neox', 'olmo' or 'olmo2' with pad 0 and bos/eos 1."""
+    """A config for 'gpt_neox', 'olmo', 'olmo2' or 'llama' with pad 0 and bos/eos 1."""
     common = dict(
         hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=2 * hidden, vocab_size=vocab_size, max_position_embeddings=max_positions,
@@ -95,7 +96,11 @@ def tiny_config(arch: str, *, hidden: int = 32, layers: int = 2, heads: int = 4,
         from transformers import Olmo2Config
 
         return Olmo2Config(**common)
-    raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
+    if arch == "llama":
+        from transformers import LlamaConfig
+
+        return LlamaConfig(**common)
+    raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS + GENERIC_ARCHS}")
 
 
 def build_tiny_model(arch: str = "gpt_neox", *, seed: int = 0, **config_kwargs):

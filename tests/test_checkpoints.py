@@ -1,0 +1,172 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+
+from geomfast import checkpoints as ck
+from geomfast.checkpoints import (
+    Checkpoint,
+    parse_revision,
+    pythia_revisions,
+    resolve_checkpoints,
+    revision_sort_key,
+    select_revisions,
+)
+
+
+def _write_model_folder(path):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text("{}")
+    return path
+
+
+def test_pythia_schedule_has_154_revisions():
+    revs = pythia_revisions()
+    assert len(revs) == 154
+    assert revs[:12] == ["step0", "step1", "step2", "step4", "step8", "step16", "step32", "step64",
+                         "step128", "step256", "step512", "step1000"]
+    assert revs[-1] == "step143000"
+    assert len(set(revs)) == 154
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("step1000", (1000, None)),
+    ("step1000-tokens4B", (1000, 4_000_000_000)),
+    ("stage1-step1000-tokens5B", (1000, 5_000_000_000)),
+    ("stage2-ingredient1-step1000-tokens10B", (1000, 10_000_000_000)),
+    ("main", (None, None)),
+    ("step0", (0, None)),
+    ("checkpoint-2500", (2500, None)),
+    ("global_step300", (300, None)),
+    ("1200", (1200, None)),
+    ("step20000-tokens84B", (20000, 84_000_000_000)),
+    ("step10-tokens1.5T", (10, 1_500_000_000_000)),
+])
+def test_parse_revision(name, expected):
+    assert parse_revision(name) == expected
+
+
+def test_sort_key_orders_stages_then_steps():
+    names = ["stage2-ingredient2-step100-tokens1B", "stage1-step2000-tokens8B", "main",
+             "stage2-ingredient1-step500-tokens2B", "stage1-step1000-tokens4B", "stage2-ingredient1-step100-tokens1B"]
+    assert sorted(names, key=revision_sort_key) == [
+        "stage1-step1000-tokens4B", "stage1-step2000-tokens8B",
+        "stage2-ingredient1-step100-tokens1B", "stage2-ingredient1-step500-tokens2B",
+        "stage2-ingredient2-step100-tokens1B", "main",
+    ]
+    plain = ["step20", "step3", "main", "step100"]
+    assert sorted(plain, key=revision_sort_key) == ["step3", "step20", "step100", "main"]
+
+
+def test_select_all_every_log_range():
+    revs = pythia_revisions()
+    assert select_revisions(revs, None) == revs
+    assert select_revisions(revs, "all") == revs
+    every = select_revisions(revs, "every:10")
+    assert every[0] == "step0" and every[1] == revs[10] and every[-1] == "step143000"
+    log = select_revisions(revs, "log:12")
+    assert len(log) == 12 and log[0] == "step0" and log[-1] == "step143000"
+    steps = [parse_revision(r)[0] for r in log]
+    assert steps == sorted(steps)
+    # log spacing: many small steps, few large ones
+    assert sum(s <= 1000 for s in steps) >= 5
+    assert select_revisions(revs, "range:500-3000") == ["step512", "step1000", "step2000", "step3000"]
+    assert select_revisions(revs, "range:142000-") == ["step142000", "step143000"]
+    assert select_revisions(revs, "log:1000") == revs
+
+
+def test_select_paper_pythia_and_olmo():
+    paper = select_revisions(pythia_revisions(), "paper")
+    steps = [parse_revision(r)[0] for r in paper]
+    assert steps[:7] == [0, 8, 16, 32, 64, 128, 256]
+    assert steps[7:9] == [512, 1000]
+    assert len(paper) == 7 + 1 + 143
+    olmo = [f"step{s}-tokens{s // 250}B" for s in (0, 1000, 5000, 10000, 15000, 20000, 25000, 30000)]
+    assert [parse_revision(r)[0] for r in select_revisions(olmo, "paper")] == [0, 1000, 5000, 10000, 20000, 30000]
+
+
+def test_select_explicit_list_and_errors():
+    revs = pythia_revisions()
+    assert select_revisions(revs, "step2000, 1000,step0") == ["step0", "step1000", "step2000"]
+    assert select_revisions(revs, "step1000,main") == ["step1000", "main"]
+    with pytest.raises(ValueError, match="step999"):
+        select_revisions(revs, "step999")
+    with pytest.raises(ValueError, match="every:K"):
+        select_revisions(revs, "every:x")
+    with pytest.raises(ValueError, match="step"):
+        select_revisions(["main", "foo", "bar"], "log:2")
+
+
+def test_resolve_pythia_offline_uses_schedule():
+    cps = resolve_checkpoints("EleutherAI/pythia-160m", local_files_only=True)
+    assert len(cps) == 154
+    assert cps[0] == Checkpoint(model="EleutherAI/pythia-160m", revision="step0", source="EleutherAI/pythia-160m",
+                                hub_revision="step0", step=0, tokens=None, order=0)
+    assert [c.order for c in cps] == list(range(154))
+    sel = resolve_checkpoints("EleutherAI/pythia-70m-deduped", "range:1000-3000", local_files_only=True)
+    assert [c.step for c in sel] == [1000, 2000, 3000]
+
+
+def test_resolve_hub_branches_online(monkeypatch):
+    branches = ["main", "stage1-step2000-tokens9B", "stage1-step1000-tokens5B", "stage1-step0-tokens0B",
+                "stage2-ingredient1-step1000-tokens10B"]
+    monkeypatch.setattr(ck, "_offline", lambda local_files_only: bool(local_files_only))
+    monkeypatch.setattr(ck, "_list_hub_branches", lambda model_id: list(branches))
+    cps = resolve_checkpoints("allenai/OLMo-2-0425-1B")
+    assert [c.revision for c in cps] == ["stage1-step0-tokens0B", "stage1-step1000-tokens5B",
+                                          "stage1-step2000-tokens9B", "stage2-ingredient1-step1000-tokens10B"]
+    assert cps[1].tokens == 5_000_000_000 and cps[1].step == 1000 and cps[1].hub_revision == cps[1].revision
+
+
+def test_resolve_offline_explicit_names_are_trusted():
+    cps = resolve_checkpoints("allenai/OLMo-1B-hf", "step20000-tokens84B,step1000-tokens4B", local_files_only=True)
+    assert [c.step for c in cps] == [1000, 20000]
+    assert cps[0].tokens == 4_000_000_000
+    # a model without steps offline: one 'main' checkpoint
+    cps = resolve_checkpoints("some-org/some-model", local_files_only=True)
+    assert [c.revision for c in cps] == ["main"]
+    pinned = resolve_checkpoints("some-org/some-model@v2", local_files_only=True)
+    assert pinned[0].hub_revision == "v2" and pinned[0].source == "some-org/some-model"
+
+
+def test_local_checkpoint_folder(tmp_path):
+    root = tmp_path / "run"
+    for name in ("step100", "step20", "checkpoint-5", "stage1-step3-tokens1B"):
+        _write_model_folder(root / name)
+    (root / "logs").mkdir()  # not a model folder: ignored
+    cps = resolve_checkpoints(str(root))
+    assert [c.revision for c in cps] == ["checkpoint-5", "step20", "step100", "stage1-step3-tokens1B"]
+    assert [c.step for c in cps] == [5, 20, 100, 3]
+    assert all(c.model == os.path.normpath(str(root)) and c.hub_revision is None for c in cps)
+    assert cps[0].source == str((root / "checkpoint-5").resolve())
+    assert [c.order for c in cps] == [0, 1, 2, 3]
+    sub = resolve_checkpoints(str(root), "range:10-200")
+    assert [c.step for c in sub] == [20, 100] and [c.order for c in sub] == [0, 1]
+
+
+def test_single_model_folder_and_errors(tmp_path):
+    one = _write_model_folder(tmp_path / "step700")
+    cps = resolve_checkpoints(str(one))
+    assert len(cps) == 1 and cps[0].revision == "main" and cps[0].step == 700 and cps[0].hub_revision is None
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="config.json"):
+        resolve_checkpoints(str(empty))
+    with pytest.raises(FileNotFoundError):
+        resolve_checkpoints(str(tmp_path / "missing" / "folder"))
+
+
+def test_post_training_series_order(tmp_path):
+    sft = _write_model_folder(tmp_path / "sft")
+    ids = ["allenai/OLMo-2-1124-7B", str(sft), "allenai/OLMo-2-1124-7B-DPO", "allenai/OLMo-2-1124-7B-Instruct"]
+    cps = resolve_checkpoints(ids)
+    assert [c.order for c in cps] == [0, 1, 2, 3]
+    assert [c.revision for c in cps] == ids
+    assert cps[1].source == str(sft.resolve()) and cps[1].hub_revision is None
+    assert cps[0].source == ids[0] and cps[0].step is None
+    assert len({c.model for c in cps}) == 1
+    named = resolve_checkpoints(ids, series_name="olmo2-7b-post")
+    assert all(c.model == "olmo2-7b-post" for c in named)
+    comma = resolve_checkpoints("a/base,a/sft,a/dpo")
+    assert [c.source for c in comma] == ["a/base", "a/sft", "a/dpo"]

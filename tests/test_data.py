@@ -1,0 +1,144 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+from geomfast.data import (
+    length_batches,
+    load_samples,
+    load_texts,
+    synthetic_sequences,
+    tokenize_samples,
+    tokenizer_fingerprint,
+)
+from helpers_models import corpus_texts, tiny_tokenizer, write_text_files
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return write_text_files(tmp_path_factory.mktemp("docs"), corpus_texts(200, seed=3))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def test_local_formats_give_the_same_documents(files):
+    texts = corpus_texts(200, seed=3)
+    for kind in ("txt", "jsonl", "parquet"):
+        assert load_texts(str(files[kind])) == texts, kind
+    sub = load_texts(str(files["jsonl"]), n_samples=10, seed=1)
+    assert len(sub) == 10 and set(sub) <= set(texts)
+    assert sub == load_texts(str(files["parquet"]), n_samples=10, seed=1)
+    assert sub != load_texts(str(files["txt"]), n_samples=10, seed=2)
+
+
+def test_text_field_and_errors(tmp_path, files):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"body": "hello there"}\n\n{"body": "general kenobi"}\n')
+    assert load_texts(str(p), text_field="body") == ["hello there", "general kenobi"]
+    with pytest.raises(ValueError, match="no field 'text'"):
+        load_texts(str(p))
+    with pytest.raises(ValueError, match="no column 'body'"):
+        load_texts(str(files["parquet"]), text_field="body")
+    with pytest.raises(FileNotFoundError):
+        load_texts(str(tmp_path / "missing.txt"))
+    with pytest.raises((RuntimeError, ImportError), match="local"):
+        load_texts("HuggingFaceFW/fineweb:sample-10BT", n_samples=5)
+
+
+def test_min_max_length_and_determinism(files, tok):
+    texts = load_texts(str(files["txt"]))
+    a = tokenize_samples(texts, tok, n_samples=40, min_length=32, max_length=48, seed=0)
+    assert len(a) == 40
+    assert all(len(s) <= 48 for s in a)
+    full = {tuple(tok(t)["input_ids"]) for t in texts}
+    # every sample is a kept document (> 32 tokens) truncated to 48
+    long_prefixes = {d[:48] for d in full if len(d) > 32}
+    assert all(tuple(s) in long_prefixes for s in a)
+    assert tokenize_samples(texts, tok, n_samples=40, min_length=32, max_length=48, seed=0) == a
+    assert tokenize_samples(texts, tok, n_samples=10, min_length=32, max_length=48, seed=0) == a[:10]
+    assert tokenize_samples(texts, tok, n_samples=40, min_length=32, max_length=48, seed=1) != a
+    # the boundary: exactly min_length tokens is dropped, one more is kept
+    lengths = sorted(len(d) for d in full)
+    m = lengths[len(lengths) // 2]
+    kept = tokenize_samples(texts, tok, n_samples=None, min_length=m)
+    assert min(len(s) for s in kept) == m + 1 or min(len(s) for s in kept) > m
+    assert len(kept) == sum(1 for t in texts if len(tok(t)["input_ids"]) > m)
+    with pytest.warns(UserWarning, match="only"):
+        few = tokenize_samples(texts, tok, n_samples=10_000, min_length=0)
+    assert len(few) == len(texts)
+
+
+def test_load_samples_dispatch(files, tok):
+    s = load_samples(str(files["parquet"]), tok, n_samples=7, seed=4, min_length=5, max_length=20)
+    texts = load_texts(str(files["parquet"]))
+    assert s == tokenize_samples(texts, tok, n_samples=7, seed=4, min_length=5, max_length=20)
+    syn = load_samples("synthetic", None, n_samples=5, vocab_size=300, max_length=32)
+    assert len(syn) == 5 and all(len(x) == 32 for x in syn)
+    assert load_samples("builtin:synthetic", tok, n_samples=3) == load_samples(
+        "synthetic", None, n_samples=3, vocab_size=len(tok))
+    with pytest.raises(ValueError, match="vocab_size"):
+        load_samples("synthetic", None, n_samples=3)
+    assert tokenizer_fingerprint(tok) == tokenizer_fingerprint(tiny_tokenizer())
+
+
+def test_synthetic_corpus_properties():
+    v, n, t = 256, 2000, 64
+    x = synthetic_sequences(n, vocab_size=v, seq_len=t, seed=0)
+    assert x.shape == (n, t) and x.dtype == np.int64
+    assert x.min() >= 0 and x.max() < v
+    assert np.array_equal(x, synthetic_sequences(n, vocab_size=v, seq_len=t, seed=0))
+    y = synthetic_sequences(n, vocab_size=v, seq_len=t, seed=1)
+    assert not np.array_equal(x, y)
+    # second half repeats the first
+    assert np.array_equal(x[:, : t // 2], x[:, t // 2:])
+    first = x[:, : t // 2]
+    # Zipf-skewed unigrams: the top token is far more frequent than the median one
+    counts = np.sort(np.bincount(first.ravel(), minlength=v))[::-1]
+    assert counts[0] > 20 * max(1, counts[v // 2])
+    # sparse bigrams: each token's 4 most common successors take far more than 4/v of its transitions
+    pairs = np.stack([first[:, :-1].ravel(), first[:, 1:].ravel()], axis=1)
+    top = np.bincount(pairs[:, 0], minlength=v).argmax()
+    nxt = np.bincount(pairs[pairs[:, 0] == top, 1], minlength=v)
+    share = np.sort(nxt)[::-1][:4].sum() / nxt.sum()
+    assert share > 0.3
+    # same language for different seeds: the top successors agree
+    yf = y[:, : t // 2]
+    ypairs = np.stack([yf[:, :-1].ravel(), yf[:, 1:].ravel()], axis=1)
+    ynxt = np.bincount(ypairs[ypairs[:, 0] == top, 1], minlength=v)
+    assert set(np.argsort(nxt)[-4:]) & set(np.argsort(ynxt)[-4:])
+    odd = synthetic_sequences(3, vocab_size=v, seq_len=7, seed=0)
+    assert np.array_equal(odd[:, 4:], odd[:, :3])
+    assert synthetic_sequences(0, vocab_size=v).shape == (0, 64)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_length_batches(side):
+    samples = [[1] * n for n in (5, 1, 9, 3, 9, 2, 7)]
+    samples = [[i + 10] * len(s) for i, s in enumerate(samples)]
+    batches = list(length_batches(samples, 3, pad_id=0, padding_side=side, with_indices=True))
+    assert [b["input_ids"].shape for b in batches] == [(3, 9), (3, 5), (1, 1)]
+    seen = []
+    for b in batches:
+        ids, mask = b["input_ids"], b["attention_mask"]
+        assert ids.dtype == torch.int64 and mask.dtype == torch.int64
+        for row, m, i in zip(ids, mask, b["indices"]):
+            tokens = row[m.bool()].tolist()
+            assert tokens == samples[i]
+            n = len(samples[i])
+            if side == "right":
+                assert m[:n].all() and not m[n:].any()
+            else:
+                assert m[m.shape[0] - n:].all() and not m[: m.shape[0] - n].any()
+            assert (row[~m.bool()] == 0).all()
+            seen.append(i)
+    assert sorted(seen) == list(range(len(samples)))
+    plain = next(iter(length_batches(samples, 2, pad_id=0, padding_side=side)))
+    assert set(plain) == {"input_ids", "attention_mask"}
+    with pytest.raises(ValueError, match="padding_side"):
+        next(iter(length_batches(samples, 2, pad_id=0, padding_side="middle")))
