@@ -170,3 +170,17 @@ def test_post_training_series_order(tmp_path):
     assert all(c.model == "olmo2-7b-post" for c in named)
     comma = resolve_checkpoints("a/base,a/sft,a/dpo")
     assert [c.source for c in comma] == ["a/base", "a/sft", "a/dpo"]
+
+
+def test_tiny_checkpoint_folder_round_trip(tmp_path):
+    from helpers_models import make_checkpoint_folder
+
+    from geomfast.models import load_model, load_tokenizer
+
+    root = make_checkpoint_folder(tmp_path / "run", steps=(0, 4, 16), arch="olmo2")
+    cps = resolve_checkpoints(str(root))
+    assert [c.step for c in cps] == [0, 4, 16]
+    m0, m1 = (load_model(c.source, c.hub_revision) for c in cps[:2])
+    w0, w1 = (next(m.parameters()) for m in (m0, m1))
+    assert w0.shape == w1.shape and not w0.equal(w1)
+    assert len(load_tokenizer(cps[2].source)) <= m0.config.vocab_size

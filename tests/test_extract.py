@@ -282,3 +282,11 @@ def test_load_model_and_tokenizer_from_folder(arch, tmp_path, samples):
     assert tok("model layer token")["input_ids"] == tiny_tokenizer()("model layer token")["input_ids"]
     with pytest.raises(ValueError, match="dtype"):
         load_model(str(folder), dtype="int3")
+
+
+def test_progress_bar_and_layer_specs(samples):
+    model = _model("gpt_neox")
+    specs = resolve_layers(model, "embed,last")
+    accs = extract_accumulators(model, samples[:5], layers=specs, pooling="all", progress=True, pad_id=3)
+    assert list(accs) == [("embed", "all"), ("last", "all")]
+    assert accs[("embed", "all")].count == sum(len(s) for s in samples[:5])
