@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import os
 import warnings
 
 import numpy as np
@@ -447,7 +448,24 @@ def test_rankme_li2025_accumulator_equals_sklearn():
 
 
 @needs_core
+@pytest.mark.parametrize("cap", [8, 40])
+def test_rankme_li2025_cap_follows_sklearn_n_components(monkeypatch, cap):
+    # The 2048 cap at small scale: same code path, PCA(n_components=min(cap, n, d)).
+    from sklearn.decomposition import PCA
+
+    import geomfast.metrics as metrics
+
+    monkeypatch.setattr(metrics, "LI2025_MAX_COMPONENTS", cap)
+    rng, seed = fresh_rng()
+    x = llm_like(300, 64, rng)
+    ratios = PCA(n_components=min(cap, 300, 64), svd_solver="full").fit(x).explained_variance_ratio_
+    assert metrics.rankme(x) == pytest.approx(hand_rankme(ratios), rel=1e-9), seed
+    assert metrics.rankme(x, convention="full") > metrics.rankme(x)
+
+
+@needs_core
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("GEOMFAST_SLOW"), reason="minutes on a small machine; set GEOMFAST_SLOW=1")
 def test_rankme_li2025_caps_at_2048_components_like_sklearn():
     rng, seed = fresh_rng()
     x = rng.standard_normal((2150, 2100)) * np.arange(1, 2101) ** -0.5 + 5.0
