@@ -60,12 +60,12 @@ bool syevd_values(HandleLease& lease, double* w, int64_t n, bool single, std::ve
   AsyncBuffer info(sizeof(int), st);
   size_t dev_bytes = 0, host_bytes = 0;
   GF_CUSOLVER_CHECK(cusolverDnXsyevd_bufferSize(lease.h.solver, lease.h.params, CUSOLVER_EIG_MODE_NOVECTOR,
-                                                CUBLAS_FILL_MODE_LOWER, n, t, a, n, t, vals.as<void>(), t,
+                                                CUBLAS_FILL_MODE_UPPER, n, t, a, n, t, vals.as<void>(), t,
                                                 &dev_bytes, &host_bytes));
   AsyncBuffer work(dev_bytes, st);
   std::vector<char> host_work(std::max<size_t>(host_bytes, 1));
   GF_CUSOLVER_CHECK(cusolverDnXsyevd(lease.h.solver, lease.h.params, CUSOLVER_EIG_MODE_NOVECTOR,
-                                     CUBLAS_FILL_MODE_LOWER, n, t, a, n, t, vals.as<void>(), t,
+                                     CUBLAS_FILL_MODE_UPPER, n, t, a, n, t, vals.as<void>(), t,
                                      work.as<void>(), dev_bytes, host_work.data(), host_bytes,
                                      info.as<int>()));
   PinnedBuffer<int> hinfo(1);
@@ -88,7 +88,7 @@ bool syevd_values(HandleLease& lease, double* w, int64_t n, bool single, std::ve
 // The CPU solver on a host copy of the symmetric matrix (the last resort of the full solver).
 std::vector<double> eigvalsh_on_host(const MatrixView& a, int64_t n, cudaStream_t st) {
   AsyncBuffer w(static_cast<size_t>(n * n) * sizeof(double), st);
-  symmetric_from_lower(a, w.as<double>(), st);
+  symmetrize_view(a, w.as<double>(), st);
   std::vector<double> host(static_cast<size_t>(n * n));
   GF_CUDA_CHECK(cudaMemcpyAsync(host.data(), w.as<double>(), host.size() * sizeof(double),
                                 cudaMemcpyDeviceToHost, st));
@@ -156,7 +156,7 @@ class CudaDenseOps final : public DenseOps {
     GF_ASSERT(b.rows == b.cols, "small_eigvalsh needs a square matrix");
     const int64_t k = b.rows;
     AsyncBuffer w(static_cast<size_t>(k * k) * sizeof(double), st_);
-    // Symmetrise from the lower triangle into w (syevd overwrites its input).
+    // Symmetrised copy (syevd overwrites its input).
     MatrixView v;
     v.data = b.data;
     v.dtype = DType::kFloat64;
@@ -164,7 +164,7 @@ class CudaDenseOps final : public DenseOps {
     v.row_stride = 1;  // col-major
     v.col_stride = k;
     v.device = Device{DeviceType::kCUDA, 0};
-    symmetric_from_lower(v, w.as<double>(), st_);
+    symmetrize_view(v, w.as<double>(), st_);
     std::vector<double> vals;
     int info = 0;
     if (syevd_values(lease_, w.as<double>(), k, false, vals, info, st_)) {
@@ -248,37 +248,41 @@ EigResult eigvalsh_cuda(const MatrixView& a, const EigOptions& opt) {
   cudaStream_t st = as_stream(a.stream);
   HandleLease lease(a.device.index, st);
   GF_CUBLAS_CHECK(cublasSetMathMode(lease.h.blas, CUBLAS_DEFAULT_MATH));
-  // float64 col-major symmetric work copy (from the lower triangle, as numpy.linalg.eigvalsh).
+  // float64 col-major symmetric work copy, from the upper triangle (as the CPU solver reads it).
   AsyncBuffer w(static_cast<size_t>(n * n) * sizeof(double), st);
-  symmetric_from_lower(a, w.as<double>(), st);
+  symmetrize_view(a, w.as<double>(), st);
 
-  if (opt.method == EigMethod::kRandomized) {
-    CudaDenseOps ops(lease, w.as<double>(), n, st);
-    return randomized_eigvalsh(ops, n, opt);
+  const bool randomized = opt.method == EigMethod::kRandomized;
+  if (randomized) {
+    if (opt.k < 1 || opt.k > n) GF_THROW(ValueError, "[eigvalsh] k must be in [1, ", n, "], got ", opt.k);
+    // As on the CPU: a block as wide as the matrix gains nothing over the dense solver.
+    if (opt.k + std::max<int64_t>(opt.oversample, 0) < n) {
+      CudaDenseOps ops(lease, w.as<double>(), n, st);
+      return randomized_eigvalsh(ops, n, opt);
+    }
   }
 
   std::vector<double> vals;
   int info = 0;
+  auto done = [&](std::vector<double> v) {
+    std::reverse(v.begin(), v.end());  // syevd: ascending
+    if (randomized) v.resize(static_cast<size_t>(opt.k));
+    res.values = std::move(v);
+    return res;
+  };
   if (opt.single_precision) {
-    if (syevd_values(lease, w.as<double>(), n, true, vals, info, st)) {
-      std::reverse(vals.begin(), vals.end());
-      res.values = std::move(vals);
-      return res;
-    }
+    if (syevd_values(lease, w.as<double>(), n, true, vals, info, st)) return done(std::move(vals));
     res.warnings.push_back(detail::concat("eigvalsh: cuSOLVER syevd in float32 failed (info=", info,
                                           ", or non-finite values); retried in float64"));
   }
-  if (syevd_values(lease, w.as<double>(), n, false, vals, info, st)) {
-    std::reverse(vals.begin(), vals.end());
-    res.values = std::move(vals);
-    return res;
-  }
+  if (syevd_values(lease, w.as<double>(), n, false, vals, info, st)) return done(std::move(vals));
   res.warnings.push_back(detail::concat("eigvalsh: cuSOLVER syevd in float64 failed (info=", info,
                                         ", or non-finite values); solved on the CPU instead"));
-  res.values = eigvalsh_on_host(a, n, st);
-  if (!all_finite(res.values))
-    GF_THROW(RuntimeError, "[eigvalsh] no finite eigenvalues from cuSOLVER or the CPU solver; does the "
-             "matrix hold NaN/Inf?");
+  // The CPU solver throws ValueError on a matrix holding NaN/Inf (the usual cause of the failure).
+  std::vector<double> host = eigvalsh_on_host(a, n, st);
+  if (!all_finite(host)) GF_THROW(RuntimeError, "[eigvalsh] no finite eigenvalues from cuSOLVER or the CPU solver");
+  if (randomized) host.resize(static_cast<size_t>(opt.k));
+  res.values = std::move(host);
   return res;
 }
 

@@ -273,14 +273,14 @@ __global__ void symmetric_from_upper_kernel(const double* __restrict__ gram,  //
 }
 
 template <typename T>
-__global__ void symmetric_from_lower_kernel(const T* __restrict__ a,  // [n, n], strides (rs, cs)
+__global__ void symmetrize_view_kernel(const T* __restrict__ a,  // [n, n], strides (rs, cs)
                                             int64_t n, int64_t rs, int64_t cs,
                                             double* __restrict__ w) {  // [n, n] col-major
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kTile + threadIdx.x;
   if (i >= n) return;
   for (int64_t j = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.y;
        j < static_cast<int64_t>(blockIdx.y + 1) * kTile && j < n; j += kTileLanes) {
-    const int64_t r = i > j ? i : j, q = i > j ? j : i;  // lower triangle: row >= col
+    const int64_t r = i < j ? i : j, q = i < j ? j : i;  // upper triangle: row <= col
     w[i + j * n] = to_double(a[r * rs + q * cs]);
   }
 }
@@ -420,13 +420,13 @@ void symmetric_from_upper(const double* gram, const double* sum, int64_t d, doub
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 
-void symmetric_from_lower(const MatrixView& a, double* w, cudaStream_t stream) {
+void symmetrize_view(const MatrixView& a, double* w, cudaStream_t stream) {
   if (a.dtype == DType::kFloat64) {
-    symmetric_from_lower_kernel<double><<<tile_grid(a.rows), dim3(kTile, kTileLanes), 0, stream>>>(
+    symmetrize_view_kernel<double><<<tile_grid(a.rows), dim3(kTile, kTileLanes), 0, stream>>>(
         static_cast<const double*>(a.data), a.rows, a.row_stride, a.col_stride, w);
   } else {
-    GF_ASSERT(a.dtype == DType::kFloat32, "symmetric_from_lower takes float32 or float64");
-    symmetric_from_lower_kernel<float><<<tile_grid(a.rows), dim3(kTile, kTileLanes), 0, stream>>>(
+    GF_ASSERT(a.dtype == DType::kFloat32, "symmetrize_view takes float32 or float64");
+    symmetrize_view_kernel<float><<<tile_grid(a.rows), dim3(kTile, kTileLanes), 0, stream>>>(
         static_cast<const float*>(a.data), a.rows, a.row_stride, a.col_stride, w);
   }
   GF_CUDA_CHECK_LAUNCH(stream);

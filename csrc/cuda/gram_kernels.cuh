@@ -102,9 +102,9 @@ void symmetric_from_upper(const double* gram,  // [d, d] col-major, upper read
                           double* full,        // [d, d] out
                           cudaStream_t stream);
 
-// w[i + j n] = a[max(i, j), min(i, j)]: the symmetric matrix defined by a's lower triangle
-// (numpy's eigvalsh convention), float64 column-major.
-void symmetric_from_lower(const MatrixView& a,  // [n, n] float32/float64, any strides
+// w[i + j n] = a[min(i, j), max(i, j)]: the symmetric matrix defined by a's upper triangle
+// (row <= col, what the CPU solver reads), float64 column-major.
+void symmetrize_view(const MatrixView& a,  // [n, n] float32/float64, any strides
                           double* w,            // [n, n] col-major out
                           cudaStream_t stream);
 
