@@ -1,0 +1,350 @@
+"""The CUDA backend against float64 references and the CPU backend.
+
+Every GPU test is skipped, with the reason geomfast.backends() gives, where the CUDA backend is
+not usable (no driver, no device, or not built). One test runs everywhere: wherever nvcc is on
+PATH, the CUDA backend must have been built, so CUDA code can never silently stop compiling.
+"""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+import geomfast
+from geomfast import reference
+
+_CUDA = geomfast.backends()["cuda"]
+_USABLE = bool(_CUDA["usable"])
+_REASON = _CUDA["reason"] or "the CUDA backend is not usable here"
+
+
+def test_cuda_backend_built_whenever_nvcc_is_on_path():
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not on PATH: nothing says the CUDA backend should have been built")
+    assert _CUDA["built"], (
+        f"nvcc is on PATH but the CUDA backend was not built ({_CUDA['reason']}); "
+        "build with GEOMFAST_CUDA=ON after `pip install nvidia-cublas nvidia-cusolver`")
+
+
+def test_cuda_backend_reports_why_when_unusable():
+    if _USABLE:
+        pytest.skip("the CUDA backend is usable here")
+    assert _CUDA["reason"], "an unusable backend must say why"
+
+
+# Everything below needs a usable CUDA device.
+gpu = pytest.mark.skipif(not _USABLE, reason=_REASON)
+torch = None
+if _USABLE:
+    try:
+        import torch  # noqa: F811
+        if not torch.cuda.is_available():
+            torch = None
+    except ImportError:  # pragma: no cover
+        torch = None
+needs_torch = pytest.mark.skipif(_USABLE and torch is None, reason="torch with CUDA is not installed")
+
+DTYPES = ["float64", "float32", "float16", "bfloat16"]
+BARS = {"highest": 1e-12, "fast": 1e-6}
+
+
+def rel_fro(a, b) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def tdtype(name):
+    return getattr(torch, name)
+
+
+def gpu_reference_cov(x, ddof: int = 1) -> np.ndarray:
+    """Two-pass float64 covariance of the exactly up-cast values, computed on the GPU (fast)."""
+    y = x.to(torch.float64)
+    y = y - y.mean(dim=0, keepdim=True)
+    return (y.T @ y / (y.shape[0] - ddof)).cpu().numpy()
+
+
+def random_rows(n, d, dtype, *, seed, mean=0.0, device="cuda"):
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(n, d, generator=g, device=device, dtype=torch.float64)
+    x = x * torch.rand(d, generator=g, device=device, dtype=torch.float64).add(0.5) + mean
+    return x.to(tdtype(dtype))
+
+
+def feed(acc, x, splits=(0.37, 0.81)):
+    """Streams x in three uneven chunks (the first sets the shift)."""
+    n = x.shape[0]
+    cuts = [0] + [int(n * s) for s in splits] + [n]
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        acc.update(x[a:b])
+    return acc
+
+
+@gpu
+@needs_torch
+@pytest.mark.parametrize("precision", ["highest", "fast"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [31, 32, 33, 4095, 4096, 4097])
+def test_covariance_matches_float64_reference(d, dtype, precision):
+    n = 3000 if d < 1000 else 6000
+    x = random_rows(n, d, dtype, seed=1000 * d + DTYPES.index(dtype), mean=0.3)
+    acc = feed(geomfast.GramAccumulator(d, device="cuda", precision=precision), x)
+    assert acc.count == n
+    cov = acc.covariance()
+    assert np.isfinite(cov).all()
+    assert np.array_equal(cov, cov.T), "the covariance must be exactly symmetric"
+    ref = gpu_reference_cov(x)
+    assert rel_fro(cov, ref) <= BARS[precision], (d, dtype, precision, rel_fro(cov, ref))
+    if d <= 33:  # the CPU backend is the reference implementation of the same streaming state
+        cpu = feed(geomfast.GramAccumulator(d, device="cpu", precision="highest"), x.cpu())
+        assert rel_fro(cov, cpu.covariance()) <= BARS[precision]
+        np.testing.assert_allclose(acc.mean(), cpu.mean(), rtol=1e-12, atol=1e-12)
+
+
+@gpu
+@needs_torch
+@pytest.mark.parametrize("precision", ["highest", "fast"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_offset_keeps_small_eigenvalues(dtype, precision, make_llm_like):
+    rng = np.random.default_rng(7 + DTYPES.index(dtype))
+    x64 = make_llm_like(20000, 64, rng)
+    if dtype == "float16":
+        x64 *= 3e4 / np.abs(x64).max()  # inside float16's range
+    x = torch.from_numpy(x64).to("cuda").to(tdtype(dtype))
+    acc = feed(geomfast.GramAccumulator(64, device="cuda", precision=precision), x)
+    ref = reference.eigvalsh_desc(reference.covariance(x.cpu()))
+    got = acc.spectrum()
+    np.testing.assert_allclose(got[-10:], ref[-10:], rtol=1e-6)
+    assert rel_fro(acc.covariance(), reference.covariance(x.cpu())) <= BARS[precision]
+
+
+@gpu
+@needs_torch
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_fast_16bit_with_a_few_offset_columns(dtype):
+    """The exact split path with a mix of shifted and unshifted columns (J a strict subset)."""
+    d = 300
+    x = random_rows(5000, d, "float64", seed=3)
+    x[:, ::7] += 50.0  # these columns need a shift
+    x = x.to(tdtype(dtype))
+    acc = feed(geomfast.GramAccumulator(d, device="cuda", precision="fast"), x)
+    assert rel_fro(acc.covariance(), gpu_reference_cov(x)) <= 1e-6
+
+
+@gpu
+@needs_torch
+@pytest.mark.parametrize("precision", ["highest", "fast"])
+@pytest.mark.parametrize("first", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_finite_input_raises_and_leaves_state_unchanged(dtype, first, precision):
+    d = 40
+    acc = geomfast.GramAccumulator(d, device="cuda", precision=precision)
+    if not first:
+        acc.update(random_rows(100, d, dtype, seed=1))
+    before = acc.state_dict()
+    bad = random_rows(50, d, dtype, seed=2)
+    bad[7, 3] = float("nan")
+    bad[9, 0] = float("inf")
+    bad[30, 5] = float("-inf")
+    with pytest.raises(ValueError, match=r"3 .*row 7") as info:
+        acc.update(bad)
+    assert isinstance(info.value, geomfast.NonFiniteError)
+    after = acc.state_dict()
+    assert after["count"] == before["count"]
+    for key in ("shift", "sum", "gram"):
+        assert np.array_equal(after[key], before[key]), key
+    # still usable afterwards, and exact
+    good = random_rows(60, d, dtype, seed=3)
+    acc.update(good)
+    if first:
+        assert rel_fro(acc.covariance(), gpu_reference_cov(good)) <= BARS[precision]
+
+
+@gpu
+@needs_torch
+@pytest.mark.parametrize("precision", ["highest", "fast"])
+def test_poisoned_device_memory_does_not_leak_into_results(precision):
+    """Fill freed device memory with NaN so that any element we forget to write shows up."""
+    d = 1000
+    poison = torch.full((256 << 20,), float("nan"), device="cuda", dtype=torch.float64)  # 2 GiB
+    del poison
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()  # back to the driver: our cudaMalloc likely gets these pages
+    x = random_rows(3000, d, "bfloat16", seed=11, mean=2.0)
+    acc = feed(geomfast.GramAccumulator(d, device="cuda", precision=precision), x)
+    cov = acc.covariance()
+    st = acc.state_dict()
+    for a in (cov, st["gram"], st["sum"], st["shift"], acc.spectrum()):
+        assert np.isfinite(a).all()
+    assert rel_fro(cov, gpu_reference_cov(x)) <= BARS[precision]
+    ev = geomfast.eigvalsh(torch.from_numpy(cov).cuda())
+    assert np.isfinite(ev).all()
+
+
+@gpu
+@needs_torch
+def test_strided_and_column_major_inputs():
+    d = 65
+    base = random_rows(4000, 2 * d, "float32", seed=5, mean=1.0)
+    views = {"every other column": base[:, ::2], "column-major": base[:, :d].T.contiguous().T,
+             "row slice": base[::3, 10:10 + d]}
+    for name, x in views.items():
+        for precision in ("highest", "fast"):
+            acc = geomfast.GramAccumulator(d, device="cuda", precision=precision).update(x)
+            assert rel_fro(acc.covariance(), gpu_reference_cov(x)) <= BARS[precision], (name, precision)
+
+
+@gpu
+@needs_torch
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_default_stream(dtype):
+    d = 96
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        x = random_rows(8000, d, dtype, seed=21, mean=-1.0)  # written on s, read by us on s
+        acc = feed(geomfast.GramAccumulator(d, device="cuda", precision="fast"), x)
+        cov = acc.covariance()
+    torch.cuda.synchronize()
+    assert rel_fro(cov, gpu_reference_cov(x)) <= 1e-6
+
+
+@gpu
+def test_cupy_input():
+    cupy = pytest.importorskip("cupy")
+    d = 70
+    rng = np.random.default_rng(4)
+    for dtype in (np.float64, np.float32, np.float16):
+        xh = (rng.standard_normal((3000, d)) + 3.0).astype(dtype)
+        with cupy.cuda.Stream(non_blocking=True):
+            x = cupy.asarray(xh)
+            acc = geomfast.GramAccumulator(d, device="cuda", precision="fast").update(x)
+            cov = acc.covariance()
+        assert rel_fro(cov, reference.covariance(xh)) <= 1e-6
+        ev = geomfast.eigvalsh(cupy.asarray(reference.covariance(xh)))
+        ref = reference.eigvalsh_desc(reference.covariance(xh))
+        assert np.abs(ev - ref).max() <= 1e-10 * ref[0]
+
+
+@gpu
+@needs_torch
+@pytest.mark.parametrize("precision", ["highest", "fast"])
+def test_state_moves_between_devices_and_merges(precision):
+    d = 50
+    x1 = random_rows(2000, d, "float32", seed=31, mean=5.0)
+    x2 = random_rows(1500, d, "float32", seed=32, mean=-2.0)
+    g = geomfast.GramAccumulator(d, device="cuda", precision=precision).update(x1)
+    c = geomfast.GramAccumulator(d, device="cpu", precision="highest").update(x2.cpu())
+    # cuda -> cpu -> cuda round trips exactly
+    back = geomfast.GramAccumulator.from_state_dict(g.state_dict(), device="cpu").to("cuda")
+    for key in ("shift", "sum", "gram"):
+        assert np.array_equal(back.state_dict()[key], g.state_dict()[key])
+    # merging a CPU state (another shift) into a GPU one, and the other way round
+    both = torch.cat([x1, x2])
+    ref = gpu_reference_cov(both)
+    g2 = geomfast.GramAccumulator.from_state_dict(g.state_dict(), device="cuda").merge(c)
+    assert rel_fro(g2.covariance(), ref) <= BARS[precision]
+    c2 = geomfast.GramAccumulator.from_state_dict(c.state_dict(), device="cpu").merge(g)
+    assert rel_fro(c2.covariance(), ref) <= BARS[precision]
+    # a GPU accumulator keeps streaming after a merge (new kernel shift from the merged state)
+    x3 = random_rows(1000, d, "bfloat16", seed=33, mean=5.0)
+    g2.update(x3)
+    ref3 = gpu_reference_cov(torch.cat([both, x3.to(torch.float32)]))
+    assert rel_fro(g2.covariance(), ref3) <= BARS[precision]
+    g2.reset()
+    assert g2.count == 0
+    g2.update(x2)
+    assert rel_fro(g2.covariance(), gpu_reference_cov(x2)) <= BARS[precision]
+
+
+@gpu
+@needs_torch
+def test_dtype_switch_between_updates():
+    d = 64
+    a = random_rows(3000, d, "bfloat16", seed=41, mean=10.0)
+    b = random_rows(3000, d, "float32", seed=42, mean=10.0)
+    c = random_rows(3000, d, "float16", seed=43, mean=10.0)
+    acc = geomfast.GramAccumulator(d, device="cuda", precision="fast")
+    for x in (a, b, c, a):
+        acc.update(x)
+    ref = gpu_reference_cov(torch.cat([t.to(torch.float64) for t in (a, b, c, a)]))
+    assert rel_fro(acc.covariance(), ref) <= 1e-6
+
+
+@gpu
+@needs_torch
+@pytest.mark.parametrize("n", [31, 32, 33, 512, 1500])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_eigvalsh_full_matches_numpy(n, dtype):
+    rng = np.random.default_rng(n)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    lam = np.sort(rng.uniform(-1, 3, n))[::-1]
+    a = (q * lam) @ q.T
+    a = (a + a.T) / 2
+    a = a.astype(dtype)
+    ref = reference.eigvalsh_desc(a.astype(np.float64))
+    t = torch.from_numpy(a).cuda()
+    got = geomfast.eigvalsh(t)
+    assert got.dtype == np.float64 and got.shape == (n,)
+    assert np.abs(got - ref).max() <= 1e-10 * np.abs(ref).max()
+    got32 = geomfast.eigvalsh(t, single_precision=True)
+    assert np.abs(got32 - ref).max() <= 1e-4 * np.abs(ref).max()
+    # only the upper triangle is read, as on the CPU
+    lower_poisoned = torch.triu(t) + torch.tril(torch.full_like(t, float("nan")), -1)
+    assert np.abs(geomfast.eigvalsh(lower_poisoned) - ref).max() <= 1e-10 * np.abs(ref).max()
+    cpu = geomfast.eigvalsh(a)
+    assert np.abs(got - cpu).max() <= 1e-10 * np.abs(ref).max()
+
+
+@gpu
+@needs_torch
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_eigvalsh_non_finite_matrix_is_an_error_not_nan():
+    a = torch.eye(40, device="cuda", dtype=torch.float64)
+    a[3, 5] = float("nan")
+    with pytest.raises((ValueError, RuntimeError)):
+        geomfast.eigvalsh(a)
+
+
+@gpu
+@needs_torch
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_randomized_top_k_matches_full(alpha):
+    n, k = 2048, 256
+    rng = np.random.default_rng(int(alpha * 10))
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    lam = np.arange(1, n + 1, dtype=np.float64) ** (-alpha)
+    a = (q * lam) @ q.T
+    a = (a + a.T) / 2
+    t = torch.from_numpy(a).cuda()
+    got = geomfast.eigvalsh(t, method="randomized", k=k, seed=3)
+    assert got.shape == (k,)
+    np.testing.assert_allclose(got[:100], lam[:100], rtol=1e-3)
+    cpu = geomfast.eigvalsh(a, method="randomized", k=k, seed=3)
+    np.testing.assert_allclose(got[:100], cpu[:100], rtol=1e-3)
+
+
+@gpu
+@needs_torch
+def test_spectrum_on_device_matches_reference():
+    d = 300
+    x = random_rows(4000, d, "bfloat16", seed=51, mean=1.0)
+    acc = geomfast.GramAccumulator(d, device="cuda", precision="fast").update(x)
+    ref = reference.eigvalsh_desc(gpu_reference_cov(x))
+    assert np.abs(acc.spectrum() - ref).max() <= 1e-6 * ref[0]
+    top = acc.spectrum(method="randomized", k=20)
+    np.testing.assert_allclose(top, ref[:20], rtol=1e-4)
+
+
+@gpu
+@needs_torch
+def test_second_device_if_present():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("one CUDA device")
+    d = 48
+    x = random_rows(2000, d, "bfloat16", seed=61, device="cuda:1")
+    acc = geomfast.GramAccumulator(d, device="cuda:1").update(x)
+    assert rel_fro(acc.covariance(), gpu_reference_cov(x)) <= 1e-6
+    with pytest.raises(ValueError):
+        acc.update(x.to("cuda:0"))
