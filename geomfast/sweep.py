@@ -290,13 +290,18 @@ def extract_checkpoint(model, samples, cfg: TraceConfig, *, layers: Sequence[str
 
 def finalize(acc, cfg: TraceConfig) -> tuple[dict, dict[str, np.ndarray]]:
     """Accumulator -> (geometry() metrics, {'covariance': eigenvalues, 'singular': σ})."""
-    from .metrics import geometry
+    import warnings
+
+    from .metrics import SpectrumWarning, geometry
 
     method = cfg.spectrum_method
     spec = np.asarray(acc.spectrum(method=method), dtype=np.float64)
     sv = np.asarray(acc.singular_values(), dtype=np.float64)
-    metrics = geometry(acc, fit_range=cfg.fit_range, eps=cfg.eps, method=method,
-                       spectrum=spec, singular_values=sv)
+    with warnings.catch_warnings():
+        # The notes are stored in the row's 'warnings' column; no need to flood stderr.
+        warnings.simplefilter("ignore", SpectrumWarning)
+        metrics = geometry(acc, fit_range=cfg.fit_range, eps=cfg.eps, method=method,
+                           spectrum=spec, singular_values=sv)
     return metrics, {"covariance": spec, "singular": sv}
 
 

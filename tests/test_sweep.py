@@ -1,0 +1,274 @@
+"""The sweep runner: resume after SIGKILL, broken checkpoints, options, prefetch, metrics."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers_models import make_checkpoint_folder, save_tiny_model, write_text_files
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = (0, 1, 2, 4, 8, 16)
+LAYERS = "embed,last"
+POOLINGS = "last,mean"
+ROWS_PER_CKPT = 4
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["HF_HUB_OFFLINE"] = "1"
+    env["TRANSFORMERS_OFFLINE"] = "1"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    root = tmp_path_factory.mktemp("series")
+    ck = make_checkpoint_folder(root / "ckpts", steps=STEPS)
+    docs = write_text_files(root / "data")["txt"]
+    return ck, docs
+
+
+def _trace_args(ck, docs, db, n=48):
+    return ["trace", "--model", str(ck), "--dataset", str(docs), "--n-samples", str(n),
+            "--layers", LAYERS, "--pooling", POOLINGS, "--out", str(db), "--fit-range", "3:20",
+            "--batch-size", "16", "--no-progress"]
+
+
+def _rows(db) -> list[tuple]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return con.execute(
+            "SELECT id, model, revision, layer, pooling, status, run_id, created_at, rankme "
+            "FROM results ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+def _ok_count(db) -> int:
+    if not os.path.exists(db):
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return con.execute("SELECT COUNT(*) FROM results WHERE status='ok'").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:  # schema not created yet
+        return 0
+
+
+def test_resume_after_sigkill(series, tmp_path):
+    ck, docs = series
+    db = tmp_path / "r.db"
+    args = _trace_args(ck, docs, db)
+    # The first run is slowed down after each commit (0.4 s) so that the kill lands in the
+    # middle of the sweep, after at least one committed result.
+    slow = textwrap.dedent(f"""
+        import sys, time
+        import geomfast.store as st
+        _orig = st.ResultStore.write_result
+        def slow(self, *a, **k):
+            out = _orig(self, *a, **k)
+            time.sleep(0.4)
+            return out
+        st.ResultStore.write_result = slow
+        from geomfast.cli import main
+        sys.exit(main({args!r}))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", slow], env=_env(), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    try:
+        while _ok_count(db) < 1:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.time() < deadline, "no result committed within 120 s"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    before = _rows(db)
+    total = len(STEPS) * ROWS_PER_CKPT
+    assert 1 <= len(before) < total, "the kill should land mid-sweep"
+
+    # Re-run the very same command, plainly.
+    out = subprocess.run([sys.executable, "-m", "geomfast", *args], env=_env(), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    after = _rows(db)
+    assert len(after) == total
+    keys = [r[1:5] for r in after]
+    assert len(set(keys)) == total, "duplicated results"
+    assert all(r[5] == "ok" for r in after)
+    # Nothing committed before the kill was lost or rewritten (same id, time and values).
+    by_id = {r[0]: r for r in after}
+    for r in before:
+        assert by_id[r[0]] == r
+    # Finished work was skipped: run 1's rows stay run 1's; run 2 wrote only the rest.
+    run1 = {r[0] for r in before}
+    assert all(r[6] == 1 for r in after if r[0] in run1)
+    assert all(r[6] == 2 for r in after if r[0] not in run1)
+    # A third run finds everything done and writes nothing.
+    out = subprocess.run([sys.executable, "-m", "geomfast", *args], env=_env(), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"{len(STEPS)} already done" in out.stdout
+    assert _rows(db) == after
+
+
+def _corrupt(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    assert weights.exists()
+    weights.write_bytes(b"\x00garbage, not a safetensors file" * 10)
+
+
+def test_broken_checkpoint_is_recorded_and_sweep_goes_on(tmp_path):
+    from geomfast.store import ResultStore
+    from geomfast.sweep import trace
+
+    ck = make_checkpoint_folder(tmp_path / "ckpts", steps=(0, 1, 2))
+    docs = write_text_files(tmp_path / "data")["txt"]
+    _corrupt(ck / "step1")
+    db = tmp_path / "r.db"
+    kw = dict(dataset=str(docs), out=str(db), n_samples=32, layers="last", pooling="last",
+              fit_range=(3, 20), progress=False)
+    s = trace(str(ck), **kw)
+    assert (s.ok, s.failed) == (2, 1)
+    with ResultStore(db, readonly=True) as store:
+        rows = store.rows()
+    err = [r for r in rows if r["status"] == "error"]
+    assert len(err) == 1 and err[0]["revision"] == "step1"
+    assert err[0]["error"] and "load" in err[0]["error"]
+    assert sorted(r["revision"] for r in rows if r["status"] == "ok") == ["step0", "step2"]
+
+    # A re-run retries only the failed checkpoint (still broken: one error row, not two).
+    s = trace(str(ck), **kw)
+    assert (s.ok, s.failed, s.skipped) == (0, 1, 2)
+    with ResultStore(db, readonly=True) as store:
+        assert store.count("error") == 1 and store.count("ok") == 2
+
+    # Repaired, it is traced and its error row disappears.
+    save_tiny_model(ck / "step1", seed=7)
+    s = trace(str(ck), **kw)
+    assert (s.ok, s.failed, s.skipped) == (1, 0, 2)
+    with ResultStore(db, readonly=True) as store:
+        assert store.count("error") == 0 and store.count("ok") == 3
+
+
+def test_metrics_match_output_hidden_states(series, tmp_path):
+    """The stored row equals geometry() of the paper's representation computed by hand."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from geomfast.data import load_samples
+    from geomfast.metrics import geometry
+    from geomfast.store import ResultStore
+    from geomfast.sweep import trace
+
+    ck, docs = series
+    db = tmp_path / "r.db"
+    trace(str(ck), dataset=str(docs), out=str(db), revisions="step4", n_samples=40,
+          layers="last", pooling="last", fit_range=(3, 20), progress=False)
+    src = ck / "step4"
+    tok = AutoTokenizer.from_pretrained(src)
+    samples = load_samples(str(docs), tok, n_samples=40)
+    model = AutoModelForCausalLM.from_pretrained(src).eval()
+    with torch.no_grad():
+        h = np.stack([model(torch.tensor([s]), output_hidden_states=True).hidden_states[-1][0, -1]
+                      .double().numpy() for s in samples])
+    ref = geometry(h, fit_range=(3, 20))
+    with ResultStore(db, readonly=True) as store:
+        (row,) = store.rows()
+        spec = store.spectrum(row["id"])
+    assert row["n"] == 40 and row["dim"] == h.shape[1]
+    for k in ("rankme", "rankme_garrido2023", "rankme_full", "alpha"):
+        assert row[k] == pytest.approx(ref[k], rel=1e-5), k
+    hc = h - h.mean(0)
+    np.testing.assert_allclose(spec, np.linalg.eigvalsh(hc.T @ hc / 39)[::-1], rtol=1e-5,
+                               atol=1e-9 * spec[0])
+
+
+def test_options_change_what_counts_as_done_and_layer_resume(series, tmp_path):
+    from geomfast.store import ResultStore
+    from geomfast.sweep import trace
+
+    ck, docs = series
+    db = tmp_path / "r.db"
+    kw = dict(dataset=str(docs), out=str(db), revisions="step0,step1", layers=LAYERS,
+              pooling=POOLINGS, fit_range=(3, 20), progress=False)
+    assert trace(str(ck), n_samples=32, **kw).ok == 2
+    # Another sample count is another configuration: traced again, stored beside.
+    s = trace(str(ck), n_samples=24, **kw)
+    assert (s.ok, s.skipped) == (2, 0)
+    with ResultStore(db) as store:
+        assert store.count("ok") == 2 * 2 * ROWS_PER_CKPT
+        assert len({r["options_hash"] for r in store.rows()}) == 2
+        # Lose one (layer, pooling) of step1 and its checkpoint marker: the re-run
+        # writes only that one row and keeps the others as they were.
+        victim = [r for r in store.rows(status="ok") if r["revision"] == "step1"
+                  and r["layer"] == "embed" and r["pooling"] == "mean" and r["n"] == 24][0]
+        with store.transaction():
+            store.conn.execute("DELETE FROM spectra WHERE result_id=?", (victim["id"],))
+            store.conn.execute("DELETE FROM results WHERE id=?", (victim["id"],))
+            store.conn.execute("DELETE FROM checkpoints WHERE revision='step1' AND options_hash=?",
+                               (victim["options_hash"],))
+        before = {r["id"]: r for r in store.rows()}
+    s = trace(str(ck), n_samples=24, **kw)
+    assert (s.ok, s.skipped, s.rows_written) == (1, 1, 1)
+    with ResultStore(db, readonly=True) as store:
+        after = {r["id"]: r for r in store.rows()}
+    assert set(before) < set(after) and len(after) == len(before) + 1
+    (new,) = [after[i] for i in set(after) - set(before)]
+    assert (new["revision"], new["layer"], new["pooling"]) == ("step1", "embed", "mean")
+    assert new["rankme"] == pytest.approx(victim["rankme"], rel=1e-12)
+
+
+def test_prefetch_gives_the_same_results(series, tmp_path):
+    from geomfast.store import ResultStore
+    from geomfast.sweep import trace
+
+    ck, docs = series
+    out = {}
+    for prefetch in (True, False):
+        db = tmp_path / f"r{prefetch}.db"
+        trace(str(ck), dataset=str(docs), out=str(db), revisions="step0,step2,step8",
+              n_samples=32, layers="last", pooling="mean", fit_range=(3, 20), progress=False,
+              prefetch=prefetch)
+        with ResultStore(db, readonly=True) as store:
+            out[prefetch] = [(r["revision"], r["rankme"], r["alpha"]) for r in store.rows()]
+    assert out[True] == out[False] and len(out[True]) == 3
+
+
+def test_preset_and_explicit_options():
+    from geomfast.sweep import make_config
+
+    cfg = make_config(model="EleutherAI/pythia-70m", dataset="d.txt", out="r.db", preset="li2025")
+    assert (cfg.layers, cfg.poolings, cfg.dtype, cfg.n_samples, cfg.min_length, cfg.max_length,
+            cfg.fit_range) == (("last",), ("last",), "float16", 15000, 32, 512, (11, 100))
+    cfg = make_config(model="m", dataset="d.txt", out="r.db", preset="li2025", n_samples=100,
+                      dtype="float32", layers="embed,-1", pooling=None)
+    assert (cfg.n_samples, cfg.dtype, cfg.layers, cfg.poolings) == (100, "float32", ("embed", "-1"), ("last",))
+    assert cfg.result_options() != make_config(model="m", dataset="d.txt", out="r.db",
+                                               preset="li2025").result_options()
+    with pytest.raises(ValueError, match="unknown preset"):
+        make_config(model="m", dataset="d.txt", out="r.db", preset="nope")
+    with pytest.raises(ValueError, match="dataset"):
+        make_config(model="m", out="r.db")
