@@ -1,0 +1,141 @@
+"""The command line end to end on a local checkpoint folder: trace -> show -> export -> plot."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers_models import make_checkpoint_folder, write_text_files
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRED = ["model", "revision", "step", "tokens", "layer", "pooling", "n", "dim", "rankme",
+            "rankme_garrido2023", "rankme_full", "alpha", "alpha_r2", "alpha_r2_100", "status",
+            "error"]
+
+
+def test_end_to_end_on_a_checkpoint_folder(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from geomfast.cli import main
+
+    ck = make_checkpoint_folder(tmp_path / "ckpts", steps=(0, 1, 2, 4, 8))
+    docs = write_text_files(tmp_path / "data")["jsonl"]
+    db = tmp_path / "results.db"
+    rc = main(["trace", "--model", str(ck), "--dataset", str(docs), "--n-samples", "48",
+               "--layers", "embed,0,last", "--pooling", "last", "--out", str(db),
+               "--fit-range", "3:20", "--batch-size", "8", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "5 traced" in out
+
+    assert main(["show", str(db)]) == 0
+    out = capsys.readouterr().out
+    for word in ("revision", "rankme", "alpha", "step0", "step8", "block0", "last", "embed"):
+        assert word in out
+    assert main(["show", str(db), "--all-columns"]) == 0
+    assert "participation_ratio" in capsys.readouterr().out
+
+    assert main(["export", str(db), "--format", "csv", "-o", str(tmp_path / "r.csv")]) == 0
+    with open(tmp_path / "r.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 15 and set(REQUIRED) <= set(rows[0])
+    assert {r["revision"] for r in rows} == {"step0", "step1", "step2", "step4", "step8"}
+    assert sorted({int(r["step"]) for r in rows}) == [0, 1, 2, 4, 8]
+    assert all(r["status"] == "ok" for r in rows)
+    assert all(np.isfinite(float(r["rankme"])) for r in rows if r["layer"] != "embed")
+
+    pq = pytest.importorskip("pyarrow.parquet")
+    assert main(["export", str(db), "--format", "parquet", "-o", str(tmp_path / "r.parquet")]) == 0
+    t = pq.read_table(tmp_path / "r.parquet")
+    assert t.num_rows == 15 and set(REQUIRED) <= set(t.column_names)
+
+    png = tmp_path / "plot.png"
+    assert main(["plot", str(db), "-o", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    capsys.readouterr()
+
+    # The same trace again resumes: nothing to do.
+    rc = main(["trace", "--model", str(ck), "--dataset", str(docs), "--n-samples", "48",
+               "--layers", "embed,0,last", "--pooling", "last", "--out", str(db),
+               "--fit-range", "3:20", "--no-progress"])
+    assert rc == 0 and "5 already done" in capsys.readouterr().out
+
+
+def _fake_db(path):
+    from geomfast.store import ResultStore
+
+    with ResultStore(path) as s:
+        for i, step in enumerate((0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)):
+            ck = dict(model="org/tiny", revision=f"step{step}", step=step, order=i)
+            for layer in ("embed", "block3", "last"):
+                s.write_result(ck, layer, "last", options={"x": 1},
+                               metrics={"rankme": 10 + np.sin(i) + len(layer), "alpha": 1 + i / 10,
+                                        "n": 100, "dim": 64})
+        s.write_error(dict(model="org/tiny", revision="step2000", step=2000, order=12),
+                      options={"x": 1}, error="OSError: cannot load", layers=["*last"],
+                      poolings=["last"])
+    return path
+
+
+def test_show_plot_export_without_models(tmp_path, capsys):
+    from geomfast.cli import main
+
+    db = _fake_db(tmp_path / "f.db")
+    assert main(["show", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "org/tiny" in out and "step1000" in out and "1 error row" in out
+    assert main(["show", str(db), "--errors"]) == 0
+    assert "cannot load" in capsys.readouterr().out
+    pytest.importorskip("matplotlib")
+    assert main(["plot", str(db), "-o", str(tmp_path / "p.png"), "--metrics", "rankme,alpha,n"]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 20_000
+    assert main(["export", str(db), "-o", str(tmp_path / "x.csv"), "--ok-only"]) == 0
+    assert "36 row(s)" in capsys.readouterr().out
+
+
+def test_errors_are_reported_not_raised(tmp_path, capsys):
+    from geomfast.cli import main
+
+    assert main(["show", str(tmp_path / "missing.db")]) == 1
+    assert "no results database" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["trace", "--out", "x.db"])  # --model is required
+
+
+def test_subcommands_are_registered(capsys):
+    from geomfast import cli
+
+    seen = {}
+
+    def add(p):
+        p.add_argument("--flag", type=int, default=3)
+
+    def run(args):
+        seen["flag"] = args.flag
+        return 0
+
+    n = len(cli.COMMANDS)
+    try:
+        cli.register("hello", "a test subcommand", add, run)
+        cli.register("hello", "replaced, not duplicated", add, run)
+        assert len(cli.COMMANDS) == n + 1
+        assert cli.main(["hello", "--flag", "7"]) == 0 and seen["flag"] == 7
+    finally:
+        cli.COMMANDS[:] = [c for c in cli.COMMANDS if c.name != "hello"]
+    names = [c.name for c in cli.COMMANDS]
+    for name in ("trace", "show", "export", "plot", "demo"):
+        assert name in names
+
+
+def test_python_dash_m(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-m", "geomfast", "--help"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 0 and "trace" in out.stdout and "demo" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "geomfast", "trace", "--help"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert "--preset" in out.stdout and "--revisions" in out.stdout
