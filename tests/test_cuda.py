@@ -332,7 +332,7 @@ def test_spectrum_on_device_matches_reference():
     x = random_rows(4000, d, "bfloat16", seed=51, mean=1.0)
     acc = geomfast.GramAccumulator(d, device="cuda", precision="fast").update(x)
     ref = reference.eigvalsh_desc(gpu_reference_cov(x))
-    assert np.abs(acc.spectrum() - ref).max() <= 1e-6 * ref[0]
+    assert np.abs(acc.spectrum() - ref).max() <= 1e-5 * ref[0]  # ||E||_2 <= 1e-6 ||C||_F
     top = acc.spectrum(method="randomized", k=20)
     np.testing.assert_allclose(top, ref[:20], rtol=1e-4)
 
