@@ -3,6 +3,7 @@
 // Column-major throughout (CBLAS order 102); 32-bit integers (LP64).
 #pragma once
 #include <cstddef>
+#include <mutex>
 
 #ifndef GF_BLAS_PREFIX
 #define GF_BLAS_PREFIX
@@ -26,6 +27,10 @@ void GF_BLAS(cblas_sgemm)(int order, int ta, int tb, int m, int n, int k, float 
                           const float* b, int ldb, float beta, float* c, int ldc);
 void GF_BLAS(cblas_dtrsm)(int order, int side, int uplo, int trans, int diag, int m, int n, double alpha,
                           const double* a, int lda, double* b, int ldb);
+#ifdef GF_BLAS_OPENBLAS
+void GF_BLAS(openblas_set_num_threads)(int n);
+int GF_BLAS(openblas_get_num_threads)(void);
+#endif
 // Fortran LAPACK, with the hidden character-length arguments of the gfortran ABI.
 void GF_BLAS(dsyevd_)(const char* jobz, const char* uplo, const int* n, double* a, const int* lda, double* w,
                       double* work, const int* lwork, int* iwork, const int* liwork, int* info, std::size_t,
@@ -36,3 +41,16 @@ void GF_BLAS(dgeqrf_)(const int* m, const int* n, double* a, const int* lda, dou
 void GF_BLAS(dorgqr_)(const int* m, const int* n, const int* k, double* a, const int* lda, const double* tau,
                       double* work, const int* lwork, int* info);
 }
+
+namespace geomfast::blas {
+// While alive, this library's BLAS runs single-threaded (our own threads run one BLAS call
+// each). OpenBLAS's thread count is global, so every caller that depends on it holds mode_mutex().
+std::mutex& mode_mutex();
+class SingleThreadedScope {
+ public:
+  SingleThreadedScope();
+  ~SingleThreadedScope();
+ private:
+  int previous_ = 0;
+};
+}  // namespace geomfast::blas

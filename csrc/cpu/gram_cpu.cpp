@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <cstdlib>
 #include <mutex>
 
 #include "cpu/blas.hpp"
@@ -21,6 +22,24 @@
 #include "geomfast/gram.hpp"
 
 namespace geomfast {
+
+namespace blas {
+std::mutex& mode_mutex() {
+  static std::mutex m;
+  return m;
+}
+SingleThreadedScope::SingleThreadedScope() {
+#ifdef GF_BLAS_OPENBLAS
+  previous_ = GF_BLAS(openblas_get_num_threads)();
+  if (previous_ != 1) GF_BLAS(openblas_set_num_threads)(1);
+#endif
+}
+SingleThreadedScope::~SingleThreadedScope() {
+#ifdef GF_BLAS_OPENBLAS
+  if (previous_ > 1) GF_BLAS(openblas_set_num_threads)(previous_);
+#endif
+}
+}  // namespace blas
 
 GramTuning& gram_tuning() {
   static GramTuning t;
@@ -65,21 +84,31 @@ void scan_rows(const MatrixView& x, int64_t r0, int64_t r1, ScanResult& res, dou
   using L = Loader<T>;
   const auto* base = static_cast<const typename L::raw*>(x.data);
   const int64_t d = x.cols;
-  for (int64_t r = r0; r < r1; ++r) {
-    const auto* row = base + r * x.row_stride;
-    int64_t bad = 0;
-    if (colsum) {
-      for (int64_t c = 0; c < d; ++c) {
-        const double v = L::get(row + c * x.col_stride);
-        bad += !std::isfinite(v);
-        colsum[c] += v;
+  if (x.col_stride == 1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const auto* row = base + r * x.row_stride;
+      int64_t bad = 0;
+      for (int64_t c = 0; c < d; ++c) bad += L::nonfinite(row + c);
+      if (colsum)
+        for (int64_t c = 0; c < d; ++c) colsum[c] += L::get(row + c);
+      if (bad) {
+        res.nonfinite += bad;
+        res.first_row = std::min(res.first_row, r);
       }
-    } else {
-      for (int64_t c = 0; c < d; ++c) bad += !std::isfinite(L::get(row + c * x.col_stride));
     }
-    if (bad) {
-      res.nonfinite += bad;
-      res.first_row = std::min(res.first_row, r);
+  } else {  // column-major or strided: walk each column's run of rows
+    for (int64_t c = 0; c < d; ++c) {
+      const auto* col = base + c * x.col_stride;
+      double s = 0.0;
+      for (int64_t r = r0; r < r1; ++r) {
+        const auto* p = col + r * x.row_stride;
+        if (L::nonfinite(p)) {
+          ++res.nonfinite;
+          res.first_row = std::min(res.first_row, r);
+        }
+        if (colsum) s += L::get(p);
+      }
+      if (colsum) colsum[c] += s;
     }
   }
 }
@@ -126,6 +155,18 @@ void dispatch_dtype(DType t, F&& f) {
   }
 }
 
+
+// Lane of a large update: one thread, one contiguous range of rows, its own single-threaded
+// BLAS calls and its own accumulator, so the product scales with the cores (OpenBLAS's own
+// threading of one syrk scales poorly on few cores).
+struct Lane {
+  std::vector<double> buf64;  // [block_rows, dim] centred rows (highest)
+  std::vector<float> buf32;   // [block_rows, dim] centred rows (fast)
+  std::vector<double> part64; // [dim, dim] col-major upper: highest partial (lanes > 0)
+  std::vector<float> acc32;   // [dim, dim] col-major upper: fast partial (lanes > 0)
+  std::vector<double> colsum; // [dim]
+};
+
 class CpuGram final : public GramBackend {
  public:
   CpuGram(int64_t dim, Precision p) : dim_(dim), prec_(p) {
@@ -138,10 +179,14 @@ class CpuGram final : public GramBackend {
   int64_t count() const override { return count_; }
 
   void reset() override {
+    std::lock_guard<std::mutex> lk(mu_);
     count_ = 0;
     shift_.assign(dim_, 0.0);
     sum_.assign(dim_, 0.0);
     g_.assign(static_cast<size_t>(dim_ * dim_), 0.0);
+    staged_ = 0;
+    acc32_rows_ = 0;
+    lanes_.clear();
   }
 
   void update(const MatrixView& x) override {
@@ -152,81 +197,19 @@ class CpuGram final : public GramBackend {
                x.cols, ")");
     if (x.rows < 1) GF_THROW(ValueError, "[GramAccumulator.update] x is empty: shape (", x.rows, ", ", x.cols, ")");
     std::lock_guard<std::mutex> lk(mu_);
-    const int64_t n = x.rows, d = dim_;
-    const bool first = count_ == 0;
-
-    // ---- pass 1: validate (and find the shift on the first update)
-    const int nthreads = cpu::ThreadPool::instance().size();
-    std::vector<ScanResult> scans(nthreads);
-    std::vector<double> colsums(first ? static_cast<size_t>(nthreads * d) : 0, 0.0);
-    dispatch_dtype(x.dtype, [&](auto tag) {
-      parallel_for(n, 64, [&](int64_t r0, int64_t r1, int part) {
-        scan_rows<decltype(tag)::value>(x, r0, r1, scans[part], first ? colsums.data() + part * d : nullptr);
-      });
-    });
-    ScanResult scan;
-    for (auto& s : scans) {
-      scan.nonfinite += s.nonfinite;
-      scan.first_row = std::min(scan.first_row, s.first_row);
-    }
-    if (scan.nonfinite)
-      throw NonFiniteError(detail::concat("[GramAccumulator.update] x holds ", scan.nonfinite,
-                                          " non-finite value(s) (NaN or Inf); the first is in row ", scan.first_row,
-                                          "; nothing was accumulated"),
-                           scan.nonfinite, scan.first_row);
-    if (first) {
-      for (int64_t c = 0; c < d; ++c) {
-        double s = 0.0;
-        for (int p = 0; p < nthreads; ++p) s += colsums[p * d + c];
-        shift_[c] = s / static_cast<double>(n);
-      }
-    }
-
-    // ---- pass 2: centre blocks of rows and multiply
-    const auto& tune = gram_tuning();
-    const int64_t block = std::max<int64_t>(1, tune.block_rows);
-    std::vector<double> partial(static_cast<size_t>(nthreads * d), 0.0);
-    if (prec_ == Precision::kHighest) {
-      buf64_.resize(static_cast<size_t>(std::min(block, n) * d));
-    } else {
-      buf32_.resize(static_cast<size_t>(std::min(block, n) * d));
-      acc32_.resize(static_cast<size_t>(d * d));
-    }
-    const int64_t flush_rows = std::max<int64_t>(tune.fast_flush_rows, 1);
-    int64_t since_flush = 0;
-    for (int64_t b0 = 0; b0 < n; b0 += block) {
-      const int64_t nb = std::min(block, n - b0);
-      dispatch_dtype(x.dtype, [&](auto tag) {
-        parallel_for(nb, 16, [&](int64_t r0, int64_t r1, int part) {
-          if (prec_ == Precision::kHighest)
-            center_rows<decltype(tag)::value>(x, b0, b0 + r0, b0 + r1, shift_.data(), buf64_.data(),
-                                              partial.data() + part * d);
-          else
-            center_rows<decltype(tag)::value>(x, b0, b0 + r0, b0 + r1, shift_.data(), buf32_.data(),
-                                              partial.data() + part * d);
-        });
-      });
-      // buf is row-major [nb, d] = column-major [d, nb] (A); A·Aᵀ = Σ y yᵀ into the upper triangle.
-      if (prec_ == Precision::kHighest) {
-        GF_BLAS(cblas_dsyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, (int)d, (int)nb, 1.0, buf64_.data(),
-                             (int)d, 1.0, g_.data(), (int)d);
-      } else {
-        GF_BLAS(cblas_ssyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, (int)d, (int)nb, 1.0f, buf32_.data(),
-                             (int)d, since_flush == 0 ? 0.0f : 1.0f, acc32_.data(), (int)d);
-        since_flush += nb;
-        if (since_flush >= flush_rows || b0 + nb >= n) {
-          flush_fast();
-          since_flush = 0;
-        }
-      }
-    }
-    for (int p = 0; p < nthreads; ++p)
-      for (int64_t c = 0; c < d; ++c) sum_[c] += partial[p * d + c];
-    count_ += n;
+    validate_and_shift(x);  // throws before anything changes
+    const int64_t block = std::max<int64_t>(16, gram_tuning().block_rows);
+    const int lanes = lanes_for(x.rows, block);
+    if (lanes > 1)
+      update_lanes(x, lanes, block);
+    else
+      update_staged(x, block);
+    count_ += x.rows;
   }
 
   GramState state() const override {
     std::lock_guard<std::mutex> lk(mu_);
+    const_cast<CpuGram*>(this)->settle();
     GramState s;
     s.dim = dim_;
     s.count = count_;
@@ -251,6 +234,8 @@ class CpuGram final : public GramBackend {
     shift_ = s.shift;
     sum_ = s.sum;
     g_ = s.gram;  // symmetric, so row- and column-major agree
+    staged_ = 0;
+    acc32_rows_ = 0;
   }
 
   void add_state(const GramState& s) override {
@@ -278,6 +263,187 @@ class CpuGram final : public GramBackend {
   }
 
  private:
+  // ---- pass 1: every value checked before the state changes; the first update sets the shift.
+  void validate_and_shift(const MatrixView& x) {
+    const int64_t n = x.rows, d = dim_;
+    const bool first = count_ == 0;
+    const int nthreads = ThreadPool::instance().size();
+    std::vector<ScanResult> scans(nthreads);
+    std::vector<double> colsums(first ? static_cast<size_t>(nthreads * d) : 0, 0.0);
+    dispatch_dtype(x.dtype, [&](auto tag) {
+      parallel_for(n, 64, [&](int64_t r0, int64_t r1, int part) {
+        scan_rows<decltype(tag)::value>(x, r0, r1, scans[part], first ? colsums.data() + part * d : nullptr);
+      });
+    });
+    ScanResult scan;
+    for (auto& s : scans) {
+      scan.nonfinite += s.nonfinite;
+      scan.first_row = std::min(scan.first_row, s.first_row);
+    }
+    if (scan.nonfinite)
+      throw NonFiniteError(detail::concat("[GramAccumulator.update] x holds ", scan.nonfinite,
+                                          " non-finite value(s) (NaN or Inf); the first is in row ", scan.first_row,
+                                          "; nothing was accumulated"),
+                           scan.nonfinite, scan.first_row);
+    if (first) {
+      for (int64_t c = 0; c < d; ++c) {
+        double s = 0.0;
+        for (int p = 0; p < nthreads; ++p) s += colsums[p * d + c];
+        shift_[c] = s / static_cast<double>(n);
+      }
+    }
+  }
+
+  // How many lanes a large update uses: one per core, as far as rows and memory allow
+  // (each extra lane holds a dim × dim partial).
+  int lanes_for(int64_t n, int64_t block) const {
+    const int cores = ThreadPool::instance().size();
+    const int64_t by_rows = n / (2 * block);
+    const int64_t per_lane = dim_ * dim_ * (prec_ == Precision::kHighest ? 8 : 4);
+    const int64_t budget = lane_memory_budget();
+    const int64_t by_mem = 1 + budget / std::max<int64_t>(per_lane, 1);
+    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({cores, by_rows, by_mem})));
+  }
+
+  static int64_t lane_memory_budget() {
+    static const int64_t budget = [] {
+      if (const char* env = std::getenv("GEOMFAST_LANE_MEMORY_MB")) return static_cast<int64_t>(std::atoll(env)) << 20;
+      return int64_t{2048} << 20;
+    }();
+    return budget;
+  }
+
+  template <typename Out>
+  void center_into(const MatrixView& x, int64_t r0, int64_t r1, Out* out, double* colsum) const {
+    dispatch_dtype(x.dtype, [&](auto tag) {
+      center_rows<decltype(tag)::value>(x, r0, r0, r1, shift_.data(), out, colsum);
+    });
+  }
+
+  // ---- small updates: rows are centred into a staging block; the product runs when it fills
+  // (multi-threaded BLAS), so many tiny chunks cost no more than a few large ones.
+  void update_staged(const MatrixView& x, int64_t block) {
+    const int64_t d = dim_, n = x.rows;
+    if (prec_ == Precision::kHighest) stage64_.resize(static_cast<size_t>(block * d));
+    else stage32_.resize(static_cast<size_t>(block * d));
+    if (staged_ > block) settle();  // block size was retuned between updates
+    const int nthreads = ThreadPool::instance().size();
+    std::vector<double> partial(static_cast<size_t>(nthreads * d), 0.0);
+    int64_t r = 0;
+    while (r < n) {
+      const int64_t m = std::min(block - staged_, n - r);
+      MatrixView sub = x;
+      sub.data = static_cast<const char*>(x.data) + static_cast<size_t>(r * x.row_stride) * dtype_size(x.dtype);
+      sub.rows = m;
+      parallel_for(m, 64, [&](int64_t a, int64_t b, int part) {
+        if (prec_ == Precision::kHighest)
+          center_into(sub, a, b, stage64_.data() + (staged_ + a) * d, partial.data() + part * d);
+        else
+          center_into(sub, a, b, stage32_.data() + (staged_ + a) * d, partial.data() + part * d);
+      });
+      staged_ += m;
+      r += m;
+      if (staged_ == block) multiply_stage();
+    }
+    for (int p = 0; p < nthreads; ++p)
+      for (int64_t c = 0; c < d; ++c) sum_[c] += partial[p * d + c];
+  }
+
+  // The staged rows' product into g_ (highest) or the float32 accumulator (fast).
+  void multiply_stage() {
+    if (staged_ == 0) return;
+    const int d = static_cast<int>(dim_);
+    std::lock_guard<std::mutex> blk(blas::mode_mutex());
+    if (prec_ == Precision::kHighest) {
+      GF_BLAS(cblas_dsyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, d, (int)staged_, 1.0, stage64_.data(), d, 1.0,
+                           g_.data(), d);
+    } else {
+      acc32_.resize(static_cast<size_t>(dim_ * dim_));
+      GF_BLAS(cblas_ssyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, d, (int)staged_, 1.0f, stage32_.data(), d,
+                           acc32_rows_ == 0 ? 0.0f : 1.0f, acc32_.data(), d);
+      acc32_rows_ += staged_;
+      if (acc32_rows_ >= gram_tuning().fast_flush_rows) flush32(acc32_.data(), acc32_rows_);
+    }
+    staged_ = 0;
+  }
+
+  // Adds a float32 upper-triangle accumulator into g_ (float64) and empties it.
+  void flush32(const float* acc, int64_t& rows) {
+    if (rows == 0) return;
+    const int64_t d = dim_;
+    parallel_for(d, 64, [&](int64_t j0, int64_t j1, int) {
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t i = 0; i <= j; ++i) g_[i + j * d] += static_cast<double>(acc[i + j * d]);
+    });
+    rows = 0;
+  }
+
+  // Everything staged or pending in float32 goes into g_ (before the state is read).
+  void settle() {
+    multiply_stage();
+    if (prec_ == Precision::kFast) flush32(acc32_.data(), acc32_rows_);
+  }
+
+  // ---- large updates: `lanes` threads, each over its own rows with single-threaded BLAS.
+  void update_lanes(const MatrixView& x, int lanes, int64_t block) {
+    settle();
+    const int64_t d = dim_, n = x.rows;
+    const bool highest = prec_ == Precision::kHighest;
+    const int64_t flush_rows = std::max<int64_t>(gram_tuning().fast_flush_rows, 1);
+    if (static_cast<int>(lanes_.size()) < lanes) lanes_.resize(lanes);
+    for (int p = 0; p < lanes; ++p) {
+      Lane& L = lanes_[p];
+      if (highest) L.buf64.resize(static_cast<size_t>(block * d));
+      else L.buf32.resize(static_cast<size_t>(block * d));
+      if (p > 0 && highest) L.part64.assign(static_cast<size_t>(d * d), 0.0);
+      if (!highest) L.acc32.resize(static_cast<size_t>(d * d));
+      L.colsum.assign(d, 0.0);
+    }
+    std::mutex flush_mu;
+    {
+      std::lock_guard<std::mutex> blk(blas::mode_mutex());
+      blas::SingleThreadedScope single;
+      ThreadPool::instance().run(lanes, [&](int p, int np) {
+        Lane& L = lanes_[p];
+        const int64_t r0 = n * p / np, r1 = n * (p + 1) / np;
+        // Lane 0 multiplies straight into g_; the others into their partials.
+        double* target = (highest && p == 0) ? g_.data() : L.part64.data();
+        int64_t acc_rows = 0;
+        for (int64_t b0 = r0; b0 < r1; b0 += block) {
+          const int64_t nb = std::min(block, r1 - b0);
+          if (highest) {
+            center_into(x, b0, b0 + nb, L.buf64.data(), L.colsum.data());
+            GF_BLAS(cblas_dsyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, (int)d, (int)nb, 1.0, L.buf64.data(),
+                                 (int)d, 1.0, target, (int)d);
+          } else {
+            center_into(x, b0, b0 + nb, L.buf32.data(), L.colsum.data());
+            GF_BLAS(cblas_ssyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, (int)d, (int)nb, 1.0f, L.buf32.data(),
+                                 (int)d, acc_rows == 0 ? 0.0f : 1.0f, L.acc32.data(), (int)d);
+            acc_rows += nb;
+            if (acc_rows >= flush_rows || b0 + nb >= r1) {
+              std::lock_guard<std::mutex> fl(flush_mu);
+              for (int64_t j = 0; j < d; ++j)
+                for (int64_t i = 0; i <= j; ++i) g_[i + j * d] += static_cast<double>(L.acc32[i + j * d]);
+              acc_rows = 0;
+            }
+          }
+        }
+      });
+    }
+    if (highest) {
+      parallel_for(d, 64, [&](int64_t j0, int64_t j1, int) {
+        for (int p = 1; p < lanes; ++p) {
+          const double* part = lanes_[p].part64.data();
+          for (int64_t j = j0; j < j1; ++j)
+            for (int64_t i = 0; i <= j; ++i) g_[i + j * d] += part[i + j * d];
+        }
+      });
+    }
+    for (int p = 0; p < lanes; ++p)
+      for (int64_t c = 0; c < d; ++c) sum_[c] += lanes_[p].colsum[c];
+    // Partials are only needed during an update; keep the buffers for the next large one.
+  }
+
   void check_state(const GramState& s, const char* fn) const {
     if (s.dim != dim_) GF_THROW(ValueError, "[GramAccumulator.", fn, "] dim mismatch: expected ", dim_, ", got ", s.dim);
     if (s.count < 0) GF_THROW(ValueError, "[GramAccumulator.", fn, "] count must be >= 0, got ", s.count);
@@ -287,20 +453,16 @@ class CpuGram final : public GramBackend {
                s.sum.size(), ", gram ", s.gram.size(), " (expected ", d, ", ", d, ", ", d * d, ")");
   }
 
-  void flush_fast() {
-    const int64_t d = dim_;
-    parallel_for(d, 16, [&](int64_t j0, int64_t j1, int) {
-      for (int64_t j = j0; j < j1; ++j)
-        for (int64_t i = 0; i <= j; ++i) g_[i + j * d] += static_cast<double>(acc32_[i + j * d]);
-    });
-  }
-
   int64_t dim_;
   Precision prec_;
   int64_t count_ = 0;
-  std::vector<double> shift_, sum_, g_;
-  std::vector<double> buf64_;
-  std::vector<float> buf32_, acc32_;
+  std::vector<double> shift_, sum_, g_;  // g_: [dim, dim] col-major, upper triangle valid
+  std::vector<double> stage64_;          // [block_rows, dim] staged centred rows (highest)
+  std::vector<float> stage32_;           // [block_rows, dim] staged centred rows (fast)
+  int64_t staged_ = 0;                   // rows in the staging block (already in count_/sum_)
+  std::vector<float> acc32_;             // fast: float32 products not yet flushed into g_
+  int64_t acc32_rows_ = 0;
+  std::vector<Lane> lanes_;
   mutable std::mutex mu_;
 };
 
