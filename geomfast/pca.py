@@ -1,0 +1,349 @@
+"""``geomfast.PCA``: a drop-in for ``sklearn.decomposition.PCA`` on the geomfast core.
+
+The paper's pipeline (Li et al. 2025) calls ``PCA(n_components=...).fit(X).explained_variance_ratio_``
+and computes RankMe from the ratios. Changing the import to ``from geomfast import PCA`` runs the
+same code on the streaming Gram core: the data are never centered in a copy, never decomposed by
+an SVD of the n × d matrix, and may be fed in chunks with ``partial_fit``.
+
+How it computes (and why it equals scikit-learn's PCA):
+
+* ``fit`` / ``partial_fit`` stream rows into a :class:`geomfast.GramAccumulator` (float64 state,
+  shift-centered), so memory is O(d²) whatever n is; chunks may be numpy, torch (CPU/CUDA, any
+  float dtype incl. bfloat16) or cupy arrays.
+* ``explained_variance_`` are the eigenvalues of the unbiased covariance (ddof = 1) from the native
+  eigensolver — equal to sklearn's ``S² / (n - 1)`` — kept to at most ``min(n_samples, n_features)``
+  values, as sklearn's full SVD does. ``explained_variance_ratio_`` divides by the total variance
+  (the covariance trace), ``singular_values_ = sqrt(explained_variance_ · (n - 1))``.
+* Eigenvectors: the native core returns eigenvalues only. ``components_`` (and so ``transform``,
+  ``inverse_transform``, ``get_covariance``) are computed **lazily, on first use**, with
+  ``numpy.linalg.eigh`` on the float64 covariance (O(d³) on the CPU), then sign-fixed like
+  sklearn's ``svd_flip(u_based_decision=False)``: the largest-magnitude entry of each component is
+  positive. Code that only reads spectra never pays for eigenvectors.
+* ``svd_solver='randomized'`` solves only the top ``n_components`` eigenvalues (the core's
+  randomized subspace iteration); the ratio still divides by the exact trace. ``'auto'`` picks
+  randomized when ``n_components`` is an int well below ``n_features`` (see ``geomfast.eigvalsh``).
+* Not supported: ``n_components='mle'`` (raises ``ValueError``), ``score`` / ``score_samples``.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ._array import _is_cupy, _is_torch, device_of, parse_device
+from .accumulator import GramAccumulator
+
+__all__ = ["PCA"]
+
+SOLVERS = ("full", "randomized", "auto")
+
+
+def _to_numpy64(x) -> np.ndarray:
+    """float64 numpy copy/view of numpy / torch / cupy / array-like input."""
+    if _is_torch(x):
+        x = x.detach()
+        if x.device.type != "cpu":
+            x = x.cpu()
+        return x.double().numpy()
+    if _is_cupy(x):
+        return np.asarray(x.get(), dtype=np.float64)
+    return np.asarray(x, dtype=np.float64)
+
+
+class PCA:
+    """Principal component analysis with scikit-learn's estimator API, on the geomfast core.
+
+    Args:
+        n_components: None (keep min(n_samples, n_features)), an int k, or a float in (0, 1)
+            (the fewest components whose explained variance ratios sum to more than it).
+            'mle' is not supported.
+        device: where rows are accumulated and the eigenvalues solved: 'cpu', 'cuda', 'cuda:<i>'.
+            Chunks on another device are moved there.
+        precision: 'highest' (float64 products) or 'fast' (float32 block products flushed into
+            float64; see GramAccumulator).
+        svd_solver: 'full', 'randomized' (top n_components only; needs an int) or 'auto'.
+        random_state: seed of the randomized solver (int or None = 0).
+        whiten: as in sklearn: transform divides by sqrt(explained_variance_).
+
+    Attributes (after fit): components_ [k, d] (lazy), explained_variance_ [k],
+    explained_variance_ratio_ [k], singular_values_ [k], mean_ [d], n_components_,
+    n_samples_seen_, n_samples_, n_features_in_, noise_variance_ — numpy float64.
+    """
+
+    def __init__(self, n_components=None, *, device="cpu", precision="highest", svd_solver="auto",
+                 random_state=None, whiten=False):
+        self.n_components = n_components
+        self.device = device
+        self.precision = precision
+        self.svd_solver = svd_solver
+        self.random_state = random_state
+        self.whiten = whiten
+
+    # ------------------------------------------------------------------ sklearn plumbing
+    _PARAMS = ("n_components", "device", "precision", "svd_solver", "random_state", "whiten")
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {k: getattr(self, k) for k in self._PARAMS}
+
+    def set_params(self, **params) -> "PCA":
+        for k, v in params.items():
+            if k not in self._PARAMS:
+                raise ValueError(f"[PCA.set_params] invalid parameter {k!r}; valid: {list(self._PARAMS)}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self.get_params().items()
+                   if v != PCA().get_params()[k]}
+        return "PCA(" + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + ")"
+
+    # ------------------------------------------------------------------ validation
+    def _check_params(self, n_features: int) -> None:
+        nc = self.n_components
+        if isinstance(nc, str):
+            raise ValueError(f"[PCA] n_components={nc!r} is not supported by geomfast.PCA "
+                             "(use None, an int or a float in (0, 1))")
+        if nc is not None and not isinstance(nc, numbers.Real) or isinstance(nc, bool):
+            raise ValueError(f"[PCA] n_components must be None, an int or a float in (0, 1), got {nc!r}")
+        if isinstance(nc, numbers.Real) and not isinstance(nc, numbers.Integral):
+            if not 0.0 < float(nc) < 1.0:
+                raise ValueError(f"[PCA] a float n_components must be in (0, 1), got {nc!r}")
+        if self.svd_solver not in SOLVERS:
+            raise ValueError(f"[PCA] svd_solver must be one of {SOLVERS}, got {self.svd_solver!r}")
+        if self.svd_solver == "randomized" and not isinstance(nc, numbers.Integral):
+            raise ValueError(f"[PCA] svd_solver='randomized' needs an int n_components, got {nc!r}")
+        parse_device(self.device)
+
+    def _move(self, x):
+        """x on self.device, in a form GramAccumulator.update accepts."""
+        want = "cpu" if str(self.device) == "cpu" else None
+        if not (_is_torch(x) or _is_cupy(x)):
+            x = np.asarray(x)
+            if x.dtype.kind not in "fiub":
+                raise TypeError(f"[PCA] expected a numeric array, got dtype {x.dtype}")
+            if want == "cpu":
+                return x
+            import torch
+
+            return torch.from_numpy(np.ascontiguousarray(x)).to(str(self.device))
+        dev = device_of(x)
+        if want == "cpu":
+            if dev == "cpu":
+                return x
+            return x.detach().cpu() if _is_torch(x) else x.get()
+        dt, di = parse_device(self.device)
+        target = f"cuda:{di}"
+        if dev == target:
+            return x
+        if _is_torch(x):
+            return x.detach().to(target)
+        import cupy
+
+        with cupy.cuda.Device(di):
+            return cupy.asarray(x.get() if dev != "cpu" else x)
+
+    @staticmethod
+    def _shape(x, func: str) -> tuple[int, int]:
+        shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+        if len(shape) != 2:
+            raise ValueError(f"[PCA.{func}] expected a 2-D array [n_samples, n_features], got shape {shape}")
+        return int(shape[0]), int(shape[1])
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X, y=None) -> "PCA":
+        """Fit on all rows of X [n_samples, n_features] (numpy / torch / cupy)."""
+        self._reset()
+        return self.partial_fit(X)
+
+    def partial_fit(self, X, y=None, check_input=True) -> "PCA":
+        """Add the rows of X to the running covariance and refresh the fitted attributes.
+
+        Unlike IncrementalPCA the result equals a PCA fitted on every row seen so far
+        (the covariance is accumulated exactly, not approximated batch by batch)."""
+        n, d = self._shape(X, "partial_fit")
+        acc = getattr(self, "_acc", None)
+        if acc is not None and d != acc.dim:
+            raise ValueError(f"[PCA.partial_fit] X has {d} features, but PCA was fitted with {acc.dim}")
+        self._check_params(d)
+        if acc is None:
+            acc = self._acc = GramAccumulator(d, device=self.device, precision=self.precision)
+        if n:
+            acc.update(self._move(X))
+        if acc.count < 2:
+            raise ValueError(f"[PCA.partial_fit] needs at least 2 samples in all, got {acc.count}")
+        m = min(acc.count, d)
+        nc = self.n_components
+        if isinstance(nc, numbers.Integral) and not 0 <= nc <= m:
+            raise ValueError(f"[PCA.partial_fit] n_components={nc} must be between 0 and "
+                             f"min(n_samples, n_features)={m}")
+        # Cheap attributes now; the spectrum (O(d³)) when an attribute that needs it is read,
+        # so streaming many chunks through partial_fit costs one eigensolve, not one per chunk.
+        self.n_samples_seen_ = self.n_samples_ = acc.count
+        self.n_features_in_ = d
+        self.mean_ = acc.mean()
+        self._fitted = None
+        return self
+
+    def _reset(self) -> None:
+        for k in ("_acc", "_fitted", "n_samples_seen_", "n_samples_", "n_features_in_", "mean_"):
+            self.__dict__.pop(k, None)
+
+    def _spectral(self, attr: str) -> dict:
+        """The fitted spectral attributes, computed on first need after a (partial_)fit."""
+        self._check_fitted(attr)
+        if self._fitted is None:
+            self._fitted = self._solve()
+        return self._fitted
+
+    def _solve(self) -> dict:
+        acc: GramAccumulator = self._acc
+        n, d = acc.count, acc.dim
+        m = min(n, d)
+        nc = self.n_components
+        cov = acc.covariance(ddof=1)
+        total_var = float(np.trace(cov))
+        solver = self.svd_solver
+        if solver == "auto":
+            solver = ("randomized" if isinstance(nc, numbers.Integral) and nc > 0 and d >= 512
+                      and (nc + 16) * 4 <= d else "full")
+        seed = 0 if self.random_state is None else int(self.random_state)
+        if solver == "randomized":
+            ev = acc.spectrum(ddof=1, method="randomized", k=int(nc), seed=seed) if nc > 0 else np.zeros(0)
+        else:
+            ev = acc.spectrum(ddof=1, method="full")[:m]
+        ev = np.clip(ev, 0.0, None)  # rounding-level negatives, as sklearn clips
+        ratio = ev / total_var if total_var > 0 else np.zeros_like(ev)
+        if nc is None:
+            k = m
+        elif isinstance(nc, numbers.Integral):
+            k = int(nc)
+        else:
+            k = int(np.searchsorted(np.cumsum(ratio), float(nc), side="right") + 1)
+            k = min(k, m)
+        if k < m:
+            rest = ev[k:] if solver == "full" else None
+            if rest is not None:
+                noise = float(rest.mean())
+            else:  # only the top k are known: the remaining variance spread over the rest
+                noise = (total_var - float(ev[:k].sum())) / (m - k)
+        else:
+            noise = 0.0
+        ev_k = ev[:k].copy()
+        return {"n_components_": k, "explained_variance_": ev_k,
+                "explained_variance_ratio_": ratio[:k].copy(),
+                "singular_values_": np.sqrt(ev_k * (n - 1)), "noise_variance_": noise,
+                "solver": solver, "cov": cov, "components": None}
+
+    def _check_fitted(self, func: str) -> None:
+        if getattr(self, "_acc", None) is None or "n_samples_seen_" not in self.__dict__:
+            raise _not_fitted(f"[PCA.{func}] this PCA instance is not fitted yet; call fit or partial_fit first")
+
+    n_components_ = property(lambda self: self._spectral("n_components_")["n_components_"],
+                             doc="Number of components kept.")
+    explained_variance_ = property(
+        lambda self: self._spectral("explained_variance_")["explained_variance_"],
+        doc="[k] covariance eigenvalues (ddof=1), descending.")
+    explained_variance_ratio_ = property(
+        lambda self: self._spectral("explained_variance_ratio_")["explained_variance_ratio_"],
+        doc="[k] explained_variance_ / total variance (the covariance trace).")
+    singular_values_ = property(lambda self: self._spectral("singular_values_")["singular_values_"],
+                                doc="[k] singular values of the centered data: sqrt(ev · (n - 1)).")
+    noise_variance_ = property(lambda self: self._spectral("noise_variance_")["noise_variance_"],
+                               doc="Mean variance of the discarded directions (probabilistic PCA).")
+
+    # ------------------------------------------------------------------ lazy eigenvectors
+    @property
+    def components_(self) -> np.ndarray:
+        """[n_components_, n_features] principal axes (rows), computed on first access with
+        numpy.linalg.eigh on the covariance; signs follow sklearn (largest |entry| positive)."""
+        f = self._spectral("components_")
+        if f["components"] is None:
+            _, v = np.linalg.eigh(f["cov"])  # ascending
+            vt = v[:, ::-1].T[: f["n_components_"]]
+            idx = np.argmax(np.abs(vt), axis=1)
+            signs = np.sign(vt[np.arange(vt.shape[0]), idx])
+            signs[signs == 0] = 1.0
+            f["components"] = np.ascontiguousarray(vt * signs[:, None])
+        return f["components"]
+
+    def get_covariance(self) -> np.ndarray:
+        """Model covariance [d, d] (sklearn's formula: components' variance plus isotropic noise)."""
+        self._check_fitted("get_covariance")
+        comp = self.components_
+        ev = self.explained_variance_
+        if self.whiten:
+            comp = comp * np.sqrt(ev)[:, None]
+        diff = np.where(ev > self.noise_variance_, ev - self.noise_variance_, 0.0)
+        cov = (comp.T * diff) @ comp  # sklearn's formula, whitened components included
+        cov.flat[:: cov.shape[0] + 1] += self.noise_variance_
+        return cov
+
+    # ------------------------------------------------------------------ projections
+    def _apply(self, X, fn, func: str, expected_cols: int):
+        """Run fn on a float64 version of X in X's own library/device; return X's kind of array
+        (float32 for float32/16/bfloat16 inputs, float64 otherwise, like sklearn)."""
+        n, d = self._shape(X, func)
+        if d != expected_cols:
+            raise ValueError(f"[PCA.{func}] X has {d} features, expected {expected_cols}")
+        if _is_torch(X):
+            import torch
+
+            out_dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
+            xt = X.detach().to(torch.float64)
+            res = fn(xt, lambda a: torch.as_tensor(a, dtype=torch.float64, device=xt.device))
+            return res.to(out_dtype)
+        if _is_cupy(X):
+            import cupy
+
+            out_dtype = cupy.float64 if X.dtype == cupy.float64 else cupy.float32
+            res = fn(X.astype(cupy.float64), lambda a: cupy.asarray(a, dtype=cupy.float64))
+            return res.astype(out_dtype)
+        x = np.asarray(X)
+        out_dtype = np.float32 if x.dtype in (np.float32, np.float16) else np.float64
+        res = fn(x.astype(np.float64, copy=False), lambda a: np.asarray(a, dtype=np.float64))
+        return res.astype(out_dtype, copy=False)
+
+    def transform(self, X):
+        """Project X [n, n_features] on the components: [n, n_components_]."""
+        self._check_fitted("transform")
+        comp, mean = self.components_, self.mean_
+        scale = np.sqrt(self.explained_variance_) if self.whiten else None
+
+        def fn(x, conv):
+            z = (x - conv(mean)) @ conv(comp).T
+            if scale is not None:
+                z = z / conv(np.where(scale > 0, scale, 1.0))
+            return z
+
+        return self._apply(X, fn, "transform", self.n_features_in_)
+
+    def fit_transform(self, X, y=None):
+        return self.fit(X).transform(X)
+
+    def inverse_transform(self, X):
+        """Back to feature space: [n, n_components_] -> [n, n_features]."""
+        self._check_fitted("inverse_transform")
+        comp, mean = self.components_, self.mean_
+        if self.whiten:
+            comp = comp * np.sqrt(self.explained_variance_)[:, None]
+
+        def fn(z, conv):
+            return z @ conv(comp) + conv(mean)
+
+        return self._apply(X, fn, "inverse_transform", self.n_components_)
+
+    # ------------------------------------------------------------------ geomfast extras
+    @property
+    def accumulator(self) -> GramAccumulator:
+        """The underlying GramAccumulator (e.g. to merge states across processes or save them)."""
+        self._check_fitted("accumulator")
+        return self._acc
+
+
+def _not_fitted(msg: str) -> Exception:
+    try:  # sklearn's own class, so `except NotFittedError` in user code still works
+        from sklearn.exceptions import NotFittedError
+
+        return NotFittedError(msg)
+    except ImportError:  # pragma: no cover
+        return AttributeError(msg)
