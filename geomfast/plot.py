@@ -57,6 +57,7 @@ def plot_results(
     model: str | None = None,
     title: str | None = None,
     dpi: int = 120,
+    phases: bool = True,
 ) -> str:
     """Draw one panel per metric (default RankMe and α) against step, one line per
     model × layer × pooling, and save a PNG to ``out``. ``db`` is a path or a ResultStore."""
@@ -140,6 +141,8 @@ def plot_results(
         ticks = sorted(k for k in names if k is not None)
         axes[-1].set_xticks(ticks)
         axes[-1].set_xticklabels([names[t].split("/")[-1] for t in ticks], rotation=20, fontsize=8)
+    if phases:
+        _shade_phases(axes, groups, keys, x_key)
     axes[0].legend(fontsize=8, loc="best", ncol=2 if len(keys) > 6 else 1)
     if title is None:
         title = ", ".join(models) if len(models) <= 3 else f"{len(models)} models"
@@ -150,3 +153,25 @@ def plot_results(
     fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out
+
+
+# ----------------------------------------------------------------------------- phase shading
+
+def _shade_phases(axes, groups, keys, x_key: str) -> None:
+    """Shade the phases found by :mod:`geomfast.phases` for one reference series — the final
+    layer ('last') of the first model, else the first series plotted. Skipped quietly when the
+    phases module is absent or finds no phase."""
+    try:
+        from .phases import phases_from_rows, shade_phases
+    except ImportError:  # pragma: no cover
+        return
+    if not keys:
+        return
+    ref = next((k for k in keys if k[1] == "last"), keys[0])
+    rows = groups[ref]
+    results = phases_from_rows(rows)
+    if not results:
+        return
+    xs = [r[x_key] if r.get(x_key) is not None else j for j, r in enumerate(rows)]
+    shade_phases(list(axes), results[0], x_of=None if x_key == "step" else (lambda i: xs[i]),
+                 label_prefix="phase: ")

@@ -1,0 +1,620 @@
+"""Training phases of representation geometry, detected from RankMe and α-ReQ trajectories.
+
+Li et al. (2025) report three phases of pretraining, read off RankMe (and mirrored by α):
+
+1. ``warmup_collapse``     — RankMe falls quickly from its value at initialisation;
+2. ``entropy_seeking``     — RankMe rises (dimensionality expands), α falls;
+3. ``compression_seeking`` — RankMe falls again, α rises (anisotropic consolidation).
+
+and, for post-training series (base → SFT → DPO → RLVR), that SFT and DPO act entropy-seeking and
+RLVR compression-seeking.
+
+Algorithm (pretraining series, :func:`detect_phases`)
+-----------------------------------------------------
+Everything happens in log-step, ``x = log(step + 1)``, where checkpoint schedules are roughly even
+and where the paper draws its curves.
+
+1. **Robust smoothing.** A running median of 3 consecutive checkpoints (end points kept) removes
+   any single outlying checkpoint entirely; then a local-linear Gaussian kernel smoother in ``x``
+   (bandwidth ``bandwidth``, default 0.3 ≈ a factor 1.35 in steps) averages where checkpoints are
+   dense (Pythia's every-1000-steps tail) and leaves sparse early checkpoints (powers of two,
+   0.69 apart in ``x``) almost untouched.
+2. **Noise and significance.** The noise ``σ`` is the robust spread (1.4826 · median absolute
+   deviation) of the raw values around the smoothed curve. A change of RankMe is significant
+   when it exceeds ``threshold = max(rel_range · range(smoothed), noise_k · σ,
+   rel_level · median|smoothed|)`` (defaults 0.1, 3, 0.02).
+3. **Segmentation by the sign of dRankMe/dx.** The smoothed curve is cut into maximal monotone
+   runs. Runs are then simplified by persistence: repeatedly, the weakest run — the one with the
+   smallest net change among those whose change is below the threshold or that span fewer than
+   ``min_points`` checkpoint intervals (default 2) — is merged into its neighbours (an interior run
+   disappears with the extremum pair that delimits it; an end run joins the adjacent one). What
+   remains alternates rise / fall, each run significant and long enough. A trajectory whose
+   whole change is below the threshold has no phase at all.
+4. **Boundaries.** Each boundary is the extremum between two runs, refined to the checkpoint
+   with the extreme value (median-filtered, then raw, as tie-break) within half a bandwidth or
+   one checkpoint of the smoothed extremum. Boundaries are reported in steps, and in tokens where
+   the store knows them.
+5. **Labels.** A rise is ``entropy_seeking``. A fall after a rise is ``compression_seeking``. A fall
+   at the start of the series followed by a rise is ``warmup_collapse``; a fall at the start with
+   no rise after it is ``warmup_collapse`` only if the series starts at initialisation
+   (step ≤ ``init_max_step``, default 0), else ``compression_seeking`` — both with a note, since
+   RankMe alone cannot tell them apart. A phase that no run supports is reported absent
+   (:attr:`PhaseResult.absent`), never invented.
+6. **α as corroboration.** α is smoothed the same way; each phase reports α's change and
+   ``alpha_agrees``: True when α moved significantly against RankMe (as the paper describes),
+   False when it moved with it, None when α stayed within its own threshold or is unknown.
+
+Post-training series (:func:`detect_transitions`): checkpoints in order (column ``ord``), no
+steps. Each consecutive pair is a transition labelled ``entropy_seeking`` (RankMe up) or
+``compression_seeking`` (RankMe down); when RankMe changes by less than ``rel_level`` of its
+level the sign of −Δα decides, and when neither moves the transition is ``unchanged``.
+``alpha_agrees`` is reported as above.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["PHASES", "Phase", "Transition", "PhaseResult", "detect_phases", "detect_transitions",
+           "phases_from_store", "format_phases", "shade_phases", "register_cli"]
+
+PHASES = ("warmup_collapse", "entropy_seeking", "compression_seeking")
+PHASE_COLORS = {"warmup_collapse": "#9e9e9e", "entropy_seeking": "#4c9be8",
+                "compression_seeking": "#e8894c", "unchanged": "#ffffff"}
+
+
+@dataclass
+class Phase:
+    """One phase: a significant monotone run of RankMe between two checkpoints (inclusive)."""
+
+    kind: str
+    start_step: int
+    end_step: int
+    start_tokens: int | None
+    end_tokens: int | None
+    start_index: int
+    end_index: int
+    rankme_start: float
+    rankme_end: float
+    alpha_start: float | None
+    alpha_end: float | None
+    alpha_agrees: bool | None
+    note: str | None = None
+
+    @property
+    def rankme_change(self) -> float:
+        return self.rankme_end - self.rankme_start
+
+    @property
+    def alpha_change(self) -> float | None:
+        if self.alpha_start is None or self.alpha_end is None:
+            return None
+        return self.alpha_end - self.alpha_start
+
+
+@dataclass
+class Transition:
+    """One step of a post-training series (checkpoint ``start`` → checkpoint ``end``)."""
+
+    kind: str
+    start: str
+    end: str
+    start_index: int
+    end_index: int
+    rankme_start: float
+    rankme_end: float
+    alpha_start: float | None
+    alpha_end: float | None
+    alpha_agrees: bool | None
+
+
+@dataclass
+class PhaseResult:
+    """Phases of one trajectory (one model × layer × pooling).
+
+    ``mode`` is ``'pretraining'`` (phases along steps) or ``'post_training'`` (transitions along
+    an ordered series). ``phases`` / ``transitions`` hold the detected items in order;
+    ``boundaries`` the steps where one phase ends and the next starts; ``notes`` explain anything
+    unusual (too few points, dropped rows, ambiguous labels)."""
+
+    mode: str
+    phases: list[Phase] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
+    boundaries: list[dict] = field(default_factory=list)
+    n_points: int = 0
+    threshold: float | None = None
+    noise: float | None = None
+    notes: list[str] = field(default_factory=list)
+    model: str | None = None
+    layer: str | None = None
+    pooling: str | None = None
+    options_hash: str | None = None
+
+    @property
+    def present(self) -> dict[str, bool]:
+        kinds = {p.kind for p in self.phases} | {t.kind for t in self.transitions}
+        return {k: k in kinds for k in PHASES}
+
+    @property
+    def absent(self) -> list[str]:
+        return [k for k, v in self.present.items() if not v]
+
+    def phase(self, kind: str) -> Phase | None:
+        """The first phase of this kind, or None when absent."""
+        return next((p for p in self.phases if p.kind == kind), None)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for p, pd in zip(self.phases, d["phases"]):
+            pd["rankme_change"] = p.rankme_change
+            pd["alpha_change"] = p.alpha_change
+        d["present"] = self.present
+        d["absent"] = self.absent
+        return d
+
+
+# ----------------------------------------------------------------------------- smoothing
+
+def _median3(y: np.ndarray) -> np.ndarray:
+    out = y.copy()
+    if y.size >= 3:
+        out[1:-1] = np.median(np.stack([y[:-2], y[1:-1], y[2:]]), axis=0)
+    return out
+
+
+def _kernel_smooth(x: np.ndarray, y: np.ndarray, h: float) -> np.ndarray:
+    """Local-linear Gaussian kernel regression of y on x, evaluated at x."""
+    out = np.empty_like(y)
+    for i, xi in enumerate(x):
+        w = np.exp(-0.5 * ((x - xi) / h) ** 2)
+        sw = w.sum()
+        if sw / w.max() < 2.5:  # about one point in the window: keep it
+            out[i] = (w * y).sum() / sw
+            continue
+        xm = (w * x).sum() / sw
+        ym = (w * y).sum() / sw
+        sxx = (w * (x - xm) ** 2).sum()
+        slope = (w * (x - xm) * (y - ym)).sum() / sxx if sxx > 0 else 0.0
+        out[i] = ym + slope * (xi - xm)
+    return out
+
+
+def _smooth(x, y, h):
+    m = _median3(y)
+    return m, _kernel_smooth(x, m, h)
+
+
+def _noise(y, s) -> float:
+    return float(1.4826 * np.median(np.abs(y - s))) if y.size else 0.0
+
+
+def _threshold(s, noise, rel_range, noise_k, rel_level) -> float:
+    rng = float(s.max() - s.min()) if s.size else 0.0
+    return max(rel_range * rng, noise_k * noise, rel_level * float(np.median(np.abs(s))))
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+def _monotone_runs(s: np.ndarray) -> list[list[int]]:
+    """Maximal monotone runs [start, end, direction] of s (flat steps join the run they are in)."""
+    d = np.diff(s)
+    signs = np.sign(d)
+    nz = np.flatnonzero(signs)
+    if nz.size == 0:
+        return [[0, s.size - 1, 0]]
+    # flat steps take the direction of the previous non-flat step (the next one at the start)
+    cur = signs[nz[0]]
+    for i in range(signs.size):
+        if signs[i] == 0:
+            signs[i] = cur
+        cur = signs[i]
+    runs = [[0, 1, int(signs[0])]]
+    for i in range(1, signs.size):
+        if signs[i] == runs[-1][2]:
+            runs[-1][1] = i + 1
+        else:
+            runs.append([i, i + 1, int(signs[i])])
+    return runs
+
+
+def _simplify(runs: list[list[int]], s: np.ndarray, thr: float, min_points: int) -> list[list[int]]:
+    """Persistence simplification: merge the weakest insignificant or short run until none is left."""
+    runs = [list(r) for r in runs]
+    while len(runs) > 1:
+        weak = [(abs(s[r[1]] - s[r[0]]), i) for i, r in enumerate(runs)
+                if abs(s[r[1]] - s[r[0]]) < thr or r[1] - r[0] < min_points]
+        if not weak:
+            break
+        _, i = min(weak)
+        if i == 0:
+            runs[1][0] = runs[0][0]
+            del runs[0]
+        elif i == len(runs) - 1:
+            runs[-2][1] = runs[-1][1]
+            del runs[-1]
+        else:
+            left, right = runs[i - 1], runs[i + 1]
+            merged = [left[0], right[1], left[2]]
+            runs[i - 1: i + 2] = [merged]
+        # re-derive each run's direction from its net change (merges may flip an end run)
+        for r in runs:
+            r[2] = int(np.sign(s[r[1]] - s[r[0]])) or r[2]
+        # neighbours with the same direction join
+        joined = [runs[0]]
+        for r in runs[1:]:
+            if r[2] == joined[-1][2]:
+                joined[-1][1] = r[1]
+            else:
+                joined.append(r)
+        runs = joined
+    return runs
+
+
+def _refine(b: int, kind: str, x, m, y, h, lo: int, hi: int) -> int:
+    """Checkpoint of the extreme value near index b, within (lo, hi) exclusive of the neighbours'
+    own boundaries: median-filtered value first, raw value as tie-break."""
+    cand = [j for j in range(lo + 1, hi) if abs(j - b) <= 1 or abs(x[j] - x[b]) <= h / 2]
+    if not cand:
+        return b
+    sign = 1.0 if kind == "max" else -1.0
+    return max(cand, key=lambda j: (sign * m[j], sign * y[j]))
+
+
+def _as_array(name, v, n=None, allow_none=False):
+    if v is None:
+        if allow_none:
+            return None
+        raise ValueError(f"[detect_phases] {name} is required")
+    a = np.asarray([np.nan if e is None else e for e in v], dtype=np.float64)
+    if a.ndim != 1:
+        raise ValueError(f"[detect_phases] {name} must be 1-D, got shape {a.shape}")
+    if n is not None and a.size != n:
+        raise ValueError(f"[detect_phases] {name} has {a.size} values, expected {n} (one per step)")
+    return a
+
+
+def _agrees(direction: int, d_alpha: float | None, thr_alpha: float | None) -> bool | None:
+    if d_alpha is None or thr_alpha is None or not math.isfinite(d_alpha) or abs(d_alpha) < thr_alpha:
+        return None
+    return bool(np.sign(d_alpha) == -direction)
+
+
+def detect_phases(steps, rankme, alpha=None, *, tokens=None, bandwidth: float = 0.3,
+                  min_points: int = 2, rel_range: float = 0.1, noise_k: float = 3.0,
+                  rel_level: float = 0.02, init_max_step: int = 0) -> PhaseResult:
+    """Label the paper's pretraining phases along one RankMe (and α) trajectory.
+
+    Args:
+        steps: [n] training steps (any order; duplicates are averaged). ``None`` means an
+            ordered post-training series: see :func:`detect_transitions`.
+        rankme: [n] RankMe per checkpoint (NaN/None rows are dropped with a note).
+        alpha: optional [n] α-ReQ per checkpoint (corroboration only).
+        tokens: optional [n] tokens seen per checkpoint (reported at the boundaries).
+        bandwidth: kernel smoother bandwidth in log(step + 1).
+        min_points: fewest checkpoint intervals a phase may span.
+        rel_range, noise_k, rel_level: significance threshold (see the module docstring).
+        init_max_step: a lone fall at the start counts as warm-up collapse only when the
+            series starts at or before this step (initialisation).
+
+    Returns a :class:`PhaseResult` (mode 'pretraining').
+    """
+    if steps is None:
+        return detect_transitions(rankme, alpha, rel_level=rel_level)
+    steps_a = _as_array("steps", steps)
+    n0 = steps_a.size
+    r = _as_array("rankme", rankme, n0)
+    a = _as_array("alpha", alpha, n0, allow_none=True)
+    t = _as_array("tokens", tokens, n0, allow_none=True)
+    notes: list[str] = []
+    keep = np.isfinite(steps_a) & np.isfinite(r)
+    if (~keep).any():
+        notes.append(f"{int((~keep).sum())} checkpoint(s) without a step or RankMe were left out")
+    if (steps_a[keep] < 0).any():
+        raise ValueError("[detect_phases] steps must be >= 0")
+    steps_a, r = steps_a[keep], r[keep]
+    a = a[keep] if a is not None else None
+    t = t[keep] if t is not None else None
+    # sort and average duplicate steps
+    uniq, inv = np.unique(steps_a, return_inverse=True)
+    if uniq.size < steps_a.size:
+        notes.append(f"{steps_a.size - uniq.size} duplicate step(s) averaged")
+
+    def avg(v):
+        if v is None:
+            return None
+        out = np.full(uniq.size, np.nan)
+        for i in range(uniq.size):
+            vals = v[inv == i]
+            vals = vals[np.isfinite(vals)]
+            out[i] = vals.mean() if vals.size else np.nan
+        return out
+
+    r, a, t = avg(r), avg(a), avg(t)
+    steps_a = uniq
+    n = steps_a.size
+    res = PhaseResult(mode="pretraining", n_points=n, notes=notes)
+    if n < min_points + 1 or n < 3:
+        res.notes.append(f"too few checkpoints ({n}) to detect phases (need at least {max(3, min_points + 1)})")
+        return res
+    x = np.log1p(steps_a)
+    m, s = _smooth(x, r, bandwidth)
+    noise = _noise(r, s)
+    thr = _threshold(s, noise, rel_range, noise_k, rel_level)
+    res.noise, res.threshold = noise, thr
+    runs = _simplify(_monotone_runs(s), s, thr, min_points)
+    runs = [rr for rr in runs if rr[2] != 0]
+    if len(runs) == 1 and abs(s[runs[0][1]] - s[runs[0][0]]) < thr:
+        runs = []
+    if not runs:
+        res.notes.append(f"RankMe changes by less than the significance threshold ({thr:.3g}): no phase")
+        return res
+
+    # boundaries, refined on the median-filtered / raw values
+    cut = [runs[0][0]] + [rr[1] for rr in runs[:-1]] + [runs[-1][1]]
+    for i in range(1, len(cut) - 1):
+        kind = "max" if runs[i - 1][2] > 0 else "min"
+        cut[i] = _refine(cut[i], kind, x, m, r, bandwidth, cut[i - 1], cut[i + 1])
+
+    a_ok = a is not None and np.isfinite(a).sum() >= 3
+    if a_ok:
+        fin = np.isfinite(a)
+        a_f = np.interp(x, x[fin], a[fin])
+        am, a_s = _smooth(x, a_f, bandwidth)
+        thr_a = _threshold(a_s, _noise(a_f, a_s), rel_range, noise_k, rel_level)
+    elif a is not None:
+        res.notes.append("fewer than 3 α values: α not used")
+
+    def tok(i):
+        return None if t is None or not np.isfinite(t[i]) else int(t[i])
+
+    for i, rr in enumerate(runs):
+        i0, i1, direction = cut[i], cut[i + 1], rr[2]
+        note = None
+        if direction > 0:
+            kind = "entropy_seeking"
+            if any(p.kind == "entropy_seeking" for p in res.phases):
+                note = "a second rise of RankMe"
+        elif i == 0:
+            if len(runs) > 1:
+                kind = "warmup_collapse"
+            elif steps_a[0] <= init_max_step:
+                kind = "warmup_collapse"
+                note = "RankMe only falls; labelled warm-up collapse as the series starts at initialisation"
+            else:
+                kind = "compression_seeking"
+                note = (f"RankMe only falls and the series starts at step {int(steps_a[0])}: "
+                        "labelled compression-seeking (no rise was observed before it)")
+        else:
+            kind = "compression_seeking"
+        # reported: the (interpolated) raw α at the boundaries; judged: the smoothed change
+        a0 = float(a_f[i0]) if a_ok else None
+        a1 = float(a_f[i1]) if a_ok else None
+        agrees = _agrees(direction, float(a_s[i1] - a_s[i0]) if a_ok else None, thr_a if a_ok else None)
+        res.phases.append(Phase(
+            kind=kind, start_step=int(steps_a[i0]), end_step=int(steps_a[i1]),
+            start_tokens=tok(i0), end_tokens=tok(i1), start_index=int(i0), end_index=int(i1),
+            rankme_start=float(r[i0]), rankme_end=float(r[i1]), alpha_start=a0, alpha_end=a1,
+            alpha_agrees=agrees, note=note))
+    for p, q in zip(res.phases[:-1], res.phases[1:]):
+        res.boundaries.append({"step": p.end_step, "tokens": p.end_tokens, "from": p.kind, "to": q.kind})
+    return res
+
+
+def detect_transitions(rankme, alpha=None, *, labels: Sequence[str] | None = None,
+                       rel_level: float = 0.01) -> PhaseResult:
+    """Label each transition of an ordered post-training series (base → SFT → DPO → RLVR …).
+
+    ``rankme`` / ``alpha``: one value per checkpoint, in series order; ``labels``: checkpoint names.
+    A transition is ``entropy_seeking`` when RankMe rises, ``compression_seeking`` when it falls;
+    when RankMe moves by less than ``rel_level`` of its level, α decides (α down = entropy-seeking);
+    when neither moves, ``unchanged``."""
+    r = _as_array("rankme", rankme)
+    n = r.size
+    a = _as_array("alpha", alpha, n, allow_none=True)
+    labels = [str(v) for v in labels] if labels is not None else [str(i) for i in range(n)]
+    if len(labels) != n:
+        raise ValueError(f"[detect_transitions] {len(labels)} labels for {n} checkpoints")
+    res = PhaseResult(mode="post_training", n_points=n)
+    if n < 2:
+        res.notes.append(f"a series needs at least 2 checkpoints, got {n}")
+        return res
+    for i in range(n - 1):
+        r0, r1 = r[i], r[i + 1]
+        a0 = None if a is None or not np.isfinite(a[i]) else float(a[i])
+        a1 = None if a is None or not np.isfinite(a[i + 1]) else float(a[i + 1])
+        if not (np.isfinite(r0) and np.isfinite(r1)):
+            res.notes.append(f"transition {labels[i]} -> {labels[i + 1]}: RankMe missing, skipped")
+            continue
+        dr = r1 - r0
+        da = None if a0 is None or a1 is None else a1 - a0
+        thr_a = None if da is None else rel_level * max(abs(a0), abs(a1), 1e-12)
+        if abs(dr) >= rel_level * max(abs(r0), abs(r1), 1e-12):
+            direction = int(np.sign(dr))
+        elif da is not None and abs(da) >= thr_a:
+            direction = -int(np.sign(da))
+        else:
+            direction = 0
+        kind = {1: "entropy_seeking", -1: "compression_seeking", 0: "unchanged"}[direction]
+        agrees = _agrees(direction, da, thr_a) if direction else None
+        res.transitions.append(Transition(kind=kind, start=labels[i], end=labels[i + 1], start_index=i,
+                                          end_index=i + 1, rankme_start=float(r0), rankme_end=float(r1),
+                                          alpha_start=a0, alpha_end=a1, alpha_agrees=agrees))
+    return res
+
+
+# ----------------------------------------------------------------------------- store
+
+def _groups(rows: Sequence[dict]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row.get("status", "ok") != "ok":
+            continue
+        key = (row["model"], row["layer"], row["pooling"], row.get("options_hash"))
+        groups.setdefault(key, []).append(row)
+    return groups
+
+
+def phases_from_rows(rows: Sequence[dict], *, metric: str = "rankme", **options) -> list[PhaseResult]:
+    """:func:`detect_phases` (or :func:`detect_transitions`) for every model × layer × pooling
+    (× options hash) group of result rows (dicts with model, layer, pooling, step, tokens, ord,
+    revision and the metric columns)."""
+    out = []
+    for (model, layer, pooling, h), g in sorted(_groups(rows).items(), key=lambda kv: tuple(map(str, kv[0]))):
+        with_step = [row for row in g if row.get("step") is not None]
+        if with_step:
+            res = detect_phases([row["step"] for row in with_step], [row.get(metric) for row in with_step],
+                                [row.get("alpha") for row in with_step],
+                                tokens=[row.get("tokens") for row in with_step], **options)
+            if len(with_step) < len(g):
+                res.notes.append(f"{len(g) - len(with_step)} checkpoint(s) without a step left out")
+        else:
+            g = sorted(g, key=lambda row: (row.get("ord") is None, row.get("ord") or 0))
+            keep = {k: v for k, v in options.items() if k == "rel_level"}
+            res = detect_transitions([row.get(metric) for row in g], [row.get("alpha") for row in g],
+                                     labels=[row.get("revision") or str(row.get("ord")) for row in g], **keep)
+        res.model, res.layer, res.pooling, res.options_hash = model, layer, pooling, h
+        out.append(res)
+    return out
+
+
+def phases_from_store(db, *, model: str | None = None, layer: str | None = None,
+                      pooling: str | None = None, metric: str = "rankme", **options) -> list[PhaseResult]:
+    """Phases of every model × layer × pooling in a results database (path or ResultStore).
+    ``metric`` picks the RankMe column (rankme, rankme_full, rankme_garrido2023); ``options``
+    go to :func:`detect_phases`."""
+    from .store import ResultStore
+
+    store = db if isinstance(db, ResultStore) else ResultStore(db, readonly=True)
+    try:
+        rows = store.rows(status="ok", model=model)
+    finally:
+        if store is not db:
+            store.close()
+    rows = [row for row in rows if (layer is None or row["layer"] == layer)
+            and (pooling is None or row["pooling"] == pooling)]
+    return phases_from_rows(rows, metric=metric, **options)
+
+
+# ----------------------------------------------------------------------------- output
+
+def _num(v, fmt="{:.2f}"):
+    return "-" if v is None else fmt.format(v)
+
+
+def format_phases(results: Sequence[PhaseResult]) -> str:
+    """A terminal table per trajectory, with absent phases and notes."""
+    from .cli import format_table
+
+    blocks = []
+    for res in results:
+        head = " ".join(v for v in (res.model, res.layer and f"layer {res.layer}",
+                                     res.pooling and f"{res.pooling} pooling") if v) or "trajectory"
+        if res.mode == "pretraining":
+            head += f"  ({res.n_points} checkpoints"
+            head += f", threshold {res.threshold:.3g})" if res.threshold is not None else ")"
+            rows = [{"phase": p.kind, "from step": p.start_step, "to step": p.end_step,
+                     "from tokens": p.start_tokens, "to tokens": p.end_tokens,
+                     "RankMe": f"{p.rankme_start:.2f} -> {p.rankme_end:.2f}",
+                     "alpha": (f"{p.alpha_start:.2f} -> {p.alpha_end:.2f}"
+                               if p.alpha_start is not None else "-"),
+                     "alpha agrees": {True: "yes", False: "NO", None: "-"}[p.alpha_agrees]}
+                    for p in res.phases]
+            cols = ["phase", "from step", "to step"]
+            if any(p.start_tokens is not None for p in res.phases):
+                cols += ["from tokens", "to tokens"]
+            cols += ["RankMe", "alpha", "alpha agrees"]
+            lines = [head]
+            if rows:
+                lines.append(format_table(rows, cols))
+            absent = res.absent
+            lines.append("absent: " + (", ".join(absent) if absent else "none"))
+            lines += [f"note: {p.kind}: {p.note}" for p in res.phases if p.note]
+        else:
+            head += f"  (post-training series, {res.n_points} checkpoints)"
+            rows = [{"transition": f"{tr.start} -> {tr.end}", "label": tr.kind,
+                     "RankMe": f"{tr.rankme_start:.2f} -> {tr.rankme_end:.2f}",
+                     "alpha": (f"{tr.alpha_start:.2f} -> {tr.alpha_end:.2f}"
+                               if tr.alpha_start is not None and tr.alpha_end is not None else "-"),
+                     "alpha agrees": {True: "yes", False: "NO", None: "-"}[tr.alpha_agrees]}
+                    for tr in res.transitions]
+            lines = [head]
+            if rows:
+                lines.append(format_table(rows, ["transition", "label", "RankMe", "alpha", "alpha agrees"]))
+        lines += [f"note: {n}" for n in res.notes]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def shade_phases(axes, result: PhaseResult, *, x_of=None, label_prefix: str = "") -> None:
+    """Shade each phase (or post-training transition) of ``result`` as a vertical band on every
+    matplotlib axis in ``axes``. ``x_of(index)`` maps a checkpoint index to the plot's x (default:
+    the phase's steps, or the series position for transitions)."""
+    spans = []
+    if result.mode == "pretraining":
+        for p in result.phases:
+            spans.append((p.start_step, p.end_step, p.kind))
+    else:
+        for tr in result.transitions:
+            lo, hi = (tr.start_index, tr.end_index) if x_of is None else (x_of(tr.start_index), x_of(tr.end_index))
+            spans.append((lo, hi, tr.kind))
+    labelled = set()
+    for ax in axes:
+        for lo, hi, kind in spans:
+            if kind == "unchanged":
+                continue
+            name = label_prefix + kind.replace("_", " ")
+            ax.axvspan(lo, hi, color=PHASE_COLORS.get(kind, "#dddddd"), alpha=0.15, linewidth=0,
+                       zorder=0, label=None if (ax is not axes[0] or kind in labelled) else name)
+            if ax is axes[0]:
+                labelled.add(kind)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def _add_arguments(p) -> None:
+    p.add_argument("db", metavar="RESULTS.db")
+    p.add_argument("--model", default=None, help="only this model")
+    p.add_argument("--layer", default=None, help="only this layer (e.g. last)")
+    p.add_argument("--pooling", default=None, help="only this pooling")
+    p.add_argument("--metric", default="rankme", choices=["rankme", "rankme_full", "rankme_garrido2023"],
+                   help="which RankMe column drives the segmentation (default rankme, li2025)")
+    p.add_argument("--bandwidth", type=float, default=0.3, help="smoother bandwidth in log(step+1)")
+    p.add_argument("--min-points", type=int, default=2, help="fewest checkpoint intervals per phase")
+    p.add_argument("--rel-range", type=float, default=0.1,
+                   help="significant change as a fraction of the trajectory's range")
+    p.add_argument("--noise-k", type=float, default=3.0, help="significant change in noise sigmas")
+    p.add_argument("--json", dest="json_out", nargs="?", const="-", default=None, metavar="FILE",
+                   help="write JSON (to FILE, or stdout when no FILE is given)")
+
+
+def _run(args) -> int:
+    results = phases_from_store(args.db, model=args.model, layer=args.layer, pooling=args.pooling,
+                                metric=args.metric, bandwidth=args.bandwidth, min_points=args.min_points,
+                                rel_range=args.rel_range, noise_k=args.noise_k)
+    if not results:
+        print(f"{args.db}: no successful results")
+        return 0
+    if args.json_out is not None:
+        text = json.dumps([r.to_dict() for r in results], indent=1)
+        if args.json_out == "-":
+            print(text)
+            return 0
+        with open(args.json_out, "w") as f:
+            f.write(text + "\n")
+    print(format_phases(results))
+    if args.json_out not in (None, "-"):
+        print(f"\nJSON written to {args.json_out}")
+    return 0
+
+
+def register_cli(register) -> None:
+    register("phases", "label warm-up collapse, entropy- and compression-seeking phases in a results "
+             "database", _add_arguments, _run)
+
+
+def _jsonable(v: Any) -> Any:  # pragma: no cover - helper for callers building their own JSON
+    return json.loads(json.dumps(v, default=float))
