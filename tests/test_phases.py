@@ -1,0 +1,231 @@
+"""Phase detection on synthetic trajectories with known boundaries, on the demo's measured
+trajectory (LEADS.md) and on small results databases built with geomfast.store."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from geomfast.phases import (PHASES, detect_phases, detect_transitions, format_phases,
+                             phases_from_store)
+
+# The demo's measured trajectory (tiny GPT-NeoX, d = 64; LEADS.md): warm-up collapse to step 64,
+# entropy-seeking to 600, compression-seeking after.
+DEMO_STEPS = [0, 32, 64, 128, 256, 512, 600, 800, 1000, 1400, 2000]
+DEMO_RANKME = [26.0, 15.3, 5.2, 11.3, 18.7, 31.6, 32.1, 31.0, 25.0, 22.7, 21.9]
+DEMO_ALPHA = [1.39, 1.51, 2.48, 3.39, 2.81, 1.29, 1.20, 1.27, 1.57, 1.69, 1.80]
+
+# Pythia's schedule: 0, 1, 2, 4, …, 512, then every 1000 to 143000.
+PYTHIA_STEPS = np.array([0] + [2 ** i for i in range(10)] + list(range(1000, 143001, 1000)))
+
+
+def _piecewise(steps, knots, values):
+    """Piecewise linear in log(step + 1) through (knot step, value) pairs."""
+    return np.interp(np.log1p(steps), np.log1p(knots), values)
+
+
+def _kinds(res):
+    return [p.kind for p in res.phases]
+
+
+def _logerr(a, b):
+    return abs(np.log1p(a) - np.log1p(b))
+
+
+def test_demo_trajectory_three_phases():
+    res = detect_phases(DEMO_STEPS, DEMO_RANKME, DEMO_ALPHA)
+    assert _kinds(res) == list(PHASES)
+    assert res.absent == []
+    assert [b["step"] for b in res.boundaries] == [64, 600]
+    assert all(p.alpha_agrees for p in res.phases)
+    w, e, c = res.phases
+    assert (w.start_step, w.end_step, e.end_step, c.end_step) == (0, 64, 600, 2000)
+    assert w.rankme_change < 0 < e.rankme_change and c.rankme_change < 0
+
+
+def test_demo_second_seed_shape():
+    # LEADS.md second seed: 26.1 -> 3.9 (step 64) -> 27.7 (step 400) -> 16.3 (step 1000)
+    steps = [0, 16, 32, 64, 128, 256, 400, 600, 800, 1000]
+    rk = [26.1, 20.0, 9.0, 3.9, 10.5, 22.0, 27.7, 24.0, 19.5, 16.3]
+    res = detect_phases(steps, rk)
+    assert _kinds(res) == list(PHASES)
+    assert [b["step"] for b in res.boundaries] == [64, 400]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_noisy_pythia_schedule_boundaries_recovered(seed):
+    rng = np.random.default_rng(seed)
+    b1, b2 = 256, 20000
+    rk = _piecewise(PYTHIA_STEPS, [0, b1, b2, 143000], [30.0, 10.0, 60.0, 45.0])
+    al = _piecewise(PYTHIA_STEPS, [0, b1, b2, 143000], [0.8, 1.6, 0.6, 0.9])
+    noisy = rk + rng.normal(0, 1.0, rk.size)  # noise ~2% of the range
+    res = detect_phases(PYTHIA_STEPS, noisy, al + rng.normal(0, 0.02, al.size))
+    assert _kinds(res) == list(PHASES)
+    got = [b["step"] for b in res.boundaries]
+    assert _logerr(got[0], b1) <= 0.75, got  # within about one power-of-two checkpoint
+    assert _logerr(got[1], b2) <= 0.35, got  # within a factor ~1.4 in steps
+    assert all(p.alpha_agrees for p in res.phases)
+
+
+def test_single_noisy_checkpoint_does_not_split_a_phase():
+    rk = list(DEMO_RANKME)
+    steps = list(DEMO_STEPS)
+    # a dense stretch of the rise with one wild checkpoint in it
+    steps = steps[:5] + [300, 350, 400, 450] + steps[5:]
+    rk = rk[:5] + [20.5, 2.0, 25.0, 27.0] + rk[5:]  # 2.0 at step 350 is the outlier
+    res = detect_phases(steps, rk)
+    assert _kinds(res) == list(PHASES)
+    # and a single spike in a long noisy plateau on the Pythia schedule
+    rng = np.random.default_rng(7)
+    y = _piecewise(PYTHIA_STEPS, [0, 256, 143000], [30.0, 10.0, 60.0]) + rng.normal(0, 0.5, PYTHIA_STEPS.size)
+    y[80] += 25.0
+    res = detect_phases(PYTHIA_STEPS, y)
+    assert _kinds(res) == ["warmup_collapse", "entropy_seeking"]
+    assert res.absent == ["compression_seeking"]
+
+
+def test_missing_warmup_starts_later():
+    steps = np.arange(1000, 143001, 1000)
+    rk = _piecewise(steps, [1000, 30000, 143000], [20.0, 50.0, 35.0])
+    res = detect_phases(steps, rk + np.random.default_rng(1).normal(0, 0.5, steps.size))
+    assert _kinds(res) == ["entropy_seeking", "compression_seeking"]
+    assert res.absent == ["warmup_collapse"]
+    assert _logerr(res.boundaries[0]["step"], 30000) <= 0.35
+
+
+def test_monotone_trajectories():
+    rng = np.random.default_rng(2)
+    up = _piecewise(PYTHIA_STEPS, [0, 143000], [5.0, 50.0]) + rng.normal(0, 0.5, PYTHIA_STEPS.size)
+    res = detect_phases(PYTHIA_STEPS, up)
+    assert _kinds(res) == ["entropy_seeking"]
+    assert res.absent == ["warmup_collapse", "compression_seeking"]
+    assert (res.phases[0].start_step, res.phases[0].end_step) == (0, 143000)
+    down = 55.0 - up
+    res = detect_phases(PYTHIA_STEPS, down)
+    assert _kinds(res) == ["warmup_collapse"] and "initialisation" in res.phases[0].note
+    late = PYTHIA_STEPS >= 5000
+    res = detect_phases(PYTHIA_STEPS[late], down[late])
+    assert _kinds(res) == ["compression_seeking"] and "no rise" in res.phases[0].note
+
+
+def test_flat_noise_has_no_phase():
+    rng = np.random.default_rng(3)
+    res = detect_phases(PYTHIA_STEPS, 40.0 + rng.normal(0, 0.3, PYTHIA_STEPS.size))
+    assert res.phases == [] and res.absent == list(PHASES)
+    assert any("no phase" in n for n in res.notes)
+    res = detect_phases(PYTHIA_STEPS, np.full(PYTHIA_STEPS.size, 12.0))
+    assert res.phases == []
+
+
+def test_too_few_points_and_bad_input():
+    res = detect_phases([0, 100], [20.0, 10.0])
+    assert res.phases == [] and any("too few" in n for n in res.notes)
+    assert detect_phases([], []).phases == []
+    # NaN rows dropped (with a note), duplicate steps averaged
+    res = detect_phases(DEMO_STEPS + [64], DEMO_RANKME[:-1] + [None, 5.2], DEMO_ALPHA + [2.48])
+    assert any("left out" in n for n in res.notes) and any("duplicate" in n for n in res.notes)
+    assert _kinds(res) == list(PHASES)
+    with pytest.raises(ValueError, match="expected"):
+        detect_phases([0, 1, 2], [1.0, 2.0])
+    with pytest.raises(ValueError, match=">= 0"):
+        detect_phases([-1, 1, 2], [1.0, 2.0, 3.0])
+
+
+def test_tokens_reported_at_boundaries():
+    tokens = [s * 2_097_152 for s in DEMO_STEPS]  # Pythia: 2M tokens per step
+    res = detect_phases(DEMO_STEPS, DEMO_RANKME, DEMO_ALPHA, tokens=tokens)
+    assert [b["tokens"] for b in res.boundaries] == [64 * 2_097_152, 600 * 2_097_152]
+    assert res.phases[0].start_tokens == 0
+
+
+def test_post_training_transitions():
+    res = detect_transitions([100.0, 120.0, 131.0, 110.0], [1.00, 0.90, 0.85, 0.95],
+                             labels=["base", "sft", "dpo", "rlvr"])
+    assert [t.kind for t in res.transitions] == ["entropy_seeking", "entropy_seeking", "compression_seeking"]
+    assert [t.alpha_agrees for t in res.transitions] == [True, True, True]
+    assert res.transitions[2].start == "dpo" and res.transitions[2].end == "rlvr"
+    assert res.absent == ["warmup_collapse"]
+    # RankMe flat: α decides; both flat: unchanged; α against the paper's direction is flagged
+    res = detect_transitions([100.0, 100.2, 100.3, 90.0], [1.0, 0.9, 0.9, 0.8])
+    assert [t.kind for t in res.transitions] == ["entropy_seeking", "unchanged", "compression_seeking"]
+    assert res.transitions[2].alpha_agrees is False
+    assert detect_transitions([5.0]).transitions == []
+    # steps=None routes detect_phases to the series labelling
+    assert detect_phases(None, [1.0, 2.0]).mode == "post_training"
+
+
+# ----------------------------------------------------------------------------- stores
+
+def _write(store, model, revision, layer, rankme, alpha, *, step=None, tokens=None, order=0):
+    from geomfast.store import ResultStore  # noqa: F401
+
+    store.write_result({"model": model, "revision": revision, "step": step, "tokens": tokens, "order": order},
+                       layer, "last", options={"demo": 1},
+                       metrics={"rankme": rankme, "alpha": alpha, "n": 512, "dim": 64})
+
+
+@pytest.fixture
+def demo_db(tmp_path):
+    """A tiny results database shaped like the demo's: two layers over the demo steps, plus a
+    post-training series."""
+    from geomfast.store import ResultStore
+
+    path = tmp_path / "results.db"
+    with ResultStore(path) as store:
+        for i, (s, r, a) in enumerate(zip(DEMO_STEPS, DEMO_RANKME, DEMO_ALPHA)):
+            _write(store, "tiny", f"step{s}", "last", r, a, step=s, tokens=s * 2048, order=i)
+            _write(store, "tiny", f"step{s}", "embed", 30.0 + 0.01 * i, 1.0, step=s, tokens=s * 2048, order=i)
+        for i, (name, r, a) in enumerate(zip(["base", "sft", "dpo", "rlvr"], [100.0, 120.0, 131.0, 110.0],
+                                             [1.0, 0.9, 0.85, 0.95])):
+            _write(store, "olmo2 series", name, "last", r, a, order=i)
+    return path
+
+
+def test_phases_from_store(demo_db):
+    results = phases_from_store(demo_db)
+    by = {(r.model, r.layer): r for r in results}
+    assert set(by) == {("tiny", "last"), ("tiny", "embed"), ("olmo2 series", "last")}
+    last = by[("tiny", "last")]
+    assert _kinds(last) == list(PHASES)
+    assert [b["step"] for b in last.boundaries] == [64, 600]
+    assert [b["tokens"] for b in last.boundaries] == [64 * 2048, 600 * 2048]
+    assert by[("tiny", "embed")].phases == []  # a flat layer: nothing invented
+    series = by[("olmo2 series", "last")]
+    assert series.mode == "post_training"
+    assert [(t.start, t.end, t.kind) for t in series.transitions] == [
+        ("base", "sft", "entropy_seeking"), ("sft", "dpo", "entropy_seeking"), ("dpo", "rlvr", "compression_seeking")]
+    only = phases_from_store(demo_db, model="tiny", layer="last")
+    assert len(only) == 1
+    text = format_phases(results)
+    assert "warmup_collapse" in text and "absent: none" in text and "dpo -> rlvr" in text
+
+
+def test_cli_table_and_json(demo_db, tmp_path, capsys):
+    from geomfast.cli import main
+
+    assert main(["phases", str(demo_db), "--layer", "last"]) == 0
+    out = capsys.readouterr().out
+    assert "entropy_seeking" in out and "compression_seeking" in out
+    js = tmp_path / "phases.json"
+    assert main(["phases", str(demo_db), "--json", str(js)]) == 0
+    assert "JSON written" in capsys.readouterr().out
+    data = json.loads(js.read_text())
+    tiny = next(d for d in data if d["model"] == "tiny" and d["layer"] == "last")
+    assert [p["kind"] for p in tiny["phases"]] == list(PHASES)
+    assert tiny["present"] == {k: True for k in PHASES}
+    assert main(["phases", str(demo_db), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)
+
+
+def test_plot_shades_phases(demo_db, tmp_path):
+    pytest.importorskip("matplotlib")
+    from geomfast.plot import plot_results
+
+    out = plot_results(demo_db, tmp_path / "p.png", model="tiny")
+    assert os.path.getsize(out) > 1000
+    out = plot_results(demo_db, tmp_path / "s.png", model="olmo2 series")
+    assert os.path.getsize(out) > 1000
+    out = plot_results(demo_db, tmp_path / "n.png", model="tiny", phases=False)
+    assert os.path.getsize(out) > 1000
