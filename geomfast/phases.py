@@ -55,7 +55,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -615,6 +615,3 @@ def register_cli(register) -> None:
     register("phases", "label warm-up collapse, entropy- and compression-seeking phases in a results "
              "database", _add_arguments, _run)
 
-
-def _jsonable(v: Any) -> Any:  # pragma: no cover - helper for callers building their own JSON
-    return json.loads(json.dumps(v, default=float))

@@ -229,3 +229,16 @@ def test_plot_shades_phases(demo_db, tmp_path):
     assert os.path.getsize(out) > 1000
     out = plot_results(demo_db, tmp_path / "n.png", model="tiny", phases=False)
     assert os.path.getsize(out) > 1000
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("GEOMFAST_SLOW"), reason="trains the demo model (~1-3 min); GEOMFAST_SLOW=1")
+def test_demo_database(tmp_path):
+    """The real demo database (geomfast demo): the final layer shows the warm-up collapse and the
+    entropy-seeking rise (LEADS.md: compression follows from ~step 800)."""
+    from geomfast.demo import run_demo
+
+    db = run_demo(str(tmp_path / "demo"), progress=False)["db"]
+    res = next(r for r in phases_from_store(db, layer="last"))
+    assert res.present["warmup_collapse"] and res.present["entropy_seeking"]
+    assert res.phase("warmup_collapse").end_step <= 256
