@@ -17,7 +17,13 @@ import sys
 
 import pytest
 
-from geomfast import bench
+try:
+    from geomfast import bench
+except ImportError:  # run as a script from a source checkout: the package is one folder up
+    import os
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from geomfast import bench
 
 # ----------------------------------------------------------------------------- pytest-benchmark
 
