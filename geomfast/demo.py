@@ -66,12 +66,16 @@ def _lr_at(step: int, *, lr: float, warmup: int, total: int) -> float:
 
 
 def train_tiny_gpt_neox(folder: str, *, steps: int = DEMO["steps"], progress: bool = True,
-                        seed: int = DEMO["train_seed"]) -> list[dict]:
+                        seed: int = DEMO["train_seed"], batch_size: int = DEMO["batch_size"]
+                        ) -> list[dict]:
     """Train the demo model, saving ``folder/step{N}`` checkpoints. Returns a loss log
     (one entry per saved checkpoint: step, mean training loss over the last steps)."""
     import torch
     from tqdm.auto import tqdm
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one "Writing model shards" bar per checkpoint is noise
 
     from .data import synthetic_sequences
 
@@ -86,7 +90,7 @@ def train_tiny_gpt_neox(folder: str, *, steps: int = DEMO["steps"], progress: bo
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=c["lr"], betas=(0.9, 0.95), weight_decay=0.01)
     save_at = set(checkpoint_steps(steps))
-    bs = c["batch_size"]
+    bs = int(batch_size)
     # The whole training stream at once: steps × batch × 64 int64 tokens (32 MB for 2000 steps).
     data = torch.from_numpy(synthetic_sequences(steps * bs, vocab_size=c["vocab_size"],
                                                 seq_len=c["seq_len"], seed=seed))
@@ -178,7 +182,7 @@ def describe_phases(rows: list[dict], *, layer: str | None = None, pooling: str 
 
 
 def run_demo(out: str = "geomfast-demo", *, steps: int = DEMO["steps"], threads: int | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, batch_size: int = DEMO["batch_size"]) -> dict:
     """Train, checkpoint, trace, plot and summarise. Returns a dict with the paths, timings
     and the summary text."""
     import torch
@@ -193,7 +197,7 @@ def run_demo(out: str = "geomfast-demo", *, steps: int = DEMO["steps"], threads:
     t0 = time.perf_counter()
     ck_dir = os.path.join(out, "checkpoints")
     db = os.path.join(out, "results.db")
-    log = train_tiny_gpt_neox(ck_dir, steps=steps, progress=progress)
+    log = train_tiny_gpt_neox(ck_dir, steps=steps, progress=progress, batch_size=batch_size)
     t_train = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -210,7 +214,7 @@ def run_demo(out: str = "geomfast-demo", *, steps: int = DEMO["steps"], threads:
     lines = [
         "geomfast demo — tiny GPT-NeoX trained on the built-in synthetic corpus",
         f"model: d=64, 2 layers, 4 heads, |V|=2048; AdamW lr 3e-3, 100 warm-up steps, cosine "
-        f"decay; batch 32 × 64 tokens; {steps} steps; {len(log)} checkpoints",
+        f"decay; batch {batch_size} × 64 tokens; {steps} steps; {len(log)} checkpoints",
         f"traced on {DEMO['eval_samples']} held-out sequences, last token; α fit on indices "
         f"{DEMO['fit_range'][0]}..{DEMO['fit_range'][1] - 1}",
         "training loss (mean since the previous checkpoint): " + "  ".join(
