@@ -34,7 +34,9 @@ and where the paper draws its curves.
    with the extreme value (median-filtered, then raw, as tie-break) within half a bandwidth or
    one checkpoint of the smoothed extremum. Boundaries are reported in steps, and in tokens where
    the store knows them.
-5. **Labels.** A rise is ``entropy_seeking``. A fall after a rise is ``compression_seeking``. A fall
+5. **Labels.** A rise is ``entropy_seeking``. When the series starts at initialisation, a brief
+   rise undone by a larger fall that a rise then follows is merged into the warm-up collapse
+   (with a note) — the tiny demo model does this in its first 16 steps. A fall after a rise is ``compression_seeking``. A fall
    at the start of the series followed by a rise is ``warmup_collapse``; a fall at the start with
    no rise after it is ``warmup_collapse`` only if the series starts at initialisation
    (step ≤ ``init_max_step``, default 0), else ``compression_seeking`` — both with a note, since
@@ -353,6 +355,15 @@ def detect_phases(steps, rankme, alpha=None, *, tokens=None, bandwidth: float = 
         res.notes.append(f"RankMe changes by less than the significance threshold ({thr:.3g}): no phase")
         return res
 
+    # A brief rise right after initialisation, undone by a larger fall that a rise follows, is
+    # part of the warm-up period: merge it into the collapse (noted below).
+    early_rise = None
+    if (len(runs) >= 3 and steps_a[0] <= init_max_step and runs[0][2] > 0 and runs[1][2] < 0
+            and abs(s[runs[1][1]] - s[runs[1][0]]) > abs(s[runs[0][1]] - s[runs[0][0]])):
+        peak = _refine(runs[0][1], "max", x, m, r, bandwidth, runs[0][0], runs[1][1])
+        early_rise = (int(steps_a[peak]), float(r[peak]))
+        runs = [[runs[0][0], runs[1][1], -1]] + runs[2:]
+
     # boundaries, refined on the median-filtered / raw values
     cut = [runs[0][0]] + [rr[1] for rr in runs[:-1]] + [runs[-1][1]]
     for i in range(1, len(cut) - 1):
@@ -381,6 +392,9 @@ def detect_phases(steps, rankme, alpha=None, *, tokens=None, bandwidth: float = 
         elif i == 0:
             if len(runs) > 1:
                 kind = "warmup_collapse"
+                if early_rise is not None:
+                    note = (f"RankMe first rose briefly (to {early_rise[1]:.3g} at step {early_rise[0]}) "
+                            "before collapsing; counted in the warm-up period")
             elif steps_a[0] <= init_max_step:
                 kind = "warmup_collapse"
                 note = "RankMe only falls; labelled warm-up collapse as the series starts at initialisation"
