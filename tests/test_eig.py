@@ -1,0 +1,249 @@
+"""Eigensolvers: geomfast.eigvalsh (full / randomized / auto) and covariance spectra, against
+numpy.linalg.eigvalsh in float64 and against spectra known by construction.
+
+Fresh random inputs every run; assertion messages carry the seed (np.random.default_rng(seed)).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import geomfast
+from geomfast import reference as ref
+from conftest import llm_like
+
+
+def new_seed() -> int:
+    return int(np.random.SeedSequence().entropy % (2**63))
+
+
+def random_symmetric(rng, n):
+    a = rng.standard_normal((n, n))
+    return (a + a.T) / 2
+
+
+def powerlaw_matrix(q, alpha):
+    """Q diag(k^-alpha) Qᵀ for an orthogonal Q: a covariance-like matrix with a known spectrum."""
+    lam = np.arange(1, q.shape[0] + 1, dtype=np.float64) ** (-alpha)
+    a = (q * lam) @ q.T
+    return (a + a.T) / 2, lam
+
+
+def random_orthogonal(rng, n):
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
+
+
+# --------------------------------------------------------------------------- full solver
+@pytest.mark.parametrize("n", [1, 2, 31, 32, 33, 100])
+@pytest.mark.parametrize("kind", ["numpy-float64", "numpy-F", "numpy-float32", "torch-float64", "torch-float32",
+                                  "torch-transposed"])
+def test_full_matches_numpy(kind, n):
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    a64 = random_symmetric(rng, n)
+    if kind == "numpy-float64":
+        a = a64
+    elif kind == "numpy-F":
+        a = np.asfortranarray(a64)
+    elif kind == "numpy-float32":
+        a = a64.astype(np.float32)
+    elif kind == "torch-float64":
+        a = torch.from_numpy(a64)
+    elif kind == "torch-float32":
+        a = torch.from_numpy(a64).float()
+    else:
+        a = torch.from_numpy(a64).T  # a non-contiguous view
+    expected = ref.eigvalsh_desc(ref.to_float64(a))  # on the exactly up-cast values
+    got = geomfast.eigvalsh(a)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64 and got.shape == (n,)
+    scale = np.abs(expected).max()
+    err = np.abs(got - expected).max()
+    assert err <= 1e-10 * scale, f"seed={seed} {kind} n={n}: error {err:.3e} vs |λ|max {scale:.3e}"
+    assert np.all(np.diff(got) <= 0), f"seed={seed}: not descending"
+
+
+@pytest.mark.parametrize("n", [31, 32, 33])
+def test_full_invariants(n):
+    """Trace, Frobenius norm, a known diagonal spectrum, and only the upper triangle is read."""
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    a = random_symmetric(rng, n)
+    w = geomfast.eigvalsh(a)
+    assert abs(w.sum() - np.trace(a)) <= 1e-12 * np.abs(a).sum(), f"seed={seed}: Σλ ≠ trace"
+    assert abs(np.sqrt((w**2).sum()) - np.linalg.norm(a)) <= 1e-12 * np.linalg.norm(a), f"seed={seed}: ‖λ‖ ≠ ‖A‖F"
+    # known spectrum under an orthogonal similarity
+    lam = np.sort(rng.uniform(-3, 3, n))[::-1]
+    q = random_orthogonal(rng, n)
+    got = geomfast.eigvalsh((q * lam) @ q.T)
+    assert np.abs(got - lam).max() <= 1e-12 * np.abs(lam).max() * n, f"seed={seed}: known spectrum missed"
+    # a diagonal matrix: exact
+    assert np.array_equal(geomfast.eigvalsh(np.diag(lam[::-1].copy())), lam), f"seed={seed}"
+    # garbage below the diagonal (row-major) changes nothing: only the upper triangle is read
+    junk = np.triu(a) + np.tril(rng.standard_normal((n, n)) * 1e3, -1)
+    assert np.array_equal(geomfast.eigvalsh(junk), w), f"seed={seed}: the lower triangle was read"
+    # top k of the full solver
+    assert np.array_equal(geomfast.eigvalsh(a, k=5), w[:5]), f"seed={seed}"
+
+
+def test_covariance_spectrum_of_activations():
+    """geomfast.spectrum on raw activations (numpy and torch bfloat16) vs numpy on the two-pass covariance."""
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    x = llm_like(500, 64, rng)
+    for arr in (x, torch.from_numpy(x.astype(np.float32)).to(torch.bfloat16)):
+        expected = ref.covariance_spectrum(arr)
+        got = geomfast.spectrum(arr)
+        err = np.abs(got - expected).max()
+        assert err <= 1e-10 * expected[0], f"seed={seed} {type(arr).__name__}: error {err:.3e}"
+
+
+# --------------------------------------------------------------------------- randomized top-k, d = 2048
+D, K = 2048, 256
+_RUNS: dict = {}
+
+
+@pytest.fixture(scope="module")
+def orthogonal_2048():
+    seed = new_seed()
+    return seed, random_orthogonal(np.random.default_rng(seed), D)
+
+
+def _default_run(orthogonal_2048, alpha):
+    """geomfast.eigvalsh(method='randomized', k=256) with default options, once per alpha
+    (shared by the tests below): values, warnings raised, the matrix's exact spectrum."""
+    if alpha not in _RUNS:
+        seed, q = orthogonal_2048
+        a, lam = powerlaw_matrix(q, alpha)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            values = geomfast.eigvalsh(a, method="randomized", k=K)
+        _RUNS[alpha] = (seed, values, [str(w.message) for w in caught], lam)
+    return _RUNS[alpha]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_randomized_top_k_on_power_law_spectra(orthogonal_2048, alpha):
+    seed, values, _, lam = _default_run(orthogonal_2048, alpha)
+    assert values.shape == (K,) and values.dtype == np.float64
+    rel = np.abs(values[:100] - lam[:100]) / lam[:100]
+    assert rel.max() <= 1e-3, f"seed={seed} alpha={alpha}: top-100 relative error {rel.max():.3e}"
+    fit_topk = geomfast.alpha_req(values).alpha
+    fit_full = geomfast.alpha_req(lam).alpha  # the full spectrum is known exactly by construction
+    assert abs(fit_topk - fit_full) <= 1e-3, f"seed={seed} alpha={alpha}: α {fit_topk} vs {fit_full} from the full spectrum"
+    assert abs(fit_full - alpha) <= 1e-9  # the construction itself
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_randomized_defaults_converge_on_power_law_spectra(orthogonal_2048, alpha):
+    """With default options the solver should stop on its own tolerance (the issue's own case:
+    d = 2048, k = 256, α in [0.5, 2]) instead of running out of iterations with a warning."""
+    seed, _, caught, _ = _default_run(orthogonal_2048, alpha)
+    assert not caught, f"seed={seed} alpha={alpha}: {caught}"
+
+
+@pytest.mark.slow
+def test_full_spectrum_of_power_law_matrix(orthogonal_2048):
+    """The reference for the α comparison: geomfast's full solver finds the constructed spectrum."""
+    seed, q = orthogonal_2048
+    a, lam = powerlaw_matrix(q, 1.0)
+    w = geomfast.eigvalsh(a)
+    assert np.abs(w - lam).max() <= 1e-10 * lam[0], f"seed={seed}"
+    assert abs(geomfast.alpha_req(w).alpha - geomfast.alpha_req(lam).alpha) <= 1e-9, f"seed={seed}"
+
+
+# --------------------------------------------------------------------------- randomized options (small)
+@pytest.fixture(scope="module")
+def powerlaw_400():
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    a, lam = powerlaw_matrix(random_orthogonal(rng, 400), 1.5)
+    return seed, a, lam
+
+
+def test_randomized_fixed_iterations(powerlaw_400):
+    seed, a, lam = powerlaw_400
+    errs = []
+    for n_iter in (0, 2, 8):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a fixed number of iterations never warns about tol
+            v = geomfast.eigvalsh(a, method="randomized", k=20, n_iter=n_iter)
+        assert v.shape == (20,) and np.all(np.diff(v) <= 0), f"seed={seed}"
+        errs.append(np.max(np.abs(v - lam[:20]) / lam[:20]))
+    assert errs[2] <= 1e-8, f"seed={seed}: n_iter=8 error {errs[2]:.3e}"
+    assert errs[0] >= errs[1] >= errs[2] or errs[1] <= 1e-13, f"seed={seed}: more iterations made it worse: {errs}"
+    # Ritz values never exceed the true ones (Cauchy interlacing for a Rayleigh–Ritz projection)
+    assert np.all(v <= lam[:20] + 1e-13 * lam[0]), f"seed={seed}"
+
+
+def test_randomized_tolerance(powerlaw_400):
+    seed, a, lam = powerlaw_400
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        v = geomfast.eigvalsh(a, method="randomized", k=20, tol=1e-10, max_iter=100)
+    assert np.max(np.abs(v - lam[:20]) / lam[:20]) <= 1e-8, f"seed={seed}"
+    # an unreachable tolerance within max_iter iterations warns, and still returns values
+    with pytest.warns(RuntimeWarning, match=r"\[eigvalsh\].*tol"):
+        v2 = geomfast.eigvalsh(a, method="randomized", k=20, tol=1e-300, max_iter=2)
+    assert v2.shape == (20,) and np.all(np.isfinite(v2)), f"seed={seed}"
+
+
+def test_randomized_seed_reproducibility(powerlaw_400):
+    seed, a, _ = powerlaw_400
+    one = geomfast.eigvalsh(a, method="randomized", k=20, n_iter=2, seed=7)
+    two = geomfast.eigvalsh(a, method="randomized", k=20, n_iter=2, seed=7)
+    other = geomfast.eigvalsh(a, method="randomized", k=20, n_iter=2, seed=8)
+    assert np.array_equal(one, two), f"seed={seed}: same seed, different values"
+    assert not np.array_equal(one, other), f"seed={seed}: the seed is ignored"
+    # the same matrix as torch / float64 F-order gives the same values for the same seed
+    assert np.array_equal(geomfast.eigvalsh(torch.from_numpy(a), method="randomized", k=20, n_iter=2, seed=7), one)
+
+
+def test_randomized_k_greater_than_n_is_an_error():
+    a = np.eye(10)
+    with pytest.raises(ValueError, match=r"\[eigvalsh\].*k.*\[1, 10\].*11"):
+        geomfast.eigvalsh(a, method="randomized", k=11)
+    with pytest.raises(ValueError, match=r"\[eigvalsh\].*k.*0"):
+        geomfast.eigvalsh(a, method="randomized", k=0)
+
+
+@pytest.mark.parametrize("k,oversample", [(48, 16), (50, 16), (24, 40), (64, 0), (60, 100)])
+def test_randomized_falls_back_to_full_when_the_block_covers_the_matrix(k, oversample):
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    a = random_symmetric(rng, 64)
+    full = geomfast.eigvalsh(a)
+    got = geomfast.eigvalsh(a, method="randomized", k=k, oversample=oversample)
+    assert np.array_equal(got, full[:k]), f"seed={seed} k={k} oversample={oversample}"
+
+
+def test_auto_method(powerlaw_400):
+    seed, a, _ = powerlaw_400
+    # no k: the full spectrum
+    assert np.array_equal(geomfast.eigvalsh(a, method="auto"), geomfast.eigvalsh(a)), f"seed={seed}"
+    # small matrix: full, top k
+    assert np.array_equal(geomfast.eigvalsh(a, method="auto", k=10), geomfast.eigvalsh(a)[:10]), f"seed={seed}"
+    # large matrix, small k: the randomized solver with the same options
+    rng = np.random.default_rng(seed)
+    big, _ = powerlaw_matrix(random_orthogonal(rng, 600), 2.0)
+    auto = geomfast.eigvalsh(big, method="auto", k=10, n_iter=3, seed=3)
+    rand = geomfast.eigvalsh(big, method="randomized", k=10, n_iter=3, seed=3)
+    assert np.array_equal(auto, rand), f"seed={seed}"
+    assert not np.array_equal(auto, geomfast.eigvalsh(big)[:10]), f"seed={seed}: auto did not pick randomized"
+
+
+def test_accumulator_spectrum_randomized_matches_full():
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    x = llm_like(1500, 600, rng, alpha=2.0)
+    acc = geomfast.GramAccumulator(600).update(x)
+    full = acc.spectrum()
+    top = acc.spectrum(method="randomized", k=30, n_iter=10)
+    rel = np.abs(top - full[:30]) / full[:30]
+    assert top.shape == (30,) and rel.max() <= 1e-6, f"seed={seed}: {rel.max():.3e}"
+    assert np.array_equal(geomfast.spectrum(acc, method="randomized", k=30, n_iter=10), top), f"seed={seed}"
