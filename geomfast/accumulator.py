@@ -121,7 +121,8 @@ class GramAccumulator:
 
         self._need_rows("spectrum", ddof + 1)
         args = _eig_args(self.dim, method, k, eig_options, func="GramAccumulator.spectrum")
-        return self._native.spectrum(int(ddof), *args)
+        values = self._native.spectrum(int(ddof), *args)
+        return values if args[0] == "randomized" or k is None else values[:k]
 
     def singular_values(self) -> np.ndarray:
         """Descending singular values of the raw (uncentered) n × dim matrix, min(n, dim) of them.

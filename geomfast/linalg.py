@@ -10,34 +10,33 @@ from ._array import as_view, device_of
 from .accumulator import GramAccumulator
 
 METHODS = ("full", "randomized", "auto")
-# Defaults of the randomized solver (measured: see benchmarks/RESULTS.md).
+EIG_OPTIONS = ("oversample", "block", "n_iter", "tol", "tol_k", "max_iter", "seed", "single_precision")
 DEFAULT_OVERSAMPLE = 16
-DEFAULT_TOL = 1e-6
-DEFAULT_MAX_ITER = 40
 
 
 def _eig_args(n: int, method: str, k, opts: dict, *, func: str) -> tuple:
-    """Validates eigensolver options; returns the native argument tuple."""
-    unknown = set(opts) - {"oversample", "n_iter", "tol", "max_iter", "seed", "single_precision"}
+    """Validates eigensolver options; returns the native (method, k, options) arguments."""
+    unknown = set(opts) - set(EIG_OPTIONS)
     if unknown:
-        raise TypeError(f"[{func}] unexpected option(s) {sorted(unknown)}")
+        raise TypeError(f"[{func}] unexpected option(s) {sorted(unknown)}; expected some of {EIG_OPTIONS}")
     if method not in METHODS:
         raise ValueError(f"[{func}] method must be one of {METHODS}, got {method!r}")
     if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n):
         raise ValueError(f"[{func}] k must be an int in [1, {n}], got {k!r}")
-    oversample = opts.get("oversample")
-    oversample = DEFAULT_OVERSAMPLE if oversample is None else int(oversample)
+    for key in ("oversample", "block", "n_iter", "tol_k", "max_iter", "seed"):
+        val = opts.get(key)
+        if val is not None and (isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0):
+            raise ValueError(f"[{func}] {key} must be a non-negative int, got {val!r}")
+    tol = opts.get("tol")
+    if tol is not None and not (isinstance(tol, (int, float)) and np.isfinite(tol) and tol > 0):
+        raise ValueError(f"[{func}] tol must be a positive float, got {tol!r}")
     if method == "auto":
-        # Randomized pays off when the block is a small fraction of the matrix.
+        # The Krylov solver pays off when the wanted values are a small fraction of the matrix.
+        oversample = opts.get("oversample") or DEFAULT_OVERSAMPLE
         method = "randomized" if k is not None and n >= 512 and (k + oversample) * 4 <= n else "full"
     if method == "randomized" and k is None:
         raise ValueError(f"[{func}] method='randomized' needs k (how many leading eigenvalues)")
-    n_iter = opts.get("n_iter")
-    tol = opts.get("tol")
-    max_iter = opts.get("max_iter")
-    return (method, int(k or 0), oversample, -1 if n_iter is None else int(n_iter),
-            DEFAULT_TOL if tol is None else float(tol), DEFAULT_MAX_ITER if max_iter is None else int(max_iter),
-            int(opts.get("seed", 0)), bool(opts.get("single_precision", False)))
+    return method, int(k or 0), {key: opts[key] for key in EIG_OPTIONS if opts.get(key) is not None}
 
 
 def eigvalsh(a, *, method: str = "full", k: int | None = None, **options) -> np.ndarray:
@@ -46,11 +45,15 @@ def eigvalsh(a, *, method: str = "full", k: int | None = None, **options) -> np.
     Args:
         a: [n, n] symmetric, numpy / torch / cupy, float64 or float32, on cpu or cuda (solved there).
            Only the upper triangle (row-major) is read.
-        method: 'full' (LAPACK/cuSOLVER values only), 'randomized' (top-k by subspace iteration with
-            Rayleigh–Ritz; iterates until the top-k values change by less than `tol`), or 'auto'.
+        method: 'full' (LAPACK/cuSOLVER values only), 'randomized' (top-k by randomized block Krylov
+            with Rayleigh–Ritz, until the top values change by less than `tol`), or 'auto'.
         k: number of leading eigenvalues (randomized); full returns all n, or the top k if given.
-        options: oversample (16), n_iter (fixed power iterations; default: until tol), tol (1e-6),
-            max_iter (40), seed (0), single_precision (CUDA full solve in float32).
+        options (randomized): tol (1e-6: stop when the leading Ritz values change by less, relatively,
+            from one Krylov step to the next), tol_k (how many leading values must meet tol; default
+            all k — e.g. 100 when only α-ReQ's fit range matters), block (Krylov block width; default
+            clamp(k/4, 32, 256)), oversample (16: the space is at least k + oversample wide),
+            n_iter (fixed Krylov depth instead of tol), max_iter (64), seed (0).
+            single_precision: CUDA full solve in float32 (retried in float64 on failure).
     """
     v = as_view(a, func="eigvalsh", arg="a")
     if v.rows != v.cols:

@@ -39,19 +39,25 @@ Precision parse_precision(const std::string& p) {
   GF_THROW(ValueError, "[GramAccumulator] precision must be 'highest' or 'fast', got '", p, "'");
 }
 
-EigOptions make_opts(const std::string& method, int64_t k, int64_t oversample, int64_t n_iter, double tol,
-                     int64_t max_iter, uint64_t seed, bool single_precision) {
+// Solver options arrive as a dict; absent keys keep EigOptions' defaults.
+EigOptions make_opts(const std::string& method, int64_t k, const py::dict& d) {
   EigOptions o;
   if (method == "full") o.method = EigMethod::kFull;
   else if (method == "randomized") o.method = EigMethod::kRandomized;
   else GF_THROW(ValueError, "[eigvalsh] method must be 'full' or 'randomized', got '", method, "'");
   o.k = k;
-  o.oversample = oversample;
-  o.n_iter = n_iter;
-  o.tol = tol;
-  o.max_iter = max_iter;
-  o.seed = seed;
-  o.single_precision = single_precision;
+  auto get_i = [&](const char* key, int64_t& dst) {
+    if (d.contains(key) && !d[key].is_none()) dst = d[key].cast<int64_t>();
+  };
+  get_i("oversample", o.oversample);
+  get_i("block", o.block);
+  get_i("n_iter", o.n_iter);
+  get_i("tol_k", o.tol_k);
+  get_i("max_iter", o.max_iter);
+  if (d.contains("tol") && !d["tol"].is_none()) o.tol = d["tol"].cast<double>();
+  if (d.contains("seed") && !d["seed"].is_none()) o.seed = d["seed"].cast<uint64_t>();
+  if (d.contains("single_precision") && !d["single_precision"].is_none())
+    o.single_precision = d["single_precision"].cast<bool>();
   return o;
 }
 
@@ -176,9 +182,8 @@ PYBIND11_MODULE(_core, m) {
              return to_numpy_2d(out, g.dim());
            })
       .def("spectrum",
-           [](const GramBackend& g, int64_t ddof, const std::string& method, int64_t k, int64_t oversample,
-              int64_t n_iter, double tol, int64_t max_iter, uint64_t seed, bool single_precision) {
-             const EigOptions o = make_opts(method, k, oversample, n_iter, tol, max_iter, seed, single_precision);
+           [](const GramBackend& g, int64_t ddof, const std::string& method, int64_t k, const py::dict& opts) {
+             const EigOptions o = make_opts(method, k, opts);
              std::vector<double> vals;
              {
                py::gil_scoped_release nogil;
@@ -190,10 +195,9 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "eigvalsh",
       [](uintptr_t ptr, int dtype, int64_t rows, int64_t cols, int64_t rs, int64_t cs, int dt, int di,
-         uintptr_t stream, const std::string& method, int64_t k, int64_t oversample, int64_t n_iter, double tol,
-         int64_t max_iter, uint64_t seed, bool single_precision) {
+         uintptr_t stream, const std::string& method, int64_t k, const py::dict& opts) {
         const MatrixView v = make_view(ptr, dtype, rows, cols, rs, cs, dt, di, stream);
-        const EigOptions o = make_opts(method, k, oversample, n_iter, tol, max_iter, seed, single_precision);
+        const EigOptions o = make_opts(method, k, opts);
         EigResult r;
         {
           py::gil_scoped_release nogil;

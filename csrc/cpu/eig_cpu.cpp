@@ -75,6 +75,13 @@ class CpuDenseOps final : public DenseOps {
     GF_BLAS(cblas_dgemm)(blas::kColMajor, blas::kTrans, blas::kNoTrans, (int)x.cols, (int)y.cols, (int)x.rows, 1.0,
                          x.data, (int)x.rows, y.data, (int)y.rows, 0.0, b.data, (int)b.rows);
   }
+  void gemm_nn(const Mat& x, const Mat& y, Mat& z, double alpha, double beta) override {
+    GF_BLAS(cblas_dgemm)(blas::kColMajor, blas::kNoTrans, blas::kNoTrans, (int)x.rows, (int)y.cols, (int)x.cols, alpha,
+                         x.data, (int)x.rows, y.data, (int)y.rows, beta, z.data, (int)z.rows);
+  }
+  void download(const Mat& src, double* host) override {
+    std::memcpy(host, src.data, sizeof(double) * static_cast<size_t>(src.rows * src.cols));
+  }
   void orthonormalize(Mat& x) override {
     // CholeskyQR2: two rounds of R = chol(xᵀx), x = x R⁻¹. Householder QR when Cholesky breaks
     // down (x numerically rank-deficient).

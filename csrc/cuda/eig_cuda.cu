@@ -147,6 +147,18 @@ class CudaDenseOps final : public DenseOps {
                                 x.data, i32(x.rows), y.data, i32(y.rows), &zero, b.data, i32(b.rows)));
   }
 
+  void gemm_nn(const Mat& x, const Mat& y, Mat& z, double alpha, double beta) override {  // z = αxy + βz
+    GF_ASSERT(x.rows == z.rows && x.cols == y.rows && y.cols == z.cols, "gemm_nn shapes");
+    GF_CUBLAS_CHECK(cublasDgemm(blas(), CUBLAS_OP_N, CUBLAS_OP_N, i32(x.rows), i32(y.cols), i32(x.cols), &alpha,
+                                x.data, i32(x.rows), y.data, i32(y.rows), &beta, z.data, i32(z.rows)));
+  }
+
+  void download(const Mat& src, double* host) override {
+    GF_CUDA_CHECK(cudaMemcpyAsync(host, src.data, static_cast<size_t>(src.rows * src.cols) * sizeof(double),
+                                  cudaMemcpyDeviceToHost, st_));
+    GF_CUDA_CHECK(cudaStreamSynchronize(st_));
+  }
+
   void orthonormalize(Mat& x) override {
     // CholeskyQR2; when a Cholesky factorisation fails (x numerically rank-deficient), Householder.
     if (!cholesky_qr(x) || !cholesky_qr(x)) householder_qr(x);

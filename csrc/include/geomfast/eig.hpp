@@ -1,6 +1,6 @@
 // Symmetric eigenvalue solvers: full (LAPACK / cuSOLVER, values only) and randomized top-k
-// (subspace iteration + Rayleigh–Ritz), the latter written once over DenseOps so that the CPU
-// build tests the same algorithm the GPU runs.
+// (randomized block Krylov with Rayleigh–Ritz), the latter written once over DenseOps so that
+// the CPU build tests the same algorithm the GPU runs.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -15,10 +15,12 @@ enum class EigMethod : int { kFull = 0, kRandomized = 1 };
 struct EigOptions {
   EigMethod method = EigMethod::kFull;
   int64_t k = 0;             // randomized: how many leading eigenvalues
-  int64_t oversample = 16;   // randomized: extra columns in the block
-  int64_t n_iter = -1;       // randomized: fixed number of power iterations; -1 = until tol
-  double tol = 1e-5;         // randomized: stop when the top-k Ritz values change less (relative)
-  int64_t max_iter = 40;     // randomized: cap when iterating to tol
+  int64_t oversample = 16;   // randomized: Krylov space kept at least k + oversample wide
+  int64_t block = 0;         // randomized: Krylov block width; 0 = clamp(k/4, 32, 256)
+  int64_t n_iter = -1;       // randomized: fixed Krylov depth (products with A, minus 1); -1 = until tol
+  double tol = 1e-6;         // randomized: stop when the leading Ritz values change less (relative)
+  int64_t tol_k = 0;         // randomized: how many leading values must meet tol; 0 = all k
+  int64_t max_iter = 64;     // randomized: cap on the Krylov depth when iterating to tol
   uint64_t seed = 0;
   bool single_precision = false;  // full on CUDA: solve in float32 (retries in float64 on failure)
 };
@@ -46,7 +48,11 @@ class DenseOps {
   virtual void upload(const double* host, Mat& dst) = 0;  // host [rows*cols] column-major
   virtual void apply(const Mat& x, Mat& y) = 0;           // y = A x, A the bound n × n operator
   virtual void gemm_tn(const Mat& x, const Mat& y, Mat& b) = 0;  // b = xᵀ y
+  virtual void gemm_nn(const Mat& x, const Mat& y, Mat& z, double alpha, double beta) = 0;  // z = αxy + βz
+  virtual void download(const Mat& src, double* host) = 0;       // host [rows*cols] column-major
   virtual void orthonormalize(Mat& x) = 0;  // in place: orthonormal columns spanning x
+  // Mat values may be views: column sub-blocks of an allocation (contiguous, ld = rows);
+  // release() only the allocations themselves.
   virtual std::vector<double> small_eigvalsh(const Mat& b) = 0;  // host, descending
 };
 
