@@ -1,0 +1,409 @@
+"""Bad input gets a clear error: it names the function and the argument, and says what was
+expected and what came. Non-finite values leave the accumulator exactly as it was.
+
+Fresh random inputs every run; assertion messages carry the seed.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import geomfast
+from geomfast import _core
+from geomfast import reference as ref
+
+G = geomfast.GramAccumulator
+
+
+def new_seed() -> int:
+    return int(np.random.SeedSequence().entropy % (2**63))
+
+
+def check_message(err: BaseException, func: str, *needles: str, says_expected: bool = True) -> str:
+    """The message starts with '[func]', contains every needle (the argument, the value that came,
+    what was expected), and says what was expected ('expected', 'must' or 'needs')."""
+    msg = str(err)
+    assert msg.startswith(f"[{func}]"), f"message does not name {func!r}: {msg!r}"
+    for needle in needles:
+        assert needle in msg, f"{needle!r} missing from {msg!r}"
+    if says_expected:
+        assert re.search(r"expected|must|needs", msg), f"message does not say what was expected: {msg!r}"
+    return msg
+
+
+@contextlib.contextmanager
+def tuning(block_rows: int, fast_flush_rows: int):
+    old = _core.get_tuning()
+    _core.set_tuning(block_rows, fast_flush_rows)
+    try:
+        yield
+    finally:
+        _core.set_tuning(*old)
+
+
+# --------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize("shape", [(8,), (2, 3, 8), (1, 1, 1, 8)])
+def test_wrong_ndim(lib, shape):
+    x = np.zeros(shape) if lib == "numpy" else torch.zeros(shape)
+    with pytest.raises(ValueError) as e:
+        G(8).update(x)
+    check_message(e.value, "GramAccumulator.update", "x", "2-D", str(shape))
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize("cols", [7, 9, 1])
+def test_wrong_number_of_columns(lib, cols):
+    x = np.ones((4, cols)) if lib == "numpy" else torch.ones((4, cols))
+    acc = G(8)
+    with pytest.raises(ValueError) as e:
+        acc.update(x)
+    check_message(e.value, "GramAccumulator.update", "x", "8 columns", f"(4, {cols})")
+    assert acc.count == 0
+
+
+@pytest.mark.parametrize("shape", [(0, 8), (0, 0)])
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_empty_input(lib, shape):
+    x = np.zeros(shape) if lib == "numpy" else torch.zeros(shape)
+    acc = G(8).update(np.ones((3, 8)))
+    with pytest.raises(ValueError) as e:
+        acc.update(x)
+    check_message(e.value, "GramAccumulator.update", "x", str(shape))
+    assert acc.count == 3
+
+
+@pytest.mark.parametrize("ddof,rows", [(1, 0), (1, 1), (0, 0), (2, 2)])
+def test_too_few_rows_at_finalize(ddof, rows):
+    acc = G(5)
+    if rows:
+        acc.update(np.ones((rows, 5)))
+    with pytest.raises(ValueError) as e:
+        acc.covariance(ddof=ddof)
+    check_message(e.value, "GramAccumulator.covariance", f"got {rows}", str(ddof + 1))
+    with pytest.raises(ValueError) as e:
+        acc.spectrum(ddof=ddof)
+    check_message(e.value, "GramAccumulator.spectrum", f"got {rows}")
+
+
+def test_mean_of_nothing():
+    with pytest.raises(ValueError) as e:
+        G(3).mean()
+    check_message(e.value, "GramAccumulator.mean", "got 0")
+
+
+# --------------------------------------------------------------------------- dtypes
+@pytest.mark.parametrize("x", [
+    np.zeros((3, 8), dtype=np.complex128),
+    np.zeros((3, 8), dtype=np.complex64),
+    np.zeros((3, 8), dtype=object),
+    np.full((3, 8), "a"),
+    np.zeros((3, 8), dtype="datetime64[s]"),
+    torch.zeros((3, 8), dtype=torch.complex64),
+], ids=["complex128", "complex64", "object", "str", "datetime", "torch-complex64"])
+def test_unsupported_dtype(x):
+    acc = G(8)
+    with pytest.raises(TypeError) as e:
+        acc.update(x)
+    check_message(e.value, "GramAccumulator.update", "x", "float64", str(x.dtype))
+    assert acc.count == 0
+
+
+@pytest.mark.parametrize("x", [
+    np.arange(24, dtype=np.int8).reshape(3, 8),
+    np.arange(24, dtype=np.uint16).reshape(3, 8),
+    np.arange(24, dtype=np.int64).reshape(3, 8) * 10**9,
+    np.eye(3, 8, dtype=bool),
+    torch.arange(24, dtype=torch.int8).reshape(3, 8),
+    torch.arange(24, dtype=torch.int32).reshape(3, 8),
+], ids=["int8", "uint16", "int64-large", "bool", "torch-int8", "torch-int32"])
+def test_integer_input_is_upcast_by_design(x):
+    acc = G(8).update(x)
+    assert acc.count == 3
+    err = np.linalg.norm(acc.covariance() - ref.covariance(np.asarray(x, dtype=np.float64)))
+    assert err <= 1e-12 * max(np.linalg.norm(ref.covariance(np.asarray(x, dtype=np.float64))), 1e-300)
+
+
+# --------------------------------------------------------------------------- devices and options
+def test_tensor_on_meta_device():
+    acc = G(8)
+    with pytest.raises(ValueError) as e:
+        acc.update(torch.zeros((3, 8), device="meta"))
+    check_message(e.value, "GramAccumulator.update", "x", "meta", "cpu")
+    assert acc.count == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for a cuda tensor")
+def test_cuda_tensor_into_cpu_accumulator():
+    acc = G(8)
+    with pytest.raises(ValueError) as e:
+        acc.update(torch.zeros((3, 8), device="cuda"))
+    check_message(e.value, "GramAccumulator.update", "x", "cuda", "cpu")
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "CPU", "tpu:0", ""])
+def test_bad_device_string(device):
+    with pytest.raises(ValueError) as e:
+        G(8, device=device)
+    check_message(e.value, "GramAccumulator", "device", repr(device))
+
+
+def test_cuda_device_without_cuda_says_why():
+    if geomfast.backends()["cuda"]["usable"]:
+        pytest.skip("CUDA is usable here")
+    with pytest.raises(RuntimeError, match=r"^\[GramAccumulator\].*CUDA"):
+        G(8, device="cuda")
+
+
+@pytest.mark.parametrize("precision", ["float32", "HIGHEST", "", "medium", 1])
+def test_bad_precision(precision):
+    with pytest.raises(ValueError) as e:
+        G(8, precision=precision)
+    check_message(e.value, "GramAccumulator", "precision", "'highest'", "'fast'", repr(precision))
+
+
+@pytest.mark.parametrize("dim", [0, -3, 2.5, True, "8", None])
+def test_bad_dim(dim):
+    with pytest.raises(ValueError) as e:
+        G(dim)
+    check_message(e.value, "GramAccumulator", "dim", repr(dim))
+
+
+# --------------------------------------------------------------------------- non-finite values
+CASES = [("numpy", np.float64), ("numpy", np.float32), ("numpy", np.float16), ("torch", torch.bfloat16),
+         ("torch", torch.float16), ("torch", torch.float32)]
+CASE_IDS = [f"{lib}-{str(t).split('.')[-1].strip(chr(39) + '>')}" for lib, t in CASES]
+
+
+def _convert(x, lib, dtype, layout):
+    a = x.astype(dtype) if lib == "numpy" else torch.from_numpy(x).to(dtype)
+    if layout == "F":
+        a = np.asfortranarray(a) if lib == "numpy" else a.T.contiguous().T
+    return a
+
+
+@pytest.mark.parametrize("layout", ["C", "F"])
+@pytest.mark.parametrize("path", ["staged", "lanes"])
+@pytest.mark.parametrize("when", ["first", "later"])
+@pytest.mark.parametrize("lib,dtype", CASES, ids=CASE_IDS)
+def test_non_finite_values_leave_the_state_unchanged(lib, dtype, when, path, layout):
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    d, n = 33, 300
+    good = rng.standard_normal((3 * n, d)) + rng.uniform(-4, 4, d)
+    bad = good[n:2 * n].copy()
+    bad[17, 3] = np.nan
+    bad[40, 5] = np.inf
+    bad[n - 1, 0] = -np.inf  # last row: the scan's later thread parts report to the same count
+    bad[n - 1, d - 1] = np.nan
+    good, bad = _convert(good, lib, dtype, layout), _convert(bad, lib, dtype, layout)
+    msg = f"seed={seed} {lib} {dtype} {when} {path} {layout}"
+    # lanes: block_rows 16 makes a 300-row chunk run over the lanes; staged: default block 512
+    with tuning(16, 48) if path == "lanes" else contextlib.nullcontext():
+        acc, twin = G(d), G(d)
+        if when == "later":
+            acc.update(good[:n])
+            twin.update(good[:n])
+            before = acc.state_dict()
+            twin.state_dict()  # reading the state settles staged rows: do it on both
+        with pytest.raises(geomfast.NonFiniteError) as e:
+            acc.update(bad)
+        assert isinstance(e.value, ValueError), msg
+        assert e.value.count == 4 and e.value.first_row == 17, f"{msg}: {e.value.count}, {e.value.first_row}"
+        text = check_message(e.value, "GramAccumulator.update", "x", "4 non-finite", "row 17", says_expected=False)
+        assert "nothing was accumulated" in text, msg
+        if when == "first":
+            assert acc.count == 0, msg
+            with pytest.raises(ValueError):
+                acc.covariance()
+        else:
+            after = acc.state_dict()
+            assert after["count"] == n, msg
+            for key in ("shift", "sum", "gram"):
+                assert np.array_equal(before[key], after[key]), f"{msg}: {key} changed"
+        # the accumulator keeps working, exactly like its twin that never saw the bad chunk
+        # (the shift of a failed first update is not kept either)
+        acc.update(good[n:])
+        twin.update(good[n:])
+        assert acc.count == twin.count, msg
+        assert np.array_equal(acc.covariance(), twin.covariance()), f"{msg}: state differs from the twin"
+
+
+@pytest.mark.parametrize("first_row", [0, 64, 299])
+def test_non_finite_first_row_and_count_in_strided_input(first_row):
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((600, 99))
+    x[2 * first_row, 0] = np.nan       # row first_row of x[::2], column 0 of x[:, ::3]
+    x[2 * first_row + 1, 3] = np.nan   # in a skipped row: not part of the view
+    x[598, 4] = np.inf                 # row 299 of the view, column 4: skipped column
+    x[598, 6] = np.inf                 # column 2 of the view
+    acc = G(33)
+    with pytest.raises(geomfast.NonFiniteError) as e:
+        acc.update(x[::2, ::3])
+    expected_count = 1 + 1
+    assert (e.value.count, e.value.first_row) == (expected_count, first_row), f"seed={seed}: {e.value}"
+    assert acc.count == 0
+
+
+# --------------------------------------------------------------------------- eigvalsh
+@pytest.mark.parametrize("shape", [(3, 4), (4, 3), (1, 2)])
+def test_eigvalsh_non_square(shape):
+    with pytest.raises(ValueError) as e:
+        geomfast.eigvalsh(np.zeros(shape))
+    check_message(e.value, "eigvalsh", "square", str(shape))
+
+
+@pytest.mark.parametrize("shape", [(4,), (2, 2, 2)])
+def test_eigvalsh_wrong_ndim(shape):
+    with pytest.raises(ValueError) as e:
+        geomfast.eigvalsh(np.zeros(shape))
+    check_message(e.value, "eigvalsh", "a", "2-D", str(shape))
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("method", ["full", "randomized"])
+def test_eigvalsh_non_finite(value, method):
+    a = np.eye(64)
+    a[3, 10] = a[10, 3] = value
+    with pytest.raises(ValueError) as e:
+        geomfast.eigvalsh(a, method=method, k=4 if method == "randomized" else None)
+    assert str(e.value).startswith("[eigvalsh]") and "non-finite" in str(e.value) and "2" in str(e.value), str(e.value)
+
+
+def test_eigvalsh_randomized_without_k():
+    with pytest.raises(ValueError) as e:
+        geomfast.eigvalsh(np.eye(600), method="randomized")
+    check_message(e.value, "eigvalsh", "k", "randomized")
+
+
+@pytest.mark.parametrize("k", [0, -1, 11, 2.0, True, "3"])
+def test_eigvalsh_bad_k(k):
+    with pytest.raises(ValueError) as e:
+        geomfast.eigvalsh(np.eye(10), method="randomized", k=k)
+    check_message(e.value, "eigvalsh", "k", "[1, 10]", repr(k))
+
+
+@pytest.mark.parametrize("method", ["lanczos", "Full", None])
+def test_eigvalsh_bad_method(method):
+    with pytest.raises(ValueError) as e:
+        geomfast.eigvalsh(np.eye(4), method=method)
+    check_message(e.value, "eigvalsh", "method", repr(method))
+
+
+def test_eigvalsh_unknown_option():
+    with pytest.raises(TypeError) as e:
+        geomfast.eigvalsh(np.eye(4), n_iters=3)
+    check_message(e.value, "eigvalsh", "n_iters")
+
+
+def test_eigvalsh_unsupported_dtype():
+    with pytest.raises(TypeError) as e:
+        geomfast.eigvalsh(np.eye(4, dtype=np.complex128))
+    check_message(e.value, "eigvalsh", "a", "complex128")
+
+
+def test_spectrum_errors_name_their_function():
+    with pytest.raises(ValueError) as e:
+        geomfast.spectrum(np.zeros(5))
+    check_message(e.value, "spectrum", "x", "2-D")
+    acc = G(8).update(np.random.default_rng().standard_normal((20, 8)))
+    with pytest.raises(ValueError) as e:
+        acc.spectrum(method="randomized", k=9)
+    check_message(e.value, "GramAccumulator.spectrum", "k", "[1, 8]", "9")
+
+
+# --------------------------------------------------------------------------- merge / state / files
+def test_merge_with_a_different_dim():
+    a, b = G(8).update(np.ones((3, 8))), G(9).update(np.ones((3, 9)))
+    before = a.state_dict()
+    with pytest.raises(ValueError) as e:
+        a.merge(b)
+    check_message(e.value, "GramAccumulator.merge", "dim", "8", "9")
+    assert np.array_equal(a.state_dict()["gram"], before["gram"]) and a.count == 3
+
+
+def test_merge_with_something_else():
+    with pytest.raises(TypeError) as e:
+        G(8).merge(np.zeros((8, 8)))
+    check_message(e.value, "GramAccumulator.merge", "GramAccumulator", "ndarray")
+
+
+@pytest.fixture
+def state():
+    return G(8).update(np.random.default_rng().standard_normal((20, 8))).state_dict()
+
+
+@pytest.mark.parametrize("key,bad", [("shift", np.zeros(7)), ("sum", np.zeros(9)), ("gram", np.zeros((8, 7))),
+                                     ("gram", np.zeros(64)), ("shift", np.zeros((8, 1)))])
+def test_from_state_dict_wrong_shapes(state, key, bad):
+    with pytest.raises(ValueError) as e:
+        G.from_state_dict({**state, key: bad})
+    check_message(e.value, "GramAccumulator.from_state_dict", "shift", "gram", "(8, 8)", str(bad.shape))
+
+
+@pytest.mark.parametrize("key", ["shift", "sum", "gram", "count", "dim"])
+def test_from_state_dict_missing_key(state, key):
+    with pytest.raises(ValueError) as e:
+        G.from_state_dict({k: v for k, v in state.items() if k != key})
+    assert str(e.value).startswith("[GramAccumulator.from_state_dict]") and repr(key) in str(e.value)
+
+
+def test_from_state_dict_negative_count(state):
+    with pytest.raises(ValueError) as e:
+        G.from_state_dict({**state, "count": -1})
+    check_message(e.value, "GramAccumulator.from_state_dict", "count", "-1")
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".json", ""])
+def test_save_and_load_need_a_known_suffix(tmp_path, suffix):
+    path = tmp_path / f"state{suffix}"
+    with pytest.raises(ValueError) as e:
+        G(3).update(np.ones((2, 3))).save(path)
+    check_message(e.value, "GramAccumulator.save", "safetensors", "npz", repr(path.name))
+    assert not path.exists()
+    path.write_bytes(b"\0" * 16)
+    with pytest.raises(ValueError) as e:
+        G.load(path)
+    check_message(e.value, "GramAccumulator.load", "safetensors", "npz", repr(path.name))
+
+
+def _write_foreign(path):
+    """Files with the right suffix that are not geomfast states."""
+    if path.suffix == ".npz":
+        np.savez(path, weights=np.zeros(3))
+    else:
+        from safetensors.numpy import save_file
+
+        save_file({"weights": np.zeros(3)}, str(path), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+@pytest.mark.parametrize("content", ["foreign", "garbage"])
+def test_load_of_a_file_that_is_not_a_geomfast_state(tmp_path, suffix, content):
+    path = tmp_path / f"state{suffix}"
+    if content == "foreign":
+        _write_foreign(path)
+    else:
+        path.write_bytes(b"this is not an archive" * 10)
+    with pytest.raises(ValueError) as e:
+        G.load(path)
+    assert str(e.value).startswith("[GramAccumulator.load]"), f"{type(e.value).__name__}: {e.value}"
+    assert "geomfast" in str(e.value) and str(path.name) in str(e.value), str(e.value)
+
+
+def test_load_of_a_geomfast_state_with_a_different_format_version(tmp_path):
+    path = tmp_path / "state.npz"
+    acc = G(4).update(np.ones((3, 4)))
+    acc.save(path)
+    with np.load(path) as z:
+        items = dict(z)
+    items["format"] = np.array("geomfast.gram/999")
+    np.savez(path, **items)
+    with pytest.raises(ValueError) as e:
+        G.load(path)
+    check_message(e.value, "GramAccumulator.load", "geomfast.gram/999", "geomfast.gram/1")
