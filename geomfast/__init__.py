@@ -1,7 +1,9 @@
 """geomfast: representation geometry (RankMe, α-ReQ, …) of language models across training.
 
-Core API (see README): GramAccumulator, eigvalsh, spectrum, singular_values, rankme, alpha_req,
-geometry, backends.
+Core: GramAccumulator (streaming covariance, CPU and CUDA), eigvalsh / spectrum /
+singular_values, backends(). Metrics: rankme, alpha_req, geometry and friends. Drop-in
+sklearn-style PCA. Phases of training. The model pipeline (trace, store, plot) lives in the
+submodules sweep / store / plot and behind the `geomfast` command.
 """
 from ._version import __version__
 
@@ -15,16 +17,20 @@ except ImportError as e:  # pragma: no cover - only on a broken install
 
 from .accumulator import GramAccumulator
 from .linalg import backends, eigvalsh, singular_values, spectrum
+from .metrics import (AlphaReqResult, DegenerateSpectrumError, SpectrumWarning, alpha_req, condition_number,
+                      effective_rank, geometry, participation_ratio, rankme, spectral_entropy, stable_rank)
+from .pca import PCA
+from .phases import Phase, PhaseResult, Transition, detect_phases, detect_transitions, phases_from_store
 
 NonFiniteError = _core.NonFiniteError
 
-__all__ = ["__version__", "GramAccumulator", "NonFiniteError", "backends", "eigvalsh", "singular_values", "spectrum"]
-
-try:  # metrics are written by a teammate in parallel; exported once present
-    from .metrics import (AlphaReqResult, alpha_req, condition_number, effective_rank, geometry,  # noqa: F401
-                          participation_ratio, rankme, spectral_entropy, stable_rank)
-
-    __all__ += ["AlphaReqResult", "alpha_req", "condition_number", "effective_rank", "geometry",
-                "participation_ratio", "rankme", "spectral_entropy", "stable_rank"]
-except ImportError:  # pragma: no cover
-    pass
+__all__ = [
+    "__version__",
+    # core
+    "GramAccumulator", "NonFiniteError", "backends", "eigvalsh", "singular_values", "spectrum",
+    # metrics
+    "AlphaReqResult", "DegenerateSpectrumError", "SpectrumWarning", "alpha_req", "condition_number",
+    "effective_rank", "geometry", "participation_ratio", "rankme", "spectral_entropy", "stable_rank",
+    # drop-in PCA and phases
+    "PCA", "Phase", "PhaseResult", "Transition", "detect_phases", "detect_transitions", "phases_from_store",
+]
