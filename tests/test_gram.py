@@ -420,3 +420,71 @@ def test_reference_accumulator_agrees():
     assert rel_fro(g.covariance(), r.covariance()) <= 1e-12, f"seed={seed}"
     assert rel_fro(g.raw_gram(), r.raw_gram()) <= 1e-12, f"seed={seed}"
     np.testing.assert_allclose(g.mean(), r.mean(), rtol=1e-13, err_msg=f"seed={seed}")
+
+
+def test_self_merge_doubles_the_rows():
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    x = llm_like(100, 32, rng)
+    acc = geomfast.GramAccumulator(32).update(x)
+    acc.merge(acc)
+    assert acc.count == 200
+    err = rel_fro(acc.covariance(), ref.covariance(np.concatenate([x, x])))
+    assert err <= 1e-12, f"seed={seed}: error {err:.3e}"
+
+
+def test_concurrent_updates_from_python_threads():
+    """The GIL is released during updates: several threads feeding two accumulators (small and
+    large chunks, so both paths run at once) still give the reference covariance."""
+    import threading
+
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    d = 33
+    xs = [llm_like(3000, d, rng).astype(np.float32) for _ in range(2)]
+    accs = [geomfast.GramAccumulator(d), geomfast.GramAccumulator(d, precision="fast")]
+    errors = []
+
+    def feed(acc, x, chunk):
+        try:
+            for i in range(0, x.shape[0], chunk):
+                acc.update(x[i:i + chunk])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    jobs = []
+    for acc, x in zip(accs, xs):
+        jobs.append(threading.Thread(target=feed, args=(acc, x[:1500], 50)))     # staged
+        jobs.append(threading.Thread(target=feed, args=(acc, x[1500:], 1500)))  # lanes (with block 16)
+    with tuning(16, 48):
+        for t in jobs:
+            t.start()
+        for t in jobs:
+            t.join()
+    assert not errors, f"seed={seed}: {errors}"
+    for acc, x in zip(accs, xs):
+        assert acc.count == 3000
+        err = rel_fro(acc.covariance(), ref.covariance(x))
+        assert err <= BARS[acc.precision], f"seed={seed} {acc.precision}: error {err:.3e}"
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-25])
+@pytest.mark.parametrize("lib,dtype", [("numpy", np.float32), ("torch", torch.bfloat16)], ids=["float32", "bfloat16"])
+def test_fast_precision_on_extreme_magnitudes(lib, dtype, scale):
+    """Finite float32/bfloat16 input far from 1: float32 products of the centred values overflow
+    (|y| > ~1.8e19) or underflow (|y| < ~1e-19). `fast` must then either stay within its bar
+    or refuse with an error — never return inf/zeros silently."""
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    x64 = rng.standard_normal((300, 8)) * scale
+    x = x64.astype(dtype) if lib == "numpy" else torch.from_numpy(x64).to(dtype)
+    acc = geomfast.GramAccumulator(8, precision="fast")
+    try:
+        acc.update(x)
+        cov = acc.covariance()
+    except (ValueError, OverflowError, ArithmeticError):
+        return
+    expected = ref.covariance(x)
+    err = rel_fro(cov, expected)
+    assert np.all(np.isfinite(cov)) and err <= BARS["fast"], (
+        f"seed={seed} scale={scale}: fast covariance error {err:.3e} (finite: {np.isfinite(cov).all()})")
