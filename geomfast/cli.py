@@ -231,8 +231,8 @@ def _run_show(args: argparse.Namespace) -> int:
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="geomfast-demo", metavar="DIR",
                    help="folder for checkpoints, results.db, plot and summary (default ./geomfast-demo)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 2000)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 1400)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
     p.add_argument("--no-progress", action="store_true")
 
 

@@ -139,3 +139,25 @@ def test_python_dash_m(tmp_path):
     out = subprocess.run([sys.executable, "-m", "geomfast", "trace", "--help"], capture_output=True,
                          text=True, env=env, timeout=120)
     assert "--preset" in out.stdout and "--revisions" in out.stdout
+
+
+def test_demo_pipeline_runs_short(tmp_path, capsys):
+    """The demo's whole pipeline on 16 training steps (the real demo trains 1400)."""
+    pytest.importorskip("transformers")
+    from geomfast.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "16", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "warm-up collapse" in text and "compression-seeking" in text
+    for name in ("results.db", "geometry.png", "summary.txt"):
+        assert (out / name).stat().st_size > 0
+    steps = sorted(int(p.name[4:]) for p in (out / "checkpoints").iterdir() if p.is_dir())
+    assert steps == [0, 1, 2, 4, 8, 16]
+    assert (out / "checkpoints" / "step16" / "model.safetensors").exists()
+    from geomfast.store import ResultStore
+
+    with ResultStore(out / "results.db", readonly=True) as s:
+        rows = s.rows()
+    assert len(rows) == 6 * 3 and all(r["status"] == "ok" for r in rows)
+    assert {r["layer"] for r in rows} == {"embed", "block0", "last"}
