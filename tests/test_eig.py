@@ -125,7 +125,6 @@ def _default_run(orthogonal_2048, alpha):
     return _RUNS[alpha]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
 def test_randomized_top_k_on_power_law_spectra(orthogonal_2048, alpha):
     seed, values, _, lam = _default_run(orthogonal_2048, alpha)
@@ -138,7 +137,6 @@ def test_randomized_top_k_on_power_law_spectra(orthogonal_2048, alpha):
     assert abs(fit_full - alpha) <= 1e-9  # the construction itself
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
 def test_randomized_defaults_converge_on_power_law_spectra(orthogonal_2048, alpha):
     """With default options the solver should stop on its own tolerance (the issue's own case:
@@ -147,7 +145,6 @@ def test_randomized_defaults_converge_on_power_law_spectra(orthogonal_2048, alph
     assert not caught, f"seed={seed} alpha={alpha}: {caught}"
 
 
-@pytest.mark.slow
 def test_full_spectrum_of_power_law_matrix(orthogonal_2048):
     """The reference for the α comparison: geomfast's full solver finds the constructed spectrum."""
     seed, q = orthogonal_2048

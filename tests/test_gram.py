@@ -488,3 +488,19 @@ def test_fast_precision_on_extreme_magnitudes(lib, dtype, scale):
     err = rel_fro(cov, expected)
     assert np.all(np.isfinite(cov)) and err <= BARS["fast"], (
         f"seed={seed} scale={scale}: fast covariance error {err:.3e} (finite: {np.isfinite(cov).all()})")
+
+
+@pytest.mark.parametrize("first_rows", [1, 37])
+def test_fast_bfloat16_when_the_shift_is_a_single_row(first_rows):
+    """bfloat16 rows streamed one at a time at first: the shift is then one bf16 row, the centred
+    values and their products are exact short floats, and float32 accumulation over a block of
+    rows rounds them with a bias (diagonal entries off by up to ~2e-5 relative). `fast` must keep
+    its 1e-6 Frobenius bar whatever the first chunk is."""
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(5.0 + 2.7 * rng.standard_normal((2049, 32))).to(torch.bfloat16)
+    acc = geomfast.GramAccumulator(32, precision="fast").update(x[:first_rows])
+    for i in range(first_rows, 2049, 100):
+        acc.update(x[i:i + 100])
+    err = rel_fro(acc.covariance(), ref.covariance(x))
+    assert err <= BARS["fast"], f"seed={seed} first_rows={first_rows}: fast error {err:.3e}"
