@@ -243,12 +243,13 @@ def part_memory(args) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["speed", "memory", "all"], default="all")
-    p.add_argument("--checkpoints", type=int, default=3)
-    p.add_argument("--samples", type=int, default=512)
+    p.add_argument("--checkpoints", type=int, default=2)
+    p.add_argument("--samples", type=int, default=256)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for both pipelines (default 1: steadier on a shared machine)")
     p.add_argument("--memory-samples", type=int, default=200)
     p.add_argument("--child", choices=["baseline", "geomfast"], help=argparse.SUPPRESS)
     p.add_argument("--child-n", type=int, help=argparse.SUPPRESS)
