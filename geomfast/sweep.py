@@ -181,13 +181,27 @@ def make_config(*, model, dataset=None, out, preset: str | None = None, **option
     pooling = merged.pop("pooling")
     layers = merged.pop("layers")
     fit_range = tuple(int(v) for v in merged.pop("fit_range"))
+    layers, poolings = _split_spec(layers), _split_spec(pooling)
+    _validate_request(layers, poolings)
     known = {f.name for f in dataclasses.fields(TraceConfig)}
     unknown = set(merged) - known
     if unknown:
         raise TypeError(f"[trace] unknown option(s): {sorted(unknown)}")
     return TraceConfig(models=models, dataset=str(dataset), out=str(out), preset=preset,
-                       layers=_split_spec(layers), poolings=_split_spec(pooling),
-                       fit_range=fit_range, **merged)
+                       layers=layers, poolings=poolings, fit_range=fit_range, **merged)
+
+
+def _validate_request(layers: tuple[str, ...], poolings: tuple[str, ...]) -> None:
+    """Refuse a bad layer or pooling before any model is loaded (not once per checkpoint)."""
+    from .models import resolve_layers
+
+    if not layers or not poolings:
+        raise ValueError("[trace] expected at least one layer and one pooling")
+    bad = [p for p in poolings if p.lower() not in ("last", "mean", "all")]
+    if bad:
+        raise ValueError(f"[trace] pooling must be last, mean or all; got {', '.join(bad)}")
+    # Block indices are checked against the real depth once a model is loaded.
+    resolve_layers(1 << 20, list(layers))
 
 
 # ----------------------------------------------------------------------------- per checkpoint
