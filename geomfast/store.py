@@ -396,8 +396,13 @@ class ResultStore:
             (options_hash, request))}
 
     def rows(self, *, status: str | None = None, model: str | None = None,
-             options_hash: str | None = None, order: str = "model, ord, step, revision, layer, pooling"
-             ) -> list[dict]:
+             options_hash: str | None = None, order: str | None = None) -> list[dict]:
+        """Result rows as dicts, by model, checkpoint order, then layer depth (embed, block0,
+        block1, …, last) and pooling."""
+        if order is None:
+            order = ("model, ord, step, revision, CASE WHEN layer='embed' THEN -1 "
+                     "WHEN layer LIKE 'block%' THEN CAST(SUBSTR(layer, 6) AS INTEGER) "
+                     "ELSE 1000000 END, layer, pooling")
         q = "SELECT * FROM results"
         conds, args = [], []
         for col, val in (("status", status), ("model", model), ("options_hash", options_hash)):
