@@ -61,7 +61,7 @@ def device_of(x) -> str:
     return "cpu"
 
 
-def parse_device(device) -> tuple[int, int]:
+def parse_device(device, *, func: str = "GramAccumulator") -> tuple[int, int]:
     """'cpu', 'cuda', 'cuda:1', a torch.device or an int -> (device_type, index)."""
     if device is None:
         return CPU, 0
@@ -79,7 +79,7 @@ def parse_device(device) -> tuple[int, int]:
             return CUDA, 0
     if s.startswith("cuda:") and s[5:].isdigit():
         return CUDA, int(s[5:])
-    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>', got {device!r}")
+    raise ValueError(f"[{func}] device must be 'cpu', 'cuda' or 'cuda:<index>', got {device!r}")
 
 
 def as_view(x, *, func: str, arg: str = "x", ndim: int = 2) -> View:
@@ -98,7 +98,7 @@ def _check_ndim(shape, ndim, func, arg):
     if len(shape) != ndim:
         raise ValueError(f"[{func}] expected {arg} to be a {ndim}-D array, got shape {tuple(shape)}")
     if any(s == 0 for s in shape):
-        raise ValueError(f"[{func}] {arg} is empty: shape {tuple(shape)}")
+        raise ValueError(f"[{func}] expected {arg} with at least one row and one column, got shape {tuple(shape)}")
 
 
 def _numpy_view(x: np.ndarray, func, arg, ndim) -> View:

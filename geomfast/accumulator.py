@@ -147,6 +147,8 @@ class GramAccumulator:
             if key not in state:
                 raise ValueError(f"[GramAccumulator.from_state_dict] missing key {key!r}")
         dim = int(state["dim"])
+        if int(state["count"]) < 0:
+            raise ValueError(f"[GramAccumulator.from_state_dict] count must be >= 0, got {int(state['count'])}")
         acc = cls(dim, device=device or "cpu", precision=precision or str(state.get("precision", "highest")))
         shift = np.asarray(state["shift"], dtype=np.float64)
         s = np.asarray(state["sum"], dtype=np.float64)
@@ -182,20 +184,28 @@ class GramAccumulator:
 
     @classmethod
     def load(cls, path, *, device=None) -> "GramAccumulator":
+        """Read a state written by save() (.safetensors or .npz; never unpickles anything)."""
         path = Path(path)
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="numpy") as f:
-                meta = f.metadata() or {}
-                arrays = {k: f.get_tensor(k) for k in ("shift", "sum", "gram")}
-        elif path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in ("shift", "sum", "gram")}
-                meta = {k: str(z[k]) for k in ("format", "dim", "count", "precision") if k in z}
-        else:
+        if path.suffix not in (".safetensors", ".npz"):
             raise ValueError(f"[GramAccumulator.load] path must end in .safetensors or .npz, got {path.name!r}")
-        if meta.get("format") != _FORMAT:
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(path), framework="numpy") as f:
+                    meta = f.metadata() or {}
+                    names = set(f.keys())
+                    arrays = {k: f.get_tensor(k) for k in ("shift", "sum", "gram") if k in names}
+            else:
+                with np.load(path, allow_pickle=False) as z:
+                    arrays = {k: z[k] for k in ("shift", "sum", "gram") if k in z.files}
+                    meta = {k: str(z[k]) for k in ("format", "dim", "count", "precision") if k in z.files}
+        except OSError:
+            raise
+        except Exception as e:  # a damaged or foreign file: say what it is not
+            raise ValueError(f"[GramAccumulator.load] {path} is not a readable geomfast Gram state "
+                             f"(expected a {path.suffix} file written by GramAccumulator.save): {e}") from e
+        if meta.get("format") != _FORMAT or len(arrays) != 3:
             raise ValueError(f"[GramAccumulator.load] {path} is not a geomfast Gram state "
                              f"(format {meta.get('format')!r}, expected {_FORMAT!r})")
         return cls.from_state_dict({**arrays, "dim": int(meta["dim"]), "count": int(meta["count"]),

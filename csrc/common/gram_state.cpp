@@ -20,7 +20,7 @@ GramState reshift_state(const GramState& s, const double* new_shift) {
   for (int64_t i = 0; i < d; ++i) {
     const double di = delta[i], si = s.sum[i];
     double* row = out.gram.data() + i * d;
-    for (int64_t j = 0; j < d; ++j) row[j] += di * s.sum[j] + si * delta[j] + n * di * delta[j];
+    for (int64_t j = 0; j < d; ++j) row[j] += di * s.sum[j] + si * delta[j] + n * (di * delta[j]);  // symmetric
   }
   for (int64_t i = 0; i < d; ++i) out.sum[i] = s.sum[i] + n * delta[i];
   out.shift.assign(new_shift, new_shift + d);
@@ -49,10 +49,13 @@ void covariance_from_state(const GramState& s, int64_t ddof, double* out) {
              ", ddof is ", ddof);
   const double n = static_cast<double>(s.count);
   const double scale = 1.0 / static_cast<double>(s.count - ddof);
-  for (int64_t i = 0; i < d; ++i) {
-    const double si = s.sum[i] / n;
-    for (int64_t j = 0; j < d; ++j) out[i * d + j] = (s.gram[i * d + j] - si * s.sum[j]) * scale;
-  }
+  // (Σyyᵀ − (Σy)(Σy)ᵀ/n) / (n − ddof), written so that the result is exactly symmetric.
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t j = i; j < d; ++j) {
+      const double v = (s.gram[i * d + j] - (s.sum[i] * s.sum[j]) / n) * scale;
+      out[i * d + j] = v;
+      out[j * d + i] = v;
+    }
 }
 
 }  // namespace geomfast

@@ -76,6 +76,7 @@ namespace {
 struct ScanResult {
   int64_t nonfinite = 0;
   int64_t first_row = std::numeric_limits<int64_t>::max();
+  double max_abs = 0.0;  // over the finite values
 };
 
 // Pass 1 over rows [r0, r1): non-finite count/first row; optionally raw column sums.
@@ -88,7 +89,14 @@ void scan_rows(const MatrixView& x, int64_t r0, int64_t r1, ScanResult& res, dou
     for (int64_t r = r0; r < r1; ++r) {
       const auto* row = base + r * x.row_stride;
       int64_t bad = 0;
-      for (int64_t c = 0; c < d; ++c) bad += L::nonfinite(row + c);
+      double mx = res.max_abs;
+      for (int64_t c = 0; c < d; ++c) {
+        const bool nf = L::nonfinite(row + c);
+        bad += nf;
+        const double a = std::abs(L::get(row + c));
+        mx = (!nf && a > mx) ? a : mx;
+      }
+      res.max_abs = mx;
       if (colsum)
         for (int64_t c = 0; c < d; ++c) colsum[c] += L::get(row + c);
       if (bad) {
@@ -105,6 +113,8 @@ void scan_rows(const MatrixView& x, int64_t r0, int64_t r1, ScanResult& res, dou
         if (L::nonfinite(p)) {
           ++res.nonfinite;
           res.first_row = std::min(res.first_row, r);
+        } else {
+          res.max_abs = std::max(res.max_abs, std::abs(L::get(p)));
         }
         if (colsum) s += L::get(p);
       }
@@ -181,6 +191,7 @@ class CpuGram final : public GramBackend {
   void reset() override {
     std::lock_guard<std::mutex> lk(mu_);
     count_ = 0;
+    shift_rows_ = 0;
     shift_.assign(dim_, 0.0);
     sum_.assign(dim_, 0.0);
     g_.assign(static_cast<size_t>(dim_ * dim_), 0.0);
@@ -231,6 +242,7 @@ class CpuGram final : public GramBackend {
     check_state(s, "load_state");
     std::lock_guard<std::mutex> lk(mu_);
     count_ = s.count;
+    shift_rows_ = s.count;
     shift_ = s.shift;
     sum_ = s.sum;
     g_ = s.gram;  // symmetric, so row- and column-major agree
@@ -266,32 +278,61 @@ class CpuGram final : public GramBackend {
   // ---- pass 1: every value checked before the state changes; the first update sets the shift.
   void validate_and_shift(const MatrixView& x) {
     const int64_t n = x.rows, d = dim_;
-    const bool first = count_ == 0;
+    // The shift is the column means of the rows seen so far; it is re-estimated while it rests on
+    // few rows (a tiny first chunk), so that later rows stay well centred (fast accumulates in
+    // float32, where an off-centre shift costs accuracy). At most a handful of times per state.
+    const bool reshift = count_ == 0 || (shift_rows_ < kShiftRows && count_ + n >= 4 * shift_rows_);
     const int nthreads = ThreadPool::instance().size();
     std::vector<ScanResult> scans(nthreads);
-    std::vector<double> colsums(first ? static_cast<size_t>(nthreads * d) : 0, 0.0);
+    std::vector<double> colsums(reshift ? static_cast<size_t>(nthreads * d) : 0, 0.0);
     dispatch_dtype(x.dtype, [&](auto tag) {
       parallel_for(n, 64, [&](int64_t r0, int64_t r1, int part) {
-        scan_rows<decltype(tag)::value>(x, r0, r1, scans[part], first ? colsums.data() + part * d : nullptr);
+        scan_rows<decltype(tag)::value>(x, r0, r1, scans[part], reshift ? colsums.data() + part * d : nullptr);
       });
     });
     ScanResult scan;
     for (auto& s : scans) {
       scan.nonfinite += s.nonfinite;
       scan.first_row = std::min(scan.first_row, s.first_row);
+      scan.max_abs = std::max(scan.max_abs, s.max_abs);
     }
     if (scan.nonfinite)
       throw NonFiniteError(detail::concat("[GramAccumulator.update] x holds ", scan.nonfinite,
                                           " non-finite value(s) (NaN or Inf); the first is in row ", scan.first_row,
                                           "; nothing was accumulated"),
                            scan.nonfinite, scan.first_row);
-    if (first) {
+    if (prec_ == Precision::kFast && (scan.max_abs > kFastMaxAbs || (scan.max_abs > 0 && scan.max_abs < kFastMinAbs)))
+      GF_THROW(ValueError, "[GramAccumulator.update] precision='fast' multiplies in float32, which cannot hold ",
+               "products of values of magnitude ", scan.max_abs, " (expected max |x| in [", kFastMinAbs, ", ",
+               kFastMaxAbs, "]); use precision='highest'");
+    if (reshift) {
+      std::vector<double> mean(d);
+      const double total = static_cast<double>(count_ + n);
       for (int64_t c = 0; c < d; ++c) {
         double s = 0.0;
         for (int p = 0; p < nthreads; ++p) s += colsums[p * d + c];
-        shift_[c] = s / static_cast<double>(n);
+        // Σx over earlier rows = count·shift + Σy.
+        mean[c] = (s + static_cast<double>(count_) * shift_[c] + sum_[c]) / total;
       }
+      if (count_ == 0) shift_ = mean;
+      else reshift_to(mean);
+      shift_rows_ = count_ + n;
     }
+  }
+
+  // Re-expresses the state around a new shift (exact algebra; staged work is settled first).
+  void reshift_to(const std::vector<double>& s_new) {
+    settle();
+    const int64_t d = dim_;
+    const double n = static_cast<double>(count_);
+    std::vector<double> delta(d);
+    for (int64_t i = 0; i < d; ++i) delta[i] = shift_[i] - s_new[i];
+    // y' = y + δ:  Σy'y'ᵀ = Σyyᵀ + δ(Σy)ᵀ + (Σy)δᵀ + nδδᵀ  (upper triangle, column-major)
+    for (int64_t j = 0; j < d; ++j)
+      for (int64_t i = 0; i <= j; ++i)
+        g_[i + j * d] += delta[i] * sum_[j] + sum_[i] * delta[j] + n * (delta[i] * delta[j]);
+    for (int64_t i = 0; i < d; ++i) sum_[i] += n * delta[i];
+    shift_ = s_new;
   }
 
   // How many lanes a large update uses: one per core, as far as rows and memory allow
@@ -453,9 +494,14 @@ class CpuGram final : public GramBackend {
                s.sum.size(), ", gram ", s.gram.size(), " (expected ", d, ", ", d, ", ", d * d, ")");
   }
 
+  static constexpr int64_t kShiftRows = 4096;     // re-estimate the shift until it rests on this many rows
+  static constexpr double kFastMaxAbs = 1e17;     // float32 sums of ≤ 2048·(1e17)² stay finite
+  static constexpr double kFastMinAbs = 1e-15;    // below, float32 squares lose digits to underflow
+
   int64_t dim_;
   Precision prec_;
   int64_t count_ = 0;
+  int64_t shift_rows_ = 0;               // rows the shift was estimated from
   std::vector<double> shift_, sum_, g_;  // g_: [dim, dim] col-major, upper triangle valid
   std::vector<double> stage64_;          // [block_rows, dim] staged centred rows (highest)
   std::vector<float> stage32_;           // [block_rows, dim] staged centred rows (fast)
