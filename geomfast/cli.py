@@ -96,6 +96,21 @@ def _add_trace(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-prefetch", action="store_true",
                    help="do not load the next checkpoint in the background")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # scale-out (geomfast.distributed)
+    p.add_argument("--parallel", default=None, choices=["data", "checkpoint"],
+                   help="under torchrun: shard the samples (data, the default) or deal out the "
+                        "checkpoints (checkpoint); rank 0 writes the database")
+    p.add_argument("--device-map", default=None, metavar="MAP",
+                   help="accelerate device map for a model larger than one GPU: auto, balanced, "
+                        "sequential, or a JSON object")
+
+
+def _device_map(text: str | None):
+    if text is None or not text.strip().startswith("{"):
+        return text
+    import json
+
+    return json.loads(text)
 
 
 def _run_trace(args: argparse.Namespace) -> int:
@@ -113,8 +128,10 @@ def _run_trace(args: argparse.Namespace) -> int:
         local_files_only=args.local_files_only or None,
         prefetch=False if args.no_prefetch else None,
         progress=False if args.no_progress else None,
+        parallel=args.parallel, device_map=_device_map(args.device_map),
     )
-    print(summary)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports for all
+        print(summary)
     return 0 if summary.failed == 0 else 2
 
 

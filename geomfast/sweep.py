@@ -329,13 +329,17 @@ def _short_error(e: BaseException) -> str:
 def trace(model: str | Sequence[str], *, dataset: str | None = None, out: str,
           revisions: str | None = None, preset: str | None = None, command: Sequence[str] | None = None,
           store: ResultStore | None = None, on_checkpoint: Callable[[Any, str], None] | None = None,
-          **options) -> TraceSummary:
+          parallel: str | None = None, **options) -> TraceSummary:
     """Trace ``model`` (a hub id, a local folder of checkpoints, a model folder, or a list of
     these as an ordered series) across its checkpoints. See :class:`TraceConfig` for the
     options (``layers``, ``pooling``, ``n_samples``, ``seed``, ``min_length``, ``max_length``,
     ``dtype``, ``device``, ``batch_size``, ``precision``, ``fit_range`` …); ``preset='li2025'``
     sets the paper's choices and explicit options override it. Results go to the SQLite file
     ``out``. Returns a :class:`TraceSummary`.
+
+    Under torchrun (``WORLD_SIZE > 1``) each process is one rank: ``parallel='data'`` (the
+    default) shards the samples, ``parallel='checkpoint'`` deals out the checkpoints; rank 0
+    alone writes ``out``. See :mod:`geomfast.distributed`.
     """
     from tqdm.auto import tqdm
 
@@ -343,6 +347,13 @@ def trace(model: str | Sequence[str], *, dataset: str | None = None, out: str,
 
     cfg = make_config(model=model, dataset=dataset, out=out, preset=preset,
                       revisions=revisions, **options)
+    # --- scale-out (geomfast.distributed): one rank of a torch.distributed job -------------
+    from . import distributed
+
+    if distributed.wants_distributed(parallel):
+        return distributed.trace_distributed(cfg, parallel=parallel, command=command,
+                                             store=store, on_checkpoint=on_checkpoint)
+    # --- a single process ---------------------------------------------------------------
     t_start = time.perf_counter()
     summary = TraceSummary(db=cfg.out)
     own_store = store is None
@@ -431,6 +442,14 @@ def _run_one(store: ResultStore, loaded: LoadedCheckpoint, cfg: TraceConfig, res
                         {"load_s": loaded.load_s}, summary, stage="extract")
         return "error"
     loaded.model = None  # free the weights before the eigensolvers run
+    return _finalize_and_write(store, ck, accs, cfg, result_opts, h, request, run_id, summary,
+                               loaded.load_s, extract_s)
+
+
+def _finalize_and_write(store: ResultStore, ck, accs: dict, cfg: TraceConfig, result_opts: dict,
+                        h: str, request: str, run_id: int, summary: TraceSummary, load_s: float,
+                        extract_s: float) -> str:
+    """Finalize each accumulator and write its row (also used by data-parallel rank 0)."""
     layer_errors = 0
     for (layer, pooling), acc in accs.items():
         t1 = time.perf_counter()
@@ -441,7 +460,7 @@ def _run_one(store: ResultStore, loaded: LoadedCheckpoint, cfg: TraceConfig, res
             metrics, spectra, status, err = None, None, "error", _short_error(e)
             layer_errors += 1
             summary.errors.append((ck.revision, f"{layer}/{pooling}: {err}"))
-        timings = {"load_s": loaded.load_s, "extract_s": extract_s,
+        timings = {"load_s": load_s, "extract_s": extract_s,
                    "metrics_s": time.perf_counter() - t1}
         if store.write_result(ck, layer, pooling, options=result_opts, metrics=metrics,
                               spectra=spectra, status=status, error=err, timings=timings,

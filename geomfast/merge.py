@@ -1,0 +1,151 @@
+"""``geomfast merge OUT.db IN.db [IN.db …]``: combine results databases of the same schema.
+
+For stores written by separate jobs (other machines, other GPUs without a common process
+group, a sweep split by hand). Rows are copied with their spectra; the results' UNIQUE key
+(model, revision, layer, pooling, options_hash) decides what is already there:
+
+- a key absent from OUT is inserted;
+- an ``'ok'`` row in OUT is kept (the incoming one is skipped);
+- an ``'error'`` row in OUT is replaced by an incoming ``'ok'`` row (a retry that succeeded),
+  and an incoming ``'ok'`` row clears OUT's checkpoint-level error rows, as a trace would.
+
+Runs are copied once (a run already copied is recognised by its command, options, host and
+start time) and the run ids of the copied rows follow them; checkpoint markers are added if
+absent. Each input is merged in one transaction, so merging is atomic per input and
+idempotent: merging the same input again changes nothing.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Sequence
+
+from .store import ResultStore
+
+__all__ = ["MergeSummary", "merge_stores", "register_cli"]
+
+_RUN_IDENTITY = ("command", "options", "options_hash", "version", "host", "started_at")
+
+
+@dataclass
+class MergeSummary:
+    out: str
+    inputs: int = 0
+    inserted: int = 0
+    replaced: int = 0
+    skipped: int = 0
+    runs: int = 0
+    checkpoints: int = 0
+
+    def __str__(self) -> str:
+        return (f"{self.inputs} database(s) merged into {self.out}: {self.inserted} row(s) added, "
+                f"{self.replaced} error row(s) replaced, {self.skipped} already there; "
+                f"{self.runs} run(s) and {self.checkpoints} checkpoint marker(s) added")
+
+
+def _columns(conn, table: str) -> list[str]:
+    return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def merge_stores(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> MergeSummary:
+    """Merge every database of ``inputs`` into ``out`` (created if needed). See the module doc."""
+    out = os.fspath(out)
+    summary = MergeSummary(out=out)
+    inputs = [os.fspath(p) for p in inputs]
+    for p in inputs:
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"[merge] no results database at {p!r}")
+        if os.path.exists(out) and _same_file(p, out):
+            raise ValueError(f"[merge] {p!r} is the output database itself")
+    with ResultStore(out) as dst:
+        for p in inputs:
+            with ResultStore(p, readonly=True) as src:
+                if src.schema_version != dst.schema_version:
+                    raise ValueError(f"[merge] {p!r} has schema version {src.schema_version}, "
+                                     f"{out!r} has {dst.schema_version}")
+                _merge_one(src.conn, dst, summary)
+            summary.inputs += 1
+    return summary
+
+
+def _merge_one(src, dst: ResultStore, summary: MergeSummary) -> None:
+    conn = dst.conn
+    run_cols = [c for c in _columns(src, "runs") if c != "id" and c in _columns(conn, "runs")]
+    res_cols = [c for c in _columns(src, "results") if c not in ("id", "run_id")
+                and c in _columns(conn, "results")]
+    ck_cols = [c for c in _columns(src, "checkpoints") if c in _columns(conn, "checkpoints")]
+    with dst.transaction():
+        # Runs: copy each once; map the input's run ids to the output's.
+        run_map: dict = {}
+        for r in src.execute(f"SELECT id, {', '.join(run_cols)} FROM runs ORDER BY id"):
+            ident = [c for c in _RUN_IDENTITY if c in run_cols]
+            cond = " AND ".join(f"{c} IS ?" for c in ident)
+            old = conn.execute(f"SELECT id FROM runs WHERE {cond}", [r[c] for c in ident]).fetchone()
+            if old is not None:
+                run_map[r["id"]] = old[0]
+                continue
+            cur = conn.execute(f"INSERT INTO runs({', '.join(run_cols)}) VALUES "
+                               f"({', '.join('?' * len(run_cols))})", [r[c] for c in run_cols])
+            run_map[r["id"]] = int(cur.lastrowid)
+            summary.runs += 1
+        # Results and their spectra.
+        for r in src.execute(f"SELECT id, run_id, {', '.join(res_cols)} FROM results ORDER BY id"):
+            key = (r["model"], r["revision"], r["layer"], r["pooling"], r["options_hash"])
+            old = conn.execute("SELECT id, status FROM results WHERE model=? AND revision=? AND "
+                               "layer=? AND pooling=? AND options_hash=?", key).fetchone()
+            if old is not None:
+                if old["status"] == "ok" or r["status"] != "ok":
+                    summary.skipped += 1
+                    continue
+                conn.execute("DELETE FROM spectra WHERE result_id=?", (old["id"],))
+                conn.execute("DELETE FROM results WHERE id=?", (old["id"],))
+                summary.replaced += 1
+            else:
+                summary.inserted += 1
+            cols = ["run_id", *res_cols]
+            vals = [run_map.get(r["run_id"]), *[r[c] for c in res_cols]]
+            cur = conn.execute(f"INSERT INTO results({', '.join(cols)}) VALUES "
+                               f"({', '.join('?' * len(cols))})", vals)
+            rid = int(cur.lastrowid)
+            for s in src.execute("SELECT kind, length, data FROM spectra WHERE result_id=?",
+                                 (r["id"],)):
+                conn.execute("INSERT INTO spectra(result_id, kind, length, data) VALUES (?, ?, ?, ?)",
+                             (rid, s["kind"], s["length"], s["data"]))
+            if r["status"] == "ok":
+                conn.execute("DELETE FROM results WHERE model=? AND revision=? AND options_hash=? "
+                             "AND status='error' AND layer LIKE '*%'",
+                             (key[0], key[1], key[4]))
+        # Checkpoint markers (all their rows came along above, or were already there).
+        for r in src.execute(f"SELECT {', '.join(ck_cols)} FROM checkpoints"):
+            vals = {c: r[c] for c in ck_cols}
+            if "run_id" in vals:
+                vals["run_id"] = run_map.get(vals["run_id"])
+            cur = conn.execute(f"INSERT OR IGNORE INTO checkpoints({', '.join(vals)}) VALUES "
+                               f"({', '.join('?' * len(vals))})", list(vals.values()))
+            summary.checkpoints += cur.rowcount > 0
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def _add_merge(p) -> None:
+    p.add_argument("out", metavar="OUT.db", help="the database to merge into (created if needed)")
+    p.add_argument("inputs", nargs="+", metavar="IN.db", help="databases to merge from")
+
+
+def _run_merge(args) -> int:
+    summary = merge_stores(args.out, args.inputs)
+    print(summary)
+    return 0
+
+
+def register_cli(register) -> None:
+    register("merge", "merge results databases (e.g. from separate machines) into one; "
+                      "idempotent", _add_merge, _run_merge)
