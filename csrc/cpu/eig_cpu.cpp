@@ -13,15 +13,21 @@
 namespace geomfast {
 namespace {
 
-// Copies a square view (any dtype/strides) to a float64 column-major buffer.
-std::vector<double> to_f64_square(const MatrixView& a) {
+// Copies a square view (any dtype/strides) to a float64 buffer in ROW-major order (a plain
+// memcpy for C-contiguous float64). Read as column-major, the buffer holds Aᵀ, so LAPACK's
+// lower triangle ('L') is the row-major upper triangle of A — the triangle we document.
+std::vector<double> to_f64_rowmajor(const MatrixView& a) {
   const int64_t n = a.rows;
   std::vector<double> out(static_cast<size_t>(n * n));
+  if (a.dtype == DType::kFloat64 && a.col_stride == 1 && a.row_stride == n) {
+    std::memcpy(out.data(), a.data, sizeof(double) * out.size());
+    return out;
+  }
   auto copy = [&](auto loader_tag) {
     using L = decltype(loader_tag);
     const auto* base = static_cast<const typename L::raw*>(a.data);
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t i = 0; i < n; ++i) out[i + j * n] = L::get(base + i * a.row_stride + j * a.col_stride);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) out[i * n + j] = L::get(base + i * a.row_stride + j * a.col_stride);
   };
   switch (a.dtype) {
     case DType::kFloat64: copy(cpu::Loader<DType::kFloat64>{}); break;
@@ -32,13 +38,22 @@ std::vector<double> to_f64_square(const MatrixView& a) {
   return out;
 }
 
+// Mirrors the row-major upper triangle into the lower one, in cache-sized tiles.
+void symmetrize_from_upper(double* m, int64_t n) {
+  constexpr int64_t T = 64;
+  for (int64_t ib = 0; ib < n; ib += T)
+    for (int64_t jb = ib; jb < n; jb += T)
+      for (int64_t i = ib; i < std::min(ib + T, n); ++i)
+        for (int64_t j = std::max(jb, i + 1); j < std::min(jb + T, n); ++j) m[j * n + i] = m[i * n + j];
+}
+
 // Eigenvalues (descending) of the symmetric n × n column-major matrix `a`, destroyed.
-std::vector<double> syevd_values(double* a, int n) {
+std::vector<double> syevd_values(double* a, int n, char uplo = 'U') {
   std::vector<double> w(n);
   if (n == 0) return w;
   int info = 0, lwork = -1, liwork = -1, iwork_q = 0;
   double work_q = 0;
-  const char jobz = 'N', uplo = 'U';
+  const char jobz = 'N';
   GF_BLAS(dsyevd_)(&jobz, &uplo, &n, a, &n, w.data(), &work_q, &lwork, &iwork_q, &liwork, &info, 1, 1);
   lwork = std::max(1, static_cast<int>(work_q));
   liwork = std::max(1, iwork_q);
@@ -141,7 +156,7 @@ EigResult eigvalsh_cpu(const MatrixView& a, const EigOptions& opt) {
     GF_THROW(ValueError, "[eigvalsh] expected a square matrix, got shape (", a.rows, ", ", a.cols, ")");
   if (a.rows > 46340) GF_THROW(ValueError, "[eigvalsh] n must be <= 46340 (32-bit LAPACK), got ", a.rows);
   const int64_t n = a.rows;
-  std::vector<double> m = to_f64_square(a);
+  std::vector<double> m = to_f64_rowmajor(a);
   int64_t bad = 0;
   for (double v : m) bad += !std::isfinite(v);
   if (bad) GF_THROW(ValueError, "[eigvalsh] the matrix holds ", bad, " non-finite value(s) (NaN or Inf)");
@@ -152,14 +167,13 @@ EigResult eigvalsh_cpu(const MatrixView& a, const EigOptions& opt) {
     if (opt.k < 1 || opt.k > n) GF_THROW(ValueError, "[eigvalsh] k must be in [1, ", n, "], got ", opt.k);
     // A block as wide as the matrix gains nothing over the dense solver.
     if (opt.k + std::max<int64_t>(opt.oversample, 0) < n) {
-      // Work on the full symmetric matrix (lower triangle from the upper, as LAPACK would read it).
-      for (int64_t j = 0; j < n; ++j)
-        for (int64_t i = 0; i < j; ++i) m[j + i * n] = m[i + j * n];
+      // The full symmetric matrix, from the documented (row-major upper) triangle.
+      symmetrize_from_upper(m.data(), n);
       CpuDenseOps ops(m.data(), n);
       return randomized_eigvalsh(ops, n, opt);
     }
   }
-  res.values = syevd_values(m.data(), (int)n);
+  res.values = syevd_values(m.data(), (int)n, 'L');
   if (randomized) res.values.resize(opt.k);
   return res;
 }
