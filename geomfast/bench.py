@@ -152,7 +152,7 @@ def gram_cases(x, *, precision: str = "highest", device: str = "cpu") -> dict[st
 
 
 def eig_cases(a: np.ndarray, *, method: str = "full", k: int | None = None, device: str = "cpu",
-              seed: int = 0) -> dict[str, Callable]:
+              seed: int = 0, eig_options: dict | None = None) -> dict[str, Callable]:
     """name -> call returning eigenvalues (any order) of the float64 SPD matrix a.
     The first entry is geomfast with ``method``; for randomized, geomfast full follows."""
     from .linalg import eigvalsh
@@ -165,7 +165,10 @@ def eig_cases(a: np.ndarray, *, method: str = "full", k: int | None = None, devi
         src = torch.from_numpy(a).to(device)
     cases: dict[str, Callable] = {}
     if method == "randomized":
-        cases[f"geomfast randomized k={k}"] = lambda: eigvalsh(src, method="randomized", k=k, seed=seed)
+        opts = dict(eig_options or {})
+        label = "".join(f" {key}={val}" for key, val in sorted(opts.items()))
+        cases[f"geomfast randomized k={k}{label}"] = lambda: eigvalsh(src, method="randomized", k=k, seed=seed,
+                                                                     **opts)
     cases["geomfast full"] = lambda: eigvalsh(src, method="full")
     if device == "cpu":
         cases["numpy.linalg.eigvalsh"] = lambda: np.linalg.eigvalsh(a)
@@ -243,8 +246,13 @@ def bench_gram(d: int, *, n_rows: int = 16384, dtype: str = "float32", precision
 
 
 def bench_eig(d: int, *, method: str = "full", k: int | None = 256, device: str = "cpu",
-              alpha: float = 1.0, repeats: int = 3, warmup: int = 1, seed: int = 0) -> list[dict]:
-    """Time the eigenvalues of one [d, d] SPD matrix with spectrum k^(−alpha)."""
+              alpha: float = 1.0, repeats: int = 3, warmup: int = 1, seed: int = 0,
+              eig_options: dict | None = None) -> list[dict]:
+    """Time the eigenvalues of one [d, d] SPD matrix with spectrum k^(−alpha).
+
+    eig_options go to geomfast's randomized solver (tol, tol_k, block, …). Each row reports
+    rel_error (max |error| / λ₁ over the values returned) and rel_error_top100 (max relative
+    error over the leading min(100, n) values — the α-ReQ fit range)."""
     if method not in ("full", "randomized"):
         raise ValueError(f"[bench] method must be 'full' or 'randomized', got {method!r}")
     if method == "randomized":
@@ -252,7 +260,7 @@ def bench_eig(d: int, *, method: str = "full", k: int | None = 256, device: str 
             raise ValueError(f"[bench] randomized needs 1 <= k <= d={d}, got k={k!r}")
     a, lam = make_spd(d, alpha=alpha, seed=seed)
     rows = []
-    for name, fn in eig_cases(a, method=method, k=k, device=device, seed=seed).items():
+    for name, fn in eig_cases(a, method=method, k=k, device=device, seed=seed, eig_options=eig_options).items():
         try:
             med, best, out = time_call(fn, repeats=repeats, warmup=warmup, device=device)
         except Exception as e:
@@ -261,10 +269,13 @@ def bench_eig(d: int, *, method: str = "full", k: int | None = 256, device: str 
             continue
         vals = np.sort(_to_numpy64(out).ravel())[::-1]
         err = float(np.max(np.abs(vals - lam[: vals.size])) / lam[0])
+        top = min(100, vals.size)
+        err100 = float(np.max(np.abs(vals[:top] / lam[:top] - 1.0)))
         rows.append({"op": "eig", "impl": name, "d": d, "method": method,
                      "k": k if method == "randomized" else None, "alpha": alpha, "device": device,
                      "n_values": int(vals.size), "median_s": med, "min_s": best, "repeats": repeats,
-                     "gflops": (4.0 / 3.0) * d ** 3 / med / 1e9, "rel_error": err})
+                     "gflops": (4.0 / 3.0) * d ** 3 / med / 1e9, "rel_error": err,
+                     "rel_error_top100": err100})
     ok = [r for r in rows if "error" not in r]
     if ok and ok[0]["impl"].startswith("geomfast"):
         _speedups(ok)
@@ -298,7 +309,8 @@ def machine_info() -> dict:
 def run_bench(*, op: str = "all", sizes: Sequence[int] = QUICK_SIZES, n_rows: int = 8192,
               dtypes: Sequence[str] = ("float32",), precisions: Sequence[str] = ("highest",),
               device: str = "cpu", method: str = "full", k: int = 256, alpha: float = 1.0,
-              repeats: int = 3, warmup: int = 1, progress: Callable[[str], None] | None = None) -> dict:
+              repeats: int = 3, warmup: int = 1, progress: Callable[[str], None] | None = None,
+              eig_options: dict | None = None) -> dict:
     """Every requested case; returns {"meta": machine_info(), "config": …, "results": [rows]}."""
     if op not in ("gram", "eig", "all"):
         raise ValueError(f"[bench] op must be gram, eig or all, got {op!r}")
@@ -316,6 +328,7 @@ def run_bench(*, op: str = "all", sizes: Sequence[int] = QUICK_SIZES, n_rows: in
             if progress:
                 progress(f"eig d={d} {method}" + (f" k={kk}" if kk else ""))
             results += bench_eig(d, method=method, k=kk, device=device, alpha=alpha, repeats=repeats,
+                                 eig_options=eig_options,
                                  warmup=warmup)
     config = {"op": op, "sizes": list(sizes), "n_rows": n_rows, "dtypes": list(dtypes),
               "precisions": list(precisions), "device": device, "method": method, "k": k,
@@ -344,11 +357,13 @@ def format_bench(results: Sequence[dict]) -> str:
                  "median ms": None if "error" in r else round(r["median_s"] * 1e3, 2),
                  "GFLOP/s": None if "error" in r else f"{r['gflops']:.3g}",
                  "rel. error": None if "error" in r else f"{r['rel_error']:.1e}",
+                 "top-100 rel. error": (f"{r['rel_error_top100']:.1e}" if "rel_error_top100" in r else ""),
                  "speedup": (f"x{r['speedup']:.2f}" if r.get("speedup") is not None else
                              ("error: " + r["error"][:60] if "error" in r else "(geomfast)"))}
                 for r in sub]
-        blocks.append(title + "\n" + format_table(rows, ["implementation", "median ms", "GFLOP/s",
-                                                         "rel. error", "speedup"]))
+        cols = ["implementation", "median ms", "GFLOP/s", "rel. error"]
+        cols += ["top-100 rel. error"] if op == "eig" else []
+        blocks.append(title + "\n" + format_table(rows, cols + ["speedup"]))
     return "\n\n".join(blocks) + "\n\nspeedup = t(baseline) / t(geomfast): above 1, geomfast is faster."
 
 
@@ -374,6 +389,10 @@ def _add_arguments(p) -> None:
     p.add_argument("--method", choices=["full", "randomized"], default="full", help="eigensolver")
     p.add_argument("--k", type=int, default=256, help="top-k for --method randomized (default 256)")
     p.add_argument("--alpha", type=float, default=1.0, help="power-law exponent of the test spectra")
+    p.add_argument("--tol", type=float, default=None, help="randomized: relative tolerance (default 1e-6)")
+    p.add_argument("--tol-k", type=int, default=None,
+                   help="randomized: how many leading values must meet --tol (default all k)")
+    p.add_argument("--block", type=int, default=None, help="randomized: Krylov block width")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per case (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls first")
     p.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="also write JSON here")
@@ -391,7 +410,9 @@ def _run(args) -> int:
     report = run_bench(op=args.op, sizes=args.sizes, n_rows=args.n_rows, dtypes=args.dtype,
                        precisions=args.precision, device=args.device, method=args.method, k=args.k,
                        alpha=args.alpha, repeats=args.repeats, warmup=args.warmup,
-                       progress=lambda s: print(f"… {s}", file=sys.stderr, flush=True))
+                       progress=lambda s: print(f"… {s}", file=sys.stderr, flush=True),
+                       eig_options={key: val for key, val in (("tol", args.tol), ("tol_k", args.tol_k),
+                                                              ("block", args.block)) if val is not None})
     print(format_bench(report["results"]))
     if args.json_out:
         with open(args.json_out, "w") as f:
