@@ -359,3 +359,23 @@ def test_parallel_flag_is_checked_and_single_process_ignores_it(series, tmp_path
     assert got.keys() == want.keys()
     for k in got:
         np.testing.assert_array_equal(got[k][1], want[k][1])
+
+
+def test_data_parallel_broken_checkpoint_is_recorded(tmp_path):
+    """A checkpoint that fails to load on the ranks is one error row; no rank hangs."""
+    ck = make_checkpoint_folder(tmp_path / "ckpts", steps=(0, 1))
+    (ck / "step1" / "model.safetensors").write_bytes(b"\x00not safetensors" * 8)
+    docs = write_text_files(tmp_path / "data")["txt"]
+    db = tmp_path / "b.db"
+    args = ["trace", "--model", str(ck), "--dataset", str(docs), "--n-samples", "16",
+            "--layers", "last", "--pooling", "last", "--fit-range", "3:10", "--out", str(db),
+            "--no-progress"]
+    out = _torchrun(args, tmp_path, check=False)
+    assert "1 traced" in out.stdout and "1 failed" in out.stdout, out.stdout + out.stderr[-3000:]
+    con = sqlite3.connect(db)
+    try:
+        rows = sorted(con.execute("SELECT revision, status, error FROM results"))
+    finally:
+        con.close()
+    assert [r[:2] for r in rows] == [("step0", "ok"), ("step1", "error")]
+    assert rows[1][2].startswith("[load]")
