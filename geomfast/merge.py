@@ -17,7 +17,6 @@ idempotent: merging the same input again changes nothing.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from typing import Sequence
 

@@ -1,6 +1,9 @@
 """Shared test helpers. Keep this file tiny."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 
@@ -31,3 +34,24 @@ import pytest  # noqa: E402
 def make_llm_like():
     """The generator above as a fixture, for tests that prefer fixtures to imports."""
     return llm_like
+
+
+def geomfast_root() -> str:
+    """The folder holding the geomfast package this test session imported: the source tree with
+    an in-place build during development, site-packages when installed (as in CI)."""
+    import geomfast
+
+    return str(Path(geomfast.__file__).resolve().parents[1])
+
+
+def subprocess_env(**extra: str) -> dict:
+    """Environment for child processes that import geomfast: the same geomfast as the tests
+    (never a source tree without its compiled core), offline, one thread each."""
+    env = dict(os.environ)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               OMP_NUM_THREADS="1", GEOMFAST_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([geomfast_root(), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env

@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers_models import make_checkpoint_folder, write_text_files
 
-REPO = Path(__file__).resolve().parents[1]
 REQUIRED = ["model", "revision", "step", "tokens", "layer", "pooling", "n", "dim", "rankme",
             "rankme_garrido2023", "rankme_full", "alpha", "alpha_r2", "alpha_r2_100", "status",
             "error"]
@@ -132,12 +129,14 @@ def test_subcommands_are_registered(capsys):
 
 
 def test_python_dash_m(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    from conftest import subprocess_env
+
+    env = subprocess_env()
     out = subprocess.run([sys.executable, "-m", "geomfast", "--help"], capture_output=True,
-                         text=True, env=env, timeout=120)
+                         text=True, env=env, timeout=120, cwd=tmp_path)
     assert out.returncode == 0 and "trace" in out.stdout and "demo" in out.stdout
     out = subprocess.run([sys.executable, "-m", "geomfast", "trace", "--help"], capture_output=True,
-                         text=True, env=env, timeout=120)
+                         text=True, env=env, timeout=120, cwd=tmp_path)
     assert "--preset" in out.stdout and "--revisions" in out.stdout
 
 

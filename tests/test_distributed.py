@@ -8,12 +8,10 @@ what is left between 1 and 2 processes is then the float64 accumulation alone.
 """
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +23,8 @@ pytest.importorskip("transformers")
 if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
     pytest.skip("torch.distributed with gloo is needed", allow_module_level=True)
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import subprocess_env  # noqa: E402
+
 STEPS = (0, 1, 2)
 TIMEOUT = 180
 # Functions of the smallest eigenvalues, which near the float64 rounding floor (a rank-deficient
@@ -35,14 +34,7 @@ FROM_SINGULAR = ("rankme_garrido2023", "effective_rank_roy")
 
 
 def _env() -> dict:
-    env = dict(os.environ)
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1", GEOMFAST_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               OPENBLAS_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
+    return subprocess_env()
 
 
 def _torchrun(args, cwd, *, script=None, check=True) -> subprocess.CompletedProcess:
@@ -203,7 +195,7 @@ def test_all_reduce_equals_one_accumulation(tmp_path):
     init = f"file://{tmp_path / 'rendezvous'}"
     out = subprocess.run([sys.executable, str(script), init, str(tmp_path / "data.npz"),
                           str(tmp_path)], env=_env(), capture_output=True, text=True,
-                         timeout=TIMEOUT)
+                         timeout=TIMEOUT, cwd=tmp_path)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     for name in ("a", "b", "c"):
         x, bounds = data[name], data[name + "_bounds"]

@@ -18,7 +18,8 @@ from helpers_models import make_checkpoint_folder, save_tiny_model, write_text_f
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import subprocess_env  # noqa: E402
+
 STEPS = (0, 1, 2, 4, 8, 16)
 LAYERS = "embed,last"
 POOLINGS = "last,mean"
@@ -26,13 +27,7 @@ ROWS_PER_CKPT = 4
 
 
 def _env() -> dict:
-    env = dict(os.environ)
-    env["HF_HUB_OFFLINE"] = "1"
-    env["TRANSFORMERS_OFFLINE"] = "1"
-    env["TOKENIZERS_PARALLELISM"] = "false"
-    env["OMP_NUM_THREADS"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
+    return subprocess_env()
 
 
 @pytest.fixture(scope="module")
