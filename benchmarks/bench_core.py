@@ -79,6 +79,8 @@ def main(argv=None) -> int:
     p.add_argument("--full", action="store_true", help="the issue-2 sizes (minutes on a CPU)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--tol", type=float, default=1e-3, help="randomized solver tolerance (default 1e-3)")
+    p.add_argument("--eig-only", action="store_true", help="skip the Gram cases")
     p.add_argument("--json", dest="json_out", default=None, metavar="FILE")
     args = p.parse_args(argv)
     if args.full:
@@ -87,17 +89,18 @@ def main(argv=None) -> int:
         n_rows, d_gram, d_eig, k, repeats = 8192, 256, 512, 32, args.repeats or 3
     log = (lambda s: print(f"… {s}", file=sys.stderr, flush=True))
     results = []
-    for dtype in ("float32", "bfloat16"):
+    for dtype in (() if args.eig_only else ("float32", "bfloat16")):
         for precision in ("highest", "fast"):
             log(f"gram n={n_rows} d={d_gram} {dtype} {precision}")
             results += bench.bench_gram(d_gram, n_rows=n_rows, dtype=dtype, precision=precision,
                                         device=args.device, repeats=repeats)
     for alpha in (0.5, 1.0, 2.0):
         log(f"eig d={d_eig} randomized top-{k} vs full, alpha={alpha}")
-        # The issue's accuracy: the top 100 (α-ReQ's fit range) within 1e-3; tol 1e-4 on their
-        # relative change between Krylov steps gives ≈1e-6 or better (rel_error_top100 column).
+        # The issue's accuracy bar: the top 100 (α-ReQ's fit range) within 1e-3 relative. Stopping
+        # when their change between Krylov steps is below 1e-3 leaves them within ≈1e-4 (measured;
+        # see the rel_error_top100 column), an order of magnitude inside the bar.
         results += bench.bench_eig(d_eig, method="randomized", k=k, alpha=alpha, device=args.device,
-                                   repeats=repeats, eig_options={"tol": 1e-4, "tol_k": min(100, k)})
+                                   repeats=repeats, eig_options={"tol": args.tol, "tol_k": min(100, k)})
     print(bench.format_bench(results))
     if args.json_out:
         with open(args.json_out, "w") as f:

@@ -174,12 +174,13 @@ PYBIND11_MODULE(_core, m) {
       .def("reset", &GramBackend::reset)
       .def("covariance",
            [](const GramBackend& g, int64_t ddof) {
-             std::vector<double> out(static_cast<size_t>(g.dim() * g.dim()));
+             py::array_t<double> out({static_cast<py::ssize_t>(g.dim()), static_cast<py::ssize_t>(g.dim())});
+             double* p = out.mutable_data();
              {
                py::gil_scoped_release nogil;
-               g.covariance(ddof, out.data());
+               g.covariance(ddof, p);
              }
-             return to_numpy_2d(out, g.dim());
+             return out;
            })
       .def("spectrum",
            [](const GramBackend& g, int64_t ddof, const std::string& method, int64_t k, const py::dict& opts) {

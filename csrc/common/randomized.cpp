@@ -7,9 +7,10 @@
 //   W = A Q_j                       one product with A (the only O(n²) work)
 //   C = V_{0..j}ᵀ W                 block column j of T = Vᵀ A V (V orthonormal)
 //   Ritz values = eig(T_{0..j})     small, (j+1)b wide; stop when the leading ones settle
-//   Q_{j+1} = orth(W − V C)         block Gram–Schmidt, twice, then again after orthonormalizing
-//                                   (a rank-deficient W — Krylov space exhausted — gets fresh
-//                                   directions that must also be orthogonal to V).
+//   Q_{j+1} = orth(W − V C)         block Gram–Schmidt twice (the first pass reuses C); when W
+//                                   was rank-deficient (Krylov space exhausted) the fresh
+//                                   directions QR fills in are projected out and orthonormalized
+//                                   once more.
 #include <algorithm>
 #include <cmath>
 #include <random>
@@ -24,11 +25,11 @@ using Mat = DenseOps::Mat;
 
 Mat cols_of(const Mat& m, int64_t c0, int64_t c1) { return Mat{m.data + c0 * m.rows, m.rows, c1 - c0}; }
 
-// x ← x − V (Vᵀ x), twice (CGS2); scratch c has at least V.cols rows and x.cols columns.
-void project_out(DenseOps& ops, const Mat& v, Mat& x, Mat& c_scratch) {
+// x ← x − V (Vᵀ x), `passes` times; scratch c has at least V.cols rows and x.cols columns.
+void project_out(DenseOps& ops, const Mat& v, Mat& x, Mat& c_scratch, int passes) {
   if (v.cols == 0) return;
   Mat c{c_scratch.data, v.cols, x.cols};
-  for (int pass = 0; pass < 2; ++pass) {
+  for (int pass = 0; pass < passes; ++pass) {
     ops.gemm_tn(v, x, c);
     ops.gemm_nn(v, c, x, -1.0, 1.0);
   }
@@ -39,7 +40,9 @@ void project_out(DenseOps& ops, const Mat& v, Mat& x, Mat& c_scratch) {
 EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
   GF_ASSERT(opt.k >= 1 && opt.k <= n, "k=", opt.k, " n=", n);
   const int64_t k = opt.k;
-  const int64_t b = std::min<int64_t>(n, opt.block > 0 ? opt.block : std::clamp<int64_t>(k / 4, 32, 256));
+  // Narrow blocks need fewer products with A for the same accuracy (measured at d = 2048–4096,
+  // k = 256: 32 columns beat 64 and 128 on the CPU); wide ones use the hardware better.
+  const int64_t b = std::min<int64_t>(n, opt.block > 0 ? opt.block : std::clamp<int64_t>(k / 8, 32, 256));
   const int64_t min_cols = std::min<int64_t>(n, k + std::max<int64_t>(opt.oversample, 0));
   const bool fixed = opt.n_iter >= 0;
   // Depth: fixed, or grow until the Ritz values settle (cap: max_iter, and the space ≤ n).
@@ -122,12 +125,13 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
       if (space_full && cols >= n) converged = true;  // the whole space: Ritz values are exact
       break;
     }
-    // Next block: W ← orth(W − V C) with the C already computed, then CGS2 again.
+    // Next block: W ← orth(W − V C) with the C already computed, then a second Gram–Schmidt pass.
     ops.gemm_nn(vcur, cc, w, -1.0, 1.0);
-    project_out(ops, vcur, w, c);
-    ops.orthonormalize(w);
-    project_out(ops, vcur, w, c);
-    ops.orthonormalize(w);
+    project_out(ops, vcur, w, c, 1);
+    if (ops.orthonormalize(w)) {
+      project_out(ops, vcur, w, c, 2);
+      ops.orthonormalize(w);
+    }
     cols += b;
   }
 

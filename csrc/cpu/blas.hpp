@@ -25,6 +25,8 @@ void GF_BLAS(cblas_dgemm)(int order, int ta, int tb, int m, int n, int k, double
                           const double* b, int ldb, double beta, double* c, int ldc);
 void GF_BLAS(cblas_sgemm)(int order, int ta, int tb, int m, int n, int k, float alpha, const float* a, int lda,
                           const float* b, int ldb, float beta, float* c, int ldc);
+void GF_BLAS(cblas_dsymm)(int order, int side, int uplo, int m, int n, double alpha, const double* a, int lda,
+                          const double* b, int ldb, double beta, double* c, int ldc);
 void GF_BLAS(cblas_dtrsm)(int order, int side, int uplo, int trans, int diag, int m, int n, double alpha,
                           const double* a, int lda, double* b, int ldb);
 #ifdef GF_BLAS_OPENBLAS

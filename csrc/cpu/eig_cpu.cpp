@@ -38,14 +38,6 @@ std::vector<double> to_f64_rowmajor(const MatrixView& a) {
   return out;
 }
 
-// Mirrors the row-major upper triangle into the lower one, in cache-sized tiles.
-void symmetrize_from_upper(double* m, int64_t n) {
-  constexpr int64_t T = 64;
-  for (int64_t ib = 0; ib < n; ib += T)
-    for (int64_t jb = ib; jb < n; jb += T)
-      for (int64_t i = ib; i < std::min(ib + T, n); ++i)
-        for (int64_t j = std::max(jb, i + 1); j < std::min(jb + T, n); ++j) m[j * n + i] = m[i * n + j];
-}
 
 // Eigenvalues (descending) of the symmetric n × n column-major matrix `a`, destroyed.
 std::vector<double> syevd_values(double* a, int n, char uplo = 'U') {
@@ -67,7 +59,8 @@ std::vector<double> syevd_values(double* a, int n, char uplo = 'U') {
 
 class CpuDenseOps final : public DenseOps {
  public:
-  CpuDenseOps(const double* a, int64_t n) : a_(a), n_(n) {}
+  // a: the n × n operator, column-major, of which only the `uplo` triangle is read.
+  CpuDenseOps(const double* a, int64_t n, int uplo) : a_(a), n_(n), uplo_(uplo) {}
   ~CpuDenseOps() override = default;
   Mat alloc(int64_t rows, int64_t cols) override {
     store_.emplace_back(new double[static_cast<size_t>(rows * cols)]());
@@ -82,9 +75,9 @@ class CpuDenseOps final : public DenseOps {
     std::memcpy(dst.data, host, sizeof(double) * static_cast<size_t>(dst.rows * dst.cols));
   }
   void apply(const Mat& x, Mat& y) override {
-    // The operator is symmetric and stored in full, so a plain gemm (faster than symm in OpenBLAS).
-    GF_BLAS(cblas_dgemm)(blas::kColMajor, blas::kNoTrans, blas::kNoTrans, (int)n_, (int)x.cols, (int)n_, 1.0, a_,
-                         (int)n_, x.data, (int)x.rows, 0.0, y.data, (int)y.rows);
+    // symm reads one triangle, so the caller's matrix is used as it is (no symmetrized copy).
+    GF_BLAS(cblas_dsymm)(blas::kColMajor, blas::kLeft, uplo_, (int)n_, (int)x.cols, 1.0, a_, (int)n_, x.data,
+                         (int)x.rows, 0.0, y.data, (int)y.rows);
   }
   void gemm_tn(const Mat& x, const Mat& y, Mat& b) override {
     GF_BLAS(cblas_dgemm)(blas::kColMajor, blas::kTrans, blas::kNoTrans, (int)x.cols, (int)y.cols, (int)x.rows, 1.0,
@@ -97,7 +90,7 @@ class CpuDenseOps final : public DenseOps {
   void download(const Mat& src, double* host) override {
     std::memcpy(host, src.data, sizeof(double) * static_cast<size_t>(src.rows * src.cols));
   }
-  void orthonormalize(Mat& x) override {
+  bool orthonormalize(Mat& x) override {
     // CholeskyQR2: two rounds of R = chol(xᵀx), x = x R⁻¹. Householder QR when Cholesky breaks
     // down (x numerically rank-deficient).
     const int m = (int)x.rows, k = (int)x.cols;
@@ -109,11 +102,12 @@ class CpuDenseOps final : public DenseOps {
       GF_BLAS(dpotrf_)(&up, &k, r.data(), &k, &info, 1);
       if (info != 0) {
         householder(x);
-        return;
+        return true;
       }
       GF_BLAS(cblas_dtrsm)(blas::kColMajor, blas::kRight, blas::kUpper, blas::kNoTrans, blas::kNonUnit, m, k, 1.0,
                            r.data(), k, x.data, m);
     }
+    return false;
   }
   std::vector<double> small_eigvalsh(const Mat& b) override {
     std::vector<double> c(b.data, b.data + b.rows * b.cols);
@@ -144,9 +138,22 @@ class CpuDenseOps final : public DenseOps {
   }
   const double* a_;
   int64_t n_;
+  int uplo_;
   std::vector<std::unique_ptr<double[]>> store_;
 };
 
+}  // namespace
+
+namespace {
+bool randomized_pays(const EigOptions& opt, int64_t n) {
+  // A Krylov space as wide as the matrix gains nothing over the dense solver.
+  return opt.method == EigMethod::kRandomized && opt.k + std::max<int64_t>(opt.oversample, 0) < n;
+}
+void check_finite(const double* m, size_t count) {
+  int64_t bad = 0;
+  for (size_t i = 0; i < count; ++i) bad += !std::isfinite(m[i]);
+  if (bad) GF_THROW(ValueError, "[eigvalsh] the matrix holds ", bad, " non-finite value(s) (NaN or Inf)");
+}
 }  // namespace
 
 EigResult eigvalsh_cpu(const MatrixView& a, const EigOptions& opt) {
@@ -156,25 +163,30 @@ EigResult eigvalsh_cpu(const MatrixView& a, const EigOptions& opt) {
     GF_THROW(ValueError, "[eigvalsh] expected a square matrix, got shape (", a.rows, ", ", a.cols, ")");
   if (a.rows > 46340) GF_THROW(ValueError, "[eigvalsh] n must be <= 46340 (32-bit LAPACK), got ", a.rows);
   const int64_t n = a.rows;
-  std::vector<double> m = to_f64_rowmajor(a);
-  int64_t bad = 0;
-  for (double v : m) bad += !std::isfinite(v);
-  if (bad) GF_THROW(ValueError, "[eigvalsh] the matrix holds ", bad, " non-finite value(s) (NaN or Inf)");
-
-  EigResult res;
-  const bool randomized = opt.method == EigMethod::kRandomized;
-  if (randomized) {
-    if (opt.k < 1 || opt.k > n) GF_THROW(ValueError, "[eigvalsh] k must be in [1, ", n, "], got ", opt.k);
-    // A block as wide as the matrix gains nothing over the dense solver.
-    if (opt.k + std::max<int64_t>(opt.oversample, 0) < n) {
-      // The full symmetric matrix, from the documented (row-major upper) triangle.
-      symmetrize_from_upper(m.data(), n);
-      CpuDenseOps ops(m.data(), n);
-      return randomized_eigvalsh(ops, n, opt);
-    }
+  if (opt.method == EigMethod::kRandomized && (opt.k < 1 || opt.k > n))
+    GF_THROW(ValueError, "[eigvalsh] k must be in [1, ", n, "], got ", opt.k);
+  // The Krylov solver only multiplies by A: contiguous float64 input is used in place, reading
+  // its row-major upper triangle (column-major 'L' for C order, 'U' for Fortran order).
+  const bool c_order = a.col_stride == 1 && a.row_stride == n, f_order = a.row_stride == 1 && a.col_stride == n;
+  if (randomized_pays(opt, n) && a.dtype == DType::kFloat64 && (c_order || f_order)) {
+    const double* m = static_cast<const double*>(a.data);
+    check_finite(m, static_cast<size_t>(n * n));
+    CpuDenseOps ops(m, n, c_order ? blas::kLower : blas::kUpper);
+    return randomized_eigvalsh(ops, n, opt);
   }
+  return eigvalsh_cpu_owned(to_f64_rowmajor(a), n, opt);
+}
+
+EigResult eigvalsh_cpu_owned(std::vector<double>&& m, int64_t n, const EigOptions& opt) {
+  GF_ASSERT(static_cast<int64_t>(m.size()) == n * n, "size ", m.size(), " n ", n);
+  check_finite(m.data(), m.size());
+  if (randomized_pays(opt, n)) {
+    CpuDenseOps ops(m.data(), n, blas::kLower);  // row-major upper = column-major lower
+    return randomized_eigvalsh(ops, n, opt);
+  }
+  EigResult res;
   res.values = syevd_values(m.data(), (int)n, 'L');
-  if (randomized) res.values.resize(opt.k);
+  if (opt.method == EigMethod::kRandomized) res.values.resize(opt.k);
   return res;
 }
 

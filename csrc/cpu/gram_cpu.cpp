@@ -257,21 +257,31 @@ class CpuGram final : public GramBackend {
     set_state(mine);
   }
 
+  // Straight from the internal triangle into `out` [dim, dim] row-major (no state copy: for
+  // d = 4096 every extra d² buffer costs as much as a good part of the eigensolve).
   void covariance(int64_t ddof, double* out) const override {
-    const GramState s = state();
-    covariance_from_state(s, ddof, out);
+    std::lock_guard<std::mutex> lk(mu_);
+    const_cast<CpuGram*>(this)->settle();
+    if (count_ - ddof <= 0)
+      GF_THROW(ValueError, "[GramAccumulator.covariance] needs more rows than ddof: count is ", count_,
+               ", ddof is ", ddof);
+    const int64_t d = dim_;
+    const double n = static_cast<double>(count_), scale = 1.0 / static_cast<double>(count_ - ddof);
+    // Same arithmetic as covariance_from_state, so both give identical, exactly symmetric results.
+    parallel_for(d, 64, [&](int64_t j0, int64_t j1, int) {
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t i = 0; i <= j; ++i) {
+          const double v = (g_[i + j * d] - (sum_[i] * sum_[j]) / n) * scale;
+          out[i * d + j] = v;
+          out[j * d + i] = v;
+        }
+    });
   }
 
   std::vector<double> spectrum(int64_t ddof, const EigOptions& opt) const override {
     std::vector<double> cov(static_cast<size_t>(dim_ * dim_));
     covariance(ddof, cov.data());
-    MatrixView v;
-    v.data = cov.data();
-    v.dtype = DType::kFloat64;
-    v.rows = v.cols = dim_;
-    v.row_stride = dim_;
-    v.col_stride = 1;
-    return eigvalsh_cpu(v, opt).values;
+    return eigvalsh_cpu_owned(std::move(cov), dim_, opt).values;
   }
 
  private:

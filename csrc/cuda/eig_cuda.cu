@@ -159,9 +159,11 @@ class CudaDenseOps final : public DenseOps {
     GF_CUDA_CHECK(cudaStreamSynchronize(st_));
   }
 
-  void orthonormalize(Mat& x) override {
+  bool orthonormalize(Mat& x) override {
     // CholeskyQR2; when a Cholesky factorisation fails (x numerically rank-deficient), Householder.
-    if (!cholesky_qr(x) || !cholesky_qr(x)) householder_qr(x);
+    if (cholesky_qr(x) && cholesky_qr(x)) return false;
+    householder_qr(x);
+    return true;
   }
 
   std::vector<double> small_eigvalsh(const Mat& b) override {

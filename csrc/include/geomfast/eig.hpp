@@ -16,7 +16,7 @@ struct EigOptions {
   EigMethod method = EigMethod::kFull;
   int64_t k = 0;             // randomized: how many leading eigenvalues
   int64_t oversample = 16;   // randomized: Krylov space kept at least k + oversample wide
-  int64_t block = 0;         // randomized: Krylov block width; 0 = clamp(k/4, 32, 256)
+  int64_t block = 0;         // randomized: Krylov block width; 0 = clamp(k/8, 32, 256)
   int64_t n_iter = -1;       // randomized: fixed Krylov depth (products with A, minus 1); -1 = until tol
   double tol = 1e-6;         // randomized: stop when the leading Ritz values change less (relative)
   int64_t tol_k = 0;         // randomized: how many leading values must meet tol; 0 = all k
@@ -50,7 +50,9 @@ class DenseOps {
   virtual void gemm_tn(const Mat& x, const Mat& y, Mat& b) = 0;  // b = xᵀ y
   virtual void gemm_nn(const Mat& x, const Mat& y, Mat& z, double alpha, double beta) = 0;  // z = αxy + βz
   virtual void download(const Mat& src, double* host) = 0;       // host [rows*cols] column-major
-  virtual void orthonormalize(Mat& x) = 0;  // in place: orthonormal columns spanning x
+  // In place: orthonormal columns spanning x. Returns true when x was numerically rank-deficient
+  // (CholeskyQR failed and Householder QR filled in arbitrary directions).
+  virtual bool orthonormalize(Mat& x) = 0;
   // Mat values may be views: column sub-blocks of an allocation (contiguous, ld = rows);
   // release() only the allocations themselves.
   virtual std::vector<double> small_eigvalsh(const Mat& b) = 0;  // host, descending
@@ -62,5 +64,7 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt);
 // a: square symmetric [n, n] on any device; float64 or float32. Descending values.
 EigResult eigvalsh(const MatrixView& a, const EigOptions& opt);
 EigResult eigvalsh_cpu(const MatrixView& a, const EigOptions& opt);
+// The same on a row-major float64 matrix the solver owns (and may overwrite): no copy.
+EigResult eigvalsh_cpu_owned(std::vector<double>&& a, int64_t n, const EigOptions& opt);
 
 }  // namespace geomfast
