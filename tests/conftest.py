@@ -1,6 +1,7 @@
 """Shared test helpers. Keep this file tiny."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -55,3 +56,16 @@ def subprocess_env(**extra: str) -> dict:
     env["PYTHONPATH"] = os.pathsep.join([geomfast_root(), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
+
+
+@contextlib.contextmanager
+def tuning(block_rows: int, fast_flush_rows: int):
+    """Temporarily change the CPU Gram block sizes (to reach the staged or lane code paths)."""
+    from geomfast import _core
+
+    old = _core.get_tuning()
+    _core.set_tuning(block_rows, fast_flush_rows)
+    try:
+        yield
+    finally:
+        _core.set_tuning(*old)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import geomfast
-from geomfast import _core
 from geomfast import reference as ref
+from conftest import tuning
 
 G = geomfast.GramAccumulator
 
@@ -34,15 +34,6 @@ def check_message(err: BaseException, func: str, *needles: str, says_expected: b
         assert re.search(r"expected|must|needs", msg), f"message does not say what was expected: {msg!r}"
     return msg
 
-
-@contextlib.contextmanager
-def tuning(block_rows: int, fast_flush_rows: int):
-    old = _core.get_tuning()
-    _core.set_tuning(block_rows, fast_flush_rows)
-    try:
-        yield
-    finally:
-        _core.set_tuning(*old)
 
 
 # --------------------------------------------------------------------------- shapes

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import geomfast
 from geomfast import _core
 from geomfast import reference as ref
-from conftest import llm_like
+from conftest import llm_like, tuning
 
 BARS = {"highest": 1e-12, "fast": 1e-6}  # relative Frobenius error vs the float64 two-pass reference
 
@@ -42,15 +42,6 @@ def new_seed() -> int:
 def rel_fro(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
-
-@contextlib.contextmanager
-def tuning(block_rows: int, fast_flush_rows: int):
-    old = _core.get_tuning()
-    _core.set_tuning(block_rows, fast_flush_rows)
-    try:
-        yield
-    finally:
-        _core.set_tuning(*old)
 
 
 # The two paths: (tuning or None, chunk size). With block_rows = 16 every chunk of >= 64 rows runs

@@ -4,9 +4,10 @@ from __future__ import annotations
 import csv
 import sqlite3
 import struct
-from dataclasses import dataclass
 
 import numpy as np
+
+from geomfast.checkpoints import Checkpoint as Ck
 import pytest
 
 from geomfast.store import (
@@ -22,15 +23,6 @@ from geomfast.store import (
 OPTS = {"dataset": "synthetic", "n_samples": 64, "seed": 0}
 
 
-@dataclass(frozen=True)
-class Ck:  # same fields as geomfast.checkpoints.Checkpoint
-    model: str
-    revision: str
-    source: str
-    hub_revision: str | None
-    step: int | None
-    tokens: int | None
-    order: int
 
 
 def ck(step: int) -> Ck:
