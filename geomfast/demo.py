@@ -161,41 +161,26 @@ def describe_phases(rows: list[dict], *, layer: str | None = None, pooling: str 
     lines = [f"layer {layer}, {pooling} pooling; RankMe (li2025) and α-ReQ by step:"]
     lines.append("  " + "  ".join(f"{s}:{v:.1f}" for s, v in zip(steps, rk)))
     lines.append("  " + "  ".join(f"{s}:{a:.2f}" for s, a in zip(steps, al) if a is not None))
-    # 1. warm-up collapse: the minimum within the first 256 steps against step 0.
-    early = [i for i, s in enumerate(steps) if s <= 256] or [0]
-    i_min = min(early, key=lambda i: rk[i])
-    collapse = rk[i_min] < 0.8 * rk[0] and i_min > 0
-    if collapse:
-        lines.append(f"- warm-up collapse: SEEN. RankMe fell from {rk[0]:.1f} at step 0 to "
-                     f"{rk[i_min]:.1f} at step {steps[i_min]} (×{rk[i_min] / rk[0]:.2f}).")
-    else:
-        lines.append(f"- warm-up collapse: not seen (lowest early RankMe {rk[i_min]:.1f} at step "
-                     f"{steps[i_min]} vs {rk[0]:.1f} at step 0).")
-    # 2. entropy-seeking: the peak after that minimum.
-    after = list(range(i_min, len(rk)))
-    i_max = max(after, key=lambda i: rk[i])
-    rise = rk[i_max] > 1.2 * rk[i_min] and i_max > i_min
-    if rise:
+    # Which phases showed: the same detector as `geomfast phases` (smoothing in log-step,
+    # significance against the trajectory's noise), so a phase is never read into noise.
+    from .phases import PHASES, detect_phases
+
+    res = detect_phases(steps, rk, al)
+    found = {p.kind: p for p in res.phases}
+    for kind in PHASES:
+        label = {"warmup_collapse": "warm-up collapse"}.get(kind, kind.replace("_", "-"))
+        p = found.get(kind)
+        if p is None:
+            lines.append(f"- {label}: not seen.")
+            continue
         a_txt = ""
-        if al[i_min] is not None and al[i_max] is not None:
-            a_txt = f"; α went {al[i_min]:.2f} → {al[i_max]:.2f}"
-        lines.append(f"- entropy-seeking: SEEN. RankMe rose to {rk[i_max]:.1f} at step "
-                     f"{steps[i_max]} (×{rk[i_max] / rk[i_min]:.2f} from the minimum){a_txt}.")
-    else:
-        lines.append("- entropy-seeking: not seen (no rise of more than 20% after the minimum).")
-    # 3. compression-seeking: decline after the peak.
-    end = len(rk) - 1
-    fall = rise and end > i_max and rk[end] < 0.9 * rk[i_max]
-    if fall:
-        a_txt = ""
-        if al[i_max] is not None and al[end] is not None:
-            a_txt = (f"; α {'rose' if al[end] > al[i_max] else 'did not rise'}: "
-                     f"{al[i_max]:.2f} → {al[end]:.2f}")
-        lines.append(f"- compression-seeking: SEEN. RankMe fell from the peak to {rk[end]:.1f} "
-                     f"at step {steps[end]} ({100 * (rk[end] / rk[i_max] - 1):+.0f}%){a_txt}.")
-    else:
-        lines.append(f"- compression-seeking: not seen (RankMe at the last step {steps[end]} is "
-                     f"{rk[end]:.1f}, peak {rk[i_max]:.1f}).")
+        if p.alpha_start is not None and p.alpha_end is not None:
+            a_txt = f"; α {p.alpha_start:.2f} → {p.alpha_end:.2f}"
+            if p.alpha_agrees is False:
+                a_txt += " (α does not move the opposite way)"
+        lines.append(f"- {label}: SEEN from step {p.start_step} to {p.end_step}: RankMe "
+                     f"{p.rankme_start:.1f} → {p.rankme_end:.1f}{a_txt}.")
+    lines += [f"  note: {n}" for n in res.notes]
     return lines
 
 

@@ -256,3 +256,18 @@ def test_demo_database(tmp_path):
     # measured here (seed 1234, 2000 steps): collapse to step 64, rise to 512, compression after
     assert res.absent == []
     assert res.phase("warmup_collapse").end_step <= 256
+
+
+def test_demo_summary_uses_the_detector():
+    """The demo's text summary says SEEN only for phases the detector finds (never for noise)."""
+    from geomfast.demo import describe_phases
+
+    rows = [{"status": "ok", "pooling": "last", "layer": "last", "step": s, "rankme": r, "alpha": a}
+            for s, r, a in zip(DEMO_STEPS, DEMO_RANKME, DEMO_ALPHA)]
+    text = "\n".join(describe_phases(rows))
+    for label in ("warm-up collapse", "entropy-seeking", "compression-seeking"):
+        assert f"- {label}: SEEN" in text, text
+    rng = np.random.default_rng()
+    flat = [{**r, "rankme": 20.0 + 0.05 * rng.standard_normal()} for r in rows]
+    text = "\n".join(describe_phases(flat))
+    assert "SEEN" not in text, text
