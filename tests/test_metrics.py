@@ -558,6 +558,20 @@ def test_geometry_matches_the_single_measures(n, d):
     assert np.isfinite(g["condition_number"]) and g["condition_number"] >= 1.0
 
 
+def assert_geometry_close(g_a: dict, g_b: dict, seed) -> None:
+    """Geometry dicts from two float64 paths agree. Measures of the smallest eigenvalues magnify
+    their rounding (llm_like data reach λ_min ≈ 1e-12·λ₁, known to ≈1e-4 relative): the condition
+    number is compared through its inverse (absolute float64 rounding), the R² of log λ over
+    ranges reaching those values at 1e-5."""
+    for key in GEOMETRY_KEYS[:-3]:
+        if key == "condition_number":
+            assert 1.0 / g_a[key] == pytest.approx(1.0 / g_b[key], rel=1e-8, abs=1e-13), (key, seed)
+        elif key in ("alpha_r2", "alpha_r2_100"):
+            assert g_a[key] == pytest.approx(g_b[key], rel=1e-5), (key, seed)
+        else:
+            assert g_a[key] == pytest.approx(g_b[key], rel=1e-8), (key, seed)
+
+
 @needs_core
 def test_geometry_with_precomputed_spectra_does_not_recompute():
     rng, seed = fresh_rng()
@@ -567,8 +581,7 @@ def test_geometry_with_precomputed_spectra_does_not_recompute():
     sv = np.linalg.svd(x, compute_uv=False)
     g1 = geometry(x)
     g2 = geometry(x, spectrum=lam, singular_values=sv)
-    for key in GEOMETRY_KEYS[:-3]:
-        assert g2[key] == pytest.approx(g1[key], rel=1e-8), (key, seed)
+    assert_geometry_close(g2, g1, seed)
     with pytest.raises(ValueError, match=r"\[geometry\] spectrum must have at most dim=64 values, got 65"):
         geometry(x, spectrum=np.ones(65), singular_values=sv)
 
@@ -582,8 +595,7 @@ def test_geometry_on_accumulator_and_randomized():
     acc = geomfast.GramAccumulator(128).update(x)
     g_acc = geometry(acc)
     g_x = geometry(x)
-    for key in GEOMETRY_KEYS[:-3]:
-        assert g_acc[key] == pytest.approx(g_x[key], rel=1e-8), (key, seed)
+    assert_geometry_close(g_acc, g_x, seed)
     with pytest.warns(SpectrumWarning, match=r"\[geometry\] spectrum has 32 of 128 eigenvalues"):
         g_r = geometry(acc, method="randomized", k=32)
     assert g_r["rankme"] < g_x["rankme"] and np.isfinite(g_r["alpha"])
