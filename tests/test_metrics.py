@@ -562,11 +562,11 @@ def assert_geometry_close(g_a: dict, g_b: dict, seed) -> None:
     """Geometry dicts from two float64 paths agree. Measures of the smallest eigenvalues magnify
     their rounding (llm_like data reach λ_min ≈ 1e-12·λ₁, known to ≈1e-4 relative): the condition
     number is compared through its inverse (absolute float64 rounding), the R² of log λ over
-    ranges reaching those values at 1e-5."""
+    ranges reaching those values, and α whose (clipped, d = 64) fit range reaches them, at 1e-5."""
     for key in GEOMETRY_KEYS[:-3]:
         if key == "condition_number":
             assert 1.0 / g_a[key] == pytest.approx(1.0 / g_b[key], rel=1e-8, abs=1e-13), (key, seed)
-        elif key in ("alpha_r2", "alpha_r2_100"):
+        elif key in ("alpha", "alpha_r2", "alpha_r2_100"):
             assert g_a[key] == pytest.approx(g_b[key], rel=1e-5), (key, seed)
         else:
             assert g_a[key] == pytest.approx(g_b[key], rel=1e-8), (key, seed)
@@ -574,14 +574,22 @@ def assert_geometry_close(g_a: dict, g_b: dict, seed) -> None:
 
 @needs_core
 def test_geometry_with_precomputed_spectra_does_not_recompute():
+    import geomfast
+
     rng, seed = fresh_rng()
     x = llm_like(300, 64, rng)
-    centered = x - x.mean(axis=0)
-    lam = np.linalg.eigvalsh(centered.T @ centered / 299)[::-1]
-    sv = np.linalg.svd(x, compute_uv=False)
+    lam, sv = geomfast.spectrum(x), geomfast.singular_values(x)
     g1 = geometry(x)
     g2 = geometry(x, spectrum=lam, singular_values=sv)
-    assert_geometry_close(g2, g1, seed)
+    for key in GEOMETRY_KEYS[:-3]:  # the same spectra, so exactly the same numbers
+        assert g2[key] == pytest.approx(g1[key], rel=1e-12, abs=0), (key, seed)
+    # Spectra of other data: the result follows them, so nothing was recomputed from x.
+    y = rng.standard_normal((300, 64)) * np.linspace(1.0, 3.0, 64)
+    lam_y, sv_y = geomfast.spectrum(y), geomfast.singular_values(y)
+    g3 = geometry(x, spectrum=lam_y, singular_values=sv_y)
+    assert g3["rankme_full"] == pytest.approx(rankme(lam_y, convention="full"), rel=1e-12), seed
+    assert g3["rankme_garrido2023"] == pytest.approx(rankme(sv_y, convention="garrido2023"), rel=1e-12), seed
+    assert g3["rankme_full"] != pytest.approx(g1["rankme_full"], rel=1e-3), seed
     with pytest.raises(ValueError, match=r"\[geometry\] spectrum must have at most dim=64 values, got 65"):
         geometry(x, spectrum=np.ones(65), singular_values=sv)
 
