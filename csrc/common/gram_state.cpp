@@ -52,7 +52,7 @@ void covariance_from_state(const GramState& s, int64_t ddof, double* out) {
   // (Σyyᵀ − (Σy)(Σy)ᵀ/n) / (n − ddof), written so that the result is exactly symmetric.
   for (int64_t i = 0; i < d; ++i)
     for (int64_t j = i; j < d; ++j) {
-      const double v = (s.gram[i * d + j] - (s.sum[i] * s.sum[j]) / n) * scale;
+      const double v = covariance_entry(s.gram[i * d + j], s.sum[i], s.sum[j], n, scale);
       out[i * d + j] = v;
       out[j * d + i] = v;
     }

@@ -267,11 +267,10 @@ class CpuGram final : public GramBackend {
                ", ddof is ", ddof);
     const int64_t d = dim_;
     const double n = static_cast<double>(count_), scale = 1.0 / static_cast<double>(count_ - ddof);
-    // Same arithmetic as covariance_from_state, so both give identical, exactly symmetric results.
     parallel_for(d, 64, [&](int64_t j0, int64_t j1, int) {
       for (int64_t j = j0; j < j1; ++j)
         for (int64_t i = 0; i <= j; ++i) {
-          const double v = (g_[i + j * d] - (sum_[i] * sum_[j]) / n) * scale;
+          const double v = covariance_entry(g_[i + j * d], sum_[i], sum_[j], n, scale);
           out[i * d + j] = v;
           out[j * d + i] = v;
         }

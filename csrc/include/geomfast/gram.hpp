@@ -30,6 +30,11 @@ struct GramState {
 GramState reshift_state(const GramState& s, const double* new_shift);
 // into += other (re-shifting other onto into's shift; an empty `into` takes other's).
 void add_state_into(GramState& into, const GramState& other);
+// One covariance entry from Σyyᵀ_ij, Σy_i, Σy_j: (G_ij − Σy_i·Σy_j / n) · scale, scale = 1/(n − ddof).
+// Shared by every path so that all give identical, exactly symmetric results.
+inline double covariance_entry(double g_ij, double s_i, double s_j, double n, double scale) {
+  return (g_ij - (s_i * s_j) / n) * scale;
+}
 // Covariance (G - n m mᵀ) / (n - ddof), m = sum / n, written to out [dim, dim] row-major.
 void covariance_from_state(const GramState& s, int64_t ddof, double* out);
 
