@@ -495,3 +495,73 @@ def test_fast_bfloat16_when_the_shift_is_a_single_row(first_rows):
         acc.update(x[i:i + 100])
     err = rel_fro(acc.covariance(), ref.covariance(x))
     assert err <= BARS["fast"], f"seed={seed} first_rows={first_rows}: fast error {err:.3e}"
+
+
+# --------------------------------------------------------------------------- every bit pattern
+# The row kernels (csrc/cpu/row_kernels.cpp) classify and up-cast values on their raw bits, with
+# clones per x86-64 level. Every 16-bit pattern goes through them here, in rows of several widths
+# (vector bodies and scalar tails), compared with numpy/torch's own conversions.
+def _all_patterns(kind: str):
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    if kind == "float16":
+        vals = bits.view(np.float16).astype(np.float64)
+        t = torch.from_numpy(bits.view(np.float16).copy())
+    else:
+        t = torch.from_numpy(bits.view(np.int16).copy()).view(torch.bfloat16)
+        vals = t.double().numpy()
+    return t, vals
+
+
+@pytest.mark.parametrize("d", [1, 7, 32, 37])
+@pytest.mark.parametrize("kind", ["float16", "bfloat16"])
+def test_every_finite_16bit_value_is_up_cast_exactly(kind, d):
+    t, vals = _all_patterns(kind)
+    finite = np.isfinite(vals)
+    rng = np.random.default_rng(new_seed())
+    order = rng.permutation(np.flatnonzero(finite))
+    n = order.size // d
+    x = t[torch.from_numpy(order[: n * d])].reshape(n, d)
+    x64 = vals[order[: n * d]].reshape(n, d)
+    acc = geomfast.GramAccumulator(d).update(x)
+    # the mean is a float64 sum of exactly up-cast values: compare with numpy's, column by column
+    scale = np.abs(x64).max(axis=0) * n
+    assert np.all(np.abs(acc.mean() * n - x64.sum(axis=0)) <= 1e-13 * scale), kind
+    err = rel_fro(acc.covariance(), ref.covariance(x64))
+    assert err <= 1e-12, f"{kind} d={d}: covariance error {err:.3e}"
+
+
+@pytest.mark.parametrize("d", [1, 16, 33])
+@pytest.mark.parametrize("kind", ["float16", "bfloat16"])
+def test_every_non_finite_16bit_pattern_is_counted(kind, d):
+    t, vals = _all_patterns(kind)
+    bad = np.flatnonzero(~np.isfinite(vals))
+    good = np.flatnonzero(np.isfinite(vals) & (np.abs(vals) < 100) & (np.abs(vals) > 1e-3))
+    rng = np.random.default_rng(new_seed())
+    n = -(-bad.size // d) + 3
+    idx = rng.choice(good, size=n * d)
+    first = 2
+    idx[first * d:first * d + bad.size] = rng.permutation(bad)  # rows 2.. hold every NaN/Inf pattern
+    x = t[torch.from_numpy(idx)].reshape(n, d)
+    acc = geomfast.GramAccumulator(d).update(x[:first])
+    before = acc.state_dict()
+    with pytest.raises(_core.NonFiniteError) as e:
+        acc.update(x)
+    assert e.value.count == bad.size and e.value.first_row == first, (kind, d, e.value.count, e.value.first_row)
+    after = acc.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in ("shift", "sum", "gram")), kind
+
+
+@pytest.mark.parametrize("precision", ["highest", "fast"])
+def test_float32_subnormals_and_signed_zeros(precision):
+    """Subnormal and ±0 float32 values among normal ones: up-cast exactly, never flushed."""
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((300, 24)) * 1e-3).astype(np.float32)
+    tiny = np.float32(1e-40)  # subnormal
+    x[::3, 5] = tiny * rng.integers(-5, 6, 100)
+    x[::7, 6] = -0.0
+    acc = geomfast.GramAccumulator(24, precision=precision).update(x)
+    x64 = x.astype(np.float64)
+    err = rel_fro(acc.covariance(), ref.covariance(x64))
+    assert err <= BARS[precision], f"seed={seed} {precision}: error {err:.3e}"
+    assert np.allclose(acc.mean(), x64.mean(axis=0), rtol=1e-13, atol=0), f"seed={seed}"

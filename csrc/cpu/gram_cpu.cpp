@@ -17,6 +17,7 @@
 #include "cpu/blas.hpp"
 #include "cpu/convert.hpp"
 #include "cpu/parallel.hpp"
+#include "cpu/row_kernels.hpp"
 #include "geomfast/backend.hpp"
 #include "geomfast/errors.hpp"
 #include "geomfast/gram.hpp"
@@ -79,35 +80,51 @@ struct ScanResult {
   double max_abs = 0.0;  // over the finite values
 };
 
-// Pass 1 over rows [r0, r1): non-finite count/first row; optionally raw column sums.
+// The vectorized row kernels of each dtype (row_kernels.cpp).
+template <DType T> struct RowOps;
+template <> struct RowOps<DType::kFloat64> {
+  static RowScan scan(const double* p, int64_t n) { return scan_row_f64(p, n); }
+  template <typename Out> static void center(const double* p, int64_t n, const double* s, double* cs, Out* o) {
+    center_row_f64(p, n, s, cs, o);
+  }
+};
+template <> struct RowOps<DType::kFloat32> {
+  static RowScan scan(const float* p, int64_t n) { return scan_row_f32(p, n); }
+  template <typename Out> static void center(const float* p, int64_t n, const double* s, double* cs, Out* o) {
+    center_row_f32(p, n, s, cs, o);
+  }
+};
+template <> struct RowOps<DType::kBFloat16> {
+  static RowScan scan(const uint16_t* p, int64_t n) { return scan_row_bf16(p, n); }
+  template <typename Out> static void center(const uint16_t* p, int64_t n, const double* s, double* cs, Out* o) {
+    center_row_bf16(p, n, s, cs, o);
+  }
+};
+template <> struct RowOps<DType::kFloat16> {
+  static RowScan scan(const uint16_t* p, int64_t n) { return scan_row_f16(p, n); }
+  template <typename Out> static void center(const uint16_t* p, int64_t n, const double* s, double* cs, Out* o) {
+    center_row_f16(p, n, s, cs, o);
+  }
+};
+
+// Pass 1 over rows [r0, r1): non-finite count, first bad row, largest finite magnitude.
 template <DType T>
-void scan_rows(const MatrixView& x, int64_t r0, int64_t r1, ScanResult& res, double* colsum) {
+void scan_rows(const MatrixView& x, int64_t r0, int64_t r1, ScanResult& res) {
   using L = Loader<T>;
   const auto* base = static_cast<const typename L::raw*>(x.data);
   const int64_t d = x.cols;
   if (x.col_stride == 1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const auto* row = base + r * x.row_stride;
-      int64_t bad = 0;
-      double mx = res.max_abs;
-      for (int64_t c = 0; c < d; ++c) {
-        const bool nf = L::nonfinite(row + c);
-        bad += nf;
-        const double a = std::abs(L::get(row + c));
-        mx = (!nf && a > mx) ? a : mx;
-      }
-      res.max_abs = mx;
-      if (colsum)
-        for (int64_t c = 0; c < d; ++c) colsum[c] += L::get(row + c);
-      if (bad) {
-        res.nonfinite += bad;
+      const RowScan s = RowOps<T>::scan(base + r * x.row_stride, d);
+      res.max_abs = s.max_abs > res.max_abs ? s.max_abs : res.max_abs;
+      if (s.nonfinite) {
+        res.nonfinite += s.nonfinite;
         res.first_row = std::min(res.first_row, r);
       }
     }
   } else {  // column-major or strided: walk each column's run of rows
     for (int64_t c = 0; c < d; ++c) {
       const auto* col = base + c * x.col_stride;
-      double s = 0.0;
       for (int64_t r = r0; r < r1; ++r) {
         const auto* p = col + r * x.row_stride;
         if (L::nonfinite(p)) {
@@ -116,11 +133,18 @@ void scan_rows(const MatrixView& x, int64_t r0, int64_t r1, ScanResult& res, dou
         } else {
           res.max_abs = std::max(res.max_abs, std::abs(L::get(p)));
         }
-        if (colsum) s += L::get(p);
       }
-      if (colsum) colsum[c] += s;
     }
   }
+}
+
+// Column sums of rows [r0, r1) (exactly up-cast, float64) into colsum [d]: the shift estimate.
+template <DType T>
+void colsum_rows(const MatrixView& x, int64_t r0, int64_t r1, double* colsum) {
+  using L = Loader<T>;
+  const auto* base = static_cast<const typename L::raw*>(x.data);
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t c = 0; c < x.cols; ++c) colsum[c] += L::get(base + r * x.row_stride + c * x.col_stride);
 }
 
 // Pass 2 for rows [r0, r1) of the block starting at b0: out[(r-b0)*d + c] = x[r, c] - shift[c];
@@ -132,15 +156,8 @@ void center_rows(const MatrixView& x, int64_t b0, int64_t r0, int64_t r1, const 
   const auto* base = static_cast<const typename L::raw*>(x.data);
   const int64_t d = x.cols;
   if (x.col_stride == 1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const auto* row = base + r * x.row_stride;
-      Out* o = out + (r - b0) * d;
-      for (int64_t c = 0; c < d; ++c) {
-        const double y = L::get(row + c) - shift[c];
-        colsum[c] += y;
-        o[c] = static_cast<Out>(y);
-      }
-    }
+    for (int64_t r = r0; r < r1; ++r)
+      RowOps<T>::center(base + r * x.row_stride, d, shift, colsum, out + (r - b0) * d);
   } else {  // column-major or strided: walk each column's run of rows
     for (int64_t c = 0; c < d; ++c) {
       const auto* col = base + c * x.col_stride;
@@ -172,7 +189,7 @@ void dispatch_dtype(DType t, F&& f) {
 struct Lane {
   std::vector<double> buf64;  // [block_rows, dim] centred rows (highest)
   std::vector<float> buf32;   // [block_rows, dim] centred rows (fast)
-  std::vector<double> part64; // [dim, dim] col-major upper: highest partial (lanes > 0)
+  std::vector<double> part64; // [dim, dim] col-major upper: the lane's float64 partial (lanes > 0)
   std::vector<float> acc32;   // [dim, dim] col-major upper: fast partial (lanes > 0)
   std::vector<double> colsum; // [dim]
 };
@@ -287,16 +304,17 @@ class CpuGram final : public GramBackend {
   // ---- pass 1: every value checked before the state changes; the first update sets the shift.
   void validate_and_shift(const MatrixView& x) {
     const int64_t n = x.rows, d = dim_;
-    // The shift is the column means of the rows seen so far; it is re-estimated while it rests on
-    // few rows (a tiny first chunk), so that later rows stay well centred (fast accumulates in
-    // float32, where an off-centre shift costs accuracy). At most a handful of times per state.
+    // The shift is the column means of the rows seen so far (at most the first kShiftRows of a
+    // chunk: any shift near the mean centres equally well, and summing a whole chunk in float64
+    // cost as much as the validation itself); it is re-estimated while it rests on few rows (a
+    // tiny first chunk), so that later rows stay well centred (fast accumulates in float32, where
+    // an off-centre shift costs accuracy). At most a handful of times per state.
     const bool reshift = count_ == 0 || (shift_rows_ < kShiftRows && count_ + n >= 4 * shift_rows_);
     const int nthreads = ThreadPool::instance().size();
     std::vector<ScanResult> scans(nthreads);
-    std::vector<double> colsums(reshift ? static_cast<size_t>(nthreads * d) : 0, 0.0);
     dispatch_dtype(x.dtype, [&](auto tag) {
       parallel_for(n, 64, [&](int64_t r0, int64_t r1, int part) {
-        scan_rows<decltype(tag)::value>(x, r0, r1, scans[part], reshift ? colsums.data() + part * d : nullptr);
+        scan_rows<decltype(tag)::value>(x, r0, r1, scans[part]);
       });
     });
     ScanResult scan;
@@ -315,8 +333,15 @@ class CpuGram final : public GramBackend {
                "products of values of magnitude ", scan.max_abs, " (expected max |x| in [", kFastMinAbs, ", ",
                kFastMaxAbs, "]); use precision='highest'");
     if (reshift) {
+      const int64_t m = std::min<int64_t>(n, kShiftRows);
+      std::vector<double> colsums(static_cast<size_t>(nthreads * d), 0.0);
+      dispatch_dtype(x.dtype, [&](auto tag) {
+        parallel_for(m, 256, [&](int64_t r0, int64_t r1, int part) {
+          colsum_rows<decltype(tag)::value>(x, r0, r1, colsums.data() + part * d);
+        });
+      });
       std::vector<double> mean(d);
-      const double total = static_cast<double>(count_ + n);
+      const double total = static_cast<double>(count_ + m);
       for (int64_t c = 0; c < d; ++c) {
         double s = 0.0;
         for (int p = 0; p < nthreads; ++p) s += colsums[p * d + c];
@@ -325,7 +350,7 @@ class CpuGram final : public GramBackend {
       }
       if (count_ == 0) shift_ = mean;
       else reshift_to(mean);
-      shift_rows_ = count_ + n;
+      shift_rows_ = count_ + m;
     }
   }
 
@@ -349,7 +374,7 @@ class CpuGram final : public GramBackend {
   int lanes_for(int64_t n, int64_t block) const {
     const int cores = ThreadPool::instance().size();
     const int64_t by_rows = n / (2 * block);
-    const int64_t per_lane = dim_ * dim_ * (prec_ == Precision::kHighest ? 8 : 4);
+    const int64_t per_lane = dim_ * dim_ * (prec_ == Precision::kHighest ? 8 : 4 + 8);  // partial (+ float32)
     const int64_t budget = lane_memory_budget();
     const int64_t by_mem = 1 + budget / std::max<int64_t>(per_lane, 1);
     return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({cores, by_rows, by_mem})));
@@ -422,8 +447,7 @@ class CpuGram final : public GramBackend {
     if (rows == 0) return;
     const int64_t d = dim_;
     parallel_for(d, 64, [&](int64_t j0, int64_t j1, int) {
-      for (int64_t j = j0; j < j1; ++j)
-        for (int64_t i = 0; i <= j; ++i) g_[i + j * d] += static_cast<double>(acc[i + j * d]);
+      for (int64_t j = j0; j < j1; ++j) add_f32_into_f64(acc + j * d, j + 1, g_.data() + j * d);
     });
     rows = 0;
   }
@@ -445,19 +469,19 @@ class CpuGram final : public GramBackend {
       Lane& L = lanes_[p];
       if (highest) L.buf64.resize(static_cast<size_t>(block * d));
       else L.buf32.resize(static_cast<size_t>(block * d));
-      if (p > 0 && highest) L.part64.assign(static_cast<size_t>(d * d), 0.0);
+      if (p > 0) L.part64.assign(static_cast<size_t>(d * d), 0.0);
       if (!highest) L.acc32.resize(static_cast<size_t>(d * d));
       L.colsum.assign(d, 0.0);
     }
-    std::mutex flush_mu;
     {
       std::lock_guard<std::mutex> blk(blas::mode_mutex());
       blas::SingleThreadedScope single;
       ThreadPool::instance().run(lanes, [&](int p, int np) {
         Lane& L = lanes_[p];
         const int64_t r0 = n * p / np, r1 = n * (p + 1) / np;
-        // Lane 0 multiplies straight into g_; the others into their partials.
-        double* target = (highest && p == 0) ? g_.data() : L.part64.data();
+        // Lane 0 accumulates straight into g_, the others into their own partials, summed below
+        // in lane order: no locks while the lanes run, and the result does not depend on timing.
+        double* target = p == 0 ? g_.data() : L.part64.data();
         int64_t acc_rows = 0;
         for (int64_t b0 = r0; b0 < r1; b0 += block) {
           const int64_t nb = std::min(block, r1 - b0);
@@ -471,24 +495,19 @@ class CpuGram final : public GramBackend {
                                  (int)d, acc_rows == 0 ? 0.0f : 1.0f, L.acc32.data(), (int)d);
             acc_rows += nb;
             if (acc_rows >= flush_rows || b0 + nb >= r1) {
-              std::lock_guard<std::mutex> fl(flush_mu);
-              for (int64_t j = 0; j < d; ++j)
-                for (int64_t i = 0; i <= j; ++i) g_[i + j * d] += static_cast<double>(L.acc32[i + j * d]);
+              for (int64_t j = 0; j < d; ++j) add_f32_into_f64(L.acc32.data() + j * d, j + 1, target + j * d);
               acc_rows = 0;
             }
           }
         }
       });
     }
-    if (highest) {
-      parallel_for(d, 64, [&](int64_t j0, int64_t j1, int) {
-        for (int p = 1; p < lanes; ++p) {
-          const double* part = lanes_[p].part64.data();
-          for (int64_t j = j0; j < j1; ++j)
-            for (int64_t i = 0; i <= j; ++i) g_[i + j * d] += part[i + j * d];
-        }
-      });
-    }
+    parallel_for(d, 64, [&](int64_t j0, int64_t j1, int) {
+      for (int p = 1; p < lanes; ++p) {
+        const double* part = lanes_[p].part64.data();
+        for (int64_t j = j0; j < j1; ++j) add_f64_into_f64(part + j * d, j + 1, g_.data() + j * d);
+      }
+    });
     for (int p = 0; p < lanes; ++p)
       for (int64_t c = 0; c < d; ++c) sum_[c] += lanes_[p].colsum[c];
     // Partials are only needed during an update; keep the buffers for the next large one.
