@@ -29,8 +29,11 @@ class GramAccumulator:
         dim: number of columns (hidden size) of every chunk.
         device: 'cpu', 'cuda' or 'cuda:<i>'; chunks must live there.
         precision: 'highest' (float64 arithmetic on exactly up-cast values, ≤1e-12 relative) or
-            'fast' (float32 products over blocks of rows flushed into the float64 state, ≈1e-7).
-            None picks 'highest' on the CPU and 'fast' on CUDA devices.
+            'fast' (float32 products over blocks of rows flushed into the float64 state, ≈1e-7;
+            on CPUs with AMX-BF16 the products run on the tile unit as the six products of an exact
+            three-way bfloat16 split of each float32 value, the same accuracy class; see
+            ``geomfast.backends()['cpu']['details']``). None picks 'highest' on the CPU and 'fast'
+            on CUDA devices.
     """
 
     def __init__(self, dim: int, *, device="cpu", precision: str | None = None):

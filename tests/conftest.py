@@ -64,7 +64,28 @@ def tuning(block_rows: int, fast_flush_rows: int):
     from geomfast import _core
 
     old = _core.get_tuning()
-    _core.set_tuning(block_rows, fast_flush_rows)
+    _core.set_tuning(block_rows, fast_flush_rows, old[2])
+    try:
+        yield
+    finally:
+        _core.set_tuning(*old)
+
+
+def fast_kernels() -> list[str]:
+    """The CPU kernels 'fast' precision can run on this machine: float32 syrk everywhere, and the
+    AMX bf16 split products where the CPU has AMX (chosen by default there)."""
+    from geomfast import _core
+
+    return ["syrk"] + (["amx"] if _core.amx_unavailable_reason() == "" else [])
+
+
+@contextlib.contextmanager
+def fast_kernel(name: str):
+    """Accumulators constructed inside use this 'fast' kernel ('syrk' or 'amx')."""
+    from geomfast import _core
+
+    old = _core.get_tuning()
+    _core.set_tuning(old[0], old[1], name == "amx")
     try:
         yield
     finally:

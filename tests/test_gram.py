@@ -24,7 +24,15 @@ from hypothesis import strategies as st
 import geomfast
 from geomfast import _core
 from geomfast import reference as ref
-from conftest import llm_like, tuning
+from conftest import fast_kernel, fast_kernels, llm_like, tuning
+
+# Every test here runs once per 'fast' kernel of this machine (float32 syrk; AMX split products
+# where the CPU has AMX), so both CPU implementations of 'fast' meet the same bars.
+@pytest.fixture(autouse=True, params=fast_kernels())
+def each_fast_kernel(request):
+    with fast_kernel(request.param):
+        yield request.param
+
 
 BARS = {"highest": 1e-12, "fast": 1e-6}  # relative Frobenius error vs the float64 two-pass reference
 
@@ -140,7 +148,7 @@ def test_lanes_path_with_default_tuning(lib, dtype, precision):
     flush their float32 partials at the end of their range and every 2048 rows)."""
     seed = new_seed()
     rng = np.random.default_rng(seed)
-    block, _ = _core.get_tuning()
+    block = _core.get_tuning()[0]
     n, d = 4 * block + 2 * 2048 + 7, 33
     x = make_input(rng, n, d, lib, dtype, "C")
     acc = geomfast.GramAccumulator(d, precision=precision).update(x)
@@ -565,3 +573,24 @@ def test_float32_subnormals_and_signed_zeros(precision):
     err = rel_fro(acc.covariance(), ref.covariance(x64))
     assert err <= BARS[precision], f"seed={seed} {precision}: error {err:.3e}"
     assert np.allclose(acc.mean(), x64.mean(axis=0), rtol=1e-13, atol=0), f"seed={seed}"
+
+
+def test_fast_kernel_choice_is_reported_and_used(each_fast_kernel):
+    """backends() says which product 'fast' runs on the CPU; where AMX is there, the AMX and syrk
+    kernels both run (their float32 rounding differs, so their results are not bit-identical)."""
+    reason = _core.amx_unavailable_reason()
+    details = geomfast.backends()["cpu"]["details"]
+    if reason:
+        assert "syrk" in details and reason in details, details
+        assert fast_kernels() == ["syrk"]
+        return
+    assert "AMX" in details, details
+    seed = new_seed()
+    x = llm_like(3000, 40, np.random.default_rng(seed)).astype(np.float32)
+    covs = {}
+    for k in ("amx", "syrk"):
+        with fast_kernel(k):
+            covs[k] = geomfast.GramAccumulator(40, precision="fast").update(x).covariance()
+        err = rel_fro(covs[k], ref.covariance(x.astype(np.float64)))
+        assert err <= BARS["fast"], f"seed={seed} {k}: error {err:.3e}"
+    assert not np.array_equal(covs["amx"], covs["syrk"]), f"seed={seed}: the AMX kernel did not run"

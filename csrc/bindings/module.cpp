@@ -213,13 +213,19 @@ PYBIND11_MODULE(_core, m) {
     d["cuda"] = info_dict(cuda_backend_info());
     return d;
   });
+  // "" when the fast CPU Gram runs on AMX here, else why not.
+  m.def("amx_unavailable_reason", [] { return cpu_amx_unavailable_reason(); });
   m.def("get_tuning", [] {
     const auto& t = gram_tuning();
-    return py::make_tuple(t.block_rows, t.fast_flush_rows);
+    return py::make_tuple(t.block_rows, t.fast_flush_rows, t.fast_amx);
   });
-  m.def("set_tuning", [](int64_t block_rows, int64_t fast_flush_rows) {
-    if (block_rows < 1 || fast_flush_rows < 1) GF_THROW(ValueError, "[set_tuning] values must be >= 1");
-    gram_tuning().block_rows = block_rows;
-    gram_tuning().fast_flush_rows = fast_flush_rows;
-  });
+  m.def(
+      "set_tuning",
+      [](int64_t block_rows, int64_t fast_flush_rows, bool fast_amx) {
+        if (block_rows < 1 || fast_flush_rows < 1) GF_THROW(ValueError, "[set_tuning] values must be >= 1");
+        gram_tuning().block_rows = block_rows;
+        gram_tuning().fast_flush_rows = fast_flush_rows;
+        gram_tuning().fast_amx = fast_amx;
+      },
+      py::arg("block_rows"), py::arg("fast_flush_rows"), py::arg("fast_amx") = true);
 }

@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "cpu/blas.hpp"
+#include "cpu/amx_gram.hpp"
 #include "cpu/convert.hpp"
 #include "geomfast/backend.hpp"
 #include "geomfast/eig.hpp"
@@ -195,8 +196,11 @@ BackendInfo cpu_backend_info() {
   info.built = info.usable = true;
   info.device_count = 1;
 #ifdef GF_BLAS_NAME
-  info.details = std::string("BLAS/LAPACK: ") + GF_BLAS_NAME;
+  info.details = std::string("BLAS/LAPACK: ") + GF_BLAS_NAME + "; ";
 #endif
+  // Which product the 'fast' Gram runs here.
+  info.details += cpu::amx::available() ? "fast Gram: AMX-BF16 three-way split products"
+                                        : "fast Gram: float32 syrk (no AMX: " + cpu::amx::unavailable_reason() + ")";
   return info;
 }
 

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <mutex>
 
+#include "cpu/amx_gram.hpp"
 #include "cpu/blas.hpp"
 #include "cpu/convert.hpp"
 #include "cpu/parallel.hpp"
@@ -46,6 +47,8 @@ GramTuning& gram_tuning() {
   static GramTuning t;
   return t;
 }
+
+const std::string& cpu_amx_unavailable_reason() { return cpu::amx::unavailable_reason(); }
 
 namespace cpu {
 
@@ -192,11 +195,13 @@ struct Lane {
   std::vector<double> part64; // [dim, dim] col-major upper: the lane's float64 partial (lanes > 0)
   std::vector<float> acc32;   // [dim, dim] col-major upper: fast partial (lanes > 0)
   std::vector<double> colsum; // [dim]
+  std::unique_ptr<amx::SplitSyrk> split;  // fast on AMX: the lane's split-product accumulator
 };
 
 class CpuGram final : public GramBackend {
  public:
-  CpuGram(int64_t dim, Precision p) : dim_(dim), prec_(p) {
+  CpuGram(int64_t dim, Precision p)
+      : dim_(dim), prec_(p), amx_(p == Precision::kFast && gram_tuning().fast_amx && amx::available()) {
     if (dim > 46340) GF_THROW(ValueError, "[GramAccumulator] dim must be <= 46340 (32-bit BLAS), got ", dim);
     reset();
   }
@@ -215,6 +220,7 @@ class CpuGram final : public GramBackend {
     staged_ = 0;
     acc32_rows_ = 0;
     lanes_.clear();
+    stage_split_.reset();
   }
 
   void update(const MatrixView& x) override {
@@ -265,6 +271,7 @@ class CpuGram final : public GramBackend {
     g_ = s.gram;  // symmetric, so row- and column-major agree
     staged_ = 0;
     acc32_rows_ = 0;
+    stage_split_.reset();
   }
 
   void add_state(const GramState& s) override {
@@ -432,6 +439,14 @@ class CpuGram final : public GramBackend {
     if (prec_ == Precision::kHighest) {
       GF_BLAS(cblas_dsyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, d, (int)staged_, 1.0, stage64_.data(), d, 1.0,
                            g_.data(), d);
+    } else if (amx_) {
+      if (!stage_split_) stage_split_ = std::make_unique<amx::SplitSyrk>(dim_);
+      stage_split_->update(stage32_.data(), staged_, dim_);
+      acc32_rows_ += staged_;
+      if (acc32_rows_ >= gram_tuning().fast_flush_rows) {
+        stage_split_->flush_into(g_.data(), dim_);
+        acc32_rows_ = 0;
+      }
     } else {
       acc32_.resize(static_cast<size_t>(dim_ * dim_));
       GF_BLAS(cblas_ssyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, d, (int)staged_, 1.0f, stage32_.data(), d,
@@ -455,7 +470,13 @@ class CpuGram final : public GramBackend {
   // Everything staged or pending in float32 goes into g_ (before the state is read).
   void settle() {
     multiply_stage();
-    if (prec_ == Precision::kFast) flush32(acc32_.data(), acc32_rows_);
+    if (prec_ != Precision::kFast || acc32_rows_ == 0) return;
+    if (amx_) {
+      stage_split_->flush_into(g_.data(), dim_);
+      acc32_rows_ = 0;
+    } else {
+      flush32(acc32_.data(), acc32_rows_);
+    }
   }
 
   // ---- large updates: `lanes` threads, each over its own rows with single-threaded BLAS.
@@ -470,7 +491,8 @@ class CpuGram final : public GramBackend {
       if (highest) L.buf64.resize(static_cast<size_t>(block * d));
       else L.buf32.resize(static_cast<size_t>(block * d));
       if (p > 0) L.part64.assign(static_cast<size_t>(d * d), 0.0);
-      if (!highest) L.acc32.resize(static_cast<size_t>(d * d));
+      if (!highest && !amx_) L.acc32.resize(static_cast<size_t>(d * d));
+      if (amx_ && !L.split) L.split = std::make_unique<amx::SplitSyrk>(d);
       L.colsum.assign(d, 0.0);
     }
     {
@@ -491,11 +513,17 @@ class CpuGram final : public GramBackend {
                                  (int)d, 1.0, target, (int)d);
           } else {
             center_into(x, b0, b0 + nb, L.buf32.data(), L.colsum.data());
-            GF_BLAS(cblas_ssyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, (int)d, (int)nb, 1.0f, L.buf32.data(),
-                                 (int)d, acc_rows == 0 ? 0.0f : 1.0f, L.acc32.data(), (int)d);
+            if (amx_)
+              L.split->update(L.buf32.data(), nb, d);
+            else
+              GF_BLAS(cblas_ssyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, (int)d, (int)nb, 1.0f,
+                                   L.buf32.data(), (int)d, acc_rows == 0 ? 0.0f : 1.0f, L.acc32.data(), (int)d);
             acc_rows += nb;
             if (acc_rows >= flush_rows || b0 + nb >= r1) {
-              for (int64_t j = 0; j < d; ++j) add_f32_into_f64(L.acc32.data() + j * d, j + 1, target + j * d);
+              if (amx_)
+                L.split->flush_into(target, d);
+              else
+                for (int64_t j = 0; j < d; ++j) add_f32_into_f64(L.acc32.data() + j * d, j + 1, target + j * d);
               acc_rows = 0;
             }
           }
@@ -537,6 +565,10 @@ class CpuGram final : public GramBackend {
   std::vector<float> acc32_;             // fast: float32 products not yet flushed into g_
   int64_t acc32_rows_ = 0;
   std::vector<Lane> lanes_;
+  // fast on AMX (amx_gram.cpp): the three-way bf16 split products on the tile unit instead of
+  // ssyrk; staged blocks go through stage_split_, lanes through their own.
+  const bool amx_;
+  std::unique_ptr<amx::SplitSyrk> stage_split_;
   mutable std::mutex mu_;
 };
 
