@@ -594,3 +594,21 @@ def test_fast_kernel_choice_is_reported_and_used(each_fast_kernel):
         err = rel_fro(covs[k], ref.covariance(x.astype(np.float64)))
         assert err <= BARS["fast"], f"seed={seed} {k}: error {err:.3e}"
     assert not np.array_equal(covs["amx"], covs["syrk"]), f"seed={seed}: the AMX kernel did not run"
+
+
+def test_amx_can_be_turned_off_by_environment(each_fast_kernel):
+    """GEOMFAST_AMX=0 makes 'fast' use float32 syrk, and backends() says so."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    code = ("import json, geomfast; from geomfast import _core; "
+            "print(json.dumps([_core.amx_unavailable_reason(), geomfast.backends()['cpu']['details']]))")
+    out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(GEOMFAST_AMX="0"), capture_output=True,
+                         text=True, timeout=120, cwd="/")
+    assert out.returncode == 0, out.stderr
+    reason, details = json.loads(out.stdout.strip().splitlines()[-1])
+    assert reason == "disabled by GEOMFAST_AMX=0", reason
+    assert "float32 syrk" in details and reason in details, details

