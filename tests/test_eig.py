@@ -247,3 +247,29 @@ def test_accumulator_spectrum_randomized_matches_full():
     rel = np.abs(top - full[:30]) / full[:30]
     assert top.shape == (30,) and rel.max() <= 1e-6, f"seed={seed}: {rel.max():.3e}"
     assert np.array_equal(geomfast.spectrum(acc, method="randomized", k=30, n_iter=10), top), f"seed={seed}"
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "float32"])
+def test_randomized_reads_only_the_documented_triangle(layout):
+    """The Krylov products run as dgemm only when both triangles agree exactly; with garbage
+    below the diagonal (row-major) the result is that of the upper triangle, on every input path:
+    the caller's C- or F-ordered float64 matrix used in place, or a converted copy."""
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    n, k = 300, 20
+    lam = np.arange(1, n + 1, dtype=np.float64) ** -1.0
+    q = random_orthogonal(rng, n)
+    a = (q * lam) @ q.T
+    a = np.triu(a) + np.triu(a, 1).T  # exactly symmetric
+    junk = np.triu(a) + np.tril(rng.standard_normal((n, n)), -1)
+    if layout == "F":
+        # Fortran order: the row-major upper triangle is still the one read
+        a, junk = np.asfortranarray(a), np.asfortranarray(junk)
+    elif layout == "float32":
+        a, junk = a.astype(np.float32), junk.astype(np.float32)
+    opts = dict(method="randomized", k=k, seed=3, tol=1e-10)
+    clean = geomfast.eigvalsh(a, **opts)
+    dirty = geomfast.eigvalsh(junk, **opts)
+    ref_top = ref.eigvalsh_desc(ref.to_float64(a))[:k]
+    assert np.abs(clean - ref_top).max() <= 1e-9, f"seed={seed} {layout}"
+    assert np.abs(dirty - ref_top).max() <= 1e-9, f"seed={seed} {layout}: the lower triangle was read"
