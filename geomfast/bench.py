@@ -282,12 +282,23 @@ def bench_eig(d: int, *, method: str = "full", k: int | None = 256, device: str 
     return rows
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def machine_info() -> dict:
     info = {"python": platform.python_version(), "machine": platform.machine(),
             "processor": platform.processor(), "cpu_count": os.cpu_count(),
             "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                        "MKL_NUM_THREADS") if k in os.environ},
-            "numpy": np.__version__}
+            "numpy": np.__version__, "cpu_model": _cpu_model()}
     from . import _version
     from .linalg import backends
 
