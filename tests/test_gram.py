@@ -614,3 +614,18 @@ def test_amx_can_be_turned_off_by_environment(each_fast_kernel):
     reason, details = json.loads(out.stdout.strip().splitlines()[-1])
     assert reason == "disabled by GEOMFAST_AMX=0", reason
     assert "float32 syrk" in details and reason in details, details
+
+
+@pytest.mark.parametrize("d", [1, 15, 16, 17, 63, 64, 65, 257])
+@pytest.mark.parametrize("path", list(PATHS))
+def test_fast_at_tile_edges(d, path):
+    """'fast' around the AMX kernel's 16-wide tiles and 32-wide blocks (and the syrk kernel's),
+    streamed in uneven chunks on both code paths, on LLM-like data."""
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    x = llm_like(700, d, rng).astype(np.float32)
+    with path_context(path):
+        acc = accumulate(x, d, "fast", PATHS[path][1])
+        cov = acc.covariance()
+    err = rel_fro(cov, ref.covariance(x.astype(np.float64)))
+    assert err <= BARS["fast"], f"seed={seed} d={d} {path}: error {err:.3e}"
