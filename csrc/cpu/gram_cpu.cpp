@@ -3,10 +3,13 @@
 //
 // update(x), x [n, dim] any strides:
 //   pass 1  count non-finite values (and their first row) without touching the state; on the first
-//           update also the column means, which become the shift;
+//           update also the column means of its first rows (≤ 4096), which become the shift;
 //   pass 2  for each block of rows: y = x - shift (float64 arithmetic on exactly up-cast values),
 //           Σy in float64, then G += yᵀy by syrk — dsyrk on float64 y (highest), or ssyrk on y
 //           rounded to float32 into a float32 buffer flushed into G every fast_flush_rows rows (fast).
+//           On CPUs with AMX-BF16, fast runs the same blocks through amx::SplitSyrk instead (y split
+//           exactly into three bf16 parts, six part products on the tile unit; amx_gram.cpp).
+// Both passes use the vectorized row kernels of row_kernels.cpp on row-major input.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
