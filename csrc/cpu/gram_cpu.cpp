@@ -88,30 +88,19 @@ struct ScanResult {
 
 // The vectorized row kernels of each dtype (row_kernels.cpp).
 template <DType T> struct RowOps;
-template <> struct RowOps<DType::kFloat64> {
-  static RowScan scan(const double* p, int64_t n) { return scan_row_f64(p, n); }
-  template <typename Out> static void center(const double* p, int64_t n, const double* s, double* cs, Out* o) {
-    center_row_f64(p, n, s, cs, o);
-  }
-};
-template <> struct RowOps<DType::kFloat32> {
-  static RowScan scan(const float* p, int64_t n) { return scan_row_f32(p, n); }
-  template <typename Out> static void center(const float* p, int64_t n, const double* s, double* cs, Out* o) {
-    center_row_f32(p, n, s, cs, o);
-  }
-};
-template <> struct RowOps<DType::kBFloat16> {
-  static RowScan scan(const uint16_t* p, int64_t n) { return scan_row_bf16(p, n); }
-  template <typename Out> static void center(const uint16_t* p, int64_t n, const double* s, double* cs, Out* o) {
-    center_row_bf16(p, n, s, cs, o);
-  }
-};
-template <> struct RowOps<DType::kFloat16> {
-  static RowScan scan(const uint16_t* p, int64_t n) { return scan_row_f16(p, n); }
-  template <typename Out> static void center(const uint16_t* p, int64_t n, const double* s, double* cs, Out* o) {
-    center_row_f16(p, n, s, cs, o);
-  }
-};
+#define GF_ROW_OPS(DT, RAW, SUFFIX)                                                                   \
+  template <> struct RowOps<DType::DT> {                                                             \
+    static RowScan scan(const RAW* p, int64_t n) { return scan_row_##SUFFIX(p, n); }                 \
+    template <typename Out>                                                                          \
+    static void center(const RAW* p, int64_t n, const double* s, double* cs, Out* o) {               \
+      center_row_##SUFFIX(p, n, s, cs, o);                                                           \
+    }                                                                                                \
+  };
+GF_ROW_OPS(kFloat64, double, f64)
+GF_ROW_OPS(kFloat32, float, f32)
+GF_ROW_OPS(kBFloat16, uint16_t, bf16)
+GF_ROW_OPS(kFloat16, uint16_t, f16)
+#undef GF_ROW_OPS
 
 // Pass 1 over rows [r0, r1): non-finite count, first bad row, largest finite magnitude.
 template <DType T>
