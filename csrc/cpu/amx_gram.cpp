@@ -164,12 +164,17 @@ GF_AMX_TARGET inline void transpose16_store(const uint16_t* src, uint16_t* dst) 
   }
 }
 
-// Packs rows [0, nrows) of y (zero-padded to steps*32 rows and ntiles*16 features).
+// Packs rows [0, nrows) of y (zero-padded to steps*32 rows and ntiles*16 features). lo_blk[p]
+// (32-feature block p = tiles 2p, 2p+1) is set when any lo part of the block is non-zero; where it
+// is not, the products with lo are exactly zero and the kernel skips them (values with at most 16
+// significant bits, e.g. bf16 input centred on a bf16 shift, need only hi and mid).
 GF_AMX_TARGET void pack_chunk(const float* y, int64_t nrows, int64_t ld, int64_t dim,
-                              int64_t ntiles, int64_t steps, uint16_t* ap, uint16_t* bp) {
+                              int64_t ntiles, int64_t steps, uint16_t* ap, uint16_t* bp, uint8_t* lo_blk) {
   const __m512 zero = _mm512_setzero_ps();
+  for (int64_t p = 0; p < ntiles / 2; ++p) lo_blk[p] = 0;
   for (int64_t s = 0; s < steps; ++s) {  // 32 rows at a time, read left to right
     for (int64_t t = 0; t < ntiles; ++t) {
+      __m512i lo_any = _mm512_setzero_si512();
       const int64_t f0 = 16 * t;
       const int64_t nf = std::min<int64_t>(16, dim - f0);
       const __mmask16 m = nf >= 16 ? static_cast<__mmask16>(0xffff)
@@ -186,9 +191,11 @@ GF_AMX_TARGET void pack_chunk(const float* y, int64_t nrows, int64_t ld, int64_t
         // word 2n = sample 2k (low half), word 2n+1 = sample 2k+1
         _mm512_store_si512(bt + 32 * k, _mm512_or_si512(h1, _mm512_srli_epi32(h0, 16)));
         _mm512_store_si512(bt + kTileElems + 32 * k, _mm512_or_si512(m1, _mm512_srli_epi32(m0, 16)));
-        _mm512_store_si512(bt + 2 * kTileElems + 32 * k,
-                           _mm512_or_si512(l1, _mm512_srli_epi32(l0, 16)));
+        const __m512i lw = _mm512_or_si512(l1, _mm512_srli_epi32(l0, 16));
+        _mm512_store_si512(bt + 2 * kTileElems + 32 * k, lw);
+        lo_any = _mm512_or_si512(lo_any, lw);
       }
+      if (_mm512_test_epi32_mask(lo_any, lo_any) != 0) lo_blk[t / 2] = 1;
       for (int p = 0; p < 3; ++p) transpose16_store(bt + p * kTileElems, ap + off + p * kTileElems);
     }
   }
@@ -196,6 +203,9 @@ GF_AMX_TARGET void pack_chunk(const float* y, int64_t nrows, int64_t ld, int64_t
 
 // tmp (32x32 block: tiles 00, 01, 10, 11) = six part products over `steps` 32-row steps.
 // a0/a1: A steps of feature tiles 2P, 2P+1; b0/b1: B steps of tiles 2Q, 2Q+1 (stride kStepElems).
+// kLoA / kLoB false: block P's / Q's lo parts are all zero in this chunk, so lo.hi / hi.lo (exactly
+// zero) are skipped.
+template <bool kLoA, bool kLoB>
 GF_AMX_TARGET void kernel_2x2(float* tmp, const uint16_t* a0, const uint16_t* a1, const uint16_t* b0,
                               const uint16_t* b1, int64_t steps) {
   constexpr long S = 64;
@@ -217,11 +227,13 @@ GF_AMX_TARGET void kernel_2x2(float* tmp, const uint16_t* a0, const uint16_t* a1
   for (int64_t s = 0; s < steps; ++s) {
     const uint16_t* n0 = b0 + kStepElems;
     const uint16_t* n1 = b1 + kStepElems;
-    GF_TILE_LOAD(4, a0 + 2 * kTileElems, S);  // lo . hi
-    GF_TILE_LOAD(5, a1 + 2 * kTileElems, S);
     GF_TILE_LOAD(6, b0, S);
     GF_TILE_LOAD(7, b1, S);
-    GF_DP4();
+    if (kLoA) {
+      GF_TILE_LOAD(4, a0 + 2 * kTileElems, S);  // lo . hi
+      GF_TILE_LOAD(5, a1 + 2 * kTileElems, S);
+      GF_DP4();
+    }
     GF_PF8(n0);
     GF_PF8(n1);
     GF_PF8(a0 + kStepElems);
@@ -254,11 +266,13 @@ GF_AMX_TARGET void kernel_2x2(float* tmp, const uint16_t* a0, const uint16_t* a1
     GF_PF8(n1 + 1024);
     GF_PF8(a0 + kStepElems + 1024);
     GF_PF8(a1 + kStepElems + 1024);
-    GF_TILE_LOAD(4, a0, S);  // hi . lo
-    GF_TILE_LOAD(5, a1, S);
-    GF_TILE_LOAD(6, b0 + 2 * kTileElems, S);
-    GF_TILE_LOAD(7, b1 + 2 * kTileElems, S);
-    GF_DP4();
+    if (kLoB) {
+      GF_TILE_LOAD(4, a0, S);  // hi . lo
+      GF_TILE_LOAD(5, a1, S);
+      GF_TILE_LOAD(6, b0 + 2 * kTileElems, S);
+      GF_TILE_LOAD(7, b1 + 2 * kTileElems, S);
+      GF_DP4();
+    }
     GF_PF8(n0 + 1280);
     GF_PF8(n1 + 1280);
     GF_PF8(a0 + kStepElems + 1280);
@@ -285,7 +299,7 @@ GF_AMX_TARGET inline void add_block(float* c, const float* tmp) {
 
 // All upper blocks += this chunk.
 GF_AMX_TARGET void sweep(float* acc, const uint16_t* ap, const uint16_t* bp, int64_t np,
-                         int64_t steps) {
+                         int64_t steps, const uint8_t* lo_blk) {
   const int64_t tile_stride = steps * kStepElems;  // elements between consecutive feature tiles
   const int64_t panel_bytes = 2 * tile_stride * 2;  // one 32-feature B panel
   const int64_t jb = std::max<int64_t>(1, kPanelBytes / panel_bytes);
@@ -304,7 +318,11 @@ GF_AMX_TARGET void sweep(float* acc, const uint16_t* ap, const uint16_t* bp, int
         // this block's accumulator is read after the next block's kernel: fetch it into L2
         const char* accb = reinterpret_cast<const char*>(acc + block_index(p, q, np) * kBlockFloats);
         for (int i = 0; i < 64; ++i) _mm_prefetch(accb + 64 * i, _MM_HINT_T1);
-        kernel_2x2(tmp[cur], a0, a1, b0, b0 + tile_stride, steps);
+        const uint16_t* b1 = b0 + tile_stride;
+        if (lo_blk[p] && lo_blk[q]) kernel_2x2<true, true>(tmp[cur], a0, a1, b0, b1, steps);
+        else if (lo_blk[p]) kernel_2x2<true, false>(tmp[cur], a0, a1, b0, b1, steps);
+        else if (lo_blk[q]) kernel_2x2<false, true>(tmp[cur], a0, a1, b0, b1, steps);
+        else kernel_2x2<false, false>(tmp[cur], a0, a1, b0, b1, steps);
         if (pending != nullptr) add_block(pending, tmp[cur ^ 1]);
         pending = acc + block_index(p, q, np) * kBlockFloats;
         cur ^= 1;
@@ -409,6 +427,7 @@ SplitSyrk::SplitSyrk(int64_t dim) : dim_(dim) {
       static_cast<size_t>(2 * npairs_ * (kChunkRows / 32) * kStepElems) * sizeof(uint16_t);
   apack_.reset(aligned_alloc_bytes(pack_bytes));
   bpack_.reset(aligned_alloc_bytes(pack_bytes));
+  lo_blk_.assign(static_cast<size_t>(npairs_), 1);
 }
 
 SplitSyrk::~SplitSyrk() = default;
@@ -431,12 +450,12 @@ void SplitSyrk::update(const float* y, int64_t rows, int64_t ld) {
 #ifdef GEOMFAST_AMX_PROFILE
     auto t0 = std::chrono::steady_clock::now();
 #endif
-    pack_chunk(y + r * ld, n, ld, dim_, 2 * npairs_, steps, ap, bp);
+    pack_chunk(y + r * ld, n, ld, dim_, 2 * npairs_, steps, ap, bp, lo_blk_.data());
     GF_COMPILER_BARRIER();
 #ifdef GEOMFAST_AMX_PROFILE
     auto t1 = std::chrono::steady_clock::now();
 #endif
-    sweep(acc, ap, bp, npairs_, steps);
+    sweep(acc, ap, bp, npairs_, steps, lo_blk_.data());
     GF_COMPILER_BARRIER();
 #ifdef GEOMFAST_AMX_PROFILE
     auto t2 = std::chrono::steady_clock::now();

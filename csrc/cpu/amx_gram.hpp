@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace geomfast::cpu::amx {
 
@@ -60,6 +61,7 @@ class SplitSyrk {
   int64_t pending_ = 0;
   Buf acc_;              // float32, upper 32x32 blocks, each block four 16x16 row-major tiles
   Buf apack_, bpack_;    // bf16 packing scratch for one chunk of rows (A: transposed, B: VNNI)
+  std::vector<uint8_t> lo_blk_;  // per 32-feature block: any non-zero lo part in the current chunk
 };
 
 }  // namespace geomfast::cpu::amx
