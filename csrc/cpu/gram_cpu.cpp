@@ -194,26 +194,6 @@ void dispatch_dtype(DType t, F&& f) {
 }
 
 
-// fast without AMX: acc (+)= yᵀy for y [rows, d] row-major float32 (col-major upper acc), summed
-// in two levels: ssyrk over sub-blocks of kSyrkSubRows rows (each one float32 sum inside the BLAS
-// kernel), added into acc in float32. One ssyrk over 512 rows measured 1.0-1.5e-6 relative on
-// bf16 columns quantized to a few levels; 128-row sub-blocks 3-7e-7 (the AMX kernel sums 256 rows
-// in its tiles the same way). acc_empty: acc holds nothing yet (overwritten).
-constexpr int64_t kSyrkSubRows = 128;
-void syrk32_two_level(const float* y, int64_t rows, int d, float* acc, bool acc_empty, std::vector<float>& tmp) {
-  for (int64_t r = 0; r < rows; r += kSyrkSubRows) {
-    const int k = static_cast<int>(std::min(kSyrkSubRows, rows - r));
-    if (acc_empty) {
-      GF_BLAS(cblas_ssyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, d, k, 1.0f, y + r * d, d, 0.0f, acc, d);
-      acc_empty = false;
-      continue;
-    }
-    tmp.resize(static_cast<size_t>(d) * d);
-    GF_BLAS(cblas_ssyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, d, k, 1.0f, y + r * d, d, 0.0f, tmp.data(), d);
-    for (int64_t j = 0; j < d; ++j) add_f32_into_f32(tmp.data() + j * d, j + 1, acc + j * d);
-  }
-}
-
 // Lane of a large update: one thread, one contiguous range of rows, its own single-threaded
 // BLAS calls and its own accumulator, so the product scales with the cores (OpenBLAS's own
 // threading of one syrk scales poorly on few cores).
@@ -222,7 +202,6 @@ struct Lane {
   std::vector<float> buf32;   // [block_rows, dim] centred rows (fast)
   std::vector<double> part64; // [dim, dim] col-major upper: the lane's float64 partial (lanes > 0)
   std::vector<float> acc32;   // [dim, dim] col-major upper: fast partial (lanes > 0)
-  std::vector<float> tmp32;   // [dim, dim] fast without AMX: one sub-block's product
   std::vector<double> colsum; // [dim]
   std::unique_ptr<amx::SplitSyrk> split;  // fast on AMX: the lane's split-product accumulator
 };
@@ -370,14 +349,15 @@ class CpuGram final : public GramBackend {
                kFastMaxAbs, "]); use precision='highest'");
     if (reshift) {
       const int64_t m = std::min<int64_t>(n, kShiftRows);
-      // fast with bf16 input: a shift on the bf16 grid (below) needs the columns' spread.
-      const bool bf16_grid = prec_ == Precision::kFast && x.dtype == DType::kBFloat16;
+      // fast on AMX with bf16 input: a shift on the bf16 grid (below) needs the columns' spread.
+      const bool bf16_grid = amx_ && x.dtype == DType::kBFloat16;
       std::vector<double> colsums(static_cast<size_t>(nthreads * d), 0.0);
-      std::vector<double> colsqs(bf16_grid ? static_cast<size_t>(nthreads * d) : 0, 0.0);
+      const bool zero_small = bf16_grid;  // see below
+      std::vector<double> colsqs(zero_small ? static_cast<size_t>(nthreads * d) : 0, 0.0);
       dispatch_dtype(x.dtype, [&](auto tag) {
         parallel_for(m, 256, [&](int64_t r0, int64_t r1, int part) {
           colsum_rows<decltype(tag)::value>(x, r0, r1, colsums.data() + part * d,
-                                            bf16_grid ? colsqs.data() + part * d : nullptr);
+                                            zero_small ? colsqs.data() + part * d : nullptr);
         });
       });
       std::vector<double> mean(d);
@@ -390,11 +370,11 @@ class CpuGram final : public GramBackend {
         if (bf16_grid) {
           // bf16 x minus a bf16 shift is exact in float32 with few significant bits (≤ 16 when the
           // exponents are within 8): the AMX kernel then skips the lo products — a third of its
-          // work — wherever they are exactly zero (an exact skip), and float32 syrk multiplies
-          // short values, so quantized columns no longer add correlated rounding errors (measured
-          // on bf16 columns with means 1e3 spreads: 1.5e-6 → 4e-8). Columns whose mean is within
-          // 2 spreads of 0 are not shifted (y = x itself): at most a factor 5 of float32
-          // accumulation error there, far inside the 'fast' bar.
+          // work — wherever they are exactly zero (an exact skip). Columns whose mean is within
+          // 2 spreads of 0 are not shifted (y = x itself, no lo part): at most a factor 5 of
+          // float32 accumulation error there, inside the bar for the AMX kernel's two-level sums
+          // (measured). Not for float32 syrk: its 512-row float32 sums lost accuracy on
+          // grid-shifted data (correlated rounding of short values: 1.0-1.7e-6 measured).
           double q = 0.0;
           for (int p = 0; p < nthreads; ++p) q += colsqs[p * d + c];
           const double mu = s / static_cast<double>(m);
@@ -428,8 +408,7 @@ class CpuGram final : public GramBackend {
   int lanes_for(int64_t n, int64_t block) const {
     const int cores = ThreadPool::instance().size();
     const int64_t by_rows = n / (2 * block);
-    // float64 partial (+ float32 accumulator and sub-block product for fast)
-    const int64_t per_lane = dim_ * dim_ * (prec_ == Precision::kHighest ? 8 : 8 + 4 + 4);
+    const int64_t per_lane = dim_ * dim_ * (prec_ == Precision::kHighest ? 8 : 8 + 4);  // partial (+ float32)
     const int64_t budget = lane_memory_budget();
     const int64_t by_mem = 1 + budget / std::max<int64_t>(per_lane, 1);
     return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({cores, by_rows, by_mem})));
@@ -497,7 +476,8 @@ class CpuGram final : public GramBackend {
       }
     } else {
       acc32_.resize(static_cast<size_t>(dim_ * dim_));
-      syrk32_two_level(stage32_.data(), staged_, d, acc32_.data(), acc32_rows_ == 0, tmp32_);
+      GF_BLAS(cblas_ssyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, d, (int)staged_, 1.0f, stage32_.data(), d,
+                           acc32_rows_ == 0 ? 0.0f : 1.0f, acc32_.data(), d);
       acc32_rows_ += staged_;
       if (acc32_rows_ >= gram_tuning().fast_flush_rows) flush32(acc32_.data(), acc32_rows_);
     }
@@ -563,7 +543,8 @@ class CpuGram final : public GramBackend {
             if (amx_)
               L.split->update(L.buf32.data(), nb, d);
             else
-              syrk32_two_level(L.buf32.data(), nb, (int)d, L.acc32.data(), acc_rows == 0, L.tmp32);
+              GF_BLAS(cblas_ssyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, (int)d, (int)nb, 1.0f,
+                                   L.buf32.data(), (int)d, acc_rows == 0 ? 0.0f : 1.0f, L.acc32.data(), (int)d);
             acc_rows += nb;
             if (acc_rows >= flush_rows || b0 + nb >= r1) {
               if (amx_)
@@ -609,7 +590,6 @@ class CpuGram final : public GramBackend {
   std::vector<float> stage32_;           // [block_rows, dim] staged centred rows (fast)
   int64_t staged_ = 0;                   // rows in the staging block (already in count_/sum_)
   std::vector<float> acc32_;             // fast: float32 products not yet flushed into g_
-  std::vector<float> tmp32_;             // fast without AMX: one sub-block's product
   int64_t acc32_rows_ = 0;
   std::vector<Lane> lanes_;
   // fast on AMX (amx_gram.cpp): the three-way bf16 split products on the tile unit instead of

@@ -112,8 +112,5 @@ GF_CLONES void add_f32_into_f64(const float* acc, int64_t n, double* g) {
 GF_CLONES void add_f64_into_f64(const double* p, int64_t n, double* g) {
   for (int64_t i = 0; i < n; ++i) g[i] += p[i];
 }
-GF_CLONES void add_f32_into_f32(const float* p, int64_t n, float* g) {
-  for (int64_t i = 0; i < n; ++i) g[i] += p[i];
-}
 
 }  // namespace geomfast::cpu

@@ -31,6 +31,5 @@ void center_row_f16(const uint16_t* x, int64_t n, const double* shift, double* c
 void add_f32_into_f64(const float* acc, int64_t n, double* g);
 // g[i] += p[i] for i in [0, n)
 void add_f64_into_f64(const double* p, int64_t n, double* g);
-void add_f32_into_f32(const float* p, int64_t n, float* g);
 
 }  // namespace geomfast::cpu
