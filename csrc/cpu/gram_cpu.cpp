@@ -352,12 +352,11 @@ class CpuGram final : public GramBackend {
       // fast on AMX with bf16 input: a shift on the bf16 grid (below) needs the columns' spread.
       const bool bf16_grid = amx_ && x.dtype == DType::kBFloat16;
       std::vector<double> colsums(static_cast<size_t>(nthreads * d), 0.0);
-      const bool zero_small = bf16_grid;  // see below
-      std::vector<double> colsqs(zero_small ? static_cast<size_t>(nthreads * d) : 0, 0.0);
+      std::vector<double> colsqs(bf16_grid ? static_cast<size_t>(nthreads * d) : 0, 0.0);
       dispatch_dtype(x.dtype, [&](auto tag) {
         parallel_for(m, 256, [&](int64_t r0, int64_t r1, int part) {
           colsum_rows<decltype(tag)::value>(x, r0, r1, colsums.data() + part * d,
-                                            zero_small ? colsqs.data() + part * d : nullptr);
+                                            bf16_grid ? colsqs.data() + part * d : nullptr);
         });
       });
       std::vector<double> mean(d);
