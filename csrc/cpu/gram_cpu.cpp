@@ -194,6 +194,43 @@ void dispatch_dtype(DType t, F&& f) {
 }
 
 
+// fast's float32 accumulator of yᵀy [dim, dim] (col-major upper), one interface for both kernels:
+// the AMX split products (amx_gram.cpp) where the CPU has them, else float32 ssyrk (with the BLAS
+// threading the caller has set). flush_into adds it into a float64 upper triangle and empties it.
+class FastAccumulator {
+ public:
+  FastAccumulator(int64_t dim, bool amx) : dim_(dim) {
+    if (amx) split_ = std::make_unique<amx::SplitSyrk>(dim);
+    else acc_.resize(static_cast<size_t>(dim * dim));
+  }
+  // acc += yᵀy, y [rows, dim] row-major float32.
+  void update(const float* y, int64_t rows) {
+    const int d = static_cast<int>(dim_);
+    if (split_)
+      split_->update(y, rows, dim_);
+    else
+      GF_BLAS(cblas_ssyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, d, (int)rows, 1.0f, y, d,
+                           pending_ == 0 ? 0.0f : 1.0f, acc_.data(), d);
+    pending_ += rows;
+  }
+  // g[i + j*dim] += acc(i, j) for i <= j, then acc = 0.
+  void flush_into(double* g) {
+    if (pending_ == 0) return;
+    if (split_)
+      split_->flush_into(g, dim_);
+    else
+      for (int64_t j = 0; j < dim_; ++j) add_f32_into_f64(acc_.data() + j * dim_, j + 1, g + j * dim_);
+    pending_ = 0;
+  }
+  int64_t pending_rows() const { return pending_; }
+
+ private:
+  int64_t dim_;
+  int64_t pending_ = 0;                    // rows added since the last flush
+  std::unique_ptr<amx::SplitSyrk> split_;  // AMX kernel, or
+  std::vector<float> acc_;                 // the ssyrk accumulator
+};
+
 // Lane of a large update: one thread, one contiguous range of rows, its own single-threaded
 // BLAS calls and its own accumulator, so the product scales with the cores (OpenBLAS's own
 // threading of one syrk scales poorly on few cores).
@@ -201,9 +238,8 @@ struct Lane {
   std::vector<double> buf64;  // [block_rows, dim] centred rows (highest)
   std::vector<float> buf32;   // [block_rows, dim] centred rows (fast)
   std::vector<double> part64; // [dim, dim] col-major upper: the lane's float64 partial (lanes > 0)
-  std::vector<float> acc32;   // [dim, dim] col-major upper: fast partial (lanes > 0)
   std::vector<double> colsum; // [dim]
-  std::unique_ptr<amx::SplitSyrk> split;  // fast on AMX: the lane's split-product accumulator
+  std::unique_ptr<FastAccumulator> fast;  // fast: the lane's float32 accumulator
 };
 
 class CpuGram final : public GramBackend {
@@ -226,9 +262,8 @@ class CpuGram final : public GramBackend {
     sum_.assign(dim_, 0.0);
     g_.assign(static_cast<size_t>(dim_ * dim_), 0.0);
     staged_ = 0;
-    acc32_rows_ = 0;
     lanes_.clear();
-    stage_split_.reset();
+    stage_fast_.reset();
   }
 
   void update(const MatrixView& x) override {
@@ -278,8 +313,7 @@ class CpuGram final : public GramBackend {
     sum_ = s.sum;
     g_ = s.gram;  // symmetric, so row- and column-major agree
     staged_ = 0;
-    acc32_rows_ = 0;
-    stage_split_.reset();
+    stage_fast_.reset();
   }
 
   void add_state(const GramState& s) override {
@@ -465,44 +499,18 @@ class CpuGram final : public GramBackend {
     if (prec_ == Precision::kHighest) {
       GF_BLAS(cblas_dsyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, d, (int)staged_, 1.0, stage64_.data(), d, 1.0,
                            g_.data(), d);
-    } else if (amx_) {
-      if (!stage_split_) stage_split_ = std::make_unique<amx::SplitSyrk>(dim_);
-      stage_split_->update(stage32_.data(), staged_, dim_);
-      acc32_rows_ += staged_;
-      if (acc32_rows_ >= gram_tuning().fast_flush_rows) {
-        stage_split_->flush_into(g_.data(), dim_);
-        acc32_rows_ = 0;
-      }
     } else {
-      acc32_.resize(static_cast<size_t>(dim_ * dim_));
-      GF_BLAS(cblas_ssyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, d, (int)staged_, 1.0f, stage32_.data(), d,
-                           acc32_rows_ == 0 ? 0.0f : 1.0f, acc32_.data(), d);
-      acc32_rows_ += staged_;
-      if (acc32_rows_ >= gram_tuning().fast_flush_rows) flush32(acc32_.data(), acc32_rows_);
+      if (!stage_fast_) stage_fast_ = std::make_unique<FastAccumulator>(dim_, amx_);
+      stage_fast_->update(stage32_.data(), staged_);
+      if (stage_fast_->pending_rows() >= gram_tuning().fast_flush_rows) stage_fast_->flush_into(g_.data());
     }
     staged_ = 0;
-  }
-
-  // Adds a float32 upper-triangle accumulator into g_ (float64) and empties it.
-  void flush32(const float* acc, int64_t& rows) {
-    if (rows == 0) return;
-    const int64_t d = dim_;
-    parallel_for(d, 64, [&](int64_t j0, int64_t j1, int) {
-      for (int64_t j = j0; j < j1; ++j) add_f32_into_f64(acc + j * d, j + 1, g_.data() + j * d);
-    });
-    rows = 0;
   }
 
   // Everything staged or pending in float32 goes into g_ (before the state is read).
   void settle() {
     multiply_stage();
-    if (prec_ != Precision::kFast || acc32_rows_ == 0) return;
-    if (amx_) {
-      stage_split_->flush_into(g_.data(), dim_);
-      acc32_rows_ = 0;
-    } else {
-      flush32(acc32_.data(), acc32_rows_);
-    }
+    if (stage_fast_) stage_fast_->flush_into(g_.data());
   }
 
   // ---- large updates: `lanes` threads, each over its own rows with single-threaded BLAS.
@@ -517,8 +525,7 @@ class CpuGram final : public GramBackend {
       if (highest) L.buf64.resize(static_cast<size_t>(block * d));
       else L.buf32.resize(static_cast<size_t>(block * d));
       if (p > 0) L.part64.assign(static_cast<size_t>(d * d), 0.0);
-      if (!highest && !amx_) L.acc32.resize(static_cast<size_t>(d * d));
-      if (amx_ && !L.split) L.split = std::make_unique<amx::SplitSyrk>(d);
+      if (!highest && !L.fast) L.fast = std::make_unique<FastAccumulator>(d, amx_);
       L.colsum.assign(d, 0.0);
     }
     {
@@ -530,7 +537,6 @@ class CpuGram final : public GramBackend {
         // Lane 0 accumulates straight into g_, the others into their own partials, summed below
         // in lane order: no locks while the lanes run, and the result does not depend on timing.
         double* target = p == 0 ? g_.data() : L.part64.data();
-        int64_t acc_rows = 0;
         for (int64_t b0 = r0; b0 < r1; b0 += block) {
           const int64_t nb = std::min(block, r1 - b0);
           if (highest) {
@@ -539,19 +545,8 @@ class CpuGram final : public GramBackend {
                                  (int)d, 1.0, target, (int)d);
           } else {
             center_into(x, b0, b0 + nb, L.buf32.data(), L.colsum.data());
-            if (amx_)
-              L.split->update(L.buf32.data(), nb, d);
-            else
-              GF_BLAS(cblas_ssyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, (int)d, (int)nb, 1.0f,
-                                   L.buf32.data(), (int)d, acc_rows == 0 ? 0.0f : 1.0f, L.acc32.data(), (int)d);
-            acc_rows += nb;
-            if (acc_rows >= flush_rows || b0 + nb >= r1) {
-              if (amx_)
-                L.split->flush_into(target, d);
-              else
-                for (int64_t j = 0; j < d; ++j) add_f32_into_f64(L.acc32.data() + j * d, j + 1, target + j * d);
-              acc_rows = 0;
-            }
+            L.fast->update(L.buf32.data(), nb);
+            if (L.fast->pending_rows() >= flush_rows || b0 + nb >= r1) L.fast->flush_into(target);
           }
         }
       });
@@ -588,13 +583,11 @@ class CpuGram final : public GramBackend {
   std::vector<double> stage64_;          // [block_rows, dim] staged centred rows (highest)
   std::vector<float> stage32_;           // [block_rows, dim] staged centred rows (fast)
   int64_t staged_ = 0;                   // rows in the staging block (already in count_/sum_)
-  std::vector<float> acc32_;             // fast: float32 products not yet flushed into g_
-  int64_t acc32_rows_ = 0;
   std::vector<Lane> lanes_;
-  // fast on AMX (amx_gram.cpp): the three-way bf16 split products on the tile unit instead of
-  // ssyrk; staged blocks go through stage_split_, lanes through their own.
+  // fast: AMX split products (amx_gram.cpp) instead of ssyrk, fixed at construction; staged
+  // blocks accumulate in stage_fast_ (float32, flushed into g_), lanes in their own.
   const bool amx_;
-  std::unique_ptr<amx::SplitSyrk> stage_split_;
+  std::unique_ptr<FastAccumulator> stage_fast_;
   mutable std::mutex mu_;
 };
 
