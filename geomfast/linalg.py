@@ -51,7 +51,7 @@ def eigvalsh(a, *, method: str = "full", k: int | None = None, **options) -> np.
         options (randomized): tol (1e-6: stop when the leading Ritz values change by less, relatively,
             from one Krylov step to the next), tol_k (how many leading values must meet tol; default
             all k — e.g. 100 when only α-ReQ's fit range matters), block (Krylov block width; default
-            clamp(k/4, 32, 256)), oversample (16: the space is at least k + oversample wide),
+            clamp(k/8, 32, 256)), oversample (16: the space is at least k + oversample wide),
             n_iter (fixed Krylov depth instead of tol), max_iter (64), seed (0).
             single_precision: CUDA full solve in float32 (retried in float64 on failure).
     """
