@@ -13,7 +13,8 @@ Cases (n = 200,000, d = 1024, centred float64 covariance out of geomfast):
   float32 fast      vs numpy float32 X.T @ X
   bfloat16 highest  vs torch X.double().T @ X.double()
   bfloat16 fast     vs torch X.float().T @ X.float()
-For 'fast' every CPU kernel available here runs (float32 syrk; AMX split products where present).
+For 'fast' every CPU kernel available here runs (float32 syrk; AMX split products where present),
+for bfloat16 'highest' too (float64 dsyrk; exact AMX-INT8 digit products where present).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ except ImportError:  # run from a source checkout
 def _geomfast(x, d, precision, amx):
     def run():
         old = _core.get_tuning()
-        _core.set_tuning(old[0], old[1], amx)
+        _core.set_tuning(old[0], old[1], amx, amx)
         try:
             return GramAccumulator(d, precision=precision).update(x).covariance()
         finally:
@@ -52,6 +53,10 @@ def cases(x, precision, kernels):
     if precision == "fast":
         for k in kernels:
             impls[f"geomfast[fast/{k}]"] = _geomfast(x, d, "fast", k == "amx")
+    elif hasattr(x, "dtype") and str(x.dtype) in ("torch.bfloat16", "torch.float16"):
+        # 16-bit input: 'amx' is the exact AMX-INT8 digit product, 'syrk' float64 dsyrk
+        for k in kernels:
+            impls[f"geomfast[highest/{k}]"] = _geomfast(x, d, "highest", k == "amx")
     else:
         impls["geomfast[highest]"] = _geomfast(x, d, "highest", False)
     if hasattr(x, "detach"):

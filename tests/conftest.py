@@ -64,7 +64,7 @@ def tuning(block_rows: int, fast_flush_rows: int):
     from geomfast import _core
 
     old = _core.get_tuning()
-    _core.set_tuning(block_rows, fast_flush_rows, old[2])
+    _core.set_tuning(block_rows, fast_flush_rows, *old[2:])
     try:
         yield
     finally:
@@ -72,8 +72,10 @@ def tuning(block_rows: int, fast_flush_rows: int):
 
 
 def fast_kernels() -> list[str]:
-    """The CPU kernels 'fast' precision can run on this machine: float32 syrk everywhere, and the
-    AMX bf16 split products where the CPU has AMX (chosen by default there)."""
+    """The CPU Gram kernel sets this machine can run: 'syrk' everywhere (BLAS ssyrk for 'fast',
+    dsyrk for 'highest'), and 'amx' where the CPU has AMX (chosen by default there): the bf16
+    split products for 'fast' and, with AMX-INT8, the exact int8 digit products for 'highest' on
+    bf16/f16 input."""
     from geomfast import _core
 
     return ["syrk"] + (["amx"] if _core.amx_unavailable_reason() == "" else [])
@@ -81,11 +83,11 @@ def fast_kernels() -> list[str]:
 
 @contextlib.contextmanager
 def fast_kernel(name: str):
-    """Accumulators constructed inside use this 'fast' kernel ('syrk' or 'amx')."""
+    """Accumulators constructed inside use this kernel set ('syrk' or 'amx', see fast_kernels)."""
     from geomfast import _core
 
     old = _core.get_tuning()
-    _core.set_tuning(old[0], old[1], name == "amx")
+    _core.set_tuning(old[0], old[1], name == "amx", name == "amx")
     try:
         yield
     finally:

@@ -148,7 +148,8 @@ def test_lanes_path_with_default_tuning(lib, dtype, precision):
     flush their float32 partials at the end of their range and every 2048 rows)."""
     seed = new_seed()
     rng = np.random.default_rng(seed)
-    block = _core.get_tuning()[0]
+    # highest's exact AMX-INT8 kernel (16-bit input) multiplies blocks of at least 2048 rows
+    block = max(_core.get_tuning()[0], 2048)
     n, d = 4 * block + 2 * 2048 + 7, 33
     x = make_input(rng, n, d, lib, dtype, "C")
     acc = geomfast.GramAccumulator(d, precision=precision).update(x)
@@ -635,7 +636,7 @@ def test_fast_kernel_choice_is_reported_and_used(each_fast_kernel):
 
 
 def test_amx_can_be_turned_off_by_environment(each_fast_kernel):
-    """GEOMFAST_AMX=0 makes 'fast' use float32 syrk, and backends() says so."""
+    """GEOMFAST_AMX=0 makes 'fast' use float32 syrk and 'highest' float64 syrk, and backends() says so."""
     import json
     import subprocess
     import sys
@@ -650,6 +651,71 @@ def test_amx_can_be_turned_off_by_environment(each_fast_kernel):
     reason, details = json.loads(out.stdout.strip().splitlines()[-1])
     assert reason == "disabled by GEOMFAST_AMX=0", reason
     assert "float32 syrk" in details and reason in details, details
+    assert "highest Gram: float64 syrk" in details, details
+
+
+def _sixteen_bit_llm_like(rng, n, d, torch_dtype):
+    """LLM-like activations rounded to bf16/f16, plus what the exact kernel must route to float64:
+    tiny values next to large ones in a column (more digits than any slice count holds), exact
+    zeros, a constant column and an all-zero column."""
+    x = llm_like(n, d, rng)
+    x *= 30.0 / np.abs(x).max()  # inside float16's range, outliers included
+    x[rng.random((n, d)) < 2e-4] = 3e-7  # bf16 and f16 (subnormal) both hold it
+    x[rng.random((n, d)) < 0.01] = 0.0
+    x[:, 3] = 1.5
+    x[:, 5] = 0.0
+    return torch.from_numpy(x).to(torch_dtype)
+
+
+@pytest.mark.parametrize("torch_dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("path", ["staged", "lanes"])
+def test_highest_on_16bit_input_each_kernel(torch_dtype, path, each_fast_kernel):
+    """highest on bf16/f16 input: on AMX machines the exact int8 digit products (shift on the
+    input's grid, rows that need more digits through dsyrk), else dsyrk. Both meet the highest
+    bar against float64 numpy, and the raw shifted Gram against long double arithmetic on the same
+    centred values: 1e-14 of Σ|yᵢ||yⱼ| (dsyrk's own worst case here is n·2^-53 ≈ 1e-12)."""
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    n, d = 9000, 70
+    xt = _sixteen_bit_llm_like(rng, n, d, torch_dtype)
+    x64 = ref.to_float64(xt)
+    acc = geomfast.GramAccumulator(d, precision="highest")
+    chunk = 700 if path == "staged" else n  # lanes: one chunk of more than 2 blocks per lane
+    for i in range(0, n, chunk):
+        acc.update(xt[i:i + chunk])
+    err = rel_fro(acc.covariance(), ref.covariance(x64))
+    assert err <= BARS["highest"], f"seed={seed} {each_fast_kernel} {path}: error {err:.3e}"
+    state = acc.state_dict()
+    shift = np.asarray(state["shift"])
+    y = x64.astype(np.longdouble) - shift.astype(np.longdouble)
+    exact = y.T @ y
+    scale = np.abs(y).T @ np.abs(y)
+    gram = np.asarray(state["gram"], dtype=np.longdouble)
+    bound = np.where(scale > 0, scale, 1)
+    worst = float(np.max(np.abs(gram - exact) / bound))
+    assert worst <= 1e-14, f"seed={seed} {each_fast_kernel} {path}: raw Gram off by {worst:.2e} of sum |y||y|"
+    if each_fast_kernel == "amx" and _core.amx_exact_unavailable_reason() == "":
+        grid = shift.astype(np.float32)
+        grid = torch.from_numpy(grid).to(torch_dtype).double().numpy()
+        assert np.array_equal(shift, grid), f"seed={seed}: shift not on the {torch_dtype} grid"
+
+
+def test_highest_exact_kernel_is_reported_and_used(each_fast_kernel):
+    """backends() says which product 'highest' runs for 16-bit input; where AMX-INT8 is there, the
+    exact kernel and dsyrk both run (dsyrk rounds its long sums, so they are not bit-identical)."""
+    reason = _core.amx_exact_unavailable_reason()
+    details = geomfast.backends()["cpu"]["details"]
+    if reason:
+        assert "highest Gram: float64 syrk" in details and reason in details, details
+        return
+    assert "exact AMX-INT8" in details, details
+    seed = new_seed()
+    xt = _sixteen_bit_llm_like(np.random.default_rng(seed), 6000, 40, torch.bfloat16)
+    grams = {}
+    for k in ("amx", "syrk"):
+        with fast_kernel(k):
+            grams[k] = np.asarray(geomfast.GramAccumulator(40).update(xt).state_dict()["gram"])
+    assert not np.array_equal(grams["amx"], grams["syrk"]), f"seed={seed}: the exact kernel did not run"
 
 
 @pytest.mark.parametrize("d", [1, 15, 16, 17, 63, 64, 65, 257])

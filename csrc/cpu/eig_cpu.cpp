@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "cpu/blas.hpp"
+#include "cpu/amx_exact.hpp"
 #include "cpu/amx_gram.hpp"
 #include "cpu/convert.hpp"
 #include "cpu/row_kernels.hpp"
@@ -243,6 +244,9 @@ BackendInfo cpu_backend_info() {
   // Which product the 'fast' Gram runs here.
   info.details += cpu::amx::available() ? "fast Gram: AMX-BF16 three-way split products"
                                         : "fast Gram: float32 syrk (no AMX: " + cpu::amx::unavailable_reason() + ")";
+  info.details += cpu::amx::exact_available()
+                      ? "; highest Gram of bf16/f16: exact AMX-INT8 digit products"
+                      : "; highest Gram: float64 syrk (no AMX-INT8: " + cpu::amx::exact_unavailable_reason() + ")";
   return info;
 }
 

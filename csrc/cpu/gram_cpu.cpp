@@ -9,6 +9,10 @@
 //           rounded to float32 into a float32 buffer flushed into G every fast_flush_rows rows (fast).
 //           On CPUs with AMX-BF16, fast runs the same blocks through amx::SplitSyrk instead (y split
 //           exactly into three bf16 parts, six part products on the tile unit; amx_gram.cpp).
+//           On CPUs with AMX-INT8, highest runs bf16/f16 input through amx::ExactSyrk instead of
+//           dsyrk: with the shift on the input's grid, y has few significant bits, and its int8
+//           digits multiply exactly on the tile unit (rows that need more digits go to dsyrk;
+//           amx_exact.cpp). The result is at least as accurate as dsyrk's.
 // Both passes use the vectorized row kernels of row_kernels.cpp on row-major input.
 #include <algorithm>
 #include <cmath>
@@ -17,6 +21,7 @@
 #include <cstdlib>
 #include <mutex>
 
+#include "cpu/amx_exact.hpp"
 #include "cpu/amx_gram.hpp"
 #include "cpu/blas.hpp"
 #include "cpu/convert.hpp"
@@ -52,6 +57,7 @@ GramTuning& gram_tuning() {
 }
 
 const std::string& cpu_amx_unavailable_reason() { return cpu::amx::unavailable_reason(); }
+const std::string& cpu_amx_exact_unavailable_reason() { return cpu::amx::exact_unavailable_reason(); }
 
 namespace cpu {
 
@@ -158,6 +164,14 @@ double round_to_bf16(double v) {
   return static_cast<double>(r);
 }
 
+// The float16 value nearest v (v within the float16 range): 11 significant bits, or the
+// subnormal spacing 2^-24 below 2^-14.
+double round_to_f16(double v) {
+  if (v == 0.0) return 0.0;
+  const int e = std::max(std::ilogb(v), -14);  // |v| in [2^e, 2^(e+1)) for normal values
+  return std::ldexp(std::nearbyint(std::ldexp(v, 10 - e)), e - 10);
+}
+
 // Pass 2 for rows [r0, r1) of the block starting at b0: out[(r-b0)*d + c] = x[r, c] - shift[c];
 // colsum[c] += that difference (float64).
 template <DType T, typename Out>
@@ -240,12 +254,16 @@ struct Lane {
   std::vector<double> part64; // [dim, dim] col-major upper: the lane's float64 partial (lanes > 0)
   std::vector<double> colsum; // [dim]
   std::unique_ptr<FastAccumulator> fast;  // fast: the lane's float32 accumulator
+  std::unique_ptr<amx::ExactSyrk> exact;  // highest, bf16/f16 input on AMX-INT8
 };
 
 class CpuGram final : public GramBackend {
  public:
   CpuGram(int64_t dim, Precision p)
-      : dim_(dim), prec_(p), amx_(p == Precision::kFast && gram_tuning().fast_amx && amx::available()) {
+      : dim_(dim),
+        prec_(p),
+        amx_(p == Precision::kFast && gram_tuning().fast_amx && amx::available()),
+        exact_(p == Precision::kHighest && gram_tuning().highest_amx && amx::exact_available()) {
     if (dim > 46340) GF_THROW(ValueError, "[GramAccumulator] dim must be <= 46340 (32-bit BLAS), got ", dim);
     reset();
   }
@@ -262,6 +280,7 @@ class CpuGram final : public GramBackend {
     sum_.assign(dim_, 0.0);
     g_.assign(static_cast<size_t>(dim_ * dim_), 0.0);
     staged_ = 0;
+    stage_inexact_ = false;
     lanes_.clear();
     stage_fast_.reset();
   }
@@ -275,12 +294,14 @@ class CpuGram final : public GramBackend {
     if (x.rows < 1) GF_THROW(ValueError, "[GramAccumulator.update] x is empty: shape (", x.rows, ", ", x.cols, ")");
     std::lock_guard<std::mutex> lk(mu_);
     validate_and_shift(x);  // throws before anything changes
-    const int64_t block = std::max<int64_t>(16, gram_tuning().block_rows);
+    // The exact kernel's per-block costs (column scales, digit planes) want long blocks.
+    const bool exact = exact_for(x.dtype);
+    const int64_t block = std::max<int64_t>(exact ? amx::ExactSyrk::kPreferredRows : 16, gram_tuning().block_rows);
     const int lanes = lanes_for(x.rows, block);
     if (lanes > 1)
-      update_lanes(x, lanes, block);
+      update_lanes(x, lanes, block, exact);
     else
-      update_staged(x, block);
+      update_staged(x, block, exact);
     count_ += x.rows;
   }
 
@@ -313,6 +334,7 @@ class CpuGram final : public GramBackend {
     sum_ = s.sum;
     g_ = s.gram;  // symmetric, so row- and column-major agree
     staged_ = 0;
+    stage_inexact_ = false;
     stage_fast_.reset();
   }
 
@@ -383,14 +405,17 @@ class CpuGram final : public GramBackend {
                kFastMaxAbs, "]); use precision='highest'");
     if (reshift) {
       const int64_t m = std::min<int64_t>(n, kShiftRows);
-      // fast on AMX with bf16 input: a shift on the bf16 grid (below) needs the columns' spread.
-      const bool bf16_grid = amx_ && x.dtype == DType::kBFloat16;
+      // fast on AMX with bf16 input, and highest on AMX-INT8 with bf16/f16 input: a shift on the
+      // input's grid (below), which needs the columns' spread.
+      const bool bf16_grid = (amx_ || exact_) && x.dtype == DType::kBFloat16;
+      const bool f16_grid = exact_ && x.dtype == DType::kFloat16;
+      const bool grid = bf16_grid || f16_grid;
       std::vector<double> colsums(static_cast<size_t>(nthreads * d), 0.0);
-      std::vector<double> colsqs(bf16_grid ? static_cast<size_t>(nthreads * d) : 0, 0.0);
+      std::vector<double> colsqs(grid ? static_cast<size_t>(nthreads * d) : 0, 0.0);
       dispatch_dtype(x.dtype, [&](auto tag) {
         parallel_for(m, 256, [&](int64_t r0, int64_t r1, int part) {
           colsum_rows<decltype(tag)::value>(x, r0, r1, colsums.data() + part * d,
-                                            bf16_grid ? colsqs.data() + part * d : nullptr);
+                                            grid ? colsqs.data() + part * d : nullptr);
         });
       });
       std::vector<double> mean(d);
@@ -400,7 +425,7 @@ class CpuGram final : public GramBackend {
         for (int p = 0; p < nthreads; ++p) s += colsums[p * d + c];
         // Σx over earlier rows = count·shift + Σy.
         mean[c] = (s + static_cast<double>(count_) * shift_[c] + sum_[c]) / total;
-        if (bf16_grid) {
+        if (grid) {
           // bf16 x minus a bf16 shift is exact in float32 with few significant bits (≤ 16 when the
           // exponents are within 8): the AMX kernel then skips the lo products — a third of its
           // work — wherever they are exactly zero (an exact skip). Columns whose mean is within
@@ -408,11 +433,15 @@ class CpuGram final : public GramBackend {
           // float32 accumulation error there, inside the bar for the AMX kernel's two-level sums
           // (measured). Not for float32 syrk: its 512-row float32 sums lost accuracy on
           // grid-shifted data (correlated rounding of short values: 1.0-1.7e-6 measured).
+          // For highest's exact kernel the few bits are what make the int8 digits exact; the
+          // shift's distance from the mean (≤ 2^-9 of it) costs float64 a few bits at most.
           double q = 0.0;
           for (int p = 0; p < nthreads; ++p) q += colsqs[p * d + c];
           const double mu = s / static_cast<double>(m);
           const double var = std::max(0.0, q / static_cast<double>(m) - mu * mu);
-          mean[c] = std::abs(mean[c]) <= 2.0 * std::sqrt(var) ? 0.0 : round_to_bf16(mean[c]);
+          mean[c] = std::abs(mean[c]) <= 2.0 * std::sqrt(var) ? 0.0
+                    : bf16_grid                                  ? round_to_bf16(mean[c])
+                                                                 : round_to_f16(mean[c]);
         }
       }
       if (count_ == 0) shift_ = mean;
@@ -464,8 +493,9 @@ class CpuGram final : public GramBackend {
 
   // ---- small updates: rows are centred into a staging block; the product runs when it fills
   // (multi-threaded BLAS), so many tiny chunks cost no more than a few large ones.
-  void update_staged(const MatrixView& x, int64_t block) {
+  void update_staged(const MatrixView& x, int64_t block, bool exact) {
     const int64_t d = dim_, n = x.rows;
+    if (!exact) stage_inexact_ = true;  // rows of other dtypes in this stage: dsyrk for all of it
     if (prec_ == Precision::kHighest) stage64_.resize(static_cast<size_t>(block * d));
     else stage32_.resize(static_cast<size_t>(block * d));
     if (staged_ > block) settle();  // block size was retuned between updates
@@ -497,8 +527,15 @@ class CpuGram final : public GramBackend {
     const int d = static_cast<int>(dim_);
     std::lock_guard<std::mutex> blk(blas::mode_mutex());
     if (prec_ == Precision::kHighest) {
-      GF_BLAS(cblas_dsyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, d, (int)staged_, 1.0, stage64_.data(), d, 1.0,
-                           g_.data(), d);
+      if (exact_ && !stage_inexact_) {
+        if (!stage_exact_) stage_exact_ = std::make_unique<amx::ExactSyrk>(dim_);
+        blas::SingleThreadedScope single;  // its dsyrk fallback runs on this thread only
+        stage_exact_->update(stage64_.data(), staged_, d, g_.data(), d);
+      } else {
+        GF_BLAS(cblas_dsyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, d, (int)staged_, 1.0, stage64_.data(), d,
+                             1.0, g_.data(), d);
+      }
+      stage_inexact_ = false;
     } else {
       if (!stage_fast_) stage_fast_ = std::make_unique<FastAccumulator>(dim_, amx_);
       stage_fast_->update(stage32_.data(), staged_);
@@ -514,7 +551,7 @@ class CpuGram final : public GramBackend {
   }
 
   // ---- large updates: `lanes` threads, each over its own rows with single-threaded BLAS.
-  void update_lanes(const MatrixView& x, int lanes, int64_t block) {
+  void update_lanes(const MatrixView& x, int lanes, int64_t block, bool exact) {
     settle();
     const int64_t d = dim_, n = x.rows;
     const bool highest = prec_ == Precision::kHighest;
@@ -526,6 +563,7 @@ class CpuGram final : public GramBackend {
       else L.buf32.resize(static_cast<size_t>(block * d));
       if (p > 0) L.part64.assign(static_cast<size_t>(d * d), 0.0);
       if (!highest && !L.fast) L.fast = std::make_unique<FastAccumulator>(d, amx_);
+      if (exact && !L.exact) L.exact = std::make_unique<amx::ExactSyrk>(d);
       L.colsum.assign(d, 0.0);
     }
     {
@@ -541,8 +579,11 @@ class CpuGram final : public GramBackend {
           const int64_t nb = std::min(block, r1 - b0);
           if (highest) {
             center_into(x, b0, b0 + nb, L.buf64.data(), L.colsum.data());
-            GF_BLAS(cblas_dsyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, (int)d, (int)nb, 1.0, L.buf64.data(),
-                                 (int)d, 1.0, target, (int)d);
+            if (exact)
+              L.exact->update(L.buf64.data(), nb, d, target, d);
+            else
+              GF_BLAS(cblas_dsyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, (int)d, (int)nb, 1.0, L.buf64.data(),
+                                   (int)d, 1.0, target, (int)d);
           } else {
             center_into(x, b0, b0 + nb, L.buf32.data(), L.colsum.data());
             L.fast->update(L.buf32.data(), nb);
@@ -588,6 +629,12 @@ class CpuGram final : public GramBackend {
   // blocks accumulate in stage_fast_ (float32, flushed into g_), lanes in their own.
   const bool amx_;
   std::unique_ptr<FastAccumulator> stage_fast_;
+  // highest: exact AMX-INT8 products (amx_exact.cpp) for bf16/f16 input, fixed at construction;
+  // a staging block that holds rows of any other dtype goes to dsyrk whole.
+  const bool exact_;
+  std::unique_ptr<amx::ExactSyrk> stage_exact_;
+  bool stage_inexact_ = false;
+  bool exact_for(DType t) const { return exact_ && (t == DType::kBFloat16 || t == DType::kFloat16); }
   mutable std::mutex mu_;
 };
 

@@ -64,10 +64,13 @@ struct GramTuning {
   int64_t block_rows = 512;        // rows centred and multiplied at a time (per lane)
   int64_t fast_flush_rows = 2048;  // fast: rows summed in float32 before a float64 flush (measured: ≈1e-8 rel.)
   bool fast_amx = true;            // fast: AMX split products where the CPU has AMX-BF16 (read at construction)
+  bool highest_amx = true;         // highest, bf16/f16 input: exact AMX-INT8 digit products (read at construction)
 };
 GramTuning& gram_tuning();
 // "" when the CPU backend's 'fast' Gram runs on AMX (bf16 split products) here, else why not.
 const std::string& cpu_amx_unavailable_reason();
+// "" when the CPU backend's 'highest' Gram of bf16/f16 input runs exactly on AMX-INT8, else why not.
+const std::string& cpu_amx_exact_unavailable_reason();
 
 std::unique_ptr<GramBackend> make_gram_backend(int64_t dim, Device device, Precision precision);
 std::unique_ptr<GramBackend> make_cpu_gram(int64_t dim, Precision precision);
