@@ -30,6 +30,7 @@
 #include "cpu/amx_exact.hpp"
 
 #include "cpu/amx_gram.hpp"
+#include "cpu/amx_transpose.hpp"
 #include "cpu/blas.hpp"
 
 #include <algorithm>
@@ -326,34 +327,6 @@ GFX_TARGET void pack_quad(const int64_t* const u[4], int64_t ntiles, int s, int8
   }
 }
 
-// dst = 32-bit-word transpose of the 16x16-word tile src (B layout -> A layout).
-GFX_TARGET inline void transpose_tile(const int8_t* src, int8_t* dst) {
-  __m512i r[16], t[16], u[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_load_si512(src + 64 * i);
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  // u[4i + c], 128-bit lane L: rows 4i..4i+3 of column 4L + c.
-  for (int i = 0; i < 4; ++i) {
-    u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  // Output row 4L + c gathers lane L of u[c], u[4+c], u[8+c], u[12+c].
-  for (int c = 0; c < 4; ++c) {
-    const __m512i e0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44);
-    const __m512i e1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
-    const __m512i e2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
-    const __m512i e3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
-    _mm512_store_si512(dst + 64 * (0 + c), _mm512_shuffle_i32x4(e0, e2, 0x88));
-    _mm512_store_si512(dst + 64 * (4 + c), _mm512_shuffle_i32x4(e0, e2, 0xDD));
-    _mm512_store_si512(dst + 64 * (8 + c), _mm512_shuffle_i32x4(e1, e3, 0x88));
-    _mm512_store_si512(dst + 64 * (12 + c), _mm512_shuffle_i32x4(e1, e3, 0xDD));
-  }
-}
-
 // tmp (tiles 00, 01, 10, 11 of the 32x32 block, int32 16x16 each) = sum over steps and over the
 // slice pairs k + l = c of A(k) . B(l). a0/a1: column block Q's two feature tiles at step 0 slice
 // 0, b0/b1: row block P's; consecutive steps are s tiles apart.
@@ -462,7 +435,7 @@ GFX_TARGET void transpose_all(const int8_t* bp, int8_t* ap, int64_t ntiles, int6
   for (int64_t f = 0; f < ntiles; ++f)
     for (int64_t t = 0; t < nsteps * s; ++t) {
       const int64_t off = f * tile_stride + t * kTileBytes;
-      transpose_tile(bp + off, ap + off);
+      transpose16x16_words(bp + off, ap + off);
     }
 }
 

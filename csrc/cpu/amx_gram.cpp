@@ -15,6 +15,7 @@
 //          accumulator with AVX-512 (two-level summation, see add_block).
 // The float32 accumulator holds only the upper blocks; flush_into adds it into float64.
 #include "cpu/amx_gram.hpp"
+#include "cpu/amx_transpose.hpp"
 
 #include <algorithm>
 #include <cstdlib>
@@ -137,33 +138,6 @@ GF_AMX_TARGET inline void split3(__m512 x, __m512i& hi, __m512i& mid, __m512i& l
   lo = _mm512_castps_si512(_mm512_sub_ps(r, m));
 }
 
-// 16x16 transpose of 32-bit words: src rows (stride 16 words) -> dst rows.
-GF_AMX_TARGET inline void transpose16_store(const uint16_t* src, uint16_t* dst) {
-  __m512i r[16], a[16], b[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_load_si512(src + 32 * i);
-  for (int i = 0; i < 8; ++i) {
-    a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    b[4 * i + 0] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
-    b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
-    b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
-    b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
-  }
-  // b[4i + c] lane L = rows 4i..4i+3 of column 4L + c.
-  for (int c = 0; c < 4; ++c) {
-    const __m512i d0 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0x44);
-    const __m512i d1 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0xEE);
-    const __m512i d2 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0x44);
-    const __m512i d3 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0xEE);
-    _mm512_store_si512(dst + 32 * (0 + c), _mm512_shuffle_i32x4(d0, d2, 0x88));
-    _mm512_store_si512(dst + 32 * (4 + c), _mm512_shuffle_i32x4(d0, d2, 0xDD));
-    _mm512_store_si512(dst + 32 * (8 + c), _mm512_shuffle_i32x4(d1, d3, 0x88));
-    _mm512_store_si512(dst + 32 * (12 + c), _mm512_shuffle_i32x4(d1, d3, 0xDD));
-  }
-}
-
 // Packs rows [0, nrows) of y (zero-padded to steps*32 rows and ntiles*16 features). lo_blk[p]
 // (32-feature block p = tiles 2p, 2p+1) is set when any lo part of the block is non-zero; where it
 // is not, the products with lo are exactly zero and the kernel skips them (values with at most 16
@@ -196,7 +170,7 @@ GF_AMX_TARGET void pack_chunk(const float* y, int64_t nrows, int64_t ld, int64_t
         lo_any = _mm512_or_si512(lo_any, lw);
       }
       if (_mm512_test_epi32_mask(lo_any, lo_any) != 0) lo_blk[t / 2] = 1;
-      for (int p = 0; p < 3; ++p) transpose16_store(bt + p * kTileElems, ap + off + p * kTileElems);
+      for (int p = 0; p < 3; ++p) transpose16x16_words(bt + p * kTileElems, ap + off + p * kTileElems);
     }
   }
 }
@@ -338,7 +312,7 @@ GF_AMX_TARGET void sweep(float* acc, const uint16_t* ap, const uint16_t* bp, int
 GF_AMX_TARGET void flush_tile(const float* tile, double* g, int64_t ldg, int64_t r0, int64_t c0,
                               int64_t dim) {
   alignas(64) float t[256];
-  transpose16_store(reinterpret_cast<const uint16_t*>(tile), reinterpret_cast<uint16_t*>(t));
+  transpose16x16_words(reinterpret_cast<const uint16_t*>(tile), reinterpret_cast<uint16_t*>(t));
   const int64_t ncols = std::min<int64_t>(16, dim - c0);
   for (int64_t n = 0; n < ncols; ++n) {
     const int64_t j = c0 + n;
