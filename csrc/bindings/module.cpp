@@ -218,16 +218,16 @@ PYBIND11_MODULE(_core, m) {
   m.def("amx_exact_unavailable_reason", [] { return cpu_amx_exact_unavailable_reason(); });
   m.def("get_tuning", [] {
     const auto& t = gram_tuning();
-    return py::make_tuple(t.block_rows, t.fast_flush_rows, t.fast_amx, t.highest_amx);
+    return py::make_tuple(t.block_rows, t.fast_flush_rows, t.fast_amx, t.exact_amx);
   });
   m.def(
       "set_tuning",
-      [](int64_t block_rows, int64_t fast_flush_rows, bool fast_amx, bool highest_amx) {
+      [](int64_t block_rows, int64_t fast_flush_rows, bool fast_amx, bool exact_amx) {
         if (block_rows < 1 || fast_flush_rows < 1) GF_THROW(ValueError, "[set_tuning] values must be >= 1");
         gram_tuning().block_rows = block_rows;
         gram_tuning().fast_flush_rows = fast_flush_rows;
         gram_tuning().fast_amx = fast_amx;
-        gram_tuning().highest_amx = highest_amx;
+        gram_tuning().exact_amx = exact_amx;
       },
-      py::arg("block_rows"), py::arg("fast_flush_rows"), py::arg("fast_amx") = true, py::arg("highest_amx") = true);
+      py::arg("block_rows"), py::arg("fast_flush_rows"), py::arg("fast_amx") = true, py::arg("exact_amx") = true);
 }

@@ -9,10 +9,10 @@
 //           rounded to float32 into a float32 buffer flushed into G every fast_flush_rows rows (fast).
 //           On CPUs with AMX-BF16, fast runs the same blocks through amx::SplitSyrk instead (y split
 //           exactly into three bf16 parts, six part products on the tile unit; amx_gram.cpp).
-//           On CPUs with AMX-INT8, highest runs bf16/f16 input through amx::ExactSyrk instead of
-//           dsyrk: with the shift on the input's grid, y has few significant bits, and its int8
-//           digits multiply exactly on the tile unit (rows that need more digits go to dsyrk;
-//           amx_exact.cpp). The result is at least as accurate as dsyrk's.
+//           On CPUs with AMX-INT8, bf16/f16 input goes through amx::ExactSyrk instead, in either
+//           precision: with the shift on the input's grid, y has few significant bits, and its
+//           int8 digits multiply exactly on the tile unit (rows that need more digits go to
+//           dsyrk; amx_exact.cpp). At least as accurate as dsyrk, and faster than both.
 // Both passes use the vectorized row kernels of row_kernels.cpp on row-major input.
 #include <algorithm>
 #include <cmath>
@@ -249,12 +249,12 @@ class FastAccumulator {
 // BLAS calls and its own accumulator, so the product scales with the cores (OpenBLAS's own
 // threading of one syrk scales poorly on few cores).
 struct Lane {
-  std::vector<double> buf64;  // [block_rows, dim] centred rows (highest)
+  std::vector<double> buf64;  // [block_rows, dim] centred rows (highest, exact)
   std::vector<float> buf32;   // [block_rows, dim] centred rows (fast)
   std::vector<double> part64; // [dim, dim] col-major upper: the lane's float64 partial (lanes > 0)
   std::vector<double> colsum; // [dim]
   std::unique_ptr<FastAccumulator> fast;  // fast: the lane's float32 accumulator
-  std::unique_ptr<amx::ExactSyrk> exact;  // highest, bf16/f16 input on AMX-INT8
+  std::unique_ptr<amx::ExactSyrk> exact;  // bf16/f16 input on AMX-INT8
 };
 
 class CpuGram final : public GramBackend {
@@ -263,7 +263,7 @@ class CpuGram final : public GramBackend {
       : dim_(dim),
         prec_(p),
         amx_(p == Precision::kFast && gram_tuning().fast_amx && amx::available()),
-        exact_(p == Precision::kHighest && gram_tuning().highest_amx && amx::exact_available()) {
+        exact_(gram_tuning().exact_amx && amx::exact_available()) {
     if (dim > 46340) GF_THROW(ValueError, "[GramAccumulator] dim must be <= 46340 (32-bit BLAS), got ", dim);
     reset();
   }
@@ -405,8 +405,8 @@ class CpuGram final : public GramBackend {
                kFastMaxAbs, "]); use precision='highest'");
     if (reshift) {
       const int64_t m = std::min<int64_t>(n, kShiftRows);
-      // fast on AMX with bf16 input, and highest on AMX-INT8 with bf16/f16 input: a shift on the
-      // input's grid (below), which needs the columns' spread.
+      // fast on AMX with bf16 input, and the exact AMX-INT8 kernel with bf16/f16 input: a shift
+      // on the input's grid (below), which needs the columns' spread.
       const bool bf16_grid = (amx_ || exact_) && x.dtype == DType::kBFloat16;
       const bool f16_grid = exact_ && x.dtype == DType::kFloat16;
       const bool grid = bf16_grid || f16_grid;
@@ -433,7 +433,7 @@ class CpuGram final : public GramBackend {
           // float32 accumulation error there, inside the bar for the AMX kernel's two-level sums
           // (measured). Not for float32 syrk: its 512-row float32 sums lost accuracy on
           // grid-shifted data (correlated rounding of short values: 1.0-1.7e-6 measured).
-          // For highest's exact kernel the few bits are what make the int8 digits exact; the
+          // For the exact kernel the few bits are what make the int8 digits exact; the
           // shift's distance from the mean (≤ 2^-9 of it) costs float64 a few bits at most.
           double q = 0.0;
           for (int p = 0; p < nthreads; ++p) q += colsqs[p * d + c];
@@ -495,8 +495,12 @@ class CpuGram final : public GramBackend {
   // (multi-threaded BLAS), so many tiny chunks cost no more than a few large ones.
   void update_staged(const MatrixView& x, int64_t block, bool exact) {
     const int64_t d = dim_, n = x.rows;
-    if (!exact) stage_inexact_ = true;  // rows of other dtypes in this stage: dsyrk for all of it
-    if (prec_ == Precision::kHighest) stage64_.resize(static_cast<size_t>(block * d));
+    // float64 staging for highest and for the exact kernel, float32 for fast's float32 kernels;
+    // rows staged in the other buffer are multiplied first.
+    const bool wide = prec_ == Precision::kHighest || exact;
+    if (staged_ > 0 && wide != stage_wide_) multiply_stage();
+    stage_wide_ = wide;
+    if (wide) stage64_.resize(static_cast<size_t>(block * d));
     else stage32_.resize(static_cast<size_t>(block * d));
     if (staged_ > block) settle();  // block size was retuned between updates
     const int nthreads = ThreadPool::instance().size();
@@ -507,8 +511,9 @@ class CpuGram final : public GramBackend {
       MatrixView sub = x;
       sub.data = static_cast<const char*>(x.data) + static_cast<size_t>(r * x.row_stride) * dtype_size(x.dtype);
       sub.rows = m;
+      if (!exact) stage_inexact_ = true;  // rows of other dtypes in this stage: dsyrk for all of it
       parallel_for(m, 64, [&](int64_t a, int64_t b, int part) {
-        if (prec_ == Precision::kHighest)
+        if (wide)
           center_into(sub, a, b, stage64_.data() + (staged_ + a) * d, partial.data() + part * d);
         else
           center_into(sub, a, b, stage32_.data() + (staged_ + a) * d, partial.data() + part * d);
@@ -521,12 +526,13 @@ class CpuGram final : public GramBackend {
       for (int64_t c = 0; c < d; ++c) sum_[c] += partial[p * d + c];
   }
 
-  // The staged rows' product into g_ (highest) or the float32 accumulator (fast).
+  // The staged rows' product into g_ (float64 staging: exact kernel or dsyrk) or the float32
+  // accumulator (fast's float32 kernels).
   void multiply_stage() {
     if (staged_ == 0) return;
     const int d = static_cast<int>(dim_);
     std::lock_guard<std::mutex> blk(blas::mode_mutex());
-    if (prec_ == Precision::kHighest) {
+    if (stage_wide_) {
       if (exact_ && !stage_inexact_) {
         if (!stage_exact_) stage_exact_ = std::make_unique<amx::ExactSyrk>(dim_);
         blas::SingleThreadedScope single;  // its dsyrk fallback runs on this thread only
@@ -535,13 +541,13 @@ class CpuGram final : public GramBackend {
         GF_BLAS(cblas_dsyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, d, (int)staged_, 1.0, stage64_.data(), d,
                              1.0, g_.data(), d);
       }
-      stage_inexact_ = false;
     } else {
       if (!stage_fast_) stage_fast_ = std::make_unique<FastAccumulator>(dim_, amx_);
       stage_fast_->update(stage32_.data(), staged_);
       if (stage_fast_->pending_rows() >= gram_tuning().fast_flush_rows) stage_fast_->flush_into(g_.data());
     }
     staged_ = 0;
+    stage_inexact_ = false;
   }
 
   // Everything staged or pending in float32 goes into g_ (before the state is read).
@@ -554,15 +560,17 @@ class CpuGram final : public GramBackend {
   void update_lanes(const MatrixView& x, int lanes, int64_t block, bool exact) {
     settle();
     const int64_t d = dim_, n = x.rows;
-    const bool highest = prec_ == Precision::kHighest;
+    // float64 rows for highest and for the exact kernel (either precision), float32 for fast's
+    // float32 kernels.
+    const bool wide = prec_ == Precision::kHighest || exact;
     const int64_t flush_rows = std::max<int64_t>(gram_tuning().fast_flush_rows, 1);
     if (static_cast<int>(lanes_.size()) < lanes) lanes_.resize(lanes);
     for (int p = 0; p < lanes; ++p) {
       Lane& L = lanes_[p];
-      if (highest) L.buf64.resize(static_cast<size_t>(block * d));
+      if (wide) L.buf64.resize(static_cast<size_t>(block * d));
       else L.buf32.resize(static_cast<size_t>(block * d));
       if (p > 0) L.part64.assign(static_cast<size_t>(d * d), 0.0);
-      if (!highest && !L.fast) L.fast = std::make_unique<FastAccumulator>(d, amx_);
+      if (!wide && !L.fast) L.fast = std::make_unique<FastAccumulator>(d, amx_);
       if (exact && !L.exact) L.exact = std::make_unique<amx::ExactSyrk>(d);
       L.colsum.assign(d, 0.0);
     }
@@ -577,7 +585,7 @@ class CpuGram final : public GramBackend {
         double* target = p == 0 ? g_.data() : L.part64.data();
         for (int64_t b0 = r0; b0 < r1; b0 += block) {
           const int64_t nb = std::min(block, r1 - b0);
-          if (highest) {
+          if (wide) {
             center_into(x, b0, b0 + nb, L.buf64.data(), L.colsum.data());
             if (exact)
               L.exact->update(L.buf64.data(), nb, d, target, d);
@@ -621,7 +629,7 @@ class CpuGram final : public GramBackend {
   int64_t count_ = 0;
   int64_t shift_rows_ = 0;               // rows the shift was estimated from
   std::vector<double> shift_, sum_, g_;  // g_: [dim, dim] col-major, upper triangle valid
-  std::vector<double> stage64_;          // [block_rows, dim] staged centred rows (highest)
+  std::vector<double> stage64_;          // [block_rows, dim] staged centred rows (highest, exact)
   std::vector<float> stage32_;           // [block_rows, dim] staged centred rows (fast)
   int64_t staged_ = 0;                   // rows in the staging block (already in count_/sum_)
   std::vector<Lane> lanes_;
@@ -629,10 +637,13 @@ class CpuGram final : public GramBackend {
   // blocks accumulate in stage_fast_ (float32, flushed into g_), lanes in their own.
   const bool amx_;
   std::unique_ptr<FastAccumulator> stage_fast_;
-  // highest: exact AMX-INT8 products (amx_exact.cpp) for bf16/f16 input, fixed at construction;
-  // a staging block that holds rows of any other dtype goes to dsyrk whole.
+  // Exact AMX-INT8 products (amx_exact.cpp) for bf16/f16 input, either precision (exact is also
+  // faster than fast's float32 kernels on such input: 0.55-0.78 s vs 0.95 s for bf16 200,000 ×
+  // 1024 measured), fixed at construction; a staging block that holds rows of any other dtype goes
+  // to dsyrk whole.
   const bool exact_;
   std::unique_ptr<amx::ExactSyrk> stage_exact_;
+  bool stage_wide_ = false;     // the staged rows are in stage64_ (else stage32_)
   bool stage_inexact_ = false;
   bool exact_for(DType t) const { return exact_ && (t == DType::kBFloat16 || t == DType::kFloat16); }
   mutable std::mutex mu_;
