@@ -30,8 +30,7 @@ class GramAccumulator:
         device: 'cpu', 'cuda' or 'cuda:<i>'; chunks must live there.
         precision: 'highest' (float64 arithmetic on exactly up-cast values, ≤1e-12 relative; on
             CPUs with AMX-INT8, bf16/f16 chunks are multiplied exactly as int8 digits of values
-            centred on a shift on the input's grid, rows needing more digits in float64; 'fast'
-            does the same with bf16/f16 chunks there, being faster too) or
+            centred on a shift on the input's grid, rows needing more digits in float64) or
             'fast' (float32 products over blocks of rows flushed into the float64 state, ≈1e-7;
             on CPUs with AMX-BF16 the products run on the tile unit as the six products of an exact
             three-way bfloat16 split of each float32 value, the same accuracy class; see

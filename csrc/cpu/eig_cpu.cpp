@@ -245,7 +245,7 @@ BackendInfo cpu_backend_info() {
   info.details += cpu::amx::available() ? "fast Gram: AMX-BF16 three-way split products"
                                         : "fast Gram: float32 syrk (no AMX: " + cpu::amx::unavailable_reason() + ")";
   info.details += cpu::amx::exact_available()
-                      ? "; bf16/f16 Gram (both precisions): exact AMX-INT8 digit products"
+                      ? "; highest Gram of bf16/f16: exact AMX-INT8 digit products"
                       : "; highest Gram: float64 syrk (no AMX-INT8: " + cpu::amx::exact_unavailable_reason() + ")";
   return info;
 }

@@ -9,10 +9,10 @@
 //           rounded to float32 into a float32 buffer flushed into G every fast_flush_rows rows (fast).
 //           On CPUs with AMX-BF16, fast runs the same blocks through amx::SplitSyrk instead (y split
 //           exactly into three bf16 parts, six part products on the tile unit; amx_gram.cpp).
-//           On CPUs with AMX-INT8, bf16/f16 input goes through amx::ExactSyrk instead, in either
-//           precision: with the shift on the input's grid, y has few significant bits, and its
-//           int8 digits multiply exactly on the tile unit (rows that need more digits go to
-//           dsyrk; amx_exact.cpp). At least as accurate as dsyrk, and faster than both.
+//           On CPUs with AMX-INT8, highest runs bf16/f16 input through amx::ExactSyrk instead of
+//           dsyrk: with the shift on the input's grid, y has few significant bits, and its int8
+//           digits multiply exactly on the tile unit (rows that need more digits go to dsyrk;
+//           amx_exact.cpp). At least as accurate as dsyrk.
 // Both passes use the vectorized row kernels of row_kernels.cpp on row-major input.
 #include <algorithm>
 #include <cmath>
@@ -263,7 +263,7 @@ class CpuGram final : public GramBackend {
       : dim_(dim),
         prec_(p),
         amx_(p == Precision::kFast && gram_tuning().fast_amx && amx::available()),
-        exact_(gram_tuning().exact_amx && amx::exact_available()) {
+        exact_(p == Precision::kHighest && gram_tuning().exact_amx && amx::exact_available()) {
     if (dim > 46340) GF_THROW(ValueError, "[GramAccumulator] dim must be <= 46340 (32-bit BLAS), got ", dim);
     reset();
   }
@@ -637,10 +637,10 @@ class CpuGram final : public GramBackend {
   // blocks accumulate in stage_fast_ (float32, flushed into g_), lanes in their own.
   const bool amx_;
   std::unique_ptr<FastAccumulator> stage_fast_;
-  // Exact AMX-INT8 products (amx_exact.cpp) for bf16/f16 input, either precision (exact is also
-  // faster than fast's float32 kernels on such input: 0.55-0.78 s vs 0.95 s for bf16 200,000 ×
-  // 1024 measured), fixed at construction; a staging block that holds rows of any other dtype goes
-  // to dsyrk whole.
+  // highest: exact AMX-INT8 products (amx_exact.cpp) for bf16/f16 input, fixed at construction;
+  // a staging block that holds rows of any other dtype goes to dsyrk whole. Not for fast: on bf16
+  // input the split products were faster (interleaved, 6 rounds, bf16 200,000 × 1024: median
+  // 0.97 s vs 1.24 s for the exact kernel).
   const bool exact_;
   std::unique_ptr<amx::ExactSyrk> stage_exact_;
   bool stage_wide_ = false;     // the staged rows are in stage64_ (else stage32_)

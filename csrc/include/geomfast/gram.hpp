@@ -64,7 +64,7 @@ struct GramTuning {
   int64_t block_rows = 512;        // rows centred and multiplied at a time (per lane)
   int64_t fast_flush_rows = 2048;  // fast: rows summed in float32 before a float64 flush (measured: ≈1e-8 rel.)
   bool fast_amx = true;            // fast: AMX split products where the CPU has AMX-BF16 (read at construction)
-  bool exact_amx = true;          // bf16/f16 input, either precision: exact AMX-INT8 digit products (read at construction)
+  bool exact_amx = true;          // highest, bf16/f16 input: exact AMX-INT8 digit products (read at construction)
 };
 GramTuning& gram_tuning();
 // "" when the CPU backend's 'fast' Gram runs on AMX (bf16 split products) here, else why not.
