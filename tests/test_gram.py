@@ -705,6 +705,36 @@ def test_highest_on_16bit_input_each_kernel(torch_dtype, path, each_fast_kernel)
         assert np.array_equal(shift, grid), f"seed={seed}: shift not on the {torch_dtype} grid"
 
 
+@pytest.mark.parametrize("precision", ["highest", "fast"])
+def test_mixed_dtype_stream_crosses_kernels(precision):
+    """One accumulator fed bf16, float32, f16 and float64 chunks of every size in turn: on AMX-INT8
+    machines 16-bit chunks of highest take the exact kernel and the others dsyrk, a staging block
+    holding both goes to dsyrk whole, and fast switches between its float32 and float64 staging;
+    every way, the state is that of the float64 reference on the same (up-cast) values."""
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    d = 45
+    # moderate offsets (make_input): large-mean bf16 columns are a known limit of fast's float32
+    # syrk kernel (test_fast_bfloat16_columns_of_every_mean_to_spread_ratio); tiny values and zeros
+    # make the exact kernel split rows
+    x = make_input(rng, 12000, d, "numpy", np.float64, "C")
+    x[rng.random(x.shape) < 2e-4] = 3e-7
+    x[rng.random(x.shape) < 0.01] = 0.0
+    kinds = [torch.bfloat16, np.float32, torch.float16, np.float64]
+    bounds = [0, 3, 700, 701, 2500, 9000, 9100, 12000]
+    parts = []
+    acc = geomfast.GramAccumulator(d, precision=precision)
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        kind = kinds[i % len(kinds)]
+        chunk = torch.from_numpy(x[a:b]).to(kind) if isinstance(kind, torch.dtype) else x[a:b].astype(kind)
+        acc.update(chunk)
+        parts.append(ref.to_float64(chunk))
+    x64 = np.concatenate(parts)
+    err = rel_fro(acc.covariance(), ref.covariance(x64))
+    assert acc.count == x64.shape[0]
+    assert err <= BARS[precision], f"seed={seed} {precision}: error {err:.3e}"
+
+
 def test_highest_exact_kernel_is_reported_and_used(each_fast_kernel):
     """backends() says which product 'highest' runs for 16-bit input; where AMX-INT8 is there, the
     exact kernel and dsyrk both run (dsyrk rounds its long sums, so they are not bit-identical)."""
