@@ -499,10 +499,10 @@ class CpuGram final : public GramBackend {
     // rows staged in the other buffer are multiplied first.
     const bool wide = prec_ == Precision::kHighest || exact;
     if (staged_ > 0 && wide != stage_wide_) multiply_stage();
+    if (staged_ > block) settle();  // the block shrank (retuned, or the exact kernel's longer block ended)
     stage_wide_ = wide;
     if (wide) stage64_.resize(static_cast<size_t>(block * d));
     else stage32_.resize(static_cast<size_t>(block * d));
-    if (staged_ > block) settle();  // block size was retuned between updates
     const int nthreads = ThreadPool::instance().size();
     std::vector<double> partial(static_cast<size_t>(nthreads * d), 0.0);
     int64_t r = 0;
