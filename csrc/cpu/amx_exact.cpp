@@ -30,7 +30,7 @@
 #include "cpu/amx_exact.hpp"
 
 #include "cpu/amx_gram.hpp"
-#include "cpu/amx_transpose.hpp"
+#include "cpu/amx_common.hpp"
 #include "cpu/blas.hpp"
 
 #include <algorithm>
@@ -138,28 +138,6 @@ inline void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
 #define GFX_PF_TILE(p)                                                          \
   for (int i_ = 0; i_ < 16; ++i_)                                               \
   _mm_prefetch(reinterpret_cast<const char*>(p) + 64 * i_, _MM_HINT_T0)
-
-struct alignas(64) TileConfig {
-  uint8_t palette_id;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-
-GFX_TARGET void load_tile_config() {
-  TileConfig cfg;
-  std::memset(&cfg, 0, sizeof(cfg));
-  cfg.palette_id = 1;
-  for (int i = 0; i < 8; ++i) {
-    cfg.colsb[i] = 64;
-    cfg.rows[i] = 16;
-  }
-  // Own asm: GCC 12's _tile_loadconfig declares only 8 bytes of the config as read.
-  __asm__ volatile("ldtilecfg %0" : : "m"(cfg) : "memory");
-}
-
-GFX_TARGET void release_tiles() { _tile_release(); }
 
 inline __mmask8 lane_mask(int64_t avail) {
   return avail >= 8 ? static_cast<__mmask8>(0xff)

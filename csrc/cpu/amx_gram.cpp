@@ -15,7 +15,7 @@
 //          accumulator with AVX-512 (two-level summation, see add_block).
 // The float32 accumulator holds only the upper blocks; flush_into adds it into float64.
 #include "cpu/amx_gram.hpp"
-#include "cpu/amx_transpose.hpp"
+#include "cpu/amx_common.hpp"
 
 #include <algorithm>
 #include <cstdlib>
@@ -92,29 +92,6 @@ inline uint64_t xgetbv0() {
 #define GF_TILE_LOAD(tmm, base, stride)                                          \
   __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #tmm                            \
                    : : "r"((const void*)(base)), "r"((long)(stride)) : "memory")
-
-struct alignas(64) TileConfig {
-  uint8_t palette_id;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-
-GF_AMX_TARGET void load_tile_config() {
-  TileConfig cfg;
-  std::memset(&cfg, 0, sizeof(cfg));
-  cfg.palette_id = 1;
-  for (int i = 0; i < 8; ++i) {
-    cfg.colsb[i] = 64;
-    cfg.rows[i] = 16;
-  }
-  // Own asm: GCC 12's _tile_loadconfig declares only 8 bytes of the config as read, so the
-  // compiler may drop the stores that fill the rest.
-  __asm__ volatile("ldtilecfg %0" : : "m"(cfg) : "memory");
-}
-
-GF_AMX_TARGET void release_tiles() { _tile_release(); }
 
 // Exact three-way split x = hi + mid + lo with every part a bfloat16 (8 significant bits) held as
 // float32 bits (low half-word zero). Veltkamp splitting with factor 2^16 + 1: c = x*K,

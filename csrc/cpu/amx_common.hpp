@@ -1,9 +1,11 @@
-// The 16×16 transpose of 32-bit words that both AMX kernels use to turn a B tile (VNNI layout:
-// row k = 16 features × one group of samples) into the A tile of the same values (row m = one
-// feature's samples): src and dst are 16 rows of 64 bytes, 64-byte aligned.
+// What both AMX kernels (amx_gram.cpp, amx_exact.cpp) share: the tile configuration (eight
+// 16-row × 64-byte tiles) and the 16×16 word transpose from B to A tile layout.
 #pragma once
 #if defined(__x86_64__)
 #include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
 
 namespace geomfast::cpu::amx {
 
@@ -15,6 +17,33 @@ namespace geomfast::cpu::amx {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
+struct alignas(64) TileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// All eight tiles 16 rows × 64 bytes (palette 1).
+__attribute__((target("amx-tile"))) inline void load_tile_config() {
+  TileConfig cfg;
+  std::memset(&cfg, 0, sizeof(cfg));
+  cfg.palette_id = 1;
+  for (int i = 0; i < 8; ++i) {
+    cfg.colsb[i] = 64;
+    cfg.rows[i] = 16;
+  }
+  // Own asm: GCC 12's _tile_loadconfig declares only 8 bytes of the config as read, so the
+  // compiler may drop the stores that fill the rest.
+  __asm__ volatile("ldtilecfg %0" : : "m"(cfg) : "memory");
+}
+
+__attribute__((target("amx-tile"))) inline void release_tiles() { _tile_release(); }
+
+// 16×16 transpose of 32-bit words, turning a B tile (VNNI layout: row k = 16 features × one group
+// of samples) into the A tile of the same values (row m = one feature's samples): src and dst are
+// 16 rows of 64 bytes, 64-byte aligned.
 __attribute__((target("avx512f"))) inline void transpose16x16_words(const void* src, void* dst) {
   const char* s = static_cast<const char*>(src);
   char* d = static_cast<char*>(dst);
