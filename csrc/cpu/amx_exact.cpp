@@ -37,7 +37,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <new>
 #include <stdexcept>
 
 #if defined(__x86_64__)
@@ -100,10 +99,6 @@ constexpr int64_t kPanelBudget = GEOMFAST_EXACT_PANEL_BYTES;  // B panels kept i
 #ifndef GEOMFAST_EXACT_PACK_COST
 #define GEOMFAST_EXACT_PACK_COST 4.5
 #endif
-
-void* aligned_alloc_bytes(size_t bytes) {
-  return ::operator new(std::max<size_t>(bytes, 64), std::align_val_t{64});
-}
 
 #if defined(__x86_64__)
 
@@ -491,28 +486,24 @@ const std::string& exact_unavailable_reason() {
   return reason;
 }
 
-void ExactSyrk::AlignedFree::operator()(void* p) const noexcept {
-  ::operator delete(p, std::align_val_t{64});
-}
-
 ExactSyrk::ExactSyrk(int64_t dim) : dim_(dim) {
   if (dim < 1) throw std::invalid_argument("ExactSyrk: dim must be >= 1");
   if (!exact_available())
     throw std::runtime_error("ExactSyrk: AMX-INT8 unavailable: " + exact_unavailable_reason());
   nblk_ = (dim + 31) / 32;
   const size_t dimp = static_cast<size_t>(32 * nblk_);
-  colmax_.reset(aligned_alloc_bytes(dimp * sizeof(double)));
-  scale_.reset(aligned_alloc_bytes(dimp * sizeof(double)));
-  expo_.reset(aligned_alloc_bytes(dimp * sizeof(int64_t)));
-  rowcls_.reset(aligned_alloc_bytes(kBlockRows));
-  ubuf_.reset(aligned_alloc_bytes(static_cast<size_t>(4 * dimp) * sizeof(int64_t)));
-  rownb_.reset(aligned_alloc_bytes(8 * kBlockRows * sizeof(uint16_t)));
-  invscale_.reset(aligned_alloc_bytes(dimp * sizeof(double)));
-  hrow_.reset(aligned_alloc_bytes(dimp * sizeof(double)));
-  lrow_.reset(aligned_alloc_bytes(dimp * sizeof(double)));
-  colslot_.reset(aligned_alloc_bytes(2 * dimp * sizeof(int32_t)));
+  colmax_ = aligned_buffer(dimp * sizeof(double));
+  scale_ = aligned_buffer(dimp * sizeof(double));
+  expo_ = aligned_buffer(dimp * sizeof(int64_t));
+  rowcls_ = aligned_buffer(kBlockRows);
+  ubuf_ = aligned_buffer(static_cast<size_t>(4 * dimp) * sizeof(int64_t));
+  rownb_ = aligned_buffer(8 * kBlockRows * sizeof(uint16_t));
+  invscale_ = aligned_buffer(dimp * sizeof(double));
+  hrow_ = aligned_buffer(dimp * sizeof(double));
+  lrow_ = aligned_buffer(dimp * sizeof(double));
+  colslot_ = aligned_buffer(2 * dimp * sizeof(int32_t));
   split_cols_ = std::min<int64_t>(static_cast<int64_t>(dimp), GEOMFAST_EXACT_SPLIT_COLS);
-  rbuf_.reset(aligned_alloc_bytes(static_cast<size_t>(2 * split_cols_) * dimp * sizeof(double)));
+  rbuf_ = aligned_buffer(static_cast<size_t>(2 * split_cols_) * dimp * sizeof(double));
 }
 
 ExactSyrk::~ExactSyrk() = default;
@@ -521,14 +512,14 @@ ExactSyrk& ExactSyrk::operator=(ExactSyrk&&) noexcept = default;
 
 void ExactSyrk::ensure_pack(size_t bytes) {
   if (bytes <= pack_bytes_) return;
-  apack_.reset(aligned_alloc_bytes(bytes));
-  bpack_.reset(aligned_alloc_bytes(bytes));
+  apack_ = aligned_buffer(bytes);
+  bpack_ = aligned_buffer(bytes);
   pack_bytes_ = bytes;
 }
 
 void ExactSyrk::ensure_fallback(size_t bytes) {
   if (bytes <= fb_bytes_) return;
-  fb_.reset(aligned_alloc_bytes(bytes));
+  fb_ = aligned_buffer(bytes);
   fb_bytes_ = bytes;
 }
 

@@ -20,6 +20,8 @@
 #include <memory>
 #include <string>
 
+#include "cpu/aligned_buffer.hpp"
+
 namespace geomfast::cpu::amx {
 
 // "" when ExactSyrk can run (amx::unavailable_reason() is "" and the CPU has AMX-INT8 and
@@ -66,10 +68,7 @@ class ExactSyrk {
   const std::array<int64_t, 9>& blocks_by_slices() const { return blocks_by_slices_; }
 
  private:
-  struct AlignedFree {
-    void operator()(void* p) const noexcept;
-  };
-  using Buf = std::unique_ptr<void, AlignedFree>;
+  using Buf = AlignedBuf;
   void ensure_pack(size_t bytes);
   void ensure_fallback(size_t bytes);
   int64_t block(const double* y, int64_t n, int64_t ld, double* g, int64_t ldg);

@@ -20,7 +20,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <new>
 #include <stdexcept>
 
 #if defined(__x86_64__)
@@ -56,10 +55,6 @@ constexpr int64_t kPanelBytes = GEOMFAST_AMX_PANEL_BYTES;  // B panel budget per
 constexpr int64_t kTileElems = 512;                         // bf16 per 16x64-byte tile
 constexpr int64_t kStepElems = 3 * kTileElems;              // hi, mid, lo
 constexpr int64_t kBlockFloats = 1024;                      // 32x32 block = four 16x16 tiles
-
-void* aligned_alloc_bytes(size_t bytes) {
-  return ::operator new(std::max<size_t>(bytes, 64), std::align_val_t{64});
-}
 
 inline int64_t block_index(int64_t p, int64_t q, int64_t np) {  // p <= q, row-major upper
   return p * np - p * (p - 1) / 2 + (q - p);
@@ -362,22 +357,18 @@ const std::string& unavailable_reason() {
   return reason;
 }
 
-void SplitSyrk::AlignedFree::operator()(void* p) const noexcept {
-  ::operator delete(p, std::align_val_t{64});
-}
-
 SplitSyrk::SplitSyrk(int64_t dim) : dim_(dim) {
   if (dim < 1) throw std::invalid_argument("SplitSyrk: dim must be >= 1");
   if (!available()) throw std::runtime_error("SplitSyrk: AMX unavailable: " + unavailable_reason());
   npairs_ = (dim + 31) / 32;
   const int64_t nblocks = npairs_ * (npairs_ + 1) / 2;
   const size_t acc_bytes = static_cast<size_t>(nblocks * kBlockFloats) * sizeof(float);
-  acc_.reset(aligned_alloc_bytes(acc_bytes));
+  acc_ = aligned_buffer(acc_bytes);
   std::memset(acc_.get(), 0, acc_bytes);
   const size_t pack_bytes =
       static_cast<size_t>(2 * npairs_ * (kChunkRows / 32) * kStepElems) * sizeof(uint16_t);
-  apack_.reset(aligned_alloc_bytes(pack_bytes));
-  bpack_.reset(aligned_alloc_bytes(pack_bytes));
+  apack_ = aligned_buffer(pack_bytes);
+  bpack_ = aligned_buffer(pack_bytes);
   lo_blk_.assign(static_cast<size_t>(npairs_), 1);
 }
 

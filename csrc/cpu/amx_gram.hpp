@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "cpu/aligned_buffer.hpp"
+
 namespace geomfast::cpu::amx {
 
 // "" when the AMX path can run in this process, else why not (not x86-64, CPU lacks
@@ -51,10 +53,7 @@ class SplitSyrk {
   int64_t pending_rows() const { return pending_; }
 
  private:
-  struct AlignedFree {
-    void operator()(void* p) const noexcept;
-  };
-  using Buf = std::unique_ptr<void, AlignedFree>;
+  using Buf = AlignedBuf;
 
   int64_t dim_ = 0;
   int64_t npairs_ = 0;   // 32-feature blocks (dim padded to a multiple of 32)
