@@ -495,13 +495,9 @@ class CpuGram final : public GramBackend {
   // (multi-threaded BLAS), so many tiny chunks cost no more than a few large ones.
   void update_staged(const MatrixView& x, int64_t block, bool exact) {
     const int64_t d = dim_, n = x.rows;
-    // float64 staging for highest and for the exact kernel, float32 for fast's float32 kernels;
-    // rows staged in the other buffer are multiplied first.
-    const bool wide = prec_ == Precision::kHighest || exact;
-    if (staged_ > 0 && wide != stage_wide_) multiply_stage();
+    const bool highest = prec_ == Precision::kHighest;
     if (staged_ > block) settle();  // the block shrank (retuned, or the exact kernel's longer block ended)
-    stage_wide_ = wide;
-    if (wide) stage64_.resize(static_cast<size_t>(block * d));
+    if (highest) stage64_.resize(static_cast<size_t>(block * d));
     else stage32_.resize(static_cast<size_t>(block * d));
     const int nthreads = ThreadPool::instance().size();
     std::vector<double> partial(static_cast<size_t>(nthreads * d), 0.0);
@@ -513,7 +509,7 @@ class CpuGram final : public GramBackend {
       sub.rows = m;
       if (!exact) stage_inexact_ = true;  // rows of other dtypes in this stage: dsyrk for all of it
       parallel_for(m, 64, [&](int64_t a, int64_t b, int part) {
-        if (wide)
+        if (highest)
           center_into(sub, a, b, stage64_.data() + (staged_ + a) * d, partial.data() + part * d);
         else
           center_into(sub, a, b, stage32_.data() + (staged_ + a) * d, partial.data() + part * d);
@@ -526,13 +522,13 @@ class CpuGram final : public GramBackend {
       for (int64_t c = 0; c < d; ++c) sum_[c] += partial[p * d + c];
   }
 
-  // The staged rows' product into g_ (float64 staging: exact kernel or dsyrk) or the float32
-  // accumulator (fast's float32 kernels).
+  // The staged rows' product into g_ (highest: exact kernel or dsyrk) or the float32 accumulator
+  // (fast).
   void multiply_stage() {
     if (staged_ == 0) return;
     const int d = static_cast<int>(dim_);
     std::lock_guard<std::mutex> blk(blas::mode_mutex());
-    if (stage_wide_) {
+    if (prec_ == Precision::kHighest) {
       if (exact_ && !stage_inexact_) {
         if (!stage_exact_) stage_exact_ = std::make_unique<amx::ExactSyrk>(dim_);
         blas::SingleThreadedScope single;  // its dsyrk fallback runs on this thread only
@@ -560,17 +556,15 @@ class CpuGram final : public GramBackend {
   void update_lanes(const MatrixView& x, int lanes, int64_t block, bool exact) {
     settle();
     const int64_t d = dim_, n = x.rows;
-    // float64 rows for highest and for the exact kernel (either precision), float32 for fast's
-    // float32 kernels.
-    const bool wide = prec_ == Precision::kHighest || exact;
+    const bool highest = prec_ == Precision::kHighest;
     const int64_t flush_rows = std::max<int64_t>(gram_tuning().fast_flush_rows, 1);
     if (static_cast<int>(lanes_.size()) < lanes) lanes_.resize(lanes);
     for (int p = 0; p < lanes; ++p) {
       Lane& L = lanes_[p];
-      if (wide) L.buf64.resize(static_cast<size_t>(block * d));
+      if (highest) L.buf64.resize(static_cast<size_t>(block * d));
       else L.buf32.resize(static_cast<size_t>(block * d));
       if (p > 0) L.part64.assign(static_cast<size_t>(d * d), 0.0);
-      if (!wide && !L.fast) L.fast = std::make_unique<FastAccumulator>(d, amx_);
+      if (!highest && !L.fast) L.fast = std::make_unique<FastAccumulator>(d, amx_);
       if (exact && !L.exact) L.exact = std::make_unique<amx::ExactSyrk>(d);
       L.colsum.assign(d, 0.0);
     }
@@ -585,7 +579,7 @@ class CpuGram final : public GramBackend {
         double* target = p == 0 ? g_.data() : L.part64.data();
         for (int64_t b0 = r0; b0 < r1; b0 += block) {
           const int64_t nb = std::min(block, r1 - b0);
-          if (wide) {
+          if (highest) {
             center_into(x, b0, b0 + nb, L.buf64.data(), L.colsum.data());
             if (exact)
               L.exact->update(L.buf64.data(), nb, d, target, d);
@@ -643,8 +637,7 @@ class CpuGram final : public GramBackend {
   // 0.97 s vs 1.24 s for the exact kernel).
   const bool exact_;
   std::unique_ptr<amx::ExactSyrk> stage_exact_;
-  bool stage_wide_ = false;     // the staged rows are in stage64_ (else stage32_)
-  bool stage_inexact_ = false;
+  bool stage_inexact_ = false;  // the stage holds rows of other dtypes: dsyrk for all of it
   bool exact_for(DType t) const { return exact_ && (t == DType::kBFloat16 || t == DType::kFloat16); }
   mutable std::mutex mu_;
 };
