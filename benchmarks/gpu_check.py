@@ -1,24 +1,28 @@
 """One command that validates the CUDA backend and times it against baselines, in the same run.
 
-On a fresh GPU machine (from the repository root):
+On the project's GPU machine, from a bare start, use `benchmarks/gpu_session.sh` (it builds in
+place, then runs this). Elsewhere, from the repository root:
 
     pip install nvidia-cublas nvidia-cusolver            # cuBLAS 13 / cuSOLVER 12 wheels
     GEOMFAST_CUDA=ON pip install --no-build-isolation .  # builds the CUDA backend (fails loudly if it cannot)
-    python benchmarks/gpu_check.py --json gpu_check.json # tests, accuracy sweep, timings; table last
+    python benchmarks/gpu_check.py --out gpu-check       # tests, sweeps, timings; table last
 
-What it does:
-  1. prints geomfast.backends() and stops (exit 2) when CUDA is not usable;
-  2. runs tests/test_cuda.py (pytest) unless --skip-tests;
-  3. accuracy of precision="fast" for bfloat16 input against a float64 reference, per flush
-     interval (GEOMFAST_CUDA_FLUSH_ROWS), on centred data and on large-offset data;
-  4. timings against baselines measured in the same process, on the same card:
-     - the bf16 matrix-product peak (a large torch bf16 matmul),
-     - Gram accumulation of chunks of --rows rows at d = 4096 (and 8192) vs torch bf16 X.T @ X
-       with float32 output; TFLOP/s counted as N·d² (the Gram's useful work),
-     - full eigvalsh vs torch.linalg.eigvalsh (and cupy.linalg.eigvalsh if installed),
-     - randomized top-256 vs full, and vs torch.svd_lowrank.
+Sections, in order (each one's results are written to --out as soon as it ends, so a run that is
+killed keeps what it finished; a section that raises is recorded and the next one still runs; a
+section whose estimated cost no longer fits --budget-s is skipped and says so):
+  1. geomfast.backends(), the card, torch;
+  2. tests/test_cuda.py (pytest, its own timeout; log in --out/test_cuda.log) unless --skip-tests;
+  3. the fast bf16 path's time AND error per flush interval (GEOMFAST_CUDA_FLUSH_ROWS) and per
+     triangle tile (GEOMFAST_CUDA_TRIANGLE_TILE) at d = 4096, centred and large-offset data,
+     against a float64 reference on the same values: the table to set the defaults from;
+  4. the bf16 matrix-product peak (a large torch bf16 matmul);
+  5. Gram accumulation of chunks of --rows rows at --dims vs torch bf16 X.T @ X with float32
+     output; TFLOP/s counted as N·d² (the Gram's useful work);
+  6. full eigvalsh vs torch.linalg.eigvalsh (and cupy.linalg.eigvalsh), randomized top-256 vs
+     full and vs torch.svd_lowrank.
 Targets (issue 3, H100): Gram bf16 >= 1.6x torch X.T @ X and >= 60% of the measured bf16 peak;
 full eigvalsh <= torch; randomized top-256 >= 10x faster than full.
+Exit status: 0 all ran and the tests passed, 1 a test failed or a section raised, 2 no usable CUDA.
 """
 from __future__ import annotations
 
@@ -29,11 +33,13 @@ import platform
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+HEADER = ("what", "geomfast", "baseline", "ratio / note")
 
 
 def log(msg: str) -> None:
@@ -55,114 +61,243 @@ def timeit(fn, *, sync, repeat: int = 3, warmup: int = 1) -> float:
 
 
 def rel_fro(a, b) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def format_table(title: str, rows: list[tuple[str, str, str, str]]) -> str:
+    w = [max(len(r[i]) for r in rows + [HEADER]) for i in range(4)]
+    lines = [title, " | ".join(h.ljust(w[i]) for i, h in enumerate(HEADER)), "-+-".join("-" * x for x in w)]
+    lines += [" | ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
+    return "\n".join(lines)
+
+
+class Check:
+    """Runs sections under a time budget, keeping every result on disk as soon as it exists."""
+
+    def __init__(self, out: Path | None, budget_s: float):
+        self.out = out
+        self.t0 = time.perf_counter()
+        self.budget_s = budget_s
+        self.rows: list[tuple[str, str, str, str]] = []
+        self.results: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(),
+                              "sections": {}}
+        self.failed = False
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+
+    def left(self) -> float:
+        return self.budget_s - (time.perf_counter() - self.t0)
+
+    def title(self) -> str:
+        r = self.results
+        return f"geomfast CUDA check on {r.get('card', '?')} ({r['date']}), torch {r.get('torch', '?')}"
+
+    def save(self) -> None:
+        if self.out is None:
+            return
+        (self.out / "gpu_check.json").write_text(json.dumps(self.results, indent=2, default=float))
+        (self.out / "table.txt").write_text(format_table(self.title(), self.rows) + "\n")
+
+    def section(self, name: str, est_s: float, fn) -> None:
+        if self.left() < est_s:
+            note = f"skipped: needs ~{est_s:.0f} s, {max(self.left(), 0):.0f} s of the budget left"
+            log(f"== {name}: {note}")
+            self.results["sections"][name] = {"status": "skipped", "note": note}
+            self.rows.append((name, "SKIPPED", "", note))
+            self.save()
+            return
+        log(f"== {name}")
+        t = time.perf_counter()
+        try:
+            fn()
+            status = {"status": "ok"}
+        except Exception as e:  # recorded, and the next section still runs
+            self.failed = True
+            tb = traceback.format_exc()
+            log(tb)
+            status = {"status": "error", "error": f"{type(e).__name__}: {e}", "traceback": tb}
+            self.rows.append((name, "ERROR", "", f"{type(e).__name__}: {str(e)[:120]}"))
+        status["seconds"] = time.perf_counter() - t
+        self.results["sections"][name] = status
+        log(f"   ({status['seconds']:.1f} s; {self.left():.0f} s of the budget left)")
+        self.save()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", type=Path, help="write all results here")
+    ap.add_argument("--out", type=Path, help="folder for gpu_check.json, table.txt and test_cuda.log")
+    ap.add_argument("--budget-s", type=float, default=480.0,
+                    help="wall-clock budget; sections that no longer fit are skipped (default 480)")
     ap.add_argument("--skip-tests", action="store_true", help="do not run tests/test_cuda.py")
+    ap.add_argument("--test-timeout-s", type=float, default=240.0, help="limit for tests/test_cuda.py")
     ap.add_argument("--dims", default="4096,8192", help="Gram / eigvalsh sizes (comma-separated)")
     ap.add_argument("--rows", type=int, default=65536, help="rows per chunk")
     ap.add_argument("--chunks", type=int, default=4, help="chunks per timed Gram accumulation")
-    ap.add_argument("--flush", default="256,512,1024,2048,4096,8192", help="flush intervals to sweep")
+    ap.add_argument("--flush", default="256,512,1024,2048,4096,8192,16384", help="flush intervals to sweep")
+    ap.add_argument("--tiles", default="512,1024,2048", help="triangle tiles to sweep (at the default flush)")
+    ap.add_argument("--sweep-dim", type=int, default=4096, help="d of the flush / tile sweep")
+    ap.add_argument("--sweep-rows", type=int, default=65536, help="rows of the flush / tile sweep")
+    ap.add_argument("--cpu-dry-run", action="store_true",
+                    help="run this script's own code on the CPU backend (small sizes; checks the script, "
+                         "not the GPU: no figures to keep)")
     args = ap.parse_args()
 
     import geomfast
     import torch
 
-    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node()}
+    chk = Check(args.out, args.budget_s)
+    res, rows = chk.results, chk.rows
     cuda = geomfast.backends()["cuda"]
-    results["backend"] = cuda
+    res["backend"] = cuda
     log(f"geomfast {geomfast.__version__}; CUDA backend: {cuda}")
-    if not cuda["usable"]:
+    if args.cpu_dry_run:
+        log("CPU dry run: every section on the CPU backend, GPU-only knobs ignored")
+    elif not cuda["usable"]:
         log(f"CUDA backend not usable: {cuda['reason']}")
         if not cuda["built"]:
-            log("build it with: pip install nvidia-cublas nvidia-cusolver && "
+            log("build it with benchmarks/gpu_session.sh, or: pip install nvidia-cublas nvidia-cusolver && "
                 "GEOMFAST_CUDA=ON pip install --no-build-isolation .")
+        chk.save()
         return 2
-    if not torch.cuda.is_available():
+    if not args.cpu_dry_run and not torch.cuda.is_available():
         log("torch has no CUDA: the baselines need a CUDA build of torch")
+        chk.save()
         return 2
-    dev = torch.device("cuda:0")
-    results["card"] = torch.cuda.get_device_name(dev)
-    results["torch"] = torch.__version__
-    sync = torch.cuda.synchronize
-    rows: list[tuple[str, str, str, str]] = []  # (what, geomfast, baseline, ratio / note)
+    dev = torch.device("cpu" if args.cpu_dry_run else "cuda:0")
+    where = "cpu" if args.cpu_dry_run else "cuda"
+    res["card"] = "CPU (dry run)" if args.cpu_dry_run else torch.cuda.get_device_name(dev)
+    res["torch"] = torch.__version__
+    sync = (lambda: None) if args.cpu_dry_run else torch.cuda.synchronize
+    chk.save()
 
-    # ------------------------------------------------------------------ 1. tests
-    if not args.skip_tests:
-        log("== tests/test_cuda.py")
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                               str(ROOT / "tests" / "test_cuda.py")], cwd=ROOT, capture_output=True, text=True)
-        tail = proc.stdout.strip().splitlines()[-15:]
+    # ------------------------------------------------------------------ tests
+    def tests():
+        log_path = (args.out / "test_cuda.log") if args.out else None
+        cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_cuda.py")]
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.test_timeout_s)
+            text, rc = proc.stdout + proc.stderr, proc.returncode
+        except subprocess.TimeoutExpired as e:
+            text = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+            text += f"\n[gpu_check] pytest stopped after {args.test_timeout_s:.0f} s"
+            rc = -1
+        if log_path:
+            log_path.write_text(text)
+        tail = text.strip().splitlines()[-25:]
         log("\n".join(tail))
-        results["tests"] = {"returncode": proc.returncode, "tail": tail, "seconds": time.perf_counter() - t0}
-        rows.append(("tests/test_cuda.py", "passed" if proc.returncode == 0 else "FAILED", "", tail[-1] if tail else ""))
+        res["tests"] = {"returncode": rc, "tail": tail}
+        if rc != 0:
+            chk.failed = True
+        rows.append(("tests/test_cuda.py", "passed" if rc == 0 else "FAILED", "", tail[-1] if tail else ""))
 
-    # ------------------------------------------------------------------ 2. accuracy vs flush interval
-    log("== fast bf16 accuracy vs flush interval (float64 reference on the same values)")
-    acc_rows = []
-    d_acc, n_acc = 1024, 65536
-    g = torch.Generator(device=dev).manual_seed(0)
-    base = torch.randn(n_acc, d_acc, generator=g, device=dev, dtype=torch.float64)
-    datasets = {"centred": base, "offset 1e3": base + 1e3 * torch.rand(d_acc, generator=g, device=dev,
-                                                                       dtype=torch.float64)}
-    for name, x64 in datasets.items():
-        x = x64.to(torch.bfloat16)
-        y = x.to(torch.float64)
-        y = y - y.mean(0, keepdim=True)
-        ref = (y.T @ y / (n_acc - 1)).cpu().numpy()
-        for flush in [int(f) for f in args.flush.split(",")]:
-            os.environ["GEOMFAST_CUDA_FLUSH_ROWS"] = str(flush)
-            acc = geomfast.GramAccumulator(d_acc, device="cuda", precision="fast")
-            for part in x.split(16384):
-                acc.update(part)
-            err = rel_fro(acc.covariance(), ref)
-            acc_rows.append({"data": name, "flush_rows": flush, "rel_fro": err})
-            log(f"  {name:10s} flush {flush:5d}: rel Frobenius error {err:.2e}")
-    os.environ.pop("GEOMFAST_CUDA_FLUSH_ROWS", None)
-    results["flush_accuracy"] = acc_rows
-    worst_default = max(r["rel_fro"] for r in acc_rows if r["flush_rows"] == 1024) if any(
-        r["flush_rows"] == 1024 for r in acc_rows) else float("nan")
-    rows.append(("fast bf16 error @1024 rows (bar 1e-6)", f"{worst_default:.2e}", "", "ok" if worst_default <= 1e-6 else "ABOVE BAR"))
-    del base, datasets
+    if not args.skip_tests and not args.cpu_dry_run:
+        chk.section("tests/test_cuda.py", 30.0, tests)
 
-    # ------------------------------------------------------------------ 3. bf16 peak
-    log("== bf16 matmul peak (torch)")
-    m = 8192
-    a = torch.randn(m, m, device=dev, dtype=torch.bfloat16)
-    b = torch.randn(m, m, device=dev, dtype=torch.bfloat16)
-    t = timeit(lambda: a @ b, sync=sync, repeat=10, warmup=3)
-    peak = 2 * m**3 / t / 1e12
-    results["bf16_peak_tflops"] = peak
-    rows.append(("bf16 matmul peak (8192^3)", f"{peak:.0f} TFLOP/s", "", "torch a @ b"))
-    del a, b
+    # ------------------------------------------------------------------ flush / tile sweep
+    def sweep():
+        d, n, parts = args.sweep_dim, args.sweep_rows, 2
+        g = torch.Generator(device=dev).manual_seed(0)
+        base = torch.randn(n, d, generator=g, device=dev, dtype=torch.float64)
+        base *= torch.rand(d, generator=g, device=dev, dtype=torch.float64).add(0.5)
+        out = []
+        for name, shift in (("centred", None), ("offset 1e3", 1e3)):
+            x64 = base if shift is None else base + shift * torch.rand(d, generator=g, device=dev, dtype=torch.float64)
+            x = x64.to(torch.bfloat16)
+            del x64
+            y = x.to(torch.float64)
+            y -= y.mean(0, keepdim=True)
+            ref = (y.T @ y / (n - 1)).cpu().numpy()
+            del y
+            chunks = list(x.split(n // parts))
+            settings = [(f, None) for f in (int(v) for v in args.flush.split(",") if v)]
+            settings += [(None, t) for t in (int(v) for v in args.tiles.split(",") if v)]
+            for flush, tile in settings:
+                os.environ.pop("GEOMFAST_CUDA_FLUSH_ROWS", None)
+                os.environ.pop("GEOMFAST_CUDA_TRIANGLE_TILE", None)
+                if flush:
+                    os.environ["GEOMFAST_CUDA_FLUSH_ROWS"] = str(flush)
+                if tile:
+                    os.environ["GEOMFAST_CUDA_TRIANGLE_TILE"] = str(tile)
+                acc = geomfast.GramAccumulator(d, device=where, precision="fast")
+                for c in chunks:
+                    acc.update(c)
+                err = rel_fro(acc.covariance(), ref)
+
+                def run():
+                    acc.reset()
+                    for c in chunks:
+                        acc.update(c)
+
+                t = timeit(run, sync=sync, repeat=2)
+                tf = n * d * d / t / 1e12
+                label = f"flush {flush}" if flush else f"tile {tile}"
+                out.append({"data": name, "flush_rows": flush, "triangle_tile": tile, "rel_fro": err,
+                            "seconds": t, "tflops_nd2": tf})
+                log(f"  {name:10s} {label:12s}: rel Frobenius error {err:.2e}, {t * 1e3:7.2f} ms, {tf:6.3g} TFLOP/s (N·d²)")
+                res["sweep"] = out
+                chk.save()
+            del x, chunks
+        os.environ.pop("GEOMFAST_CUDA_FLUSH_ROWS", None)
+        os.environ.pop("GEOMFAST_CUDA_TRIANGLE_TILE", None)
+        torch.cuda.empty_cache()
+        ok = [r for r in out if r["flush_rows"] and all(
+            q["rel_fro"] <= 1e-6 for q in out if q["flush_rows"] == r["flush_rows"])]
+        best = max(ok, key=lambda r: r["tflops_nd2"], default=None)
+        default = [r for r in out if r["flush_rows"] == 1024]
+        worst_default = max((r["rel_fro"] for r in default), default=float("nan"))
+        if default:
+            rows.append((f"fast bf16 error, flush 1024 (default), d={d} (bar 1e-6)", f"{worst_default:.2e}", "",
+                         "ok" if worst_default <= 1e-6 else "ABOVE BAR"))
+        if best:
+            rows.append((f"fastest flush within the bar, d={d}", f"{best['flush_rows']} rows",
+                         f"{best['tflops_nd2']:.3g} TFLOP/s", f"error {best['rel_fro']:.1e} ({best['data']})"))
+
+    chk.section("fast bf16 flush/tile sweep", 60.0, sweep)
+
+    # ------------------------------------------------------------------ bf16 peak
+    def peak_section():
+        m = 512 if args.cpu_dry_run else 8192
+        a = torch.randn(m, m, device=dev, dtype=torch.bfloat16)
+        b = torch.randn(m, m, device=dev, dtype=torch.bfloat16)
+        t = timeit(lambda: a @ b, sync=sync, repeat=10, warmup=3)
+        res["bf16_peak_tflops"] = 2 * m**3 / t / 1e12
+        rows.append((f"bf16 matmul peak ({m}^3)", f"{res['bf16_peak_tflops']:.3g} TFLOP/s", "", "torch a @ b"))
+
+    chk.section("bf16 peak", 5.0, peak_section)
+    peak = res.get("bf16_peak_tflops", float("nan"))
 
     dims = [int(s) for s in args.dims.split(",") if s]
-    n = args.rows
-    results["gram"] = []
-    for d in dims:
-        log(f"== Gram accumulation d={d}, {args.chunks} chunks of {n} rows")
+
+    # ------------------------------------------------------------------ Gram timings
+    def gram_section(d):
+        n = args.rows
         x = torch.randn(n, d, device=dev, dtype=torch.bfloat16)
         flops = args.chunks * n * d * d  # N·d²
+        try:
+            torch.mm(x[:64].T, x[:64], out_dtype=torch.float32)
+            def one():
+                return torch.mm(x.T, x, out_dtype=torch.float32)
+            base_name = "torch.mm(X.T, X, out_dtype=float32)"
+        except (TypeError, RuntimeError):  # older torch: no out_dtype
+            def one():
+                return (x.T @ x).float()
+            base_name = "torch (X.T @ X).float()"
 
         def torch_gram():
             for _ in range(args.chunks):
-                try:
-                    torch.mm(x.T, x, out_dtype=torch.float32)
-                except TypeError:  # older torch: no out_dtype
-                    (x.T @ x).float()
+                one()
 
         t_torch = timeit(torch_gram, sync=sync)
-        entry = {"d": d, "rows": n, "chunks": args.chunks, "torch_s": t_torch,
+        entry = {"d": d, "rows": n, "chunks": args.chunks, "baseline": base_name, "torch_s": t_torch,
                  "torch_tflops": flops / t_torch / 1e12}
+        res.setdefault("gram", []).append(entry)
         for label, data in (("centred", x), ("offset", x + 300.0)):
             for precision in ("fast", "highest"):
                 if precision == "highest" and label == "offset":
                     continue
-                acc = geomfast.GramAccumulator(d, device="cuda", precision=precision)
+                acc = geomfast.GramAccumulator(d, device=where, precision=precision)
 
                 def ours():
                     for _ in range(args.chunks):
@@ -172,23 +307,27 @@ def main() -> int:
                 tf = flops / t_ours / 1e12
                 entry[f"{precision}_{label}_s"] = t_ours
                 entry[f"{precision}_{label}_tflops"] = tf
-                rows.append((f"Gram bf16 {precision} {label} d={d}", f"{tf:.0f} TFLOP/s",
-                             f"{entry['torch_tflops']:.0f} TFLOP/s (torch X.T@X)",
+                rows.append((f"Gram bf16 {precision} {label} d={d}", f"{tf:.3g} TFLOP/s",
+                             f"{entry['torch_tflops']:.3g} TFLOP/s ({base_name})",
                              f"{t_torch / t_ours:.2f}x torch, {100 * tf / peak:.0f}% of peak"))
                 log(f"  {rows[-1]}")
+                chk.save()
                 del acc
-        results["gram"].append(entry)
         del x
         torch.cuda.empty_cache()
 
-    # ------------------------------------------------------------------ 4. eigensolvers
-    results["eig"] = []
+    for d in dims:
+        chk.section(f"Gram d={d}", 10.0 * (d / 4096) ** 2, lambda d=d: gram_section(d))
+
+    # ------------------------------------------------------------------ eigensolvers
     try:
         import cupy
     except ImportError:
         cupy = None
-    for d in dims:
-        log(f"== eigvalsh d={d}")
+    if args.cpu_dry_run:
+        cupy = None
+
+    def eig_section(d):
         g = torch.Generator(device=dev).manual_seed(d)
         q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, device=dev, dtype=torch.float64))
         lam = torch.arange(1, d + 1, device=dev, dtype=torch.float64) ** -1.0
@@ -196,13 +335,15 @@ def main() -> int:
         a = (a + a.T) / 2
         del q
         entry = {"d": d}
+        res.setdefault("eig", []).append(entry)
+        ref = np.sort(lam.cpu().numpy())[::-1]
+        full = geomfast.eigvalsh(a)
         t_ours = timeit(lambda: geomfast.eigvalsh(a), sync=sync, repeat=2)
         t_torch = timeit(lambda: torch.linalg.eigvalsh(a), sync=sync, repeat=2)
-        full = geomfast.eigvalsh(a)
-        ref = np.sort(lam.cpu().numpy())[::-1]
         entry.update(full_s=t_ours, torch_s=t_torch, full_max_err_over_l1=float(np.abs(full - ref).max() / ref[0]))
         rows.append((f"eigvalsh full d={d}", f"{t_ours * 1e3:.0f} ms", f"{t_torch * 1e3:.0f} ms (torch)",
                      f"{t_torch / t_ours:.2f}x; err {entry['full_max_err_over_l1']:.1e}·λ1"))
+        chk.save()
         t32 = timeit(lambda: geomfast.eigvalsh(a, single_precision=True), sync=sync, repeat=2)
         entry["full_single_s"] = t32
         rows.append((f"eigvalsh full float32 d={d}", f"{t32 * 1e3:.0f} ms", "", ""))
@@ -213,9 +354,10 @@ def main() -> int:
             rows.append((f"eigvalsh full d={d} vs cupy", f"{t_ours * 1e3:.0f} ms", f"{t_cp * 1e3:.0f} ms (cupy)",
                          f"{t_cp / t_ours:.2f}x"))
             del ca
+        chk.save()
         k = 256
-        t_rand = timeit(lambda: geomfast.eigvalsh(a, method="randomized", k=k), sync=sync, repeat=2)
         top = geomfast.eigvalsh(a, method="randomized", k=k)
+        t_rand = timeit(lambda: geomfast.eigvalsh(a, method="randomized", k=k), sync=sync, repeat=2)
         err100 = float(np.max(np.abs(top[:100] - ref[:100]) / ref[:100]))
         t_svd = timeit(lambda: torch.svd_lowrank(a, q=k + 16, niter=4), sync=sync, repeat=2)
         entry.update(randomized_s=t_rand, randomized_top100_rel_err=err100, svd_lowrank_s=t_svd)
@@ -223,24 +365,16 @@ def main() -> int:
                      f"{t_ours / t_rand:.1f}x faster; top-100 err {err100:.1e}"))
         rows.append((f"randomized top-{k} d={d} vs svd_lowrank", f"{t_rand * 1e3:.0f} ms",
                      f"{t_svd * 1e3:.0f} ms (torch.svd_lowrank q={k + 16}, niter=4)", f"{t_svd / t_rand:.2f}x"))
-        results["eig"].append(entry)
         del a
         torch.cuda.empty_cache()
 
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=float))
-        log(f"wrote {args.json}")
+    for d in dims:
+        chk.section(f"eigvalsh d={d}", 8.0 * (d / 4096) ** 3, lambda d=d: eig_section(d))
 
-    # ------------------------------------------------------------------ table (last)
+    chk.save()
     log("")
-    log(f"geomfast CUDA check on {results['card']} ({results['date']}), torch {results['torch']}")
-    w = [max(len(r[i]) for r in rows + [("what", "geomfast", "baseline", "ratio / note")]) for i in range(4)]
-    header = ("what", "geomfast", "baseline", "ratio / note")
-    log(" | ".join(h.ljust(w[i]) for i, h in enumerate(header)))
-    log("-+-".join("-" * x for x in w))
-    for r in rows:
-        log(" | ".join(c.ljust(w[i]) for i, c in enumerate(r)))
-    return 0 if results.get("tests", {}).get("returncode", 0) == 0 else 1
+    log(format_table(chk.title(), rows))
+    return 1 if chk.failed else 0
 
 
 if __name__ == "__main__":

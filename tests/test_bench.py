@@ -76,3 +76,56 @@ def test_format_bench_reports_errors():
              "error": "MemoryError: too big"}]
     text = bench.format_bench(rows)
     assert "error: MemoryError" in text and "(geomfast)" in text
+
+
+def _load_gpu_check():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_check_sections_record_errors_and_skips(tmp_path):
+    """A GPU session has minutes: one failing or oversized section must not lose the others."""
+    gc = _load_gpu_check()
+    chk = gc.Check(tmp_path, budget_s=100.0)
+    ran = []
+
+    def boom():
+        raise RuntimeError("kernel exploded")
+
+    chk.section("first", 1.0, lambda: ran.append("first"))
+    chk.section("broken", 1.0, boom)
+    chk.section("too big", 1e6, lambda: ran.append("too big"))
+    chk.section("after", 1.0, lambda: ran.append("after"))
+    assert ran == ["first", "after"]
+    assert chk.failed
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]
+    assert [saved[k]["status"] for k in ("first", "broken", "too big", "after")] == ["ok", "error", "skipped", "ok"]
+    assert "kernel exploded" in saved["broken"]["error"]
+    table = (tmp_path / "table.txt").read_text()
+    assert "ERROR" in table and "SKIPPED" in table
+
+
+def test_gpu_check_cpu_dry_run_runs_every_section(tmp_path):
+    pytest.importorskip("torch")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--cpu-dry-run", "--out", str(tmp_path),
+           "--dims", "300", "--rows", "1024", "--chunks", "1", "--sweep-dim", "96", "--sweep-rows", "2048",
+           "--flush", "256,1024", "--tiles", "512"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert {v["status"] for v in res["sections"].values()} == {"ok"}
+    assert set(res["sections"]) == {"fast bf16 flush/tile sweep", "bf16 peak", "Gram d=300", "eigvalsh d=300"}
+    assert len(res["sweep"]) == 2 * 3 and all(r["rel_fro"] < 1e-6 for r in res["sweep"])
+    assert res["eig"][0]["full_max_err_over_l1"] < 1e-12
+    assert "randomized top-256 d=300" in (tmp_path / "table.txt").read_text()

@@ -48,6 +48,18 @@
 //    that large is itself quantised on that ulp grid.
 // Columns whose split would overflow (|x - c| beyond the 16-bit range, only possible for float16
 // with huge opposite-signed values) send the chunk down the float32 path instead.
+//
+// Throughput of the fast 16-bit path (an estimate from the H200's figures, NOT yet measured): each
+// flush reads the float32 triangle (2d² bytes) and rewrites the float64 one (8d² bytes), about
+// 168 MB at d = 4096, ~48 us at 3.5 TB/s, while the tensor-core work of 1024 rows is ~22 us at
+// 790 TFLOP/s (counting N·d²). So at kFast16FlushRows = 1024 the flushes, not the products, bound
+// the speed; the ≥ 60 %-of-peak target needs ~8192-row flushes, which is only acceptable if the
+// tensor cores' float32 accumulation keeps the error under the bar over that many rows (with
+// truncated accumulation, as measured on earlier GPUs, it grows like k·2^-25). gpu_check.py
+// sweeps GEOMFAST_CUDA_FLUSH_ROWS and GEOMFAST_CUDA_TRIANGLE_TILE for time AND error at d = 4096
+// so that the defaults here can be set from one run; the alternative is a kernel of our own that
+// adds its tensor-core accumulators into a second register accumulator every few hundred rows
+// and touches the float64 state once per chunk.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -79,12 +91,17 @@ constexpr int64_t kTriangleTile = 1024;
 // Columns with |shift| <= kSplitTau·std are not shifted in the 16-bit split path (no lo part).
 constexpr double kSplitTau = 0.5;
 
-int64_t env_flush_rows(int64_t fallback) {
-  const char* v = std::getenv("GEOMFAST_CUDA_FLUSH_ROWS");
+// Integer tuning knob from the environment (read at each update, so benchmarks/gpu_check.py can
+// sweep it in one process); values below `least` keep the default.
+int64_t env_int(const char* name, int64_t fallback, int64_t least) {
+  const char* v = std::getenv(name);
   if (!v || !*v) return fallback;
   const long long r = std::atoll(v);
-  return r >= 16 ? static_cast<int64_t>(r) : fallback;
+  return r >= least ? static_cast<int64_t>(r) : fallback;
 }
+int64_t env_flush_rows(int64_t fallback) { return env_int("GEOMFAST_CUDA_FLUSH_ROWS", fallback, 16); }
+// GEOMFAST_CUDA_TRIANGLE_TILE: the column-block width of the upper-triangle products.
+int64_t env_triangle_tile() { return env_int("GEOMFAST_CUDA_TRIANGLE_TILE", kTriangleTile, 64); }
 
 enum class Path { kHighest, kFast32, kFast16 };
 
@@ -371,6 +388,7 @@ class CudaGram final : public GramBackend {
     const int64_t d = dim_;
     const int64_t nj = nj_;
     const int64_t br = std::min(env_flush_rows(kFast16FlushRows), x.rows);
+    const int64_t tile = env_triangle_tile();
     const size_t hi_bytes = static_cast<size_t>(br * d) * 2;
     const size_t lo_bytes = static_cast<size_t>(br * nj) * 2;
     block_.reserve(hi_bytes + lo_bytes + 256);
@@ -391,8 +409,8 @@ class CudaGram final : public GramBackend {
       split_rows_16(x, r0, nb, c_.get(), col2j_.get(), nj, hi, lo, st);
       // hi row-major [nb, d] = col-major H_c [d, nb]; HᵀH = H_c H_cᵀ. Column block [j0, j0 + w)
       // of the upper triangle: rows [0, j0 + w) (the diagonal block is computed in full).
-      for (int64_t j0 = 0; j0 < d; j0 += kTriangleTile) {
-        const int w = static_cast<int>(std::min(kTriangleTile, d - j0));
+      for (int64_t j0 = 0; j0 < d; j0 += tile) {
+        const int w = static_cast<int>(std::min(tile, d - j0));
         const int m = static_cast<int>(j0) + w;
         GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, m, w, k, &one, hi, t, di,
                                      static_cast<const char*>(hi) + j0 * 2, t, di, &zero,

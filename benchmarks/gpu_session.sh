@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The whole GPU check on the project's device machine, from a bare start, in one command.
+#
+# That machine (see the device tool's KINDS.md) has nvcc, torch with CUDA, cupy, cmake, ninja,
+# pybind11, scikit-build-core, pytest, hypothesis and the nvidia-cublas / nvidia-cusolver wheels,
+# but NOT scipy-openblas32 (the CPU backend's BLAS/LAPACK) and no network. So, once, here:
+#
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+#       -d .whl scipy-openblas32
+#
+# then run, with the device tool (carry [".whl"], timeout_s 600):
+#
+#   bash benchmarks/gpu_session.sh
+#
+# It builds the module in place (sm_90 only: the H100/H200; about 20 s on 16 cores), runs
+# benchmarks/gpu_check.py under a budget (GPU_CHECK_BUDGET_S, default 420 s) and leaves
+# gpu_check.json, table.txt, test_cuda.log and build.log in $OUT (or ./gpu-check-out), written
+# as each section ends, so a run that is cut short still brings back what it finished.
+# Extra arguments go to gpu_check.py (e.g. --skip-tests, --dims 4096).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-$PWD/gpu-check-out}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+py="$(command -v python3)"
+t0=$(date +%s)
+say() { echo "[gpu_session +$(( $(date +%s) - t0 ))s] $*"; }
+
+if ! "$py" -c "import scipy_openblas32" 2>/dev/null; then
+  if ls .whl/scipy_openblas32-*.whl >/dev/null 2>&1; then
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+      || { say "installing the carried wheels failed"; exit 3; }
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  else
+    say "scipy-openblas32 is missing and no .whl/scipy_openblas32-*.whl was carried (see this script's header)"
+    exit 3
+  fi
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # the in-place module
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | sed 's/^/[nvidia-smi] /'
+say "configuring and building (GEOMFAST_CUDA=ON, sm_${GEOMFAST_CUDA_ARCHS:-90})"
+{
+  cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DGEOMFAST_INPLACE=ON -DGEOMFAST_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES="${GEOMFAST_CUDA_ARCHS:-90}" -DPython_EXECUTABLE="$py" &&
+  cmake --build build/gpu -j "$(nproc)"
+} >"$out/build.log" 2>&1
+rc=$?
+grep -E "geomfast:|error|Error" "$out/build.log" | head -40
+if [ $rc -ne 0 ]; then
+  say "build FAILED (rc $rc); the end of build.log:"
+  tail -40 "$out/build.log"
+  exit 4
+fi
+say "built"
+"$py" -c "import geomfast, json; print(json.dumps(geomfast.backends(), indent=1))"
+
+"$py" benchmarks/gpu_check.py --out "$out" --budget-s "${GPU_CHECK_BUDGET_S:-420}" "$@"
+rc=$?
+say "gpu_check.py exited with $rc"
+exit $rc
