@@ -52,14 +52,13 @@
 // Throughput of the fast 16-bit path (an estimate from the H200's figures, NOT yet measured): each
 // flush reads the float32 triangle (2d² bytes) and rewrites the float64 one (8d² bytes), about
 // 168 MB at d = 4096, ~48 us at 3.5 TB/s, while the tensor-core work of 1024 rows is ~22 us at
-// 790 TFLOP/s (counting N·d²). So at kFast16FlushRows = 1024 the flushes, not the products, bound
-// the speed; the ≥ 60 %-of-peak target needs ~8192-row flushes, which is only acceptable if the
-// tensor cores' float32 accumulation keeps the error under the bar over that many rows (with
-// truncated accumulation, as measured on earlier GPUs, it grows like k·2^-25). gpu_check.py
-// sweeps GEOMFAST_CUDA_FLUSH_ROWS and GEOMFAST_CUDA_TRIANGLE_TILE for time AND error at d = 4096
-// so that the defaults here can be set from one run; the alternative is a kernel of our own that
-// adds its tensor-core accumulators into a second register accumulator every few hundred rows
-// and touches the float64 state once per chunk.
+// 790 TFLOP/s (counting N·d²). So at 1024-row flushes the flushes, not the products, bound the
+// speed, and at the 256 rows the accuracy needs (see kFast16FlushRows) far more so; the ≥ 60 %-of-
+// peak target would need ~8192-row flushes, which the model says cost 2e-5 of error. Hence the
+// two-level kernel of gram_tc.cu (GEOMFAST_CUDA_GRAM_KERNEL=tc): tensor-core chains reset every
+// 128 rows into a second float32 register accumulator, float64 touched every 8192 rows (model:
+// 2.6e-7). gpu_check.py sweeps GEOMFAST_CUDA_FLUSH_ROWS, GEOMFAST_CUDA_TRIANGLE_TILE and the
+// kernel for time AND error at d = 4096, so the defaults here can be set from one run.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -81,7 +80,10 @@ namespace {
 // Rows per float32 block before it is flushed into float64 (16-bit split path on tensor cores).
 // Smaller is more accurate (float32 accumulation error grows with the rows accumulated, linearly
 // if tensor cores truncate) and slower (each flush reads d² floats and rewrites d²/2 doubles).
-constexpr int64_t kFast16FlushRows = 1024;
+// 256, not 1024: under the public model of H100 accumulation (25-bit window, round toward zero;
+// benchmarks/tensor_core_model.py) 1024 rows give 3.5e-6, over the 1e-6 bar, and 256 give 5.5e-7.
+// Not measured yet; gpu_check.py's sweep measures it.
+constexpr int64_t kFast16FlushRows = 256;
 // Same for float32 input on CUDA cores (round-to-nearest FMA): the CPU backend's measured choice.
 constexpr int64_t kFast32FlushRows = 512;
 // highest: rows centred into float64 per DSYRK (no flush: DSYRK accumulates into the state).
