@@ -12,9 +12,12 @@ killed keeps what it finished; a section that raises is recorded and the next on
 section whose estimated cost no longer fits --budget-s is skipped and says so):
   1. geomfast.backends(), the card, torch;
   2. tests/test_cuda.py (pytest, its own timeout; log in --out/test_cuda.log) unless --skip-tests;
-  3. the fast bf16 path's time AND error per flush interval (GEOMFAST_CUDA_FLUSH_ROWS) and per
-     triangle tile (GEOMFAST_CUDA_TRIANGLE_TILE) at d = 4096, centred and large-offset data,
-     against a float64 reference on the same values: the table to set the defaults from;
+  3. the fast bf16 path's time AND error, per kernel (GEOMFAST_CUDA_GRAM_KERNEL: cuBLAS products
+     or gram_tc.cu's two-level kernel), flush interval (GEOMFAST_CUDA_FLUSH_ROWS), triangle tile
+     (GEOMFAST_CUDA_TRIANGLE_TILE), tc chain length and rows per call (GEOMFAST_CUDA_TC_CHAIN_ROWS,
+     GEOMFAST_CUDA_TC_ROWS), at d = 4096 on centred and large-offset data, against a float64
+     reference on the same values: the table to set the defaults from (a failing setting is
+     recorded and the sweep goes on);
   4. the bf16 matrix-product peak (a large torch bf16 matmul);
   5. Gram accumulation of chunks of --rows rows at --dims vs torch bf16 X.T @ X with float32
      output; TFLOP/s counted as N·d² (the Gram's useful work);
@@ -137,6 +140,8 @@ def main() -> int:
     ap.add_argument("--chunks", type=int, default=4, help="chunks per timed Gram accumulation")
     ap.add_argument("--flush", default="256,512,1024,2048,4096,8192,16384", help="flush intervals to sweep")
     ap.add_argument("--tiles", default="512,1024,2048", help="triangle tiles to sweep (at the default flush)")
+    ap.add_argument("--tc-chains", default="64,128,256", help="tc kernel: rows per tensor-core chain to sweep")
+    ap.add_argument("--tc-rows", default="8192,32768", help="tc kernel: rows per call (float64 updates) to sweep")
     ap.add_argument("--sweep-dim", type=int, default=4096, help="d of the flush / tile sweep")
     ap.add_argument("--sweep-rows", type=int, default=65536, help="rows of the flush / tile sweep")
     ap.add_argument("--cpu-dry-run", action="store_true",
@@ -195,13 +200,35 @@ def main() -> int:
     if not args.skip_tests and not args.cpu_dry_run:
         chk.section("tests/test_cuda.py", 30.0, tests)
 
-    # ------------------------------------------------------------------ flush / tile sweep
+    # ------------------------------------------------------------------ flush / tile / kernel sweep
+    knobs = ("GEOMFAST_CUDA_GRAM_KERNEL", "GEOMFAST_CUDA_FLUSH_ROWS", "GEOMFAST_CUDA_TRIANGLE_TILE",
+             "GEOMFAST_CUDA_TC_CHAIN_ROWS", "GEOMFAST_CUDA_TC_ROWS")
+
+    def sweep_settings() -> list[tuple[str, dict]]:
+        out = [("cublas (defaults)", {})]
+        out += [(f"cublas flush {f}", {"GEOMFAST_CUDA_FLUSH_ROWS": f}) for f in args.flush.split(",") if f]
+        out += [(f"cublas tile {t}", {"GEOMFAST_CUDA_TRIANGLE_TILE": t}) for t in args.tiles.split(",") if t]
+        out.append(("tc (defaults)", {"GEOMFAST_CUDA_GRAM_KERNEL": "tc"}))
+        for c in args.tc_chains.split(","):
+            for r in args.tc_rows.split(","):
+                if c and r:
+                    out.append((f"tc chain {c} rows {r}", {"GEOMFAST_CUDA_GRAM_KERNEL": "tc",
+                                                          "GEOMFAST_CUDA_TC_CHAIN_ROWS": c,
+                                                          "GEOMFAST_CUDA_TC_ROWS": r}))
+        return out
+
+    def set_knobs(env: dict) -> None:
+        for k in knobs:
+            os.environ.pop(k, None)
+        os.environ.update(env)
+
     def sweep():
         d, n, parts = args.sweep_dim, args.sweep_rows, 2
         g = torch.Generator(device=dev).manual_seed(0)
         base = torch.randn(n, d, generator=g, device=dev, dtype=torch.float64)
         base *= torch.rand(d, generator=g, device=dev, dtype=torch.float64).add(0.5)
         out = []
+        res["sweep"] = out
         for name, shift in (("centred", None), ("offset 1e3", 1e3)):
             x64 = base if shift is None else base + shift * torch.rand(d, generator=g, device=dev, dtype=torch.float64)
             x = x64.to(torch.bfloat16)
@@ -211,50 +238,55 @@ def main() -> int:
             ref = (y.T @ y / (n - 1)).cpu().numpy()
             del y
             chunks = list(x.split(n // parts))
-            settings = [(f, None) for f in (int(v) for v in args.flush.split(",") if v)]
-            settings += [(None, t) for t in (int(v) for v in args.tiles.split(",") if v)]
-            for flush, tile in settings:
-                os.environ.pop("GEOMFAST_CUDA_FLUSH_ROWS", None)
-                os.environ.pop("GEOMFAST_CUDA_TRIANGLE_TILE", None)
-                if flush:
-                    os.environ["GEOMFAST_CUDA_FLUSH_ROWS"] = str(flush)
-                if tile:
-                    os.environ["GEOMFAST_CUDA_TRIANGLE_TILE"] = str(tile)
-                acc = geomfast.GramAccumulator(d, device=where, precision="fast")
-                for c in chunks:
-                    acc.update(c)
-                err = rel_fro(acc.covariance(), ref)
-
-                def run():
-                    acc.reset()
+            for label, env in sweep_settings():
+                set_knobs(env)
+                try:
+                    acc = geomfast.GramAccumulator(d, device=where, precision="fast")
                     for c in chunks:
                         acc.update(c)
+                    err = rel_fro(acc.covariance(), ref)
 
-                t = timeit(run, sync=sync, repeat=2)
+                    def run():
+                        acc.reset()
+                        for c in chunks:
+                            acc.update(c)
+
+                    t = timeit(run, sync=sync, repeat=2)
+                except Exception as e:  # one setting failing must not hide the others
+                    chk.failed = True
+                    out.append({"data": name, "setting": label, "env": env, "error": f"{type(e).__name__}: {e}"})
+                    log(f"  {name:10s} {label:26s}: FAILED {type(e).__name__}: {e}")
+                    chk.save()
+                    continue
                 tf = n * d * d / t / 1e12
-                label = f"flush {flush}" if flush else f"tile {tile}"
-                out.append({"data": name, "flush_rows": flush, "triangle_tile": tile, "rel_fro": err,
-                            "seconds": t, "tflops_nd2": tf})
-                log(f"  {name:10s} {label:12s}: rel Frobenius error {err:.2e}, {t * 1e3:7.2f} ms, {tf:6.3g} TFLOP/s (N·d²)")
-                res["sweep"] = out
+                out.append({"data": name, "setting": label, "env": env, "rel_fro": err, "seconds": t,
+                            "tflops_nd2": tf})
+                log(f"  {name:10s} {label:26s}: rel Frobenius error {err:.2e}, {t * 1e3:7.2f} ms, "
+                    f"{tf:6.3g} TFLOP/s (N·d²)")
                 chk.save()
             del x, chunks
-        os.environ.pop("GEOMFAST_CUDA_FLUSH_ROWS", None)
-        os.environ.pop("GEOMFAST_CUDA_TRIANGLE_TILE", None)
+        set_knobs({})
         torch.cuda.empty_cache()
-        ok = [r for r in out if r["flush_rows"] and all(
-            q["rel_fro"] <= 1e-6 for q in out if q["flush_rows"] == r["flush_rows"])]
-        best = max(ok, key=lambda r: r["tflops_nd2"], default=None)
-        default = [r for r in out if r["flush_rows"] == 1024]
-        worst_default = max((r["rel_fro"] for r in default), default=float("nan"))
-        if default:
-            rows.append((f"fast bf16 error, flush 1024 (default), d={d} (bar 1e-6)", f"{worst_default:.2e}", "",
-                         "ok" if worst_default <= 1e-6 else "ABOVE BAR"))
-        if best:
-            rows.append((f"fastest flush within the bar, d={d}", f"{best['flush_rows']} rows",
-                         f"{best['tflops_nd2']:.3g} TFLOP/s", f"error {best['rel_fro']:.1e} ({best['data']})"))
+        by = {}
+        for r in out:
+            by.setdefault(r["setting"], []).append(r)
+        for label in ("cublas (defaults)", "tc (defaults)"):
+            rs = by.get(label, [])
+            if rs and all("rel_fro" in r for r in rs):
+                worst = max(r["rel_fro"] for r in rs)
+                slow = max(r["seconds"] for r in rs)
+                rows.append((f"fast bf16 {label}, d={d}", f"error {worst:.2e}",
+                             f"{n * d * d / slow / 1e12:.3g} TFLOP/s (N·d²)", "ok" if worst <= 1e-6 else "ABOVE BAR"))
+        within = [(label, rs) for label, rs in by.items()
+                  if all("rel_fro" in r and r["rel_fro"] <= 1e-6 for r in rs)]
+        if within:
+            label, rs = min(within, key=lambda lr: max(r["seconds"] for r in lr[1]))
+            slow = max(r["seconds"] for r in rs)
+            rows.append((f"fastest setting within the bar, d={d}", label,
+                         f"{n * d * d / slow / 1e12:.3g} TFLOP/s (N·d²)",
+                         f"error {max(r['rel_fro'] for r in rs):.1e}"))
 
-    chk.section("fast bf16 flush/tile sweep", 60.0, sweep)
+    chk.section("fast bf16 kernel/flush/tile sweep", 90.0, sweep)
 
     # ------------------------------------------------------------------ bf16 peak
     def peak_section():
@@ -293,21 +325,33 @@ def main() -> int:
         entry = {"d": d, "rows": n, "chunks": args.chunks, "baseline": base_name, "torch_s": t_torch,
                  "torch_tflops": flops / t_torch / 1e12}
         res.setdefault("gram", []).append(entry)
+        variants = (("fast", "cublas"), ("fast", "tc"), ("highest", "cublas"))
         for label, data in (("centred", x), ("offset", x + 300.0)):
-            for precision in ("fast", "highest"):
+            for precision, kernel in variants:
                 if precision == "highest" and label == "offset":
                     continue
-                acc = geomfast.GramAccumulator(d, device=where, precision=precision)
+                name = f"{precision}" + (f" {kernel}" if precision == "fast" else "")
+                set_knobs({"GEOMFAST_CUDA_GRAM_KERNEL": kernel})
+                try:
+                    acc = geomfast.GramAccumulator(d, device=where, precision=precision)
 
-                def ours():
-                    for _ in range(args.chunks):
-                        acc.update(data)
+                    def ours():
+                        for _ in range(args.chunks):
+                            acc.update(data)
 
-                t_ours = timeit(ours, sync=sync, repeat=2)
+                    t_ours = timeit(ours, sync=sync, repeat=2)
+                except Exception as e:  # recorded; the other variants still run
+                    chk.failed = True
+                    rows.append((f"Gram bf16 {name} {label} d={d}", "ERROR", "", f"{type(e).__name__}: {str(e)[:100]}"))
+                    log(f"  {rows[-1]}")
+                    continue
+                finally:
+                    set_knobs({})
                 tf = flops / t_ours / 1e12
-                entry[f"{precision}_{label}_s"] = t_ours
-                entry[f"{precision}_{label}_tflops"] = tf
-                rows.append((f"Gram bf16 {precision} {label} d={d}", f"{tf:.3g} TFLOP/s",
+                key = name.replace(" ", "_")
+                entry[f"{key}_{label}_s"] = t_ours
+                entry[f"{key}_{label}_tflops"] = tf
+                rows.append((f"Gram bf16 {name} {label} d={d}", f"{tf:.3g} TFLOP/s",
                              f"{entry['torch_tflops']:.3g} TFLOP/s ({base_name})",
                              f"{t_torch / t_ours:.2f}x torch, {100 * tf / peak:.0f}% of peak"))
                 log(f"  {rows[-1]}")

@@ -73,6 +73,13 @@ def random_rows(n, d, dtype, *, seed, mean=0.0, device="cuda"):
     return x.to(tdtype(dtype))
 
 
+@pytest.fixture(params=["cublas", "tc"])
+def gram_kernel(request, monkeypatch):
+    """The fast 16-bit path on cuBLAS products or on gram_tc.cu's two-level kernel."""
+    monkeypatch.setenv("GEOMFAST_CUDA_GRAM_KERNEL", request.param)
+    return request.param
+
+
 def feed(acc, x, splits=(0.37, 0.81)):
     """Streams x in three uneven chunks (the first sets the shift)."""
     n = x.shape[0]
@@ -107,7 +114,7 @@ def test_covariance_matches_float64_reference(d, dtype, precision):
 @needs_torch
 @pytest.mark.parametrize("precision", ["highest", "fast"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_large_offset_keeps_small_eigenvalues(dtype, precision, make_llm_like):
+def test_large_offset_keeps_small_eigenvalues(dtype, precision, make_llm_like, gram_kernel):
     rng = np.random.default_rng(7 + DTYPES.index(dtype))
     x64 = make_llm_like(20000, 64, rng)
     if dtype == "float16":
@@ -123,7 +130,7 @@ def test_large_offset_keeps_small_eigenvalues(dtype, precision, make_llm_like):
 @gpu
 @needs_torch
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_fast_16bit_with_a_few_offset_columns(dtype):
+def test_fast_16bit_with_a_few_offset_columns(dtype, gram_kernel):
     """The exact split path with a mix of shifted and unshifted columns (J a strict subset)."""
     d = 300
     x = random_rows(5000, d, "float64", seed=3)
@@ -131,6 +138,34 @@ def test_fast_16bit_with_a_few_offset_columns(dtype):
     x = x.to(tdtype(dtype))
     acc = feed(geomfast.GramAccumulator(d, device="cuda", precision="fast"), x)
     assert rel_fro(acc.covariance(), gpu_reference_cov(x)) <= 1e-6
+
+
+@gpu
+@needs_torch
+@pytest.mark.parametrize("rows_per_call", [None, "96"])
+@pytest.mark.parametrize("offset", [False, True])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("d", [31, 127, 128, 129, 300, 4095, 4097])
+def test_tc_kernel_matches_reference_and_cublas(d, dtype, offset, rows_per_call, monkeypatch):
+    """gram_tc.cu on and off its 128-column tile edges, with odd row counts per call (96 rows: 3
+    slabs, chains of 32 rows), some columns shifted (HᵀL and LᵀL terms) or none."""
+    n = 2500 if d < 1000 else 5000
+    x = random_rows(n, d, "float64", seed=d + 7 * offset)
+    if offset:
+        x[:, ::5] += 300.0
+    x = x.to(tdtype(dtype))
+    ref = gpu_reference_cov(x)
+    monkeypatch.setenv("GEOMFAST_CUDA_GRAM_KERNEL", "tc")
+    if rows_per_call:
+        monkeypatch.setenv("GEOMFAST_CUDA_TC_ROWS", rows_per_call)
+        monkeypatch.setenv("GEOMFAST_CUDA_TC_CHAIN_ROWS", "32")
+    tc = feed(geomfast.GramAccumulator(d, device="cuda", precision="fast"), x).covariance()
+    assert np.isfinite(tc).all() and np.array_equal(tc, tc.T)
+    assert rel_fro(tc, ref) <= BARS["fast"], rel_fro(tc, ref)
+    monkeypatch.setenv("GEOMFAST_CUDA_GRAM_KERNEL", "cublas")
+    cb = feed(geomfast.GramAccumulator(d, device="cuda", precision="fast"), x).covariance()
+    assert rel_fro(tc, cb) <= 2 * BARS["fast"]
+    assert not np.array_equal(tc, cb), "the tc kernel did not run (results identical to cuBLAS)"
 
 
 @gpu
@@ -165,7 +200,7 @@ def test_non_finite_input_raises_and_leaves_state_unchanged(dtype, first, precis
 @gpu
 @needs_torch
 @pytest.mark.parametrize("precision", ["highest", "fast"])
-def test_poisoned_device_memory_does_not_leak_into_results(precision):
+def test_poisoned_device_memory_does_not_leak_into_results(precision, gram_kernel):
     """Fill freed device memory with NaN so that any element we forget to write shows up."""
     d = 1000
     poison = torch.full((256 << 20,), float("nan"), device="cuda", dtype=torch.float64)  # 2 GiB

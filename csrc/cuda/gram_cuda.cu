@@ -92,6 +92,12 @@ constexpr int64_t kHighestBytes = int64_t(256) << 20;  // cap on the float64 blo
 constexpr int64_t kTriangleTile = 1024;
 // Columns with |shift| <= kSplitTau·std are not shifted in the 16-bit split path (no lo part).
 constexpr double kSplitTau = 0.5;
+// The two-level tensor-core kernel (GEOMFAST_CUDA_GRAM_KERNEL=tc): rows per tensor-core chain
+// (GEOMFAST_CUDA_TC_CHAIN_ROWS) and rows per call, i.e. between float64 updates (GEOMFAST_CUDA_TC_ROWS).
+constexpr int64_t kTcChainRows = 128;
+constexpr int64_t kTcRows = 8192;
+
+int64_t round_up(int64_t v, int64_t q) { return (v + q - 1) / q * q; }
 
 // Integer tuning knob from the environment (read at each update, so benchmarks/gpu_check.py can
 // sweep it in one process); values below `least` keep the default.
@@ -104,6 +110,11 @@ int64_t env_int(const char* name, int64_t fallback, int64_t least) {
 int64_t env_flush_rows(int64_t fallback) { return env_int("GEOMFAST_CUDA_FLUSH_ROWS", fallback, 16); }
 // GEOMFAST_CUDA_TRIANGLE_TILE: the column-block width of the upper-triangle products.
 int64_t env_triangle_tile() { return env_int("GEOMFAST_CUDA_TRIANGLE_TILE", kTriangleTile, 64); }
+// GEOMFAST_CUDA_GRAM_KERNEL=tc: the fast 16-bit path on gram_tc.cu's kernel; otherwise cuBLAS.
+bool use_tc_kernel() {
+  const char* v = std::getenv("GEOMFAST_CUDA_GRAM_KERNEL");
+  return v != nullptr && std::strcmp(v, "tc") == 0;
+}
 
 enum class Path { kHighest, kFast32, kFast16 };
 
@@ -143,6 +154,7 @@ class CudaGram final : public GramBackend {
     col2j_.free();
     block_.free();
     for (auto* b : {&acc_, &hl_, &ll_}) b->free();
+    for (auto* b : {&hl64_, &ll64_}) b->free();
     cudaSetDevice(prev);
   }
 
@@ -197,7 +209,12 @@ class CudaGram final : public GramBackend {
     switch (path) {
       case Path::kHighest: products_highest(x, lease, st); break;
       case Path::kFast32: products_fast32(x, lease, st); break;
-      case Path::kFast16: products_fast16(x, lease, st); break;
+      case Path::kFast16:
+        if (use_tc_kernel())
+          products_fast16_tc(x, st);
+        else
+          products_fast16(x, lease, st);
+        break;
     }
     commit_chunk(shift_.get(), c_.get(), zsum_.get(), d, n, c_mode_ != Mode::kExact, sum_.get(),
                  gram_.get(), st);
@@ -408,7 +425,7 @@ class CudaGram final : public GramBackend {
     for (int64_t r0 = 0; r0 < x.rows; r0 += br) {
       const int64_t nb = std::min(br, x.rows - r0);
       const int k = static_cast<int>(nb);
-      split_rows_16(x, r0, nb, c_.get(), col2j_.get(), nj, hi, lo, st);
+      split_rows_16(x, r0, nb, c_.get(), col2j_.get(), nj, hi, d, lo, nj, st);
       // hi row-major [nb, d] = col-major H_c [d, nb]; HᵀH = H_c H_cᵀ. Column block [j0, j0 + w)
       // of the upper triangle: rows [0, j0 + w) (the diagonal block is computed in full).
       for (int64_t j0 = 0; j0 < d; j0 += tile) {
@@ -431,6 +448,38 @@ class CudaGram final : public GramBackend {
       flush_upper_split(acc_.get(), nj > 0 ? hl_.get() : nullptr, nj > 0 ? ll_.get() : nullptr,
                         col2j_.get(), d, nj, gram_.get(), st);
     }
+  }
+
+  // The fast 16-bit split path on our two-level tensor-core kernel (gram_tc.cu): hi [nb, ldh] and
+  // lo [nb, ldl] padded to whole 128-column tiles; HᵀH straight into the state's upper triangle,
+  // HᵀL_J and L_JᵀL_J into float64 buffers added once per chunk; float64 touched every kTcRows rows.
+  void products_fast16_tc(const MatrixView& x, cudaStream_t st) {
+    const int64_t d = dim_;
+    const int64_t nj = nj_;
+    const int64_t ldh = round_up(d, kTcTile), ldl = nj > 0 ? round_up(nj, kTcTile) : 0;
+    const int64_t br = std::min(env_int("GEOMFAST_CUDA_TC_ROWS", kTcRows, 32), x.rows);
+    const int chain = static_cast<int>(round_up(env_int("GEOMFAST_CUDA_TC_CHAIN_ROWS", kTcChainRows, 32), 32));
+    const size_t hi_bytes = static_cast<size_t>(br * ldh) * 2;
+    const size_t lo_bytes = static_cast<size_t>(br * ldl) * 2;
+    block_.reserve(hi_bytes + lo_bytes + 256);
+    void* hi = block_.get();
+    void* lo = block_.get() + ((hi_bytes + 255) / 256) * 256;
+    if (nj > 0) {
+      hl64_.reserve(static_cast<size_t>(d * nj));
+      ll64_.reserve(static_cast<size_t>(nj * nj));
+      GF_CUDA_CHECK(cudaMemsetAsync(hl64_.get(), 0, static_cast<size_t>(d * nj) * sizeof(double), st));
+      GF_CUDA_CHECK(cudaMemsetAsync(ll64_.get(), 0, static_cast<size_t>(nj * nj) * sizeof(double), st));
+    }
+    for (int64_t r0 = 0; r0 < x.rows; r0 += br) {
+      const int64_t nb = std::min(br, x.rows - r0);
+      split_rows_16(x, r0, nb, c_.get(), col2j_.get(), nj, hi, ldh, lo, ldl, st);
+      tc_gram_update(hi, ldh, d, hi, ldh, d, nb, chain, x.dtype, /*upper=*/true, gram_.get(), d, st);
+      if (nj > 0) {
+        tc_gram_update(hi, ldh, d, lo, ldl, nj, nb, chain, x.dtype, /*upper=*/false, hl64_.get(), d, st);
+        tc_gram_update(lo, ldl, nj, lo, ldl, nj, nb, chain, x.dtype, /*upper=*/true, ll64_.get(), nj, st);
+      }
+    }
+    if (nj > 0) add_cross_terms(hl64_.get(), ll64_.get(), col2j_.get(), d, nj, gram_.get(), st);
   }
 
   void covariance_on_device(int64_t ddof, double* out, cudaStream_t st) const {
@@ -463,6 +512,7 @@ class CudaGram final : public GramBackend {
   DeviceBuffer<int> col2j_;                  // [d]
   DeviceBuffer<char> block_;                 // centred rows (f64 / f32 / hi+lo 16-bit)
   DeviceBuffer<float> acc_, hl_, ll_;        // [d, d], [d, nj], [nj, nj] float32 products
+  DeviceBuffer<double> hl64_, ll64_;         // [d, nj], [nj, nj] cross terms of the tc kernel
 };
 
 }  // namespace

@@ -174,21 +174,27 @@ __global__ void split_rows_kernel(const T16* __restrict__ x,  // [*, cols], stri
                                   const double* __restrict__ c,  // [cols], values in T16
                                   const int* __restrict__ col2j,  // [cols]
                                   int64_t nj,
-                                  T16* __restrict__ hi,  // [nb, cols] row-major
-                                  T16* __restrict__ lo) {  // [nb, nj] row-major
+                                  T16* __restrict__ hi, int64_t ldh,  // [nb, ldh] row-major
+                                  T16* __restrict__ lo, int64_t ldl) {  // [nb, ldl] row-major
+  // Columns [cols, ldh) of hi and [nj, ldl) of lo are padding, written as zeros (ldl <= ldh).
   for (int64_t r = blockIdx.y; r < nb; r += gridDim.y) {
     const T16* xr = x + (r0 + r) * rs;
-    for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < cols;
+    for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < ldh;
          j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      if (j >= nj && j < ldl) lo[r * ldl + j] = round16<T16>(0.0f);
+      if (j >= cols) {
+        hi[r * ldh + j] = round16<T16>(0.0f);
+        continue;
+      }
       const float a = to_float(xr[j * cs]);
       const float b = -static_cast<float>(c[j]);  // exact: c[j] is a 16-bit value
       const float s = __fadd_rn(a, b);
       const float bb = __fsub_rn(s, a);
       const float e = __fadd_rn(__fsub_rn(a, __fsub_rn(s, bb)), __fsub_rn(b, bb));
       const T16 h = round16<T16>(s);
-      hi[r * cols + j] = h;
+      hi[r * ldh + j] = h;
       const int jj = col2j[j];
-      if (jj >= 0) lo[r * nj + jj] = round16<T16>(__fadd_rn(__fsub_rn(s, to_float(h)), e));
+      if (jj >= 0) lo[r * ldl + jj] = round16<T16>(__fadd_rn(__fsub_rn(s, to_float(h)), e));
     }
   }
 }
@@ -228,6 +234,28 @@ __global__ void flush_upper_split_kernel(const float* __restrict__ hh,  // [d, d
       if (ja >= 0) v += static_cast<double>(hl[b + ja * d]);
       if (ja >= 0 && jb >= 0) v += static_cast<double>(ll[ja + jb * nj]);
     }
+    gram[a + b * d] += v;
+  }
+}
+
+__global__ void add_cross_terms_kernel(const double* __restrict__ hl,  // [d, nj] col-major
+                                       const double* __restrict__ ll,  // [nj, nj] col-major, upper
+                                       const int* __restrict__ col2j,  // [d]
+                                       int64_t d, int64_t nj,
+                                       double* __restrict__ gram) {  // [d, d] col-major
+  const int64_t a0 = static_cast<int64_t>(blockIdx.x) * kTile, b0 = static_cast<int64_t>(blockIdx.y) * kTile;
+  if (a0 > b0 + kTile - 1) return;
+  const int64_t a = a0 + threadIdx.x;
+  if (a >= d) return;
+  const int ja = col2j[a];
+  for (int64_t b = b0 + threadIdx.y; b < b0 + kTile; b += kTileLanes) {
+    if (b >= d || a > b) continue;
+    const int jb = col2j[b];
+    if (ja < 0 && jb < 0) continue;
+    double v = 0.0;
+    if (jb >= 0) v += hl[a + jb * d];
+    if (ja >= 0) v += hl[b + ja * d];
+    if (ja >= 0 && jb >= 0) v += ll[ja + jb * nj];  // ja <= jb: col2j increases with the column
     gram[a + b * d] += v;
   }
 }
@@ -376,16 +404,18 @@ void center_rows_f32(const MatrixView& x, int64_t r0, int64_t nb, const double* 
 }
 
 void split_rows_16(const MatrixView& x, int64_t r0, int64_t nb, const double* c, const int* col2j,
-                   int64_t nj, void* hi, void* lo, cudaStream_t stream) {
+                   int64_t nj, void* hi, int64_t ldh, void* lo, int64_t ldl, cudaStream_t stream) {
+  GF_ASSERT(ldh >= x.cols && ldl >= nj && ldl <= ldh, "split_rows_16 leading dimensions");
+  const dim3 grid = row_grid(nb, ldh);
   if (x.dtype == DType::kBFloat16) {
-    split_rows_kernel<__nv_bfloat16><<<row_grid(nb, x.cols), kRowThreads, 0, stream>>>(
+    split_rows_kernel<__nv_bfloat16><<<grid, kRowThreads, 0, stream>>>(
         static_cast<const __nv_bfloat16*>(x.data), r0, nb, x.cols, x.row_stride, x.col_stride, c,
-        col2j, nj, static_cast<__nv_bfloat16*>(hi), static_cast<__nv_bfloat16*>(lo));
+        col2j, nj, static_cast<__nv_bfloat16*>(hi), ldh, static_cast<__nv_bfloat16*>(lo), ldl);
   } else {
     GF_ASSERT(x.dtype == DType::kFloat16, "split_rows_16 needs 16-bit input");
-    split_rows_kernel<__half><<<row_grid(nb, x.cols), kRowThreads, 0, stream>>>(
+    split_rows_kernel<__half><<<grid, kRowThreads, 0, stream>>>(
         static_cast<const __half*>(x.data), r0, nb, x.cols, x.row_stride, x.col_stride, c, col2j,
-        nj, static_cast<__half*>(hi), static_cast<__half*>(lo));
+        nj, static_cast<__half*>(hi), ldh, static_cast<__half*>(lo), ldl);
   }
   GF_CUDA_CHECK_LAUNCH(stream);
 }
@@ -399,6 +429,12 @@ void flush_upper_split(const float* hh, const float* hl, const float* ll, const 
                        int64_t d, int64_t nj, double* gram, cudaStream_t stream) {
   flush_upper_split_kernel<<<tile_grid(d), dim3(kTile, kTileLanes), 0, stream>>>(hh, hl, ll, col2j,
                                                                                   d, nj, gram);
+  GF_CUDA_CHECK_LAUNCH(stream);
+}
+
+void add_cross_terms(const double* hl, const double* ll, const int* col2j, int64_t d, int64_t nj,
+                     double* gram, cudaStream_t stream) {
+  add_cross_terms_kernel<<<tile_grid(d), dim3(kTile, kTileLanes), 0, stream>>>(hl, ll, col2j, d, nj, gram);
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 

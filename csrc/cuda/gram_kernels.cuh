@@ -58,13 +58,14 @@ void center_rows_f32(const MatrixView& x, int64_t r0, int64_t nb,
 
 // Exact split of 16-bit input: x[r0 + r, j] - c[j] = hi[r, j] + lo[r, col2j[j]] with hi, lo in
 // x's 16-bit type (c[j] must be representable in it; lo is stored only for columns with
-// col2j[j] >= 0: the others have c[j] = 0, hence lo = 0).
+// col2j[j] >= 0: the others have c[j] = 0, hence lo = 0). Padding columns (hi: [d, ldh), lo:
+// [nj, ldl)) are written as zeros; ldh >= d, nj <= ldl <= ldh.
 void split_rows_16(const MatrixView& x, int64_t r0, int64_t nb,
                    const double* c,   // [d], values in x's 16-bit type
                    const int* col2j,  // [d], -1 or index into lo's columns
                    int64_t nj,
-                   void* hi,          // [nb, d] row-major out, x's dtype
-                   void* lo,          // [nb, nj] row-major out, x's dtype
+                   void* hi, int64_t ldh,  // [nb, ldh] row-major out, x's dtype
+                   void* lo, int64_t ldl,  // [nb, ldl] row-major out, x's dtype
                    cudaStream_t stream);
 
 // gram[a, b] += acc[a, b] for a <= b (float32 block product flushed into float64).
@@ -82,6 +83,29 @@ void flush_upper_split(const float* hh,   // [d, d] col-major, upper read
                        int64_t d, int64_t nj,
                        double* gram,      // [d, d] col-major, upper updated
                        cudaStream_t stream);
+
+// gram[a, b] += hl[a, j(b)] + hl[b, j(a)] + ll[j(a), j(b)] for a <= b (terms with a column j(.) < 0
+// are zero): the cross terms of Σ (h + l)(h + l)ᵀ, accumulated in float64 by the tc kernel.
+void add_cross_terms(const double* hl,   // [d, nj] col-major (HᵀL_J)
+                     const double* ll,   // [nj, nj] col-major, upper (L_JᵀL_J)
+                     const int* col2j,   // [d], increasing where >= 0
+                     int64_t d, int64_t nj,
+                     double* gram,       // [d, d] col-major, upper updated
+                     cudaStream_t stream);
+
+// The two-level tensor-core Gram product (gram_tc.cu):
+//   c[a + b ldc] += Σ_{r < rows} A[r, a] B[r, b]   for a < m, b < n (and a <= b when `upper`),
+// A [rows, lda] and B [rows, ldb] row-major in bfloat16 or float16, with lda >= round_up(m,
+// kTcTile) and ldb >= round_up(n, kTcTile), the padding columns zero, both 16-byte aligned. Tensor-
+// core chains of chain_rows rows (a multiple of 32) are added into a second float32 register
+// accumulator; c (float64) is read and written once per call, so the float32 error is that of
+// rows / chain_rows round-to-nearest additions: callers bound `rows` per call.
+constexpr int64_t kTcTile = 128;
+void tc_gram_update(const void* a, int64_t lda, int64_t m,
+                    const void* b, int64_t ldb, int64_t n,
+                    int64_t rows, int chain_rows, DType dtype, bool upper,
+                    double* c, int64_t ldc,  // [*, *] col-major, ldc >= m
+                    cudaStream_t stream);
 
 // Commits a chunk of n rows centred by c to a state centred by shift (delta = shift - c):
 //   sum  += zsum - n delta
