@@ -22,7 +22,9 @@ section whose estimated cost no longer fits --budget-s is skipped and says so):
   5. Gram accumulation of chunks of --rows rows at --dims vs torch bf16 X.T @ X with float32
      output; TFLOP/s counted as N·d² (the Gram's useful work);
   6. full eigvalsh vs torch.linalg.eigvalsh (and cupy.linalg.eigvalsh), randomized top-256 vs
-     full and vs torch.svd_lowrank.
+     full and vs torch.svd_lowrank;
+  7. geomfast.spectra over --batch accumulators (one host synchronisation) vs one spectrum() each
+     and vs torch's batched eigvalsh.
 Targets (issue 3, H100): Gram bf16 >= 1.6x torch X.T @ X and >= 60% of the measured bf16 peak;
 full eigvalsh <= torch; randomized top-256 >= 10x faster than full.
 Exit status: 0 all ran and the tests passed, 1 a test failed or a section raised, 2 no usable CUDA.
@@ -144,6 +146,8 @@ def main() -> int:
     ap.add_argument("--tc-rows", default="8192,32768", help="tc kernel: rows per call (float64 updates) to sweep")
     ap.add_argument("--sweep-dim", type=int, default=4096, help="d of the flush / tile sweep")
     ap.add_argument("--sweep-rows", type=int, default=65536, help="rows of the flush / tile sweep")
+    ap.add_argument("--batch", type=int, default=32, help="accumulators in the batched-spectra timing")
+    ap.add_argument("--batch-dim", type=int, default=1024, help="their dimension")
     ap.add_argument("--cpu-dry-run", action="store_true",
                     help="run this script's own code on the CPU backend (small sizes; checks the script, "
                          "not the GPU: no figures to keep)")
@@ -414,6 +418,31 @@ def main() -> int:
 
     for d in dims:
         chk.section(f"eigvalsh d={d}", 8.0 * (d / 4096) ** 3, lambda d=d: eig_section(d))
+
+    # ------------------------------------------------------------------ batched spectra
+    def batch_section():
+        b, d, n = args.batch, args.batch_dim, 4096
+        accs = []
+        for i in range(b):
+            x = torch.randn(n, d, device=dev, dtype=torch.bfloat16) * (1 + i / b)
+            accs.append(geomfast.GramAccumulator(d, device=where, precision="fast").update(x))
+        covs = torch.stack([torch.from_numpy(a.covariance()).to(dev) for a in accs])
+        t_loop = timeit(lambda: [a.spectrum() for a in accs], sync=sync, repeat=2)
+        t_batch = timeit(lambda: geomfast.spectra(accs), sync=sync, repeat=2)
+        t_torch = timeit(lambda: torch.linalg.eigvalsh(covs), sync=sync, repeat=2)
+        got = geomfast.spectra(accs)
+        worst = max(float(np.max(np.abs(g - a.spectrum())) / a.spectrum()[0]) for g, a in zip(got, accs))
+        res["batched_spectra"] = {"batch": b, "d": d, "loop_s": t_loop, "spectra_s": t_batch,
+                                  "torch_batched_eigvalsh_s": t_torch, "max_diff_over_l1": worst}
+        rows.append((f"spectra of {b} accumulators d={d}", f"{t_batch * 1e3:.0f} ms",
+                     f"{t_loop * 1e3:.0f} ms (one spectrum() each)", f"{t_loop / t_batch:.2f}x; diff {worst:.1e}·λ1"))
+        rows.append((f"spectra of {b} accumulators d={d} vs torch", f"{t_batch * 1e3:.0f} ms",
+                     f"{t_torch * 1e3:.0f} ms (torch.linalg.eigvalsh on [{b}, {d}, {d}], covariances given)",
+                     f"{t_torch / t_batch:.2f}x"))
+        del accs, covs
+        torch.cuda.empty_cache()
+
+    chk.section("batched spectra", 20.0, batch_section)
 
     chk.save()
     log("")

@@ -7,6 +7,7 @@ Memory is O(dim²) whatever the number of rows; states merge exactly (they are s
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +127,9 @@ class GramAccumulator:
 
         self._need_rows("spectrum", ddof + 1)
         args = _eig_args(self.dim, method, k, eig_options, func="GramAccumulator.spectrum")
-        values = self._native.spectrum(int(ddof), *args)
+        values, info = self._native.spectrum(int(ddof), *args)
+        for w in info["warnings"]:
+            warnings.warn(f"[GramAccumulator.spectrum] {w}", RuntimeWarning, stacklevel=2)
         return values if args[0] == "randomized" or k is None else values[:k]
 
     def singular_values(self) -> np.ndarray:

@@ -82,6 +82,33 @@ def spectrum(x, *, ddof: int = 1, method: str = "full", k: int | None = None, pr
     return _accumulate(x, precision, "spectrum").spectrum(ddof=ddof, method=method, k=k, **eig_options)
 
 
+def spectra(accumulators, *, ddof: int = 1, method: str = "full", k: int | None = None,
+            **eig_options) -> list[np.ndarray]:
+    """Descending covariance eigenvalues of many accumulators (e.g. every checkpoint × layer), in order.
+
+    The same values as ``[a.spectrum(...) for a in accumulators]``. CUDA accumulators of one device
+    are solved as one batch with method='full': every covariance and cuSOLVER call is queued on one
+    stream and all values come back with a single host synchronisation, instead of one per
+    spectrum. CPU accumulators (and randomized or float32 solves) are solved one by one.
+    """
+    accs = list(accumulators)
+    for i, a in enumerate(accs):
+        if not isinstance(a, GramAccumulator):
+            raise TypeError(f"[spectra] expected GramAccumulators, got {type(a).__name__} at position {i}")
+        a._need_rows("spectra", ddof + 1)
+    if not accs:
+        return []
+    dims = {a.dim for a in accs}
+    n = min(dims)
+    args = _eig_args(n, method, k, eig_options, func="spectra")
+    out = []
+    for a, (values, info) in zip(accs, _core.spectra([a._native for a in accs], int(ddof), *args)):
+        for w in info["warnings"]:
+            warnings.warn(f"[spectra] {w}", RuntimeWarning, stacklevel=2)
+        out.append(values if args[0] == "randomized" or k is None else values[:k])
+    return out
+
+
 def singular_values(x, *, precision: str = "highest") -> np.ndarray:
     """Descending singular values of the raw (uncentered) matrix x [n, d] (or an accumulator's)."""
     return _accumulate(x, precision, "singular_values").singular_values()

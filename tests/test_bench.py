@@ -120,13 +120,16 @@ def test_gpu_check_cpu_dry_run_runs_every_section(tmp_path):
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--cpu-dry-run", "--out", str(tmp_path),
            "--dims", "300", "--rows", "1024", "--chunks", "1", "--sweep-dim", "96", "--sweep-rows", "2048",
-           "--flush", "256,1024", "--tiles", "512", "--tc-chains", "64", "--tc-rows", "8192"]
+           "--flush", "256,1024", "--tiles", "512", "--tc-chains", "64", "--tc-rows", "8192",
+           "--batch", "3", "--batch-dim", "40"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((tmp_path / "gpu_check.json").read_text())
     assert {v["status"] for v in res["sections"].values()} == {"ok"}
-    assert set(res["sections"]) == {"fast bf16 kernel/flush/tile sweep", "bf16 peak", "Gram d=300", "eigvalsh d=300"}
+    assert set(res["sections"]) == {"fast bf16 kernel/flush/tile sweep", "bf16 peak", "Gram d=300", "eigvalsh d=300",
+                                   "batched spectra"}
     # defaults, 2 flushes, 1 tile, tc defaults, 1 tc setting; on centred and offset data
     assert len(res["sweep"]) == 2 * 6 and all(r["rel_fro"] < 1e-6 for r in res["sweep"])
     assert res["eig"][0]["full_max_err_over_l1"] < 1e-12
     assert "randomized top-256 d=300" in (tmp_path / "table.txt").read_text()
+    assert res["batched_spectra"]["max_diff_over_l1"] < 1e-12

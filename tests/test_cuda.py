@@ -383,3 +383,29 @@ def test_second_device_if_present():
     assert rel_fro(acc.covariance(), gpu_reference_cov(x)) <= 1e-6
     with pytest.raises(ValueError):
         acc.update(x.to("cuda:0"))
+
+
+@gpu
+@needs_torch
+def test_batched_spectra_match_one_by_one_and_keep_order():
+    rng = np.random.default_rng(21)
+    dims = [31, 300, 1000, 300, 129]
+    accs = []
+    for i, d in enumerate(dims):
+        device = "cpu" if i == 3 else "cuda"  # a CPU accumulator in the middle keeps its place
+        x = torch.from_numpy(rng.standard_normal((1500, d)) + 5.0).to(torch.bfloat16)
+        accs.append(geomfast.GramAccumulator(d, device=device, precision="fast").update(
+            x if device == "cpu" else x.cuda()))
+    got = geomfast.spectra(accs)
+    assert [g.shape for g in got] == [(d,) for d in dims]
+    for a, g in zip(accs, got):
+        one = a.spectrum()
+        assert np.isfinite(g).all()
+        np.testing.assert_allclose(g, one, rtol=1e-12, atol=1e-12 * one[0])
+    top = geomfast.spectra(accs, k=10)
+    assert all(t.shape == (10,) for t in top)
+    rnd = geomfast.spectra(accs[2:3], method="randomized", k=20)
+    np.testing.assert_allclose(rnd[0], got[2][:20], rtol=1e-5)
+    # the accumulators stay usable: spectra queued their covariances behind pending updates
+    accs[0].update(torch.from_numpy(rng.standard_normal((10, 31))).cuda())
+    assert accs[0].count == 1510

@@ -273,3 +273,40 @@ def test_randomized_reads_only_the_documented_triangle(layout):
     ref_top = ref.eigvalsh_desc(ref.to_float64(a))[:k]
     assert np.abs(clean - ref_top).max() <= 1e-9, f"seed={seed} {layout}"
     assert np.abs(dirty - ref_top).max() <= 1e-9, f"seed={seed} {layout}: the lower triangle was read"
+
+
+def test_spectra_equal_one_spectrum_each_in_order():
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    accs = [geomfast.GramAccumulator(d).update(llm_like(400, d, rng)) for d in (7, 120, 33, 120)]
+    got = geomfast.spectra(accs)
+    assert len(got) == 4
+    for a, v in zip(accs, got):
+        assert np.array_equal(v, a.spectrum()), f"seed={seed}"
+    top = geomfast.spectra(accs, k=5)
+    assert [t.shape for t in top] == [(5,)] * 4
+    assert all(np.array_equal(t, v[:5]) for t, v in zip(top, got))
+    rnd = geomfast.spectra(accs[1:2], method="randomized", k=10, n_iter=8)
+    assert np.array_equal(rnd[0], accs[1].spectrum(method="randomized", k=10, n_iter=8))
+    assert geomfast.spectra([]) == []
+
+
+def test_spectra_bad_input_names_the_argument():
+    acc = geomfast.GramAccumulator(10).update(np.random.default_rng(0).standard_normal((50, 10)))
+    with pytest.raises(TypeError, match=r"\[spectra\] expected GramAccumulators, got ndarray at position 1"):
+        geomfast.spectra([acc, np.eye(10)])
+    with pytest.raises(ValueError, match=r"needs at least 2 row"):
+        geomfast.spectra([acc, geomfast.GramAccumulator(10)])
+    small = geomfast.GramAccumulator(4).update(np.random.default_rng(1).standard_normal((9, 4)))
+    with pytest.raises(ValueError, match=r"k must be an int in \[1, 4\]"):
+        geomfast.spectra([acc, small], k=5)
+
+
+def test_accumulator_spectrum_passes_on_solver_warnings():
+    """Warnings from the native solver reach Python (here: a randomized solve that cannot converge)."""
+    rng = np.random.default_rng(new_seed())
+    acc = geomfast.GramAccumulator(300).update(llm_like(700, 300, rng, alpha=0.3))
+    with pytest.warns(RuntimeWarning, match="did not reach tol"):
+        acc.spectrum(method="randomized", k=50, tol=1e-14, max_iter=2)
+    with pytest.warns(RuntimeWarning, match=r"\[spectra\] randomized eigvalsh did not reach tol"):
+        geomfast.spectra([acc], method="randomized", k=50, tol=1e-14, max_iter=2)

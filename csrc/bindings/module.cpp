@@ -185,13 +185,28 @@ PYBIND11_MODULE(_core, m) {
       .def("spectrum",
            [](const GramBackend& g, int64_t ddof, const std::string& method, int64_t k, const py::dict& opts) {
              const EigOptions o = make_opts(method, k, opts);
-             std::vector<double> vals;
+             EigResult r;
              {
                py::gil_scoped_release nogil;
-               vals = g.spectrum(ddof, o);
+               r = g.spectrum(ddof, o);
              }
-             return to_numpy(vals);
+             return py::make_tuple(to_numpy(r.values), eig_info(r));
            });
+
+  m.def(
+      "spectra",
+      [](const std::vector<const GramBackend*>& accs, int64_t ddof, const std::string& method, int64_t k,
+         const py::dict& opts) {
+        const EigOptions o = make_opts(method, k, opts);
+        std::vector<EigResult> rs;
+        {
+          py::gil_scoped_release nogil;
+          rs = spectra(accs, ddof, o);
+        }
+        py::list out;
+        for (const EigResult& r : rs) out.append(py::make_tuple(to_numpy(r.values), eig_info(r)));
+        return out;
+      });
 
   m.def(
       "eigvalsh",

@@ -1,4 +1,8 @@
 // Routes each call to the backend of its device.
+#include <algorithm>
+#include <utility>
+#include <vector>
+
 #include "geomfast/backend.hpp"
 #include "geomfast/errors.hpp"
 
@@ -13,6 +17,33 @@ std::unique_ptr<GramBackend> make_gram_backend(int64_t dim, Device device, Preci
 EigResult eigvalsh(const MatrixView& a, const EigOptions& opt) {
   if (a.device.type == DeviceType::kCUDA) return eigvalsh_cuda(a, opt);
   return eigvalsh_cpu(a, opt);
+}
+
+std::vector<EigResult> spectra(const std::vector<const GramBackend*>& accs, int64_t ddof, const EigOptions& opt) {
+  std::vector<EigResult> out(accs.size());
+  // CUDA accumulators grouped by device (one batch each); results go back to their positions.
+  std::vector<std::pair<int, std::vector<size_t>>> groups;
+  for (size_t i = 0; i < accs.size(); ++i) {
+    GF_ASSERT(accs[i] != nullptr, "spectra: null accumulator");
+    const Device dev = accs[i]->device();
+    if (dev.type != DeviceType::kCUDA) {
+      out[i] = accs[i]->spectrum(ddof, opt);
+      continue;
+    }
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == dev.index; });
+    if (it == groups.end()) {
+      groups.push_back({dev.index, {}});
+      it = groups.end() - 1;
+    }
+    it->second.push_back(i);
+  }
+  for (const auto& [device, idx] : groups) {
+    std::vector<const GramBackend*> batch;
+    for (size_t i : idx) batch.push_back(accs[i]);
+    std::vector<EigResult> r = spectra_cuda(batch, ddof, opt);
+    for (size_t j = 0; j < idx.size(); ++j) out[idx[j]] = std::move(r[j]);
+  }
+  return out;
 }
 
 }  // namespace geomfast

@@ -365,10 +365,10 @@ class CpuGram final : public GramBackend {
     });
   }
 
-  std::vector<double> spectrum(int64_t ddof, const EigOptions& opt) const override {
+  EigResult spectrum(int64_t ddof, const EigOptions& opt) const override {
     std::vector<double> cov(static_cast<size_t>(dim_ * dim_));
     covariance(ddof, cov.data());
-    return eigvalsh_cpu_owned(std::move(cov), dim_, opt).values;
+    return eigvalsh_cpu_owned(std::move(cov), dim_, opt);
   }
 
  private:

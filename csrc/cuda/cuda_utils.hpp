@@ -112,6 +112,25 @@ class DeviceBuffer {
   std::size_t n_ = 0;
 };
 
+// Stream-ordered scratch allocation (cudaMallocAsync: no device synchronisation on free).
+class AsyncBuffer {
+ public:
+  AsyncBuffer(size_t bytes, cudaStream_t st) : st_(st) {
+    if (bytes > 0) GF_CUDA_CHECK(cudaMallocAsync(&p_, bytes, st));
+  }
+  ~AsyncBuffer() {
+    if (p_) cudaFreeAsync(p_, st_);
+  }
+  AsyncBuffer(const AsyncBuffer&) = delete;
+  AsyncBuffer& operator=(const AsyncBuffer&) = delete;
+  template <typename T>
+  T* as() const { return static_cast<T*>(p_); }
+
+ private:
+  void* p_ = nullptr;
+  cudaStream_t st_;
+};
+
 // Page-locked host buffer (for the small device-to-host copies that must be read right away).
 template <typename T>
 class PinnedBuffer {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cuda/cuda_utils.hpp"
+#include "cuda/eig_cuda.hpp"
 #include "cuda/gram_kernels.cuh"
 #include "geomfast/backend.hpp"
 #include "geomfast/eig.hpp"
@@ -19,25 +20,6 @@
 namespace geomfast {
 namespace cuda {
 namespace {
-
-// Stream-ordered scratch allocation (cudaMallocAsync: no device synchronisation on free).
-class AsyncBuffer {
- public:
-  AsyncBuffer(size_t bytes, cudaStream_t st) : st_(st) {
-    if (bytes > 0) GF_CUDA_CHECK(cudaMallocAsync(&p_, bytes, st));
-  }
-  ~AsyncBuffer() {
-    if (p_) cudaFreeAsync(p_, st_);
-  }
-  AsyncBuffer(const AsyncBuffer&) = delete;
-  AsyncBuffer& operator=(const AsyncBuffer&) = delete;
-  template <typename T>
-  T* as() const { return static_cast<T*>(p_); }
-
- private:
-  void* p_ = nullptr;
-  cudaStream_t st_;
-};
 
 bool all_finite(const std::vector<double>& v) {
   return std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x); });
@@ -84,6 +66,23 @@ bool syevd_values(HandleLease& lease, double* w, int64_t n, bool single, std::ve
   info_out = hinfo[0];
   return hinfo[0] == 0 && all_finite(out);
 }
+
+}  // namespace
+
+void syevd_enqueue(HandleLease& lease, double* w, int64_t n, double* vals, int* info,
+                   std::vector<char>& host_work, cudaStream_t st) {
+  size_t dev_bytes = 0, host_bytes = 0;
+  GF_CUSOLVER_CHECK(cusolverDnXsyevd_bufferSize(lease.h.solver, lease.h.params, CUSOLVER_EIG_MODE_NOVECTOR,
+                                                CUBLAS_FILL_MODE_UPPER, n, CUDA_R_64F, w, n, CUDA_R_64F, vals,
+                                                CUDA_R_64F, &dev_bytes, &host_bytes));
+  AsyncBuffer work(dev_bytes, st);  // freed in stream order, after the solver has used it
+  host_work.assign(std::max<size_t>(host_bytes, 1), 0);
+  GF_CUSOLVER_CHECK(cusolverDnXsyevd(lease.h.solver, lease.h.params, CUSOLVER_EIG_MODE_NOVECTOR,
+                                     CUBLAS_FILL_MODE_UPPER, n, CUDA_R_64F, w, n, CUDA_R_64F, vals, CUDA_R_64F,
+                                     work.as<void>(), dev_bytes, host_work.data(), host_bytes, info));
+}
+
+namespace {
 
 // The CPU solver on a host copy of the symmetric matrix (the last resort of the full solver).
 std::vector<double> eigvalsh_on_host(const MatrixView& a, int64_t n, cudaStream_t st) {

@@ -69,6 +69,7 @@
 #include <vector>
 
 #include "cuda/cuda_utils.hpp"
+#include "cuda/eig_cuda.hpp"
 #include "cuda/gram_kernels.cuh"
 #include "geomfast/backend.hpp"
 #include "geomfast/gram.hpp"
@@ -290,7 +291,7 @@ class CudaGram final : public GramBackend {
     GF_CUDA_CHECK(cudaStreamSynchronize(own_stream_));
   }
 
-  std::vector<double> spectrum(int64_t ddof, const EigOptions& opt) const override {
+  EigResult spectrum(int64_t ddof, const EigOptions& opt) const override {
     DeviceGuard guard(device_);
     const size_t d = static_cast<size_t>(dim_);
     DeviceBuffer<double> cov(d * d);
@@ -303,9 +304,12 @@ class CudaGram final : public GramBackend {
     v.col_stride = 1;
     v.device = Device{DeviceType::kCUDA, device_};
     v.stream = reinterpret_cast<std::uintptr_t>(own_stream_);
-    EigResult r = eigvalsh_cuda(v, opt);  // synchronises own_stream_ before returning values
-    return r.values;
+    return eigvalsh_cuda(v, opt);  // synchronises own_stream_ before returning values
   }
+
+  // The covariance [d, d] (symmetric, so either order) into device memory `out`, queued on `st`
+  // after this accumulator's pending work (the batched spectra).
+  void enqueue_covariance(int64_t ddof, double* out, cudaStream_t st) const { covariance_on_device(ddof, out, st); }
 
  private:
   enum class Mode { kStale, kExact, kBF16, kFP16 };
@@ -517,6 +521,75 @@ class CudaGram final : public GramBackend {
 
 }  // namespace
 }  // namespace cuda
+
+// Batched spectra: each covariance built and solved (cuSOLVER syevd, float64) on one stream, the
+// values of all of them copied back with one host synchronisation. A solve that reports a failure
+// or a non-finite value is redone alone through spectrum(), whose retries warn. Randomized (host
+// reads every iteration) and float32 solves gain nothing from batching and run one by one.
+std::vector<EigResult> spectra_cuda(const std::vector<const GramBackend*>& accs, int64_t ddof,
+                                    const EigOptions& opt) {
+  using namespace cuda;
+  std::vector<EigResult> out(accs.size());
+  if (accs.empty()) return out;
+  std::vector<const CudaGram*> g;
+  for (const GramBackend* a : accs) {
+    const auto* c = dynamic_cast<const CudaGram*>(a);
+    GF_ASSERT(c != nullptr, "spectra_cuda: not a CUDA accumulator");
+    GF_ASSERT(c->device().index == accs[0]->device().index, "spectra_cuda: accumulators on several devices");
+    if (c->count() - ddof <= 0)
+      GF_THROW(ValueError, "[spectra] expected more than ddof=", ddof, " rows in every accumulator, got ",
+               c->count(), " in one");
+    g.push_back(c);
+  }
+  if (opt.method == EigMethod::kRandomized || opt.single_precision) {
+    for (size_t i = 0; i < g.size(); ++i) out[i] = g[i]->spectrum(ddof, opt);
+    return out;
+  }
+  const int device = g[0]->device().index;
+  DeviceGuard guard(device);
+  cudaStream_t st = nullptr;
+  GF_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  struct StreamGuard {
+    cudaStream_t s;
+    ~StreamGuard() {
+      cudaStreamSynchronize(s);
+      cudaStreamDestroy(s);
+    }
+  } stream_guard{st};
+  std::vector<size_t> offset(g.size() + 1, 0);
+  for (size_t i = 0; i < g.size(); ++i) offset[i + 1] = offset[i] + static_cast<size_t>(g[i]->dim());
+  DeviceBuffer<double> vals(offset.back());
+  DeviceBuffer<int> infos(g.size());
+  std::vector<std::vector<char>> host_work(g.size());
+  {
+    HandleLease lease(device, st);
+    for (size_t i = 0; i < g.size(); ++i) {
+      const int64_t d = g[i]->dim();
+      AsyncBuffer w(static_cast<size_t>(d * d) * sizeof(double), st);  // stream-ordered: reused, no sync
+      g[i]->enqueue_covariance(ddof, w.as<double>(), st);
+      syevd_enqueue(lease, w.as<double>(), d, vals.get() + offset[i], infos.get() + i, host_work[i], st);
+    }
+  }
+  PinnedBuffer<double> hv(std::max<size_t>(offset.back(), 1));
+  PinnedBuffer<int> hinfo(g.size());
+  GF_CUDA_CHECK(cudaMemcpyAsync(hv.get(), vals.get(), offset.back() * sizeof(double), cudaMemcpyDeviceToHost, st));
+  GF_CUDA_CHECK(cudaMemcpyAsync(hinfo.get(), infos.get(), g.size() * sizeof(int), cudaMemcpyDeviceToHost, st));
+  GF_CUDA_CHECK(cudaStreamSynchronize(st));
+  for (size_t i = 0; i < g.size(); ++i) {
+    std::vector<double> v(hv.get() + offset[i], hv.get() + offset[i + 1]);
+    const bool finite = std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x); });
+    if (hinfo[i] != 0 || !finite) {
+      out[i] = g[i]->spectrum(ddof, opt);
+      out[i].warnings.insert(out[i].warnings.begin(),
+                             detail::concat("spectra: batched cuSOLVER syevd failed for accumulator ", i, " (info=",
+                                            hinfo[i], ", or non-finite values); solved it alone"));
+      continue;
+    }
+    std::reverse(v.begin(), v.end());  // syevd: ascending
+    out[i].values = std::move(v);
+  }
+  return out;
+}
 
 std::unique_ptr<GramBackend> make_cuda_gram(int64_t dim, int device_index, Precision precision) {
   const BackendInfo info = cuda_backend_info();

@@ -21,6 +21,11 @@ std::unique_ptr<GramBackend> make_cuda_gram(int64_t, int, Precision) {
            GEOMFAST_CUDA_WHY, "); rebuild with GEOMFAST_CUDA=ON");
 }
 
+std::vector<EigResult> spectra_cuda(const std::vector<const GramBackend*>&, int64_t, const EigOptions&) {
+  GF_THROW(RuntimeError, "[spectra] has no CUDA implementation in this build (", GEOMFAST_CUDA_WHY,
+           "); rebuild with GEOMFAST_CUDA=ON");
+}
+
 EigResult eigvalsh_cuda(const MatrixView&, const EigOptions&) {
   GF_THROW(RuntimeError, "[eigvalsh] has no CUDA implementation in this build (", GEOMFAST_CUDA_WHY,
            "); rebuild with GEOMFAST_CUDA=ON");

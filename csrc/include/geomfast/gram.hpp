@@ -55,9 +55,15 @@ class GramBackend {
   virtual void reset() = 0;
   // Covariance [dim, dim] row-major into host memory `out`.
   virtual void covariance(int64_t ddof, double* out) const = 0;
-  // Descending eigenvalues of the covariance, solved on this backend's device.
-  virtual std::vector<double> spectrum(int64_t ddof, const EigOptions& opt) const = 0;
+  // Descending eigenvalues of the covariance, solved on this backend's device (with the solver's
+  // warnings, e.g. a cuSOLVER failure retried elsewhere).
+  virtual EigResult spectrum(int64_t ddof, const EigOptions& opt) const = 0;
 };
+
+// The spectra of many accumulators, in order. CUDA accumulators of one device are solved as a
+// batch (method "full"): every covariance and cuSOLVER call queued on one stream, one host
+// synchronisation for all their values; the others one by one, as spectrum() does.
+std::vector<EigResult> spectra(const std::vector<const GramBackend*>& accs, int64_t ddof, const EigOptions& opt);
 
 // Tunables of the CPU backend (exposed for benchmarks; defaults are measured choices).
 struct GramTuning {

@@ -1,0 +1,17 @@
+// Pieces of the CUDA eigensolver shared with the batched spectra (gram_cuda.cu).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "cuda/cuda_utils.hpp"
+
+namespace geomfast::cuda {
+
+// Queues cusolverDnXsyevd (float64, values only, upper triangle) of the symmetric n x n col-major
+// matrix `w` (overwritten) on `st`, the lease's stream: ascending values into vals [n] and the
+// solver's info into *info, both on the device. No host synchronisation; `host_work` must outlive
+// the stream's execution of the call.
+void syevd_enqueue(HandleLease& lease, double* w, int64_t n, double* vals, int* info,
+                   std::vector<char>& host_work, cudaStream_t st);
+
+}  // namespace geomfast::cuda
