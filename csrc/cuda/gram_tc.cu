@@ -16,14 +16,20 @@
 // shared stage into float64 (each CTA owns its tile: no atomics).
 //
 // NOT YET RUN ON A GPU (no session has had one): tests/test_cuda.py runs every fast-path test on
-// this kernel too, and benchmarks/gpu_check.py times it against the cuBLAS path.
+// this kernel too, and benchmarks/gpu_check.py times it against the cuBLAS path. Its source also
+// runs on the CPU under tests/cuda_emulation (GEOMFAST_TC_EMULATE), which checks its logic.
+#ifdef GEOMFAST_TC_EMULATE
+#include "wmma_emulation.hpp"  // tests/cuda_emulation: this kernel's source run on a CPU
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
 
+#include "cuda/cuda_utils.hpp"
+#endif
+
 #include <cstdint>
 
-#include "cuda/cuda_utils.hpp"
 #include "cuda/gram_kernels.cuh"
 
 namespace geomfast::cuda {
@@ -157,6 +163,7 @@ tc_gram_kernel(const T* __restrict__ a, int64_t lda, int64_t m,
 
 }  // namespace
 
+#ifndef GEOMFAST_TC_EMULATE
 void tc_gram_update(const void* a, int64_t lda, int64_t m, const void* b, int64_t ldb, int64_t n,
                     int64_t rows, int chain_rows, DType dtype, bool upper, double* c, int64_t ldc,
                     cudaStream_t stream) {
@@ -182,5 +189,6 @@ void tc_gram_update(const void* a, int64_t lda, int64_t m, const void* b, int64_
   }
   GF_CUDA_CHECK_LAUNCH(stream);
 }
+#endif  // GEOMFAST_TC_EMULATE
 
 }  // namespace geomfast::cuda

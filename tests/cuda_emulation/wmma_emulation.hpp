@@ -1,0 +1,142 @@
+// A host emulation of the few CUDA features csrc/cuda/gram_tc.cu's kernel uses, so that the
+// kernel's own source (indexing, padding and row masking, the double-buffered slabs, the chain
+// bookkeeping, the per-warp output stage) runs on a CPU in tests (tests/test_cuda_emulation.py).
+//
+// How: each CTA runs as kThreads std::threads; __syncthreads() is a std::barrier over them and
+// __syncwarp() one over the 32 threads of the warp; __shared__ variables are function statics
+// (one CTA runs at a time). WMMA fragments hold the whole 16 x 16 tile in every thread
+// (num_elements = 256), so warp-collective loads, stores and products are done redundantly by
+// each thread, and element-wise loops over x[0 .. num_elements) cover the whole tile, as the 32
+// threads' shares do together on the GPU. Products are summed in double and rounded to float
+// once per mma_sync: the emulation checks the kernel's logic, not the tensor cores' rounding.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <vector_functions.h>
+#include <vector_types.h>
+
+#include <barrier>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+// The CUDA headers define these for host compilers (mostly as nothing); here they mean what the
+// emulation needs.
+#undef __global__
+#undef __launch_bounds__
+#undef __shared__
+#undef __align__
+#define __global__
+#define __launch_bounds__(x)
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+
+namespace gf_emu {
+
+struct Dim3 {
+  unsigned x = 0, y = 0, z = 0;
+};
+inline thread_local Dim3 thread_idx, block_idx;
+
+struct Cta {
+  std::unique_ptr<std::barrier<>> all;
+  std::vector<std::unique_ptr<std::barrier<>>> warps;
+};
+inline Cta* g_cta = nullptr;
+inline thread_local int warp_of = 0;
+
+// Runs kernel() for every CTA of grid (x, y), one CTA at a time, `threads` host threads each.
+inline void launch(unsigned gx, unsigned gy, int threads, const std::function<void()>& kernel) {
+  for (unsigned by = 0; by < gy; ++by)
+    for (unsigned bx = 0; bx < gx; ++bx) {
+      Cta cta;
+      cta.all = std::make_unique<std::barrier<>>(threads);
+      for (int w = 0; w < threads / 32; ++w) cta.warps.push_back(std::make_unique<std::barrier<>>(32));
+      g_cta = &cta;
+      std::vector<std::thread> pool;
+      for (int t = 0; t < threads; ++t)
+        pool.emplace_back([&, t] {
+          thread_idx = Dim3{static_cast<unsigned>(t), 0, 0};
+          block_idx = Dim3{bx, by, 0};
+          warp_of = t / 32;
+          kernel();
+        });
+      for (auto& th : pool) th.join();
+      g_cta = nullptr;
+    }
+}
+
+}  // namespace gf_emu
+
+#define threadIdx (::gf_emu::thread_idx)
+#define blockIdx (::gf_emu::block_idx)
+inline void __syncthreads() { ::gf_emu::g_cta->all->arrive_and_wait(); }
+inline void __syncwarp() { ::gf_emu::g_cta->warps[::gf_emu::warp_of]->arrive_and_wait(); }
+template <typename T>
+inline T __ldg(const T* p) {
+  return *p;
+}
+
+namespace nvcuda::wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+inline float to_f(float v) { return v; }
+inline float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+inline float to_f(__half v) { return __half2float(v); }
+
+// Element (i, j) of the 16 x 16 tile at x[i * 16 + j], in every thread.
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static constexpr int num_elements = 256;
+  float x[256];
+};
+
+template <typename Use, typename T, typename Layout>
+void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j)
+      f.x[i * 16 + j] = to_f(std::is_same_v<Layout, col_major> ? p[i + j * ldm] : p[i * ldm + j]);
+}
+
+template <typename Use, typename T, typename Layout>
+void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, float v) {
+  for (float& e : f.x) e = v;
+}
+
+template <typename TA, typename LA, typename TB, typename LB>
+void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, TA, LA>& a,
+              const fragment<matrix_b, 16, 16, 16, TB, LB>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
+  float out[256];
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) {
+      double s = c.x[i * 16 + j];
+      for (int k = 0; k < 16; ++k) s += static_cast<double>(a.x[i * 16 + k]) * b.x[k * 16 + j];
+      out[i * 16 + j] = static_cast<float>(s);
+    }
+  std::memcpy(d.x, out, sizeof(out));
+}
+
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm,
+                              layout_t layout) {
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) {
+      const float v = f.x[i * 16 + j];
+      if (layout == mem_row_major)
+        p[i * ldm + j] = v;
+      else
+        p[i + j * ldm] = v;
+    }
+}
+
+}  // namespace nvcuda::wmma

@@ -1,0 +1,55 @@
+"""The CUDA tensor-core Gram kernel's own source (csrc/cuda/gram_tc.cu), run on the CPU.
+
+tests/cuda_emulation/wmma_emulation.hpp emulates the CUDA features the kernel uses (threads and
+barriers of a CTA, shared memory, WMMA fragments) with host threads, so the kernel's indexing,
+padding and row masking, double-buffered slabs, chain bookkeeping and output stage are checked
+against float64 here, where no GPU exists. It needs only the CUDA headers (found through nvcc, as
+in CI) and g++; without them it is skipped with the reason. The GPU's arithmetic is checked by
+tests/test_cuda.py on a GPU.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cuda_include_dir() -> Path | None:
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(env) and (Path(os.environ[env]) / "include" / "cuda_bf16.h").exists():
+            return Path(os.environ[env]) / "include"
+    if shutil.which("nvcc"):
+        out = subprocess.run(["nvcc", "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True).stderr
+        for inc in re.findall(r'INCLUDES="-I([^"]+?)"', out):
+            if (Path(inc.strip()) / "cuda_bf16.h").exists():
+                return Path(inc.strip())
+    for p in (Path("/usr/local/cuda/include"),):
+        if (p / "cuda_bf16.h").exists():
+            return p
+    return None
+
+
+def test_tc_kernel_source_on_cpu_emulation(tmp_path):
+    inc = cuda_include_dir()
+    if inc is None:
+        pytest.skip("no CUDA headers (cuda_bf16.h) found through CUDA_HOME, CUDA_PATH or nvcc")
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    exe = tmp_path / "tc_kernel_emulation"
+    build = subprocess.run(
+        [cxx, "-std=c++20", "-O1", "-pthread", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'csrc' / 'include'}",
+         f"-I{ROOT / 'tests' / 'cuda_emulation'}", f"-I{inc}",
+         str(ROOT / "tests" / "cuda_emulation" / "tc_kernel_emulation.cpp"), "-o", str(exe)],
+        capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-4000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "ALL OK" in run.stdout, run.stdout + run.stderr
+    assert run.stdout.count(" -> ok") == 12
