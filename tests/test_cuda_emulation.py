@@ -1,9 +1,10 @@
-"""The CUDA tensor-core Gram kernel's own source (csrc/cuda/gram_tc.cu), run on the CPU.
+"""The CUDA backend's own kernels (csrc/cuda/gram_tc.cu, gram_kernels.cu), their source run on the CPU.
 
-tests/cuda_emulation/wmma_emulation.hpp emulates the CUDA features the kernel uses (threads and
-barriers of a CTA, shared memory, WMMA fragments) with host threads, so the kernel's indexing,
-padding and row masking, double-buffered slabs, chain bookkeeping and output stage are checked
-against float64 here, where no GPU exists. It needs only the CUDA headers (found through nvcc, as
+tests/cuda_emulation/wmma_emulation.hpp emulates the CUDA features the kernels use (threads and
+barriers of a CTA, shared memory, WMMA fragments, atomics, round-to-nearest intrinsics) with host
+threads, so the tensor-core kernel's indexing, padding and row masking, double-buffered slabs,
+chain bookkeeping and output stage, the exactness of the 16-bit split, and the fast 16-bit path
+as a whole are checked against float64 here, where no GPU exists. It needs only the CUDA headers (found through nvcc, as
 in CI) and g++; without them it is skipped with the reason. The GPU's arithmetic is checked by
 tests/test_cuda.py on a GPU.
 """
@@ -36,20 +37,32 @@ def cuda_include_dir() -> Path | None:
     return None
 
 
-def test_tc_kernel_source_on_cpu_emulation(tmp_path):
+def build_and_run(tmp_path, source: str) -> str:
     inc = cuda_include_dir()
     if inc is None:
         pytest.skip("no CUDA headers (cuda_bf16.h) found through CUDA_HOME, CUDA_PATH or nvcc")
     cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
     if cxx is None:
         pytest.skip("no C++ compiler")
-    exe = tmp_path / "tc_kernel_emulation"
+    exe = tmp_path / Path(source).stem
     build = subprocess.run(
         [cxx, "-std=c++20", "-O1", "-pthread", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'csrc' / 'include'}",
          f"-I{ROOT / 'tests' / 'cuda_emulation'}", f"-I{inc}",
-         str(ROOT / "tests" / "cuda_emulation" / "tc_kernel_emulation.cpp"), "-o", str(exe)],
+         str(ROOT / "tests" / "cuda_emulation" / source), "-o", str(exe)],
         capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-4000:]
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0 and "ALL OK" in run.stdout, run.stdout + run.stderr
-    assert run.stdout.count(" -> ok") == 12
+    return run.stdout
+
+
+def test_tc_kernel_source_on_cpu_emulation(tmp_path):
+    out = build_and_run(tmp_path, "tc_kernel_emulation.cpp")
+    assert out.count(" -> ok") == 12
+
+
+def test_fast16_path_kernels_on_cpu_emulation(tmp_path):
+    """The exact hi + lo split, and the whole fast 16-bit tc path (statistics, kernel shift, split,
+    products, cross terms, commits, covariance; a non-finite chunk rejected) against float64."""
+    out = build_and_run(tmp_path, "fast16_path_emulation.cpp")
+    assert out.count(" -> ok") == 7

@@ -1,14 +1,22 @@
 // The CUDA backend's own kernels: fused column statistics with non-finite checks, shifted
 // centering (float64 / float32), the exact 16-bit hi+lo split, float32 -> float64 flushes over the
 // upper triangle, and the chunk commit. Launchers and shapes are documented in gram_kernels.cuh.
+// The kernels' source also runs on the CPU under tests/cuda_emulation (GEOMFAST_CUDA_EMULATE
+// swaps the CUDA includes for an emulation and leaves the launchers out).
+#ifdef GEOMFAST_CUDA_EMULATE
+#include "wmma_emulation.hpp"  // tests/cuda_emulation: these kernels' source run on a CPU
+#include "geomfast/errors.hpp"
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include "cuda/cuda_utils.hpp"
+#endif
 
 #include <algorithm>
 #include <climits>
 #include <cmath>
 
-#include "cuda/cuda_utils.hpp"
 #include "cuda/gram_kernels.cuh"
 
 namespace geomfast::cuda {
@@ -339,6 +347,7 @@ dim3 row_grid(int64_t nb, int64_t cols) {
 
 }  // namespace
 
+#ifndef GEOMFAST_CUDA_EMULATE
 // ------------------------------------------------------------------------- launchers
 int64_t column_stats_partials(int64_t rows) {
   const int64_t per = kStatsLanes * 16;  // at least 16 rows per thread before adding a part
@@ -477,5 +486,7 @@ void fill_nan(double* p, int64_t n, cudaStream_t stream) {
   fill_nan_kernel<<<grid_1d(n, 256), 256, 0, stream>>>(p, n);
   GF_CUDA_CHECK_LAUNCH(stream);
 }
+
+#endif  // GEOMFAST_CUDA_EMULATE
 
 }  // namespace geomfast::cuda

@@ -17,8 +17,8 @@
 //
 // NOT YET RUN ON A GPU (no session has had one): tests/test_cuda.py runs every fast-path test on
 // this kernel too, and benchmarks/gpu_check.py times it against the cuBLAS path. Its source also
-// runs on the CPU under tests/cuda_emulation (GEOMFAST_TC_EMULATE), which checks its logic.
-#ifdef GEOMFAST_TC_EMULATE
+// runs on the CPU under tests/cuda_emulation (GEOMFAST_CUDA_EMULATE), which checks its logic.
+#ifdef GEOMFAST_CUDA_EMULATE
 #include "wmma_emulation.hpp"  // tests/cuda_emulation: this kernel's source run on a CPU
 #else
 #include <cuda_bf16.h>
@@ -163,7 +163,7 @@ tc_gram_kernel(const T* __restrict__ a, int64_t lda, int64_t m,
 
 }  // namespace
 
-#ifndef GEOMFAST_TC_EMULATE
+#ifndef GEOMFAST_CUDA_EMULATE
 void tc_gram_update(const void* a, int64_t lda, int64_t m, const void* b, int64_t ldb, int64_t n,
                     int64_t rows, int chain_rows, DType dtype, bool upper, double* c, int64_t ldc,
                     cudaStream_t stream) {
@@ -189,6 +189,6 @@ void tc_gram_update(const void* a, int64_t lda, int64_t m, const void* b, int64_
   }
   GF_CUDA_CHECK_LAUNCH(stream);
 }
-#endif  // GEOMFAST_TC_EMULATE
+#endif  // GEOMFAST_CUDA_EMULATE
 
 }  // namespace geomfast::cuda

@@ -2,7 +2,7 @@
 // reference, on and off its 128-column tiles, with row counts that end mid-slab and mid-chain,
 // for both operand types and for the upper-triangle and full cases. Prints one line per case;
 // exits 1 if any case is wrong. Built and run by tests/test_cuda_emulation.py.
-#define GEOMFAST_TC_EMULATE 1
+#define GEOMFAST_CUDA_EMULATE 1
 #include "../../csrc/cuda/gram_tc.cu"
 
 #include <cmath>

@@ -1,8 +1,10 @@
-// A host emulation of the few CUDA features csrc/cuda/gram_tc.cu's kernel uses, so that the
-// kernel's own source (indexing, padding and row masking, the double-buffered slabs, the chain
-// bookkeeping, the per-warp output stage) runs on a CPU in tests (tests/test_cuda_emulation.py).
+// A host emulation of the few CUDA features the kernels of csrc/cuda/gram_tc.cu and
+// csrc/cuda/gram_kernels.cu use, so that their own source (indexing, padding and row masking, the
+// double-buffered slabs, the chain bookkeeping, the exact 16-bit split, the column statistics and
+// commits) runs on a CPU in tests (tests/test_cuda_emulation.py). GEOMFAST_CUDA_EMULATE swaps
+// the CUDA includes for this header and leaves out the launchers (<<<>>>).
 //
-// How: each CTA runs as kThreads std::threads; __syncthreads() is a std::barrier over them and
+// How: each CTA runs as std::threads (or, for kernels without barriers, sequentially); __syncthreads() is a std::barrier over them and
 // __syncwarp() one over the 32 threads of the warp; __shared__ variables are function statics
 // (one CTA runs at a time). WMMA fragments hold the whole 16 x 16 tile in every thread
 // (num_elements = 256), so warp-collective loads, stores and products are done redundantly by
@@ -16,8 +18,13 @@
 #include <vector_functions.h>
 #include <vector_types.h>
 
+#include <algorithm>
+#include <atomic>
 #include <barrier>
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -41,45 +48,98 @@ namespace gf_emu {
 struct Dim3 {
   unsigned x = 0, y = 0, z = 0;
 };
-inline thread_local Dim3 thread_idx, block_idx;
+inline thread_local Dim3 thread_idx, block_idx, block_dim, grid_dim;
 
 struct Cta {
   std::unique_ptr<std::barrier<>> all;
   std::vector<std::unique_ptr<std::barrier<>>> warps;
 };
-inline Cta* g_cta = nullptr;
+inline Cta* g_cta = nullptr;  // null while a barrier-free kernel runs sequentially
 inline thread_local int warp_of = 0;
 
-// Runs kernel() for every CTA of grid (x, y), one CTA at a time, `threads` host threads each.
-inline void launch(unsigned gx, unsigned gy, int threads, const std::function<void()>& kernel) {
-  for (unsigned by = 0; by < gy; ++by)
-    for (unsigned bx = 0; bx < gx; ++bx) {
+// Runs kernel() for every thread of every CTA of `grid` (CTAs one at a time). With `barriers`,
+// each CTA's threads run as concurrent host threads (for kernels with __syncthreads/__syncwarp);
+// without, one after another on this thread (element-wise kernels; a barrier there aborts).
+inline void launch(Dim3 grid, Dim3 block, bool barriers, const std::function<void()>& kernel) {
+  const unsigned threads = block.x * std::max(block.y, 1u);
+  for (unsigned by = 0; by < std::max(grid.y, 1u); ++by)
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
+      auto set = [&](unsigned t) {
+        thread_idx = Dim3{t % block.x, t / block.x, 0};
+        block_idx = Dim3{bx, by, 0};
+        block_dim = block;
+        grid_dim = grid;
+        warp_of = static_cast<int>(t / 32);
+      };
+      if (!barriers) {
+        for (unsigned t = 0; t < threads; ++t) {
+          set(t);
+          kernel();
+        }
+        continue;
+      }
       Cta cta;
       cta.all = std::make_unique<std::barrier<>>(threads);
-      for (int w = 0; w < threads / 32; ++w) cta.warps.push_back(std::make_unique<std::barrier<>>(32));
+      for (unsigned w = 0; w < (threads + 31) / 32; ++w) cta.warps.push_back(std::make_unique<std::barrier<>>(32));
       g_cta = &cta;
       std::vector<std::thread> pool;
-      for (int t = 0; t < threads; ++t)
+      for (unsigned t = 0; t < threads; ++t)
         pool.emplace_back([&, t] {
-          thread_idx = Dim3{static_cast<unsigned>(t), 0, 0};
-          block_idx = Dim3{bx, by, 0};
-          warp_of = t / 32;
+          set(t);
           kernel();
         });
       for (auto& th : pool) th.join();
       g_cta = nullptr;
     }
 }
+inline void launch(unsigned gx, unsigned gy, int threads, const std::function<void()>& kernel) {
+  launch(Dim3{gx, gy, 1}, Dim3{static_cast<unsigned>(threads), 1, 1}, true, kernel);
+}
+
+inline void need_cta(const char* what) {
+  if (g_cta == nullptr) {
+    std::fprintf(stderr, "%s in a kernel launched without barriers\n", what);
+    std::abort();
+  }
+}
 
 }  // namespace gf_emu
 
 #define threadIdx (::gf_emu::thread_idx)
 #define blockIdx (::gf_emu::block_idx)
-inline void __syncthreads() { ::gf_emu::g_cta->all->arrive_and_wait(); }
-inline void __syncwarp() { ::gf_emu::g_cta->warps[::gf_emu::warp_of]->arrive_and_wait(); }
+#define blockDim (::gf_emu::block_dim)
+#define gridDim (::gf_emu::grid_dim)
+inline void __syncthreads() {
+  ::gf_emu::need_cta("__syncthreads");
+  ::gf_emu::g_cta->all->arrive_and_wait();
+}
+inline void __syncwarp() {
+  ::gf_emu::need_cta("__syncwarp");
+  ::gf_emu::g_cta->warps[::gf_emu::warp_of]->arrive_and_wait();
+}
+using std::isfinite;  // device code calls it unqualified
 template <typename T>
 inline T __ldg(const T* p) {
   return *p;
+}
+// Round-to-nearest float arithmetic, never contracted into an FMA (as the intrinsics guarantee).
+inline float __fadd_rn(float a, float b) {
+  volatile float r = a + b;
+  return r;
+}
+inline float __fsub_rn(float a, float b) {
+  volatile float r = a - b;
+  return r;
+}
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
+}
+inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
+  std::atomic_ref<unsigned long long> a(*p);
+  unsigned long long cur = a.load();
+  while (v < cur && !a.compare_exchange_weak(cur, v)) {
+  }
+  return cur;
 }
 
 namespace nvcuda::wmma {
