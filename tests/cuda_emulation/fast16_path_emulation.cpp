@@ -50,14 +50,15 @@ template <typename T16>
 struct Fast16Path {
   int64_t d;
   int64_t rows_per_call, chain_rows;
+  int64_t rs, cs;  // x's strides (elements): row-major (d, 1) or a column-major view (1, ld)
   std::vector<double> shift, sum, gram, c, zsum, zsq, part;
   std::vector<unsigned long long> flags = std::vector<unsigned long long>(kNumFlags);
   std::vector<int> col2j;
   int64_t nj = 0, count = 0;
   bool shift_set = false, c_ready = false;
 
-  Fast16Path(int64_t dim, int64_t rpc, int64_t chain)
-      : d(dim), rows_per_call(rpc), chain_rows(chain), shift(dim), sum(dim), gram(dim * dim), c(dim), zsum(dim),
+  Fast16Path(int64_t dim, int64_t rpc, int64_t chain, int64_t row_stride, int64_t col_stride)
+      : d(dim), rows_per_call(rpc), chain_rows(chain), rs(row_stride), cs(col_stride), shift(dim), sum(dim), gram(dim * dim), c(dim), zsum(dim),
         zsq(dim), col2j(dim, -1) {}
 
   void stats(const T16* x, int64_t n, const double* cc, double split_max) {
@@ -65,7 +66,7 @@ struct Fast16Path {
     part.assign(static_cast<size_t>(nparts * 2 * d), 0.0);
     launch(Dim3{1, 1, 1}, Dim3{1, 1, 1}, false, [&] { init_flags_kernel(flags.data()); });
     launch(Dim3{cdiv(d, 32), static_cast<unsigned>(nparts), 1}, Dim3{32, 8, 1}, true, [&] {
-      column_stats_kernel<T16>(x, n, d, d, 1, cc, split_max, part.data(), flags.data());
+      column_stats_kernel<T16>(x, n, d, rs, cs, cc, split_max, part.data(), flags.data());
     });
     launch(Dim3{cdiv(d, 256), 1, 1}, Dim3{256, 1, 1}, false,
            [&] { reduce_parts_kernel(part.data(), nparts, d, zsum.data(), zsq.data()); });
@@ -108,7 +109,7 @@ struct Fast16Path {
       // poisoned: the split kernel must write every element, padding included
       launch(Dim3{std::min(cdiv(ldh, 256), 64u), static_cast<unsigned>(std::min<int64_t>(nb, 65535)), 1}, Dim3{256, 1, 1},
              false, [&] {
-               split_rows_kernel<T16>(x, r0, nb, d, d, 1, c.data(), col2j.data(), nj, hi.data(), ldh, lo.data(), ldl);
+               split_rows_kernel<T16>(x, r0, nb, d, rs, cs, c.data(), col2j.data(), nj, hi.data(), ldh, lo.data(), ldl);
              });
       const int chain = static_cast<int>(chain_rows / 32);
       launch(cdiv(d, kTcTile), cdiv(d, kTcTile), 256,
@@ -184,7 +185,7 @@ bool split_is_exact(unsigned seed) {
 
 template <typename T16>
 bool whole_path(const char* label, int64_t d, int64_t n, int64_t rows_per_call, int64_t chain, unsigned seed,
-                double offset = 1e3) {
+                double offset = 1e3, bool column_major = false) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> nd(0.0, 1.0);
   std::uniform_real_distribution<double> u(0.5, 1.5);
@@ -196,17 +197,25 @@ bool whole_path(const char* label, int64_t d, int64_t n, int64_t rows_per_call, 
   std::vector<T16> x(static_cast<size_t>(n * d));
   for (int64_t r = 0; r < n; ++r)
     for (int64_t j = 0; j < d; ++j) x[r * d + j] = to16<T16>(mean[j] + sd[j] * nd(rng));
-  Fast16Path<T16> path(d, rows_per_call, chain);
+  // The chunks: row-major views of x, or (column_major) views of a column-major copy with leading
+  // dimension n, as a transposed torch tensor would be.
+  std::vector<T16> xt(static_cast<size_t>(n * d));
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < d; ++j) xt[j * n + r] = x[r * d + j];
+  const int64_t rs = column_major ? 1 : d, cs = column_major ? n : 1;
+  auto rows_at = [&](std::vector<T16>& v, int64_t r0) { return v.data() + r0 * rs; };
+  Fast16Path<T16> path(d, rows_per_call, chain, rs, cs);
+  std::vector<T16>& src = column_major ? xt : x;
   const int64_t cut1 = n * 37 / 100, cut2 = n * 81 / 100;
-  bool ok = path.update(x.data(), cut1);
+  bool ok = path.update(rows_at(src, 0), cut1);
   // a chunk with a NaN and an Inf is rejected before anything changes
-  std::vector<T16> bad(x.begin() + cut1 * d, x.begin() + cut2 * d);
-  bad[5 * d + 2] = to16<T16>(NAN);
-  bad[9 * d + 1] = to16<T16>(INFINITY);
+  std::vector<T16> bad = src;
+  bad[(cut1 + 5) * rs + 2 * cs] = to16<T16>(NAN);
+  bad[(cut1 + 9) * rs + 1 * cs] = to16<T16>(INFINITY);
   const auto before = path.gram;
-  const bool rejected = !path.update(bad.data(), cut2 - cut1) && path.flags[0] == 2 && path.flags[1] == 5 &&
+  const bool rejected = !path.update(rows_at(bad, cut1), cut2 - cut1) && path.flags[0] == 2 && path.flags[1] == 5 &&
                         path.gram == before && path.count == cut1;
-  ok = ok && rejected && path.update(x.data() + cut1 * d, cut2 - cut1) && path.update(x.data() + cut2 * d, n - cut2);
+  ok = ok && rejected && path.update(rows_at(src, cut1), cut2 - cut1) && path.update(rows_at(src, cut2), n - cut2);
   const std::vector<double> cov = path.covariance();
   // float64 two-pass reference on the exact 16-bit values (long double sums)
   std::vector<long double> m(d, 0.0L);
@@ -255,6 +264,7 @@ int main() {
   // offsets of 2 spreads: values span binades around the shift, so x - c needs a lo part
   ok &= whole_path<__nv_bfloat16>("offsets of 2 spreads (lo parts)", 90, 1200, 512, 128, 6, 2.0);
   ok &= whole_path<__half>("offsets of 2 spreads (lo parts)", 90, 1200, 512, 128, 7, 2.0);
+  ok &= whole_path<__nv_bfloat16>("column-major view (strided)", 70, 800, 256, 64, 8, 1e3, true);
   std::printf(ok ? "ALL OK\n" : "FAILURES\n");
   return ok ? 0 : 1;
 }
