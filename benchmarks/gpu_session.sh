@@ -18,7 +18,8 @@
 # benchmarks/gpu_check.py under a budget (GPU_CHECK_BUDGET_S, default 420 s) and leaves
 # gpu_check.json, table.txt, test_cuda.log and build.log in $OUT (or ./gpu-check-out), written
 # as each section ends, so a run that is cut short still brings back what it finished.
-# Extra arguments go to gpu_check.py (e.g. --skip-tests, --dims 4096).
+# Extra arguments go to gpu_check.py (e.g. --skip-tests, --dims 4096). GPU_SANITIZE=1 first runs
+# a few CUDA tests under compute-sanitizer's memcheck (slow; log in sanitizer.log).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-$PWD/gpu-check-out}"
@@ -56,6 +57,17 @@ if [ $rc -ne 0 ]; then
 fi
 say "built"
 "$py" -c "import geomfast, json; print(json.dumps(geomfast.backends(), indent=1))"
+
+if [ "${GPU_SANITIZE:-0}" = "1" ] && command -v compute-sanitizer >/dev/null 2>&1; then
+  # Opt-in (slow): out-of-bounds and uninitialised-memory checks of our kernels on a few small cases.
+  say "compute-sanitizer memcheck on a few CUDA tests (GPU_SANITIZE=1)"
+  timeout "${GPU_SANITIZE_S:-180}" compute-sanitizer --tool memcheck --error-exitcode 9 \
+    "$py" -m pytest -q -x -p no:cacheprovider tests/test_cuda.py \
+    -k "test_tc_kernel_matches_reference_and_cublas and (31 or 129) or test_fast_16bit_with_a_few_offset_columns or test_strided" \
+    >"$out/sanitizer.log" 2>&1
+  say "compute-sanitizer exited with $? (log: sanitizer.log)"
+  tail -15 "$out/sanitizer.log"
+fi
 
 "$py" benchmarks/gpu_check.py --out "$out" --budget-s "${GPU_CHECK_BUDGET_S:-420}" "$@"
 rc=$?
