@@ -389,17 +389,17 @@ def main() -> int:
         t_ours = timeit(lambda: geomfast.eigvalsh(a), sync=sync, repeat=2)
         t_torch = timeit(lambda: torch.linalg.eigvalsh(a), sync=sync, repeat=2)
         entry.update(full_s=t_ours, torch_s=t_torch, full_max_err_over_l1=float(np.abs(full - ref).max() / ref[0]))
-        rows.append((f"eigvalsh full d={d}", f"{t_ours * 1e3:.0f} ms", f"{t_torch * 1e3:.0f} ms (torch)",
+        rows.append((f"eigvalsh full d={d}", f"{t_ours * 1e3:.3g} ms", f"{t_torch * 1e3:.3g} ms (torch)",
                      f"{t_torch / t_ours:.2f}x; err {entry['full_max_err_over_l1']:.1e}·λ1"))
         chk.save()
         t32 = timeit(lambda: geomfast.eigvalsh(a, single_precision=True), sync=sync, repeat=2)
         entry["full_single_s"] = t32
-        rows.append((f"eigvalsh full float32 d={d}", f"{t32 * 1e3:.0f} ms", "", ""))
+        rows.append((f"eigvalsh full float32 d={d}", f"{t32 * 1e3:.3g} ms", "", ""))
         if cupy is not None:
             ca = cupy.asarray(a.cpu().numpy())
             t_cp = timeit(lambda: cupy.linalg.eigvalsh(ca), sync=lambda: cupy.cuda.Device().synchronize(), repeat=2)
             entry["cupy_s"] = t_cp
-            rows.append((f"eigvalsh full d={d} vs cupy", f"{t_ours * 1e3:.0f} ms", f"{t_cp * 1e3:.0f} ms (cupy)",
+            rows.append((f"eigvalsh full d={d} vs cupy", f"{t_ours * 1e3:.3g} ms", f"{t_cp * 1e3:.3g} ms (cupy)",
                          f"{t_cp / t_ours:.2f}x"))
             del ca
         chk.save()
@@ -409,10 +409,10 @@ def main() -> int:
         err100 = float(np.max(np.abs(top[:100] - ref[:100]) / ref[:100]))
         t_svd = timeit(lambda: torch.svd_lowrank(a, q=k + 16, niter=4), sync=sync, repeat=2)
         entry.update(randomized_s=t_rand, randomized_top100_rel_err=err100, svd_lowrank_s=t_svd)
-        rows.append((f"randomized top-{k} d={d}", f"{t_rand * 1e3:.0f} ms", f"{t_ours * 1e3:.0f} ms (our full)",
+        rows.append((f"randomized top-{k} d={d}", f"{t_rand * 1e3:.3g} ms", f"{t_ours * 1e3:.3g} ms (our full)",
                      f"{t_ours / t_rand:.1f}x faster; top-100 err {err100:.1e}"))
-        rows.append((f"randomized top-{k} d={d} vs svd_lowrank", f"{t_rand * 1e3:.0f} ms",
-                     f"{t_svd * 1e3:.0f} ms (torch.svd_lowrank q={k + 16}, niter=4)", f"{t_svd / t_rand:.2f}x"))
+        rows.append((f"randomized top-{k} d={d} vs svd_lowrank", f"{t_rand * 1e3:.3g} ms",
+                     f"{t_svd * 1e3:.3g} ms (torch.svd_lowrank q={k + 16}, niter=4)", f"{t_svd / t_rand:.2f}x"))
         del a
         torch.cuda.empty_cache()
 
@@ -434,10 +434,10 @@ def main() -> int:
         worst = max(float(np.max(np.abs(g - a.spectrum())) / a.spectrum()[0]) for g, a in zip(got, accs))
         res["batched_spectra"] = {"batch": b, "d": d, "loop_s": t_loop, "spectra_s": t_batch,
                                   "torch_batched_eigvalsh_s": t_torch, "max_diff_over_l1": worst}
-        rows.append((f"spectra of {b} accumulators d={d}", f"{t_batch * 1e3:.0f} ms",
-                     f"{t_loop * 1e3:.0f} ms (one spectrum() each)", f"{t_loop / t_batch:.2f}x; diff {worst:.1e}·λ1"))
-        rows.append((f"spectra of {b} accumulators d={d} vs torch", f"{t_batch * 1e3:.0f} ms",
-                     f"{t_torch * 1e3:.0f} ms (torch.linalg.eigvalsh on [{b}, {d}, {d}], covariances given)",
+        rows.append((f"spectra of {b} accumulators d={d}", f"{t_batch * 1e3:.3g} ms",
+                     f"{t_loop * 1e3:.3g} ms (one spectrum() each)", f"{t_loop / t_batch:.2f}x; diff {worst:.1e}·λ1"))
+        rows.append((f"spectra of {b} accumulators d={d} vs torch", f"{t_batch * 1e3:.3g} ms",
+                     f"{t_torch * 1e3:.3g} ms (torch.linalg.eigvalsh on [{b}, {d}, {d}], covariances given)",
                      f"{t_torch / t_batch:.2f}x"))
         del accs, covs
         torch.cuda.empty_cache()
