@@ -185,7 +185,7 @@ bool split_is_exact(unsigned seed) {
 
 template <typename T16>
 bool whole_path(const char* label, int64_t d, int64_t n, int64_t rows_per_call, int64_t chain, unsigned seed,
-                double offset = 1e3, bool column_major = false) {
+                double offset = 1e3, bool column_major = false, double entry_bar = 3e-7, bool expect_over = false) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> nd(0.0, 1.0);
   std::uniform_real_distribution<double> u(0.5, 1.5);
@@ -244,11 +244,13 @@ bool whole_path(const char* label, int64_t d, int64_t n, int64_t rows_per_call, 
   // The contract is 1e-6; the emulation sums exact products in float32 with round-to-nearest
   // (seen: <= 8e-8 on these fixed draws), so entries are held to 3e-7, under what losing even
   // the smallest term, LᵀL (2^-18 of an entry), costs.
-  ok = ok && symmetric && std::isfinite(err) && err <= 1e-6 && entry <= 3e-7;
+  const bool within = std::isfinite(err) && err <= 1e-6 && entry <= entry_bar;
+  ok = ok && symmetric && (expect_over ? std::isfinite(err) && err > 1e-6 : within);
   std::printf("%-5s %-34s d=%-4lld n=%-5lld J=%-3lld rows/call=%-4lld chain=%-3lld: rel Frobenius %.2e, "
-              "worst entry %.2e (bars 1e-6, 3e-7), non-finite chunk rejected %s -> %s\n",
+              "worst entry %.2e (bars 1e-6, %.0e%s), non-finite chunk rejected %s -> %s\n",
               name16<T16>(), label, (long long)d, (long long)n, (long long)path.nj, (long long)rows_per_call,
-              (long long)chain, err, entry, rejected ? "yes" : "NO", ok ? "ok" : "WRONG");
+              (long long)chain, err, entry, entry_bar, expect_over ? "; expected OVER" : "", rejected ? "yes" : "NO",
+              ok ? "ok" : "WRONG");
   return ok;
 }
 
@@ -265,6 +267,13 @@ int main() {
   ok &= whole_path<__nv_bfloat16>("offsets of 2 spreads (lo parts)", 90, 1200, 512, 128, 6, 2.0);
   ok &= whole_path<__half>("offsets of 2 spreads (lo parts)", 90, 1200, 512, 128, 7, 2.0);
   ok &= whole_path<__nv_bfloat16>("column-major view (strided)", 70, 800, 256, 64, 8, 1e3, true);
+  // Under the public model of H100 accumulation (25-bit window, round toward zero): the default
+  // two-level chains of 128 rows stay within the bar; one chain over all 2048 rows (what cuBLAS
+  // products with 2048-row flushes amount to) does not. (2048 rows: the modelled products are slow.)
+  nvcuda::wmma::g_mma_window = 25;
+  ok &= whole_path<__nv_bfloat16>("H100 model, 128-row chains", 48, 2048, 2048, 128, 9, 3.0, false, 1e-6);
+  ok &= whole_path<__nv_bfloat16>("H100 model, one 2048-row chain", 48, 2048, 2048, 2048, 9, 3.0, false, 1e-6, true);
+  nvcuda::wmma::g_mma_window = 0;
   std::printf(ok ? "ALL OK\n" : "FAILURES\n");
   return ok ? 0 : 1;
 }

@@ -174,15 +174,42 @@ void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, float v) {
   for (float& e : f.x) e = v;
 }
 
+// 0: each mma_sync sums exactly and rounds to nearest float once. W > 0: the public model of H100
+// tensor-core accumulation (benchmarks/tensor_core_model.py): the accumulator and the 16 exact
+// products are truncated to a W-bit window aligned to the largest, summed, and the sum is rounded
+// toward zero to float. Set by a test before launching.
+inline int g_mma_window = 0;
+
+inline float round_toward_zero(double s) {
+  float f = static_cast<float>(s);
+  if (std::fabs(static_cast<double>(f)) > std::fabs(s)) f = std::nextafter(f, 0.0f);
+  return f;
+}
+
 template <typename TA, typename LA, typename TB, typename LB>
 void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, TA, LA>& a,
               const fragment<matrix_b, 16, 16, 16, TB, LB>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
   float out[256];
   for (int i = 0; i < 16; ++i)
     for (int j = 0; j < 16; ++j) {
-      double s = c.x[i * 16 + j];
-      for (int k = 0; k < 16; ++k) s += static_cast<double>(a.x[i * 16 + k]) * b.x[k * 16 + j];
-      out[i * 16 + j] = static_cast<float>(s);
+      double t[17];
+      t[0] = c.x[i * 16 + j];
+      for (int k = 0; k < 16; ++k) t[k + 1] = static_cast<double>(a.x[i * 16 + k]) * b.x[k * 16 + j];  // exact
+      double s = 0.0;
+      if (g_mma_window <= 0) {
+        for (double v : t) s += v;
+        out[i * 16 + j] = static_cast<float>(s);
+        continue;
+      }
+      double top = 0.0;
+      for (double v : t) top = std::max(top, std::fabs(v));
+      if (top == 0.0) {
+        out[i * 16 + j] = 0.0f;
+        continue;
+      }
+      const double q = std::ldexp(1.0, std::ilogb(top) - (g_mma_window - 1));
+      for (double v : t) s += std::trunc(v / q) * q;  // exact: at most W + 5 bits
+      out[i * 16 + j] = round_toward_zero(s);
     }
   std::memcpy(d.x, out, sizeof(out));
 }
