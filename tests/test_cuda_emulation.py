@@ -1,10 +1,11 @@
-"""The CUDA backend's own kernels (csrc/cuda/gram_tc.cu, gram_kernels.cu), their source run on the CPU.
+"""The CUDA backend's own code (kernels, launchers, CudaGram's host code), its source run on the CPU.
 
 tests/cuda_emulation/wmma_emulation.hpp emulates the CUDA features the kernels use (threads and
 barriers of a CTA, shared memory, WMMA fragments, atomics, round-to-nearest intrinsics) with host
 threads, so the tensor-core kernel's indexing, padding and row masking, double-buffered slabs,
 chain bookkeeping and output stage, the exactness of the 16-bit split, and the fast 16-bit path
-as a whole are checked against float64 here, where no GPU exists. It needs only the CUDA headers (found through nvcc, as
+as a whole are checked against float64 here, where no GPU exists; with the runtime and cuBLAS
+calls answered on the host (fake_cuda_runtime.cpp), so is CudaGram itself. It needs only the CUDA headers (found through nvcc, as
 in CI) and g++; without them it is skipped with the reason. The GPU's arithmetic is checked by
 tests/test_cuda.py on a GPU.
 """
@@ -37,6 +38,19 @@ def cuda_include_dir() -> Path | None:
     return None
 
 
+def cublas_include_dir() -> Path | None:
+    """cublas_v2.h / cusolverDn.h: the nvidia-cublas / nvidia-cusolver wheels (as CI installs them)."""
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    for root in nvidia.__path__:
+        inc = Path(root) / "cu13" / "include"
+        if (inc / "cublas_v2.h").exists() and (inc / "cusolverDn.h").exists():
+            return inc
+    return None
+
+
 def build_and_run(tmp_path, source: str) -> str:
     inc = cuda_include_dir()
     if inc is None:
@@ -66,3 +80,38 @@ def test_fast16_path_kernels_on_cpu_emulation(tmp_path):
     products, cross terms, commits, covariance; a non-finite chunk rejected) against float64."""
     out = build_and_run(tmp_path, "fast16_path_emulation.cpp")
     assert out.count(" -> ok") == 10
+
+
+def test_cuda_gram_host_code_on_cpu_emulation(tmp_path):
+    """CudaGram itself (gram_cuda.cu's host code, launchers and kernels) with the CUDA runtime and
+    cuBLAS calls answered on the host (fake_cuda_runtime.cpp): every update path, dtype switches,
+    non-finite chunks, state()/set_state()/add_state()/reset(), against long-double references."""
+    inc, nv = cuda_include_dir(), cublas_include_dir()
+    if inc is None or nv is None:
+        pytest.skip("needs the CUDA headers (through nvcc) and the nvidia-cublas / nvidia-cusolver wheels' headers")
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    flags = ["-std=c++20", "-O1", "-pthread", "-DGEOMFAST_CUDA_EMULATE", "-DGEOMFAST_CUDA_EMULATE_HOST",
+             f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'tests' / 'cuda_emulation'}",
+             f"-I{inc}", f"-I{nv}"]
+    cuda = [ROOT / "csrc" / "cuda" / f for f in ("gram_cuda.cu", "gram_kernels.cu", "gram_tc.cu", "cuda_context.cu")]
+    cpp = [ROOT / "csrc" / "common" / "gram_state.cpp",
+           ROOT / "tests" / "cuda_emulation" / "fake_cuda_runtime.cpp",
+           ROOT / "tests" / "cuda_emulation" / "cuda_gram_emulation.cpp"]
+    jobs, objs = [], []
+    for src in cuda + cpp:
+        obj = tmp_path / (src.name + ".o")
+        lang = ["-x", "c++"] if src.suffix == ".cu" else []
+        jobs.append((src, subprocess.Popen([cxx, *flags, *lang, "-c", str(src), "-o", str(obj)],
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        objs.append(str(obj))
+    for src, job in jobs:
+        _, err = job.communicate()
+        assert job.returncode == 0, f"{src.name}: {err[-4000:]}"
+    exe = tmp_path / "cuda_gram_emulation"
+    link = subprocess.run([cxx, "-pthread", *objs, "-o", str(exe)], capture_output=True, text=True)
+    assert link.returncode == 0, link.stderr[-4000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "ALL OK" in run.stdout, run.stdout + run.stderr
+    assert run.stdout.count(" -> ok") == 25

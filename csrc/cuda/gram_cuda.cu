@@ -59,6 +59,9 @@
 // 128 rows into a second float32 register accumulator, float64 touched every 8192 rows (model:
 // 2.6e-7). gpu_check.py sweeps GEOMFAST_CUDA_FLUSH_ROWS, GEOMFAST_CUDA_TRIANGLE_TILE and the
 // kernel for time AND error at d = 4096, so the defaults here can be set from one run.
+// This file's code also runs on the CPU under tests/cuda_emulation (GEOMFAST_CUDA_EMULATE_HOST: the
+// kernels emulated, the runtime and cuBLAS calls answered on the host), which checks every update
+// path, the state operations and the non-finite rejection against float64 where no GPU exists.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

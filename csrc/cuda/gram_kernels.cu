@@ -1,17 +1,20 @@
 // The CUDA backend's own kernels: fused column statistics with non-finite checks, shifted
 // centering (float64 / float32), the exact 16-bit hi+lo split, float32 -> float64 flushes over the
 // upper triangle, and the chunk commit. Launchers and shapes are documented in gram_kernels.cuh.
-// The kernels' source also runs on the CPU under tests/cuda_emulation (GEOMFAST_CUDA_EMULATE
-// swaps the CUDA includes for an emulation and leaves the launchers out).
+// The kernels' source also runs on the CPU under tests/cuda_emulation: GEOMFAST_CUDA_EMULATE
+// adds an emulation of what they use (and leaves the launchers out, unless
+// GEOMFAST_CUDA_EMULATE_HOST, where the launchers run through launch.cuh's emulated launches).
 #ifdef GEOMFAST_CUDA_EMULATE
 #include "wmma_emulation.hpp"  // tests/cuda_emulation: these kernels' source run on a CPU
 #include "geomfast/errors.hpp"
-#else
+#endif
+#if !defined(GEOMFAST_CUDA_EMULATE) || defined(GEOMFAST_CUDA_EMULATE_HOST)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "cuda/cuda_utils.hpp"
 #endif
+#include "cuda/launch.cuh"
 
 #include <algorithm>
 #include <climits>
@@ -347,7 +350,7 @@ dim3 row_grid(int64_t nb, int64_t cols) {
 
 }  // namespace
 
-#ifndef GEOMFAST_CUDA_EMULATE
+#if !defined(GEOMFAST_CUDA_EMULATE) || defined(GEOMFAST_CUDA_EMULATE_HOST)
 // ------------------------------------------------------------------------- launchers
 int64_t column_stats_partials(int64_t rows) {
   const int64_t per = kStatsLanes * 16;  // at least 16 rows per thread before adding a part
@@ -357,24 +360,24 @@ int64_t column_stats_partials(int64_t rows) {
 void column_stats(const MatrixView& x, const double* c, double split_max, double* part,
                   double* csum, double* csq, unsigned long long* flags, cudaStream_t stream) {
   const int64_t nparts = column_stats_partials(x.rows);
-  init_flags_kernel<<<1, 1, 0, stream>>>(flags);
+  GF_LAUNCH((init_flags_kernel), (1, 1, 0, stream), (flags));
   GF_CUDA_CHECK_LAUNCH(stream);
   const dim3 block(kStatsCols, kStatsLanes);
   const dim3 grid(static_cast<unsigned>((x.cols + kStatsCols - 1) / kStatsCols),
                   static_cast<unsigned>(nparts));
   dispatch_dtype(x.dtype, [&](auto tag) {
     using T = decltype(tag);
-    column_stats_kernel<T><<<grid, block, 0, stream>>>(static_cast<const T*>(x.data), x.rows, x.cols,
+    GF_LAUNCH_SYNC((column_stats_kernel<T>), (grid, block, 0, stream), (static_cast<const T*>(x.data), x.rows, x.cols,
                                                        x.row_stride, x.col_stride, c, split_max,
-                                                       part, flags);
+                                                       part, flags));
   });
   GF_CUDA_CHECK_LAUNCH(stream);
-  reduce_parts_kernel<<<grid_1d(x.cols, 256), 256, 0, stream>>>(part, nparts, x.cols, csum, csq);
+  GF_LAUNCH((reduce_parts_kernel), (grid_1d(x.cols, 256), 256, 0, stream), (part, nparts, x.cols, csum, csq));
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 
 void set_shift(const double* csum, int64_t d, int64_t n, double* shift, cudaStream_t stream) {
-  set_shift_kernel<<<grid_1d(d, 256), 256, 0, stream>>>(csum, d, static_cast<double>(n), shift);
+  GF_LAUNCH((set_shift_kernel), (grid_1d(d, 256), 256, 0, stream), (csum, d, static_cast<double>(n), shift));
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 
@@ -382,12 +385,12 @@ void choose_split_shift(const double* shift, const double* ysum, const double* y
                         int64_t ysq_stride, int64_t d, int64_t n, double tau, DType dtype16,
                         double* c, cudaStream_t stream) {
   if (dtype16 == DType::kBFloat16) {
-    choose_split_shift_kernel<__nv_bfloat16><<<grid_1d(d, 256), 256, 0, stream>>>(
-        shift, ysum, ysq, ysq_stride, d, static_cast<double>(n), tau, 3.0e38, c);
+    GF_LAUNCH((choose_split_shift_kernel<__nv_bfloat16>), (grid_1d(d, 256), 256, 0, stream), (
+        shift, ysum, ysq, ysq_stride, d, static_cast<double>(n), tau, 3.0e38, c));
   } else {
     GF_ASSERT(dtype16 == DType::kFloat16, "choose_split_shift needs a 16-bit dtype");
-    choose_split_shift_kernel<__half><<<grid_1d(d, 256), 256, 0, stream>>>(
-        shift, ysum, ysq, ysq_stride, d, static_cast<double>(n), tau, 65504.0, c);
+    GF_LAUNCH((choose_split_shift_kernel<__half>), (grid_1d(d, 256), 256, 0, stream), (
+        shift, ysum, ysq, ysq_stride, d, static_cast<double>(n), tau, 65504.0, c));
   }
   GF_CUDA_CHECK_LAUNCH(stream);
 }
@@ -396,8 +399,8 @@ void center_rows_f64(const MatrixView& x, int64_t r0, int64_t nb, const double* 
                      cudaStream_t stream) {
   dispatch_dtype(x.dtype, [&](auto tag) {
     using T = decltype(tag);
-    center_rows_kernel<T, double><<<row_grid(nb, x.cols), kRowThreads, 0, stream>>>(
-        static_cast<const T*>(x.data), r0, nb, x.cols, x.row_stride, x.col_stride, c, y);
+    GF_LAUNCH((center_rows_kernel<T, double>), (row_grid(nb, x.cols), kRowThreads, 0, stream), (
+        static_cast<const T*>(x.data), r0, nb, x.cols, x.row_stride, x.col_stride, c, y));
   });
   GF_CUDA_CHECK_LAUNCH(stream);
 }
@@ -406,8 +409,8 @@ void center_rows_f32(const MatrixView& x, int64_t r0, int64_t nb, const double* 
                      cudaStream_t stream) {
   dispatch_dtype(x.dtype, [&](auto tag) {
     using T = decltype(tag);
-    center_rows_kernel<T, float><<<row_grid(nb, x.cols), kRowThreads, 0, stream>>>(
-        static_cast<const T*>(x.data), r0, nb, x.cols, x.row_stride, x.col_stride, c, y);
+    GF_LAUNCH((center_rows_kernel<T, float>), (row_grid(nb, x.cols), kRowThreads, 0, stream), (
+        static_cast<const T*>(x.data), r0, nb, x.cols, x.row_stride, x.col_stride, c, y));
   });
   GF_CUDA_CHECK_LAUNCH(stream);
 }
@@ -417,73 +420,73 @@ void split_rows_16(const MatrixView& x, int64_t r0, int64_t nb, const double* c,
   GF_ASSERT(ldh >= x.cols && ldl >= nj && ldl <= ldh, "split_rows_16 leading dimensions");
   const dim3 grid = row_grid(nb, ldh);
   if (x.dtype == DType::kBFloat16) {
-    split_rows_kernel<__nv_bfloat16><<<grid, kRowThreads, 0, stream>>>(
+    GF_LAUNCH((split_rows_kernel<__nv_bfloat16>), (grid, kRowThreads, 0, stream), (
         static_cast<const __nv_bfloat16*>(x.data), r0, nb, x.cols, x.row_stride, x.col_stride, c,
-        col2j, nj, static_cast<__nv_bfloat16*>(hi), ldh, static_cast<__nv_bfloat16*>(lo), ldl);
+        col2j, nj, static_cast<__nv_bfloat16*>(hi), ldh, static_cast<__nv_bfloat16*>(lo), ldl));
   } else {
     GF_ASSERT(x.dtype == DType::kFloat16, "split_rows_16 needs 16-bit input");
-    split_rows_kernel<__half><<<grid, kRowThreads, 0, stream>>>(
+    GF_LAUNCH((split_rows_kernel<__half>), (grid, kRowThreads, 0, stream), (
         static_cast<const __half*>(x.data), r0, nb, x.cols, x.row_stride, x.col_stride, c, col2j,
-        nj, static_cast<__half*>(hi), ldh, static_cast<__half*>(lo), ldl);
+        nj, static_cast<__half*>(hi), ldh, static_cast<__half*>(lo), ldl));
   }
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 
 void flush_upper(const float* acc, int64_t d, double* gram, cudaStream_t stream) {
-  flush_upper_kernel<<<tile_grid(d), dim3(kTile, kTileLanes), 0, stream>>>(acc, d, gram);
+  GF_LAUNCH((flush_upper_kernel), (tile_grid(d), dim3(kTile, kTileLanes), 0, stream), (acc, d, gram));
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 
 void flush_upper_split(const float* hh, const float* hl, const float* ll, const int* col2j,
                        int64_t d, int64_t nj, double* gram, cudaStream_t stream) {
-  flush_upper_split_kernel<<<tile_grid(d), dim3(kTile, kTileLanes), 0, stream>>>(hh, hl, ll, col2j,
-                                                                                  d, nj, gram);
+  GF_LAUNCH((flush_upper_split_kernel), (tile_grid(d), dim3(kTile, kTileLanes), 0, stream), (hh, hl, ll, col2j,
+                                                                                  d, nj, gram));
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 
 void add_cross_terms(const double* hl, const double* ll, const int* col2j, int64_t d, int64_t nj,
                      double* gram, cudaStream_t stream) {
-  add_cross_terms_kernel<<<tile_grid(d), dim3(kTile, kTileLanes), 0, stream>>>(hl, ll, col2j, d, nj, gram);
+  GF_LAUNCH((add_cross_terms_kernel), (tile_grid(d), dim3(kTile, kTileLanes), 0, stream), (hl, ll, col2j, d, nj, gram));
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 
 void commit_chunk(const double* shift, const double* c, const double* zsum, int64_t d, int64_t n,
                   bool with_gram, double* sum, double* gram, cudaStream_t stream) {
-  commit_sum_kernel<<<grid_1d(d, 256), 256, 0, stream>>>(shift, c, zsum, d, static_cast<double>(n), sum);
+  GF_LAUNCH((commit_sum_kernel), (grid_1d(d, 256), 256, 0, stream), (shift, c, zsum, d, static_cast<double>(n), sum));
   GF_CUDA_CHECK_LAUNCH(stream);
   if (with_gram) {
-    commit_gram_kernel<<<tile_grid(d), dim3(kTile, kTileLanes), 0, stream>>>(
-        shift, c, zsum, d, static_cast<double>(n), gram);
+    GF_LAUNCH((commit_gram_kernel), (tile_grid(d), dim3(kTile, kTileLanes), 0, stream), (
+        shift, c, zsum, d, static_cast<double>(n), gram));
     GF_CUDA_CHECK_LAUNCH(stream);
   }
 }
 
 void symmetric_from_upper(const double* gram, const double* sum, int64_t d, double n, double scale,
                           double* full, cudaStream_t stream) {
-  symmetric_from_upper_kernel<<<tile_grid(d), dim3(kTile, kTileLanes), 0, stream>>>(gram, sum, d, n,
-                                                                                     scale, full);
+  GF_LAUNCH((symmetric_from_upper_kernel), (tile_grid(d), dim3(kTile, kTileLanes), 0, stream), (gram, sum, d, n,
+                                                                                     scale, full));
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 
 void symmetrize_view(const MatrixView& a, double* w, cudaStream_t stream) {
   if (a.dtype == DType::kFloat64) {
-    symmetrize_view_kernel<double><<<tile_grid(a.rows), dim3(kTile, kTileLanes), 0, stream>>>(
-        static_cast<const double*>(a.data), a.rows, a.row_stride, a.col_stride, w);
+    GF_LAUNCH((symmetrize_view_kernel<double>), (tile_grid(a.rows), dim3(kTile, kTileLanes), 0, stream), (
+        static_cast<const double*>(a.data), a.rows, a.row_stride, a.col_stride, w));
   } else {
     GF_ASSERT(a.dtype == DType::kFloat32, "symmetrize_view takes float32 or float64");
-    symmetrize_view_kernel<float><<<tile_grid(a.rows), dim3(kTile, kTileLanes), 0, stream>>>(
-        static_cast<const float*>(a.data), a.rows, a.row_stride, a.col_stride, w);
+    GF_LAUNCH((symmetrize_view_kernel<float>), (tile_grid(a.rows), dim3(kTile, kTileLanes), 0, stream), (
+        static_cast<const float*>(a.data), a.rows, a.row_stride, a.col_stride, w));
   }
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 
 void convert_f64_to_f32(const double* src, int64_t n, float* dst, cudaStream_t stream) {
-  convert_f64_to_f32_kernel<<<grid_1d(n, 256), 256, 0, stream>>>(src, n, dst);
+  GF_LAUNCH((convert_f64_to_f32_kernel), (grid_1d(n, 256), 256, 0, stream), (src, n, dst));
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 
 void fill_nan(double* p, int64_t n, cudaStream_t stream) {
-  fill_nan_kernel<<<grid_1d(n, 256), 256, 0, stream>>>(p, n);
+  GF_LAUNCH((fill_nan_kernel), (grid_1d(n, 256), 256, 0, stream), (p, n));
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 

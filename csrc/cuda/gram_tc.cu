@@ -24,9 +24,11 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
-
+#endif
+#if !defined(GEOMFAST_CUDA_EMULATE) || defined(GEOMFAST_CUDA_EMULATE_HOST)
 #include "cuda/cuda_utils.hpp"
 #endif
+#include "cuda/launch.cuh"
 
 #include <cstdint>
 
@@ -163,7 +165,7 @@ tc_gram_kernel(const T* __restrict__ a, int64_t lda, int64_t m,
 
 }  // namespace
 
-#ifndef GEOMFAST_CUDA_EMULATE
+#if !defined(GEOMFAST_CUDA_EMULATE) || defined(GEOMFAST_CUDA_EMULATE_HOST)
 void tc_gram_update(const void* a, int64_t lda, int64_t m, const void* b, int64_t ldb, int64_t n,
                     int64_t rows, int chain_rows, DType dtype, bool upper, double* c, int64_t ldc,
                     cudaStream_t stream) {
@@ -178,14 +180,14 @@ void tc_gram_update(const void* a, int64_t lda, int64_t m, const void* b, int64_
   const dim3 grid(static_cast<unsigned>((m + kBM - 1) / kBM), static_cast<unsigned>((n + kBN - 1) / kBN));
   const int chain_slabs = chain_rows / kBK;
   if (dtype == DType::kBFloat16) {
-    tc_gram_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(
+    GF_LAUNCH_SYNC((tc_gram_kernel<__nv_bfloat16>), (grid, kThreads, 0, stream), (
         static_cast<const __nv_bfloat16*>(a), lda, m, static_cast<const __nv_bfloat16*>(b), ldb, n, rows,
-        chain_slabs, upper, c, ldc);
+        chain_slabs, upper, c, ldc));
   } else {
     GF_ASSERT(dtype == DType::kFloat16, "tc_gram_update needs bfloat16 or float16 operands");
-    tc_gram_kernel<__half><<<grid, kThreads, 0, stream>>>(static_cast<const __half*>(a), lda, m,
+    GF_LAUNCH_SYNC((tc_gram_kernel<__half>), (grid, kThreads, 0, stream), (static_cast<const __half*>(a), lda, m,
                                                           static_cast<const __half*>(b), ldb, n, rows,
-                                                          chain_slabs, upper, c, ldc);
+                                                          chain_slabs, upper, c, ldc));
   }
   GF_CUDA_CHECK_LAUNCH(stream);
 }

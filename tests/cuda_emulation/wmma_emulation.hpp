@@ -92,6 +92,12 @@ inline void launch(Dim3 grid, Dim3 block, bool barriers, const std::function<voi
       g_cta = nullptr;
     }
 }
+// The emulated `kernel<<<grid, block, shared_bytes, stream>>>(...)` of csrc/cuda/launch.cuh: runs at
+// once (stream order is then program order, which is what the host code relies on).
+template <typename Stream>
+inline void launch_config(bool barriers, dim3 grid, dim3 block, size_t, Stream, const std::function<void()>& kernel) {
+  launch(Dim3{grid.x, grid.y, grid.z}, Dim3{block.x, block.y, block.z}, barriers, kernel);
+}
 inline void launch(unsigned gx, unsigned gy, int threads, const std::function<void()>& kernel) {
   launch(Dim3{gx, gy, 1}, Dim3{static_cast<unsigned>(threads), 1, 1}, true, kernel);
 }

@@ -1,0 +1,267 @@
+// The CUDA backend's Gram accumulator itself (CudaGram, csrc/cuda/gram_cuda.cu, with its kernels
+// and launchers) run on the CPU: the kernels under wmma_emulation.hpp, the runtime / cuBLAS calls
+// under fake_cuda_runtime.cpp. Checks every path CudaGram::update takes (highest: DSYRK; fast:
+// SSYRK for float32/float64, the 16-bit split on cuBLAS products or the tc kernel, the float32
+// fallback when a float16 split would overflow), dtype switches between updates, non-finite
+// chunks, state()/set_state()/add_state()/reset(), against a long-double two-pass covariance.
+// Prints a line per case; exits 1 on any failure. Built and run by tests/test_cuda_emulation.py.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "geomfast/backend.hpp"
+#include "geomfast/errors.hpp"
+#include "geomfast/gram.hpp"
+
+using namespace geomfast;
+
+namespace {
+
+// Rows of one dtype, stored as the raw bytes the accumulator reads, plus their exact values.
+struct Chunk {
+  DType dtype;
+  int64_t rows, cols;
+  bool column_major = false;
+  std::vector<unsigned char> bytes;
+  std::vector<double> values;  // [rows, cols] row-major, the exact values of `bytes`
+
+  MatrixView view() const {
+    MatrixView v;
+    v.data = bytes.data();
+    v.dtype = dtype;
+    v.rows = rows;
+    v.cols = cols;
+    v.row_stride = column_major ? 1 : cols;
+    v.col_stride = column_major ? rows : 1;
+    v.device = Device{DeviceType::kCUDA, 0};
+    return v;
+  }
+};
+
+Chunk make_chunk(DType t, int64_t rows, int64_t cols, const std::vector<double>& mean, const std::vector<double>& sd,
+                 std::mt19937_64& rng, bool column_major = false) {
+  std::normal_distribution<double> nd(0.0, 1.0);
+  Chunk c{t, rows, cols, column_major, std::vector<unsigned char>(rows * cols * dtype_size(t)), std::vector<double>(rows * cols)};
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) {
+      const double v = mean[j] + sd[j] * nd(rng);
+      const int64_t at = column_major ? r + j * rows : r * cols + j;
+      double exact = v;
+      switch (t) {
+        case DType::kFloat64: reinterpret_cast<double*>(c.bytes.data())[at] = v; break;
+        case DType::kFloat32: {
+          const float f = static_cast<float>(v);
+          reinterpret_cast<float*>(c.bytes.data())[at] = f;
+          exact = f;
+          break;
+        }
+        case DType::kFloat16: {
+          const __half h = __float2half_rn(static_cast<float>(v));
+          reinterpret_cast<__half*>(c.bytes.data())[at] = h;
+          exact = __half2float(h);
+          break;
+        }
+        case DType::kBFloat16: {
+          const __nv_bfloat16 h = __float2bfloat16_rn(static_cast<float>(v));
+          reinterpret_cast<__nv_bfloat16*>(c.bytes.data())[at] = h;
+          exact = __bfloat162float(h);
+          break;
+        }
+      }
+      c.values[r * cols + j] = exact;
+    }
+  return c;
+}
+
+std::vector<double> reference_cov(const std::vector<const Chunk*>& chunks, int64_t d) {
+  std::vector<long double> m(d, 0.0L);
+  int64_t n = 0;
+  for (const Chunk* c : chunks) {
+    for (int64_t r = 0; r < c->rows; ++r)
+      for (int64_t j = 0; j < d; ++j) m[j] += c->values[r * d + j];
+    n += c->rows;
+  }
+  for (auto& v : m) v /= n;
+  std::vector<long double> g(d * d, 0.0L);
+  for (const Chunk* c : chunks)
+    for (int64_t r = 0; r < c->rows; ++r)
+      for (int64_t a = 0; a < d; ++a) {
+        const long double ya = c->values[r * d + a] - m[a];
+        for (int64_t b = a; b < d; ++b) g[a * d + b] += ya * (c->values[r * d + b] - m[b]);
+      }
+  std::vector<double> out(d * d);
+  for (int64_t a = 0; a < d; ++a)
+    for (int64_t b = a; b < d; ++b) out[a * d + b] = out[b * d + a] = static_cast<double>(g[a * d + b] / (n - 1));
+  return out;
+}
+
+double rel_fro(const std::vector<double>& a, const std::vector<double>& b) {
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+std::vector<double> cov_of(const GramBackend& g) {
+  std::vector<double> out(g.dim() * g.dim());
+  g.covariance(1, out.data());
+  return out;
+}
+
+int failures = 0;
+
+void report(const std::string& what, double err, double bar, bool extra_ok = true, const std::string& note = "") {
+  const bool ok = std::isfinite(err) && err <= bar && extra_ok;
+  failures += !ok;
+  std::printf("%-62s rel Frobenius %.2e (bar %.0e)%s -> %s\n", what.c_str(), err, bar, note.c_str(), ok ? "ok" : "WRONG");
+}
+
+const char* dname(DType t) { return dtype_name(t); }
+
+void case_stream(Precision p, DType t, int64_t d, const char* kernel, bool column_major, unsigned seed) {
+  setenv("GEOMFAST_CUDA_GRAM_KERNEL", kernel, 1);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(0.5, 1.5);
+  std::vector<double> mean(d), sd(d);
+  for (int64_t j = 0; j < d; ++j) {
+    sd[j] = u(rng);
+    mean[j] = j % 4 == 0 ? 300.0 * sd[j] : (j % 4 == 1 ? 2.0 * sd[j] : 0.2);  // offsets of 300 and 2 spreads
+  }
+  if (t == DType::kFloat16)
+    for (auto& v : mean) v = std::min(v, 3e4);
+  std::vector<Chunk> chunks;
+  for (int64_t rows : {333, 1, 700, 290}) chunks.push_back(make_chunk(t, rows, d, mean, sd, rng, column_major));
+  auto g = make_cuda_gram(d, 0, p);
+  for (const Chunk& c : chunks) g->update(c.view());
+  std::vector<const Chunk*> all;
+  for (const Chunk& c : chunks) all.push_back(&c);
+  const auto cov = cov_of(*g);
+  bool symmetric = true;
+  for (int64_t a = 0; a < d; ++a)
+    for (int64_t b = 0; b < d; ++b) symmetric = symmetric && cov[a * d + b] == cov[b * d + a];
+  const std::string what = std::string(p == Precision::kHighest ? "highest " : "fast ") + dname(t) + " d=" +
+                           std::to_string(d) + (std::string(kernel) == "tc" ? " tc" : "") +
+                           (column_major ? " column-major" : "") + ", 4 uneven chunks, offsets";
+  report(what, rel_fro(cov, reference_cov(all, d)), p == Precision::kHighest ? 1e-12 : 1e-6, symmetric && g->count() == 1324);
+}
+
+void case_dtype_switches(Precision p, const char* kernel, unsigned seed) {
+  setenv("GEOMFAST_CUDA_GRAM_KERNEL", kernel, 1);
+  const int64_t d = 45;
+  std::mt19937_64 rng(seed);
+  std::vector<double> mean(d), sd(d, 1.0);
+  for (int64_t j = 0; j < d; ++j) mean[j] = j % 3 == 0 ? 500.0 : 0.1 * j;
+  std::vector<Chunk> chunks;
+  for (DType t : {DType::kBFloat16, DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kFloat64})
+    chunks.push_back(make_chunk(t, 400, d, mean, sd, rng));
+  auto g = make_cuda_gram(d, 0, p);
+  std::vector<const Chunk*> all;
+  for (const Chunk& c : chunks) {
+    g->update(c.view());
+    all.push_back(&c);
+  }
+  report(std::string(p == Precision::kHighest ? "highest" : "fast") + " dtype switches bf16>f32>f16>bf16>f64" +
+             (std::string(kernel) == "tc" ? " tc" : ""),
+         rel_fro(cov_of(*g), reference_cov(all, d)), p == Precision::kHighest ? 1e-12 : 1e-6);
+}
+
+void case_non_finite_and_state(Precision p, unsigned seed) {
+  setenv("GEOMFAST_CUDA_GRAM_KERNEL", "cublas", 1);
+  const int64_t d = 20;
+  std::mt19937_64 rng(seed);
+  std::vector<double> mean(d, 3.0), sd(d, 2.0);
+  Chunk a = make_chunk(DType::kBFloat16, 300, d, mean, sd, rng), b = make_chunk(DType::kBFloat16, 200, d, mean, sd, rng);
+  Chunk bad = make_chunk(DType::kBFloat16, 50, d, mean, sd, rng);
+  reinterpret_cast<__nv_bfloat16*>(bad.bytes.data())[7 * d + 3] = __float2bfloat16_rn(NAN);
+  reinterpret_cast<__nv_bfloat16*>(bad.bytes.data())[9 * d + 0] = __float2bfloat16_rn(INFINITY);
+  auto g = make_cuda_gram(d, 0, p);
+  // the very first chunk non-finite: nothing changes
+  bool first_ok = false;
+  try {
+    g->update(bad.view());
+  } catch (const NonFiniteError& e) {
+    first_ok = e.count == 2 && e.first_row == 7 && g->count() == 0;
+  }
+  g->update(a.view());
+  const GramState before = g->state();
+  bool later_ok = false;
+  try {
+    g->update(bad.view());
+  } catch (const NonFiniteError& e) {
+    const GramState after = g->state();
+    later_ok = e.count == 2 && e.first_row == 7 && after.count == before.count && after.gram == before.gram &&
+               after.sum == before.sum && after.shift == before.shift;
+  }
+  g->update(b.view());
+  const auto ref = reference_cov({&a, &b}, d);
+  const double bar = p == Precision::kHighest ? 1e-12 : 1e-6;
+  const std::string pn = p == Precision::kHighest ? "highest" : "fast";
+  report(pn + " non-finite chunks rejected (first and later), state unchanged", rel_fro(cov_of(*g), ref), bar,
+         first_ok && later_ok);
+  // state() -> set_state() on a fresh accumulator, then one more update
+  auto h = make_cuda_gram(d, 0, p);
+  h->set_state(g->state());
+  Chunk c = make_chunk(DType::kBFloat16, 123, d, mean, sd, rng);
+  h->update(c.view());
+  report(pn + " state() -> set_state() -> update()", rel_fro(cov_of(*h), reference_cov({&a, &b, &c}, d)), bar);
+  // add_state: a second accumulator's state merged in (different shift)
+  std::vector<double> mean2(d, -40.0);
+  Chunk e2 = make_chunk(DType::kFloat32, 210, d, mean2, sd, rng);
+  auto k = make_cuda_gram(d, 0, p);
+  k->update(e2.view());
+  g->add_state(k->state());
+  report(pn + " add_state() of another accumulator (other shift)", rel_fro(cov_of(*g), reference_cov({&a, &b, &e2}, d)),
+         bar, g->count() == 710);
+  g->reset();
+  g->update(c.view());
+  report(pn + " reset() then update()", rel_fro(cov_of(*g), reference_cov({&c}, d)), bar, g->count() == 123);
+}
+
+void case_f16_split_overflow(unsigned seed) {
+  // |x - c| beyond float16's range in a shifted column: the chunk goes down the float32 path.
+  setenv("GEOMFAST_CUDA_GRAM_KERNEL", "cublas", 1);
+  const int64_t d = 8;
+  std::mt19937_64 rng(seed);
+  std::vector<double> mean(d, 40000.0), sd(d, 1000.0);
+  Chunk a = make_chunk(DType::kFloat16, 200, d, mean, sd, rng);
+  std::vector<double> mean2(d, -40000.0);
+  Chunk b = make_chunk(DType::kFloat16, 100, d, mean2, sd, rng);  // x - c ≈ -80000: overflows the split
+  auto g = make_cuda_gram(d, 0, Precision::kFast);
+  g->update(a.view());
+  g->update(b.view());
+  report("fast f16 split overflow -> float32 path", rel_fro(cov_of(*g), reference_cov({&a, &b}, d)), 1e-6);
+}
+
+}  // namespace
+
+int main() {
+  const BackendInfo info = cuda_backend_info();
+  std::printf("backend: usable=%d %s\n", info.usable, info.details.c_str());
+  unsigned seed = 1;
+  try {
+    for (Precision p : {Precision::kHighest, Precision::kFast})
+      for (DType t : {DType::kFloat64, DType::kFloat32, DType::kFloat16, DType::kBFloat16})
+        case_stream(p, t, 37, "cublas", false, seed++);
+    for (DType t : {DType::kFloat16, DType::kBFloat16}) case_stream(Precision::kFast, t, 37, "tc", false, seed++);
+    case_stream(Precision::kFast, DType::kBFloat16, 130, "cublas", true, seed++);
+    case_stream(Precision::kFast, DType::kBFloat16, 130, "tc", true, seed++);
+    case_stream(Precision::kHighest, DType::kFloat32, 130, "cublas", true, seed++);
+    for (Precision p : {Precision::kHighest, Precision::kFast}) case_dtype_switches(p, "cublas", seed++);
+    case_dtype_switches(Precision::kFast, "tc", seed++);
+    for (Precision p : {Precision::kHighest, Precision::kFast}) case_non_finite_and_state(p, seed++);
+    case_f16_split_overflow(seed++);
+  } catch (const std::exception& e) {
+    std::printf("EXCEPTION: %s\n", e.what());
+    return 1;
+  }
+  std::printf(failures == 0 ? "ALL OK\n" : "FAILURES\n");
+  return failures == 0 ? 0 : 1;
+}
