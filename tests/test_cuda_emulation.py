@@ -82,36 +82,69 @@ def test_fast16_path_kernels_on_cpu_emulation(tmp_path):
     assert out.count(" -> ok") == 10
 
 
-def test_cuda_gram_host_code_on_cpu_emulation(tmp_path):
-    """CudaGram itself (gram_cuda.cu's host code, launchers and kernels) with the CUDA runtime and
-    cuBLAS calls answered on the host (fake_cuda_runtime.cpp): every update path, dtype switches,
-    non-finite chunks, state()/set_state()/add_state()/reset(), against long-double references."""
+@pytest.fixture(scope="module")
+def host_emulation(tmp_path_factory):
+    """The CUDA backend's host code, kernels and launchers compiled with g++ against the emulation and
+    the host stand-ins (fake_cuda_runtime.cpp, fake_cuda_solver.cpp on scipy-openblas32's LAPACK):
+    one executable per driver."""
     inc, nv = cuda_include_dir(), cublas_include_dir()
     if inc is None or nv is None:
         pytest.skip("needs the CUDA headers (through nvcc) and the nvidia-cublas / nvidia-cusolver wheels' headers")
     cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
     if cxx is None:
         pytest.skip("no C++ compiler")
+    try:
+        import scipy_openblas32 as sob
+    except ImportError:
+        pytest.skip("needs scipy-openblas32 (LAPACK for the cuSOLVER stand-ins)")
+    out = tmp_path_factory.mktemp("cuda_host_emulation")
     flags = ["-std=c++20", "-O1", "-pthread", "-DGEOMFAST_CUDA_EMULATE", "-DGEOMFAST_CUDA_EMULATE_HOST",
              f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'tests' / 'cuda_emulation'}",
              f"-I{inc}", f"-I{nv}"]
-    cuda = [ROOT / "csrc" / "cuda" / f for f in ("gram_cuda.cu", "gram_kernels.cu", "gram_tc.cu", "cuda_context.cu")]
-    cpp = [ROOT / "csrc" / "common" / "gram_state.cpp",
-           ROOT / "tests" / "cuda_emulation" / "fake_cuda_runtime.cpp",
-           ROOT / "tests" / "cuda_emulation" / "cuda_gram_emulation.cpp"]
-    jobs, objs = [], []
-    for src in cuda + cpp:
-        obj = tmp_path / (src.name + ".o")
+    emu = ROOT / "tests" / "cuda_emulation"
+    sources = [ROOT / "csrc" / "cuda" / f for f in ("gram_cuda.cu", "gram_kernels.cu", "gram_tc.cu", "cuda_context.cu",
+                                                    "eig_cuda.cu")]
+    sources += [ROOT / "csrc" / "common" / f for f in ("gram_state.cpp", "randomized.cpp", "dispatch.cpp")]
+    sources += [emu / "fake_cuda_runtime.cpp", emu / "fake_cuda_solver.cpp"]
+    drivers = [emu / "cuda_gram_emulation.cpp", emu / "cuda_eig_emulation.cpp"]
+    jobs, common = [], []
+    for src in sources + drivers:
+        obj = out / (src.name + ".o")
         lang = ["-x", "c++"] if src.suffix == ".cu" else []
         jobs.append((src, subprocess.Popen([cxx, *flags, *lang, "-c", str(src), "-o", str(obj)],
                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
-        objs.append(str(obj))
+        if src not in drivers:
+            common.append(str(obj))
     for src, job in jobs:
         _, err = job.communicate()
         assert job.returncode == 0, f"{src.name}: {err[-4000:]}"
-    exe = tmp_path / "cuda_gram_emulation"
-    link = subprocess.run([cxx, "-pthread", *objs, "-o", str(exe)], capture_output=True, text=True)
-    assert link.returncode == 0, link.stderr[-4000:]
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+    libdir = sob.get_lib_dir()
+    exes = {}
+    for drv in drivers:
+        exe = out / drv.stem
+        link = subprocess.run([cxx, "-pthread", *common, str(out / (drv.name + ".o")), f"-L{libdir}",
+                               f"-l{sob.get_library()}", f"-Wl,-rpath,{libdir}", "-o", str(exe)],
+                              capture_output=True, text=True)
+        assert link.returncode == 0, link.stderr[-4000:]
+        exes[drv.stem] = exe
+    return exes
+
+
+def run_driver(exe: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GEOMFAST_CUDA_", "GF_FAKE_"))}
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0 and "ALL OK" in run.stdout, run.stdout + run.stderr
-    assert run.stdout.count(" -> ok") == 25
+    return run.stdout
+
+
+def test_cuda_gram_host_code_on_cpu_emulation(host_emulation):
+    """CudaGram itself (gram_cuda.cu's host code, launchers and kernels): every update path, dtype
+    switches, non-finite chunks, state()/set_state()/add_state()/reset(), against long double."""
+    assert run_driver(host_emulation["cuda_gram_emulation"]).count(" -> ok") == 25
+
+
+def test_cuda_eigensolvers_on_cpu_emulation(host_emulation):
+    """eig_cuda.cu: the full solve from the upper triangle of any layout, float32, the cuSOLVER
+    failure chain (float32 -> float64 -> CPU, warned), a non-finite matrix, the randomized solver
+    over cuBLAS/cuSOLVER, spectrum() and the batched spectra (and their fallback)."""
+    assert run_driver(host_emulation["cuda_eig_emulation"]).count(" -> ok") == 11

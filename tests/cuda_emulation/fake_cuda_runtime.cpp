@@ -3,6 +3,7 @@
 // (GEOMFAST_CUDA_EMULATE_HOST). "Device" memory is host memory; every call completes at once, so
 // stream order is program order; one device, cuda:0.
 //
+// (fake_cuda_solver.cpp does the same for cuSOLVER and the level-3 products of the eigensolvers.)
 // The cuBLAS products are written from cuBLAS's documented semantics (column-major operands,
 // op(A) as given by trans, only the `uplo` triangle of a syrk result referenced and updated), not
 // from how the backend calls them, so that a wrong argument in the backend shows up as a wrong
@@ -20,8 +21,6 @@
 #include <stdexcept>
 #include <vector>
 
-#include "cuda/cuda_utils.hpp"
-#include "geomfast/backend.hpp"
 #include "geomfast/errors.hpp"
 
 namespace {
@@ -235,15 +234,3 @@ cusolverStatus_t CUSOLVERAPI cusolverGetVersion(int* v) {
 }
 
 }  // extern "C"
-
-// The eigensolvers (eig_cuda.cu) are not emulated: spectra are checked on a GPU.
-namespace geomfast {
-EigResult eigvalsh_cuda(const MatrixView&, const EigOptions&) {
-  GF_THROW(RuntimeError, "[eigvalsh] not available in the CPU emulation of the CUDA backend");
-}
-namespace cuda {
-void syevd_enqueue(HandleLease&, double*, int64_t, double*, int*, std::vector<char>&, cudaStream_t) {
-  GF_THROW(RuntimeError, "[spectra] not available in the CPU emulation of the CUDA backend");
-}
-}  // namespace cuda
-}  // namespace geomfast

@@ -1,0 +1,196 @@
+// The CUDA backend's eigensolvers (csrc/cuda/eig_cuda.cu) and spectra (spectrum(), the batched
+// spectra_cuda) run on the CPU, cuSOLVER answered by LAPACK (fake_cuda_solver.cpp): the full solve
+// reading only the upper triangle of any layout, float32 input and solves, the retry chain when
+// cuSOLVER fails (float32 -> float64 -> CPU, each with its warning), a non-finite matrix, the
+// randomized solver over CudaDenseOps, and spectra of several accumulators at once.
+// Prints a line per case; exits 1 on any failure. Built and run by tests/test_cuda_emulation.py.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "geomfast/backend.hpp"
+#include "geomfast/eig.hpp"
+#include "geomfast/errors.hpp"
+#include "geomfast/gram.hpp"
+
+using namespace geomfast;
+
+namespace {
+
+int failures = 0;
+
+void report(const std::string& what, double err, double bar, bool extra_ok = true, const std::string& note = "") {
+  const bool ok = std::isfinite(err) && err <= bar && extra_ok;
+  failures += !ok;
+  std::printf("%-58s max rel err %.2e (bar %.0e)%s -> %s\n", what.c_str(), err, bar, note.c_str(), ok ? "ok" : "WRONG");
+}
+
+// A symmetric matrix with eigenvalues lam (descending) in random coordinates, row-major.
+std::vector<double> with_spectrum(const std::vector<double>& lam, std::mt19937_64& rng) {
+  const int64_t n = static_cast<int64_t>(lam.size());
+  std::normal_distribution<double> nd;
+  std::vector<double> q(n * n);
+  for (auto& v : q) v = nd(rng);
+  for (int64_t j = 0; j < n; ++j) {  // Gram-Schmidt on the columns, twice
+    for (int pass = 0; pass < 2; ++pass)
+      for (int64_t p = 0; p < j; ++p) {
+        double dot = 0;
+        for (int64_t i = 0; i < n; ++i) dot += q[i * n + j] * q[i * n + p];
+        for (int64_t i = 0; i < n; ++i) q[i * n + j] -= dot * q[i * n + p];
+      }
+    double nr = 0;
+    for (int64_t i = 0; i < n; ++i) nr += q[i * n + j] * q[i * n + j];
+    for (int64_t i = 0; i < n; ++i) q[i * n + j] /= std::sqrt(nr);
+  }
+  std::vector<double> a(n * n, 0.0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = 0;
+      for (int64_t p = 0; p < n; ++p) s += q[i * n + p] * lam[p] * q[j * n + p];
+      a[i * n + j] = s;
+    }
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < i; ++j) a[i * n + j] = a[j * n + i];
+  return a;
+}
+
+MatrixView cuda_view(const void* p, DType t, int64_t n, int64_t rs, int64_t cs) {
+  MatrixView v;
+  v.data = p;
+  v.dtype = t;
+  v.rows = v.cols = n;
+  v.row_stride = rs;
+  v.col_stride = cs;
+  v.device = Device{DeviceType::kCUDA, 0};
+  return v;
+}
+
+double max_rel(const std::vector<double>& got, const std::vector<double>& want, size_t k) {
+  if (got.size() < k || want.size() < k) return INFINITY;
+  double e = 0;
+  for (size_t i = 0; i < k; ++i) e = std::max(e, std::fabs(got[i] - want[i]) / std::fabs(want[0]));
+  return e;
+}
+
+bool has_warning(const EigResult& r, const char* text) {
+  for (const auto& w : r.warnings)
+    if (w.find(text) != std::string::npos) return true;
+  return false;
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937_64 rng(7);
+  const int64_t n = 60;
+  std::vector<double> lam(n);
+  for (int64_t i = 0; i < n; ++i) lam[i] = std::pow(static_cast<double>(i + 1), -1.0);
+  const std::vector<double> a = with_spectrum(lam, rng);
+  EigOptions full;
+  full.method = EigMethod::kFull;
+  try {
+    // only the upper triangle is read: the lower one is NaN
+    std::vector<double> up = a;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < i; ++j) up[i * n + j] = NAN;
+    EigResult r = eigvalsh_cuda(cuda_view(up.data(), DType::kFloat64, n, n, 1), full);
+    report("full, row-major, lower triangle NaN", max_rel(r.values, lam, n), 1e-13, r.warnings.empty());
+    // column-major layout: the logical upper triangle is the stored lower one
+    std::vector<double> cm(n * n);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) cm[i + j * n] = i <= j ? a[i * n + j] : NAN;
+    r = eigvalsh_cuda(cuda_view(cm.data(), DType::kFloat64, n, 1, n), full);
+    report("full, column-major view, other triangle NaN", max_rel(r.values, lam, n), 1e-13);
+    std::vector<float> af(a.begin(), a.end());
+    r = eigvalsh_cuda(cuda_view(af.data(), DType::kFloat32, n, n, 1), full);
+    report("full, float32 matrix", max_rel(r.values, lam, n), 1e-6);
+    EigOptions single = full;
+    single.single_precision = true;
+    r = eigvalsh_cuda(cuda_view(a.data(), DType::kFloat64, n, n, 1), single);
+    report("full, single_precision solve", max_rel(r.values, lam, n), 1e-5, r.warnings.empty());
+    // the retry chain
+    setenv("GF_FAKE_SYEVD_FAIL", "f32", 1);
+    r = eigvalsh_cuda(cuda_view(a.data(), DType::kFloat64, n, n, 1), single);
+    report("cuSOLVER float32 failure -> float64, warned", max_rel(r.values, lam, n), 1e-13,
+           r.warnings.size() == 1 && has_warning(r, "retried in float64"));
+    setenv("GF_FAKE_SYEVD_FAIL", "all", 1);
+    r = eigvalsh_cuda(cuda_view(a.data(), DType::kFloat64, n, n, 1), single);
+    report("cuSOLVER failures -> CPU, warned twice", max_rel(r.values, lam, n), 1e-13,
+           r.warnings.size() == 2 && has_warning(r, "solved on the CPU"));
+    std::vector<double> bad = a;
+    bad[3 * n + 5] = NAN;
+    bool raised = false;
+    try {
+      eigvalsh_cuda(cuda_view(bad.data(), DType::kFloat64, n, n, 1), full);
+    } catch (const ValueError&) {
+      raised = true;
+    }
+    report("non-finite matrix, every solver failing: an error, not NaN", 0.0, 1.0, raised);
+    unsetenv("GF_FAKE_SYEVD_FAIL");
+
+    // randomized top-k over CudaDenseOps (cuBLAS products, CholeskyQR2, small syevd)
+    const int64_t m = 400;
+    std::vector<double> lam2(m);
+    for (int64_t i = 0; i < m; ++i) lam2[i] = std::pow(static_cast<double>(i + 1), -2.0);
+    const std::vector<double> b = with_spectrum(lam2, rng);
+    EigOptions rnd;
+    rnd.method = EigMethod::kRandomized;
+    rnd.k = 20;
+    r = eigvalsh_cuda(cuda_view(b.data(), DType::kFloat64, m, m, 1), rnd);
+    report("randomized top-20 of 400 (alpha = 2)", max_rel(r.values, lam2, 20), 1e-6, r.values.size() == 20 && r.converged);
+    rnd.k = m - 4;  // k + oversample >= n: the dense solver
+    r = eigvalsh_cuda(cuda_view(b.data(), DType::kFloat64, m, m, 1), rnd);
+    report("randomized with k + oversample >= n: dense", max_rel(r.values, lam2, m - 4), 1e-12, r.values.size() == size_t(m - 4));
+
+    // accumulators: spectrum() and the batched spectra
+    std::vector<std::unique_ptr<GramBackend>> accs;
+    std::vector<std::vector<double>> data;
+    std::normal_distribution<double> nd;
+    for (int64_t d : {17, 40, 23}) {
+      std::vector<double> x(700 * d);
+      for (auto& v : x) v = 5.0 + nd(rng);
+      data.push_back(std::move(x));
+    }
+    for (size_t i = 0; i < data.size(); ++i) {
+      const int64_t d = static_cast<int64_t>(data[i].size() / 700);
+      accs.push_back(make_cuda_gram(d, 0, Precision::kHighest));
+      MatrixView v = cuda_view(data[i].data(), DType::kFloat64, d, d, 1);
+      v.rows = 700;
+      accs.back()->update(v);
+    }
+    std::vector<const GramBackend*> ptrs;
+    for (auto& g : accs) ptrs.push_back(g.get());
+    std::vector<EigResult> batch = spectra(ptrs, 1, full);
+    double worst = 0;
+    bool same = batch.size() == accs.size();
+    for (size_t i = 0; i < accs.size() && same; ++i) {
+      const EigResult one = accs[i]->spectrum(1, full);
+      std::vector<double> cov(accs[i]->dim() * accs[i]->dim());
+      accs[i]->covariance(1, cov.data());
+      const EigResult ref = eigvalsh_cpu(cuda_view(cov.data(), DType::kFloat64, accs[i]->dim(), accs[i]->dim(), 1), full);
+      worst = std::max(worst, max_rel(batch[i].values, ref.values, ref.values.size()));
+      same = same && batch[i].values == one.values && batch[i].warnings.empty();
+    }
+    report("spectra of 3 accumulators = spectrum() of each", worst, 1e-13, same);
+    setenv("GF_FAKE_SYEVD_FAIL", "all", 1);
+    batch = spectra(ptrs, 1, full);
+    bool warned = batch.size() == 3;
+    for (auto& r2 : batch) warned = warned && has_warning(r2, "batched cuSOLVER syevd failed") && has_warning(r2, "solved on the CPU");
+    double worst2 = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      std::vector<double> cov(accs[i]->dim() * accs[i]->dim());
+      accs[i]->covariance(1, cov.data());
+      worst2 = std::max(worst2, max_rel(batch[i].values, eigvalsh_cpu(cuda_view(cov.data(), DType::kFloat64, accs[i]->dim(), accs[i]->dim(), 1), full).values, accs[i]->dim()));
+    }
+    report("batched syevd failing: each redone alone, warned", worst2, 1e-13, warned);
+    unsetenv("GF_FAKE_SYEVD_FAIL");
+  } catch (const std::exception& e) {
+    std::printf("EXCEPTION: %s\n", e.what());
+    return 1;
+  }
+  std::printf(failures == 0 ? "ALL OK\n" : "FAILURES\n");
+  return failures == 0 ? 0 : 1;
+}
