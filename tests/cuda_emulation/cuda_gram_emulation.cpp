@@ -149,7 +149,9 @@ void case_stream(Precision p, DType t, int64_t d, const char* kernel, bool colum
     for (int64_t b = 0; b < d; ++b) symmetric = symmetric && cov[a * d + b] == cov[b * d + a];
   const std::string what = std::string(p == Precision::kHighest ? "highest " : "fast ") + dname(t) + " d=" +
                            std::to_string(d) + (std::string(kernel) == "tc" ? " tc" : "") +
-                           (column_major ? " column-major" : "") + ", 4 uneven chunks, offsets";
+                           (column_major ? " column-major" : "") +
+                           (std::getenv("GEOMFAST_CUDA_TRIANGLE_TILE") ? " tile 64 flush 100" : "") +
+                           ", 4 uneven chunks, offsets";
   report(what, rel_fro(cov, reference_cov(all, d)), p == Precision::kHighest ? 1e-12 : 1e-6, symmetric && g->count() == 1324);
 }
 
@@ -254,6 +256,13 @@ int main() {
     case_stream(Precision::kFast, DType::kBFloat16, 130, "cublas", true, seed++);
     case_stream(Precision::kFast, DType::kBFloat16, 130, "tc", true, seed++);
     case_stream(Precision::kHighest, DType::kFloat32, 130, "cublas", true, seed++);
+    // the cuBLAS triangle in several column blocks (64 wide: 3 blocks at d = 130), short flushes
+    setenv("GEOMFAST_CUDA_TRIANGLE_TILE", "64", 1);
+    setenv("GEOMFAST_CUDA_FLUSH_ROWS", "100", 1);
+    case_stream(Precision::kFast, DType::kBFloat16, 130, "cublas", false, seed++);
+    case_stream(Precision::kFast, DType::kFloat16, 130, "cublas", false, seed++);
+    unsetenv("GEOMFAST_CUDA_TRIANGLE_TILE");
+    unsetenv("GEOMFAST_CUDA_FLUSH_ROWS");
     for (Precision p : {Precision::kHighest, Precision::kFast}) case_dtype_switches(p, "cublas", seed++);
     case_dtype_switches(Precision::kFast, "tc", seed++);
     for (Precision p : {Precision::kHighest, Precision::kFast}) case_non_finite_and_state(p, seed++);
