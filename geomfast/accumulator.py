@@ -140,7 +140,18 @@ class GramAccumulator:
         from .linalg import eigvalsh
 
         self._need_rows("singular_values")
-        ev = eigvalsh(self.raw_gram())
+        raw = self.raw_gram()
+        if self.device != "cpu":
+            # Solved on the accumulator's GPU as its spectrum() is: a d = 4096 solve on the host
+            # would cost seconds per (checkpoint, layer) in a sweep.
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    raw = torch.from_numpy(raw).to(self.device)
+            except ImportError:  # no torch: the host solver
+                pass
+        ev = eigvalsh(raw)
         return np.sqrt(np.clip(ev[: min(self.count, self.dim)], 0.0, None))
 
     # ------------------------------------------------------------------ state (no pickle)

@@ -409,3 +409,14 @@ def test_batched_spectra_match_one_by_one_and_keep_order():
     # the accumulators stay usable: spectra queued their covariances behind pending updates
     accs[0].update(torch.from_numpy(rng.standard_normal((10, 31))).cuda())
     assert accs[0].count == 1510
+
+
+@gpu
+@needs_torch
+def test_singular_values_solved_on_the_device_match_the_cpu():
+    x = random_rows(3000, 257, "float32", seed=31, mean=4.0)
+    gpu_acc = geomfast.GramAccumulator(257, device="cuda", precision="highest").update(x)
+    cpu_acc = geomfast.GramAccumulator(257, device="cpu", precision="highest").update(x.cpu())
+    got, want = gpu_acc.singular_values(), cpu_acc.singular_values()
+    assert got.shape == want.shape == (257,)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * want[0])
