@@ -7,7 +7,6 @@ Memory is O(dim²) whatever the number of rows; states merge exactly (they are s
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -123,14 +122,12 @@ class GramAccumulator:
 
     def spectrum(self, *, ddof: int = 1, method: str = "full", k: int | None = None, **eig_options) -> np.ndarray:
         """Descending covariance eigenvalues, solved on the accumulator's device."""
-        from .linalg import _eig_args
+        from .linalg import _eig_args, _finish
 
         self._need_rows("spectrum", ddof + 1)
         args = _eig_args(self.dim, method, k, eig_options, func="GramAccumulator.spectrum")
         values, info = self._native.spectrum(int(ddof), *args)
-        for w in info["warnings"]:
-            warnings.warn(f"[GramAccumulator.spectrum] {w}", RuntimeWarning, stacklevel=2)
-        return values if args[0] == "randomized" or k is None else values[:k]
+        return _finish(values, info, args[0], k, "GramAccumulator.spectrum")
 
     def singular_values(self) -> np.ndarray:
         """Descending singular values of the raw (uncentered) n × dim matrix, min(n, dim) of them.

@@ -39,6 +39,14 @@ def _eig_args(n: int, method: str, k, opts: dict, *, func: str) -> tuple:
     return method, int(k or 0), {key: opts[key] for key in EIG_OPTIONS if opts.get(key) is not None}
 
 
+def _finish(values: np.ndarray, info: dict, method: str, k, func: str) -> np.ndarray:
+    """A native solve's result: its warnings raised as RuntimeWarnings (attributed to the caller of
+    the public function that called this), the top k kept of a full solve."""
+    for w in info["warnings"]:
+        warnings.warn(f"[{func}] {w}", RuntimeWarning, stacklevel=3)
+    return values[:k] if method == "full" and k is not None else values
+
+
 def eigvalsh(a, *, method: str = "full", k: int | None = None, **options) -> np.ndarray:
     """Eigenvalues of a symmetric matrix, descending float64 numpy.
 
@@ -60,11 +68,7 @@ def eigvalsh(a, *, method: str = "full", k: int | None = None, **options) -> np.
         raise ValueError(f"[eigvalsh] expected a square matrix, got shape ({v.rows}, {v.cols})")
     args = _eig_args(v.rows, method, k, options, func="eigvalsh")
     values, info = _core.eigvalsh(*v.args(), *args)
-    for w in info["warnings"]:
-        warnings.warn(f"[eigvalsh] {w}", RuntimeWarning, stacklevel=2)
-    if args[0] == "full" and k is not None:
-        values = values[:k]
-    return values
+    return _finish(values, info, args[0], k, "eigvalsh")
 
 
 def _accumulate(x, precision: str, func: str) -> GramAccumulator:
@@ -101,12 +105,8 @@ def spectra(accumulators, *, ddof: int = 1, method: str = "full", k: int | None 
     dims = {a.dim for a in accs}
     n = min(dims)
     args = _eig_args(n, method, k, eig_options, func="spectra")
-    out = []
-    for a, (values, info) in zip(accs, _core.spectra([a._native for a in accs], int(ddof), *args)):
-        for w in info["warnings"]:
-            warnings.warn(f"[spectra] {w}", RuntimeWarning, stacklevel=2)
-        out.append(values if args[0] == "randomized" or k is None else values[:k])
-    return out
+    results = _core.spectra([a._native for a in accs], int(ddof), *args)
+    return [_finish(values, info, args[0], k, "spectra") for values, info in results]
 
 
 def singular_values(x, *, precision: str = "highest") -> np.ndarray:
