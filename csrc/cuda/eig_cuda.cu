@@ -19,6 +19,20 @@
 
 namespace geomfast {
 namespace cuda {
+
+void syevd_enqueue(HandleLease& lease, cudaDataType_t t, void* w, int64_t n, void* vals, int* info,
+                   std::vector<char>& host_work, cudaStream_t st) {
+  size_t dev_bytes = 0, host_bytes = 0;
+  GF_CUSOLVER_CHECK(cusolverDnXsyevd_bufferSize(lease.h.solver, lease.h.params, CUSOLVER_EIG_MODE_NOVECTOR,
+                                                CUBLAS_FILL_MODE_UPPER, n, t, w, n, t, vals, t, &dev_bytes,
+                                                &host_bytes));
+  AsyncBuffer work(dev_bytes, st);  // freed in stream order, after the solver has used it
+  host_work.assign(std::max<size_t>(host_bytes, 1), 0);
+  GF_CUSOLVER_CHECK(cusolverDnXsyevd(lease.h.solver, lease.h.params, CUSOLVER_EIG_MODE_NOVECTOR,
+                                     CUBLAS_FILL_MODE_UPPER, n, t, w, n, t, vals, t, work.as<void>(), dev_bytes,
+                                     host_work.data(), host_bytes, info));
+}
+
 namespace {
 
 bool all_finite(const std::vector<double>& v) {
@@ -40,16 +54,8 @@ bool syevd_values(HandleLease& lease, double* w, int64_t n, bool single, std::ve
   }
   AsyncBuffer vals(static_cast<size_t>(n) * esize, st);
   AsyncBuffer info(sizeof(int), st);
-  size_t dev_bytes = 0, host_bytes = 0;
-  GF_CUSOLVER_CHECK(cusolverDnXsyevd_bufferSize(lease.h.solver, lease.h.params, CUSOLVER_EIG_MODE_NOVECTOR,
-                                                CUBLAS_FILL_MODE_UPPER, n, t, a, n, t, vals.as<void>(), t,
-                                                &dev_bytes, &host_bytes));
-  AsyncBuffer work(dev_bytes, st);
-  std::vector<char> host_work(std::max<size_t>(host_bytes, 1));
-  GF_CUSOLVER_CHECK(cusolverDnXsyevd(lease.h.solver, lease.h.params, CUSOLVER_EIG_MODE_NOVECTOR,
-                                     CUBLAS_FILL_MODE_UPPER, n, t, a, n, t, vals.as<void>(), t,
-                                     work.as<void>(), dev_bytes, host_work.data(), host_bytes,
-                                     info.as<int>()));
+  std::vector<char> host_work;
+  syevd_enqueue(lease, t, a, n, vals.as<void>(), info.as<int>(), host_work, st);
   PinnedBuffer<int> hinfo(1);
   out.assign(static_cast<size_t>(n), 0.0);
   if (single) {
@@ -66,23 +72,6 @@ bool syevd_values(HandleLease& lease, double* w, int64_t n, bool single, std::ve
   info_out = hinfo[0];
   return hinfo[0] == 0 && all_finite(out);
 }
-
-}  // namespace
-
-void syevd_enqueue(HandleLease& lease, double* w, int64_t n, double* vals, int* info,
-                   std::vector<char>& host_work, cudaStream_t st) {
-  size_t dev_bytes = 0, host_bytes = 0;
-  GF_CUSOLVER_CHECK(cusolverDnXsyevd_bufferSize(lease.h.solver, lease.h.params, CUSOLVER_EIG_MODE_NOVECTOR,
-                                                CUBLAS_FILL_MODE_UPPER, n, CUDA_R_64F, w, n, CUDA_R_64F, vals,
-                                                CUDA_R_64F, &dev_bytes, &host_bytes));
-  AsyncBuffer work(dev_bytes, st);  // freed in stream order, after the solver has used it
-  host_work.assign(std::max<size_t>(host_bytes, 1), 0);
-  GF_CUSOLVER_CHECK(cusolverDnXsyevd(lease.h.solver, lease.h.params, CUSOLVER_EIG_MODE_NOVECTOR,
-                                     CUBLAS_FILL_MODE_UPPER, n, CUDA_R_64F, w, n, CUDA_R_64F, vals, CUDA_R_64F,
-                                     work.as<void>(), dev_bytes, host_work.data(), host_bytes, info));
-}
-
-namespace {
 
 // The CPU solver on a host copy of the symmetric matrix (the last resort of the full solver).
 std::vector<double> eigvalsh_on_host(const MatrixView& a, int64_t n, cudaStream_t st) {

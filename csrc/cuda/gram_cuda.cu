@@ -570,7 +570,7 @@ std::vector<EigResult> spectra_cuda(const std::vector<const GramBackend*>& accs,
       const int64_t d = g[i]->dim();
       AsyncBuffer w(static_cast<size_t>(d * d) * sizeof(double), st);  // stream-ordered: reused, no sync
       g[i]->enqueue_covariance(ddof, w.as<double>(), st);
-      syevd_enqueue(lease, w.as<double>(), d, vals.get() + offset[i], infos.get() + i, host_work[i], st);
+      syevd_enqueue(lease, CUDA_R_64F, w.as<void>(), d, vals.get() + offset[i], infos.get() + i, host_work[i], st);
     }
   }
   PinnedBuffer<double> hv(std::max<size_t>(offset.back(), 1));
