@@ -215,20 +215,15 @@ __global__ void split_rows_kernel(const T16* __restrict__ x,  // [*, cols], stri
 constexpr int kTile = 32;
 constexpr int kTileLanes = 8;
 
-__global__ void flush_upper_kernel(const float* __restrict__ acc,  // [d, d] col-major
-                                   int64_t d, double* __restrict__ gram) {  // [d, d] col-major
-  const int64_t a0 = static_cast<int64_t>(blockIdx.x) * kTile, b0 = static_cast<int64_t>(blockIdx.y) * kTile;
-  if (a0 > b0 + kTile - 1) return;
-  const int64_t a = a0 + threadIdx.x;
-  for (int64_t b = b0 + threadIdx.y; b < b0 + kTile; b += kTileLanes) {
-    if (a < d && b < d && a <= b) gram[a + b * d] += static_cast<double>(acc[a + b * d]);
-  }
-}
-
-__global__ void flush_upper_split_kernel(const float* __restrict__ hh,  // [d, d] col-major
-                                         const float* __restrict__ hl,  // [d, nj] col-major
-                                         const float* __restrict__ ll,  // [nj, nj] col-major
-                                         const int* __restrict__ col2j,  // [d]
+// gram[a, b] += HH[a, b] + HL[a, j(b)] + HL[b, j(a)] + LL[j(a), j(b)] for a <= b (terms with a
+// column j(.) < 0 are zero; nj = 0: gram += HH). T = float: the cuBLAS paths' float32 blocks; T = double with hh =
+// nullptr: the cross terms the tc kernel accumulates in float64 (entries without a J column are
+// left untouched).
+template <typename T>
+__global__ void flush_upper_split_kernel(const T* __restrict__ hh,  // [d, d] col-major, or nullptr
+                                         const T* __restrict__ hl,  // [d, nj] col-major
+                                         const T* __restrict__ ll,  // [nj, nj] col-major, upper read
+                                         const int* __restrict__ col2j,  // [d], increasing where >= 0
                                          int64_t d, int64_t nj,
                                          double* __restrict__ gram) {  // [d, d] col-major
   const int64_t a0 = static_cast<int64_t>(blockIdx.x) * kTile, b0 = static_cast<int64_t>(blockIdx.y) * kTile;
@@ -238,35 +233,12 @@ __global__ void flush_upper_split_kernel(const float* __restrict__ hh,  // [d, d
   const int ja = nj > 0 ? col2j[a] : -1;
   for (int64_t b = b0 + threadIdx.y; b < b0 + kTile; b += kTileLanes) {
     if (b >= d || a > b) continue;
-    double v = static_cast<double>(hh[a + b * d]);
-    if (nj > 0) {
-      const int jb = col2j[b];
-      if (jb >= 0) v += static_cast<double>(hl[a + jb * d]);
-      if (ja >= 0) v += static_cast<double>(hl[b + ja * d]);
-      if (ja >= 0 && jb >= 0) v += static_cast<double>(ll[ja + jb * nj]);
-    }
-    gram[a + b * d] += v;
-  }
-}
-
-__global__ void add_cross_terms_kernel(const double* __restrict__ hl,  // [d, nj] col-major
-                                       const double* __restrict__ ll,  // [nj, nj] col-major, upper
-                                       const int* __restrict__ col2j,  // [d]
-                                       int64_t d, int64_t nj,
-                                       double* __restrict__ gram) {  // [d, d] col-major
-  const int64_t a0 = static_cast<int64_t>(blockIdx.x) * kTile, b0 = static_cast<int64_t>(blockIdx.y) * kTile;
-  if (a0 > b0 + kTile - 1) return;
-  const int64_t a = a0 + threadIdx.x;
-  if (a >= d) return;
-  const int ja = col2j[a];
-  for (int64_t b = b0 + threadIdx.y; b < b0 + kTile; b += kTileLanes) {
-    if (b >= d || a > b) continue;
-    const int jb = col2j[b];
-    if (ja < 0 && jb < 0) continue;
-    double v = 0.0;
-    if (jb >= 0) v += hl[a + jb * d];
-    if (ja >= 0) v += hl[b + ja * d];
-    if (ja >= 0 && jb >= 0) v += ll[ja + jb * nj];  // ja <= jb: col2j increases with the column
+    const int jb = nj > 0 ? col2j[b] : -1;
+    if (!hh && ja < 0 && jb < 0) continue;
+    double v = hh ? static_cast<double>(hh[a + b * d]) : 0.0;
+    if (jb >= 0) v += static_cast<double>(hl[a + jb * d]);
+    if (ja >= 0) v += static_cast<double>(hl[b + ja * d]);
+    if (ja >= 0 && jb >= 0) v += static_cast<double>(ll[ja + jb * nj]);  // ja <= jb: col2j increases
     gram[a + b * d] += v;
   }
 }
@@ -432,21 +404,21 @@ void split_rows_16(const MatrixView& x, int64_t r0, int64_t nb, const double* c,
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 
-void flush_upper(const float* acc, int64_t d, double* gram, cudaStream_t stream) {
-  GF_LAUNCH((flush_upper_kernel), (tile_grid(d), dim3(kTile, kTileLanes), 0, stream), (acc, d, gram));
-  GF_CUDA_CHECK_LAUNCH(stream);
-}
-
 void flush_upper_split(const float* hh, const float* hl, const float* ll, const int* col2j,
                        int64_t d, int64_t nj, double* gram, cudaStream_t stream) {
-  GF_LAUNCH((flush_upper_split_kernel), (tile_grid(d), dim3(kTile, kTileLanes), 0, stream), (hh, hl, ll, col2j,
+  GF_LAUNCH((flush_upper_split_kernel<float>), (tile_grid(d), dim3(kTile, kTileLanes), 0, stream), (hh, hl, ll, col2j,
                                                                                   d, nj, gram));
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 
+void flush_upper(const float* acc, int64_t d, double* gram, cudaStream_t stream) {
+  flush_upper_split(acc, nullptr, nullptr, nullptr, d, 0, gram, stream);  // no J columns: gram += acc
+}
+
 void add_cross_terms(const double* hl, const double* ll, const int* col2j, int64_t d, int64_t nj,
                      double* gram, cudaStream_t stream) {
-  GF_LAUNCH((add_cross_terms_kernel), (tile_grid(d), dim3(kTile, kTileLanes), 0, stream), (hl, ll, col2j, d, nj, gram));
+  GF_LAUNCH((flush_upper_split_kernel<double>), (tile_grid(d), dim3(kTile, kTileLanes), 0, stream),
+            (static_cast<const double*>(nullptr), hl, ll, col2j, d, nj, gram));
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 

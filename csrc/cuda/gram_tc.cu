@@ -106,6 +106,17 @@ tc_gram_kernel(const T* __restrict__ a, int64_t lda, int64_t m,
     }
   };
 
+  auto end_chain = [&] {  // the chain's sums into the second accumulator, the chain restarted
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+#pragma unroll
+        for (int t = 0; t < chain[i][j].num_elements; ++t) total[i][j].x[t] += chain[i][j].x[t];
+        wmma::fill_fragment(chain[i][j], 0.0f);
+      }
+  };
+
   const int64_t nslabs = (rows + kBK - 1) / kBK;
   load(0);
   store(slab[0]);
@@ -132,26 +143,18 @@ tc_gram_kernel(const T* __restrict__ a, int64_t lda, int64_t m,
     // The other buffer was last read in the previous iteration, before its closing barrier.
     if (more) store(slab[(s + 1) & 1]);
     __syncthreads();
-    if (++since == chain_slabs) {  // end of a chain: into the second accumulator, restart
+    if (++since == chain_slabs) {
       since = 0;
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-#pragma unroll
-          for (int t = 0; t < chain[i][j].num_elements; ++t) total[i][j].x[t] += chain[i][j].x[t];
-          wmma::fill_fragment(chain[i][j], 0.0f);
-        }
+      end_chain();
     }
   }
+  if (since != 0) end_chain();  // the last, partial chain
 
   float* st = stage[warp];
 #pragma unroll
   for (int i = 0; i < 4; ++i)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-#pragma unroll
-      for (int t = 0; t < chain[i][j].num_elements; ++t) total[i][j].x[t] += chain[i][j].x[t];
       wmma::store_matrix_sync(st, total[i][j], 16, wmma::mem_row_major);
       __syncwarp();
       for (int e = lane; e < 256; e += 32) {

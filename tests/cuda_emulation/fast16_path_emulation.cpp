@@ -123,7 +123,9 @@ struct Fast16Path {
     }
     const Dim3 tiles{cdiv(d, 32), cdiv(d, 32), 1}, lanes{32, 8, 1};
     if (nj > 0)
-      launch(tiles, lanes, false, [&] { add_cross_terms_kernel(hl.data(), ll.data(), col2j.data(), d, nj, gram.data()); });
+      launch(tiles, lanes, false, [&] {
+        flush_upper_split_kernel<double>(nullptr, hl.data(), ll.data(), col2j.data(), d, nj, gram.data());
+      });
     launch(Dim3{cdiv(d, 256), 1, 1}, Dim3{256, 1, 1}, false, [&] {
       commit_sum_kernel(shift.data(), c.data(), zsum.data(), d, static_cast<double>(n), sum.data());
     });
