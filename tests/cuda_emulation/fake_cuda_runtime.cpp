@@ -30,8 +30,9 @@ std::set<const void*> g_device;  // live "device" allocations (base pointers)
 thread_local int g_current = 0;
 
 void* alloc(size_t bytes) {
-  void* p = std::aligned_alloc(256, std::max<size_t>((bytes + 255) / 256 * 256, 256));
-  if (p) std::memset(p, 0xFF, std::max<size_t>((bytes + 255) / 256 * 256, 256));  // NaN-ish garbage: unwritten memory shows
+  const size_t size = std::max<size_t>((bytes + 255) / 256 * 256, 256);  // aligned_alloc: a multiple of 256
+  void* p = std::aligned_alloc(256, size);
+  if (p) std::memset(p, 0xFF, size);  // NaN bytes: memory read before it is written shows
   return p;
 }
 
