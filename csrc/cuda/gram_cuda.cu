@@ -69,6 +69,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "cuda/cuda_utils.hpp"
@@ -410,16 +411,21 @@ class CudaGram final : public GramBackend {
     }
   }
 
+  // The 16-bit split's two row-major blocks in block_: hi [rows, ldh] and lo [rows, ldl] (lo at a
+  // 256-byte boundary).
+  std::pair<void*, void*> split_buffers(int64_t rows, int64_t ldh, int64_t ldl) {
+    const size_t hi_bytes = static_cast<size_t>(rows * ldh) * 2;
+    const size_t lo_bytes = static_cast<size_t>(rows * ldl) * 2;
+    block_.reserve(hi_bytes + lo_bytes + 256);
+    return {block_.get(), block_.get() + ((hi_bytes + 255) / 256) * 256};
+  }
+
   void products_fast16(const MatrixView& x, HandleLease& lease, cudaStream_t st) {
     const int64_t d = dim_;
     const int64_t nj = nj_;
     const int64_t br = std::min(env_flush_rows(kFast16FlushRows), x.rows);
     const int64_t tile = env_triangle_tile();
-    const size_t hi_bytes = static_cast<size_t>(br * d) * 2;
-    const size_t lo_bytes = static_cast<size_t>(br * nj) * 2;
-    block_.reserve(hi_bytes + lo_bytes + 256);
-    void* hi = block_.get();
-    void* lo = block_.get() + ((hi_bytes + 255) / 256) * 256;
+    const auto [hi, lo] = split_buffers(br, d, nj);
     acc_.reserve(static_cast<size_t>(d * d));
     if (nj > 0) {
       hl_.reserve(static_cast<size_t>(d * nj));
@@ -466,11 +472,7 @@ class CudaGram final : public GramBackend {
     const int64_t ldh = round_up(d, kTcTile), ldl = nj > 0 ? round_up(nj, kTcTile) : 0;
     const int64_t br = std::min(env_int("GEOMFAST_CUDA_TC_ROWS", kTcRows, 32), x.rows);
     const int chain = static_cast<int>(round_up(env_int("GEOMFAST_CUDA_TC_CHAIN_ROWS", kTcChainRows, 32), 32));
-    const size_t hi_bytes = static_cast<size_t>(br * ldh) * 2;
-    const size_t lo_bytes = static_cast<size_t>(br * ldl) * 2;
-    block_.reserve(hi_bytes + lo_bytes + 256);
-    void* hi = block_.get();
-    void* lo = block_.get() + ((hi_bytes + 255) / 256) * 256;
+    const auto [hi, lo] = split_buffers(br, ldh, ldl);
     if (nj > 0) {
       hl64_.reserve(static_cast<size_t>(d * nj));
       ll64_.reserve(static_cast<size_t>(nj * nj));
