@@ -78,15 +78,20 @@ def test_format_bench_reports_errors():
     assert "error: MemoryError" in text and "(geomfast)" in text
 
 
-def _load_gpu_check():
+def _load_benchmark(name):
+    """benchmarks/<name>.py as a module (the scripts are not part of the package)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
-    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _load_gpu_check():
+    return _load_benchmark("gpu_check")
 
 
 def test_gpu_check_sections_record_errors_and_skips(tmp_path):
@@ -133,3 +138,21 @@ def test_gpu_check_cpu_dry_run_runs_every_section(tmp_path):
     assert res["eig"][0]["full_max_err_over_l1"] < 1e-12
     assert "randomized top-256 d=300" in (tmp_path / "table.txt").read_text()
     assert res["batched_spectra"]["max_diff_over_l1"] < 1e-12
+
+
+def test_bench_eig_ab_times_both_cpu_solvers_and_the_baselines(monkeypatch):
+    import os
+
+    mod = _load_benchmark("bench_eig_ab")
+    monkeypatch.setenv("GEOMFAST_CPU_EIG_FULL", "auto")
+    lines = []
+    rows = mod.run([70], rounds=2, out=lines.append)
+    names = [r["impl"] for r in rows]
+    assert names[:2] == ["geomfast[two_stage]", "geomfast[dsyevd]"] and "numpy.linalg.eigvalsh" in names
+    assert all(r["rel_error"] < 1e-13 for r in rows), rows
+    assert all(len(r["times_s"]) == 2 for r in rows)
+    assert rows[0]["ratio_vs_two_stage"] == 1.0
+    assert os.environ["GEOMFAST_CPU_EIG_FULL"] == "auto"  # restored after each call
+    assert "(geomfast)" in "\n".join(lines)
+    with pytest.raises(SystemExit):
+        mod.main(["--dims", "0"])

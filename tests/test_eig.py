@@ -89,6 +89,50 @@ def test_full_invariants(n):
     assert np.array_equal(geomfast.eigvalsh(a, k=5), w[:5]), f"seed={seed}"
 
 
+# The full solver's two paths: LAPACK dsyevd, and (the default from n = 3072) our reduction to a
+# band + dsytrd_sb2st + dsterf. Forced here on sizes around the band width (32) and its multiples.
+@pytest.mark.parametrize("solver", ["two_stage", "dsyevd"])
+@pytest.mark.parametrize("n", [1, 2, 3, 32, 33, 34, 64, 65, 97, 300])
+def test_full_solvers_match_numpy(solver, n, monkeypatch):
+    monkeypatch.setenv("GEOMFAST_CPU_EIG_FULL", solver)
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    a = random_symmetric(rng, n)
+    expected = ref.eigvalsh_desc(a)
+    got = geomfast.eigvalsh(a)
+    scale = np.abs(expected).max()
+    err = np.abs(got - expected).max()
+    assert err <= 1e-13 * n * scale, f"seed={seed} {solver} n={n}: error {err:.3e} vs |λ|max {scale:.3e}"
+    assert np.all(np.diff(got) <= 0), f"seed={seed}: not descending"
+    # only the documented (row-major upper) triangle is read
+    junk = np.triu(a) + np.tril(rng.standard_normal((n, n)) * 1e3, -1)
+    assert np.array_equal(geomfast.eigvalsh(junk), got), f"seed={seed} {solver}: the lower triangle was read"
+
+
+def test_two_stage_on_covariances_with_large_means_and_known_spectra(monkeypatch):
+    """Covariances of LLM-like activations (large means, outlier dimensions: a spread of ~1e8 in the
+    spectrum) and a power-law spectrum under a random rotation, through the two-stage solver."""
+    monkeypatch.setenv("GEOMFAST_CPU_EIG_FULL", "two_stage")
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    x = llm_like(2000, 200, rng)
+    expected = ref.covariance_spectrum(x)
+    got = geomfast.spectrum(x)
+    err = np.abs(got - expected).max()
+    assert err <= 1e-12 * expected[0], f"seed={seed}: covariance spectrum error {err:.3e} vs λmax {expected[0]:.3e}"
+    q = random_orthogonal(rng, 257)
+    a, lam = powerlaw_matrix(q, 1.0)
+    got = geomfast.eigvalsh(a)
+    assert np.abs(got - lam).max() <= 1e-13, f"seed={seed}: known power-law spectrum missed"
+    assert abs(got.sum() - np.trace(a)) <= 1e-12 * np.abs(lam).sum(), f"seed={seed}: Σλ ≠ trace"
+
+
+def test_full_solver_override_is_checked(monkeypatch):
+    monkeypatch.setenv("GEOMFAST_CPU_EIG_FULL", "mkl")
+    with pytest.raises(ValueError, match="GEOMFAST_CPU_EIG_FULL must be 'auto', 'dsyevd' or 'two_stage', got 'mkl'"):
+        geomfast.eigvalsh(np.eye(4))
+
+
 def test_covariance_spectrum_of_activations():
     """geomfast.spectrum on raw activations (numpy and torch bfloat16) vs numpy on the two-pass covariance."""
     seed = new_seed()

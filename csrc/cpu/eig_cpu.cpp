@@ -1,13 +1,16 @@
 // CPU eigensolvers: LAPACK dsyevd (values only) and the shared randomized algorithm over BLAS.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <memory>
 
 #include "cpu/blas.hpp"
 #include "cpu/amx_exact.hpp"
 #include "cpu/amx_gram.hpp"
 #include "cpu/convert.hpp"
+#include "cpu/eig_two_stage.hpp"
 #include "cpu/row_kernels.hpp"
 #include "geomfast/backend.hpp"
 #include "geomfast/eig.hpp"
@@ -58,6 +61,23 @@ std::vector<double> syevd_values(double* a, int n, char uplo = 'U') {
   if (info != 0) GF_THROW(RuntimeError, "[eigvalsh] LAPACK dsyevd failed to converge (info=", info, ")");
   std::reverse(w.begin(), w.end());
   return w;
+}
+
+// Eigenvalues (descending) of the column-major lower triangle of the n × n matrix `a`, destroyed.
+// From n = 3072 the two-stage solver (cpu/eig_two_stage.cpp): on the 2-core Xeon
+// (benchmarks/bench_eig_ab.py, interleaved) it was 1.25× dsyevd at n = 4096 (3.2 vs 4.0 s),
+// 1.31× at n = 6144 (9.9 vs 13.0 s), and 0.95× at n = 2048. GEOMFAST_CPU_EIG_FULL=dsyevd|two_stage forces one (A/B timing).
+std::vector<double> full_values(double* a, int n) {
+  bool two_stage = n >= 3072;
+  if (const char* v = std::getenv("GEOMFAST_CPU_EIG_FULL"); v && *v) {
+    const std::string forced(v);
+    if (forced == "dsyevd") two_stage = false;
+    else if (forced == "two_stage") two_stage = true;
+    else if (forced != "auto")
+      GF_THROW(ValueError, "[eigvalsh] GEOMFAST_CPU_EIG_FULL must be 'auto', 'dsyevd' or 'two_stage', got '", forced,
+               "'");
+  }
+  return two_stage ? cpu::two_stage_values(a, n) : syevd_values(a, n, 'L');
 }
 
 class CpuDenseOps final : public DenseOps {
@@ -229,7 +249,7 @@ EigResult eigvalsh_cpu_owned(std::vector<double>&& m, int64_t n, const EigOption
     return randomized_eigvalsh(ops, n, opt);
   }
   EigResult res;
-  res.values = syevd_values(m.data(), (int)n, 'L');
+  res.values = full_values(m.data(), (int)n);
   if (opt.method == EigMethod::kRandomized) res.values.resize(opt.k);
   return res;
 }

@@ -1,0 +1,111 @@
+"""Interleaved timings of the full eigensolver: geomfast's two CPU paths and the baselines.
+
+Every round calls each implementation once, back to back, on the same matrix, and forms the
+ratios within the round (this VM's speed drifts over seconds; see bench_gram_ab.py). The table
+gives the median over rounds of each time and each ratio.
+
+    python benchmarks/bench_eig_ab.py                          # d = 2048, 4096; 3 rounds
+    python benchmarks/bench_eig_ab.py --dims 4096,6144 --rounds 5
+
+Implementations (all values only, float64, of one SPD matrix with spectrum k^-1):
+  geomfast[two_stage]   band reduction + LAPACK dsytrd_sb2st + dsterf (the default from d = 3072)
+  geomfast[dsyevd]      LAPACK dsyevd (the default below d = 3072)
+  torch.linalg.eigvalsh torch's LAPACK (MKL in the CPU wheels)
+  numpy.linalg.eigvalsh numpy's LAPACK (OpenBLAS in the wheels)
+Each row's error is max |λ − λ_true| / λ₁ against the matrix's known spectrum.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+try:
+    import geomfast
+    from geomfast import bench
+except ImportError:  # run from a source checkout
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import geomfast
+    from geomfast import bench
+
+_ENV = "GEOMFAST_CPU_EIG_FULL"
+
+
+def _geomfast(a, solver):
+    def run():
+        old = os.environ.get(_ENV)
+        os.environ[_ENV] = solver
+        try:
+            return geomfast.eigvalsh(a)
+        finally:
+            if old is None:
+                del os.environ[_ENV]
+            else:
+                os.environ[_ENV] = old
+    return run
+
+
+def cases(a) -> dict:
+    impls = {"geomfast[two_stage]": _geomfast(a, "two_stage"), "geomfast[dsyevd]": _geomfast(a, "dsyevd")}
+    try:
+        import torch
+
+        t = torch.from_numpy(a)
+        impls["torch.linalg.eigvalsh"] = lambda: torch.linalg.eigvalsh(t).numpy()
+    except ImportError:
+        pass
+    impls["numpy.linalg.eigvalsh"] = lambda: np.linalg.eigvalsh(a)
+    return impls
+
+
+def run(dims, rounds: int, alpha: float = 1.0, out=print) -> list[dict]:
+    """Times every implementation once per round at each d; returns one row per (d, impl)."""
+    rows = []
+    for d in dims:
+        a, lam = bench.make_spd(d, alpha=alpha, seed=d)
+        impls = cases(a)
+        times = {k: [] for k in impls}
+        errors = {}
+        for name, fn in impls.items():  # warm-up, and the accuracy of each
+            vals = np.sort(np.asarray(fn(), dtype=np.float64))[::-1]
+            errors[name] = float(np.max(np.abs(vals - lam)) / lam[0])
+        for _ in range(rounds):
+            for name, fn in impls.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        ours = times["geomfast[two_stage]"]
+        out(f"\neig full  d={d}  spectrum k^-{alpha:g}  {rounds} interleaved rounds "
+            f"(ratio = t(impl) / t(geomfast[two_stage]) per round; above 1, two_stage is faster)")
+        out(f"{'implementation':<24}{'median s':>10}  {'rel. error':>10}  {'ratio (median; per round)'}")
+        for name, ts in times.items():
+            ratios = [t / o for t, o in zip(ts, ours)]
+            med_ratio = statistics.median(ratios)
+            per = " ".join(f"{r:.2f}" for r in ratios)
+            ratio_txt = "(geomfast)" if name == "geomfast[two_stage]" else f"x{med_ratio:.2f} ({per})"
+            out(f"{name:<24}{statistics.median(ts):>10.3f}  {errors[name]:>10.1e}  {ratio_txt}")
+            rows.append({"d": d, "impl": name, "median_s": statistics.median(ts), "times_s": ts,
+                         "rel_error": errors[name], "ratio_vs_two_stage": med_ratio})
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dims", default="2048,4096", help="comma-separated matrix sizes")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--alpha", type=float, default=1.0, help="the spectrum's power-law exponent")
+    args = p.parse_args(argv)
+    dims = [int(x) for x in args.dims.split(",") if x]
+    if not dims or min(dims) < 1:
+        p.error(f"--dims must list positive sizes, got {args.dims!r}")
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
+    run(dims, args.rounds, alpha=args.alpha)
+
+
+if __name__ == "__main__":
+    main()
