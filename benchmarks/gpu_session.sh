@@ -72,4 +72,9 @@ fi
 "$py" benchmarks/gpu_check.py --out "$out" --budget-s "${GPU_CHECK_BUDGET_S:-420}" "$@"
 rc=$?
 say "gpu_check.py exited with $rc"
+# The CPU full eigensolver's two paths on this machine's 16 cores (only 2-core VMs measured so far:
+# the band reduction scales with cores, its bulge chasing and dsterf run on one), ~15 s.
+say "CPU eigvalsh A/B at d = 4096 on $(nproc) cores (eig_cpu_ab.txt)"
+timeout "${EIG_AB_S:-45}" "$py" benchmarks/bench_eig_ab.py --dims 4096 --rounds 2 >"$out/eig_cpu_ab.txt" 2>&1
+tail -8 "$out/eig_cpu_ab.txt"
 exit $rc

@@ -9,6 +9,10 @@
 // products per panel are plain dgemm (OpenBLAS's dsymm ran at half of dgemm's speed on these thin
 // shapes, and a tiled dsymm of our own over dgemm calls no faster): it does 2n³ flops instead of
 // the minimal 4n³/3, at ~90 GFLOP/s, in ~1.6 s at n = 4096; then sb2st ~0.6 s, dsterf ~0.25 s.
+// Tried and not kept: our own bulge chaser with sweeps pipelined over threads (each sweep's task
+// k waiting for the previous sweep's task k + 2): correct, same speed as sb2st on one thread,
+// and no faster on two (0.09–0.12 s vs 0.10–0.14 s at n = 2048), slower while OpenBLAS's
+// threads still spin after the band step — every task reads what the other core just wrote.
 #include <algorithm>
 #include <cstring>
 #include <vector>
