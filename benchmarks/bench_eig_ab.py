@@ -6,6 +6,7 @@ gives the median over rounds of each time and each ratio.
 
     python benchmarks/bench_eig_ab.py                          # d = 2048, 4096; 3 rounds
     python benchmarks/bench_eig_ab.py --dims 4096,6144 --rounds 5
+    python benchmarks/bench_eig_ab.py --batch 4 --dims 4096   # many spectra: batched vs one by one
 
 Implementations (all values only, float64, of one SPD matrix with spectrum k^-1):
   geomfast[two_stage]   band reduction + LAPACK dsytrd_sb2st + dsterf (the default from d = 3072)
@@ -13,6 +14,10 @@ Implementations (all values only, float64, of one SPD matrix with spectrum k^-1)
   torch.linalg.eigvalsh torch's LAPACK (MKL in the CPU wheels)
   numpy.linalg.eigvalsh numpy's LAPACK (OpenBLAS in the wheels)
 Each row's error is max |λ − λ_true| / λ₁ against the matrix's known spectrum.
+
+--batch N: the spectra of N accumulators (every layer of a checkpoint, as a sweep solves them):
+geomfast.spectra (several CPU solves at a time, single-threaded BLAS each) and
+geomfast.singular_values_of, against the same calls one accumulator at a time.
 """
 from __future__ import annotations
 
@@ -93,17 +98,56 @@ def run(dims, rounds: int, alpha: float = 1.0, out=print) -> list[dict]:
     return rows
 
 
+def run_batch(d: int, count: int, rounds: int, out=print) -> dict:
+    """spectra() / singular_values_of() of `count` accumulators vs one by one, interleaved."""
+    accs = []
+    for i in range(count):
+        a, _ = bench.make_spd(d, alpha=1.0, seed=d + i)
+        accs.append(geomfast.GramAccumulator.from_state_dict(
+            {"dim": d, "count": 100_000, "shift": np.zeros(d), "sum": np.zeros(d), "gram": a * 99_999}))
+    impls = {
+        "geomfast.spectra": lambda: geomfast.spectra(accs),
+        "[a.spectrum() for a]": lambda: [a.spectrum() for a in accs],
+        "geomfast.singular_values_of": lambda: geomfast.singular_values_of(accs),
+        "[a.singular_values() for a]": lambda: [a.singular_values() for a in accs],
+    }
+    times = {k: [] for k in impls}
+    for _ in range(rounds):
+        for name, fn in impls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    out(f"\nbatched spectra  {count} accumulators of d={d}  {rounds} interleaved rounds "
+        f"(ratio = t(one by one) / t(batched) per round)")
+    res = {}
+    for batched, alone in (("geomfast.spectra", "[a.spectrum() for a]"),
+                           ("geomfast.singular_values_of", "[a.singular_values() for a]")):
+        ratios = [t / b for t, b in zip(times[alone], times[batched])]
+        res[batched] = statistics.median(ratios)
+        out(f"{batched:<30}{statistics.median(times[batched]):>8.2f} s   {alone:<30}"
+            f"{statistics.median(times[alone]):>8.2f} s   x{res[batched]:.2f} "
+            f"({' '.join(f'{r:.2f}' for r in ratios)})")
+    return res
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dims", default="2048,4096", help="comma-separated matrix sizes")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--alpha", type=float, default=1.0, help="the spectrum's power-law exponent")
+    p.add_argument("--batch", type=int, default=0, help="time N accumulators' spectra, batched vs one by one")
     args = p.parse_args(argv)
     dims = [int(x) for x in args.dims.split(",") if x]
     if not dims or min(dims) < 1:
         p.error(f"--dims must list positive sizes, got {args.dims!r}")
     if args.rounds < 1:
         p.error(f"--rounds must be >= 1, got {args.rounds}")
+    if args.batch < 0:
+        p.error(f"--batch must be >= 0, got {args.batch}")
+    if args.batch:
+        for d in dims:
+            run_batch(d, args.batch, args.rounds)
+        return
     run(dims, args.rounds, alpha=args.alpha)
 
 

@@ -16,7 +16,7 @@ except ImportError as e:  # pragma: no cover - only on a broken install
         "`cmake -S . -B build/dev -G Ninja -DGEOMFAST_INPLACE=ON && cmake --build build/dev`.") from e
 
 from .accumulator import GramAccumulator
-from .linalg import backends, eigvalsh, singular_values, spectra, spectrum
+from .linalg import backends, eigvalsh, singular_values, singular_values_of, spectra, spectrum
 from .metrics import (AlphaReqResult, DegenerateSpectrumError, SpectrumWarning, alpha_req, condition_number,
                       effective_rank, geometry, participation_ratio, rankme, spectral_entropy, stable_rank)
 from .pca import PCA
@@ -27,7 +27,8 @@ NonFiniteError = _core.NonFiniteError
 __all__ = [
     "__version__",
     # core
-    "GramAccumulator", "NonFiniteError", "backends", "eigvalsh", "singular_values", "spectra", "spectrum",
+    "GramAccumulator", "NonFiniteError", "backends", "eigvalsh", "singular_values", "singular_values_of", "spectra",
+    "spectrum",
     # metrics
     "AlphaReqResult", "DegenerateSpectrumError", "SpectrumWarning", "alpha_req", "condition_number",
     "effective_rank", "geometry", "participation_ratio", "rankme", "spectral_entropy", "stable_rank",

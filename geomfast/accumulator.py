@@ -173,6 +173,11 @@ class GramAccumulator:
             raise ValueError(
                 f"[GramAccumulator.from_state_dict] expected shift/sum of shape ({dim},) and gram ({dim}, {dim}), "
                 f"got {shift.shape}, {s.shape}, {g.shape}")
+        for key, arr in (("shift", shift), ("sum", s), ("gram", g)):
+            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+            if bad:
+                raise ValueError(f"[GramAccumulator.from_state_dict] {key} holds {bad} non-finite value(s) "
+                                 "(NaN or Inf): a corrupted state")
         acc._native.set_state(int(state["count"]), shift, s, g)
         return acc
 

@@ -302,21 +302,45 @@ def extract_checkpoint(model, samples, cfg: TraceConfig, *, layers: Sequence[str
         progress=cfg.progress if progress is None else progress)
 
 
-def finalize(acc, cfg: TraceConfig) -> tuple[dict, dict[str, np.ndarray]]:
-    """Accumulator -> (geometry() metrics, {'covariance': eigenvalues, 'singular': σ})."""
+def finalize(acc, cfg: TraceConfig, *, spectrum=None, singular_values=None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Accumulator -> (geometry() metrics, {'covariance': eigenvalues, 'singular': σ}).
+
+    ``spectrum`` / ``singular_values``: the accumulator's, when already solved (see
+    :func:`solve_all`); computed here otherwise."""
     import warnings
 
     from .metrics import SpectrumWarning, geometry
 
     method = cfg.spectrum_method
-    spec = np.asarray(acc.spectrum(method=method), dtype=np.float64)
-    sv = np.asarray(acc.singular_values(), dtype=np.float64)
+    if spectrum is None:
+        spectrum = acc.spectrum(method=method)
+    if singular_values is None:
+        singular_values = acc.singular_values()
+    spec = np.asarray(spectrum, dtype=np.float64)
+    sv = np.asarray(singular_values, dtype=np.float64)
     with warnings.catch_warnings():
         # The notes are stored in the row's 'warnings' column; no need to flood stderr.
         warnings.simplefilter("ignore", SpectrumWarning)
         metrics = geometry(acc, fit_range=cfg.fit_range, eps=cfg.eps, method=method,
                            spectrum=spec, singular_values=sv)
     return metrics, {"covariance": spec, "singular": sv}
+
+
+def solve_all(accs: dict, cfg: TraceConfig) -> dict:
+    """{key: (spectrum, singular values)} of every accumulator of one checkpoint, solved together
+    (geomfast.spectra / singular_values_of: several CPU solves at a time, one CUDA batch), or {}
+    when a batch fails — then :func:`finalize` solves each alone and records its own error."""
+    from .linalg import singular_values_of, spectra
+
+    keys = list(accs)
+    if len(keys) < 2:
+        return {}
+    try:
+        specs = spectra([accs[k] for k in keys], method=cfg.spectrum_method)
+        svs = singular_values_of([accs[k] for k in keys])
+    except Exception:
+        return {}
+    return {k: (sp, sv) for k, sp, sv in zip(keys, specs, svs)}
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -451,17 +475,22 @@ def _finalize_and_write(store: ResultStore, ck, accs: dict, cfg: TraceConfig, re
                         extract_s: float) -> str:
     """Finalize each accumulator and write its row (also used by data-parallel rank 0)."""
     layer_errors = 0
-    for (layer, pooling), acc in accs.items():
+    t0 = time.perf_counter()
+    solved = solve_all(accs, cfg)
+    solve_s = (time.perf_counter() - t0) / max(len(accs), 1)  # the batch's time, shared out
+    for key, acc in accs.items():
+        layer, pooling = key
         t1 = time.perf_counter()
         try:
-            metrics, spectra = finalize(acc, cfg)
+            spec, sv = solved.get(key, (None, None))
+            metrics, spectra = finalize(acc, cfg, spectrum=spec, singular_values=sv)
             status, err = "ok", None
         except Exception as e:
             metrics, spectra, status, err = None, None, "error", _short_error(e)
             layer_errors += 1
             summary.errors.append((ck.revision, f"{layer}/{pooling}: {err}"))
         timings = {"load_s": load_s, "extract_s": extract_s,
-                   "metrics_s": time.perf_counter() - t1}
+                   "metrics_s": time.perf_counter() - t1 + (solve_s if key in solved else 0.0)}
         if store.write_result(ck, layer, pooling, options=result_opts, metrics=metrics,
                               spectra=spectra, status=status, error=err, timings=timings,
                               run_id=run_id):

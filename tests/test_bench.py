@@ -156,3 +156,6 @@ def test_bench_eig_ab_times_both_cpu_solvers_and_the_baselines(monkeypatch):
     assert "(geomfast)" in "\n".join(lines)
     with pytest.raises(SystemExit):
         mod.main(["--dims", "0"])
+    ratios = mod.run_batch(40, 3, rounds=1, out=lines.append)
+    assert set(ratios) == {"geomfast.spectra", "geomfast.singular_values_of"}
+    assert all(r > 0 for r in ratios.values())

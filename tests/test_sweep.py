@@ -267,3 +267,35 @@ def test_preset_and_explicit_options():
         make_config(model="m", dataset="d.txt", out="r.db", preset="nope")
     with pytest.raises(ValueError, match="dataset"):
         make_config(model="m", out="r.db")
+
+
+def test_checkpoint_spectra_solved_together_equal_each_alone():
+    """finalize() on the batch's spectra (sweep.solve_all: geomfast.spectra + singular_values_of)
+    gives the metrics finalize() computes alone; a batch that cannot run falls back to {}."""
+    import geomfast
+    from geomfast.sweep import TraceConfig, finalize, solve_all
+
+    from conftest import llm_like
+
+    rng = np.random.default_rng(int(np.random.SeedSequence().entropy % (2**63)))
+    cfg = TraceConfig(models=["m"], dataset=None, out="unused.db")
+    accs = {(f"layer{i}", "mean"): geomfast.GramAccumulator(520).update(llm_like(700, 520, rng))
+            for i in range(3)}
+    solved = solve_all(accs, cfg)
+    assert set(solved) == set(accs)
+    for key, acc in accs.items():
+        spec, sv = solved[key]
+        batch_metrics, batch_spectra = finalize(acc, cfg, spectrum=spec, singular_values=sv)
+        alone_metrics, alone_spectra = finalize(acc, cfg)
+        for name in ("covariance", "singular"):
+            a, b = batch_spectra[name], alone_spectra[name]
+            assert a.shape == b.shape and np.abs(a**2 - b**2).max() <= 1e-13 * b[0] ** 2, (key, name)
+        # rel 1e-7: the raw matrix's small singular values (from Σxxᵀ, large-mean columns) sit at
+        # sqrt(eps)·σ₁, so single- vs multi-threaded BLAS moves RankMe (garrido2023) by ~5e-9. The
+        # condition number (λ₁/λ_min ~ 1e12 here) is left out: λ_min itself is known to ~1e-4.
+        for name, v in alone_metrics.items():
+            if name != "condition_number" and isinstance(v, float) and np.isfinite(v):
+                assert batch_metrics[name] == pytest.approx(v, rel=1e-7, abs=1e-12), (key, name)
+    assert solve_all(dict(list(accs.items())[:1]), cfg) == {}  # one accumulator: nothing to batch
+    accs[("empty", "mean")] = geomfast.GramAccumulator(520)  # no rows: the batch raises
+    assert solve_all(accs, cfg) == {}

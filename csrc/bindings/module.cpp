@@ -196,12 +196,12 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "spectra",
       [](const std::vector<const GramBackend*>& accs, int64_t ddof, const std::string& method, int64_t k,
-         const py::dict& opts) {
+         const py::dict& opts, bool uncentered) {
         const EigOptions o = make_opts(method, k, opts);
         std::vector<EigResult> rs;
         {
           py::gil_scoped_release nogil;
-          rs = spectra(accs, ddof, o);
+          rs = spectra(accs, ddof, o, uncentered);
         }
         py::list out;
         for (const EigResult& r : rs) out.append(py::make_tuple(to_numpy(r.values), eig_info(r)));

@@ -4,6 +4,8 @@
 #include <vector>
 
 #include "geomfast/backend.hpp"
+#include "geomfast/eig.hpp"
+#include "geomfast/gram.hpp"
 #include "geomfast/errors.hpp"
 
 namespace geomfast {
@@ -19,15 +21,20 @@ EigResult eigvalsh(const MatrixView& a, const EigOptions& opt) {
   return eigvalsh_cpu(a, opt);
 }
 
-std::vector<EigResult> spectra(const std::vector<const GramBackend*>& accs, int64_t ddof, const EigOptions& opt) {
+std::vector<EigResult> spectra(const std::vector<const GramBackend*>& accs, int64_t ddof, const EigOptions& opt,
+                               bool uncentered) {
   std::vector<EigResult> out(accs.size());
   // CUDA accumulators grouped by device (one batch each); results go back to their positions.
+  // The others (and every uncentered one) are solved on the host, several at a time.
   std::vector<std::pair<int, std::vector<size_t>>> groups;
+  std::vector<size_t> host;
+  int64_t host_dim = 0;
   for (size_t i = 0; i < accs.size(); ++i) {
     GF_ASSERT(accs[i] != nullptr, "spectra: null accumulator");
     const Device dev = accs[i]->device();
-    if (dev.type != DeviceType::kCUDA) {
-      out[i] = accs[i]->spectrum(ddof, opt);
+    if (dev.type != DeviceType::kCUDA || uncentered) {
+      host.push_back(i);
+      host_dim = std::max(host_dim, accs[i]->dim());
       continue;
     }
     auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == dev.index; });
@@ -37,6 +44,17 @@ std::vector<EigResult> spectra(const std::vector<const GramBackend*>& accs, int6
     }
     it->second.push_back(i);
   }
+  // Deferred products first, with the BLAS as it is (the concurrent solves run it single-threaded).
+  for (size_t i : host) accs[i]->settle();
+  spectra_concurrently(host.size(), host_dim, [&](size_t h) {
+    const GramBackend* a = accs[host[h]];
+    if (!uncentered) {
+      out[host[h]] = a->spectrum(ddof, opt);
+      return;
+    }
+    const int64_t d = a->dim();
+    out[host[h]] = eigvalsh_cpu_owned(raw_gram_from_state(a->state()), d, opt);
+  });
   for (const auto& [device, idx] : groups) {
     std::vector<const GramBackend*> batch;
     for (size_t i : idx) batch.push_back(accs[i]);

@@ -58,4 +58,16 @@ void covariance_from_state(const GramState& s, int64_t ddof, double* out) {
     }
 }
 
+std::vector<double> raw_gram_from_state(GramState&& s) {
+  const int64_t d = s.dim;
+  const double n = static_cast<double>(s.count);
+  std::vector<double> g = std::move(s.gram);
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t j = 0; j < d; ++j) {
+      const double si = s.shift[i], sj = s.shift[j];
+      g[i * d + j] = ((g[i * d + j] + si * s.sum[j]) + s.sum[i] * sj) + n * (si * sj);
+    }
+  return g;
+}
+
 }  // namespace geomfast

@@ -1,16 +1,20 @@
 // CPU eigensolvers: LAPACK dsyevd (values only) and the shared randomized algorithm over BLAS.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <exception>
 #include <memory>
+#include <thread>
 
 #include "cpu/blas.hpp"
 #include "cpu/amx_exact.hpp"
 #include "cpu/amx_gram.hpp"
 #include "cpu/convert.hpp"
 #include "cpu/eig_two_stage.hpp"
+#include "cpu/parallel.hpp"
 #include "cpu/row_kernels.hpp"
 #include "geomfast/backend.hpp"
 #include "geomfast/eig.hpp"
@@ -252,6 +256,43 @@ EigResult eigvalsh_cpu_owned(std::vector<double>&& m, int64_t n, const EigOption
   res.values = full_values(m.data(), (int)n);
   if (opt.method == EigMethod::kRandomized) res.values.resize(opt.k);
   return res;
+}
+
+void spectra_concurrently(size_t count, int64_t dim, const std::function<void(size_t)>& solve) {
+  // One solve at a time leaves cores idle in its sequential parts (dsterf, the bulge chasing, the
+  // covariance's build); two at once on the 2-core Xeon did two d = 4096 solves in 4.0 s against
+  // 5.3 s one after the other with 2 BLAS threads each.
+  constexpr int64_t kMinDim = 512;
+  constexpr double kWorkBytes = 4.0 * (1 << 30);
+  const double per_solve = 16.0 * static_cast<double>(dim) * static_cast<double>(dim);  // ~2 d² doubles
+  const int64_t by_memory = std::max<int64_t>(1, static_cast<int64_t>(kWorkBytes / std::max(per_solve, 1.0)));
+  const int64_t workers = std::min<int64_t>({static_cast<int64_t>(count), static_cast<int64_t>(cpu::ThreadPool::instance().size()), by_memory});
+  if (workers < 2 || dim < kMinDim) {
+    for (size_t i = 0; i < count; ++i) solve(i);
+    return;
+  }
+  std::vector<std::exception_ptr> errors(count);
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i = next++; i < count; i = next++) {
+      try {
+        solve(i);
+      } catch (...) {
+        errors[i] = std::current_exception();
+      }
+    }
+  };
+  {
+    // OpenBLAS's thread count is global: every solve below runs single-threaded BLAS.
+    std::lock_guard<std::mutex> blk(blas::mode_mutex());
+    blas::SingleThreadedScope single;
+    std::vector<std::thread> threads;
+    for (int64_t t = 1; t < workers; ++t) threads.emplace_back(work);
+    work();
+    for (auto& t : threads) t.join();
+  }
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
 }
 
 BackendInfo cpu_backend_info() {

@@ -307,7 +307,7 @@ class CpuGram final : public GramBackend {
 
   GramState state() const override {
     std::lock_guard<std::mutex> lk(mu_);
-    const_cast<CpuGram*>(this)->settle();
+    const_cast<CpuGram*>(this)->settle_pending();
     GramState s;
     s.dim = dim_;
     s.count = count_;
@@ -349,7 +349,7 @@ class CpuGram final : public GramBackend {
   // d = 4096 every extra d² buffer costs as much as a good part of the eigensolve).
   void covariance(int64_t ddof, double* out) const override {
     std::lock_guard<std::mutex> lk(mu_);
-    const_cast<CpuGram*>(this)->settle();
+    const_cast<CpuGram*>(this)->settle_pending();
     if (count_ - ddof <= 0)
       GF_THROW(ValueError, "[GramAccumulator.covariance] needs more rows than ddof: count is ", count_,
                ", ddof is ", ddof);
@@ -363,6 +363,11 @@ class CpuGram final : public GramBackend {
           out[j * d + i] = v;
         }
     });
+  }
+
+  void settle() const override {
+    std::lock_guard<std::mutex> lk(mu_);
+    const_cast<CpuGram*>(this)->settle_pending();
   }
 
   EigResult spectrum(int64_t ddof, const EigOptions& opt) const override {
@@ -452,7 +457,7 @@ class CpuGram final : public GramBackend {
 
   // Re-expresses the state around a new shift (exact algebra; staged work is settled first).
   void reshift_to(const std::vector<double>& s_new) {
-    settle();
+    settle_pending();
     const int64_t d = dim_;
     const double n = static_cast<double>(count_);
     std::vector<double> delta(d);
@@ -496,7 +501,7 @@ class CpuGram final : public GramBackend {
   void update_staged(const MatrixView& x, int64_t block, bool exact) {
     const int64_t d = dim_, n = x.rows;
     const bool highest = prec_ == Precision::kHighest;
-    if (staged_ > block) settle();  // the block shrank (retuned, or the exact kernel's longer block ended)
+    if (staged_ > block) settle_pending();  // the block shrank (retuned, or the exact kernel's longer block ended)
     if (highest) stage64_.resize(static_cast<size_t>(block * d));
     else stage32_.resize(static_cast<size_t>(block * d));
     const int nthreads = ThreadPool::instance().size();
@@ -547,14 +552,14 @@ class CpuGram final : public GramBackend {
   }
 
   // Everything staged or pending in float32 goes into g_ (before the state is read).
-  void settle() {
+  void settle_pending() {
     multiply_stage();
     if (stage_fast_) stage_fast_->flush_into(g_.data());
   }
 
   // ---- large updates: `lanes` threads, each over its own rows with single-threaded BLAS.
   void update_lanes(const MatrixView& x, int lanes, int64_t block, bool exact) {
-    settle();
+    settle_pending();
     const int64_t d = dim_, n = x.rows;
     const bool highest = prec_ == Precision::kHighest;
     const int64_t flush_rows = std::max<int64_t>(gram_tuning().fast_flush_rows, 1);

@@ -159,4 +159,17 @@ namespace geomfast {
 std::unique_ptr<GramBackend> make_cpu_gram(int64_t, Precision) {
   GF_THROW(RuntimeError, "the CPU backend is not linked into the CUDA emulation");
 }
+// The host branch of spectra(): one solve after another, on the stand-in solver above.
+void spectra_concurrently(size_t count, int64_t, const std::function<void(size_t)>& solve) {
+  for (size_t i = 0; i < count; ++i) solve(i);
+}
+EigResult eigvalsh_cpu_owned(std::vector<double>&& m, int64_t n, const EigOptions& opt) {
+  MatrixView v;
+  v.data = m.data();
+  v.dtype = DType::kFloat64;
+  v.rows = v.cols = n;
+  v.row_stride = n;
+  v.col_stride = 1;
+  return eigvalsh_cpu(v, opt);
+}
 }  // namespace geomfast

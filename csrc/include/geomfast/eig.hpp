@@ -3,6 +3,7 @@
 // the CPU build tests the same algorithm the GPU runs.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -66,5 +67,9 @@ EigResult eigvalsh(const MatrixView& a, const EigOptions& opt);
 EigResult eigvalsh_cpu(const MatrixView& a, const EigOptions& opt);
 // The same on a row-major float64 matrix the solver owns (and may overwrite): no copy.
 EigResult eigvalsh_cpu_owned(std::vector<double>&& a, int64_t n, const EigOptions& opt);
+// Calls solve(i) for i in [0, count), several at a time when that pays: with `dim` >= 512, on up to
+// GEOMFAST_NUM_THREADS threads (the cores) and as many as ~4 GiB of d × d work matrices allow, each
+// call running single-threaded BLAS. The first exception (lowest i) is rethrown after all end.
+void spectra_concurrently(size_t count, int64_t dim, const std::function<void(size_t)>& solve);
 
 }  // namespace geomfast

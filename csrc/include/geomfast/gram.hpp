@@ -38,6 +38,10 @@ inline double covariance_entry(double g_ij, double s_i, double s_j, double n, do
 }
 // Covariance (G - n m mᵀ) / (n - ddof), m = sum / n, written to out [dim, dim] row-major.
 void covariance_from_state(const GramState& s, int64_t ddof, double* out);
+// The uncentered second moment Σ x xᵀ [dim, dim] row-major (x = y + shift: Σyyᵀ + shift·(Σy)ᵀ +
+// (Σy)·shiftᵀ + n·shift·shiftᵀ, term by term as GramAccumulator.raw_gram computes it), in place of
+// s.gram, which is returned.
+std::vector<double> raw_gram_from_state(GramState&& s);
 
 class GramBackend {
  public:
@@ -58,12 +62,19 @@ class GramBackend {
   // Descending eigenvalues of the covariance, solved on this backend's device (with the solver's
   // warnings, e.g. a cuSOLVER failure retried elsewhere).
   virtual EigResult spectrum(int64_t ddof, const EigOptions& opt) const = 0;
+  // Finishes deferred work (the CPU backend's staged rows), so that the reads that follow run no
+  // products of their own.
+  virtual void settle() const {}
 };
 
 // The spectra of many accumulators, in order. CUDA accumulators of one device are solved as a
 // batch (method "full"): every covariance and cuSOLVER call queued on one stream, one host
-// synchronisation for all their values; the others one by one, as spectrum() does.
-std::vector<EigResult> spectra(const std::vector<const GramBackend*>& accs, int64_t ddof, const EigOptions& opt);
+// synchronisation for all their values. CPU accumulators are solved several at a time, each on one
+// thread with single-threaded BLAS (see eig_cpu.cpp: spectra_concurrently).
+// uncentered: the eigenvalues of Σ x xᵀ instead of the covariance (singular values squared),
+// solved on the host for every accumulator (ddof unused).
+std::vector<EigResult> spectra(const std::vector<const GramBackend*>& accs, int64_t ddof, const EigOptions& opt,
+                               bool uncentered = false);
 
 // Tunables of the CPU backend (exposed for benchmarks; defaults are measured choices).
 struct GramTuning {
