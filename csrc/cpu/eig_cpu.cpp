@@ -16,6 +16,7 @@
 #include "cpu/eig_two_stage.hpp"
 #include "cpu/parallel.hpp"
 #include "cpu/row_kernels.hpp"
+#include "cpu/symmetric.hpp"
 #include "geomfast/backend.hpp"
 #include "geomfast/eig.hpp"
 #include "geomfast/errors.hpp"
@@ -188,30 +189,9 @@ bool randomized_pays(const EigOptions& opt, int64_t n) {
   // A Krylov space as wide as the matrix gains nothing over the dense solver.
   return opt.method == EigMethod::kRandomized && opt.k + std::max<int64_t>(opt.oversample, 0) < n;
 }
-// Calls f(i, j) for every strictly-upper pair i < j of an n × n matrix, in 64 × 64 tiles (so
-// that m[i*n + j] and m[j*n + i] both stay in cache); stops when f returns false.
-template <typename F>
-bool for_upper_pairs(int64_t n, F&& f) {
-  constexpr int64_t kT = 64;
-  for (int64_t bi = 0; bi < n; bi += kT)
-    for (int64_t bj = bi; bj < n; bj += kT) {
-      const int64_t ei = std::min(bi + kT, n), ej = std::min(bj + kT, n);
-      for (int64_t i = bi; i < ei; ++i)
-        for (int64_t j = std::max(bj, i + 1); j < ej; ++j)
-          if (!f(i, j)) return false;
-    }
-  return true;
-}
 // True when the n × n matrix m equals its transpose exactly (stops at the first difference).
 bool exactly_symmetric(const double* m, int64_t n) {
-  return for_upper_pairs(n, [m, n](int64_t i, int64_t j) { return m[i * n + j] == m[j * n + i]; });
-}
-// Copies the row-major upper triangle of m (n × n) onto its lower one, so both hold it.
-void mirror_upper(double* m, int64_t n) {
-  for_upper_pairs(n, [m, n](int64_t i, int64_t j) {
-    m[j * n + i] = m[i * n + j];
-    return true;
-  });
+  return cpu::for_upper_pairs(n, [m, n](int64_t i, int64_t j) { return m[i * n + j] == m[j * n + i]; });
 }
 void check_finite(const double* m, size_t count) {
   int64_t bad = 0;
@@ -248,7 +228,7 @@ EigResult eigvalsh_cpu_owned(std::vector<double>&& m, int64_t n, const EigOption
   GF_ASSERT(static_cast<int64_t>(m.size()) == n * n, "size ", m.size(), " n ", n);
   check_finite(m.data(), m.size());
   if (randomized_pays(opt, n)) {
-    mirror_upper(m.data(), n);  // our own copy: make both triangles the documented (upper) one
+    cpu::mirror_upper(m.data(), n);  // our own copy: make both triangles the documented (upper) one
     CpuDenseOps ops(m.data(), n, blas::kLower, true);  // row-major upper = column-major lower
     return randomized_eigvalsh(ops, n, opt);
   }

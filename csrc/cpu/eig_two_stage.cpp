@@ -19,6 +19,7 @@
 
 #include "cpu/blas.hpp"
 #include "cpu/eig_two_stage.hpp"
+#include "cpu/symmetric.hpp"
 #include "geomfast/errors.hpp"
 
 extern "C" {
@@ -38,19 +39,6 @@ namespace geomfast::cpu {
 namespace {
 
 using namespace blas;
-
-// Copies the lower triangle of the column-major n × n matrix a onto its upper one, in 64 × 64
-// tiles so that both the column read and the row written stay in cache.
-void mirror_lower(double* a, int n) {
-  constexpr int kT = 64;
-  for (int bj = 0; bj < n; bj += kT)
-    for (int bi = bj; bi < n; bi += kT) {
-      const int ej = std::min(bj + kT, n), ei = std::min(bi + kT, n);
-      for (int j = bj; j < ej; ++j)
-        for (int i = std::max(bi, j + 1); i < ei; ++i)
-          a[j + static_cast<size_t>(i) * n] = a[i + static_cast<size_t>(j) * n];
-    }
-}
 
 // Reduces the symmetric n × n column-major matrix `a` (lower triangle read and overwritten) to a
 // band of half-width b by orthogonal similarity, panel by panel: the QR factorisation of the
@@ -116,7 +104,7 @@ std::vector<double> two_stage_values(double* a, int n) {
   std::vector<double> d(n), e(std::max(1, n - 1));
   if (n == 0) return d;
   const int b = two_stage_bandwidth(n);
-  mirror_lower(a, n);  // both triangles: the reduction's products run as dgemm
+  mirror_upper(a, n);  // column-major lower onto upper: the reduction's products run as dgemm
   reduce_to_band(a, n, b);
   // Band storage for sb2st ('L'): ab[(i − j) + j (b + 1)] = a[i + j n], 0 ≤ i − j ≤ b.
   const int ldab = b + 1;

@@ -81,15 +81,9 @@ std::vector<double> eigvalsh_on_host(const MatrixView& a, int64_t n, cudaStream_
   GF_CUDA_CHECK(cudaMemcpyAsync(host.data(), w.as<double>(), host.size() * sizeof(double),
                                 cudaMemcpyDeviceToHost, st));
   GF_CUDA_CHECK(cudaStreamSynchronize(st));
-  MatrixView hv;
-  hv.data = host.data();
-  hv.dtype = DType::kFloat64;
-  hv.rows = hv.cols = n;
-  hv.row_stride = n;
-  hv.col_stride = 1;
   EigOptions full;
   full.method = EigMethod::kFull;
-  return eigvalsh_cpu(hv, full).values;  // descending
+  return eigvalsh_cpu(square_f64_view(host.data(), n), full).values;  // descending
 }
 
 class CudaDenseOps final : public DenseOps {

@@ -300,14 +300,8 @@ class CudaGram final : public GramBackend {
     const size_t d = static_cast<size_t>(dim_);
     DeviceBuffer<double> cov(d * d);
     covariance_on_device(ddof, cov.get(), own_stream_);
-    MatrixView v;
-    v.data = cov.get();
-    v.dtype = DType::kFloat64;
-    v.rows = v.cols = dim_;
-    v.row_stride = dim_;
-    v.col_stride = 1;
-    v.device = Device{DeviceType::kCUDA, device_};
-    v.stream = reinterpret_cast<std::uintptr_t>(own_stream_);
+    const MatrixView v = square_f64_view(cov.get(), dim_, Device{DeviceType::kCUDA, device_},
+                                         reinterpret_cast<std::uintptr_t>(own_stream_));
     return eigvalsh_cuda(v, opt);  // synchronises own_stream_ before returning values
   }
 

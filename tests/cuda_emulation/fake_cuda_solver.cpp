@@ -164,12 +164,6 @@ void spectra_concurrently(size_t count, int64_t, const std::function<void(size_t
   for (size_t i = 0; i < count; ++i) solve(i);
 }
 EigResult eigvalsh_cpu_owned(std::vector<double>&& m, int64_t n, const EigOptions& opt) {
-  MatrixView v;
-  v.data = m.data();
-  v.dtype = DType::kFloat64;
-  v.rows = v.cols = n;
-  v.row_stride = n;
-  v.col_stride = 1;
-  return eigvalsh_cpu(v, opt);
+  return eigvalsh_cpu(square_f64_view(m.data(), n), opt);
 }
 }  // namespace geomfast

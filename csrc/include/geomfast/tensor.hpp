@@ -56,4 +56,17 @@ struct MatrixView {
   bool col_major_contiguous() const { return row_stride == 1 && (col_stride == rows || cols <= 1); }
 };
 
+// The n × n row-major (C-contiguous) float64 matrix at `data` on `device`.
+inline MatrixView square_f64_view(const double* data, int64_t n, Device device = {}, std::uintptr_t stream = 0) {
+  MatrixView v;
+  v.data = data;
+  v.dtype = DType::kFloat64;
+  v.rows = v.cols = n;
+  v.row_stride = n;
+  v.col_stride = 1;
+  v.device = device;
+  v.stream = stream;
+  return v;
+}
+
 }  // namespace geomfast
