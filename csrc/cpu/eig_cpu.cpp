@@ -69,11 +69,17 @@ std::vector<double> syevd_values(double* a, int n, char uplo = 'U') {
 }
 
 // Eigenvalues (descending) of the column-major lower triangle of the n × n matrix `a`, destroyed.
-// From n = 3072 the two-stage solver (cpu/eig_two_stage.cpp): on the 2-core Xeon
-// (benchmarks/bench_eig_ab.py, interleaved) it was 1.25× dsyevd at n = 4096 (3.2 vs 4.0 s),
-// 1.31× at n = 6144 (9.9 vs 13.0 s), and 0.95× at n = 2048. GEOMFAST_CPU_EIG_FULL=dsyevd|two_stage forces one (A/B timing).
+// The two-stage solver (cpu/eig_two_stage.cpp) from n = 3072, or from n = 1536 when the BLAS runs
+// on one thread (as in spectra_concurrently). Measured on the 2-core Xeon
+// (benchmarks/bench_eig_ab.py, interleaved), two-stage against dsyevd: with 2 BLAS threads 0.95×
+// at n = 2048, 1.24× at 3072, 1.25× at 4096, 1.31× at 6144; with 1 thread 0.90× at 1024, 1.32× at
+// 1536, 1.37× at 2048. GEOMFAST_CPU_EIG_FULL=dsyevd|two_stage forces one (A/B timing).
 std::vector<double> full_values(double* a, int n) {
-  bool two_stage = n >= 3072;
+  int threads = 2;
+#ifdef GF_BLAS_OPENBLAS
+  threads = GF_BLAS(openblas_get_num_threads)();
+#endif
+  bool two_stage = n >= (threads == 1 ? 1536 : 3072);
   if (const char* v = std::getenv("GEOMFAST_CPU_EIG_FULL"); v && *v) {
     const std::string forced(v);
     if (forced == "dsyevd") two_stage = false;
