@@ -7,6 +7,7 @@ gives the median over rounds of each time and each ratio.
     python benchmarks/bench_eig_ab.py                          # d = 2048, 4096; 3 rounds
     python benchmarks/bench_eig_ab.py --dims 4096,6144 --rounds 5
     python benchmarks/bench_eig_ab.py --batch 4 --dims 4096   # many spectra: batched vs one by one
+    python benchmarks/bench_eig_ab.py --geometry 50000 --dims 2048   # geometry(X) vs two solves
 
 Implementations (all values only, float64, of one SPD matrix with spectrum k^-1):
   geomfast[two_stage]   band reduction + LAPACK dsytrd_sb2st + dsterf (the default from d = 3072)
@@ -130,12 +131,35 @@ def run_batch(d: int, count: int, rounds: int, out=print) -> dict:
     return res
 
 
+def run_geometry(n_rows: int, d: int, rounds: int, out=print) -> float:
+    """geomfast.geometry(X) on raw activations against what it did before: spectrum(X) and
+    singular_values(X), each accumulating X and solving alone. Returns the median ratio."""
+    x = bench.make_activations(n_rows, d, "float32")
+    impls = {"geomfast.geometry(X)": lambda: geomfast.geometry(x),
+             "spectrum(X) + singular_values(X)": lambda: (geomfast.spectrum(x), geomfast.singular_values(x))}
+    times = {k: [] for k in impls}
+    for _ in range(rounds):
+        for name, fn in impls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    ratios = [b / a for a, b in zip(*times.values())]
+    med = statistics.median(ratios)
+    out(f"\ngeometry  X = {n_rows} x {d} float32  {rounds} interleaved rounds")
+    out(f"geomfast.geometry(X) {statistics.median(times['geomfast.geometry(X)']):.2f} s   "
+        f"spectrum(X) + singular_values(X) {statistics.median(times['spectrum(X) + singular_values(X)']):.2f} s   "
+        f"x{med:.2f} ({' '.join(f'{r:.2f}' for r in ratios)})")
+    return med
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dims", default="2048,4096", help="comma-separated matrix sizes")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--alpha", type=float, default=1.0, help="the spectrum's power-law exponent")
     p.add_argument("--batch", type=int, default=0, help="time N accumulators' spectra, batched vs one by one")
+    p.add_argument("--geometry", type=int, default=0, metavar="N_ROWS",
+                   help="time geometry() on N_ROWS x d float32 activations against two separate solves")
     args = p.parse_args(argv)
     dims = [int(x) for x in args.dims.split(",") if x]
     if not dims or min(dims) < 1:
@@ -144,6 +168,10 @@ def main(argv=None):
         p.error(f"--rounds must be >= 1, got {args.rounds}")
     if args.batch < 0:
         p.error(f"--batch must be >= 0, got {args.batch}")
+    if args.geometry:
+        for d in dims:
+            run_geometry(args.geometry, d, args.rounds)
+        return
     if args.batch:
         for d in dims:
             run_batch(d, args.batch, args.rounds)

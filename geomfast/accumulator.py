@@ -134,20 +134,21 @@ class GramAccumulator:
 
         From the eigenvalues of Σxxᵀ, so values below ≈1e-8·σ₁ are at float64 rounding level.
         """
-        from .linalg import eigvalsh
+        from .linalg import eigvalsh, singular_values_of
 
         self._need_rows("singular_values")
+        if self.device == "cpu":
+            return singular_values_of([self])[0]  # Σxxᵀ built and solved natively
         raw = self.raw_gram()
-        if self.device != "cpu":
-            # Solved on the accumulator's GPU as its spectrum() is: a d = 4096 solve on the host
-            # would cost seconds per (checkpoint, layer) in a sweep.
-            try:
-                import torch
+        # Solved on the accumulator's GPU as its spectrum() is: a d = 4096 solve on the host
+        # would cost seconds per (checkpoint, layer) in a sweep.
+        try:
+            import torch
 
-                if torch.cuda.is_available():
-                    raw = torch.from_numpy(raw).to(self.device)
-            except ImportError:  # no torch: the host solver
-                pass
+            if torch.cuda.is_available():
+                raw = torch.from_numpy(raw).to(self.device)
+        except ImportError:  # no torch: the host solver
+            pass
         ev = eigvalsh(raw)
         return np.sqrt(np.clip(ev[: min(self.count, self.dim)], 0.0, None))
 

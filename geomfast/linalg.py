@@ -102,7 +102,7 @@ def spectra(accumulators, *, ddof: int = 1, method: str = "full", k: int | None 
     if not accs:
         return []
     args = _eig_args(min(a.dim for a in accs), method, k, eig_options, func="spectra")
-    results = _core.spectra([a._native for a in accs], int(ddof), *args, False)
+    results = _core.spectra([a._native for a in accs], int(ddof), *args, [])
     return [_finish(values, info, args[0], k, "spectra") for values, info in results]
 
 
@@ -118,12 +118,26 @@ def singular_values_of(accumulators) -> list[np.ndarray]:
             out[i] = a.singular_values()
     if host:
         args = _eig_args(min(accs[i].dim for i in host), "full", None, {}, func="singular_values_of")
-        results = _core.spectra([accs[i]._native for i in host], 0, *args, True)
+        results = _core.spectra([accs[i]._native for i in host], 0, *args, [True] * len(host))
         for i, (values, info) in zip(host, results):
             ev = _finish(values, info, args[0], None, "singular_values_of")
-            a = accs[i]
-            out[i] = np.sqrt(np.clip(ev[: min(a.count, a.dim)], 0.0, None))
+            out[i] = _singular_from_raw_eigenvalues(ev, accs[i])
     return out
+
+
+def _singular_from_raw_eigenvalues(ev, acc) -> np.ndarray:
+    return np.sqrt(np.clip(ev[: min(acc.count, acc.dim)], 0.0, None))
+
+
+def spectrum_and_singular_values(acc: GramAccumulator) -> tuple[np.ndarray, np.ndarray]:
+    """(acc.spectrum(), acc.singular_values()) — on the CPU the two full solves run at once."""
+    accs = _check_accumulators([acc], "spectrum_and_singular_values", 2)
+    if acc.device != "cpu":
+        return acc.spectrum(), acc.singular_values()
+    args = _eig_args(acc.dim, "full", None, {}, func="spectrum_and_singular_values")
+    (cv, ci), (rv, ri) = _core.spectra([accs[0]._native] * 2, 1, *args, [False, True])
+    return (_finish(cv, ci, args[0], None, "GramAccumulator.spectrum"),
+            _singular_from_raw_eigenvalues(_finish(rv, ri, args[0], None, "GramAccumulator.singular_values"), acc))
 
 
 def _check_accumulators(accumulators, func: str, min_rows: int) -> list:

@@ -616,6 +616,15 @@ def geometry(x_or_accumulator, *, fit_range=(11, 100), eps: float = 1e-7,
     n, d = _activation_shape(fn, "x_or_accumulator", x_or_accumulator)
     notes: list[str] = []
 
+    if (spectrum is None or singular_values is None) and not _is_accumulator(x_or_accumulator):
+        # One pass over the activations serves both solves (each would otherwise accumulate them).
+        from .linalg import _accumulate
+
+        x_or_accumulator = _accumulate(x_or_accumulator, "highest", fn)
+    if spectrum is None and singular_values is None and method == "full" and k is None and n >= 2:
+        from .linalg import spectrum_and_singular_values
+
+        spectrum, singular_values = spectrum_and_singular_values(x_or_accumulator)  # solved at once
     if spectrum is None:
         lam = _covariance_spectrum(fn, x_or_accumulator, n, method=method, k=k)
     else:

@@ -159,3 +159,4 @@ def test_bench_eig_ab_times_both_cpu_solvers_and_the_baselines(monkeypatch):
     ratios = mod.run_batch(40, 3, rounds=1, out=lines.append)
     assert set(ratios) == {"geomfast.spectra", "geomfast.singular_values_of"}
     assert all(r > 0 for r in ratios.values())
+    assert mod.run_geometry(300, 120, rounds=1, out=lines.append) > 0

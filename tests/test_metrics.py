@@ -524,7 +524,7 @@ def test_alpha_req_2d_equals_fit_on_pca_ratios():
 
 
 @needs_core
-@pytest.mark.parametrize("n, d", [(400, 96), (60, 150), (700, 128)])
+@pytest.mark.parametrize("n, d", [(400, 96), (60, 150), (700, 128), (800, 520)])  # 520: solved concurrently
 def test_geometry_matches_the_single_measures(n, d):
     rng, seed = fresh_rng()
     x = llm_like(n, d, rng)
@@ -543,8 +543,12 @@ def test_geometry_matches_the_single_measures(n, d):
     assert g["rankme_garrido2023"] == pytest.approx(
         hand_rankme(np.linalg.svd(x, compute_uv=False)), rel=GRAM_SV_RTOL), seed
     assert g["rankme_full"] == pytest.approx(rankme(x, convention="full"), rel=1e-12), seed
-    assert g["alpha"] == ar.alpha and g["alpha_r2"] == ar.r2, seed
-    assert (g["alpha_r2_100"] == ar.r2_100) or (np.isnan(ar.r2_100) and np.isnan(g["alpha_r2_100"]))
+    if d < 512:  # the same solver call: the same bits
+        assert g["alpha"] == ar.alpha and g["alpha_r2"] == ar.r2, seed
+        assert (g["alpha_r2_100"] == ar.r2_100) or (np.isnan(ar.r2_100) and np.isnan(g["alpha_r2_100"]))
+    else:  # geometry's two solves ran at once, with single-threaded BLAS: equal to rounding
+        assert g["alpha"] == pytest.approx(ar.alpha, rel=1e-10) and g["alpha_r2"] == pytest.approx(ar.r2, rel=1e-8)
+        assert g["alpha_r2_100"] == pytest.approx(ar.r2_100, rel=1e-10, nan_ok=True), seed
     centered = x - x.mean(axis=0)
     lam = np.abs(np.linalg.eigvalsh(centered.T @ centered / (n - 1)))
     assert g["participation_ratio"] == pytest.approx(lam.sum() ** 2 / np.sum(lam ** 2), rel=1e-9), seed

@@ -196,7 +196,7 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "spectra",
       [](const std::vector<const GramBackend*>& accs, int64_t ddof, const std::string& method, int64_t k,
-         const py::dict& opts, bool uncentered) {
+         const py::dict& opts, const std::vector<bool>& uncentered) {
         const EigOptions o = make_opts(method, k, opts);
         std::vector<EigResult> rs;
         {

@@ -22,7 +22,11 @@ EigResult eigvalsh(const MatrixView& a, const EigOptions& opt) {
 }
 
 std::vector<EigResult> spectra(const std::vector<const GramBackend*>& accs, int64_t ddof, const EigOptions& opt,
-                               bool uncentered) {
+                               const std::vector<bool>& uncentered) {
+  if (!uncentered.empty() && uncentered.size() != accs.size())
+    GF_THROW(ValueError, "[spectra] expected one uncentered flag per accumulator (", accs.size(), "), got ",
+             uncentered.size());
+  auto raw = [&](size_t i) { return !uncentered.empty() && uncentered[i]; };
   std::vector<EigResult> out(accs.size());
   // CUDA accumulators grouped by device (one batch each); results go back to their positions.
   // The others (and every uncentered one) are solved on the host, several at a time.
@@ -32,7 +36,7 @@ std::vector<EigResult> spectra(const std::vector<const GramBackend*>& accs, int6
   for (size_t i = 0; i < accs.size(); ++i) {
     GF_ASSERT(accs[i] != nullptr, "spectra: null accumulator");
     const Device dev = accs[i]->device();
-    if (dev.type != DeviceType::kCUDA || uncentered) {
+    if (dev.type != DeviceType::kCUDA || raw(i)) {
       host.push_back(i);
       host_dim = std::max(host_dim, accs[i]->dim());
       continue;
@@ -45,10 +49,10 @@ std::vector<EigResult> spectra(const std::vector<const GramBackend*>& accs, int6
     it->second.push_back(i);
   }
   // Deferred products first, with the BLAS as it is (the concurrent solves run it single-threaded).
-  for (size_t i : host) accs[i]->settle();
+  for (size_t i : host) accs[i]->settle();  // (twice for one listed twice: the second is a no-op)
   spectra_concurrently(host.size(), host_dim, [&](size_t h) {
     const GramBackend* a = accs[host[h]];
-    if (!uncentered) {
+    if (!raw(host[h])) {
       out[host[h]] = a->spectrum(ddof, opt);
       return;
     }

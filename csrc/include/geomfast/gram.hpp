@@ -71,10 +71,11 @@ class GramBackend {
 // batch (method "full"): every covariance and cuSOLVER call queued on one stream, one host
 // synchronisation for all their values. CPU accumulators are solved several at a time, each on one
 // thread with single-threaded BLAS (see eig_cpu.cpp: spectra_concurrently).
-// uncentered: the eigenvalues of Σ x xᵀ instead of the covariance (singular values squared),
-// solved on the host for every accumulator (ddof unused).
+// uncentered (empty, or one flag per accumulator): where set, the eigenvalues of Σ x xᵀ instead of
+// the covariance (singular values squared), solved on the host (ddof unused). The same accumulator
+// may appear twice, e.g. once for each.
 std::vector<EigResult> spectra(const std::vector<const GramBackend*>& accs, int64_t ddof, const EigOptions& opt,
-                               bool uncentered = false);
+                               const std::vector<bool>& uncentered = {});
 
 // Tunables of the CPU backend (exposed for benchmarks; defaults are measured choices).
 struct GramTuning {
