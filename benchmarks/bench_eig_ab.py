@@ -68,22 +68,28 @@ def cases(a) -> dict:
     return impls
 
 
+def interleaved(impls: dict, rounds: int) -> dict:
+    """{name: [seconds per round]}: each implementation once per round, back to back."""
+    times = {k: [] for k in impls}
+    for _ in range(rounds):
+        for name, fn in impls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def run(dims, rounds: int, alpha: float = 1.0, out=print) -> list[dict]:
     """Times every implementation once per round at each d; returns one row per (d, impl)."""
     rows = []
     for d in dims:
         a, lam = bench.make_spd(d, alpha=alpha, seed=d)
         impls = cases(a)
-        times = {k: [] for k in impls}
         errors = {}
         for name, fn in impls.items():  # warm-up, and the accuracy of each
             vals = np.sort(np.asarray(fn(), dtype=np.float64))[::-1]
             errors[name] = float(np.max(np.abs(vals - lam)) / lam[0])
-        for _ in range(rounds):
-            for name, fn in impls.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
+        times = interleaved(impls, rounds)
         ours = times["geomfast[two_stage]"]
         out(f"\neig full  d={d}  spectrum k^-{alpha:g}  {rounds} interleaved rounds "
             f"(ratio = t(impl) / t(geomfast[two_stage]) per round; above 1, two_stage is faster)")
@@ -112,12 +118,7 @@ def run_batch(d: int, count: int, rounds: int, out=print) -> dict:
         "geomfast.singular_values_of": lambda: geomfast.singular_values_of(accs),
         "[a.singular_values() for a]": lambda: [a.singular_values() for a in accs],
     }
-    times = {k: [] for k in impls}
-    for _ in range(rounds):
-        for name, fn in impls.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved(impls, rounds)
     out(f"\nbatched spectra  {count} accumulators of d={d}  {rounds} interleaved rounds "
         f"(ratio = t(one by one) / t(batched) per round)")
     res = {}
@@ -137,12 +138,7 @@ def run_geometry(n_rows: int, d: int, rounds: int, out=print) -> float:
     x = bench.make_activations(n_rows, d, "float32")
     impls = {"geomfast.geometry(X)": lambda: geomfast.geometry(x),
              "spectrum(X) + singular_values(X)": lambda: (geomfast.spectrum(x), geomfast.singular_values(x))}
-    times = {k: [] for k in impls}
-    for _ in range(rounds):
-        for name, fn in impls.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved(impls, rounds)
     ratios = [b / a for a, b in zip(*times.values())]
     med = statistics.median(ratios)
     out(f"\ngeometry  X = {n_rows} x {d} float32  {rounds} interleaved rounds")
