@@ -374,6 +374,37 @@ def test_spectra_and_singular_values_solved_several_at_a_time():
                                                   "sum": np.zeros(d), "gram": bad_gram})
 
 
+def test_spectra_while_another_thread_updates_the_same_accumulator():
+    """Solving an accumulator that another thread keeps updating ends (no lock-order deadlock
+    between the accumulator's lock and the BLAS lock): each spectrum is that of some state."""
+    import threading
+
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    d = 520
+    accs = [geomfast.GramAccumulator(d).update(llm_like(600, d, rng)) for _ in range(2)]
+    chunks = [llm_like(64, d, rng) for _ in range(4)]  # few rows: staged, multiplied on the next read
+    stop = threading.Event()
+
+    def feed():
+        while not stop.is_set():
+            for c in chunks:
+                accs[0].update(c)
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    try:
+        done = []
+        solver = threading.Thread(target=lambda: done.append(geomfast.spectra(accs * 2)), daemon=True)
+        solver.start()
+        solver.join(timeout=120)
+        assert not solver.is_alive(), f"seed={seed}: spectra did not finish (deadlock?)"
+    finally:
+        stop.set()
+        t.join(timeout=60)
+    assert len(done) == 1 and len(done[0]) == 4 and all(v.shape == (d,) and v[0] > 0 for v in done[0])
+
+
 def test_spectra_concurrency_uses_the_two_stage_solver(monkeypatch):
     monkeypatch.setenv("GEOMFAST_CPU_EIG_FULL", "two_stage")
     seed = new_seed()

@@ -48,17 +48,22 @@ std::vector<EigResult> spectra(const std::vector<const GramBackend*>& accs, int6
     }
     it->second.push_back(i);
   }
-  // Deferred products first, with the BLAS as it is (the concurrent solves run it single-threaded).
-  for (size_t i : host) accs[i]->settle();  // (twice for one listed twice: the second is a no-op)
-  spectra_concurrently(host.size(), host_dim, [&](size_t h) {
-    const GramBackend* a = accs[host[h]];
-    if (!raw(host[h])) {
-      out[host[h]] = a->spectrum(ddof, opt);
-      return;
-    }
-    const int64_t d = a->dim();
-    out[host[h]] = eigvalsh_cpu_owned(raw_gram_from_state(a->state()), d, opt);
-  });
+  std::vector<EigResult> solved = eigvalsh_cpu_many(
+      host.size(),
+      [&](size_t h) {
+        const GramBackend* a = accs[host[h]];
+        HostProblem p;
+        p.n = a->dim();
+        if (raw(host[h])) {
+          p.matrix = raw_gram_from_state(a->state());
+        } else {
+          p.matrix.resize(static_cast<size_t>(p.n * p.n));
+          a->covariance(ddof, p.matrix.data());  // what CpuGram::spectrum() solves
+        }
+        return p;
+      },
+      host_dim, opt);
+  for (size_t h = 0; h < host.size(); ++h) out[host[h]] = std::move(solved[h]);
   for (const auto& [device, idx] : groups) {
     std::vector<const GramBackend*> batch;
     for (size_t i : idx) batch.push_back(accs[i]);

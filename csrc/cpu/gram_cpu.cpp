@@ -365,11 +365,6 @@ class CpuGram final : public GramBackend {
     });
   }
 
-  void settle() const override {
-    std::lock_guard<std::mutex> lk(mu_);
-    const_cast<CpuGram*>(this)->settle_pending();
-  }
-
   EigResult spectrum(int64_t ddof, const EigOptions& opt) const override {
     std::vector<double> cov(static_cast<size_t>(dim_ * dim_));
     covariance(ddof, cov.data());

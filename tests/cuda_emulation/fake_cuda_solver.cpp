@@ -160,10 +160,16 @@ std::unique_ptr<GramBackend> make_cpu_gram(int64_t, Precision) {
   GF_THROW(RuntimeError, "the CPU backend is not linked into the CUDA emulation");
 }
 // The host branch of spectra(): one solve after another, on the stand-in solver above.
-void spectra_concurrently(size_t count, int64_t, const std::function<void(size_t)>& solve) {
-  for (size_t i = 0; i < count; ++i) solve(i);
-}
 EigResult eigvalsh_cpu_owned(std::vector<double>&& m, int64_t n, const EigOptions& opt) {
   return eigvalsh_cpu(square_f64_view(m.data(), n), opt);
+}
+std::vector<EigResult> eigvalsh_cpu_many(size_t count, const std::function<HostProblem(size_t)>& build, int64_t,
+                                         const EigOptions& opt) {
+  std::vector<EigResult> out(count);
+  for (size_t i = 0; i < count; ++i) {
+    HostProblem p = build(i);
+    out[i] = eigvalsh_cpu_owned(std::move(p.matrix), p.n, opt);
+  }
+  return out;
 }
 }  // namespace geomfast

@@ -67,9 +67,17 @@ EigResult eigvalsh(const MatrixView& a, const EigOptions& opt);
 EigResult eigvalsh_cpu(const MatrixView& a, const EigOptions& opt);
 // The same on a row-major float64 matrix the solver owns (and may overwrite): no copy.
 EigResult eigvalsh_cpu_owned(std::vector<double>&& a, int64_t n, const EigOptions& opt);
-// Calls solve(i) for i in [0, count), several at a time when that pays: with `dim` >= 512, on up to
-// GEOMFAST_NUM_THREADS threads (the cores) and as many as ~4 GiB of d × d work matrices allow, each
-// call running single-threaded BLAS. The first exception (lowest i) is rethrown after all end.
-void spectra_concurrently(size_t count, int64_t dim, const std::function<void(size_t)>& solve);
+// A symmetric problem for the host solver: the n × n row-major float64 matrix (upper triangle read).
+struct HostProblem {
+  std::vector<double> matrix;
+  int64_t n = 0;
+};
+// The eigenvalues of `count` problems, in order. build(i) makes problem i on the calling thread.
+// When it pays (max_dim >= 512, several cores) the solves run several at a time: in waves of up to
+// GEOMFAST_NUM_THREADS (the cores) and as many as ~4 GiB of work matrices allow, each on its own
+// thread with single-threaded BLAS; a wave's matrices are built before its solves start. The first
+// exception (lowest i) is rethrown once every problem has ended.
+std::vector<EigResult> eigvalsh_cpu_many(size_t count, const std::function<HostProblem(size_t)>& build,
+                                         int64_t max_dim, const EigOptions& opt);
 
 }  // namespace geomfast

@@ -62,15 +62,12 @@ class GramBackend {
   // Descending eigenvalues of the covariance, solved on this backend's device (with the solver's
   // warnings, e.g. a cuSOLVER failure retried elsewhere).
   virtual EigResult spectrum(int64_t ddof, const EigOptions& opt) const = 0;
-  // Finishes deferred work (the CPU backend's staged rows), so that the reads that follow run no
-  // products of their own.
-  virtual void settle() const {}
 };
 
 // The spectra of many accumulators, in order. CUDA accumulators of one device are solved as a
 // batch (method "full"): every covariance and cuSOLVER call queued on one stream, one host
 // synchronisation for all their values. CPU accumulators are solved several at a time, each on one
-// thread with single-threaded BLAS (see eig_cpu.cpp: spectra_concurrently).
+// thread with single-threaded BLAS (eigvalsh_cpu_many in eig.hpp).
 // uncentered (empty, or one flag per accumulator): where set, the eigenvalues of Σ x xᵀ instead of
 // the covariance (singular values squared), solved on the host (ddof unused). The same accumulator
 // may appear twice, e.g. once for each.
