@@ -115,10 +115,9 @@ class GramAccumulator:
         return self._native.covariance(int(ddof))
 
     def raw_gram(self) -> np.ndarray:
-        """Uncentered Σ x xᵀ, float64 [dim, dim]."""
-        n, shift, s, g = self._native.state()
-        # x = y + shift:  Σxxᵀ = Σyyᵀ + shift·(Σy)ᵀ + (Σy)·shiftᵀ + n·shift·shiftᵀ
-        return g + np.outer(shift, s) + np.outer(s, shift) + n * np.outer(shift, shift)
+        """Uncentered Σ x xᵀ, float64 [dim, dim] (x = y + shift: Σyyᵀ + shift·(Σy)ᵀ + (Σy)·shiftᵀ +
+        n·shift·shiftᵀ, from the state; the same matrix singular_values() solves)."""
+        return self._native.raw_gram()
 
     def spectrum(self, *, ddof: int = 1, method: str = "full", k: int | None = None, **eig_options) -> np.ndarray:
         """Descending covariance eigenvalues, solved on the accumulator's device."""

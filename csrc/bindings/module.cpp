@@ -155,6 +155,15 @@ PYBIND11_MODULE(_core, m) {
              }
              return py::make_tuple(s.count, to_numpy(s.shift), to_numpy(s.sum), to_numpy_2d(s.gram, s.dim));
            })
+      .def("raw_gram",
+           [](const GramBackend& g) {
+             std::vector<double> raw;
+             {
+               py::gil_scoped_release nogil;
+               raw = raw_gram_from_state(g.state());
+             }
+             return to_numpy_2d(raw, g.dim());
+           })
       .def("set_state",
            [](GramBackend& g, int64_t count, py::array_t<double, py::array::c_style | py::array::forcecast> shift,
               py::array_t<double, py::array::c_style | py::array::forcecast> sum,

@@ -3,9 +3,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <string>
 #include <exception>
 #include <memory>
+#include <string>
 #include <thread>
 
 #include "cpu/blas.hpp"
@@ -69,7 +69,7 @@ std::vector<double> syevd_values(double* a, int n, char uplo = 'U') {
 
 // Eigenvalues (descending) of the column-major lower triangle of the n × n matrix `a`, destroyed.
 // The two-stage solver (cpu/eig_two_stage.cpp) from n = 3072, or from n = 1536 when the BLAS runs
-// on one thread (as in spectra_concurrently). Measured on the 2-core Xeon
+// on one thread (as in eigvalsh_cpu_many). Measured on the 2-core Xeon
 // (benchmarks/bench_eig_ab.py, interleaved), two-stage against dsyevd: with 2 BLAS threads 0.95×
 // at n = 2048, 1.24× at 3072, 1.25× at 4096, 1.31× at 6144; with 1 thread 0.90× at 1024, 1.32× at
 // 1536, 1.37× at 2048. GEOMFAST_CPU_EIG_FULL=dsyevd|two_stage forces one (A/B timing).

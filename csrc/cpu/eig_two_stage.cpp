@@ -25,8 +25,6 @@
 extern "C" {
 void GF_BLAS(cblas_dtrmm)(int order, int side, int uplo, int trans, int diag, int m, int n, double alpha,
                           const double* a, int lda, double* b, int ldb);
-void GF_BLAS(cblas_dsyr2k)(int order, int uplo, int trans, int n, int k, double alpha, const double* a, int lda,
-                           const double* b, int ldb, double beta, double* c, int ldc);
 void GF_BLAS(dlarft_)(const char* direct, const char* storev, const int* n, const int* k, const double* v,
                       const int* ldv, const double* tau, double* t, const int* ldt, std::size_t, std::size_t);
 void GF_BLAS(dsytrd_sb2st_)(const char* stage1, const char* vect, const char* uplo, const int* n, const int* kd,

@@ -75,6 +75,13 @@ double max_rel(const std::vector<double>& got, const std::vector<double>& want, 
   return e;
 }
 
+// (i + 1)^-alpha for i < n: a descending, covariance-like spectrum.
+std::vector<double> power_law(int64_t n, double alpha) {
+  std::vector<double> lam(n);
+  for (int64_t i = 0; i < n; ++i) lam[i] = std::pow(static_cast<double>(i + 1), -alpha);
+  return lam;
+}
+
 bool has_warning(const EigResult& r, const char* text) {
   for (const auto& w : r.warnings)
     if (w.find(text) != std::string::npos) return true;
@@ -86,8 +93,7 @@ bool has_warning(const EigResult& r, const char* text) {
 int main() {
   std::mt19937_64 rng(7);
   const int64_t n = 60;
-  std::vector<double> lam(n);
-  for (int64_t i = 0; i < n; ++i) lam[i] = std::pow(static_cast<double>(i + 1), -1.0);
+  const std::vector<double> lam = power_law(n, 1.0);
   const std::vector<double> a = with_spectrum(lam, rng);
   EigOptions full;
   full.method = EigMethod::kFull;
@@ -133,8 +139,7 @@ int main() {
 
     // randomized top-k over CudaDenseOps (cuBLAS products, CholeskyQR2, small syevd)
     const int64_t m = 400;
-    std::vector<double> lam2(m);
-    for (int64_t i = 0; i < m; ++i) lam2[i] = std::pow(static_cast<double>(i + 1), -2.0);
+    const std::vector<double> lam2 = power_law(m, 2.0);
     const std::vector<double> b = with_spectrum(lam2, rng);
     EigOptions rnd;
     rnd.method = EigMethod::kRandomized;

@@ -39,8 +39,8 @@ inline double covariance_entry(double g_ij, double s_i, double s_j, double n, do
 // Covariance (G - n m mᵀ) / (n - ddof), m = sum / n, written to out [dim, dim] row-major.
 void covariance_from_state(const GramState& s, int64_t ddof, double* out);
 // The uncentered second moment Σ x xᵀ [dim, dim] row-major (x = y + shift: Σyyᵀ + shift·(Σy)ᵀ +
-// (Σy)·shiftᵀ + n·shift·shiftᵀ, term by term as GramAccumulator.raw_gram computes it), in place of
-// s.gram, which is returned.
+// (Σy)·shiftᵀ + n·shift·shiftᵀ; GramAccumulator.raw_gram returns it), in place of s.gram, which is
+// returned.
 std::vector<double> raw_gram_from_state(GramState&& s);
 
 class GramBackend {
