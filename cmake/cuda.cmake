@@ -43,7 +43,17 @@ if(GF_CUDA_BUILT)
   enable_language(CUDA)
   set(CMAKE_CUDA_STANDARD 17)
   file(GLOB GF_CUDA_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/csrc/cuda/*.cu)
-  add_library(geomfast_cuda STATIC ${GF_CUDA_SOURCES})
+  # gram_wgmma.cu uses Hopper's arch-specific wgmma (sm_90a): compiled for that target alone,
+  # whatever CMAKE_CUDA_ARCHITECTURES says (its launcher refuses devices other than 9.0).
+  list(FILTER GF_CUDA_SOURCES EXCLUDE REGEX "gram_wgmma\\.cu$")
+  add_library(geomfast_cuda_sm90a OBJECT ${CMAKE_SOURCE_DIR}/csrc/cuda/gram_wgmma.cu)
+  set_target_properties(geomfast_cuda_sm90a PROPERTIES CUDA_ARCHITECTURES OFF CUDA_SEPARABLE_COMPILATION OFF
+                        CUDA_RUNTIME_LIBRARY Static)
+  target_include_directories(geomfast_cuda_sm90a PRIVATE ${CMAKE_SOURCE_DIR}/csrc/include ${CMAKE_SOURCE_DIR}/csrc
+                             ${GF_CUBLAS_INCLUDE} ${GF_CUSOLVER_INCLUDE})
+  target_compile_options(geomfast_cuda_sm90a PRIVATE
+                         $<$<COMPILE_LANGUAGE:CUDA>:-gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -lineinfo>)
+  add_library(geomfast_cuda STATIC ${GF_CUDA_SOURCES} $<TARGET_OBJECTS:geomfast_cuda_sm90a>)
   target_include_directories(geomfast_cuda PUBLIC ${CMAKE_SOURCE_DIR}/csrc/include ${GF_CUBLAS_INCLUDE} ${GF_CUSOLVER_INCLUDE}
                              PRIVATE ${CMAKE_SOURCE_DIR}/csrc)
   target_compile_options(geomfast_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -lineinfo>)

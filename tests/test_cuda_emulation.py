@@ -75,6 +75,13 @@ def test_tc_kernel_source_on_cpu_emulation(tmp_path):
     assert out.count(" -> ok") == 12
 
 
+def test_wgmma_kernel_source_on_cpu_emulation(tmp_path):
+    """gram_wgmma.cu's Hopper kernel: its cp.async pipeline, wgmma descriptors, swizzled layout,
+    staggered chains and fragment mapping, under three completion schedules of the async work."""
+    out = build_and_run(tmp_path, "wg_kernel_emulation.cpp")
+    assert out.count(" -> ok") == 42
+
+
 def test_fast16_path_kernels_on_cpu_emulation(tmp_path):
     """The exact hi + lo split, and the whole fast 16-bit tc path (statistics, kernel shift, split,
     products, cross terms, commits, covariance; a non-finite chunk rejected) against float64."""
@@ -102,7 +109,7 @@ def host_emulation(tmp_path_factory):
              f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'tests' / 'cuda_emulation'}",
              f"-I{inc}", f"-I{nv}"]
     emu = ROOT / "tests" / "cuda_emulation"
-    sources = [ROOT / "csrc" / "cuda" / f for f in ("gram_cuda.cu", "gram_kernels.cu", "gram_tc.cu", "cuda_context.cu",
+    sources = [ROOT / "csrc" / "cuda" / f for f in ("gram_cuda.cu", "gram_kernels.cu", "gram_tc.cu", "gram_wgmma.cu", "cuda_context.cu",
                                                     "eig_cuda.cu")]
     sources += [ROOT / "csrc" / "common" / f for f in ("gram_state.cpp", "randomized.cpp", "dispatch.cpp")]
     sources += [emu / "fake_cuda_runtime.cpp", emu / "fake_cuda_solver.cpp"]
@@ -140,7 +147,7 @@ def run_driver(exe: Path) -> str:
 def test_cuda_gram_host_code_on_cpu_emulation(host_emulation):
     """CudaGram itself (gram_cuda.cu's host code, launchers and kernels): every update path, dtype
     switches, non-finite chunks, state()/set_state()/add_state()/reset(), against long double."""
-    assert run_driver(host_emulation["cuda_gram_emulation"]).count(" -> ok") == 27
+    assert run_driver(host_emulation["cuda_gram_emulation"]).count(" -> ok") == 32
 
 
 def test_cuda_eigensolvers_on_cpu_emulation(host_emulation):

@@ -69,6 +69,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -115,10 +118,24 @@ int64_t env_int(const char* name, int64_t fallback, int64_t least) {
 int64_t env_flush_rows(int64_t fallback) { return env_int("GEOMFAST_CUDA_FLUSH_ROWS", fallback, 16); }
 // GEOMFAST_CUDA_TRIANGLE_TILE: the column-block width of the upper-triangle products.
 int64_t env_triangle_tile() { return env_int("GEOMFAST_CUDA_TRIANGLE_TILE", kTriangleTile, 64); }
-// GEOMFAST_CUDA_GRAM_KERNEL=tc: the fast 16-bit path on gram_tc.cu's kernel; otherwise cuBLAS.
-bool use_tc_kernel() {
+// The fast 16-bit path's products: GEOMFAST_CUDA_GRAM_KERNEL = cublas (default: cuBLAS over the
+// triangle's column blocks), tc (gram_tc.cu's WMMA kernel) or wg (gram_wgmma.cu's Hopper kernel,
+// 9.0 devices only). Read at each update; any other value, or wg where it cannot run, is an error.
+enum class Kernel16 { kCublas, kTc, kWg };
+Kernel16 fast16_kernel(int device) {
   const char* v = std::getenv("GEOMFAST_CUDA_GRAM_KERNEL");
-  return v != nullptr && std::strcmp(v, "tc") == 0;
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "cublas") == 0) return Kernel16::kCublas;
+  if (std::strcmp(v, "tc") == 0) return Kernel16::kTc;
+  if (std::strcmp(v, "wg") != 0)
+    GF_THROW(ValueError, "[GramAccumulator.update] GEOMFAST_CUDA_GRAM_KERNEL: expected cublas, tc or wg, got '", v,
+             "'");
+  static std::mutex mu;
+  static std::map<int, std::string> why;  // per device: asked once
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = why.find(device);
+  if (it == why.end()) it = why.emplace(device, wg_gram_unavailable(device)).first;
+  if (!it->second.empty()) GF_THROW(ValueError, "[GramAccumulator.update] ", it->second);
+  return Kernel16::kWg;
 }
 
 enum class Path { kHighest, kFast32, kFast16 };
@@ -184,6 +201,7 @@ class CudaGram final : public GramBackend {
     part_.reserve(static_cast<size_t>(column_stats_partials(n) * 2 * d));
 
     Path path = choose_path(x.dtype);
+    const Kernel16 kernel16 = path == Path::kFast16 ? fast16_kernel(device_) : Kernel16::kCublas;  // before any work
     const bool fresh = !shift_set_;
     if (fresh) {
       // First chunk: its column means become the shift (state untouched until the check passes).
@@ -215,10 +233,10 @@ class CudaGram final : public GramBackend {
       case Path::kHighest: products_highest(x, lease, st); break;
       case Path::kFast32: products_fast32(x, lease, st); break;
       case Path::kFast16:
-        if (use_tc_kernel())
-          products_fast16_tc(x, st);
-        else
+        if (kernel16 == Kernel16::kCublas)
           products_fast16(x, lease, st);
+        else
+          products_fast16_own(x, kernel16, st);
         break;
     }
     commit_chunk(shift_.get(), c_.get(), zsum_.get(), d, n, c_mode_ != Mode::kExact, sum_.get(),
@@ -457,15 +475,18 @@ class CudaGram final : public GramBackend {
     }
   }
 
-  // The fast 16-bit split path on our two-level tensor-core kernel (gram_tc.cu): hi [nb, ldh] and
-  // lo [nb, ldl] padded to whole 128-column tiles; HᵀH straight into the state's upper triangle,
-  // HᵀL_J and L_JᵀL_J into float64 buffers added once per chunk; float64 touched every kTcRows rows.
-  void products_fast16_tc(const MatrixView& x, cudaStream_t st) {
+  // The fast 16-bit split path on one of our two-level tensor-core kernels (gram_tc.cu, or
+  // gram_wgmma.cu on Hopper; same contract): hi [nb, ldh] and lo [nb, ldl] padded to whole
+  // 128-column tiles; HᵀH straight into the state's upper triangle, HᵀL_J and L_JᵀL_J into float64
+  // buffers added once per chunk; float64 touched every kTcRows rows.
+  void products_fast16_own(const MatrixView& x, Kernel16 kernel, cudaStream_t st) {
     const int64_t d = dim_;
     const int64_t nj = nj_;
     const int64_t ldh = round_up(d, kTcTile), ldl = nj > 0 ? round_up(nj, kTcTile) : 0;
     const int64_t br = std::min(env_int("GEOMFAST_CUDA_TC_ROWS", kTcRows, 32), x.rows);
-    const int chain = static_cast<int>(round_up(env_int("GEOMFAST_CUDA_TC_CHAIN_ROWS", kTcChainRows, 32), 32));
+    const int64_t slab = kernel == Kernel16::kWg ? 64 : 32;  // chains are whole slabs
+    const int chain = static_cast<int>(round_up(env_int("GEOMFAST_CUDA_TC_CHAIN_ROWS", kTcChainRows, 32), slab));
+    const auto gram_update = kernel == Kernel16::kWg ? wg_gram_update : tc_gram_update;
     const auto [hi, lo] = split_buffers(br, ldh, ldl);
     if (nj > 0) {
       hl64_.reserve(static_cast<size_t>(d * nj));
@@ -476,10 +497,10 @@ class CudaGram final : public GramBackend {
     for (int64_t r0 = 0; r0 < x.rows; r0 += br) {
       const int64_t nb = std::min(br, x.rows - r0);
       split_rows_16(x, r0, nb, c_.get(), col2j_.get(), nj, hi, ldh, lo, ldl, st);
-      tc_gram_update(hi, ldh, d, hi, ldh, d, nb, chain, x.dtype, /*upper=*/true, gram_.get(), d, st);
+      gram_update(hi, ldh, d, hi, ldh, d, nb, chain, x.dtype, /*upper=*/true, gram_.get(), d, st);
       if (nj > 0) {
-        tc_gram_update(hi, ldh, d, lo, ldl, nj, nb, chain, x.dtype, /*upper=*/false, hl64_.get(), d, st);
-        tc_gram_update(lo, ldl, nj, lo, ldl, nj, nb, chain, x.dtype, /*upper=*/true, ll64_.get(), nj, st);
+        gram_update(hi, ldh, d, lo, ldl, nj, nb, chain, x.dtype, /*upper=*/false, hl64_.get(), d, st);
+        gram_update(lo, ldl, nj, lo, ldl, nj, nb, chain, x.dtype, /*upper=*/true, ll64_.get(), nj, st);
       }
     }
     if (nj > 0) add_cross_terms(hl64_.get(), ll64_.get(), col2j_.get(), d, nj, gram_.get(), st);

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
 
 #include "geomfast/tensor.hpp"
 
@@ -102,6 +103,16 @@ void add_cross_terms(const double* hl,   // [d, nj] col-major (HᵀL_J)
 // rows / chain_rows round-to-nearest additions: callers bound `rows` per call.
 constexpr int64_t kTcTile = 128;
 void tc_gram_update(const void* a, int64_t lda, int64_t m,
+                    const void* b, int64_t ldb, int64_t n,
+                    int64_t rows, int chain_rows, DType dtype, bool upper,
+                    double* c, int64_t ldc,  // [*, *] col-major, ldc >= m
+                    cudaStream_t stream);
+
+// The same product on Hopper's warpgroup MMA (gram_wgmma.cu; compiled for sm_90a only): the same
+// contract, except that chain_rows must be a multiple of 64. wg_gram_unavailable(device) is empty
+// where it can run, otherwise the reason (not a 9.0 device, or no sm_90a image in this build).
+std::string wg_gram_unavailable(int device);
+void wg_gram_update(const void* a, int64_t lda, int64_t m,
                     const void* b, int64_t ldb, int64_t n,
                     int64_t rows, int chain_rows, DType dtype, bool upper,
                     double* c, int64_t ldc,  // [*, *] col-major, ldc >= m

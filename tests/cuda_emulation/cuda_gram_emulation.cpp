@@ -148,7 +148,7 @@ void case_stream(Precision p, DType t, int64_t d, const char* kernel, bool colum
   for (int64_t a = 0; a < d; ++a)
     for (int64_t b = 0; b < d; ++b) symmetric = symmetric && cov[a * d + b] == cov[b * d + a];
   const std::string what = std::string(p == Precision::kHighest ? "highest " : "fast ") + dname(t) + " d=" +
-                           std::to_string(d) + (std::string(kernel) == "tc" ? " tc" : "") +
+                           std::to_string(d) + (std::string(kernel) != "cublas" ? " " + std::string(kernel) : "") +
                            (column_major ? " column-major" : "") +
                            (std::getenv("GEOMFAST_CUDA_TRIANGLE_TILE") ? " tile 64 flush 100" : "") +
                            ", 4 uneven chunks, offsets";
@@ -171,7 +171,7 @@ void case_dtype_switches(Precision p, const char* kernel, unsigned seed) {
     all.push_back(&c);
   }
   report(std::string(p == Precision::kHighest ? "highest" : "fast") + " dtype switches bf16>f32>f16>bf16>f64" +
-             (std::string(kernel) == "tc" ? " tc" : ""),
+             (std::string(kernel) != "cublas" ? " " + std::string(kernel) : ""),
          rel_fro(cov_of(*g), reference_cov(all, d)), p == Precision::kHighest ? 1e-12 : 1e-6);
 }
 
@@ -242,6 +242,28 @@ void case_f16_split_overflow(unsigned seed) {
   report("fast f16 split overflow -> float32 path", rel_fro(cov_of(*g), reference_cov({&a, &b}, d)), 1e-6);
 }
 
+// An unknown GEOMFAST_CUDA_GRAM_KERNEL is refused by name before the state changes.
+void case_bad_kernel_name(unsigned seed) {
+  const int64_t d = 20;
+  std::mt19937_64 rng(seed);
+  std::vector<double> mean(d, 1.0), sd(d, 1.0);
+  const Chunk a = make_chunk(DType::kBFloat16, 50, d, mean, sd, rng);
+  auto g = make_cuda_gram(d, 0, Precision::kFast);
+  setenv("GEOMFAST_CUDA_GRAM_KERNEL", "cublas", 1);
+  g->update(a.view());
+  setenv("GEOMFAST_CUDA_GRAM_KERNEL", "wgmma", 1);
+  std::string msg;
+  try {
+    g->update(a.view());
+  } catch (const ValueError& e) {
+    msg = e.what();
+  }
+  setenv("GEOMFAST_CUDA_GRAM_KERNEL", "cublas", 1);
+  const bool named = msg.find("GEOMFAST_CUDA_GRAM_KERNEL") != std::string::npos && msg.find("wgmma") != std::string::npos;
+  report("fast bf16: GEOMFAST_CUDA_GRAM_KERNEL=wgmma refused, state kept", rel_fro(cov_of(*g), reference_cov({&a}, d)),
+         1e-6, named && g->count() == 50, named ? "" : " (message: " + msg + ")");
+}
+
 }  // namespace
 
 int main() {
@@ -265,6 +287,11 @@ int main() {
     unsetenv("GEOMFAST_CUDA_FLUSH_ROWS");
     for (Precision p : {Precision::kHighest, Precision::kFast}) case_dtype_switches(p, "cublas", seed++);
     case_dtype_switches(Precision::kFast, "tc", seed++);
+    // gram_wgmma.cu's Hopper kernel (the fake device is a 9.0): the same cases as tc
+    for (DType t : {DType::kFloat16, DType::kBFloat16}) case_stream(Precision::kFast, t, 37, "wg", false, seed++);
+    case_stream(Precision::kFast, DType::kBFloat16, 130, "wg", true, seed++);
+    case_dtype_switches(Precision::kFast, "wg", seed++);
+    case_bad_kernel_name(seed++);
     for (Precision p : {Precision::kHighest, Precision::kFast}) case_non_finite_and_state(p, seed++);
     case_f16_split_overflow(seed++);
   } catch (const std::exception& e) {

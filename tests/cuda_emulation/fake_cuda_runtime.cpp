@@ -148,6 +148,12 @@ cudaError_t CUDARTAPI cudaGetDeviceProperties(struct cudaDeviceProp* prop, int) 
   prop->totalGlobalMem = size_t(1) << 34;
   return cudaSuccess;
 }
+cudaError_t CUDARTAPI cudaFuncSetAttribute(const void*, enum cudaFuncAttribute, int) { return cudaSuccess; }
+cudaError_t CUDARTAPI cudaFuncGetAttributes(struct cudaFuncAttributes* attr, const void*) {
+  std::memset(attr, 0, sizeof(*attr));
+  attr->binaryVersion = 90;
+  return cudaSuccess;
+}
 cudaError_t CUDARTAPI cudaGetLastError(void) { return cudaSuccess; }
 const char* CUDARTAPI cudaGetErrorString(cudaError_t) { return "error (CPU emulation)"; }
 cudaError_t CUDARTAPI cudaRuntimeGetVersion(int* v) {

@@ -39,7 +39,7 @@
 #undef __shared__
 #undef __align__
 #define __global__
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 
@@ -94,8 +94,18 @@ inline void launch(Dim3 grid, Dim3 block, bool barriers, const std::function<voi
 }
 // The emulated `kernel<<<grid, block, shared_bytes, stream>>>(...)` of csrc/cuda/launch.cuh: runs at
 // once (stream order is then program order, which is what the host code relies on).
+// Dynamic shared memory (`extern __shared__`): one buffer, as CTAs run one at a time. Its bytes
+// sit at "shared addresses" from kSharedWindow on, deliberately not 1024-aligned, so that kernels
+// that align their stages themselves are checked doing so.
+constexpr uint32_t kSharedWindow = 0x90;
+inline std::vector<uint8_t> g_dyn_smem;
+inline void set_dynamic_smem(size_t bytes) { g_dyn_smem.assign(bytes, 0xA5); }  // garbage, not zeros
+inline uint8_t* dynamic_smem() { return g_dyn_smem.data(); }
+
 template <typename Stream>
-inline void launch_config(bool barriers, dim3 grid, dim3 block, size_t, Stream, const std::function<void()>& kernel) {
+inline void launch_config(bool barriers, dim3 grid, dim3 block, size_t shared_bytes, Stream,
+                          const std::function<void()>& kernel) {
+  set_dynamic_smem(shared_bytes);
   launch(Dim3{grid.x, grid.y, grid.z}, Dim3{block.x, block.y, block.z}, barriers, kernel);
 }
 inline void launch(unsigned gx, unsigned gy, int threads, const std::function<void()>& kernel) {
@@ -192,6 +202,22 @@ inline float round_toward_zero(double s) {
   return f;
 }
 
+// One tensor-core step of one element: t[0] the float32 accumulator, t[1..16] the 16 exact
+// products; the result under the rounding selected by g_mma_window.
+inline float mma_step(const double (&t)[17]) {
+  double s = 0.0;
+  if (g_mma_window <= 0) {
+    for (double v : t) s += v;
+    return static_cast<float>(s);
+  }
+  double top = 0.0;
+  for (double v : t) top = std::max(top, std::fabs(v));
+  if (top == 0.0) return 0.0f;
+  const double q = std::ldexp(1.0, std::ilogb(top) - (g_mma_window - 1));
+  for (double v : t) s += std::trunc(v / q) * q;  // exact: at most W + 5 bits
+  return round_toward_zero(s);
+}
+
 template <typename TA, typename LA, typename TB, typename LB>
 void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, TA, LA>& a,
               const fragment<matrix_b, 16, 16, 16, TB, LB>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
@@ -201,21 +227,7 @@ void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix
       double t[17];
       t[0] = c.x[i * 16 + j];
       for (int k = 0; k < 16; ++k) t[k + 1] = static_cast<double>(a.x[i * 16 + k]) * b.x[k * 16 + j];  // exact
-      double s = 0.0;
-      if (g_mma_window <= 0) {
-        for (double v : t) s += v;
-        out[i * 16 + j] = static_cast<float>(s);
-        continue;
-      }
-      double top = 0.0;
-      for (double v : t) top = std::max(top, std::fabs(v));
-      if (top == 0.0) {
-        out[i * 16 + j] = 0.0f;
-        continue;
-      }
-      const double q = std::ldexp(1.0, std::ilogb(top) - (g_mma_window - 1));
-      for (double v : t) s += std::trunc(v / q) * q;  // exact: at most W + 5 bits
-      out[i * 16 + j] = round_toward_zero(s);
+      out[i * 16 + j] = mma_step(t);
     }
   std::memcpy(d.x, out, sizeof(out));
 }

@@ -1,0 +1,234 @@
+// The two-level Gram product on Hopper's warpgroup MMA (GEOMFAST_CUDA_GRAM_KERNEL=wg; sm_90a only).
+//
+// Same contract and numerics as gram_tc.cu's kernel (see tc_gram_update in gram_kernels.cuh):
+// tensor-core chains of chain_rows rows, each added into a second float32 accumulator held in
+// registers (round-to-nearest adds), float64 output read and written once per call. What changes is
+// the machinery, which on an H100/H200 the WMMA kernel cannot reach:
+//  - wgmma.mma_async m64n128k16: a warpgroup (4 warps) multiplies straight from shared memory,
+//    asynchronously, at the full Hopper rate (WMMA / mma.sync issue at about two thirds of it);
+//  - both operands MN-major in shared memory (x's rows are k, its columns m / n), read through
+//    matrix descriptors with imm-trans-a/b = 1, in the 128-byte-swizzled canonical layout: atoms of
+//    8 rows x 64 columns (1024 bytes), 16-byte chunk c of row r stored at chunk c ^ (r % 8), the
+//    next 64 columns one atom on (the descriptor's leading byte offset, 1024) and the next 8 rows
+//    two atoms on (its stride byte offset, 2048);
+//  - a 5-stage cp.async pipeline of 64-row slabs (32 KiB per stage: both operands), loads issued
+//    three slabs ahead, and wgmma groups kept one deep in flight (wait_group 1), so the tensor
+//    cores see no gap between slabs;
+//  - the two warpgroups (rows 0-63 and 64-127 of the 128 x 128 tile) end their chains half a
+//    chain apart, so while one drains its chain into the second accumulator the other's products
+//    keep the tensor cores busy.
+// One CTA (256 threads, 161 KiB of dynamic shared memory) per output tile; tiles wholly below
+// the diagonal return at once when `upper`.
+//
+// NOT YET RUN ON A GPU. Its source runs on the CPU under tests/cuda_emulation
+// (wgmma_emulation.hpp), which executes cp.async copies and wgmma products as late as PTX allows
+// (at the wait that retires them), reads operands through the descriptors and the swizzle as
+// this file states them, and so checks the pipeline's ordering and the layout's self-consistency;
+// whether the hardware reads the layout as stated is for tests/test_cuda.py and
+// benchmarks/gpu_check.py on an H100/H200.
+#ifdef GEOMFAST_CUDA_EMULATE
+#include "wmma_emulation.hpp"
+#include "wgmma_emulation.hpp"
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda/wgmma.cuh"
+#endif
+#if !defined(GEOMFAST_CUDA_EMULATE) || defined(GEOMFAST_CUDA_EMULATE_HOST)
+#include "cuda/cuda_utils.hpp"
+#endif
+#include "cuda/launch.cuh"
+
+#include <cstdint>
+#include <string>
+
+#include "cuda/gram_kernels.cuh"
+
+namespace geomfast::cuda {
+namespace {
+
+using namespace sm90;
+
+constexpr int kWgBM = static_cast<int>(kTcTile);  // tile rows (output index a)
+constexpr int kWgBN = static_cast<int>(kTcTile);  // tile columns (output index b)
+constexpr int kWgBK = 64;                         // input rows per stage
+constexpr int kWgStages = 5;
+constexpr int kWgThreads = 256;                   // two warpgroups
+constexpr uint32_t kAtomBytes = 1024;             // 8 rows x 64 columns of 16-bit values
+constexpr uint32_t kOperandBytes = kWgBK * kWgBM * 2;  // one operand's slab: 16 KiB
+constexpr uint32_t kStageBytes = 2 * kOperandBytes;
+constexpr uint32_t kKStepBytes = 2 * 2 * kAtomBytes;   // 16 rows: two atom rows of two atoms
+constexpr size_t kWgSmemBytes = size_t(kWgStages) * kStageBytes + kAtomBytes;  // + alignment slack
+constexpr int kChunksPerThread = kWgBK * (kWgBM / 8) / kWgThreads;  // 16-byte copies per operand
+static_assert(kChunksPerThread * kWgThreads == kWgBK * kWgBM / 8, "slab copies must split evenly");
+static_assert(kWgBM == 128 && kWgBN == 128, "the layout below assumes 128-column tiles");
+
+// Byte offset of element (row k, column j) in an operand slab (k < 64, j < 128).
+__host__ __device__ constexpr uint32_t slab_offset(int k, int j) {
+  return static_cast<uint32_t>(k / 8) * 2 * kAtomBytes + static_cast<uint32_t>(j / 64) * kAtomBytes +
+         static_cast<uint32_t>(k % 8) * 128 + static_cast<uint32_t>(((j % 64) / 8) ^ (k % 8)) * 16 +
+         static_cast<uint32_t>(j % 8) * 2;
+}
+
+// Shared-memory matrix descriptor of an MN-major, 128-byte-swizzled operand starting at `addr`
+// (1024-aligned): start >> 4 in bits 0-13, leading byte offset >> 4 (next 64 columns) in 16-29,
+// stride byte offset >> 4 (next 8 rows) in 32-45, base offset 0, swizzle mode 1 (128 B) in 62-63.
+__host__ __device__ constexpr uint64_t make_desc(uint32_t addr) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(kAtomBytes >> 4) << 16) |
+         (static_cast<uint64_t>((2 * kAtomBytes) >> 4) << 32) | (uint64_t(1) << 62);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kWgThreads, 1)
+wg_gram_kernel(const T* __restrict__ a, int64_t lda, int64_t m,
+               const T* __restrict__ b, int64_t ldb, int64_t n,
+               int64_t rows, int chain_iters, bool upper,
+               double* __restrict__ c, int64_t ldc) {
+#if defined(GF_SM90A) || defined(GEOMFAST_CUDA_EMULATE)
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kWgBM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kWgBN;
+  if (upper && m0 > n0 + kWgBN - 1) return;  // wholly below the diagonal
+
+#ifdef GEOMFAST_CUDA_EMULATE
+  uint8_t* smem_raw = ::gf_emu::dynamic_smem();
+#else
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+#endif
+  // The swizzle is a function of the shared-memory address: stages start on 1024-byte boundaries.
+  const uint32_t raw = smem_addr(smem_raw);
+  const uint32_t base = (raw + kAtomBytes - 1) & ~(kAtomBytes - 1);
+
+  const int tid = threadIdx.x;
+  // This warpgroup's rows: wg*64 .. +64 of the tile. Broadcast from lane 0 so that the compiler
+  // sees it as warp-uniform: a branch on it then does not serialize the wgmma (ptxas C7518).
+  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
+
+  const int64_t nk = (rows + kWgBK - 1) / kWgBK;
+  auto load_stage = [&](int64_t s) {  // slab s (rows s*64 ..) into buffer s % kWgStages
+    const uint32_t sa = base + static_cast<uint32_t>(s % kWgStages) * kStageBytes, sb = sa + kOperandBytes;
+#pragma unroll
+    for (int q = 0; q < kChunksPerThread; ++q) {
+      const int v = tid + q * kWgThreads;
+      const int r = v / (kWgBM / 8), j = (v % (kWgBM / 8)) * 8;
+      const int64_t row = s * kWgBK + r;
+      const bool ok = row < rows;  // rows past the end are zeros
+      const uint32_t off = slab_offset(r, j);
+      cp_async_16(sa + off, ok ? a + row * lda + m0 + j : a, ok);
+      cp_async_16(sb + off, ok ? b + row * ldb + n0 + j : b, ok);
+    }
+  };
+
+  float chain[64], total[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) {
+    chain[i] = 0.0f;
+    total[i] = 0.0f;
+  }
+  // Warpgroup 1 ends its chains half a chain after warpgroup 0 (its first chain is shorter).
+  const int chain_offset = wg * (chain_iters / 2);
+
+#pragma unroll
+  for (int s = 0; s < kWgStages - 2; ++s) {
+    if (s < nk) load_stage(s);
+    cp_async_commit();  // one group per slab, empty or not: the wait counts below stay exact
+  }
+  bool fresh = true;  // the next product starts a new chain (scale_d = 0)
+  for (int64_t it = 0; it < nk; ++it) {
+    cp_async_wait<kWgStages - 3>();  // this thread's copies of slab `it` have landed
+    fence_proxy_async();
+    // Everyone's copies of slab `it` have landed; and every warpgroup has retired its products of
+    // slab it - 2 (wait_group 1 below), whose buffer the next load reuses.
+    __syncthreads();
+    if (it + kWgStages - 2 < nk) load_stage(it + kWgStages - 2);
+    cp_async_commit();
+
+    const uint32_t sa = base + static_cast<uint32_t>(it % kWgStages) * kStageBytes, sb = sa + kOperandBytes;
+    fence_operand(chain);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kWgBK / 16; ++ks)
+      wgmma_m64n128k16<T>(chain, make_desc(sa + ks * kKStepBytes + wg * kAtomBytes), make_desc(sb + ks * kKStepBytes),
+                          (fresh && ks == 0) ? 0 : 1);
+    wgmma_commit();
+    if ((it + 1 + chain_offset) % chain_iters == 0 || it + 1 == nk) {
+      wgmma_wait<0>();
+      fence_operand(chain);
+#pragma unroll
+      for (int i = 0; i < 64; ++i) total[i] += chain[i];
+      fresh = true;
+    } else {
+      wgmma_wait<1>();
+      fresh = false;
+    }
+  }
+  cp_async_wait<0>();
+
+  // The m64n128 float32 fragment: warp w of the warpgroup holds rows 16w .. 16w + 15; element i
+  // of lane l sits at row l/4 (+ 8 when bit 1 of i is set), column 8 (i / 4) + 2 (l % 4) + i % 2.
+  const int w = (tid % 128) / 32, lane = tid % 32;
+#pragma unroll
+  for (int i = 0; i < 64; ++i) {
+    const int64_t ga = m0 + wg * 64 + w * 16 + lane / 4 + 8 * ((i >> 1) & 1);
+    const int64_t gb = n0 + 8 * (i >> 2) + 2 * (lane % 4) + (i & 1);
+    if (ga < m && gb < n && (!upper || ga <= gb)) c[ga + gb * ldc] += static_cast<double>(total[i]);
+  }
+#endif
+}
+
+}  // namespace
+
+#if !defined(GEOMFAST_CUDA_EMULATE) || defined(GEOMFAST_CUDA_EMULATE_HOST)
+namespace {
+template <typename T>
+const void* wg_kernel_entry() {  // for the runtime's C API (the host emulation has no templated one)
+  return reinterpret_cast<const void*>(&wg_gram_kernel<T>);
+}
+}  // namespace
+
+std::string wg_gram_unavailable(int device) {
+  cudaDeviceProp prop;
+  GF_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  if (prop.major != 9 || prop.minor != 0)
+    return "GEOMFAST_CUDA_GRAM_KERNEL=wg needs a compute capability 9.0 GPU (H100/H200: wgmma is sm_90a), got " +
+           std::to_string(prop.major) + "." + std::to_string(prop.minor) + " (" + prop.name + ")";
+  cudaFuncAttributes attr;
+  if (cudaFuncGetAttributes(&attr, wg_kernel_entry<__nv_bfloat16>()) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return "GEOMFAST_CUDA_GRAM_KERNEL=wg: this build holds no sm_90a image of the kernel";
+  }
+  return "";
+}
+
+void wg_gram_update(const void* a, int64_t lda, int64_t m, const void* b, int64_t ldb, int64_t n,
+                    int64_t rows, int chain_rows, DType dtype, bool upper, double* c, int64_t ldc,
+                    cudaStream_t stream) {
+  if (rows <= 0 || m <= 0 || n <= 0) return;
+  GF_ASSERT(lda % 8 == 0 && ldb % 8 == 0, "wg_gram_update: leading dimensions must be multiples of 8");
+  GF_ASSERT(lda >= (m + kWgBM - 1) / kWgBM * kWgBM && ldb >= (n + kWgBN - 1) / kWgBN * kWgBN,
+            "wg_gram_update: operands must be padded to whole tiles");
+  GF_ASSERT(reinterpret_cast<std::uintptr_t>(a) % 16 == 0 && reinterpret_cast<std::uintptr_t>(b) % 16 == 0,
+            "wg_gram_update: operands must be 16-byte aligned");
+  GF_ASSERT(chain_rows >= kWgBK && chain_rows % kWgBK == 0, "wg_gram_update: chain_rows must be a multiple of 64");
+  GF_ASSERT(ldc >= m, "wg_gram_update: ldc < m");
+  const dim3 grid(static_cast<unsigned>((m + kWgBM - 1) / kWgBM), static_cast<unsigned>((n + kWgBN - 1) / kWgBN));
+  const int chain_iters = chain_rows / kWgBK;
+  if (dtype == DType::kBFloat16) {
+    GF_CUDA_CHECK(cudaFuncSetAttribute(wg_kernel_entry<__nv_bfloat16>(), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(kWgSmemBytes)));
+    GF_LAUNCH_SYNC((wg_gram_kernel<__nv_bfloat16>), (grid, kWgThreads, kWgSmemBytes, stream), (
+        static_cast<const __nv_bfloat16*>(a), lda, m, static_cast<const __nv_bfloat16*>(b), ldb, n, rows,
+        chain_iters, upper, c, ldc));
+  } else {
+    GF_ASSERT(dtype == DType::kFloat16, "wg_gram_update needs bfloat16 or float16 operands");
+    GF_CUDA_CHECK(cudaFuncSetAttribute(wg_kernel_entry<__half>(), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(kWgSmemBytes)));
+    GF_LAUNCH_SYNC((wg_gram_kernel<__half>), (grid, kWgThreads, kWgSmemBytes, stream), (
+        static_cast<const __half*>(a), lda, m, static_cast<const __half*>(b), ldb, n, rows, chain_iters, upper, c,
+        ldc));
+  }
+  GF_CUDA_CHECK_LAUNCH(stream);
+}
+#endif  // GEOMFAST_CUDA_EMULATE
+
+}  // namespace geomfast::cuda
