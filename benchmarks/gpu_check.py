@@ -12,10 +12,10 @@ killed keeps what it finished; a section that raises is recorded and the next on
 section whose estimated cost no longer fits --budget-s is skipped and says so):
   1. geomfast.backends(), the card, torch;
   2. tests/test_cuda.py (pytest, its own timeout; log in --out/test_cuda.log) unless --skip-tests;
-  3. the fast bf16 path's time AND error, per kernel (GEOMFAST_CUDA_GRAM_KERNEL: cuBLAS products
-     or gram_tc.cu's two-level kernel), flush interval (GEOMFAST_CUDA_FLUSH_ROWS), triangle tile
-     (GEOMFAST_CUDA_TRIANGLE_TILE), tc chain length and rows per call (GEOMFAST_CUDA_TC_CHAIN_ROWS,
-     GEOMFAST_CUDA_TC_ROWS), at d = 4096 on centred and large-offset data, against a float64
+  3. the fast bf16 path's time AND error, per kernel (GEOMFAST_CUDA_GRAM_KERNEL: cuBLAS products,
+     gram_tc.cu's two-level WMMA kernel, and on a 9.0 device gram_wgmma.cu's Hopper kernel), flush
+     interval (GEOMFAST_CUDA_FLUSH_ROWS), triangle tile (GEOMFAST_CUDA_TRIANGLE_TILE), the own
+     kernels' chain length and rows per call (GEOMFAST_CUDA_TC_CHAIN_ROWS, GEOMFAST_CUDA_TC_ROWS), at d = 4096 on centred and large-offset data, against a float64
      reference on the same values: the table to set the defaults from (a failing setting is
      recorded and the sweep goes on);
   4. the bf16 matrix-product peak (a large torch bf16 matmul);
@@ -142,8 +142,9 @@ def main() -> int:
     ap.add_argument("--chunks", type=int, default=4, help="chunks per timed Gram accumulation")
     ap.add_argument("--flush", default="256,512,1024,2048,4096,8192,16384", help="flush intervals to sweep")
     ap.add_argument("--tiles", default="512,1024,2048", help="triangle tiles to sweep (at the default flush)")
-    ap.add_argument("--tc-chains", default="64,128,256", help="tc kernel: rows per tensor-core chain to sweep")
-    ap.add_argument("--tc-rows", default="8192,32768", help="tc kernel: rows per call (float64 updates) to sweep")
+    ap.add_argument("--tc-chains", default="64,128,256",
+                    help="tc / wg kernels: rows per tensor-core chain to sweep (wg rounds up to 64)")
+    ap.add_argument("--tc-rows", default="8192,32768", help="tc / wg kernels: rows per call (float64 updates) to sweep")
     ap.add_argument("--sweep-dim", type=int, default=4096, help="d of the flush / tile sweep")
     ap.add_argument("--sweep-rows", type=int, default=65536, help="rows of the flush / tile sweep")
     ap.add_argument("--batch", type=int, default=32, help="accumulators in the batched-spectra timing")
@@ -205,6 +206,13 @@ def main() -> int:
         chk.section("tests/test_cuda.py", 30.0, tests)
 
     # ------------------------------------------------------------------ flush / tile / kernel sweep
+    # Our own two-level kernels: gram_tc.cu everywhere, gram_wgmma.cu on compute capability 9.0
+    # (sm_90a; elsewhere geomfast refuses it). The dry run passes both names through the script.
+    hopper = not args.cpu_dry_run and tuple(torch.cuda.get_device_capability()) == (9, 0)
+    own_kernels = ["tc"] + (["wg"] if hopper or args.cpu_dry_run else [])
+    if not hopper and not args.cpu_dry_run:
+        rows.append(("gram_wgmma.cu (GEOMFAST_CUDA_GRAM_KERNEL=wg)", "not run", "",
+                     f"needs compute capability 9.0, this card is {'.'.join(map(str, torch.cuda.get_device_capability()))}"))
     knobs = ("GEOMFAST_CUDA_GRAM_KERNEL", "GEOMFAST_CUDA_FLUSH_ROWS", "GEOMFAST_CUDA_TRIANGLE_TILE",
              "GEOMFAST_CUDA_TC_CHAIN_ROWS", "GEOMFAST_CUDA_TC_ROWS")
 
@@ -212,13 +220,14 @@ def main() -> int:
         out = [("cublas (defaults)", {})]
         out += [(f"cublas flush {f}", {"GEOMFAST_CUDA_FLUSH_ROWS": f}) for f in args.flush.split(",") if f]
         out += [(f"cublas tile {t}", {"GEOMFAST_CUDA_TRIANGLE_TILE": t}) for t in args.tiles.split(",") if t]
-        out.append(("tc (defaults)", {"GEOMFAST_CUDA_GRAM_KERNEL": "tc"}))
-        for c in args.tc_chains.split(","):
-            for r in args.tc_rows.split(","):
-                if c and r:
-                    out.append((f"tc chain {c} rows {r}", {"GEOMFAST_CUDA_GRAM_KERNEL": "tc",
-                                                          "GEOMFAST_CUDA_TC_CHAIN_ROWS": c,
-                                                          "GEOMFAST_CUDA_TC_ROWS": r}))
+        for kernel in own_kernels:
+            out.append((f"{kernel} (defaults)", {"GEOMFAST_CUDA_GRAM_KERNEL": kernel}))
+            for c in args.tc_chains.split(","):
+                for r in args.tc_rows.split(","):
+                    if c and r:
+                        out.append((f"{kernel} chain {c} rows {r}", {"GEOMFAST_CUDA_GRAM_KERNEL": kernel,
+                                                                    "GEOMFAST_CUDA_TC_CHAIN_ROWS": c,
+                                                                    "GEOMFAST_CUDA_TC_ROWS": r}))
         return out
 
     def set_knobs(env: dict) -> None:
@@ -274,7 +283,7 @@ def main() -> int:
         by = {}
         for r in out:
             by.setdefault(r["setting"], []).append(r)
-        for label in ("cublas (defaults)", "tc (defaults)"):
+        for label in ["cublas (defaults)"] + [f"{k} (defaults)" for k in own_kernels]:
             rs = by.get(label, [])
             if rs and all("rel_fro" in r for r in rs):
                 worst = max(r["rel_fro"] for r in rs)
@@ -329,7 +338,7 @@ def main() -> int:
         entry = {"d": d, "rows": n, "chunks": args.chunks, "baseline": base_name, "torch_s": t_torch,
                  "torch_tflops": flops / t_torch / 1e12}
         res.setdefault("gram", []).append(entry)
-        variants = (("fast", "cublas"), ("fast", "tc"), ("highest", "cublas"))
+        variants = [("fast", "cublas")] + [("fast", k) for k in own_kernels] + [("highest", "cublas")]
         for label, data in (("centred", x), ("offset", x + 300.0)):
             for precision, kernel in variants:
                 if precision == "highest" and label == "offset":

@@ -63,7 +63,7 @@ if [ "${GPU_SANITIZE:-0}" = "1" ] && command -v compute-sanitizer >/dev/null 2>&
   say "compute-sanitizer memcheck on a few CUDA tests (GPU_SANITIZE=1)"
   timeout "${GPU_SANITIZE_S:-180}" compute-sanitizer --tool memcheck --error-exitcode 9 \
     "$py" -m pytest -q -x -p no:cacheprovider tests/test_cuda.py \
-    -k "test_tc_kernel_matches_reference_and_cublas and (31 or 129) or test_fast_16bit_with_a_few_offset_columns or test_strided" \
+    -k "test_own_kernel_matches_reference_and_cublas and (31 or 129) or test_fast_16bit_with_a_few_offset_columns or test_strided" \
     >"$out/sanitizer.log" 2>&1
   say "compute-sanitizer exited with $? (log: sanitizer.log)"
   tail -15 "$out/sanitizer.log"

@@ -133,8 +133,10 @@ def test_gpu_check_cpu_dry_run_runs_every_section(tmp_path):
     assert {v["status"] for v in res["sections"].values()} == {"ok"}
     assert set(res["sections"]) == {"fast bf16 kernel/flush/tile sweep", "bf16 peak", "Gram d=300", "eigvalsh d=300",
                                    "batched spectra"}
-    # defaults, 2 flushes, 1 tile, tc defaults, 1 tc setting; on centred and offset data
-    assert len(res["sweep"]) == 2 * 6 and all(r["rel_fro"] < 1e-6 for r in res["sweep"])
+    # defaults, 2 flushes, 1 tile, then defaults and 1 chain setting for each of tc and wg; on
+    # centred and offset data
+    assert len(res["sweep"]) == 2 * 8 and all(r["rel_fro"] < 1e-6 for r in res["sweep"])
+    assert {r["setting"] for r in res["sweep"]} >= {"wg (defaults)", "wg chain 64 rows 8192", "tc (defaults)"}
     assert res["eig"][0]["full_max_err_over_l1"] < 1e-12
     assert "randomized top-256 d=300" in (tmp_path / "table.txt").read_text()
     assert res["batched_spectra"]["max_diff_over_l1"] < 1e-12

@@ -73,9 +73,21 @@ def random_rows(n, d, dtype, *, seed, mean=0.0, device="cuda"):
     return x.to(tdtype(dtype))
 
 
-@pytest.fixture(params=["cublas", "tc"])
+def _hopper() -> bool:
+    """gram_wgmma.cu runs on compute capability 9.0 (H100/H200) only."""
+    return torch is not None and tuple(torch.cuda.get_device_capability()) == (9, 0)
+
+
+def skip_unless_kernel_runs_here(kernel: str) -> None:
+    if kernel == "wg" and not _hopper():
+        pytest.skip("GEOMFAST_CUDA_GRAM_KERNEL=wg needs a compute capability 9.0 GPU (sm_90a)")
+
+
+@pytest.fixture(params=["cublas", "tc", "wg"])
 def gram_kernel(request, monkeypatch):
-    """The fast 16-bit path on cuBLAS products or on gram_tc.cu's two-level kernel."""
+    """The fast 16-bit path on cuBLAS products, on gram_tc.cu's two-level WMMA kernel, or on
+    gram_wgmma.cu's Hopper kernel (9.0 devices only)."""
+    skip_unless_kernel_runs_here(request.param)
     monkeypatch.setenv("GEOMFAST_CUDA_GRAM_KERNEL", request.param)
     return request.param
 
@@ -146,26 +158,50 @@ def test_fast_16bit_with_a_few_offset_columns(dtype, gram_kernel):
 @pytest.mark.parametrize("offset", [False, True])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("d", [31, 127, 128, 129, 300, 4095, 4097])
-def test_tc_kernel_matches_reference_and_cublas(d, dtype, offset, rows_per_call, monkeypatch):
-    """gram_tc.cu on and off its 128-column tile edges, with odd row counts per call (96 rows: 3
-    slabs, chains of 32 rows), some columns shifted (HᵀL and LᵀL terms) or none."""
+@pytest.mark.parametrize("kernel", ["tc", "wg"])
+def test_own_kernel_matches_reference_and_cublas(kernel, d, dtype, offset, rows_per_call, monkeypatch):
+    """gram_tc.cu / gram_wgmma.cu on and off their 128-column tile edges, with odd row counts per
+    call (96 rows: 3 slabs of 32 for tc with chains of 32 rows, a slab and a half of 64 for wg
+    with chains of 64), some columns shifted (HᵀL and LᵀL terms) or none."""
+    skip_unless_kernel_runs_here(kernel)
     n = 2500 if d < 1000 else 5000
     x = random_rows(n, d, "float64", seed=d + 7 * offset)
     if offset:
         x[:, ::5] += 300.0
     x = x.to(tdtype(dtype))
     ref = gpu_reference_cov(x)
-    monkeypatch.setenv("GEOMFAST_CUDA_GRAM_KERNEL", "tc")
+    monkeypatch.setenv("GEOMFAST_CUDA_GRAM_KERNEL", kernel)
     if rows_per_call:
         monkeypatch.setenv("GEOMFAST_CUDA_TC_ROWS", rows_per_call)
-        monkeypatch.setenv("GEOMFAST_CUDA_TC_CHAIN_ROWS", "32")
-    tc = feed(geomfast.GramAccumulator(d, device="cuda", precision="fast"), x).covariance()
-    assert np.isfinite(tc).all() and np.array_equal(tc, tc.T)
-    assert rel_fro(tc, ref) <= BARS["fast"], rel_fro(tc, ref)
+        monkeypatch.setenv("GEOMFAST_CUDA_TC_CHAIN_ROWS", "32" if kernel == "tc" else "64")
+    own = feed(geomfast.GramAccumulator(d, device="cuda", precision="fast"), x).covariance()
+    assert np.isfinite(own).all() and np.array_equal(own, own.T)
+    assert rel_fro(own, ref) <= BARS["fast"], rel_fro(own, ref)
     monkeypatch.setenv("GEOMFAST_CUDA_GRAM_KERNEL", "cublas")
     cb = feed(geomfast.GramAccumulator(d, device="cuda", precision="fast"), x).covariance()
-    assert rel_fro(tc, cb) <= 2 * BARS["fast"]
-    assert not np.array_equal(tc, cb), "the tc kernel did not run (results identical to cuBLAS)"
+    assert rel_fro(own, cb) <= 2 * BARS["fast"]
+    assert not np.array_equal(own, cb), f"the {kernel} kernel did not run (results identical to cuBLAS)"
+
+
+@gpu
+@needs_torch
+def test_gram_kernel_choice_is_checked(monkeypatch):
+    """An unknown GEOMFAST_CUDA_GRAM_KERNEL, or wg on a device other than 9.0, is refused by name
+    before the state changes."""
+    x = random_rows(200, 40, "bfloat16", seed=5)
+    acc = geomfast.GramAccumulator(40, device="cuda", precision="fast")
+    acc.update(x)
+    before = acc.state_dict()
+    monkeypatch.setenv("GEOMFAST_CUDA_GRAM_KERNEL", "wgmma")
+    with pytest.raises(ValueError, match="GEOMFAST_CUDA_GRAM_KERNEL.*wgmma"):
+        acc.update(x)
+    if not _hopper():
+        monkeypatch.setenv("GEOMFAST_CUDA_GRAM_KERNEL", "wg")
+        with pytest.raises(ValueError, match="compute capability 9.0"):
+            acc.update(x)
+    after = acc.state_dict()
+    assert after["count"] == before["count"] == 200
+    assert np.array_equal(after["gram"], before["gram"])
 
 
 @gpu
