@@ -12,6 +12,8 @@ killed keeps what it finished; a section that raises is recorded and the next on
 section whose estimated cost no longer fits --budget-s is skipped and says so):
   1. geomfast.backends(), the card, torch;
   2. tests/test_cuda.py (pytest, its own timeout; log in --out/test_cuda.log) unless --skip-tests;
+     then each of our own kernels (tc; wg on a 9.0 card) once in a subprocess against float64: one
+     that fails there, or faults, is left out of what follows (a fault poisons the CUDA context);
   3. the fast bf16 path's time AND error, per kernel (GEOMFAST_CUDA_GRAM_KERNEL: cuBLAS products,
      gram_tc.cu's two-level WMMA kernel, and on a 9.0 device gram_wgmma.cu's Hopper kernel), flush
      interval (GEOMFAST_CUDA_FLUSH_ROWS), triangle tile (GEOMFAST_CUDA_TRIANGLE_TILE), the own
@@ -130,6 +132,31 @@ class Check:
         self.save()
 
 
+def smoke_kernel(kernel: str, where: str) -> int:
+    """One small fast bf16 accumulation on `kernel` (GEOMFAST_CUDA_GRAM_KERNEL) against float64:
+    d = 300 (three 128-column tiles, the last partial), 5,000 rows in two chunks (mid-slab, mid-
+    chain ends), a fifth of the columns offset by 300 (the split's cross terms)."""
+    import geomfast
+    import torch
+
+    os.environ["GEOMFAST_CUDA_GRAM_KERNEL"] = kernel
+    g = torch.Generator(device=where).manual_seed(3)
+    x = torch.randn(5000, 300, generator=g, device=where, dtype=torch.float64)
+    x[:, ::5] += 300.0
+    x = x.to(torch.bfloat16)
+    y = x.to(torch.float64)
+    y -= y.mean(0, keepdim=True)
+    ref = (y.T @ y / (x.shape[0] - 1)).cpu().numpy()
+    acc = geomfast.GramAccumulator(300, device=where, precision="fast")
+    acc.update(x[:2999])
+    acc.update(x[2999:])
+    cov = acc.covariance()
+    err = rel_fro(cov, ref)
+    ok = bool(np.isfinite(cov).all()) and err <= 1e-6
+    print(f"{kernel}: rel Frobenius error {err:.2e} against float64 (bar 1e-6) -> {'ok' if ok else 'WRONG'}")
+    return 0 if ok else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="folder for gpu_check.json, table.txt and test_cuda.log")
@@ -152,10 +179,14 @@ def main() -> int:
     ap.add_argument("--cpu-dry-run", action="store_true",
                     help="run this script's own code on the CPU backend (small sizes; checks the script, "
                          "not the GPU: no figures to keep)")
+    ap.add_argument("--smoke-kernel", help=argparse.SUPPRESS)  # internal: one kernel's smoke check, then exit
     args = ap.parse_args()
 
     import geomfast
     import torch
+
+    if args.smoke_kernel:
+        return smoke_kernel(args.smoke_kernel, "cpu" if args.cpu_dry_run else "cuda")
 
     chk = Check(args.out, args.budget_s)
     res, rows = chk.results, chk.rows
@@ -208,11 +239,35 @@ def main() -> int:
     # ------------------------------------------------------------------ flush / tile / kernel sweep
     # Our own two-level kernels: gram_tc.cu everywhere, gram_wgmma.cu on compute capability 9.0
     # (sm_90a; elsewhere geomfast refuses it). The dry run passes both names through the script.
+    # Neither has run on a GPU before, and a kernel fault poisons the process's CUDA context: so
+    # each first runs once in a subprocess (a small case against float64), and only a kernel that
+    # passes there takes part in the sweep and the timings below.
     hopper = not args.cpu_dry_run and tuple(torch.cuda.get_device_capability()) == (9, 0)
     own_kernels = ["tc"] + (["wg"] if hopper or args.cpu_dry_run else [])
     if not hopper and not args.cpu_dry_run:
         rows.append(("gram_wgmma.cu (GEOMFAST_CUDA_GRAM_KERNEL=wg)", "not run", "",
                      f"needs compute capability 9.0, this card is {'.'.join(map(str, torch.cuda.get_device_capability()))}"))
+
+    def smoke_section():
+        res["smoke"] = {}
+        for kernel in list(own_kernels):
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--smoke-kernel", kernel]
+            if args.cpu_dry_run:
+                cmd.append("--cpu-dry-run")
+            try:
+                proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+                ok, text = proc.returncode == 0, (proc.stdout + proc.stderr).strip()
+            except subprocess.TimeoutExpired:
+                ok, text = False, "timed out after 180 s (a hang?)"
+            last = text.splitlines()[-1] if text else ""
+            res["smoke"][kernel] = {"ok": ok, "output": text[-2000:]}
+            rows.append((f"smoke check GEOMFAST_CUDA_GRAM_KERNEL={kernel}", "ok" if ok else "FAILED", "", last[:120]))
+            log(f"  {kernel}: {'ok' if ok else 'FAILED'}: {last}")
+            if not ok:
+                chk.failed = True
+                own_kernels.remove(kernel)  # kept out of everything below
+
+    chk.section("own-kernel smoke checks (subprocesses)", 20.0, smoke_section)
     knobs = ("GEOMFAST_CUDA_GRAM_KERNEL", "GEOMFAST_CUDA_FLUSH_ROWS", "GEOMFAST_CUDA_TRIANGLE_TILE",
              "GEOMFAST_CUDA_TC_CHAIN_ROWS", "GEOMFAST_CUDA_TC_ROWS")
 

@@ -131,8 +131,9 @@ def test_gpu_check_cpu_dry_run_runs_every_section(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((tmp_path / "gpu_check.json").read_text())
     assert {v["status"] for v in res["sections"].values()} == {"ok"}
-    assert set(res["sections"]) == {"fast bf16 kernel/flush/tile sweep", "bf16 peak", "Gram d=300", "eigvalsh d=300",
-                                   "batched spectra"}
+    assert set(res["sections"]) == {"own-kernel smoke checks (subprocesses)", "fast bf16 kernel/flush/tile sweep",
+                                   "bf16 peak", "Gram d=300", "eigvalsh d=300", "batched spectra"}
+    assert {k: v["ok"] for k, v in res["smoke"].items()} == {"tc": True, "wg": True}
     # defaults, 2 flushes, 1 tile, then defaults and 1 chain setting for each of tc and wg; on
     # centred and offset data
     assert len(res["sweep"]) == 2 * 8 and all(r["rel_fro"] < 1e-6 for r in res["sweep"])

@@ -57,8 +57,8 @@
 // peak target would need ~8192-row flushes, which the model says cost 2e-5 of error. Hence the
 // two-level kernel of gram_tc.cu (GEOMFAST_CUDA_GRAM_KERNEL=tc): tensor-core chains reset every
 // 128 rows into a second float32 register accumulator, float64 touched every 8192 rows (model:
-// 2.6e-7). That kernel issues WMMA (mma.sync), which on Hopper runs at about two thirds of the
-// wgmma rate, so gram_wgmma.cu does the same on wgmma with a cp.async pipeline (=wg; 9.0 devices).
+// 2.6e-7). That kernel issues WMMA (mma.sync), which public H100 microbenchmarks put well below
+// the wgmma rate, so gram_wgmma.cu does the same on wgmma with a cp.async pipeline (=wg; 9.0 only).
 // gpu_check.py sweeps GEOMFAST_CUDA_FLUSH_ROWS, GEOMFAST_CUDA_TRIANGLE_TILE and the kernels for
 // time AND error at d = 4096, so the defaults here can be set from one run.
 // This file's code also runs on the CPU under tests/cuda_emulation (GEOMFAST_CUDA_EMULATE_HOST: the

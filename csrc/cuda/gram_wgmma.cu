@@ -5,12 +5,13 @@
 // registers (round-to-nearest adds), float64 output read and written once per call. What changes is
 // the machinery, which on an H100/H200 the WMMA kernel cannot reach:
 //  - wgmma.mma_async m64n128k16: a warpgroup (4 warps) multiplies straight from shared memory,
-//    asynchronously, at the full Hopper rate (WMMA / mma.sync issue at about two thirds of it);
+//    asynchronously, at the full Hopper rate (public microbenchmarks put WMMA / mma.sync well
+//    below it on an H100);
 //  - both operands MN-major in shared memory (x's rows are k, its columns m / n), read through
-//    matrix descriptors with imm-trans-a/b = 1, in the 128-byte-swizzled canonical layout: atoms of
-//    8 rows x 64 columns (1024 bytes), 16-byte chunk c of row r stored at chunk c ^ (r % 8), the
-//    next 64 columns one atom on (the descriptor's leading byte offset, 1024) and the next 8 rows
-//    two atoms on (its stride byte offset, 2048);
+//    matrix descriptors with imm-trans-a/b = 1, in the PTX ISA's canonical MN-major 128-byte-
+//    swizzle layout ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)), T = 8 values: atoms of 8 rows x 64
+//    columns (1024 bytes), 16-byte chunk c of row r stored at chunk c ^ (r % 8), the next 64
+//    columns one atom on (LBO = 1024) and the next 8 rows two atoms on (SBO = 2048);
 //  - a 5-stage cp.async pipeline of 64-row slabs (32 KiB per stage: both operands), loads issued
 //    three slabs ahead, and wgmma groups kept one deep in flight (wait_group 1), so the tensor
 //    cores see no gap between slabs;
