@@ -147,13 +147,18 @@ def smoke_kernel(kernel: str, where: str) -> int:
     y = x.to(torch.float64)
     y -= y.mean(0, keepdim=True)
     ref = (y.T @ y / (x.shape[0] - 1)).cpu().numpy()
-    acc = geomfast.GramAccumulator(300, device=where, precision="fast")
-    acc.update(x[:2999])
-    acc.update(x[2999:])
-    cov = acc.covariance()
-    err = rel_fro(cov, ref)
-    ok = bool(np.isfinite(cov).all()) and err <= 1e-6
-    print(f"{kernel}: rel Frobenius error {err:.2e} against float64 (bar 1e-6) -> {'ok' if ok else 'WRONG'}")
+    ok = True
+    for tile in ("128", "192") if kernel == "wg" else ("",):  # wg: both tile widths
+        os.environ["GEOMFAST_CUDA_WG_TILE_N"] = tile
+        acc = geomfast.GramAccumulator(300, device=where, precision="fast")
+        acc.update(x[:2999])
+        acc.update(x[2999:])
+        cov = acc.covariance()
+        err = rel_fro(cov, ref)
+        good = bool(np.isfinite(cov).all()) and err <= 1e-6
+        ok &= good
+        print(f"{kernel}{' tile ' + tile if tile else ''}: rel Frobenius error {err:.2e} against float64 (bar 1e-6) "
+              f"-> {'ok' if good else 'WRONG'}")
     return 0 if ok else 1
 
 
@@ -269,7 +274,7 @@ def main() -> int:
 
     chk.section("own-kernel smoke checks (subprocesses)", 20.0, smoke_section)
     knobs = ("GEOMFAST_CUDA_GRAM_KERNEL", "GEOMFAST_CUDA_FLUSH_ROWS", "GEOMFAST_CUDA_TRIANGLE_TILE",
-             "GEOMFAST_CUDA_TC_CHAIN_ROWS", "GEOMFAST_CUDA_TC_ROWS")
+             "GEOMFAST_CUDA_TC_CHAIN_ROWS", "GEOMFAST_CUDA_TC_ROWS", "GEOMFAST_CUDA_WG_TILE_N")
 
     def sweep_settings() -> list[tuple[str, dict]]:
         out = [("cublas (defaults)", {})]
@@ -283,6 +288,8 @@ def main() -> int:
                         out.append((f"{kernel} chain {c} rows {r}", {"GEOMFAST_CUDA_GRAM_KERNEL": kernel,
                                                                     "GEOMFAST_CUDA_TC_CHAIN_ROWS": c,
                                                                     "GEOMFAST_CUDA_TC_ROWS": r}))
+            if kernel == "wg":  # 128 x 192 tiles: 20 % fewer operand bytes per product (is L2 the bound?)
+                out.append(("wg tile 192", {"GEOMFAST_CUDA_GRAM_KERNEL": "wg", "GEOMFAST_CUDA_WG_TILE_N": "192"}))
         return out
 
     def set_knobs(env: dict) -> None:
@@ -393,13 +400,15 @@ def main() -> int:
         entry = {"d": d, "rows": n, "chunks": args.chunks, "baseline": base_name, "torch_s": t_torch,
                  "torch_tflops": flops / t_torch / 1e12}
         res.setdefault("gram", []).append(entry)
-        variants = [("fast", "cublas")] + [("fast", k) for k in own_kernels] + [("highest", "cublas")]
+        variants = ([("fast", "cublas")] + [("fast", k) for k in own_kernels]
+                    + ([("fast", "wg192")] if "wg" in own_kernels else []) + [("highest", "cublas")])
         for label, data in (("centred", x), ("offset", x + 300.0)):
             for precision, kernel in variants:
                 if precision == "highest" and label == "offset":
                     continue
                 name = f"{precision}" + (f" {kernel}" if precision == "fast" else "")
-                set_knobs({"GEOMFAST_CUDA_GRAM_KERNEL": kernel})
+                set_knobs({"GEOMFAST_CUDA_GRAM_KERNEL": "wg", "GEOMFAST_CUDA_WG_TILE_N": "192"} if kernel == "wg192"
+                          else {"GEOMFAST_CUDA_GRAM_KERNEL": kernel})
                 try:
                     acc = geomfast.GramAccumulator(d, device=where, precision=precision)
 

@@ -134,10 +134,12 @@ def test_gpu_check_cpu_dry_run_runs_every_section(tmp_path):
     assert set(res["sections"]) == {"own-kernel smoke checks (subprocesses)", "fast bf16 kernel/flush/tile sweep",
                                    "bf16 peak", "Gram d=300", "eigvalsh d=300", "batched spectra"}
     assert {k: v["ok"] for k, v in res["smoke"].items()} == {"tc": True, "wg": True}
-    # defaults, 2 flushes, 1 tile, then defaults and 1 chain setting for each of tc and wg; on
-    # centred and offset data
-    assert len(res["sweep"]) == 2 * 8 and all(r["rel_fro"] < 1e-6 for r in res["sweep"])
-    assert {r["setting"] for r in res["sweep"]} >= {"wg (defaults)", "wg chain 64 rows 8192", "tc (defaults)"}
+    # defaults, 2 flushes, 1 tile, then defaults and 1 chain setting for each of tc and wg, and wg's
+    # 192-column tile; on centred and offset data
+    assert len(res["sweep"]) == 2 * 9 and all(r["rel_fro"] < 1e-6 for r in res["sweep"])
+    assert {r["setting"] for r in res["sweep"]} >= {"wg (defaults)", "wg chain 64 rows 8192", "tc (defaults)",
+                                                   "wg tile 192"}
+    assert "Gram bf16 fast wg192 centred d=300" in (tmp_path / "table.txt").read_text()
     assert res["eig"][0]["full_max_err_over_l1"] < 1e-12
     assert "randomized top-256 d=300" in (tmp_path / "table.txt").read_text()
     assert res["batched_spectra"]["max_diff_over_l1"] < 1e-12

@@ -78,17 +78,22 @@ def _hopper() -> bool:
     return torch is not None and tuple(torch.cuda.get_device_capability()) == (9, 0)
 
 
-def skip_unless_kernel_runs_here(kernel: str) -> None:
-    if kernel == "wg" and not _hopper():
+def use_kernel(kernel: str, monkeypatch) -> None:
+    """cublas, tc, wg (128 x 128 tiles) or wg192 (128 x 192 tiles); wg needs a 9.0 device."""
+    if kernel.startswith("wg") and not _hopper():
         pytest.skip("GEOMFAST_CUDA_GRAM_KERNEL=wg needs a compute capability 9.0 GPU (sm_90a)")
+    monkeypatch.setenv("GEOMFAST_CUDA_GRAM_KERNEL", "wg" if kernel.startswith("wg") else kernel)
+    if kernel == "wg192":
+        monkeypatch.setenv("GEOMFAST_CUDA_WG_TILE_N", "192")
+    else:
+        monkeypatch.delenv("GEOMFAST_CUDA_WG_TILE_N", raising=False)
 
 
-@pytest.fixture(params=["cublas", "tc", "wg"])
+@pytest.fixture(params=["cublas", "tc", "wg", "wg192"])
 def gram_kernel(request, monkeypatch):
     """The fast 16-bit path on cuBLAS products, on gram_tc.cu's two-level WMMA kernel, or on
-    gram_wgmma.cu's Hopper kernel (9.0 devices only)."""
-    skip_unless_kernel_runs_here(request.param)
-    monkeypatch.setenv("GEOMFAST_CUDA_GRAM_KERNEL", request.param)
+    gram_wgmma.cu's Hopper kernel (9.0 devices only) with either tile width."""
+    use_kernel(request.param, monkeypatch)
     return request.param
 
 
@@ -158,19 +163,18 @@ def test_fast_16bit_with_a_few_offset_columns(dtype, gram_kernel):
 @pytest.mark.parametrize("offset", [False, True])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("d", [31, 127, 128, 129, 300, 4095, 4097])
-@pytest.mark.parametrize("kernel", ["tc", "wg"])
+@pytest.mark.parametrize("kernel", ["tc", "wg", "wg192"])
 def test_own_kernel_matches_reference_and_cublas(kernel, d, dtype, offset, rows_per_call, monkeypatch):
-    """gram_tc.cu / gram_wgmma.cu on and off their 128-column tile edges, with odd row counts per
-    call (96 rows: 3 slabs of 32 for tc with chains of 32 rows, a slab and a half of 64 for wg
-    with chains of 64), some columns shifted (HᵀL and LᵀL terms) or none."""
-    skip_unless_kernel_runs_here(kernel)
+    """gram_tc.cu / gram_wgmma.cu on and off their 128- (192-) column tile edges, with odd row
+    counts per call (96 rows: 3 slabs of 32 for tc with chains of 32 rows, a slab and a half of 64
+    for wg with chains of 64), some columns shifted (HᵀL and LᵀL terms) or none."""
+    use_kernel(kernel, monkeypatch)
     n = 2500 if d < 1000 else 5000
     x = random_rows(n, d, "float64", seed=d + 7 * offset)
     if offset:
         x[:, ::5] += 300.0
     x = x.to(tdtype(dtype))
     ref = gpu_reference_cov(x)
-    monkeypatch.setenv("GEOMFAST_CUDA_GRAM_KERNEL", kernel)
     if rows_per_call:
         monkeypatch.setenv("GEOMFAST_CUDA_TC_ROWS", rows_per_call)
         monkeypatch.setenv("GEOMFAST_CUDA_TC_CHAIN_ROWS", "32" if kernel == "tc" else "64")
@@ -186,8 +190,8 @@ def test_own_kernel_matches_reference_and_cublas(kernel, d, dtype, offset, rows_
 @gpu
 @needs_torch
 def test_gram_kernel_choice_is_checked(monkeypatch):
-    """An unknown GEOMFAST_CUDA_GRAM_KERNEL, or wg on a device other than 9.0, is refused by name
-    before the state changes."""
+    """An unknown GEOMFAST_CUDA_GRAM_KERNEL, wg on a device other than 9.0, or an unknown wg tile
+    width, is refused by name before the state changes."""
     x = random_rows(200, 40, "bfloat16", seed=5)
     acc = geomfast.GramAccumulator(40, device="cuda", precision="fast")
     acc.update(x)
@@ -195,9 +199,13 @@ def test_gram_kernel_choice_is_checked(monkeypatch):
     monkeypatch.setenv("GEOMFAST_CUDA_GRAM_KERNEL", "wgmma")
     with pytest.raises(ValueError, match="GEOMFAST_CUDA_GRAM_KERNEL.*wgmma"):
         acc.update(x)
+    monkeypatch.setenv("GEOMFAST_CUDA_GRAM_KERNEL", "wg")
     if not _hopper():
-        monkeypatch.setenv("GEOMFAST_CUDA_GRAM_KERNEL", "wg")
         with pytest.raises(ValueError, match="compute capability 9.0"):
+            acc.update(x)
+    else:
+        monkeypatch.setenv("GEOMFAST_CUDA_WG_TILE_N", "256")
+        with pytest.raises(ValueError, match="GEOMFAST_CUDA_WG_TILE_N.*256"):
             acc.update(x)
     after = acc.state_dict()
     assert after["count"] == before["count"] == 200

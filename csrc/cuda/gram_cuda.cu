@@ -120,6 +120,14 @@ int64_t env_int(const char* name, int64_t fallback, int64_t least) {
 int64_t env_flush_rows(int64_t fallback) { return env_int("GEOMFAST_CUDA_FLUSH_ROWS", fallback, 16); }
 // GEOMFAST_CUDA_TRIANGLE_TILE: the column-block width of the upper-triangle products.
 int64_t env_triangle_tile() { return env_int("GEOMFAST_CUDA_TRIANGLE_TILE", kTriangleTile, 64); }
+// GEOMFAST_CUDA_WG_TILE_N: the wg kernel's tile width, 128 (default) or 192 (fewer operand bytes
+// per product: the knob for telling whether L2 bandwidth bounds it).
+int wg_tile_n() {
+  const char* v = std::getenv("GEOMFAST_CUDA_WG_TILE_N");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "128") == 0) return 128;
+  if (std::strcmp(v, "192") == 0) return 192;
+  GF_THROW(ValueError, "[GramAccumulator.update] GEOMFAST_CUDA_WG_TILE_N: expected 128 or 192, got '", v, "'");
+}
 // The fast 16-bit path's products: GEOMFAST_CUDA_GRAM_KERNEL = cublas (default: cuBLAS over the
 // triangle's column blocks), tc (gram_tc.cu's WMMA kernel) or wg (gram_wgmma.cu's Hopper kernel,
 // 9.0 devices only). Read at each update; any other value, or wg where it cannot run, is an error.
@@ -137,6 +145,7 @@ Kernel16 fast16_kernel(int device) {
   auto it = why.find(device);
   if (it == why.end()) it = why.emplace(device, wg_gram_unavailable(device)).first;
   if (!it->second.empty()) GF_THROW(ValueError, "[GramAccumulator.update] ", it->second);
+  (void)wg_tile_n();  // its knob checked too, before any work
   return Kernel16::kWg;
 }
 
@@ -484,11 +493,20 @@ class CudaGram final : public GramBackend {
   void products_fast16_own(const MatrixView& x, Kernel16 kernel, cudaStream_t st) {
     const int64_t d = dim_;
     const int64_t nj = nj_;
-    const int64_t ldh = round_up(d, kTcTile), ldl = nj > 0 ? round_up(nj, kTcTile) : 0;
+    const bool wg = kernel == Kernel16::kWg;
+    const int tile_n = wg ? wg_tile_n() : static_cast<int>(kTcTile);
+    const auto pad = [&](int64_t cols) { return wg ? wg_padded(cols, tile_n) : round_up(cols, kTcTile); };
+    const int64_t ldh = pad(d), ldl = nj > 0 ? pad(nj) : 0;
     const int64_t br = std::min(env_int("GEOMFAST_CUDA_TC_ROWS", kTcRows, 32), x.rows);
-    const int64_t slab = kernel == Kernel16::kWg ? 64 : 32;  // chains are whole slabs
-    const int chain = static_cast<int>(round_up(env_int("GEOMFAST_CUDA_TC_CHAIN_ROWS", kTcChainRows, 32), slab));
-    const auto gram_update = kernel == Kernel16::kWg ? wg_gram_update : tc_gram_update;
+    const int chain = static_cast<int>(round_up(env_int("GEOMFAST_CUDA_TC_CHAIN_ROWS", kTcChainRows, 32),
+                                                wg ? 64 : 32));  // chains are whole slabs
+    const auto gram_update = [&](const void* a, int64_t lda, int64_t m, const void* b, int64_t ldb, int64_t n,
+                                 int64_t rows, bool upper, double* c, int64_t ldc) {
+      if (wg)
+        wg_gram_update(a, lda, m, b, ldb, n, rows, chain, tile_n, x.dtype, upper, c, ldc, st);
+      else
+        tc_gram_update(a, lda, m, b, ldb, n, rows, chain, x.dtype, upper, c, ldc, st);
+    };
     const auto [hi, lo] = split_buffers(br, ldh, ldl);
     if (nj > 0) {
       hl64_.reserve(static_cast<size_t>(d * nj));
@@ -499,10 +517,10 @@ class CudaGram final : public GramBackend {
     for (int64_t r0 = 0; r0 < x.rows; r0 += br) {
       const int64_t nb = std::min(br, x.rows - r0);
       split_rows_16(x, r0, nb, c_.get(), col2j_.get(), nj, hi, ldh, lo, ldl, st);
-      gram_update(hi, ldh, d, hi, ldh, d, nb, chain, x.dtype, /*upper=*/true, gram_.get(), d, st);
+      gram_update(hi, ldh, d, hi, ldh, d, nb, /*upper=*/true, gram_.get(), d);
       if (nj > 0) {
-        gram_update(hi, ldh, d, lo, ldl, nj, nb, chain, x.dtype, /*upper=*/false, hl64_.get(), d, st);
-        gram_update(lo, ldl, nj, lo, ldl, nj, nb, chain, x.dtype, /*upper=*/true, ll64_.get(), nj, st);
+        gram_update(hi, ldh, d, lo, ldl, nj, nb, /*upper=*/false, hl64_.get(), d);
+        gram_update(lo, ldl, nj, lo, ldl, nj, nb, /*upper=*/true, ll64_.get(), nj);
       }
     }
     if (nj > 0) add_cross_terms(hl64_.get(), ll64_.get(), col2j_.get(), d, nj, gram_.get(), st);

@@ -5,6 +5,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -109,12 +110,18 @@ void tc_gram_update(const void* a, int64_t lda, int64_t m,
                     cudaStream_t stream);
 
 // The same product on Hopper's warpgroup MMA (gram_wgmma.cu; compiled for sm_90a only): the same
-// contract, except that chain_rows must be a multiple of 64. wg_gram_unavailable(device) is empty
-// where it can run, otherwise the reason (not a 9.0 device, or no sm_90a image in this build).
+// contract, except that chain_rows must be a multiple of 64 and the tiles are 128 x tile_n
+// (tile_n = 128 or 192): A padded to whole 128-column tiles, B to whole tile_n-column tiles
+// (wg_padded(cols, tile_n) covers both roles). wg_gram_unavailable(device) is empty where it can
+// run, otherwise the reason (not a 9.0 device, or no sm_90a image in this build).
 std::string wg_gram_unavailable(int device);
+inline int64_t wg_padded(int64_t cols, int tile_n) {
+  const auto up = [](int64_t v, int64_t q) { return (v + q - 1) / q * q; };
+  return std::max(up(cols, kTcTile), up(cols, tile_n));
+}
 void wg_gram_update(const void* a, int64_t lda, int64_t m,
                     const void* b, int64_t ldb, int64_t n,
-                    int64_t rows, int chain_rows, DType dtype, bool upper,
+                    int64_t rows, int chain_rows, int tile_n, DType dtype, bool upper,
                     double* c, int64_t ldc,  // [*, *] col-major, ldc >= m
                     cudaStream_t stream);
 

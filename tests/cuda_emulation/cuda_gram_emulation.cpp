@@ -149,6 +149,7 @@ void case_stream(Precision p, DType t, int64_t d, const char* kernel, bool colum
     for (int64_t b = 0; b < d; ++b) symmetric = symmetric && cov[a * d + b] == cov[b * d + a];
   const std::string what = std::string(p == Precision::kHighest ? "highest " : "fast ") + dname(t) + " d=" +
                            std::to_string(d) + (std::string(kernel) != "cublas" ? " " + std::string(kernel) : "") +
+                           (std::getenv("GEOMFAST_CUDA_WG_TILE_N") ? " tile 192" : "") +
                            (column_major ? " column-major" : "") +
                            (std::getenv("GEOMFAST_CUDA_TRIANGLE_TILE") ? " tile 64 flush 100" : "") +
                            ", 4 uneven chunks, offsets";
@@ -258,10 +259,20 @@ void case_bad_kernel_name(unsigned seed) {
   } catch (const ValueError& e) {
     msg = e.what();
   }
+  setenv("GEOMFAST_CUDA_GRAM_KERNEL", "wg", 1);
+  setenv("GEOMFAST_CUDA_WG_TILE_N", "64", 1);
+  std::string msg2;
+  try {
+    g->update(a.view());
+  } catch (const ValueError& e) {
+    msg2 = e.what();
+  }
+  unsetenv("GEOMFAST_CUDA_WG_TILE_N");
   setenv("GEOMFAST_CUDA_GRAM_KERNEL", "cublas", 1);
-  const bool named = msg.find("GEOMFAST_CUDA_GRAM_KERNEL") != std::string::npos && msg.find("wgmma") != std::string::npos;
-  report("fast bf16: GEOMFAST_CUDA_GRAM_KERNEL=wgmma refused, state kept", rel_fro(cov_of(*g), reference_cov({&a}, d)),
-         1e-6, named && g->count() == 50, named ? "" : " (message: " + msg + ")");
+  const bool named = msg.find("GEOMFAST_CUDA_GRAM_KERNEL") != std::string::npos && msg.find("wgmma") != std::string::npos &&
+                     msg2.find("GEOMFAST_CUDA_WG_TILE_N") != std::string::npos;
+  report("fast bf16: bad GRAM_KERNEL / WG_TILE_N refused, state kept", rel_fro(cov_of(*g), reference_cov({&a}, d)),
+         1e-6, named && g->count() == 50, named ? "" : " (messages: " + msg + " | " + msg2 + ")");
 }
 
 }  // namespace
@@ -290,6 +301,9 @@ int main() {
     // gram_wgmma.cu's Hopper kernel (the fake device is a 9.0): the same cases as tc
     for (DType t : {DType::kFloat16, DType::kBFloat16}) case_stream(Precision::kFast, t, 37, "wg", false, seed++);
     case_stream(Precision::kFast, DType::kBFloat16, 130, "wg", true, seed++);
+    setenv("GEOMFAST_CUDA_WG_TILE_N", "192", 1);  // 128 x 192 tiles (operands padded to 192 columns)
+    case_stream(Precision::kFast, DType::kFloat16, 200, "wg", false, seed++);
+    unsetenv("GEOMFAST_CUDA_WG_TILE_N");
     case_dtype_switches(Precision::kFast, "wg", seed++);
     case_bad_kernel_name(seed++);
     for (Precision p : {Precision::kHighest, Precision::kFast}) case_non_finite_and_state(p, seed++);

@@ -1,4 +1,4 @@
-// Runs csrc/cuda/gram_wgmma.cu's kernel source on the CPU (wmma_emulation.hpp + wgmma_emulation.hpp:
+// Runs csrc/cuda/gram_wgmma.cu's kernel source (128 x 128 and 128 x 192 tiles) on the CPU (wmma_emulation.hpp + wgmma_emulation.hpp:
 // copies and products completed only at the waits that retire them) against a float64 reference,
 // on and off its 128-column tiles, with row counts that end mid-slab and mid-chain, enough slabs to
 // wrap the 5-stage ring several times, chains of 1-4 slabs (the two warpgroups' chains staggered),
@@ -22,12 +22,13 @@ __nv_bfloat16 to16<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 template <>
 __half to16<__half>(float v) { return __float2half_rn(v); }
 
-template <typename T>
+template <typename T, int BN = 128>
 bool run_case(const char* name, int64_t m, int64_t n, int64_t rows, int chain_rows, bool upper, bool same,
               unsigned seed) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  const int64_t lda = (m + kTcTile - 1) / kTcTile * kTcTile, ldb = (n + kTcTile - 1) / kTcTile * kTcTile;
+  // wg_padded: what CudaGram pads to (each operand may be A or B)
+  const int64_t lda = wg_padded(m, BN), ldb = wg_padded(n, BN);
   std::vector<T> a(static_cast<size_t>(rows * lda), to16<T>(0.0f)), b(static_cast<size_t>(rows * ldb), to16<T>(0.0f));
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t j = 0; j < m; ++j) a[r * lda + j] = to16<T>(nd(rng));
@@ -41,11 +42,11 @@ bool run_case(const char* name, int64_t m, int64_t n, int64_t rows, int chain_ro
     for (int64_t i = 0; i < ldc; ++i)
       c[i + j * ldc] = (i < m && (!upper || i <= j)) ? 0.25 * static_cast<double>(i - j) : NAN;
   const std::vector<double> c0 = c;
-  const unsigned gx = static_cast<unsigned>((m + kTcTile - 1) / kTcTile), gy = static_cast<unsigned>((n + kTcTile - 1) / kTcTile);
-  gf_emu::set_dynamic_smem(kWgSmemBytes);
+  const unsigned gx = static_cast<unsigned>((m + kWgBM - 1) / kWgBM), gy = static_cast<unsigned>((n + BN - 1) / BN);
+  gf_emu::set_dynamic_smem(WgTile<BN>::kSmemBytes);
   gf_emu::g_async_leftover = 0;
   gf_emu::launch(gx, gy, kWgThreads, [&] {
-    wg_gram_kernel<T>(a.data(), lda, m, bp, ldbp, n, rows, chain_rows / kWgBK, upper, c.data(), ldc);
+    wg_gram_kernel<T, BN>(a.data(), lda, m, bp, ldbp, n, rows, chain_rows / kWgBK, upper, c.data(), ldc);
   });
   double worst = 0.0;
   int64_t wrong_nan = 0;
@@ -73,9 +74,9 @@ bool run_case(const char* name, int64_t m, int64_t n, int64_t rows, int chain_ro
   const double bar = 4.0 * (chain_rows / 16.0 + static_cast<double>(rows) / chain_rows + 2) * 6e-8;
   const long left = gf_emu::g_async_leftover.load();
   const bool ok = worst <= bar && wrong_nan == 0 && left == 0;
-  std::printf("%-14s %-5s %-34s m=%-4lld n=%-4lld rows=%-5lld chain=%-3d upper=%d: max rel err %.2e (bar %.1e), "
+  std::printf("%-14s %-5s 128x%-3d %-34s m=%-4lld n=%-4lld rows=%-5lld chain=%-3d upper=%d: max rel err %.2e (bar %.1e), "
               "writes outside %lld, unretired async ops %ld -> %s\n",
-              gf_emu::schedule_name(gf_emu::g_schedule), std::is_same_v<T, __half> ? "f16" : "bf16", name,
+              gf_emu::schedule_name(gf_emu::g_schedule), std::is_same_v<T, __half> ? "f16" : "bf16", BN, name,
               (long long)m, (long long)n, (long long)rows, chain_rows, upper, worst, bar, (long long)wrong_nan, left,
               ok ? "ok" : "WRONG");
   return ok;
@@ -96,6 +97,12 @@ int main() {
     ok &= run_case<__nv_bfloat16>("ring wrapped 3x, chains of 3 slabs", 130, 130, 1000, 192, true, true, seed++);
     ok &= run_case<__half>("ring wrapped, rows a multiple of 64", 64, 64, 704, 128, true, true, seed++);
     ok &= run_case<__nv_bfloat16>("ring wrapped, one chain per update", 100, 140, 640, 640, false, false, seed++);
+    // 128 x 192 tiles: two column tiles at d = 200, tiles partly and wholly below the diagonal at 400
+    for (int64_t d : {31, 200, 400})
+      ok &= run_case<__nv_bfloat16, 192>("HH upper (A = B)", d, d, 257, 128, true, true, seed++);
+    ok &= run_case<__half, 192>("HH upper, ring wrapped, chains of 3", 193, 193, 900, 192, true, true, seed++);
+    ok &= run_case<__nv_bfloat16, 192>("HL full (A != B, n < m)", 300, 37, 130, 64, false, false, seed++);
+    ok &= run_case<__half, 192>("HL full (A != B, n > m)", 40, 390, 70, 128, false, false, seed++);
   }
   std::printf(ok ? "ALL OK\n" : "FAILURES\n");
   return ok ? 0 : 1;

@@ -18,7 +18,7 @@
 // Operands are read through the shared-memory matrix descriptors exactly as gram_wgmma.cu states
 // the MN-major 128-byte-swizzle layout (start, leading byte offset between 64-column atoms,
 // stride byte offset between 8-row atoms, 16-byte chunks XOR-swizzled by address bits 7-9), and
-// each thread computes its own m64n128 fragment elements with the register mapping stated there.
+// each thread computes its own m64nN fragment elements with the register mapping stated there.
 // That checks the kernel's self-consistency, not the hardware's reading of the layout.
 #pragma once
 #include <atomic>
@@ -54,6 +54,7 @@ struct AsyncCopy {
 };
 struct AsyncMma {
   float* d;
+  int n;  // N of m64nNk16: d holds n / 2 floats
   uint64_t desc_a, desc_b;
   int scale_d;
   bool f16;
@@ -100,8 +101,8 @@ inline float desc_element(uint64_t desc, int mn, int k, bool f16) {
 
 inline void run_mma(const AsyncMma& op) {
   const int t = static_cast<int>(thread_idx.x) % 128, w = t / 32, lane = t % 32;
-  float out[64];
-  for (int i = 0; i < 64; ++i) {
+  float out[128];
+  for (int i = 0; i < op.n / 2; ++i) {
     const int row = 16 * w + lane / 4 + 8 * ((i >> 1) & 1);
     const int col = 8 * (i >> 2) + 2 * (lane % 4) + (i & 1);
     double terms[17];
@@ -111,7 +112,7 @@ inline void run_mma(const AsyncMma& op) {
                      desc_element(op.desc_b, col, k, op.f16);  // exact
     out[i] = nvcuda::wmma::mma_step(terms);
   }
-  std::memcpy(op.d, out, sizeof(out));
+  std::memcpy(op.d, out, sizeof(float) * (op.n / 2));
 }
 
 }  // namespace gf_emu
@@ -175,11 +176,13 @@ void wgmma_wait() {
     q.mma_groups.pop_front();
   }
 }
-inline void fence_operand(float (&)[64]) {}
+template <int R>
+void fence_operand(float (&)[R]) {}
 
-template <typename T>
-void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int scale_d) {
-  const ::gf_emu::AsyncMma op{d, desc_a, desc_b, scale_d, std::is_same_v<T, __half>};
+template <typename T, int N>
+void wgmma_m64nNk16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  static_assert(N % 8 == 0 && N <= 256, "m64nNk16");
+  const ::gf_emu::AsyncMma op{d, N, desc_a, desc_b, scale_d, std::is_same_v<T, __half>};
   if (::gf_emu::g_schedule == ::gf_emu::Schedule::kEarlyMma)
     ::gf_emu::run_mma(op);
   else
