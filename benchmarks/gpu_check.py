@@ -11,8 +11,7 @@ Sections, in order (each one's results are written to --out as soon as it ends, 
 killed keeps what it finished; a section that raises is recorded and the next one still runs; a
 section whose estimated cost no longer fits --budget-s is skipped and says so):
   1. geomfast.backends(), the card, torch;
-  2. tests/test_cuda.py (pytest, its own timeout; log in --out/test_cuda.log) unless --skip-tests;
-     then each of our own kernels (tc; wg on a 9.0 card) once in a subprocess against float64: one
+  2. each of our own kernels (tc; wg on a 9.0 card) once in a subprocess against float64: one
      that fails there, or faults, is left out of what follows (a fault poisons the CUDA context);
   3. the fast bf16 path's time AND error, per kernel (GEOMFAST_CUDA_GRAM_KERNEL: cuBLAS products,
      gram_tc.cu's two-level WMMA kernel, and on a 9.0 device gram_wgmma.cu's Hopper kernel), flush
@@ -26,7 +25,9 @@ section whose estimated cost no longer fits --budget-s is skipped and says so):
   6. full eigvalsh vs torch.linalg.eigvalsh (and cupy.linalg.eigvalsh), randomized top-256 vs
      full and vs torch.svd_lowrank;
   7. geomfast.spectra over --batch accumulators (one host synchronisation) vs one spectrum() each
-     and vs torch's batched eigvalsh.
+     and vs torch's batched eigvalsh;
+  8. tests/test_cuda.py (pytest; log in --out/test_cuda.log) unless --skip-tests, last, within
+     --test-timeout-s and what is left of the budget, so that it cannot crowd out the figures.
 Targets (issue 3, H100): Gram bf16 >= 1.6x torch X.T @ X and >= 60% of the measured bf16 peak;
 full eigvalsh <= torch; randomized top-256 >= 10x faster than full.
 Exit status: 0 all ran and the tests passed, 1 a test failed or a section raised, 2 no usable CUDA.
@@ -223,11 +224,12 @@ def main() -> int:
         log_path = (args.out / "test_cuda.log") if args.out else None
         cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_cuda.py")]
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.test_timeout_s)
+            limit = min(args.test_timeout_s, max(30.0, chk.left() - 10.0))
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
             text, rc = proc.stdout + proc.stderr, proc.returncode
         except subprocess.TimeoutExpired as e:
             text = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-            text += f"\n[gpu_check] pytest stopped after {args.test_timeout_s:.0f} s"
+            text += f"\n[gpu_check] pytest stopped after {limit:.0f} s"
             rc = -1
         if log_path:
             log_path.write_text(text)
@@ -238,8 +240,6 @@ def main() -> int:
             chk.failed = True
         rows.append(("tests/test_cuda.py", "passed" if rc == 0 else "FAILED", "", tail[-1] if tail else ""))
 
-    if not args.skip_tests and not args.cpu_dry_run:
-        chk.section("tests/test_cuda.py", 30.0, tests)
 
     # ------------------------------------------------------------------ flush / tile / kernel sweep
     # Our own two-level kernels: gram_tc.cu everywhere, gram_wgmma.cu on compute capability 9.0
@@ -516,6 +516,11 @@ def main() -> int:
         torch.cuda.empty_cache()
 
     chk.section("batched spectra", 20.0, batch_section)
+
+    # Last, so that a long test run cannot crowd out the figures: the kernels it would exercise
+    # have passed their smoke checks above, and it gets what is left of the budget.
+    if not args.skip_tests and not args.cpu_dry_run:
+        chk.section("tests/test_cuda.py", 30.0, tests)
 
     chk.save()
     log("")
