@@ -122,8 +122,8 @@ wg_gram_kernel(const T* __restrict__ a, int64_t lda, int64_t m,
   const int r0 = tid / 8, c0 = (tid % 8) * 8;
   const T* a_thr = a + r0 * lda + m0 + c0;
   const T* b_thr = b + r0 * ldb + n0 + c0;
-  auto load_stage = [&](int64_t s) {  // slab s (rows s*64 ..) into buffer s % kWgStages
-    const uint32_t sa = base + static_cast<uint32_t>(s % kWgStages) * Tile::kStageBytes, sb = sa + Tile::kBytesA;
+  auto load_stage = [&](int64_t s, int buf) {  // slab s (rows s*64 ..) into buffer buf (= s % kWgStages)
+    const uint32_t sa = base + static_cast<uint32_t>(buf) * Tile::kStageBytes, sb = sa + Tile::kBytesA;
 #pragma unroll
     for (int q = 0; q < 2; ++q) {
       const int r = r0 + 32 * q;
@@ -144,25 +144,29 @@ wg_gram_kernel(const T* __restrict__ a, int64_t lda, int64_t m,
     chain[i] = 0.0f;
     total[i] = 0.0f;
   }
-  // Warpgroup 1 ends its chains half a chain after warpgroup 0 (its first chain is shorter).
-  const int chain_offset = wg * (chain_iters / 2);
+  // Slabs in the current chain. Warpgroup 1 starts half a chain in, so it ends its chains half a
+  // chain after warpgroup 0 (its first chain is shorter). Counters, not % (a division per slab).
+  int since = wg * (chain_iters / 2);
 
 #pragma unroll
   for (int s = 0; s < kWgStages - 2; ++s) {
-    if (s < nk) load_stage(s);
+    if (s < nk) load_stage(s, s);
     cp_async_commit();  // one group per slab, empty or not: the wait counts below stay exact
   }
   bool fresh = true;  // the next product starts a new chain (scale_d = 0)
+  int use = 0, fill = kWgStages - 2;  // buffers of slabs it and it + kWgStages - 2
   for (int64_t it = 0; it < nk; ++it) {
     cp_async_wait<kWgStages - 3>();  // this thread's copies of slab `it` have landed
     fence_proxy_async();
     // Everyone's copies of slab `it` have landed; and every warpgroup has retired its products of
     // slab it - 2 (wait_group 1 below), whose buffer the next load reuses.
     __syncthreads();
-    if (it + kWgStages - 2 < nk) load_stage(it + kWgStages - 2);
+    if (it + kWgStages - 2 < nk) load_stage(it + kWgStages - 2, fill);
     cp_async_commit();
 
-    const uint32_t sa = base + static_cast<uint32_t>(it % kWgStages) * Tile::kStageBytes, sb = sa + Tile::kBytesA;
+    const uint32_t sa = base + static_cast<uint32_t>(use) * Tile::kStageBytes, sb = sa + Tile::kBytesA;
+    use = use + 1 == kWgStages ? 0 : use + 1;
+    fill = fill + 1 == kWgStages ? 0 : fill + 1;
     fence_operand(chain);
     wgmma_fence();
 #pragma unroll
@@ -171,12 +175,13 @@ wg_gram_kernel(const T* __restrict__ a, int64_t lda, int64_t m,
                             make_desc(sb + ks * 2 * Tile::kAtomsB * kAtomBytes, Tile::kAtomsB),
                             (fresh && ks == 0) ? 0 : 1);
     wgmma_commit();
-    if ((it + 1 + chain_offset) % chain_iters == 0 || it + 1 == nk) {
+    if (++since == chain_iters || it + 1 == nk) {
       wgmma_wait<0>();
       fence_operand(chain);
 #pragma unroll
       for (int i = 0; i < kAcc; ++i) total[i] += chain[i];
       fresh = true;
+      since = 0;
     } else {
       wgmma_wait<1>();
       fresh = false;
