@@ -18,10 +18,14 @@
 //  - the two warpgroups (rows 0-63 and 64-127 of the tile) end their chains half a chain apart,
 //    so while one drains its chain into the second accumulator the other's products keep the
 //    tensor cores busy.
-// One CTA (256 threads) per output tile of 128 x 128 (161 KiB of dynamic shared memory, 174
-// registers) or 128 x 192 (GEOMFAST_CUDA_WG_TILE_N=192: 201 KiB, 248 registers; 20 % fewer operand
+// One CTA (256 threads) per output tile of 128 x 128 (161 KiB of dynamic shared memory, 178
+// registers) or 128 x 192 (GEOMFAST_CUDA_WG_TILE_N=192: 201 KiB, 242 registers; 20 % fewer operand
 // bytes per product, for when L2 bandwidth bounds the smaller tile); neither spills (ptxas -v,
 // CUDA 13.0). Tiles wholly below the diagonal return at once when `upper`.
+// Checked in the SASS (cuobjdump -sass, CUDA 13.0): HGMMA.64x128x16 / 64x192x16 with .tnspA.tnspB,
+// LDGSTS for the copies, no local memory, and inside the slab loop only our own waits
+// (WARPGROUP.DEPBAR.LE gsb0 1 per slab, 0 where a chain ends): an earlier shape of the loop let
+// ptxas insert a full wait in every iteration (C7517), which drained the tensor cores per slab.
 //
 // NOT YET RUN ON A GPU. Its source runs on the CPU under tests/cuda_emulation
 // (wgmma_emulation.hpp), which executes cp.async copies and wgmma products as late as PTX allows
@@ -144,49 +148,64 @@ wg_gram_kernel(const T* __restrict__ a, int64_t lda, int64_t m,
     chain[i] = 0.0f;
     total[i] = 0.0f;
   }
-  // Slabs in the current chain. Warpgroup 1 starts half a chain in, so it ends its chains half a
-  // chain after warpgroup 0 (its first chain is shorter). Counters, not % (a division per slab).
-  int since = wg * (chain_iters / 2);
-
 #pragma unroll
   for (int s = 0; s < kWgStages - 2; ++s) {
     if (s < nk) load_stage(s, s);
     cp_async_commit();  // one group per slab, empty or not: the wait counts below stay exact
   }
-  bool fresh = true;  // the next product starts a new chain (scale_d = 0)
-  int use = 0, fill = kWgStages - 2;  // buffers of slabs it and it + kWgStages - 2
-  for (int64_t it = 0; it < nk; ++it) {
+  int use = 0, fill = kWgStages - 2;  // buffers of slabs it and it + kWgStages - 2 (counters, not %)
+  // Before slab `it`'s products: its copies have landed and are visible to wgmma; the next load.
+  auto begin_slab = [&](int64_t it) -> uint32_t {
     cp_async_wait<kWgStages - 3>();  // this thread's copies of slab `it` have landed
     fence_proxy_async();
     // Everyone's copies of slab `it` have landed; and every warpgroup has retired its products of
-    // slab it - 2 (wait_group 1 below), whose buffer the next load reuses.
+    // slab it - 2 (one group in flight at most, below), whose buffer the next load reuses.
     __syncthreads();
     if (it + kWgStages - 2 < nk) load_stage(it + kWgStages - 2, fill);
     cp_async_commit();
-
-    const uint32_t sa = base + static_cast<uint32_t>(use) * Tile::kStageBytes, sb = sa + Tile::kBytesA;
+    const uint32_t sa = base + static_cast<uint32_t>(use) * Tile::kStageBytes;
     use = use + 1 == kWgStages ? 0 : use + 1;
     fill = fill + 1 == kWgStages ? 0 : fill + 1;
+    return sa;
+  };
+  auto issue = [&](uint32_t sa, bool new_chain) {  // slab products into the chain, one wgmma group
+    const uint32_t sb = sa + Tile::kBytesA;
     fence_operand(chain);
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < kWgBK / 16; ++ks)  // 16 rows = two 8-row groups
       wgmma_m64nNk16<T, BN>(chain, make_desc(sa + ks * 2 * Tile::kAtomsA * kAtomBytes + wg * kAtomBytes, Tile::kAtomsA),
                             make_desc(sb + ks * 2 * Tile::kAtomsB * kAtomBytes, Tile::kAtomsB),
-                            (fresh && ks == 0) ? 0 : 1);
+                            (new_chain && ks == 0) ? 0 : 1);
     wgmma_commit();
-    if (++since == chain_iters || it + 1 == nk) {
-      wgmma_wait<0>();
-      fence_operand(chain);
+  };
+  auto drain_chain = [&] {  // the finished chain into the second accumulator
+    wgmma_wait<0>();
+    fence_operand(chain);
 #pragma unroll
-      for (int i = 0; i < kAcc; ++i) total[i] += chain[i];
-      fresh = true;
-      since = 0;
+    for (int i = 0; i < kAcc; ++i) total[i] += chain[i];
+  };
+
+  // Exactly one wgmma group (the previous slab's) is in flight at the top of every iteration, on
+  // both paths through it: where paths met with different counts in flight, ptxas inserted a full
+  // wait at the join (C7517), which drained the tensor cores after every slab.
+  issue(begin_slab(0), true);
+  // Slabs in the current chain. Warpgroup 1 starts half a chain in, so it ends its chains half a
+  // chain after warpgroup 0 (its first chain is shorter).
+  int since = wg * (chain_iters / 2) + 1;
+  for (int64_t it = 1; it < nk; ++it) {
+    const uint32_t sa = begin_slab(it);
+    if (since == chain_iters) {  // the chain ended with slab it - 1
+      drain_chain();
+      issue(sa, true);
+      since = 1;
     } else {
-      wgmma_wait<1>();
-      fresh = false;
+      issue(sa, false);
+      wgmma_wait<1>();  // slab it - 1's products retired
+      ++since;
     }
   }
+  drain_chain();
   cp_async_wait<0>();
 
   // The m64nN float32 fragment: warp w of the warpgroup holds rows 16w .. 16w + 15; element i

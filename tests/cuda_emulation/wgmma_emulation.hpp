@@ -33,6 +33,9 @@
 namespace gf_emu {
 
 inline std::atomic<long> g_async_leftover{0};
+// The longest tensor-core chain run (k16 steps since a product with scale_d = 0), over all threads.
+inline std::atomic<long> g_max_chain_steps{0};
+inline thread_local long t_chain_steps = 0;
 enum class Schedule { kLate, kEarlyCopy, kEarlyMma };
 inline Schedule g_schedule = Schedule::kLate;
 inline const char* schedule_name(Schedule s) {
@@ -100,6 +103,9 @@ inline float desc_element(uint64_t desc, int mn, int k, bool f16) {
 }
 
 inline void run_mma(const AsyncMma& op) {
+  t_chain_steps = op.scale_d ? t_chain_steps + 1 : 1;
+  for (long cur = g_max_chain_steps.load(); t_chain_steps > cur && !g_max_chain_steps.compare_exchange_weak(cur, t_chain_steps);) {
+  }
   const int t = static_cast<int>(thread_idx.x) % 128, w = t / 32, lane = t % 32;
   float out[128];
   for (int i = 0; i < op.n / 2; ++i) {
