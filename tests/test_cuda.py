@@ -189,6 +189,14 @@ def test_own_kernel_matches_reference_and_cublas(kernel, d, dtype, offset, rows_
 
 @gpu
 @needs_torch
+def test_backends_lists_the_fast_kernels_this_device_runs():
+    details = geomfast.backends()["cuda"]["details"]
+    assert "fast 16-bit kernels cublas, tc" in details, details
+    assert ("fast 16-bit kernels cublas, tc, wg)" in details) == _hopper(), details
+
+
+@gpu
+@needs_torch
 def test_gram_kernel_choice_is_checked(monkeypatch):
     """An unknown GEOMFAST_CUDA_GRAM_KERNEL, wg on a device other than 9.0, or an unknown wg tile
     width, is refused by name before the state changes."""

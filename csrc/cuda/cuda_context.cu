@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "cuda/cuda_utils.hpp"
+#include "cuda/gram_kernels.cuh"
 #include "geomfast/backend.hpp"
 
 namespace geomfast::cuda {
@@ -112,9 +113,12 @@ BackendInfo cuda_backend_info() {
      << (drv % 1000) / 10;
   for (int d = 0; d < count; ++d) {
     cudaDeviceProp prop{};
-    if (cudaGetDeviceProperties(&prop, d) == cudaSuccess)
+    if (cudaGetDeviceProperties(&prop, d) == cudaSuccess) {
+      // GEOMFAST_CUDA_GRAM_KERNEL values this device runs (wg: 9.0 only, and an sm_90a image)
+      const bool wg = cuda::wg_gram_unavailable(d).empty();
       os << "; cuda:" << d << " " << prop.name << " (sm_" << prop.major << prop.minor << ", "
-         << (prop.totalGlobalMem >> 20) << " MiB)";
+         << (prop.totalGlobalMem >> 20) << " MiB, fast 16-bit kernels cublas, tc" << (wg ? ", wg" : "") << ")";
+    }
   }
   try {
     cuda::DeviceHandles& h = cuda::device_handles(0);
