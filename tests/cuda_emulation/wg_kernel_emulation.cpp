@@ -8,69 +8,28 @@
 // pipeline. Prints one line per case and schedule; exits 1 if any is wrong. Built and run by tests/test_cuda_emulation.py.
 #define GEOMFAST_CUDA_EMULATE 1
 #include "../../csrc/cuda/gram_wgmma.cu"
+#include "gram_case.hpp"
 
 #include <cmath>
 #include <cstdio>
-#include <random>
 
 using namespace geomfast::cuda;
-
-template <typename T>
-T to16(float v);
-template <>
-__nv_bfloat16 to16<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__half to16<__half>(float v) { return __float2half_rn(v); }
 
 template <typename T, int BN = 128>
 bool run_case(const char* name, int64_t m, int64_t n, int64_t rows, int chain_rows, bool upper, bool same,
               unsigned seed, double bar_override = 0.0) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
   // wg_padded: what CudaGram pads to (each operand may be A or B)
-  const int64_t lda = wg_padded(m, BN), ldb = wg_padded(n, BN);
-  std::vector<T> a(static_cast<size_t>(rows * lda), to16<T>(0.0f)), b(static_cast<size_t>(rows * ldb), to16<T>(0.0f));
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t j = 0; j < m; ++j) a[r * lda + j] = to16<T>(nd(rng));
-    for (int64_t j = 0; j < n; ++j) b[r * ldb + j] = to16<T>(nd(rng) + 3.0f);
-  }
-  const T* bp = same ? a.data() : b.data();
-  const int64_t ldbp = same ? lda : ldb;
-  const int64_t ldc = m + 3;
-  std::vector<double> c(static_cast<size_t>(ldc * n));
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t i = 0; i < ldc; ++i)
-      c[i + j * ldc] = (i < m && (!upper || i <= j)) ? 0.25 * static_cast<double>(i - j) : NAN;
-  const std::vector<double> c0 = c;
+  GramCase<T> g(m, n, rows, wg_padded(m, BN), wg_padded(n, BN), upper, same, seed);
   const unsigned gx = static_cast<unsigned>((m + kWgBM - 1) / kWgBM), gy = static_cast<unsigned>((n + BN - 1) / BN);
   gf_emu::set_dynamic_smem(WgTile<BN>::kSmemBytes);
   gf_emu::g_async_leftover = 0;
   gf_emu::g_max_chain_steps = 0;
   gf_emu::launch(gx, gy, kWgThreads, [&] {
-    wg_gram_kernel<T, BN>(a.data(), lda, m, bp, ldbp, n, rows, chain_rows / kWgBK, upper, c.data(), ldc);
+    wg_gram_kernel<T, BN>(g.a.data(), g.lda, m, g.bp(), g.ldb, n, rows, chain_rows / kWgBK, upper, g.c.data(), g.ldc);
   });
-  double worst = 0.0;
-  int64_t wrong_nan = 0;
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t i = 0; i < ldc; ++i) {
-      const double got = c[i + j * ldc];
-      const bool written = i < m && (!upper || i <= j);
-      if (!written) {
-        wrong_nan += !std::isnan(got);
-        continue;
-      }
-      double ref = c0[i + j * ldc], mag = 0.0;
-      for (int64_t r = 0; r < rows; ++r) {
-        const double p = static_cast<double>(nvcuda::wmma::to_f(a[r * lda + i])) * nvcuda::wmma::to_f(bp[r * ldbp + j]);
-        ref += p;
-        mag += std::fabs(p);
-      }
-      if (!std::isfinite(got)) {
-        worst = INFINITY;
-        continue;
-      }
-      worst = std::max(worst, std::fabs(got - ref) / (mag + 1e-30));
-    }
+  double worst;
+  int64_t wrong_nan;
+  g.check(worst, wrong_nan);
   // float32 sums of at most chain_rows / 16 tensor-core steps per chain, then of the chains.
   const double bar = bar_override > 0 ? bar_override
                                       : 4.0 * (chain_rows / 16.0 + static_cast<double>(rows) / chain_rows + 2) * 6e-8;
