@@ -83,10 +83,11 @@ def test_wgmma_kernel_source_on_cpu_emulation(tmp_path):
 
 
 def test_fast16_path_kernels_on_cpu_emulation(tmp_path):
-    """The exact hi + lo split, and the whole fast 16-bit tc path (statistics, kernel shift, split,
+    """The exact hi + lo split, the 16-byte-vector statistics and split against the scalar kernels
+    (bit for bit), and the whole fast 16-bit tc path (statistics, kernel shift, split,
     products, cross terms, commits, covariance; a non-finite chunk rejected) against float64."""
     out = build_and_run(tmp_path, "fast16_path_emulation.cpp")
-    assert out.count(" -> ok") == 10
+    assert out.count(" -> ok") == 14  # + the 16-byte-vector statistics / split against the scalar kernels
 
 
 @pytest.fixture(scope="module")

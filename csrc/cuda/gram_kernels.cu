@@ -19,6 +19,8 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 #include "cuda/gram_kernels.cuh"
 
@@ -100,6 +102,82 @@ __global__ void column_stats_kernel(const T* __restrict__ x,  // [rows, cols], s
     }
     part[(static_cast<int64_t>(blockIdx.y) * 2 + 0) * cols + col] = a;
     part[(static_cast<int64_t>(blockIdx.y) * 2 + 1) * cols + col] = b;
+  }
+  if (bad) {
+    atomicAdd(&flags[0], bad);
+    atomicMin(&flags[1], first);
+  }
+  if (over) atomicAdd(&flags[2], over);
+}
+
+// The same over 16-byte vectors: x row-major with unit column stride, 16-byte aligned rows, cols
+// a multiple of V = 16 / sizeof(T). Thread (tx, ty) of block (bx, by) owns columns
+// bx * 32V + tx * V .. + V and the rows of the scalar kernel's thread (tx, ty), two rows' loads in
+// flight: the scalar kernel keeps one 2-byte load per thread in flight, a small fraction of what
+// the memory system needs to run at bandwidth. Same rows, same order of additions, same fixed
+// reduction: bit for bit the scalar kernel's result (tests/cuda_emulation checks).
+template <typename T>
+__global__ void column_stats_vec_kernel(const T* __restrict__ x,  // [rows, cols], row stride rs
+                                        int64_t rows, int64_t cols, int64_t rs,
+                                        const double* __restrict__ c,  // [cols] or nullptr
+                                        double split_max,
+                                        double* __restrict__ part,  // [gridDim.y, 2, cols]
+                                        unsigned long long* __restrict__ flags) {  // [kNumFlags]
+  constexpr int V = static_cast<int>(16 / sizeof(T));
+  __shared__ double s_sum[kStatsLanes][kStatsCols * V + 1];
+  __shared__ double s_sq[kStatsLanes][kStatsCols * V + 1];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kStatsCols * V + tx * V;
+  double sum[V], sq[V], cj[V];
+#pragma unroll
+  for (int v = 0; v < V; ++v) sum[v] = sq[v] = 0.0;
+  unsigned long long bad = 0, first = ULLONG_MAX, over = 0;
+  if (col0 < cols) {
+#pragma unroll
+    for (int v = 0; v < V; ++v) cj[v] = c ? c[col0 + v] : 0.0;
+    auto take = [&](const uint4& raw, int64_t r) {
+      T vals[V];
+      memcpy(vals, &raw, sizeof(raw));
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        const double val = to_double(vals[v]);
+        if (!isfinite(val)) {
+          if (bad++ == 0) first = static_cast<unsigned long long>(r);  // rows only increase here
+          continue;
+        }
+        const double y = val - cj[v];
+        sum[v] += y;
+        sq[v] += y * y;
+        if (split_max > 0.0 && fabs(y) > split_max) ++over;
+      }
+    };
+    const int64_t step = static_cast<int64_t>(gridDim.y) * kStatsLanes;
+    int64_t r = static_cast<int64_t>(blockIdx.y) * kStatsLanes + ty;
+    for (; r + step < rows; r += 2 * step) {
+      const uint4 a = __ldg(reinterpret_cast<const uint4*>(x + r * rs + col0));
+      const uint4 b = __ldg(reinterpret_cast<const uint4*>(x + (r + step) * rs + col0));
+      take(a, r);
+      take(b, r + step);
+    }
+    if (r < rows) take(__ldg(reinterpret_cast<const uint4*>(x + r * rs + col0)), r);
+  }
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    s_sum[ty][tx * V + v] = sum[v];
+    s_sq[ty][tx * V + v] = sq[v];
+  }
+  __syncthreads();
+  if (ty == 0 && col0 < cols) {
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      double a = 0.0, b = 0.0;
+      for (int l = 0; l < kStatsLanes; ++l) {  // fixed order: deterministic
+        a += s_sum[l][tx * V + v];
+        b += s_sq[l][tx * V + v];
+      }
+      part[(static_cast<int64_t>(blockIdx.y) * 2 + 0) * cols + col0 + v] = a;
+      part[(static_cast<int64_t>(blockIdx.y) * 2 + 1) * cols + col0 + v] = b;
+    }
   }
   if (bad) {
     atomicAdd(&flags[0], bad);
@@ -210,6 +288,55 @@ __global__ void split_rows_kernel(const T16* __restrict__ x,  // [*, cols], stri
   }
 }
 
+// The same over 16-byte vectors of 8 values: x row-major with unit column stride, 16-byte aligned
+// rows, cols a multiple of 8; hi 16-byte aligned with ldh a multiple of 8. Each thread takes one
+// vector of a row per step: hi written as one 16-byte store. Bit for bit the scalar kernel.
+template <typename T16>
+__global__ void split_rows_vec_kernel(const T16* __restrict__ x,  // [*, cols], row stride rs
+                                      int64_t r0, int64_t nb, int64_t cols, int64_t rs,
+                                      const double* __restrict__ c,  // [cols], values in T16
+                                      const int* __restrict__ col2j,  // [cols]
+                                      int64_t nj,
+                                      T16* __restrict__ hi, int64_t ldh,  // [nb, ldh] row-major
+                                      T16* __restrict__ lo, int64_t ldl) {  // [nb, ldl] row-major
+  constexpr int V = 8;
+  const int64_t nv = ldh / V;
+  for (int64_t r = blockIdx.y; r < nb; r += gridDim.y) {
+    const T16* xr = x + (r0 + r) * rs;
+    for (int64_t vi = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; vi < nv;
+         vi += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      const int64_t j0 = vi * V;
+      T16 h[V];
+      if (j0 < cols) {  // cols % 8 == 0: the whole vector is inside the row
+        const uint4 raw = __ldg(reinterpret_cast<const uint4*>(xr + j0));
+        T16 xs[V];
+        memcpy(xs, &raw, sizeof(raw));
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          const int64_t j = j0 + e;
+          const float a = to_float(xs[e]);
+          const float b = -static_cast<float>(c[j]);  // exact: c[j] is a 16-bit value
+          const float s = __fadd_rn(a, b);
+          const float bb = __fsub_rn(s, a);
+          const float err = __fadd_rn(__fsub_rn(a, __fsub_rn(s, bb)), __fsub_rn(b, bb));
+          h[e] = round16<T16>(s);
+          const int jj = col2j[j];
+          if (jj >= 0) lo[r * ldl + jj] = round16<T16>(__fadd_rn(__fsub_rn(s, to_float(h[e])), err));
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < V; ++e) h[e] = round16<T16>(0.0f);  // padding columns
+      }
+      uint4 out;
+      memcpy(&out, h, sizeof(out));
+      *reinterpret_cast<uint4*>(hi + r * ldh + j0) = out;
+#pragma unroll
+      for (int e = 0; e < V; ++e)
+        if (j0 + e >= nj && j0 + e < ldl) lo[r * ldl + j0 + e] = round16<T16>(0.0f);
+    }
+  }
+}
+
 // ------------------------------------------------------------------------- flushes and commits
 // 32 x 32 tiles of a [d, d] col-major matrix; blocks entirely below the diagonal return at once.
 constexpr int kTile = 32;
@@ -314,6 +441,14 @@ dim3 tile_grid(int64_t d) {
   return dim3(t, t);
 }
 
+// Whether x's rows load as whole 16-byte vectors of v values: row-major, unit column stride,
+// 16-byte aligned rows, cols a multiple of v.
+bool rows_as_vectors(const MatrixView& x, int64_t v) {
+  const int64_t elem = static_cast<int64_t>(dtype_size(x.dtype));
+  return elem * v == 16 && x.col_stride == 1 && x.row_stride % v == 0 && x.cols % v == 0 &&
+         reinterpret_cast<std::uintptr_t>(x.data) % 16 == 0;
+}
+
 dim3 row_grid(int64_t nb, int64_t cols) {
   const unsigned gx = static_cast<unsigned>(std::min<int64_t>((cols + kRowThreads - 1) / kRowThreads, 64));
   const unsigned gy = static_cast<unsigned>(std::min<int64_t>(nb, 65535));
@@ -339,6 +474,14 @@ void column_stats(const MatrixView& x, const double* c, double split_max, double
                   static_cast<unsigned>(nparts));
   dispatch_dtype(x.dtype, [&](auto tag) {
     using T = decltype(tag);
+    constexpr int64_t V = 16 / sizeof(T);
+    if (rows_as_vectors(x, V)) {
+      const dim3 vgrid(static_cast<unsigned>((x.cols + kStatsCols * V - 1) / (kStatsCols * V)),
+                       static_cast<unsigned>(nparts));
+      GF_LAUNCH_SYNC((column_stats_vec_kernel<T>), (vgrid, block, 0, stream), (
+          static_cast<const T*>(x.data), x.rows, x.cols, x.row_stride, c, split_max, part, flags));
+      return;
+    }
     GF_LAUNCH_SYNC((column_stats_kernel<T>), (grid, block, 0, stream), (static_cast<const T*>(x.data), x.rows, x.cols,
                                                        x.row_stride, x.col_stride, c, split_max,
                                                        part, flags));
@@ -391,6 +534,21 @@ void split_rows_16(const MatrixView& x, int64_t r0, int64_t nb, const double* c,
                    int64_t nj, void* hi, int64_t ldh, void* lo, int64_t ldl, cudaStream_t stream) {
   GF_ASSERT(ldh >= x.cols && ldl >= nj && ldl <= ldh, "split_rows_16 leading dimensions");
   const dim3 grid = row_grid(nb, ldh);
+  if (rows_as_vectors(x, 8) && ldh % 8 == 0 && reinterpret_cast<std::uintptr_t>(hi) % 16 == 0) {
+    const dim3 vgrid = row_grid(nb, ldh / 8);
+    if (x.dtype == DType::kBFloat16) {
+      GF_LAUNCH((split_rows_vec_kernel<__nv_bfloat16>), (vgrid, kRowThreads, 0, stream), (
+          static_cast<const __nv_bfloat16*>(x.data), r0, nb, x.cols, x.row_stride, c, col2j, nj,
+          static_cast<__nv_bfloat16*>(hi), ldh, static_cast<__nv_bfloat16*>(lo), ldl));
+    } else {
+      GF_ASSERT(x.dtype == DType::kFloat16, "split_rows_16 needs 16-bit input");
+      GF_LAUNCH((split_rows_vec_kernel<__half>), (vgrid, kRowThreads, 0, stream), (
+          static_cast<const __half*>(x.data), r0, nb, x.cols, x.row_stride, c, col2j, nj,
+          static_cast<__half*>(hi), ldh, static_cast<__half*>(lo), ldl));
+    }
+    GF_CUDA_CHECK_LAUNCH(stream);
+    return;
+  }
   if (x.dtype == DType::kBFloat16) {
     GF_LAUNCH((split_rows_kernel<__nv_bfloat16>), (grid, kRowThreads, 0, stream), (
         static_cast<const __nv_bfloat16*>(x.data), r0, nb, x.cols, x.row_stride, x.col_stride, c,

@@ -14,6 +14,7 @@
 #include "../../csrc/cuda/gram_tc.cu"
 
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -185,6 +186,91 @@ bool split_is_exact(unsigned seed) {
   return inexact == 0 && pad == 0;
 }
 
+template <typename T>
+T make_value(double v) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>)
+    return static_cast<T>(v);
+  else
+    return to16<T>(v);
+}
+
+// The 16-byte-vector column statistics (and, for 16-bit input, the split) that the launchers use
+// for row-major contiguous input, against the scalar kernels on the same data: partial sums,
+// flags, hi and lo bit for bit equal. Non-finite values, shifted columns and values over the
+// split threshold included; rows odd (the two-row batches' tail) and columns over two blocks.
+template <typename T>
+bool vector_kernels_match(int64_t d, int64_t n, unsigned seed) {
+  constexpr bool is16 = !std::is_same_v<T, float> && !std::is_same_v<T, double>;
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  std::vector<double> mean(d), c(d, 0.0);
+  for (int64_t j = 0; j < d; ++j) {
+    mean[j] = j % 3 == 0 ? 200.0 : 0.1 * static_cast<double>(j % 7);
+    c[j] = j % 3 == 0 ? (is16 ? from16<T>(to16<T>(mean[j])) : mean[j]) : 0.0;
+  }
+  std::vector<T> x(static_cast<size_t>(n * d));
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < d; ++j) x[r * d + j] = make_value<T>(mean[j] + nd(rng) * (j % 5 == 0 ? 50.0 : 1.0));
+  x[7 * d + 3] = make_value<T>(NAN);
+  x[(n - 1) * d + d - 1] = make_value<T>(INFINITY);
+  x[(n / 2) * d] = make_value<T>(-INFINITY);
+  const int64_t nparts = std::max<int64_t>(1, std::min<int64_t>((n + 127) / 128, 128));
+  constexpr int64_t V = 16 / sizeof(T);
+  auto stats = [&](bool vec, std::vector<double>& part, std::vector<unsigned long long>& flags) {
+    part.assign(static_cast<size_t>(nparts * 2 * d), -1.0);
+    flags.assign(kNumFlags, 7);
+    launch(Dim3{1, 1, 1}, Dim3{1, 1, 1}, false, [&] { init_flags_kernel(flags.data()); });
+    if (vec)
+      launch(Dim3{cdiv(d, 32 * V), static_cast<unsigned>(nparts), 1}, Dim3{32, 8, 1}, true, [&] {
+        column_stats_vec_kernel<T>(x.data(), n, d, d, c.data(), 60.0, part.data(), flags.data());
+      });
+    else
+      launch(Dim3{cdiv(d, 32), static_cast<unsigned>(nparts), 1}, Dim3{32, 8, 1}, true, [&] {
+        column_stats_kernel<T>(x.data(), n, d, d, 1, c.data(), 60.0, part.data(), flags.data());
+      });
+  };
+  std::vector<double> ps, pv;
+  std::vector<unsigned long long> fs, fv;
+  stats(false, ps, fs);
+  stats(true, pv, fv);
+  bool ok = std::memcmp(ps.data(), pv.data(), ps.size() * sizeof(double)) == 0 && fs == fv && fs[0] == 3 &&
+            fs[1] == 7 && fs[2] > 0;
+  int64_t split_diff = 0;
+  if constexpr (is16) {
+    std::vector<int> col2j(d, -1);
+    int64_t nj = 0;
+    for (int64_t j = 0; j < d; ++j)
+      if (c[j] != 0.0) col2j[j] = static_cast<int>(nj++);
+    for (int64_t r = 0; r < n; ++r)  // the split needs finite input (the statistics reject the rest)
+      for (int64_t j = 0; j < d; ++j)
+        if (!std::isfinite(from16<T>(x[r * d + j]))) x[r * d + j] = to16<T>(1.0);
+    const int64_t ldh = (d + 127) / 128 * 128, ldl = (nj + 127) / 128 * 128;
+    auto split = [&](bool vec, std::vector<T>& hi, std::vector<T>& lo) {
+      hi.assign(static_cast<size_t>(n * ldh), to16<T>(12345.0));
+      lo.assign(static_cast<size_t>(n * ldl), to16<T>(12345.0));
+      const unsigned gx = std::min(cdiv(vec ? ldh / 8 : ldh, 256), 64u);
+      launch(Dim3{gx, static_cast<unsigned>(n), 1}, Dim3{256, 1, 1}, false, [&] {
+        if (vec)
+          split_rows_vec_kernel<T>(x.data(), 0, n, d, d, c.data(), col2j.data(), nj, hi.data(), ldh, lo.data(), ldl);
+        else
+          split_rows_kernel<T>(x.data(), 0, n, d, d, 1, c.data(), col2j.data(), nj, hi.data(), ldh, lo.data(), ldl);
+      });
+    };
+    std::vector<T> hs, ls, hv, lv;
+    split(false, hs, ls);
+    split(true, hv, lv);
+    for (size_t i = 0; i < hs.size(); ++i) split_diff += std::memcmp(&hs[i], &hv[i], sizeof(T)) != 0;
+    for (size_t i = 0; i < ls.size(); ++i) split_diff += std::memcmp(&ls[i], &lv[i], sizeof(T)) != 0;
+    ok &= split_diff == 0;
+  }
+  const char* tname = std::is_same_v<T, float> ? "f32" : std::is_same_v<T, double> ? "f64" : name16<T>();
+  std::printf("%-5s 16-byte-vector kernels vs scalar, d=%-4lld n=%-5lld: statistics %s, flags %llu/%llu/%llu, "
+              "split values differing %lld -> %s\n",
+              tname, (long long)d, (long long)n, std::memcmp(ps.data(), pv.data(), ps.size() * sizeof(double)) == 0 ? "identical" : "DIFFER",
+              fv[0], fv[1], fv[2], (long long)split_diff, ok ? "ok" : "WRONG");
+  return ok;
+}
+
 template <typename T16>
 bool whole_path(const char* label, int64_t d, int64_t n, int64_t rows_per_call, int64_t chain, unsigned seed,
                 double offset = 1e3, bool column_major = false, double entry_bar = 3e-7, bool expect_over = false) {
@@ -262,6 +348,10 @@ int main() {
   bool ok = true;
   ok &= split_is_exact<__nv_bfloat16>(1);
   ok &= split_is_exact<__half>(2);
+  ok &= vector_kernels_match<__nv_bfloat16>(264, 1001, 11);
+  ok &= vector_kernels_match<__half>(64, 37, 12);
+  ok &= vector_kernels_match<float>(260, 300, 13);
+  ok &= vector_kernels_match<double>(66, 129, 14);
   ok &= whole_path<__nv_bfloat16>("large offsets, 3 chunks", 150, 1500, 256, 64, 3);
   ok &= whole_path<__half>("large offsets, 3 chunks", 150, 1500, 256, 64, 4);
   ok &= whole_path<__nv_bfloat16>("off the tile edge, short calls", 131, 900, 96, 32, 5);
