@@ -56,6 +56,13 @@ if [ $rc -ne 0 ]; then
   exit 4
 fi
 say "built"
+# The Hopper kernel's machine code, from this build (cuobjdump is on the device image): wgmma
+# shows as HGMMA, and local memory (LDL/STL) would mean spilled accumulators.
+wgo="$(find build/gpu -name 'gram_wgmma.cu.o' | head -1)"
+if [ -n "$wgo" ] && command -v cuobjdump >/dev/null 2>&1; then
+  cuobjdump -sass "$wgo" >"$out/wgmma.sass" 2>&1
+  say "gram_wgmma.cu SASS: $(grep -c 'HGMMA' "$out/wgmma.sass") HGMMA, $(grep -cE '\b(LDL|STL)\b' "$out/wgmma.sass") LDL/STL (expected 48 and 0; wgmma.sass)"
+fi
 "$py" -c "import geomfast, json; print(json.dumps(geomfast.backends(), indent=1))"
 
 if [ "${GPU_SANITIZE:-0}" = "1" ] && command -v compute-sanitizer >/dev/null 2>&1; then
