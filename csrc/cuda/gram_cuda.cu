@@ -5,8 +5,9 @@
 //
 // One update(x) of n rows, all on the caller's stream (x.stream):
 //  1. column_stats: one fused pass over x (16-byte vector loads where x is row-major and
-//     aligned, the common case; one value per load otherwise) computing Σ (x - c) and Σ (x - c)² per column in
-//     float64, the number of non-finite values and the first row holding one (atomicMin), and,
+//     aligned, the common case; one value per load otherwise) computing Σ (x - c) and
+//     Σ (x - c)² per column in float64, the number of non-finite values and the first row
+//     holding one (atomicMin), and,
 //     for the 16-bit split path, values whose split would overflow. Here c is the "kernel shift"
 //     the products centre by (below). The first update runs it once more beforehand with c = 0 to
 //     set shift = that chunk's column means.
