@@ -208,6 +208,8 @@ void dispatch_dtype(DType t, F&& f) {
 }
 
 
+inline bool is_16bit(DType t) { return t == DType::kBFloat16 || t == DType::kFloat16; }
+
 // fast's float32 accumulator of yᵀy [dim, dim] (col-major upper), one interface for both kernels:
 // the AMX split products (amx_gram.cpp) where the CPU has them, else float32 ssyrk (with the BLAS
 // threading the caller has set). flush_into adds it into a float64 upper triangle and empties it.
@@ -217,15 +219,31 @@ class FastAccumulator {
     if (amx) split_ = std::make_unique<amx::SplitSyrk>(dim);
     else acc_.resize(static_cast<size_t>(dim * dim));
   }
-  // acc += yᵀy, y [rows, dim] row-major float32.
-  void update(const float* y, int64_t rows) {
+  // acc += yᵀy, y [rows, dim] row-major float32, centred rows of input of 16-bit type (`short_input`)
+  // or not. For ssyrk, 16-bit input goes in calls of at most kShortRun rows: such columns, when
+  // their mean is large against their spread, hold a few levels only, and the float32 sums inside
+  // one ssyrk call then round coherently, so their error grows with the call's length. Measured
+  // (GEOMFAST_AMX=0, bf16 bench.make_activations, relative Frobenius): 512-row calls 2.0e-6 at
+  // 60,000 x 512 (over the 1e-6 bar) and 6.7e-7 at 200,000 x 1024; 64-row calls 2.3e-7 and 2.8e-7,
+  // columns with means of up to 1e3 spreads 1.2e-6 -> 1.8e-7, for ~12 % more time (bf16 200,000
+  // x 1024: 1.28 -> 1.44 s, still 1.5x torch X.float().T @ X.float()). 256-row calls changed
+  // nothing, 128 were mixed (9.4e-7 at 200,000 x 1024), the flush interval did not matter. Float32
+  // input keeps whole blocks: its error stays near 1e-8 either way, and short calls cost 10 %.
+  static constexpr int64_t kShortRun = 64;
+  void update(const float* y, int64_t rows, bool short_input) {
     const int d = static_cast<int>(dim_);
-    if (split_)
+    if (split_) {
       split_->update(y, rows, dim_);
-    else
-      GF_BLAS(cblas_ssyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, d, (int)rows, 1.0f, y, d,
+      pending_ += rows;
+      return;
+    }
+    const int64_t run = short_input ? kShortRun : rows;
+    for (int64_t r0 = 0; r0 < rows; r0 += run) {
+      const int k = static_cast<int>(std::min(run, rows - r0));
+      GF_BLAS(cblas_ssyrk)(blas::kColMajor, blas::kUpper, blas::kNoTrans, d, k, 1.0f, y + r0 * dim_, d,
                            pending_ == 0 ? 0.0f : 1.0f, acc_.data(), d);
-    pending_ += rows;
+      pending_ += k;
+    }
   }
   // g[i + j*dim] += acc(i, j) for i <= j, then acc = 0.
   void flush_into(double* g) {
@@ -281,6 +299,7 @@ class CpuGram final : public GramBackend {
     g_.assign(static_cast<size_t>(dim_ * dim_), 0.0);
     staged_ = 0;
     stage_inexact_ = false;
+    stage_short_ = false;
     lanes_.clear();
     stage_fast_.reset();
   }
@@ -335,6 +354,7 @@ class CpuGram final : public GramBackend {
     g_ = s.gram;  // symmetric, so row- and column-major agree
     staged_ = 0;
     stage_inexact_ = false;
+    stage_short_ = false;
     stage_fast_.reset();
   }
 
@@ -508,6 +528,7 @@ class CpuGram final : public GramBackend {
       sub.data = static_cast<const char*>(x.data) + static_cast<size_t>(r * x.row_stride) * dtype_size(x.dtype);
       sub.rows = m;
       if (!exact) stage_inexact_ = true;  // rows of other dtypes in this stage: dsyrk for all of it
+      if (is_16bit(x.dtype)) stage_short_ = true;  // fast: short ssyrk calls for all of it
       parallel_for(m, 64, [&](int64_t a, int64_t b, int part) {
         if (highest)
           center_into(sub, a, b, stage64_.data() + (staged_ + a) * d, partial.data() + part * d);
@@ -539,11 +560,12 @@ class CpuGram final : public GramBackend {
       }
     } else {
       if (!stage_fast_) stage_fast_ = std::make_unique<FastAccumulator>(dim_, amx_);
-      stage_fast_->update(stage32_.data(), staged_);
+      stage_fast_->update(stage32_.data(), staged_, stage_short_);
       if (stage_fast_->pending_rows() >= gram_tuning().fast_flush_rows) stage_fast_->flush_into(g_.data());
     }
     staged_ = 0;
     stage_inexact_ = false;
+    stage_short_ = false;
   }
 
   // Everything staged or pending in float32 goes into g_ (before the state is read).
@@ -588,7 +610,7 @@ class CpuGram final : public GramBackend {
                                    (int)d, 1.0, target, (int)d);
           } else {
             center_into(x, b0, b0 + nb, L.buf32.data(), L.colsum.data());
-            L.fast->update(L.buf32.data(), nb);
+            L.fast->update(L.buf32.data(), nb, is_16bit(x.dtype));
             if (L.fast->pending_rows() >= flush_rows || b0 + nb >= r1) L.fast->flush_into(target);
           }
         }
@@ -638,6 +660,7 @@ class CpuGram final : public GramBackend {
   const bool exact_;
   std::unique_ptr<amx::ExactSyrk> stage_exact_;
   bool stage_inexact_ = false;  // the stage holds rows of other dtypes: dsyrk for all of it
+  bool stage_short_ = false;    // the stage holds rows of 16-bit input (FastAccumulator::update)
   bool exact_for(DType t) const { return exact_ && (t == DType::kBFloat16 || t == DType::kFloat16); }
   mutable std::mutex mu_;
 };
