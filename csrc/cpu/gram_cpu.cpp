@@ -89,7 +89,9 @@ namespace {
 struct ScanResult {
   int64_t nonfinite = 0;
   int64_t first_row = std::numeric_limits<int64_t>::max();
-  double max_abs = 0.0;  // over the finite values
+  double max_abs = 0.0;       // over the finite values
+  bool short_values = true;   // every value has at most 11 significant bits (RowScan); false
+                              // for strided float32/float64 views (not looked at)
 };
 
 // The vectorized row kernels of each dtype (row_kernels.cpp).
@@ -118,12 +120,14 @@ void scan_rows(const MatrixView& x, int64_t r0, int64_t r1, ScanResult& res) {
     for (int64_t r = r0; r < r1; ++r) {
       const RowScan s = RowOps<T>::scan(base + r * x.row_stride, d);
       res.max_abs = s.max_abs > res.max_abs ? s.max_abs : res.max_abs;
+      res.short_values = res.short_values && s.short_values;
       if (s.nonfinite) {
         res.nonfinite += s.nonfinite;
         res.first_row = std::min(res.first_row, r);
       }
     }
   } else {  // column-major or strided: walk each column's run of rows
+    if (T == DType::kFloat32 || T == DType::kFloat64) res.short_values = false;
     for (int64_t c = 0; c < d; ++c) {
       const auto* col = base + c * x.col_stride;
       for (int64_t r = r0; r < r1; ++r) {
@@ -208,8 +212,6 @@ void dispatch_dtype(DType t, F&& f) {
 }
 
 
-inline bool is_16bit(DType t) { return t == DType::kBFloat16 || t == DType::kFloat16; }
-
 // fast's float32 accumulator of yᵀy [dim, dim] (col-major upper), one interface for both kernels:
 // the AMX split products (amx_gram.cpp) where the CPU has them, else float32 ssyrk (with the BLAS
 // threading the caller has set). flush_into adds it into a float64 upper triangle and empties it.
@@ -219,16 +221,18 @@ class FastAccumulator {
     if (amx) split_ = std::make_unique<amx::SplitSyrk>(dim);
     else acc_.resize(static_cast<size_t>(dim * dim));
   }
-  // acc += yᵀy, y [rows, dim] row-major float32, centred rows of input of 16-bit type (`short_input`)
-  // or not. For ssyrk, 16-bit input goes in calls of at most kShortRun rows: such columns, when
+  // acc += yᵀy, y [rows, dim] row-major float32, centred rows of input whose values have at most 11
+  // significant bits (`short_input`: 16-bit input, or float16/bfloat16 values held in float32 or
+  // float64), or not. For ssyrk, short input goes in calls of at most kShortRun rows: such columns, when
   // their mean is large against their spread, hold a few levels only, and the float32 sums inside
   // one ssyrk call then round coherently, so their error grows with the call's length. Measured
   // (GEOMFAST_AMX=0, bf16 bench.make_activations, relative Frobenius): 512-row calls 2.0e-6 at
   // 60,000 x 512 (over the 1e-6 bar) and 6.7e-7 at 200,000 x 1024; 64-row calls 2.3e-7 and 2.8e-7,
   // columns with means of up to 1e3 spreads 1.2e-6 -> 1.8e-7, for ~12 % more time (bf16 200,000
   // x 1024: 1.28 -> 1.44 s, still 1.5x torch X.float().T @ X.float()). 256-row calls changed
-  // nothing, 128 were mixed (9.4e-7 at 200,000 x 1024), the flush interval did not matter. Float32
-  // input keeps whole blocks: its error stays near 1e-8 either way, and short calls cost 10 %.
+  // nothing, 128 were mixed (9.4e-7 at 200,000 x 1024), the flush interval did not matter. Full-
+  // precision float32 input keeps whole blocks: its error stays near 1e-8 either way, and short
+  // calls cost 10 %; float32 holding the same bf16 values behaved as bf16 (2.0e-6 before).
   static constexpr int64_t kShortRun = 64;
   void update(const float* y, int64_t rows, bool short_input) {
     const int d = static_cast<int>(dim_);
@@ -413,7 +417,9 @@ class CpuGram final : public GramBackend {
       scan.nonfinite += s.nonfinite;
       scan.first_row = std::min(scan.first_row, s.first_row);
       scan.max_abs = std::max(scan.max_abs, s.max_abs);
+      scan.short_values = scan.short_values && s.short_values;
     }
+    short_input_ = scan.short_values;  // for this update's float32 products (FastAccumulator::update)
     if (scan.nonfinite)
       throw NonFiniteError(detail::concat("[GramAccumulator.update] x holds ", scan.nonfinite,
                                           " non-finite value(s) (NaN or Inf); the first is in row ", scan.first_row,
@@ -528,7 +534,7 @@ class CpuGram final : public GramBackend {
       sub.data = static_cast<const char*>(x.data) + static_cast<size_t>(r * x.row_stride) * dtype_size(x.dtype);
       sub.rows = m;
       if (!exact) stage_inexact_ = true;  // rows of other dtypes in this stage: dsyrk for all of it
-      if (is_16bit(x.dtype)) stage_short_ = true;  // fast: short ssyrk calls for all of it
+      if (short_input_) stage_short_ = true;  // fast: short ssyrk calls for all of it
       parallel_for(m, 64, [&](int64_t a, int64_t b, int part) {
         if (highest)
           center_into(sub, a, b, stage64_.data() + (staged_ + a) * d, partial.data() + part * d);
@@ -610,7 +616,7 @@ class CpuGram final : public GramBackend {
                                    (int)d, 1.0, target, (int)d);
           } else {
             center_into(x, b0, b0 + nb, L.buf32.data(), L.colsum.data());
-            L.fast->update(L.buf32.data(), nb, is_16bit(x.dtype));
+            L.fast->update(L.buf32.data(), nb, short_input_);
             if (L.fast->pending_rows() >= flush_rows || b0 + nb >= r1) L.fast->flush_into(target);
           }
         }
@@ -660,7 +666,8 @@ class CpuGram final : public GramBackend {
   const bool exact_;
   std::unique_ptr<amx::ExactSyrk> stage_exact_;
   bool stage_inexact_ = false;  // the stage holds rows of other dtypes: dsyrk for all of it
-  bool stage_short_ = false;    // the stage holds rows of 16-bit input (FastAccumulator::update)
+  bool stage_short_ = false;    // the stage holds rows of short-valued input (FastAccumulator::update)
+  bool short_input_ = false;    // this update's input has at most 11 significant bits (ScanResult)
   bool exact_for(DType t) const { return exact_ && (t == DType::kBFloat16 || t == DType::kFloat16); }
   mutable std::mutex mu_;
 };

@@ -44,17 +44,20 @@ GF_INLINE float bf16_to_float_inline(uint16_t h) { return bits_to_float(static_c
 
 // Unsigned magnitude bits against the non-finite threshold, in mask arithmetic (GCC does not
 // vectorize the same loop written with a bool and a select). Counts fit in U: n <= 46340.
-template <typename U, U kMagMask, U kNonFinite>
-GF_INLINE U scan_bits(const U* __restrict x, int64_t n, U* max_mag) {
-  U bad = 0, m = 0;
+// *low collects the bits of kLowMask set anywhere (0: every value has them all zero).
+template <typename U, U kMagMask, U kNonFinite, U kLowMask = 0>
+GF_INLINE U scan_bits(const U* __restrict x, int64_t n, U* max_mag, U* low = nullptr) {
+  U bad = 0, m = 0, lo = 0;
   for (int64_t i = 0; i < n; ++i) {
     const U a = static_cast<U>(x[i] & kMagMask);
     const U finite = static_cast<U>(U(0) - static_cast<U>(a < kNonFinite));  // all ones when finite
     bad = static_cast<U>(bad + U(1) + finite);                                // +0 finite, +1 not
     const U keep = static_cast<U>(a & finite);
     m = m > keep ? m : keep;
+    if constexpr (kLowMask != 0) lo = static_cast<U>(lo | (x[i] & kLowMask));
   }
   *max_mag = m;
+  if constexpr (kLowMask != 0) *low = lo;
   return bad;
 }
 
@@ -71,15 +74,16 @@ GF_INLINE void center_body(const In* __restrict x, int64_t n, const double* __re
 }  // namespace
 
 GF_CLONES RowScan scan_row_f64(const double* x, int64_t n) {
-  uint64_t m;
-  const uint64_t bad =
-      scan_bits<uint64_t, 0x7fffffffffffffffull, 0x7ff0000000000000ull>(reinterpret_cast<const uint64_t*>(x), n, &m);
-  return {static_cast<uint32_t>(bad), bits_to_double(m)};
+  uint64_t m, low;
+  const uint64_t bad = scan_bits<uint64_t, 0x7fffffffffffffffull, 0x7ff0000000000000ull, 0x3ffffffffffull>(
+      reinterpret_cast<const uint64_t*>(x), n, &m, &low);
+  return {static_cast<uint32_t>(bad), bits_to_double(m), low == 0};
 }
 GF_CLONES RowScan scan_row_f32(const float* x, int64_t n) {
-  uint32_t m;
-  const uint32_t bad = scan_bits<uint32_t, 0x7fffffffu, 0x7f800000u>(reinterpret_cast<const uint32_t*>(x), n, &m);
-  return {bad, static_cast<double>(bits_to_float(m))};
+  uint32_t m, low;
+  const uint32_t bad =
+      scan_bits<uint32_t, 0x7fffffffu, 0x7f800000u, 0x1fffu>(reinterpret_cast<const uint32_t*>(x), n, &m, &low);
+  return {bad, static_cast<double>(bits_to_float(m)), low == 0};
 }
 GF_CLONES RowScan scan_row_bf16(const uint16_t* x, int64_t n) {
   uint16_t m;

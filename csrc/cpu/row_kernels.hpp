@@ -7,10 +7,13 @@
 
 namespace geomfast::cpu {
 
-// Non-finite values and the largest finite magnitude of n contiguous values.
+// Non-finite values and the largest finite magnitude of n contiguous values; for float32 /
+// float64, whether every value has at most 11 significant bits (the low 13 / 42 mantissa bits
+// zero: float16 or bfloat16 values held in a wider type). 16-bit types report it always.
 struct RowScan {
   uint32_t nonfinite = 0;
   double max_abs = 0.0;
+  bool short_values = true;
 };
 RowScan scan_row_f64(const double* x, int64_t n);
 RowScan scan_row_f32(const float* x, int64_t n);
