@@ -133,7 +133,7 @@ class GramAccumulator:
 
         From the eigenvalues of Σxxᵀ, so values below ≈1e-8·σ₁ are at float64 rounding level.
         """
-        from .linalg import eigvalsh, singular_values_of
+        from .linalg import _singular_from_raw_eigenvalues, eigvalsh, singular_values_of
 
         self._need_rows("singular_values")
         if self.device == "cpu":
@@ -148,8 +148,7 @@ class GramAccumulator:
                 raw = torch.from_numpy(raw).to(self.device)
         except ImportError:  # no torch: the host solver
             pass
-        ev = eigvalsh(raw)
-        return np.sqrt(np.clip(ev[: min(self.count, self.dim)], 0.0, None))
+        return _singular_from_raw_eigenvalues(eigvalsh(raw), self)
 
     # ------------------------------------------------------------------ state (no pickle)
     def state_dict(self) -> dict:

@@ -497,8 +497,8 @@ class CudaGram final : public GramBackend {
     const int64_t nj = nj_;
     const bool wg = kernel == Kernel16::kWg;
     const int tile_n = wg ? wg_tile_n() : static_cast<int>(kTcTile);
-    const auto pad = [&](int64_t cols) { return wg ? wg_padded(cols, tile_n) : round_up(cols, kTcTile); };
-    const int64_t ldh = pad(d), ldl = nj > 0 ? pad(nj) : 0;
+    // Whole tiles in either operand role (128 x tile_n; tc's 128 x 128 included).
+    const int64_t ldh = wg_padded(d, tile_n), ldl = nj > 0 ? wg_padded(nj, tile_n) : 0;
     const int64_t br = std::min(env_int("GEOMFAST_CUDA_TC_ROWS", kTcRows, 32), x.rows);
     const int chain = static_cast<int>(round_up(env_int("GEOMFAST_CUDA_TC_CHAIN_ROWS", kTcChainRows, 32),
                                                 wg ? 64 : 32));  // chains are whole slabs

@@ -63,6 +63,31 @@ constexpr int kStatsCols = 32;     // columns per block (threadIdx.x)
 constexpr int kStatsLanes = 8;     // row lanes per block (threadIdx.y)
 constexpr int kStatsMaxParts = 128;
 
+// One value of the statistics pass, from row r, against kernel shift cj: a non-finite value is
+// counted (and the first row holding one kept: rows only increase per thread); otherwise y = v - cj
+// goes into the sums and |y| > split_max (when split_max > 0) is counted. Shared by both kernels.
+struct StatsCounts {
+  unsigned long long bad = 0, first = ULLONG_MAX, over = 0;
+};
+__device__ __forceinline__ void stats_take(double v, double cj, int64_t r, double split_max, double& sum,
+                                           double& sq, StatsCounts& n) {
+  if (!isfinite(v)) {
+    if (n.bad++ == 0) n.first = static_cast<unsigned long long>(r);
+    return;
+  }
+  const double y = v - cj;
+  sum += y;
+  sq += y * y;
+  if (split_max > 0.0 && fabs(y) > split_max) ++n.over;
+}
+__device__ __forceinline__ void stats_flags(const StatsCounts& n, unsigned long long* flags) {
+  if (n.bad) {
+    atomicAdd(&flags[0], n.bad);
+    atomicMin(&flags[1], n.first);
+  }
+  if (n.over) atomicAdd(&flags[2], n.over);
+}
+
 template <typename T>
 __global__ void column_stats_kernel(const T* __restrict__ x,  // [rows, cols], strides (rs, cs)
                                     int64_t rows, int64_t cols, int64_t rs, int64_t cs,
@@ -75,21 +100,12 @@ __global__ void column_stats_kernel(const T* __restrict__ x,  // [rows, cols], s
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t col = static_cast<int64_t>(blockIdx.x) * kStatsCols + tx;
   double sum = 0.0, sq = 0.0;
-  unsigned long long bad = 0, first = ULLONG_MAX, over = 0;
+  StatsCounts counts;
   if (col < cols) {
     const double cj = c ? c[col] : 0.0;
     for (int64_t r = static_cast<int64_t>(blockIdx.y) * kStatsLanes + ty; r < rows;
-         r += static_cast<int64_t>(gridDim.y) * kStatsLanes) {
-      const double v = to_double(x[r * rs + col * cs]);
-      if (!isfinite(v)) {
-        if (bad++ == 0) first = static_cast<unsigned long long>(r);  // rows only increase here
-        continue;
-      }
-      const double y = v - cj;
-      sum += y;
-      sq += y * y;
-      if (split_max > 0.0 && fabs(y) > split_max) ++over;
-    }
+         r += static_cast<int64_t>(gridDim.y) * kStatsLanes)
+      stats_take(to_double(x[r * rs + col * cs]), cj, r, split_max, sum, sq, counts);
   }
   s_sum[ty][tx] = sum;
   s_sq[ty][tx] = sq;
@@ -103,11 +119,7 @@ __global__ void column_stats_kernel(const T* __restrict__ x,  // [rows, cols], s
     part[(static_cast<int64_t>(blockIdx.y) * 2 + 0) * cols + col] = a;
     part[(static_cast<int64_t>(blockIdx.y) * 2 + 1) * cols + col] = b;
   }
-  if (bad) {
-    atomicAdd(&flags[0], bad);
-    atomicMin(&flags[1], first);
-  }
-  if (over) atomicAdd(&flags[2], over);
+  stats_flags(counts, flags);
 }
 
 // The same over 16-byte vectors: x row-major with unit column stride, 16-byte aligned rows, cols
@@ -131,7 +143,7 @@ __global__ void column_stats_vec_kernel(const T* __restrict__ x,  // [rows, cols
   double sum[V], sq[V], cj[V];
 #pragma unroll
   for (int v = 0; v < V; ++v) sum[v] = sq[v] = 0.0;
-  unsigned long long bad = 0, first = ULLONG_MAX, over = 0;
+  StatsCounts counts;
   if (col0 < cols) {
 #pragma unroll
     for (int v = 0; v < V; ++v) cj[v] = c ? c[col0 + v] : 0.0;
@@ -139,17 +151,7 @@ __global__ void column_stats_vec_kernel(const T* __restrict__ x,  // [rows, cols
       T vals[V];
       memcpy(vals, &raw, sizeof(raw));
 #pragma unroll
-      for (int v = 0; v < V; ++v) {
-        const double val = to_double(vals[v]);
-        if (!isfinite(val)) {
-          if (bad++ == 0) first = static_cast<unsigned long long>(r);  // rows only increase here
-          continue;
-        }
-        const double y = val - cj[v];
-        sum[v] += y;
-        sq[v] += y * y;
-        if (split_max > 0.0 && fabs(y) > split_max) ++over;
-      }
+      for (int v = 0; v < V; ++v) stats_take(to_double(vals[v]), cj[v], r, split_max, sum[v], sq[v], counts);
     };
     const int64_t step = static_cast<int64_t>(gridDim.y) * kStatsLanes;
     int64_t r = static_cast<int64_t>(blockIdx.y) * kStatsLanes + ty;
@@ -179,11 +181,7 @@ __global__ void column_stats_vec_kernel(const T* __restrict__ x,  // [rows, cols
       part[(static_cast<int64_t>(blockIdx.y) * 2 + 1) * cols + col0 + v] = b;
     }
   }
-  if (bad) {
-    atomicAdd(&flags[0], bad);
-    atomicMin(&flags[1], first);
-  }
-  if (over) atomicAdd(&flags[2], over);
+  stats_flags(counts, flags);
 }
 
 __global__ void reduce_parts_kernel(const double* __restrict__ part,  // [nparts, 2, cols]
@@ -257,6 +255,19 @@ __global__ void center_rows_kernel(const T* __restrict__ x,  // [*, cols], strid
 //    and it equals (s - hi) + e where s - hi is exact in float32; since the exact sum is a float32
 //    value, the float32 addition returns it exactly, and rounding it to F is exact too.
 // The only failure, overflow of hi, is detected by column_stats (split_max) beforehand.
+// The split of one value: x - c = h + *l exactly, c a 16-bit value (shared by both kernels).
+template <typename T16>
+__device__ __forceinline__ T16 split_one(T16 x, double c, T16* l) {
+  const float a = to_float(x);
+  const float b = -static_cast<float>(c);  // exact: c is a 16-bit value
+  const float s = __fadd_rn(a, b);
+  const float bb = __fsub_rn(s, a);
+  const float e = __fadd_rn(__fsub_rn(a, __fsub_rn(s, bb)), __fsub_rn(b, bb));
+  const T16 h = round16<T16>(s);
+  *l = round16<T16>(__fadd_rn(__fsub_rn(s, to_float(h)), e));
+  return h;
+}
+
 template <typename T16>
 __global__ void split_rows_kernel(const T16* __restrict__ x,  // [*, cols], strides (rs, cs)
                                   int64_t r0, int64_t nb, int64_t cols, int64_t rs, int64_t cs,
@@ -275,15 +286,10 @@ __global__ void split_rows_kernel(const T16* __restrict__ x,  // [*, cols], stri
         hi[r * ldh + j] = round16<T16>(0.0f);
         continue;
       }
-      const float a = to_float(xr[j * cs]);
-      const float b = -static_cast<float>(c[j]);  // exact: c[j] is a 16-bit value
-      const float s = __fadd_rn(a, b);
-      const float bb = __fsub_rn(s, a);
-      const float e = __fadd_rn(__fsub_rn(a, __fsub_rn(s, bb)), __fsub_rn(b, bb));
-      const T16 h = round16<T16>(s);
-      hi[r * ldh + j] = h;
+      T16 l;
+      hi[r * ldh + j] = split_one(xr[j * cs], c[j], &l);
       const int jj = col2j[j];
-      if (jj >= 0) lo[r * ldl + jj] = round16<T16>(__fadd_rn(__fsub_rn(s, to_float(h)), e));
+      if (jj >= 0) lo[r * ldl + jj] = l;
     }
   }
 }
@@ -313,15 +319,10 @@ __global__ void split_rows_vec_kernel(const T16* __restrict__ x,  // [*, cols], 
         memcpy(xs, &raw, sizeof(raw));
 #pragma unroll
         for (int e = 0; e < V; ++e) {
-          const int64_t j = j0 + e;
-          const float a = to_float(xs[e]);
-          const float b = -static_cast<float>(c[j]);  // exact: c[j] is a 16-bit value
-          const float s = __fadd_rn(a, b);
-          const float bb = __fsub_rn(s, a);
-          const float err = __fadd_rn(__fsub_rn(a, __fsub_rn(s, bb)), __fsub_rn(b, bb));
-          h[e] = round16<T16>(s);
-          const int jj = col2j[j];
-          if (jj >= 0) lo[r * ldl + jj] = round16<T16>(__fadd_rn(__fsub_rn(s, to_float(h[e])), err));
+          T16 l;
+          h[e] = split_one(xs[e], c[j0 + e], &l);
+          const int jj = col2j[j0 + e];
+          if (jj >= 0) lo[r * ldl + jj] = l;
         }
       } else {
 #pragma unroll
@@ -533,32 +534,24 @@ void center_rows_f32(const MatrixView& x, int64_t r0, int64_t nb, const double* 
 void split_rows_16(const MatrixView& x, int64_t r0, int64_t nb, const double* c, const int* col2j,
                    int64_t nj, void* hi, int64_t ldh, void* lo, int64_t ldl, cudaStream_t stream) {
   GF_ASSERT(ldh >= x.cols && ldl >= nj && ldl <= ldh, "split_rows_16 leading dimensions");
-  const dim3 grid = row_grid(nb, ldh);
-  if (rows_as_vectors(x, 8) && ldh % 8 == 0 && reinterpret_cast<std::uintptr_t>(hi) % 16 == 0) {
-    const dim3 vgrid = row_grid(nb, ldh / 8);
-    if (x.dtype == DType::kBFloat16) {
-      GF_LAUNCH((split_rows_vec_kernel<__nv_bfloat16>), (vgrid, kRowThreads, 0, stream), (
-          static_cast<const __nv_bfloat16*>(x.data), r0, nb, x.cols, x.row_stride, c, col2j, nj,
-          static_cast<__nv_bfloat16*>(hi), ldh, static_cast<__nv_bfloat16*>(lo), ldl));
-    } else {
-      GF_ASSERT(x.dtype == DType::kFloat16, "split_rows_16 needs 16-bit input");
-      GF_LAUNCH((split_rows_vec_kernel<__half>), (vgrid, kRowThreads, 0, stream), (
-          static_cast<const __half*>(x.data), r0, nb, x.cols, x.row_stride, c, col2j, nj,
-          static_cast<__half*>(hi), ldh, static_cast<__half*>(lo), ldl));
-    }
-    GF_CUDA_CHECK_LAUNCH(stream);
-    return;
-  }
-  if (x.dtype == DType::kBFloat16) {
-    GF_LAUNCH((split_rows_kernel<__nv_bfloat16>), (grid, kRowThreads, 0, stream), (
-        static_cast<const __nv_bfloat16*>(x.data), r0, nb, x.cols, x.row_stride, x.col_stride, c,
-        col2j, nj, static_cast<__nv_bfloat16*>(hi), ldh, static_cast<__nv_bfloat16*>(lo), ldl));
-  } else {
-    GF_ASSERT(x.dtype == DType::kFloat16, "split_rows_16 needs 16-bit input");
-    GF_LAUNCH((split_rows_kernel<__half>), (grid, kRowThreads, 0, stream), (
-        static_cast<const __half*>(x.data), r0, nb, x.cols, x.row_stride, x.col_stride, c, col2j,
-        nj, static_cast<__half*>(hi), ldh, static_cast<__half*>(lo), ldl));
-  }
+  GF_ASSERT(x.dtype == DType::kBFloat16 || x.dtype == DType::kFloat16, "split_rows_16 needs 16-bit input");
+  const bool vec = rows_as_vectors(x, 8) && ldh % 8 == 0 && reinterpret_cast<std::uintptr_t>(hi) % 16 == 0;
+  auto launch = [&](auto tag) {
+    using T16 = decltype(tag);
+    const T16* xp = static_cast<const T16*>(x.data);
+    T16* hp = static_cast<T16*>(hi);
+    T16* lp = static_cast<T16*>(lo);
+    if (vec)
+      GF_LAUNCH((split_rows_vec_kernel<T16>), (row_grid(nb, ldh / 8), kRowThreads, 0, stream), (
+          xp, r0, nb, x.cols, x.row_stride, c, col2j, nj, hp, ldh, lp, ldl));
+    else
+      GF_LAUNCH((split_rows_kernel<T16>), (row_grid(nb, ldh), kRowThreads, 0, stream), (
+          xp, r0, nb, x.cols, x.row_stride, x.col_stride, c, col2j, nj, hp, ldh, lp, ldl));
+  };
+  if (x.dtype == DType::kBFloat16)
+    launch(__nv_bfloat16{});
+  else
+    launch(__half{});
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 

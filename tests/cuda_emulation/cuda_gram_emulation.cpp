@@ -252,21 +252,19 @@ void case_bad_kernel_name(unsigned seed) {
   auto g = make_cuda_gram(d, 0, Precision::kFast);
   setenv("GEOMFAST_CUDA_GRAM_KERNEL", "cublas", 1);
   g->update(a.view());
+  auto refusal = [&] {  // the ValueError's message of one more update ("" when none)
+    try {
+      g->update(a.view());
+    } catch (const ValueError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
   setenv("GEOMFAST_CUDA_GRAM_KERNEL", "wgmma", 1);
-  std::string msg;
-  try {
-    g->update(a.view());
-  } catch (const ValueError& e) {
-    msg = e.what();
-  }
+  const std::string msg = refusal();
   setenv("GEOMFAST_CUDA_GRAM_KERNEL", "wg", 1);
   setenv("GEOMFAST_CUDA_WG_TILE_N", "64", 1);
-  std::string msg2;
-  try {
-    g->update(a.view());
-  } catch (const ValueError& e) {
-    msg2 = e.what();
-  }
+  const std::string msg2 = refusal();
   unsetenv("GEOMFAST_CUDA_WG_TILE_N");
   setenv("GEOMFAST_CUDA_GRAM_KERNEL", "cublas", 1);
   const bool named = msg.find("GEOMFAST_CUDA_GRAM_KERNEL") != std::string::npos && msg.find("wgmma") != std::string::npos &&

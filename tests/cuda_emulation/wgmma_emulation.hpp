@@ -63,17 +63,33 @@ struct AsyncMma {
   bool f16;
 };
 
-struct AsyncQueues {
-  std::vector<AsyncCopy> open_copies;
-  std::deque<std::vector<AsyncCopy>> copy_groups;
-  std::vector<AsyncMma> open_mmas;
-  std::deque<std::vector<AsyncMma>> mma_groups;
-  ~AsyncQueues() {
-    long left = static_cast<long>(open_copies.size() + open_mmas.size());
-    for (auto& g : copy_groups) left += static_cast<long>(g.size());
-    for (auto& g : mma_groups) left += static_cast<long>(g.size());
-    g_async_leftover += left;
+// One thread's async operations of one kind, in commit groups (cp.async and wgmma alike).
+template <typename Op>
+struct AsyncQueue {
+  std::vector<Op> open;               // issued, not yet committed
+  std::deque<std::vector<Op>> groups;  // committed, oldest first
+  void commit() {
+    groups.push_back(std::move(open));
+    open.clear();
   }
+  // The wait_group N of PTX: runs (completes) all but the newest `keep` committed groups.
+  template <typename Run>
+  void retire(size_t keep, Run run) {
+    while (groups.size() > keep) {
+      for (const Op& op : groups.front()) run(op);
+      groups.pop_front();
+    }
+  }
+  long pending() const {
+    long n = static_cast<long>(open.size());
+    for (const auto& g : groups) n += static_cast<long>(g.size());
+    return n;
+  }
+};
+struct AsyncQueues {
+  AsyncQueue<AsyncCopy> copies;
+  AsyncQueue<AsyncMma> mmas;
+  ~AsyncQueues() { g_async_leftover += copies.pending() + mmas.pending(); }
 };
 inline thread_local AsyncQueues t_async;
 
@@ -152,35 +168,19 @@ inline void cp_async_16(uint32_t dst, const void* src, bool valid) {
   if (::gf_emu::g_schedule == ::gf_emu::Schedule::kEarlyCopy)
     land(c);
   else
-    ::gf_emu::t_async.open_copies.push_back(c);
+    ::gf_emu::t_async.copies.open.push_back(c);
 }
-inline void cp_async_commit() {
-  auto& q = ::gf_emu::t_async;
-  q.copy_groups.push_back(std::move(q.open_copies));
-  q.open_copies.clear();
-}
+inline void cp_async_commit() { ::gf_emu::t_async.copies.commit(); }
 template <int N>
 void cp_async_wait() {
-  auto& q = ::gf_emu::t_async;
-  while (q.copy_groups.size() > static_cast<size_t>(N)) {
-    for (const auto& c : q.copy_groups.front()) land(c);
-    q.copy_groups.pop_front();
-  }
+  ::gf_emu::t_async.copies.retire(N, land);
 }
 inline void fence_proxy_async() {}
 inline void wgmma_fence() {}
-inline void wgmma_commit() {
-  auto& q = ::gf_emu::t_async;
-  q.mma_groups.push_back(std::move(q.open_mmas));
-  q.open_mmas.clear();
-}
+inline void wgmma_commit() { ::gf_emu::t_async.mmas.commit(); }
 template <int N>
 void wgmma_wait() {
-  auto& q = ::gf_emu::t_async;
-  while (q.mma_groups.size() > static_cast<size_t>(N)) {
-    for (const auto& op : q.mma_groups.front()) ::gf_emu::run_mma(op);
-    q.mma_groups.pop_front();
-  }
+  ::gf_emu::t_async.mmas.retire(N, ::gf_emu::run_mma);
 }
 template <int R>
 void fence_operand(float (&)[R]) {}
@@ -192,7 +192,7 @@ void wgmma_m64nNk16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, int sca
   if (::gf_emu::g_schedule == ::gf_emu::Schedule::kEarlyMma)
     ::gf_emu::run_mma(op);
   else
-    ::gf_emu::t_async.open_mmas.push_back(op);
+    ::gf_emu::t_async.mmas.open.push_back(op);
 }
 
 }  // namespace geomfast::cuda::sm90
