@@ -14,9 +14,11 @@ section whose estimated cost no longer fits --budget-s is skipped and says so):
   2. each of our own kernels (tc; wg on a 9.0 card) once in a subprocess against float64: one
      that fails there, or faults, is left out of what follows (a fault poisons the CUDA context);
   3. the fast bf16 path's time AND error, per kernel (GEOMFAST_CUDA_GRAM_KERNEL: cuBLAS products,
-     gram_tc.cu's two-level WMMA kernel, and on a 9.0 device gram_wgmma.cu's Hopper kernel), flush
-     interval (GEOMFAST_CUDA_FLUSH_ROWS), triangle tile (GEOMFAST_CUDA_TRIANGLE_TILE), the own
-     kernels' chain length and rows per call (GEOMFAST_CUDA_TC_CHAIN_ROWS, GEOMFAST_CUDA_TC_ROWS), at d = 4096 on centred and large-offset data, against a float64
+     gram_tc.cu's two-level WMMA kernel, and on a 9.0 device gram_wgmma.cu's Hopper kernel), the
+     cuBLAS path's rows per GEMM chain and per float64 flush (GEOMFAST_CUDA_CHAIN_ROWS,
+     GEOMFAST_CUDA_FLUSH_ROWS) and triangle tile (GEOMFAST_CUDA_TRIANGLE_TILE), the own kernels'
+     chain length and rows per call (GEOMFAST_CUDA_TC_CHAIN_ROWS, GEOMFAST_CUDA_TC_ROWS), at
+     d = 4096 on centred and large-offset data, against a float64
      reference on the same values: the table to set the defaults from (a failing setting is
      recorded and the sweep goes on);
   4. the bf16 matrix-product peak (a large torch bf16 matmul);
@@ -173,7 +175,9 @@ def main() -> int:
     ap.add_argument("--dims", default="4096,8192", help="Gram / eigvalsh sizes (comma-separated)")
     ap.add_argument("--rows", type=int, default=65536, help="rows per chunk")
     ap.add_argument("--chunks", type=int, default=4, help="chunks per timed Gram accumulation")
-    ap.add_argument("--flush", default="256,512,1024,2048,4096,8192,16384", help="flush intervals to sweep")
+    ap.add_argument("--chains", default="128,256,512", help="cuBLAS path: rows per GEMM (tensor-core chain) to sweep")
+    ap.add_argument("--flush", default="256,1024,8192,32768",
+                    help="cuBLAS path: rows between float64 flushes to sweep (with each chain length not above it)")
     ap.add_argument("--tiles", default="512,1024,2048", help="triangle tiles to sweep (at the default flush)")
     ap.add_argument("--tc-chains", default="64,128,256",
                     help="tc / wg kernels: rows per tensor-core chain to sweep (wg rounds up to 64)")
@@ -273,12 +277,13 @@ def main() -> int:
                 own_kernels.remove(kernel)  # kept out of everything below
 
     chk.section("own-kernel smoke checks (subprocesses)", 20.0, smoke_section)
-    knobs = ("GEOMFAST_CUDA_GRAM_KERNEL", "GEOMFAST_CUDA_FLUSH_ROWS", "GEOMFAST_CUDA_TRIANGLE_TILE",
+    knobs = ("GEOMFAST_CUDA_GRAM_KERNEL", "GEOMFAST_CUDA_CHAIN_ROWS", "GEOMFAST_CUDA_FLUSH_ROWS", "GEOMFAST_CUDA_TRIANGLE_TILE",
              "GEOMFAST_CUDA_TC_CHAIN_ROWS", "GEOMFAST_CUDA_TC_ROWS", "GEOMFAST_CUDA_WG_TILE_N")
 
     def sweep_settings() -> list[tuple[str, dict]]:
         out = [("cublas (defaults)", {})]
-        out += [(f"cublas flush {f}", {"GEOMFAST_CUDA_FLUSH_ROWS": f}) for f in args.flush.split(",") if f]
+        out += [(f"cublas chain {c} flush {f}", {"GEOMFAST_CUDA_CHAIN_ROWS": c, "GEOMFAST_CUDA_FLUSH_ROWS": f})
+                for c in args.chains.split(",") if c for f in args.flush.split(",") if f and int(f) >= int(c)]
         out += [(f"cublas tile {t}", {"GEOMFAST_CUDA_TRIANGLE_TILE": t}) for t in args.tiles.split(",") if t]
         for kernel in own_kernels:
             out.append((f"{kernel} (defaults)", {"GEOMFAST_CUDA_GRAM_KERNEL": kernel}))

@@ -125,7 +125,7 @@ def test_gpu_check_cpu_dry_run_runs_every_section(tmp_path):
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--cpu-dry-run", "--out", str(tmp_path),
            "--dims", "300", "--rows", "1024", "--chunks", "1", "--sweep-dim", "96", "--sweep-rows", "2048",
-           "--flush", "256,1024", "--tiles", "512", "--tc-chains", "64", "--tc-rows", "8192",
+           "--chains", "256", "--flush", "128,256,1024", "--tiles", "512", "--tc-chains", "64", "--tc-rows", "8192",
            "--batch", "3", "--batch-dim", "40"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -134,10 +134,11 @@ def test_gpu_check_cpu_dry_run_runs_every_section(tmp_path):
     assert set(res["sections"]) == {"own-kernel smoke checks (subprocesses)", "fast bf16 kernel/flush/tile sweep",
                                    "bf16 peak", "Gram d=300", "eigvalsh d=300", "batched spectra"}
     assert {k: v["ok"] for k, v in res["smoke"].items()} == {"tc": True, "wg": True}
-    # defaults, 2 flushes, 1 tile, then defaults and 1 chain setting for each of tc and wg, and wg's
-    # 192-column tile; on centred and offset data
+    # defaults, 1 chain with the 2 flushes not shorter than it, 1 tile, then defaults and 1 chain
+    # setting for each of tc and wg, and wg's 192-column tile; on centred and offset data
     assert len(res["sweep"]) == 2 * 9 and all(r["rel_fro"] < 1e-6 for r in res["sweep"])
-    assert {r["setting"] for r in res["sweep"]} >= {"wg (defaults)", "wg chain 64 rows 8192", "tc (defaults)",
+    assert {r["setting"] for r in res["sweep"]} >= {"cublas chain 256 flush 256", "cublas chain 256 flush 1024",
+                                                   "wg (defaults)", "wg chain 64 rows 8192", "tc (defaults)",
                                                    "wg tile 192"}
     assert "Gram bf16 fast wg192 centred d=300" in (tmp_path / "table.txt").read_text()
     assert res["eig"][0]["full_max_err_over_l1"] < 1e-12

@@ -18,7 +18,8 @@
 //  3. products over blocks of rows, flushed into the float64 state (no sync in this loop):
 //     - highest (any dtype): y = x - shift in float64, cublasDsyrk into gram (beta = 1).
 //     - fast, float32/float64 input: y = fl32(x - shift), cublasSsyrk (pedantic math: no TF32,
-//       which carries only 11 bits) into a float32 block, flushed every kFast32FlushRows rows.
+//       which carries only 11 bits) over chains of kFast32ChainRows rows added into a float32
+//       block (beta = 1), flushed every kFast32FlushRows rows.
 //     - fast, float16/bfloat16 input: the exact hi + lo split on tensor cores (below).
 //  4. commit: sum += Σ (x - c) - n (shift - c); gram += the exact algebraic correction from
 //     centring by c instead of shift (only where they differ); count += n.
@@ -39,11 +40,13 @@
 //    on tensor cores (cublasGemmEx, float32 accumulation): HᵀH over the upper triangle's column
 //    blocks only, HᵀL_J [d, |J|] and L_JᵀL_J [|J|, |J|]. Cost: 1x (plus d²/(2·kTriangleTile) of
 //    diagonal-block waste) when no column needs a shift, up to 4x when all do (large offsets);
-//  * so the only rounding is float32 accumulation inside a block of kFast16FlushRows rows, which
-//    is then flushed into float64. Per entry its relative error is about k·2^-24 for k = rows /
-//    16 tensor-core accumulation steps when the hardware truncates (worst case; about sqrt(k)·2^-24
-//    with round-to-nearest), i.e. ≈ 1e-7..4e-6 at 1024 rows — the flush interval is the knob,
-//    measured by benchmarks/gpu_check.py (GEOMFAST_CUDA_FLUSH_ROWS overrides it);
+//  * so the only rounding is float32 accumulation: inside one GEMM call of kFast16ChainRows rows
+//    (the tensor cores' chain), then across calls in the float32 block (the GEMM epilogue, beta =
+//    1, round-to-nearest), which is flushed into float64 every kFast16FlushRows rows. Per entry
+//    the chain's relative error is about k·2^-24 for k = rows / 16 tensor-core accumulation steps
+//    when the hardware truncates (worst case; about sqrt(k)·2^-24 with round-to-nearest), i.e.
+//    ≈ 1e-7..4e-6 at 1024 rows — the chain length is the knob, measured by
+//    benchmarks/gpu_check.py (GEOMFAST_CUDA_CHAIN_ROWS and GEOMFAST_CUDA_FLUSH_ROWS override them);
 //  * the float64 commit re-expresses Σ (x - c)(x - c)ᵀ around the state's shift exactly in
 //    algebra; it amplifies the float32 error by 1 + (shift - c)²/var per column, ≤ 1.25 for c = 0
 //    and ≈ 1 + (ulp16(mean)/2)²/var otherwise, which stays O(1) because 16-bit data with a mean
@@ -51,12 +54,15 @@
 // Columns whose split would overflow (|x - c| beyond the 16-bit range, only possible for float16
 // with huge opposite-signed values) send the chunk down the float32 path instead.
 //
-// Throughput of the fast 16-bit path (an estimate from the H200's figures, NOT yet measured): each
-// flush reads the float32 triangle (2d² bytes) and rewrites the float64 one (8d² bytes), about
-// 168 MB at d = 4096, ~48 us at 3.5 TB/s, while the tensor-core work of 1024 rows is ~22 us at
-// 790 TFLOP/s (counting N·d²). So at 1024-row flushes the flushes, not the products, bound the
-// speed, and at the 256 rows the accuracy needs (see kFast16FlushRows) far more so; the ≥ 60 %-of-
-// peak target would need ~8192-row flushes, which the model says cost 2e-5 of error. Hence the
+// Throughput of the fast 16-bit path (an estimate from the H200's figures, NOT yet measured): a
+// float64 flush reads the float32 triangle (2d² bytes) and rewrites the float64 one (8d² bytes),
+// about 168 MB at d = 4096, ~48 us at 3.5 TB/s, while the tensor-core work of 1024 rows is ~22 us
+// at 790 TFLOP/s (counting N·d²). Flushing every 256 rows (the first design) was bound by the
+// flushes, at roughly a tenth of peak; the two levels flush every 8192 rows, but each 256-row
+// chain's epilogue still reads and writes the float32 triangle blocks (~84 MB, ~5.5 us of
+// products against ~17 us of traffic, less what L2 holds), so this path stays bandwidth-bound
+// near a quarter of peak (estimate). The ≥ 60 %-of-peak target needs chains kept in registers
+// across thousands of rows, which cuBLAS cannot do without 4096-row chains (model: 2e-5). Hence the
 // two-level kernel of gram_tc.cu (GEOMFAST_CUDA_GRAM_KERNEL=tc): tensor-core chains reset every
 // 128 rows into a second float32 register accumulator, float64 touched every 8192 rows (model:
 // 2.6e-7). That kernel issues WMMA (mma.sync), which public H100 microbenchmarks put well below
@@ -89,15 +95,25 @@ namespace geomfast {
 namespace cuda {
 namespace {
 
-// Rows per float32 block before it is flushed into float64 (16-bit split path on tensor cores).
-// Smaller is more accurate (float32 accumulation error grows with the rows accumulated, linearly
-// if tensor cores truncate) and slower (each flush reads d² floats and rewrites d²/2 doubles).
-// 256, not 1024: under the public model of H100 accumulation (25-bit window, round toward zero;
-// benchmarks/tensor_core_model.py) 1024 rows give 3.5e-6, over the 1e-6 bar, and 256 give 5.5e-7.
-// Not measured yet; gpu_check.py's sweep measures it.
-constexpr int64_t kFast16FlushRows = 256;
-// Same for float32 input on CUDA cores (round-to-nearest FMA): the CPU backend's measured choice.
-constexpr int64_t kFast32FlushRows = 512;
+// The cuBLAS fast paths work in two levels: each product call (a GEMM or SSYRK over `chain` rows)
+// is added into float32 blocks by its epilogue (beta = 1, round-to-nearest), and the blocks are
+// flushed into float64 every `flush` rows (GEOMFAST_CUDA_CHAIN_ROWS, GEOMFAST_CUDA_FLUSH_ROWS).
+// 16-bit split path on tensor cores: the chain is the hardware's accumulation, which truncates on
+// H100 (benchmarks/tensor_core_model.py: 25-bit window, round toward zero), so its error grows
+// linearly with the chain: chains of 1024 rows give 3.5e-6, over the 1e-6 bar, 256 give 5.6e-7,
+// and the round-to-nearest second level adds nothing visible (5.6e-7 with float64 every 8192
+// rows). The flush, not the product, is what the rows between float64 updates cost: it reads the
+// float32 triangle and rewrites the float64 one (~170 MB at d = 4096), against ~84 MB of epilogue
+// traffic per chain. Not measured yet; gpu_check.py's sweep measures both knobs.
+constexpr int64_t kFast16ChainRows = 256;
+constexpr int64_t kFast16FlushRows = 8192;
+// float32 input on CUDA cores (round-to-nearest FMA): 512-row SSYRK calls, the CPU backend's
+// measured choice of product length.
+constexpr int64_t kFast32ChainRows = 512;
+constexpr int64_t kFast32FlushRows = 8192;
+// Rows split into hi + lo per launch on the cuBLAS 16-bit path (whole chains; the buffers are
+// 2 * split rows * d bytes each).
+constexpr int64_t kSplitRows = 8192;
 // highest: rows centred into float64 per DSYRK (no flush: DSYRK accumulates into the state).
 constexpr int64_t kHighestBytes = int64_t(256) << 20;  // cap on the float64 block
 // Column blocks of the upper-triangle GEMMs: the block diagonal wastes d·kTriangleTile/2 products.
@@ -119,7 +135,12 @@ int64_t env_int(const char* name, int64_t fallback, int64_t least) {
   const long long r = std::atoll(v);
   return r >= least ? static_cast<int64_t>(r) : fallback;
 }
-int64_t env_flush_rows(int64_t fallback) { return env_int("GEOMFAST_CUDA_FLUSH_ROWS", fallback, 16); }
+// The cuBLAS fast paths' rows per product call and rows between float64 flushes, for a chunk of
+// `rows` rows: {chain, flush} with 1 <= chain <= flush <= rows.
+std::pair<int64_t, int64_t> chain_and_flush_rows(int64_t chain_default, int64_t flush_default, int64_t rows) {
+  const int64_t flush = std::min(env_int("GEOMFAST_CUDA_FLUSH_ROWS", flush_default, 16), rows);
+  return {std::min(env_int("GEOMFAST_CUDA_CHAIN_ROWS", chain_default, 16), flush), flush};
+}
 // GEOMFAST_CUDA_TRIANGLE_TILE: the column-block width of the upper-triangle products.
 int64_t env_triangle_tile() { return env_int("GEOMFAST_CUDA_TRIANGLE_TILE", kTriangleTile, 64); }
 // GEOMFAST_CUDA_WG_TILE_N: the wg kernel's tile width, 128 (default) or 192 (fewer operand bytes
@@ -420,18 +441,22 @@ class CudaGram final : public GramBackend {
 
   void products_fast32(const MatrixView& x, HandleLease& lease, cudaStream_t st) {
     const int64_t d = dim_;
-    const int64_t br = std::min(env_flush_rows(kFast32FlushRows), x.rows);
-    block_.reserve(static_cast<size_t>(br * d) * sizeof(float));
+    const auto [chain, flush] = chain_and_flush_rows(kFast32ChainRows, kFast32FlushRows, x.rows);
+    block_.reserve(static_cast<size_t>(chain * d) * sizeof(float));
     acc_.reserve(static_cast<size_t>(d * d));
     float* y = reinterpret_cast<float*>(block_.get());
     GF_CUBLAS_CHECK(cublasSetMathMode(lease.h.blas, CUBLAS_PEDANTIC_MATH));  // no TF32
     const float one = 1.0f, zero = 0.0f;
-    for (int64_t r0 = 0; r0 < x.rows; r0 += br) {
-      const int64_t nb = std::min(br, x.rows - r0);
-      center_rows_f32(x, r0, nb, c_.get(), y, st);
-      GF_CUBLAS_CHECK(cublasSsyrk(lease.h.blas, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, static_cast<int>(d),
-                                  static_cast<int>(nb), &one, y, static_cast<int>(d), &zero, acc_.get(),
-                                  static_cast<int>(d)));
+    for (int64_t f0 = 0; f0 < x.rows; f0 += flush) {
+      const int64_t fe = std::min(f0 + flush, x.rows);
+      for (int64_t r0 = f0; r0 < fe; r0 += chain) {
+        const int64_t nb = std::min(chain, fe - r0);
+        center_rows_f32(x, r0, nb, c_.get(), y, st);
+        // a flush block's first chain overwrites the float32 block, the others add to it
+        GF_CUBLAS_CHECK(cublasSsyrk(lease.h.blas, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, static_cast<int>(d),
+                                    static_cast<int>(nb), &one, y, static_cast<int>(d), r0 == f0 ? &zero : &one,
+                                    acc_.get(), static_cast<int>(d)));
+      }
       flush_upper(acc_.get(), d, gram_.get(), st);
     }
   }
@@ -445,12 +470,18 @@ class CudaGram final : public GramBackend {
     return {block_.get(), block_.get() + ((hi_bytes + 255) / 256) * 256};
   }
 
+  // The fast 16-bit split path on cuBLAS, in two levels: each GEMM call is one tensor-core chain of
+  // `chain` rows (the hardware's own accumulation, truncating on H100) added into the float32
+  // blocks by the GEMM's epilogue (beta = 1: a float32 FMA, round-to-nearest), and the blocks are
+  // flushed into float64 every `flush` rows. The split runs over up to kSplitRows rows per launch,
+  // so a chain's GEMMs are not each preceded by a small split launch.
   void products_fast16(const MatrixView& x, HandleLease& lease, cudaStream_t st) {
     const int64_t d = dim_;
     const int64_t nj = nj_;
-    const int64_t br = std::min(env_flush_rows(kFast16FlushRows), x.rows);
+    const auto [chain, flush] = chain_and_flush_rows(kFast16ChainRows, kFast16FlushRows, x.rows);
+    const int64_t split_rows = std::max(chain, std::min(flush, kSplitRows) / chain * chain);
     const int64_t tile = env_triangle_tile();
-    const auto [hi, lo] = split_buffers(br, d, nj);
+    const auto [hi, lo] = split_buffers(split_rows, d, nj);
     acc_.reserve(static_cast<size_t>(d * d));
     if (nj > 0) {
       hl_.reserve(static_cast<size_t>(d * nj));
@@ -460,28 +491,36 @@ class CudaGram final : public GramBackend {
     GF_CUBLAS_CHECK(cublasSetMathMode(lease.h.blas, CUBLAS_DEFAULT_MATH));
     const float one = 1.0f, zero = 0.0f;
     const int di = static_cast<int>(d), nji = static_cast<int>(nj);
-    for (int64_t r0 = 0; r0 < x.rows; r0 += br) {
-      const int64_t nb = std::min(br, x.rows - r0);
-      const int k = static_cast<int>(nb);
-      split_rows_16(x, r0, nb, c_.get(), col2j_.get(), nj, hi, d, lo, nj, st);
-      // hi row-major [nb, d] = col-major H_c [d, nb]; HᵀH = H_c H_cᵀ. Column block [j0, j0 + w)
-      // of the upper triangle: rows [0, j0 + w) (the diagonal block is computed in full).
-      for (int64_t j0 = 0; j0 < d; j0 += tile) {
-        const int w = static_cast<int>(std::min(tile, d - j0));
-        const int m = static_cast<int>(j0) + w;
-        GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, m, w, k, &one, hi, t, di,
-                                     static_cast<const char*>(hi) + j0 * 2, t, di, &zero,
-                                     acc_.get() + j0 * d, CUDA_R_32F, di, CUBLAS_COMPUTE_32F,
-                                     CUBLAS_GEMM_DEFAULT));
-      }
-      if (nj > 0) {
-        // lo row-major [nb, nj] = col-major L_c [nj, nb]. HᵀL_J = H_c L_cᵀ [d, nj]; L_JᵀL_J [nj, nj].
-        GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, di, nji, k, &one, hi, t, di, lo,
-                                     t, nji, &zero, hl_.get(), CUDA_R_32F, di, CUBLAS_COMPUTE_32F,
-                                     CUBLAS_GEMM_DEFAULT));
-        GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, nji, nji, k, &one, lo, t, nji,
-                                     lo, t, nji, &zero, ll_.get(), CUDA_R_32F, nji, CUBLAS_COMPUTE_32F,
-                                     CUBLAS_GEMM_DEFAULT));
+    for (int64_t f0 = 0; f0 < x.rows; f0 += flush) {
+      const int64_t fe = std::min(f0 + flush, x.rows);
+      for (int64_t s0 = f0; s0 < fe; s0 += split_rows) {
+        const int64_t sn = std::min(split_rows, fe - s0);
+        split_rows_16(x, s0, sn, c_.get(), col2j_.get(), nj, hi, d, lo, nj, st);
+        for (int64_t c0 = 0; c0 < sn; c0 += chain) {
+          const int k = static_cast<int>(std::min(chain, sn - c0));
+          const float* beta = s0 == f0 && c0 == 0 ? &zero : &one;  // a flush block's first chain overwrites
+          // hi row-major [sn, d] = col-major H_c [d, sn]: this chain's rows are its columns
+          // [c0, c0 + k). HᵀH = H_c H_cᵀ. Column block [j0, j0 + w) of the upper triangle: rows
+          // [0, j0 + w) (the diagonal block is computed in full).
+          const char* h = static_cast<const char*>(hi) + c0 * d * 2;
+          for (int64_t j0 = 0; j0 < d; j0 += tile) {
+            const int w = static_cast<int>(std::min(tile, d - j0));
+            const int m = static_cast<int>(j0) + w;
+            GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, m, w, k, &one, h, t, di,
+                                         h + j0 * 2, t, di, beta, acc_.get() + j0 * d, CUDA_R_32F, di,
+                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+          }
+          if (nj > 0) {
+            // lo row-major [sn, nj] = col-major L_c [nj, sn]. HᵀL_J = H_c L_cᵀ [d, nj]; L_JᵀL_J [nj, nj].
+            const char* l = static_cast<const char*>(lo) + c0 * nj * 2;
+            GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, di, nji, k, &one, h, t, di, l, t,
+                                         nji, beta, hl_.get(), CUDA_R_32F, di, CUBLAS_COMPUTE_32F,
+                                         CUBLAS_GEMM_DEFAULT));
+            GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, nji, nji, k, &one, l, t, nji, l,
+                                         t, nji, beta, ll_.get(), CUDA_R_32F, nji, CUBLAS_COMPUTE_32F,
+                                         CUBLAS_GEMM_DEFAULT));
+          }
+        }
       }
       flush_upper_split(acc_.get(), nj > 0 ? hl_.get() : nullptr, nj > 0 ? ll_.get() : nullptr,
                         col2j_.get(), d, nj, gram_.get(), st);

@@ -151,7 +151,9 @@ void case_stream(Precision p, DType t, int64_t d, const char* kernel, bool colum
                            std::to_string(d) + (std::string(kernel) != "cublas" ? " " + std::string(kernel) : "") +
                            (std::getenv("GEOMFAST_CUDA_WG_TILE_N") ? " tile 192" : "") +
                            (column_major ? " column-major" : "") +
-                           (std::getenv("GEOMFAST_CUDA_TRIANGLE_TILE") ? " tile 64 flush 100" : "") +
+                           (std::getenv("GEOMFAST_CUDA_TRIANGLE_TILE") ? " tile 64" : "") +
+                           (std::getenv("GEOMFAST_CUDA_CHAIN_ROWS") ? " chain 48" : "") +
+                           (std::getenv("GEOMFAST_CUDA_FLUSH_ROWS") ? " flush 100" : "") +
                            ", 4 uneven chunks, offsets";
   report(what, rel_fro(cov, reference_cov(all, d)), p == Precision::kHighest ? 1e-12 : 1e-6, symmetric && g->count() == 1324);
 }
@@ -293,6 +295,12 @@ int main() {
     case_stream(Precision::kFast, DType::kBFloat16, 130, "cublas", false, seed++);
     case_stream(Precision::kFast, DType::kFloat16, 130, "cublas", false, seed++);
     unsetenv("GEOMFAST_CUDA_TRIANGLE_TILE");
+    // several product calls per float64 flush (beta = 1 after the first), the last one cut short
+    // by the flush block's end (48 + 48 + 4), and the 16-bit split in 96-row launches within it
+    setenv("GEOMFAST_CUDA_CHAIN_ROWS", "48", 1);
+    for (DType t : {DType::kBFloat16, DType::kFloat16, DType::kFloat32})
+      case_stream(Precision::kFast, t, 130, "cublas", false, seed++);
+    unsetenv("GEOMFAST_CUDA_CHAIN_ROWS");
     unsetenv("GEOMFAST_CUDA_FLUSH_ROWS");
     for (Precision p : {Precision::kHighest, Precision::kFast}) case_dtype_switches(p, "cublas", seed++);
     case_dtype_switches(Precision::kFast, "tc", seed++);
