@@ -773,18 +773,22 @@ def test_fast_at_tile_edges(d, path):
     assert err <= BARS["fast"], f"seed={seed} d={d} {path}: error {err:.3e}"
 
 
-@pytest.mark.parametrize("holder", ["bfloat16", "float32"])
+@pytest.mark.parametrize("holder", ["bfloat16", "float32", "float32 column-major", "float64 column-major"])
 @pytest.mark.parametrize("chunk", [100, 20000])
 def test_fast_bfloat16_benchmark_activations_within_the_bar(chunk, holder, each_fast_kernel):
     """bench.make_activations (means up to ~200 spreads in its small-scale columns, an outlier
-    column) rounded to bf16, given as bf16 or as float32 holding those values, staged (100-row
-    chunks) and through the lanes: within the fast bar on every kernel. The syrk kernel's former
-    512-row ssyrk calls gave 2.0e-6 here, for both."""
+    column) rounded to bf16, given as bf16 or as float32/float64 holding those values (row-major,
+    or column-major views, which the validation scan walks per column), staged (100-row chunks)
+    and through the lanes: within the fast bar on every kernel. The syrk kernel's former 512-row
+    ssyrk calls gave 2.0e-6 here, for all of them (column-major ones until the strided scan
+    looked at their mantissas too)."""
     from geomfast import bench
 
     x = bench.make_activations(60000, 512, "bfloat16")
-    if holder == "float32":
-        x = x.float()
+    if holder != "bfloat16":
+        x = x.to(torch.float32 if holder.startswith("float32") else torch.float64)
+    if holder.endswith("column-major"):
+        x = x.T.contiguous().T
     acc = geomfast.GramAccumulator(512, precision="fast")
     for c in torch.split(x, chunk):
         acc.update(c)

@@ -90,8 +90,7 @@ struct ScanResult {
   int64_t nonfinite = 0;
   int64_t first_row = std::numeric_limits<int64_t>::max();
   double max_abs = 0.0;       // over the finite values
-  bool short_values = true;   // every value has at most 11 significant bits (RowScan); false
-                              // for strided float32/float64 views (not looked at)
+  bool short_values = true;   // every value has at most 11 significant bits (RowScan)
 };
 
 // The vectorized row kernels of each dtype (row_kernels.cpp).
@@ -127,11 +126,21 @@ void scan_rows(const MatrixView& x, int64_t r0, int64_t r1, ScanResult& res) {
       }
     }
   } else {  // column-major or strided: walk each column's run of rows
-    if (T == DType::kFloat32 || T == DType::kFloat64) res.short_values = false;
+    // float32 / float64: OR the low mantissa bits as scan_row_f32/f64 do (11 significant bits)
+    uint64_t low = 0;
     for (int64_t c = 0; c < d; ++c) {
       const auto* col = base + c * x.col_stride;
       for (int64_t r = r0; r < r1; ++r) {
         const auto* p = col + r * x.row_stride;
+        if constexpr (T == DType::kFloat32) {
+          uint32_t u;
+          std::memcpy(&u, p, 4);
+          low |= u & 0x1fffu;
+        } else if constexpr (T == DType::kFloat64) {
+          uint64_t u;
+          std::memcpy(&u, p, 8);
+          low |= u & ((uint64_t(1) << 42) - 1);
+        }
         if (L::nonfinite(p)) {
           ++res.nonfinite;
           res.first_row = std::min(res.first_row, r);
@@ -140,6 +149,7 @@ void scan_rows(const MatrixView& x, int64_t r0, int64_t r1, ScanResult& res) {
         }
       }
     }
+    res.short_values = res.short_values && low == 0;
   }
 }
 
