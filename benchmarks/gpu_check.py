@@ -18,7 +18,7 @@ section whose estimated cost no longer fits --budget-s is skipped and says so):
      cuBLAS path's rows per GEMM chain and per float64 flush (GEOMFAST_CUDA_CHAIN_ROWS,
      GEOMFAST_CUDA_FLUSH_ROWS) and triangle tile (GEOMFAST_CUDA_TRIANGLE_TILE), the own kernels'
      chain length and rows per call (GEOMFAST_CUDA_TC_CHAIN_ROWS, GEOMFAST_CUDA_TC_ROWS), at
-     d = 4096 on centred and large-offset data, against a float64
+     d = 4096 on centred and large-offset bf16 and centred f16 data, against a float64
      reference on the same values: the table to set the defaults from (a failing setting is
      recorded and the sweep goes on);
   4. the bf16 matrix-product peak (a large torch bf16 matmul);
@@ -37,11 +37,13 @@ Exit status: 0 all ran and the tests passed, 1 a test failed or a section raised
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -172,6 +174,8 @@ def main() -> int:
                     help="wall-clock budget; sections that no longer fit are skipped (default 480)")
     ap.add_argument("--skip-tests", action="store_true", help="do not run tests/test_cuda.py")
     ap.add_argument("--test-timeout-s", type=float, default=240.0, help="limit for tests/test_cuda.py")
+    ap.add_argument("--per-test-timeout-s", type=float, default=60.0,
+                    help="limit per test (where pytest-timeout is installed)")
     ap.add_argument("--dims", default="4096,8192", help="Gram / eigvalsh sizes (comma-separated)")
     ap.add_argument("--rows", type=int, default=65536, help="rows per chunk")
     ap.add_argument("--chunks", type=int, default=4, help="chunks per timed Gram accumulation")
@@ -225,17 +229,22 @@ def main() -> int:
 
     # ------------------------------------------------------------------ tests
     def tests():
-        log_path = (args.out / "test_cuda.log") if args.out else None
-        cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_cuda.py")]
-        try:
-            limit = min(args.test_timeout_s, max(30.0, chk.left() - 10.0))
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
-            text, rc = proc.stdout + proc.stderr, proc.returncode
-        except subprocess.TimeoutExpired as e:
-            text = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        # -v into the log file as the tests run, so a run cut short still shows which passed; a
+        # per-test limit where pytest-timeout is installed (it is on the device image), so one hang
+        # cannot take the rest of the budget
+        log_path = (args.out / "test_cuda.log") if args.out else Path(tempfile.gettempdir()) / "gpu_check_test_cuda.log"
+        cmd = [sys.executable, "-m", "pytest", "-v", "-rfE", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_cuda.py")]
+        if importlib.util.find_spec("pytest_timeout") is not None:
+            cmd += ["--timeout", str(int(args.per_test_timeout_s)), "--timeout-method", "thread"]
+        limit = min(args.test_timeout_s, max(30.0, chk.left() - 10.0))
+        with open(log_path, "w") as f:
+            try:
+                rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True, timeout=limit).returncode
+            except subprocess.TimeoutExpired:
+                rc = -1
+        text = log_path.read_text(errors="replace")
+        if rc == -1:
             text += f"\n[gpu_check] pytest stopped after {limit:.0f} s"
-            rc = -1
-        if log_path:
             log_path.write_text(text)
         tail = text.strip().splitlines()[-25:]
         log("\n".join(tail))
@@ -264,10 +273,10 @@ def main() -> int:
             if args.cpu_dry_run:
                 cmd.append("--cpu-dry-run")
             try:
-                proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+                proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=90)
                 ok, text = proc.returncode == 0, (proc.stdout + proc.stderr).strip()
             except subprocess.TimeoutExpired:
-                ok, text = False, "timed out after 180 s (a hang?)"
+                ok, text = False, "timed out after 90 s (a hang?)"
             last = text.splitlines()[-1] if text else ""
             res["smoke"][kernel] = {"ok": ok, "output": text[-2000:]}
             rows.append((f"smoke check GEOMFAST_CUDA_GRAM_KERNEL={kernel}", "ok" if ok else "FAILED", "", last[:120]))
@@ -309,9 +318,11 @@ def main() -> int:
         base *= torch.rand(d, generator=g, device=dev, dtype=torch.float64).add(0.5)
         out = []
         res["sweep"] = out
-        for name, shift in (("centred", None), ("offset 1e3", 1e3)):
+        # float16 too: its 22-bit products lose more to truncating tensor-core chains than bf16's
+        for name, shift, dt in (("centred", None, torch.bfloat16), ("offset 1e3", 1e3, torch.bfloat16),
+                                ("f16 centred", None, torch.float16)):
             x64 = base if shift is None else base + shift * torch.rand(d, generator=g, device=dev, dtype=torch.float64)
-            x = x64.to(torch.bfloat16)
+            x = x64.to(dt)
             del x64
             y = x.to(torch.float64)
             y -= y.mean(0, keepdim=True)

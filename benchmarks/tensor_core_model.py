@@ -74,14 +74,17 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=48)
     ap.add_argument("--rows", type=int, default=8192)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16",
+                    help="input type (float16's 11-bit values make 22-bit products: longer chains lose more)")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
-    x = to_bf16(rng.standard_normal((args.rows, args.d)) * rng.uniform(0.5, 1.5, args.d))
-    print(f"model: {args.window}-bit window, round toward zero; {args.rows} bf16 rows, d = {args.d}")
-    for f in (64, 256, 1024, 4096):
+    x = rng.standard_normal((args.rows, args.d)) * rng.uniform(0.5, 1.5, args.d)
+    x = to_bf16(x) if args.dtype == "bfloat16" else x.astype(np.float16).astype(np.float64)
+    print(f"model: {args.window}-bit window, round toward zero; {args.rows} {args.dtype} rows, d = {args.d}")
+    for f in (64, 128, 256, 1024, 4096):
         e = gram_error(x, chain_rows=f, flush_rows=f, window=args.window, two_level=False)
         print(f"  cublas design, flush every {f:5d} rows:                      rel Frobenius {e:.2e}")
-    for l, f in ((64, 4096), (128, 8192), (256, 8192)):
+    for l, f in ((64, 4096), (128, 8192), (256, 8192), (128, 32768)):
         e = gram_error(x, chain_rows=l, flush_rows=f, window=args.window, two_level=True)
         print(f"  two-level, chains of {l:3d} rows, float64 every {f:5d} rows:   rel Frobenius {e:.2e}")
 

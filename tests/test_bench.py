@@ -135,8 +135,9 @@ def test_gpu_check_cpu_dry_run_runs_every_section(tmp_path):
                                    "bf16 peak", "Gram d=300", "eigvalsh d=300", "batched spectra"}
     assert {k: v["ok"] for k, v in res["smoke"].items()} == {"tc": True, "wg": True}
     # defaults, 1 chain with the 2 flushes not shorter than it, 1 tile, then defaults and 1 chain
-    # setting for each of tc and wg, and wg's 192-column tile; on centred and offset data
-    assert len(res["sweep"]) == 2 * 9 and all(r["rel_fro"] < 1e-6 for r in res["sweep"])
+    # setting for each of tc and wg, and wg's 192-column tile; on centred and offset bf16 data and
+    # centred f16 data
+    assert len(res["sweep"]) == 3 * 9 and all(r["rel_fro"] < 1e-6 for r in res["sweep"])
     assert {r["setting"] for r in res["sweep"]} >= {"cublas chain 256 flush 256", "cublas chain 256 flush 1024",
                                                    "wg (defaults)", "wg chain 64 rows 8192", "tc (defaults)",
                                                    "wg tile 192"}

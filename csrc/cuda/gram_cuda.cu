@@ -40,9 +40,10 @@
 //    on tensor cores (cublasGemmEx, float32 accumulation): HᵀH over the upper triangle's column
 //    blocks only, HᵀL_J [d, |J|] and L_JᵀL_J [|J|, |J|]. Cost: 1x (plus d²/(2·kTriangleTile) of
 //    diagonal-block waste) when no column needs a shift, up to 4x when all do (large offsets);
-//  * so the only rounding is float32 accumulation: inside one GEMM call of kFast16ChainRows rows
-//    (the tensor cores' chain), then across calls in the float32 block (the GEMM epilogue, beta =
-//    1, round-to-nearest), which is flushed into float64 every kFast16FlushRows rows. Per entry
+//  * so the only rounding is float32 accumulation: inside one GEMM call of kBf16ChainRows (bf16)
+//    or kF16ChainRows (f16) rows (the tensor cores' chain), then across calls in the float32 block
+//    (the GEMM epilogue, beta = 1, round-to-nearest), flushed into float64 every kFast16FlushRows
+//    rows. Per entry
 //    the chain's relative error is about k·2^-24 for k = rows / 16 tensor-core accumulation steps
 //    when the hardware truncates (worst case; about sqrt(k)·2^-24 with round-to-nearest), i.e.
 //    ≈ 1e-7..4e-6 at 1024 rows — the chain length is the knob, measured by
@@ -100,12 +101,14 @@ namespace {
 // flushed into float64 every `flush` rows (GEOMFAST_CUDA_CHAIN_ROWS, GEOMFAST_CUDA_FLUSH_ROWS).
 // 16-bit split path on tensor cores: the chain is the hardware's accumulation, which truncates on
 // H100 (benchmarks/tensor_core_model.py: 25-bit window, round toward zero), so its error grows
-// linearly with the chain: chains of 1024 rows give 3.5e-6, over the 1e-6 bar, 256 give 5.6e-7,
-// and the round-to-nearest second level adds nothing visible (5.6e-7 with float64 every 8192
-// rows). The flush, not the product, is what the rows between float64 updates cost: it reads the
+// linearly with the chain: bfloat16 chains of 1024 rows give 3.5e-6, over the 1e-6 bar, 256 give
+// 5.6e-7, and the round-to-nearest second level adds nothing visible (5.6e-7 with float64 every
+// 8192 rows). float16's 11-bit values make 22-bit products, which lose more to the truncation:
+// 1.7e-6 at 256 rows, 7.6e-7 at 128 (`tensor_core_model.py --dtype float16`). The flush, not the product, is what the rows between float64 updates cost: it reads the
 // float32 triangle and rewrites the float64 one (~170 MB at d = 4096), against ~84 MB of epilogue
 // traffic per chain. Not measured yet; gpu_check.py's sweep measures both knobs.
-constexpr int64_t kFast16ChainRows = 256;
+constexpr int64_t kBf16ChainRows = 256;
+constexpr int64_t kF16ChainRows = 128;
 constexpr int64_t kFast16FlushRows = 8192;
 // float32 input on CUDA cores (round-to-nearest FMA): 512-row SSYRK calls, the CPU backend's
 // measured choice of product length.
@@ -478,7 +481,8 @@ class CudaGram final : public GramBackend {
   void products_fast16(const MatrixView& x, HandleLease& lease, cudaStream_t st) {
     const int64_t d = dim_;
     const int64_t nj = nj_;
-    const auto [chain, flush] = chain_and_flush_rows(kFast16ChainRows, kFast16FlushRows, x.rows);
+    const auto [chain, flush] = chain_and_flush_rows(
+        x.dtype == DType::kBFloat16 ? kBf16ChainRows : kF16ChainRows, kFast16FlushRows, x.rows);
     const int64_t split_rows = std::max(chain, std::min(flush, kSplitRows) / chain * chain);
     const int64_t tile = env_triangle_tile();
     const auto [hi, lo] = split_buffers(split_rows, d, nj);
