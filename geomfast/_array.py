@@ -82,16 +82,54 @@ def parse_device(device, *, func: str = "GramAccumulator") -> tuple[int, int]:
     raise ValueError(f"[{func}] device must be 'cpu', 'cuda' or 'cuda:<index>', got {device!r}")
 
 
-def as_view(x, *, func: str, arg: str = "x", ndim: int = 2) -> View:
+def as_view(x, *, func: str, arg: str = "x", ndim: int = 2, stream=None) -> View:
     """Turn x into a View, copying only when no view is possible (negative or odd strides,
-    unsupported dtypes of a non-float kind are an error)."""
+    unsupported dtypes of a non-float kind are an error).
+
+    CUDA input is read on the caller's current stream of x's device, or on `stream` when given: a
+    torch.cuda.Stream, a cupy Stream or a raw cudaStream_t as an int (0: the legacy default)."""
     if _is_torch(x):
-        return _torch_view(x, func, arg, ndim)
-    if _is_cupy(x):
-        return _cupy_view(x, func, arg, ndim)
-    if not isinstance(x, np.ndarray):
-        x = np.asarray(x)
-    return _numpy_view(x, func, arg, ndim)
+        v = _torch_view(x, func, arg, ndim)
+    elif _is_cupy(x):
+        v = _cupy_view(x, func, arg, ndim)
+    else:
+        v = _numpy_view(x if isinstance(x, np.ndarray) else np.asarray(x), func, arg, ndim)
+    if stream is not None:
+        _override_stream(v, x, stream, func)
+    return v
+
+
+def _override_stream(v: View, x, stream, func: str) -> None:
+    if isinstance(stream, bool) or not (isinstance(stream, int) or hasattr(stream, "cuda_stream")
+                                        or hasattr(stream, "ptr")):
+        raise TypeError(f"[{func}] stream must be a torch.cuda.Stream, a cupy Stream or an int "
+                        f"(cudaStream_t), got {type(stream).__name__}")
+    if v.device_type != CUDA:
+        raise ValueError(f"[{func}] stream needs CUDA input (it orders the read of x), got x on {v.device}")
+    if isinstance(stream, int):
+        if stream < 0:
+            raise ValueError(f"[{func}] stream must be a cudaStream_t handle (an int >= 0), got {stream}")
+        handle = stream
+    else:
+        handle = int(stream.cuda_stream if hasattr(stream, "cuda_stream") else stream.ptr)
+        dev = getattr(stream, "device", None)
+        dev_index = getattr(dev, "index", None) if dev is not None else getattr(stream, "device_id", None)
+        if isinstance(dev, int):
+            dev_index = dev
+        if dev_index is not None and dev_index != v.device_index:
+            raise ValueError(f"[{func}] stream is on cuda:{dev_index}, expected one on {v.device} (x's device)")
+    if v.owner is not x:
+        # x was converted (dtype or strides) on the current stream: finish that before `stream` reads it
+        if _is_torch(x):
+            import torch
+
+            torch.cuda.current_stream(x.device).synchronize()
+        else:
+            with x.device:
+                import cupy
+
+                cupy.cuda.get_current_stream().synchronize()
+    v.stream = handle
 
 
 def _check_ndim(shape, ndim, func, arg):
@@ -149,6 +187,11 @@ def _torch_view(x, func, arg, ndim) -> View:
 
 
 def _cupy_view(x, func, arg, ndim) -> View:
+    with x.device:  # conversions, and the current stream, of x's device (not the current one)
+        return _cupy_view_on_device(x, func, arg, ndim)
+
+
+def _cupy_view_on_device(x, func, arg, ndim) -> View:
     import cupy
 
     _check_ndim(x.shape, ndim, func, arg)

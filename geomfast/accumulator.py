@@ -70,12 +70,15 @@ class GramAccumulator:
         return f"GramAccumulator(dim={self.dim}, device='{self.device}', precision='{self.precision}', count={self.count})"
 
     # ------------------------------------------------------------------ accumulation
-    def update(self, x) -> "GramAccumulator":
+    def update(self, x, *, stream=None) -> "GramAccumulator":
         """Add the rows of x: [n, dim], numpy / torch / cupy, float64/32/16 or bfloat16, any strides.
 
+        CUDA input is read in place on the current stream of x's device, or on `stream` (a
+        torch.cuda.Stream, a cupy Stream, or a cudaStream_t as an int); later work on the
+        accumulator is ordered after it.
         Raises ValueError on NaN/Inf (with their count and first row); the state is then unchanged.
         """
-        v = as_view(x, func="GramAccumulator.update")
+        v = as_view(x, func="GramAccumulator.update", stream=stream)
         if v.cols != self.dim:
             raise ValueError(
                 f"[GramAccumulator.update] expected x with {self.dim} columns, got shape ({v.rows}, {v.cols})")

@@ -128,6 +128,18 @@ def test_tensor_on_meta_device():
     assert acc.count == 0
 
 
+@pytest.mark.parametrize("stream", [0, 7, "stream", 1.5, True, -1])
+def test_stream_is_checked(stream):
+    """update(x, stream=...) orders the read of CUDA input: a stream with CPU input, or something
+    that is not a stream, is an error before any work, and the state is unchanged."""
+    acc = G(8).update(np.ones((2, 8)))
+    bad_type = isinstance(stream, (str, float, bool))
+    with pytest.raises(TypeError if bad_type else ValueError) as e:
+        acc.update(np.zeros((3, 8)), stream=stream)
+    check_message(e.value, "GramAccumulator.update", "stream", *(() if bad_type else ("cpu",)))
+    assert acc.count == 2
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for a cuda tensor")
 def test_cuda_tensor_into_cpu_accumulator():
     acc = G(8)

@@ -302,6 +302,29 @@ def test_non_default_stream(dtype):
 
 
 @gpu
+@needs_torch
+@pytest.mark.parametrize("how", ["torch stream", "int handle", "converted input"])
+def test_update_on_a_given_stream(how):
+    """update(x, stream=s) reads x on s, not on the current stream: x is written on s and s is
+    not the current stream (a read on the current stream would race with the writes)."""
+    d = 80
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        x = random_rows(6000, d, "bfloat16", seed=22, mean=2.0)
+        if how == "converted input":
+            x = x.to(torch.int32)  # upcast to float64 by geomfast on the current stream, then read on s
+    if how == "converted input":
+        s.synchronize()
+    acc = geomfast.GramAccumulator(d, device="cuda", precision="fast")
+    acc.update(x, stream=s if how != "int handle" else s.cuda_stream)
+    cov = acc.covariance()
+    torch.cuda.synchronize()
+    assert rel_fro(cov, gpu_reference_cov(x)) <= BARS["fast"]
+    with pytest.raises(ValueError, match="stream"):
+        acc.update(x, stream=-3)
+
+
+@gpu
 def test_cupy_input():
     cupy = pytest.importorskip("cupy")
     d = 70
@@ -391,11 +414,19 @@ def test_eigvalsh_full_matches_numpy(n, dtype):
 @gpu
 @needs_torch
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_eigvalsh_non_finite_matrix_is_an_error_not_nan():
-    a = torch.eye(40, device="cuda", dtype=torch.float64)
+@pytest.mark.parametrize("method", ["full", "randomized"])
+def test_eigvalsh_non_finite_matrix_is_an_error_not_nan(method):
+    """NaN/Inf in the upper triangle (what is read) is a ValueError before any solver runs, as on
+    the CPU; in the lower triangle it is not read at all."""
+    a = torch.eye(300, device="cuda", dtype=torch.float64)
     a[3, 5] = float("nan")
-    with pytest.raises((ValueError, RuntimeError)):
-        geomfast.eigvalsh(a)
+    a[7, 9] = float("inf")
+    with pytest.raises(ValueError, match="2 non-finite"):
+        geomfast.eigvalsh(a, method=method, k=10)
+    lam = 1.0 / np.arange(1, 301)
+    b = torch.diag(torch.from_numpy(lam)).to("cuda")
+    b[5, 3] = float("nan")
+    np.testing.assert_allclose(geomfast.eigvalsh(b, method=method, k=10), lam[:10], rtol=1e-6)
 
 
 @gpu

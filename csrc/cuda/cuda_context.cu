@@ -114,8 +114,9 @@ BackendInfo cuda_backend_info() {
   for (int d = 0; d < count; ++d) {
     cudaDeviceProp prop{};
     if (cudaGetDeviceProperties(&prop, d) == cudaSuccess) {
-      // GEOMFAST_CUDA_GRAM_KERNEL values this device runs (wg: 9.0 only, and an sm_90a image)
-      const bool wg = cuda::wg_gram_unavailable(d).empty();
+      // GEOMFAST_CUDA_GRAM_KERNEL values this device runs (wg: 9.0 only; whether its sm_90a image
+      // loads is checked when it is asked for, so that listing creates no context on device d)
+      const bool wg = cuda::wg_gram_unavailable(d, false).empty();
       os << "; cuda:" << d << " " << prop.name << " (sm_" << prop.major << prop.minor << ", "
          << (prop.totalGlobalMem >> 20) << " MiB, fast 16-bit kernels cublas, tc" << (wg ? ", wg" : "") << ")";
     }

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <utility>
 
 #include "geomfast/errors.hpp"
 #include "geomfast/tensor.hpp"
@@ -60,7 +61,36 @@ namespace geomfast::cuda {
 
 inline cudaStream_t as_stream(std::uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
-// Makes `device` current for the scope, restoring the caller's device after.
+// Whether runtime device `device` has an active primary context (the driver's
+// cuDevicePrimaryCtxGetState, reached through the runtime: no libcuda link). True when unknown.
+inline bool has_primary_context(int device) {
+  using GetFn = int (*)(int*, int);                      // cuDeviceGet(CUdevice*, int ordinal)
+  using StateFn = int (*)(int, unsigned int*, int*);     // cuDevicePrimaryCtxGetState(CUdevice, ...)
+  static const std::pair<GetFn, StateFn> fns = [] {
+    auto entry = [](const char* name) -> void* {
+      void* p = nullptr;
+      cudaDriverEntryPointQueryResult q{};
+      if (cudaGetDriverEntryPointByVersion(name, &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+          q != cudaDriverEntryPointSuccess) {
+        (void)cudaGetLastError();
+        return nullptr;
+      }
+      return p;
+    };
+    return std::pair<GetFn, StateFn>(reinterpret_cast<GetFn>(entry("cuDeviceGet")),
+                                     reinterpret_cast<StateFn>(entry("cuDevicePrimaryCtxGetState")));
+  }();
+  if (!fns.first || !fns.second) return true;
+  int dev = 0, active = 1;
+  unsigned int flags = 0;
+  if (fns.first(&dev, device) != 0 || fns.second(dev, &flags, &active) != 0) return true;
+  return active != 0;
+}
+
+// Makes `device` current for the scope, restoring the caller's device after, unless that device
+// has no context yet: since CUDA 12 cudaSetDevice creates one (hundreds of MB), so a thread
+// that never touched device 0 and works on cuda:1 would get a context on GPU 0 (torch's guards
+// skip the restore in that case too).
 class DeviceGuard {
  public:
   explicit DeviceGuard(int device) {
@@ -69,7 +99,7 @@ class DeviceGuard {
   }
   ~DeviceGuard() {
     int cur = -1;
-    if (cudaGetDevice(&cur) == cudaSuccess && cur != prev_) cudaSetDevice(prev_);
+    if (cudaGetDevice(&cur) == cudaSuccess && cur != prev_ && has_primary_context(prev_)) cudaSetDevice(prev_);
   }
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;

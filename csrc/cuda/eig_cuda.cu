@@ -247,6 +247,17 @@ EigResult eigvalsh_cuda(const MatrixView& a, const EigOptions& opt) {
   // float64 col-major symmetric work copy, from the upper triangle (as the CPU solver reads it).
   AsyncBuffer w(static_cast<size_t>(n * n) * sizeof(double), st);
   symmetrize_view(a, w.as<double>(), st);
+  {
+    // NaN/Inf: an error at once, as on the CPU, rather than the cuSOLVER retry chain (and a solver
+    // that might spin on NaN); one count over the triangle and one sync, small next to the solve
+    AsyncBuffer bad(sizeof(unsigned long long), st);
+    GF_CUDA_CHECK(cudaMemsetAsync(bad.as<void>(), 0, sizeof(unsigned long long), st));
+    count_nonfinite_upper(w.as<double>(), n, bad.as<unsigned long long>(), st);
+    unsigned long long nbad = 0;
+    GF_CUDA_CHECK(cudaMemcpyAsync(&nbad, bad.as<void>(), sizeof(nbad), cudaMemcpyDeviceToHost, st));
+    GF_CUDA_CHECK(cudaStreamSynchronize(st));
+    if (nbad) GF_THROW(ValueError, "[eigvalsh] the matrix holds ", nbad, " non-finite value(s) (NaN or Inf)");
+  }
 
   const bool randomized = opt.method == EigMethod::kRandomized;
   if (randomized) {

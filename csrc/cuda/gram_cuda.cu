@@ -185,17 +185,24 @@ class CudaGram final : public GramBackend {
     DeviceGuard guard(device_);
     device_handles(device_);  // fail early, with cuBLAS/cuSOLVER's reason
     GF_CUDA_CHECK(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
-    GF_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
-    const size_t d = static_cast<size_t>(dim_);
-    shift_.resize(d);
-    sum_.resize(d);
-    gram_.resize(d * d);
-    c_.resize(d);
-    zsum_.resize(d);
-    zsq_.resize(d);
-    flags_.resize(kNumFlags);
-    zero_state(own_stream_);
-    GF_CUDA_CHECK(cudaEventRecord(ready_, own_stream_));
+    try {
+      GF_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+      const size_t d = static_cast<size_t>(dim_);
+      shift_.resize(d);
+      sum_.resize(d);
+      gram_.resize(d * d);  // out of memory at large d lands here
+      c_.resize(d);
+      zsum_.resize(d);
+      zsq_.resize(d);
+      flags_.resize(kNumFlags);
+      zero_state(own_stream_);
+      GF_CUDA_CHECK(cudaEventRecord(ready_, own_stream_));
+    } catch (...) {  // no destructor runs for a constructor that throws: release the stream and event
+      cudaStreamSynchronize(own_stream_);
+      if (ready_) cudaEventDestroy(ready_);
+      cudaStreamDestroy(own_stream_);
+      throw;
+    }
   }
 
   ~CudaGram() override {
@@ -230,6 +237,7 @@ class CudaGram final : public GramBackend {
       GF_THROW(ValueError, "[GramAccumulator.update] expected a 2-D array with ", dim_,
                " columns, got shape (", x.rows, ", ", x.cols, ")");
     if (x.rows == 0) return;
+    check_intact("update");
     DeviceGuard guard(device_);
     cudaStream_t st = as_stream(x.stream);
     GF_CUDA_CHECK(cudaStreamWaitEvent(st, ready_, 0));
@@ -265,24 +273,42 @@ class CudaGram final : public GramBackend {
     check_flags(st, x);  // first update: already checked; this reads the overflow count
     if (path == Path::kFast16 && hflags_[2] != 0) path = Path::kFast32;  // c stays valid there
 
-    HandleLease lease(device_, st);
-    switch (path) {
-      case Path::kHighest: products_highest(x, lease, st); break;
-      case Path::kFast32: products_fast32(x, lease, st); break;
-      case Path::kFast16:
-        if (kernel16 == Kernel16::kCublas)
-          products_fast16(x, lease, st);
-        else
-          products_fast16_own(x, kernel16, st);
-        break;
+    writing_ = false;
+    try {
+      HandleLease lease(device_, st);
+      switch (path) {
+        case Path::kHighest: products_highest(x, lease, st); break;
+        case Path::kFast32: products_fast32(x, lease, st); break;
+        case Path::kFast16:
+          if (kernel16 == Kernel16::kCublas)
+            products_fast16(x, lease, st);
+          else
+            products_fast16_own(x, kernel16, st);
+          break;
+      }
+      writing_ = true;
+      commit_chunk(shift_.get(), c_.get(), zsum_.get(), d, n, c_mode_ != Mode::kExact, sum_.get(),
+                   gram_.get(), st);
+    } catch (const std::exception& e) {
+      // Before the products wrote anything (e.g. out of memory for a work buffer) the state is
+      // intact; after, part of this chunk is in it and the count is not: refuse to go on.
+      if (writing_) broken_ = e.what();
+      (void)cudaEventRecord(ready_, st);  // later work still waits for what was queued
+      throw;
     }
-    commit_chunk(shift_.get(), c_.get(), zsum_.get(), d, n, c_mode_ != Mode::kExact, sum_.get(),
-                 gram_.get(), st);
     count_ += n;
     GF_CUDA_CHECK(cudaEventRecord(ready_, st));
   }
 
+  // A state an update left part-written is never used silently (see update).
+  void check_intact(const char* func) const {
+    if (!broken_.empty())
+      GF_THROW(RuntimeError, "[GramAccumulator.", func, "] the state is lost: an earlier update failed part-way (",
+               broken_, "); reset() or load a state to go on");
+  }
+
   GramState state() const override {
+    check_intact("state");
     DeviceGuard guard(device_);
     GramState s;
     s.dim = dim_;
@@ -293,11 +319,11 @@ class CudaGram final : public GramBackend {
     s.gram.resize(d * d);
     cudaStream_t st = own_stream_;
     GF_CUDA_CHECK(cudaStreamWaitEvent(st, ready_, 0));
-    DeviceBuffer<double> full(d * d);
-    symmetric_from_upper(gram_.get(), nullptr, dim_, 1.0, 1.0, full.get(), st);
+    AsyncBuffer full(d * d * sizeof(double), st);  // stream-ordered: cudaFree would sync the device
+    symmetric_from_upper(gram_.get(), nullptr, dim_, 1.0, 1.0, full.as<double>(), st);
     GF_CUDA_CHECK(cudaMemcpyAsync(s.shift.data(), shift_.get(), d * sizeof(double), cudaMemcpyDeviceToHost, st));
     GF_CUDA_CHECK(cudaMemcpyAsync(s.sum.data(), sum_.get(), d * sizeof(double), cudaMemcpyDeviceToHost, st));
-    GF_CUDA_CHECK(cudaMemcpyAsync(s.gram.data(), full.get(), d * d * sizeof(double), cudaMemcpyDeviceToHost, st));
+    GF_CUDA_CHECK(cudaMemcpyAsync(s.gram.data(), full.as<double>(), d * d * sizeof(double), cudaMemcpyDeviceToHost, st));
     GF_CUDA_CHECK(cudaStreamSynchronize(st));
     GF_CUDA_CHECK(cudaEventRecord(ready_, st));
     return s;
@@ -322,6 +348,7 @@ class CudaGram final : public GramBackend {
     count_ = s.count;
     shift_set_ = s.count > 0;
     c_mode_ = Mode::kStale;
+    broken_.clear();
   }
 
   void add_state(const GramState& s) override {
@@ -339,30 +366,36 @@ class CudaGram final : public GramBackend {
     count_ = 0;
     shift_set_ = false;
     c_mode_ = Mode::kStale;
+    broken_.clear();
   }
 
   void covariance(int64_t ddof, double* out) const override {
+    check_intact("covariance");
     DeviceGuard guard(device_);
     const size_t d = static_cast<size_t>(dim_);
-    DeviceBuffer<double> cov(d * d);
-    covariance_on_device(ddof, cov.get(), own_stream_);
-    GF_CUDA_CHECK(cudaMemcpyAsync(out, cov.get(), d * d * sizeof(double), cudaMemcpyDeviceToHost, own_stream_));
+    AsyncBuffer cov(d * d * sizeof(double), own_stream_);  // stream-ordered (no device-wide sync)
+    covariance_on_device(ddof, cov.as<double>(), own_stream_);
+    GF_CUDA_CHECK(cudaMemcpyAsync(out, cov.as<double>(), d * d * sizeof(double), cudaMemcpyDeviceToHost, own_stream_));
     GF_CUDA_CHECK(cudaStreamSynchronize(own_stream_));
   }
 
   EigResult spectrum(int64_t ddof, const EigOptions& opt) const override {
+    check_intact("spectrum");
     DeviceGuard guard(device_);
     const size_t d = static_cast<size_t>(dim_);
-    DeviceBuffer<double> cov(d * d);
-    covariance_on_device(ddof, cov.get(), own_stream_);
-    const MatrixView v = square_f64_view(cov.get(), dim_, Device{DeviceType::kCUDA, device_},
+    AsyncBuffer cov(d * d * sizeof(double), own_stream_);  // stream-ordered (no device-wide sync)
+    covariance_on_device(ddof, cov.as<double>(), own_stream_);
+    const MatrixView v = square_f64_view(cov.as<double>(), dim_, Device{DeviceType::kCUDA, device_},
                                          reinterpret_cast<std::uintptr_t>(own_stream_));
     return eigvalsh_cuda(v, opt);  // synchronises own_stream_ before returning values
   }
 
   // The covariance [d, d] (symmetric, so either order) into device memory `out`, queued on `st`
   // after this accumulator's pending work (the batched spectra).
-  void enqueue_covariance(int64_t ddof, double* out, cudaStream_t st) const { covariance_on_device(ddof, out, st); }
+  void enqueue_covariance(int64_t ddof, double* out, cudaStream_t st) const {
+    check_intact("spectra");
+    covariance_on_device(ddof, out, st);
+  }
 
  private:
   enum class Mode { kStale, kExact, kBF16, kFP16 };
@@ -432,6 +465,7 @@ class CudaGram final : public GramBackend {
     // float64 has no reduced-precision mode: the default lets cuBLAS use FP64 tensor cores (DMMA).
     GF_CUBLAS_CHECK(cublasSetMathMode(lease.h.blas, CUBLAS_DEFAULT_MATH));
     const double one = 1.0;
+    writing_ = true;  // from here on an exception leaves the state part-updated
     for (int64_t r0 = 0; r0 < x.rows; r0 += br) {
       const int64_t nb = std::min(br, x.rows - r0);
       center_rows_f64(x, r0, nb, c_.get(), y, st);
@@ -450,6 +484,7 @@ class CudaGram final : public GramBackend {
     float* y = reinterpret_cast<float*>(block_.get());
     GF_CUBLAS_CHECK(cublasSetMathMode(lease.h.blas, CUBLAS_PEDANTIC_MATH));  // no TF32
     const float one = 1.0f, zero = 0.0f;
+    writing_ = true;  // from here on an exception leaves the state part-updated
     for (int64_t f0 = 0; f0 < x.rows; f0 += flush) {
       const int64_t fe = std::min(f0 + flush, x.rows);
       for (int64_t r0 = f0; r0 < fe; r0 += chain) {
@@ -495,6 +530,7 @@ class CudaGram final : public GramBackend {
     GF_CUBLAS_CHECK(cublasSetMathMode(lease.h.blas, CUBLAS_DEFAULT_MATH));
     const float one = 1.0f, zero = 0.0f;
     const int di = static_cast<int>(d), nji = static_cast<int>(nj);
+    writing_ = true;  // from here on an exception leaves the state part-updated
     for (int64_t f0 = 0; f0 < x.rows; f0 += flush) {
       const int64_t fe = std::min(f0 + flush, x.rows);
       for (int64_t s0 = f0; s0 < fe; s0 += split_rows) {
@@ -559,6 +595,7 @@ class CudaGram final : public GramBackend {
       GF_CUDA_CHECK(cudaMemsetAsync(hl64_.get(), 0, static_cast<size_t>(d * nj) * sizeof(double), st));
       GF_CUDA_CHECK(cudaMemsetAsync(ll64_.get(), 0, static_cast<size_t>(nj * nj) * sizeof(double), st));
     }
+    writing_ = true;  // from here on an exception leaves the state part-updated
     for (int64_t r0 = 0; r0 < x.rows; r0 += br) {
       const int64_t nb = std::min(br, x.rows - r0);
       split_rows_16(x, r0, nb, c_.get(), col2j_.get(), nj, hi, ldh, lo, ldl, st);
@@ -592,6 +629,8 @@ class CudaGram final : public GramBackend {
   cudaStream_t own_stream_ = nullptr;  // state(), set_state(), covariance(): no caller stream
   cudaEvent_t ready_ = nullptr;        // recorded after every operation; the next one waits on it
 
+  std::string broken_;                       // why an update left the state part-written, or empty
+  bool writing_ = false;                     // the running update has started writing the state
   DeviceBuffer<double> shift_, sum_, gram_;  // the state: [d], [d], [d, d] col-major upper
   DeviceBuffer<double> c_;                   // [d] kernel shift
   DeviceBuffer<double> zsum_, zsq_;          // [d] chunk Σ (x - c), Σ (x - c)²
@@ -676,12 +715,24 @@ std::vector<EigResult> spectra_cuda(const std::vector<const GramBackend*>& accs,
   return out;
 }
 
+// Touches only the device asked for: cuda_backend_info() creates handles on device 0, which under
+// torchrun would put a context on GPU 0 from every rank (or fail in exclusive-process mode).
 std::unique_ptr<GramBackend> make_cuda_gram(int64_t dim, int device_index, Precision precision) {
-  const BackendInfo info = cuda_backend_info();
-  if (!info.usable) GF_THROW(RuntimeError, "[GramAccumulator] the CUDA backend is not usable here: ", info.reason);
-  if (device_index < 0 || device_index >= info.device_count)
-    GF_THROW(ValueError, "[GramAccumulator] expected a device index in [0, ", info.device_count,
-             "), got cuda:", device_index);
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    GF_THROW(RuntimeError, "[GramAccumulator] the CUDA backend is not usable here: ", cudaGetErrorString(err));
+  }
+  if (count < 1)
+    GF_THROW(RuntimeError, "[GramAccumulator] the CUDA backend is not usable here: no CUDA-capable device is detected");
+  if (device_index < 0 || device_index >= count)
+    GF_THROW(ValueError, "[GramAccumulator] expected a device index in [0, ", count, "), got cuda:", device_index);
+  try {
+    (void)cuda::device_handles(device_index);  // cuBLAS and cuSOLVER work on this device
+  } catch (const std::exception& e) {
+    GF_THROW(RuntimeError, "[GramAccumulator] the CUDA backend is not usable here: ", e.what());
+  }
   return std::make_unique<cuda::CudaGram>(dim, device_index, precision);
 }
 

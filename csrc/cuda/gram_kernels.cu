@@ -437,6 +437,17 @@ __global__ void fill_nan_kernel(double* __restrict__ p, int64_t n) {  // [n]
     p[i] = NAN;
 }
 
+__global__ void count_nonfinite_upper_kernel(const double* __restrict__ w,  // [n, n] col-major
+                                             int64_t n, unsigned long long* __restrict__ count) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kTile + threadIdx.x;
+  if (i >= n) return;
+  unsigned long long bad = 0;
+  for (int64_t j = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.y;
+       j < static_cast<int64_t>(blockIdx.y + 1) * kTile && j < n; j += kTileLanes)
+    bad += i <= j && !isfinite(w[i + j * n]);
+  if (bad) atomicAdd(count, bad);
+}
+
 dim3 tile_grid(int64_t d) {
   const unsigned t = static_cast<unsigned>((d + kTile - 1) / kTile);
   return dim3(t, t);
@@ -605,6 +616,11 @@ void symmetrize_view(const MatrixView& a, double* w, cudaStream_t stream) {
 
 void convert_f64_to_f32(const double* src, int64_t n, float* dst, cudaStream_t stream) {
   GF_LAUNCH((convert_f64_to_f32_kernel), (grid_1d(n, 256), 256, 0, stream), (src, n, dst));
+  GF_CUDA_CHECK_LAUNCH(stream);
+}
+
+void count_nonfinite_upper(const double* w, int64_t n, unsigned long long* count, cudaStream_t stream) {
+  GF_LAUNCH((count_nonfinite_upper_kernel), (tile_grid(n), dim3(kTile, kTileLanes), 0, stream), (w, n, count));
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 

@@ -114,7 +114,8 @@ void tc_gram_update(const void* a, int64_t lda, int64_t m,
 // (tile_n = 128 or 192): A padded to whole 128-column tiles, B to whole tile_n-column tiles
 // (wg_padded(cols, tile_n) covers both roles). wg_gram_unavailable(device) is empty where it can
 // run, otherwise the reason (not a 9.0 device, or no sm_90a image in this build).
-std::string wg_gram_unavailable(int device);
+// probe_image = false checks the capability alone (no context is created: backends()' listing).
+std::string wg_gram_unavailable(int device, bool probe_image = true);
 inline int64_t wg_padded(int64_t cols, int tile_n) {
   const auto up = [](int64_t v, int64_t q) { return (v + q - 1) / q * q; };
   return std::max(up(cols, kTcTile), up(cols, tile_n));
@@ -157,5 +158,8 @@ void convert_f64_to_f32(const double* src,  // [n]
 
 // Sets every element to NaN (tests/debugging of unwritten outputs).
 void fill_nan(double* p, int64_t n, cudaStream_t stream);
+
+// *count += the number of NaN/Inf in the upper triangle (row <= col) of w [n, n] col-major.
+void count_nonfinite_upper(const double* w, int64_t n, unsigned long long* count, cudaStream_t stream);
 
 }  // namespace geomfast::cuda

@@ -241,12 +241,14 @@ void launch_wg(const void* a, int64_t lda, int64_t m, const void* b, int64_t ldb
 }
 }  // namespace
 
-std::string wg_gram_unavailable(int device) {
+std::string wg_gram_unavailable(int device, bool probe_image) {
   cudaDeviceProp prop;
   GF_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
   if (prop.major != 9 || prop.minor != 0)
     return "GEOMFAST_CUDA_GRAM_KERNEL=wg needs a compute capability 9.0 GPU (H100/H200: wgmma is sm_90a), got " +
            std::to_string(prop.major) + "." + std::to_string(prop.minor) + " (" + prop.name + ")";
+  if (!probe_image) return "";
+  DeviceGuard guard(device);  // the image is looked up in this device's context
   cudaFuncAttributes attr;
   if (cudaFuncGetAttributes(&attr, wg_kernel_entry<__nv_bfloat16, 128>()) != cudaSuccess) {
     (void)cudaGetLastError();

@@ -134,7 +134,7 @@ int main() {
     } catch (const ValueError&) {
       raised = true;
     }
-    report("non-finite matrix, every solver failing: an error, not NaN", 0.0, 1.0, raised);
+    report("non-finite matrix: a ValueError before any solver, not NaN", 0.0, 1.0, raised);
     unsetenv("GF_FAKE_SYEVD_FAIL");
 
     // randomized top-k over CudaDenseOps (cuBLAS products, CholeskyQR2, small syevd)

@@ -178,6 +178,47 @@ void case_dtype_switches(Precision p, const char* kernel, unsigned seed) {
          rel_fro(cov_of(*g), reference_cov(all, d)), p == Precision::kHighest ? 1e-12 : 1e-6);
 }
 
+// An update that fails after it began writing the state (a cuBLAS failure in the middle of the
+// products) must not leave a silently wrong state: every later read is an error until reset().
+void case_failure_midway(unsigned seed) {
+  setenv("GEOMFAST_CUDA_GRAM_KERNEL", "cublas", 1);
+  setenv("GEOMFAST_CUDA_CHAIN_ROWS", "48", 1);
+  setenv("GEOMFAST_CUDA_FLUSH_ROWS", "100", 1);
+  const int64_t d = 40;
+  std::mt19937_64 rng(seed);
+  std::vector<double> mean(d, 5.0), sd(d, 1.0);
+  Chunk a = make_chunk(DType::kBFloat16, 300, d, mean, sd, rng), b = make_chunk(DType::kBFloat16, 500, d, mean, sd, rng);
+  auto g = make_cuda_gram(d, 0, Precision::kFast);
+  g->update(a.view());
+  // 3 GEMMs per 48-row chain (HᵀH, HᵀL, LᵀL): the first 100-row flush block of b (9 GEMMs) reaches
+  // float64, then the second fails part-way
+  setenv("GF_FAKE_GEMM_FAIL_AFTER", "10", 1);
+  bool failed = false, refused = true;
+  try {
+    g->update(b.view());
+  } catch (const std::exception&) {
+    failed = true;
+  }
+  unsetenv("GF_FAKE_GEMM_FAIL_AFTER");
+  for (int op = 0; op < 4; ++op) {
+    try {
+      if (op == 0) g->update(a.view());
+      if (op == 1) (void)cov_of(*g);
+      if (op == 2) (void)g->state();
+      if (op == 3) (void)g->spectrum(1, EigOptions{});
+      refused = false;
+    } catch (const RuntimeError& e) {
+      refused = refused && std::string(e.what()).find("state is lost") != std::string::npos;
+    }
+  }
+  g->reset();
+  g->update(a.view());
+  unsetenv("GEOMFAST_CUDA_CHAIN_ROWS");
+  unsetenv("GEOMFAST_CUDA_FLUSH_ROWS");
+  report("fast bf16: update failing part-way -> reads refused until reset()", rel_fro(cov_of(*g), reference_cov({&a}, d)),
+         1e-6, failed && refused, failed && refused ? "" : " (not failed, or a read was allowed)");
+}
+
 void case_non_finite_and_state(Precision p, unsigned seed) {
   setenv("GEOMFAST_CUDA_GRAM_KERNEL", "cublas", 1);
   const int64_t d = 20;
@@ -314,6 +355,7 @@ int main() {
     case_bad_kernel_name(seed++);
     for (Precision p : {Precision::kHighest, Precision::kFast}) case_non_finite_and_state(p, seed++);
     case_f16_split_overflow(seed++);
+    case_failure_midway(seed++);
   } catch (const std::exception& e) {
     std::printf("EXCEPTION: %s\n", e.what());
     return 1;

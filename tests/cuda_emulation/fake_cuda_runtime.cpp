@@ -136,6 +136,13 @@ cudaError_t CUDARTAPI cudaSetDevice(int d) {
   g_current = d;
   return cudaSuccess;
 }
+// No driver here: no driver entry points (DeviceGuard then always restores the caller's device).
+cudaError_t CUDARTAPI cudaGetDriverEntryPointByVersion(const char*, void** fn, unsigned int, unsigned long long,
+                                                       cudaDriverEntryPointQueryResult* status) {
+  *fn = nullptr;
+  if (status) *status = cudaDriverEntryPointSymbolNotFound;
+  return cudaSuccess;
+}
 cudaError_t CUDARTAPI cudaGetDeviceCount(int* n) {
   *n = 1;
   return cudaSuccess;
@@ -206,6 +213,14 @@ cublasStatus_t CUBLASWINAPI cublasGemmEx(cublasHandle_t, cublasOperation_t trans
                                          const void* B, cudaDataType Btype, int ldb, const void* beta, void* C,
                                          cudaDataType Ctype, int ldc, cublasComputeType_t computeType, cublasGemmAlgo_t) {
   if (Ctype != CUDA_R_32F || computeType != CUBLAS_COMPUTE_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+  // GF_FAKE_GEMM_FAIL_AFTER=N: the calls after the first N fail, as a device fault would (counted
+  // while the variable is set)
+  static int calls = 0;
+  if (const char* v = std::getenv("GF_FAKE_GEMM_FAIL_AFTER")) {
+    if (calls++ >= std::atoi(v)) return CUBLAS_STATUS_EXECUTION_FAILED;
+  } else {
+    calls = 0;
+  }
   if (m < 0 || n < 0 || k < 0 || ldc < std::max(1, m) || lda < std::max(1, transa == CUBLAS_OP_N ? m : k) ||
       ldb < std::max(1, transb == CUBLAS_OP_N ? k : n))
     return CUBLAS_STATUS_INVALID_VALUE;
