@@ -118,17 +118,21 @@ def _override_stream(v: View, x, stream, func: str) -> None:
             dev_index = dev
         if dev_index is not None and dev_index != v.device_index:
             raise ValueError(f"[{func}] stream is on cuda:{dev_index}, expected one on {v.device} (x's device)")
-    if v.owner is not x:
-        # x was converted (dtype or strides) on the current stream: finish that before `stream` reads it
-        if _is_torch(x):
-            import torch
+    if _is_torch(x):
+        import torch
 
+        if v.owner is not x:
+            # x was converted (dtype or strides) on the current stream: finish that before `stream` reads it
             torch.cuda.current_stream(x.device).synchronize()
-        else:
-            with x.device:
-                import cupy
+        # torch's caching allocator may hand x's memory out again on its own stream once the caller
+        # drops x: record the reading stream, so that reuse waits for the read queued there
+        ts = stream if hasattr(stream, "cuda_stream") else torch.cuda.ExternalStream(handle, device=x.device)
+        v.owner.record_stream(ts)
+    elif v.owner is not x:
+        with x.device:
+            import cupy
 
-                cupy.cuda.get_current_stream().synchronize()
+            cupy.cuda.get_current_stream().synchronize()
     v.stream = handle
 
 
