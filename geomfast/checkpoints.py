@@ -199,8 +199,15 @@ def select_revisions(revs: list[str], selector: str | None) -> list[str]:
             raise ValueError(f"[select_revisions] expected 'range:A-B' with steps A and B, got {sel!r}")
         a = int(m.group(1)) if m.group(1) else -1
         b = int(m.group(2)) if m.group(2) else math.inf
+        if a > b:
+            raise ValueError(f"[select_revisions] expected 'range:A-B' with A <= B, got {sel!r}")
         named = [r for r in revs if parse_revision(r)[0] is not None]
-        return [r for r in named if a <= parse_revision(r)[0] <= b]  # type: ignore[operator]
+        kept = [r for r in named if a <= parse_revision(r)[0] <= b]  # type: ignore[operator]
+        if not kept:
+            steps = sorted(parse_revision(r)[0] for r in named)  # type: ignore[type-var]
+            raise ValueError(f"[select_revisions] {sel!r} selects no checkpoint (steps "
+                             f"{f'{steps[0]}..{steps[-1]}' if steps else 'none'} available)")
+        return kept
     # A comma list of names and/or steps.
     wanted = [w.strip() for w in sel.split(",") if w.strip()]
     by_step: dict[int, list[str]] = {}
@@ -325,6 +332,12 @@ def _split_at(entry: str) -> tuple[str, str | None]:
     return entry, None
 
 
+def _resolved_if_local(entry: str) -> str:
+    """A series entry: a local folder as its resolved path, anything else (a hub id) as given."""
+    path = Path(entry).expanduser()
+    return str(path.resolve()) if path.is_dir() else entry
+
+
 def resolve_checkpoints(
     model: str | list[str] | tuple[str, ...],
     revisions: str | None = None,
@@ -352,7 +365,9 @@ def resolve_checkpoints(
         if parts is not None:
             model = parts
     if not isinstance(model, str):
-        entries = [str(m) for m in model]
+        # local folders by their resolved path: './run' typed in two places is two models, and
+        # '/abs/run' and './run' are one
+        entries = [_resolved_if_local(str(m)) for m in model]
         if not entries:
             raise ValueError("[resolve_checkpoints] expected at least one model in the series, got none")
         name = series_name or " -> ".join(entries)
@@ -369,7 +384,7 @@ def resolve_checkpoints(
 
     path = Path(model).expanduser()
     if path.is_dir():
-        key = os.path.normpath(str(model))
+        key = str(path.resolve())  # the store key: the same folder however it is typed
         if is_model_folder(path):
             step, tokens = parse_revision(path.name)
             return [Checkpoint(model=series_name or key, revision="main", source=str(path.resolve()),

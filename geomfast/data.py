@@ -31,6 +31,52 @@ SYNTHETIC_NAMES = ("synthetic", "builtin:synthetic")
 _LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
+# ----------------------------------------------------------------------------- the dataset argument
+
+class DatasetError(ValueError):
+    """The dataset cannot give what the sweep needs (e.g. fewer than two usable samples): the
+    same for every checkpoint, so a sweep stops at once rather than failing each one."""
+
+
+def is_local_dataset(dataset: str) -> bool:
+    """A local file spec (a known suffix, or an existing path), as load_texts reads it."""
+    path = Path(str(dataset)).expanduser()
+    return path.suffix.lower() in _LOCAL_SUFFIXES or path.exists()
+
+
+def check_dataset(dataset: str) -> str:
+    """The dataset argument checked before any model is loaded: 'synthetic', a hub id (as given),
+    or a local .txt/.jsonl/.parquet file, returned as its resolved path (the same file however it
+    is typed)."""
+    spec = str(dataset)
+    if spec in SYNTHETIC_NAMES or not is_local_dataset(spec):
+        return spec
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"[trace] dataset: no such file {spec!r} (expected a local .txt, .jsonl or "
+                                ".parquet file, a hub dataset id, or 'synthetic')")
+    if path.suffix.lower() not in _LOCAL_SUFFIXES:
+        raise ValueError(f"[trace] dataset must be a .txt, .jsonl or .parquet file, got {spec!r}")
+    return str(path.resolve())
+
+
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def dataset_fingerprint(path: str) -> str:
+    """SHA-256 of a local dataset file's bytes (cached per path, size and mtime): results are keyed
+    on what was read, so an edited file is not taken for the one traced before."""
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 23), b""):
+                h.update(block)
+        _FINGERPRINTS[key] = h.hexdigest()
+    return _FINGERPRINTS[key]
+
+
 # ----------------------------------------------------------------------------- texts
 
 def _read_local(path: Path, text_field: str) -> list[str]:

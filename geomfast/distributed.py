@@ -346,7 +346,7 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
     """Run :func:`geomfast.sweep.trace` as one rank of a torch.distributed job (see the module
     docstring). Every rank returns rank 0's :class:`~geomfast.sweep.TraceSummary`."""
     from .store import ResultStore, options_hash
-    from .sweep import TraceSummary
+    from .sweep import TraceSummary, pending_checkpoints
 
     parallel = parallel or "data"
     if parallel not in PARALLEL_MODES:
@@ -376,8 +376,7 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
                 checkpoints = resolve_checkpoints(
                     list(cfg.models) if len(cfg.models) > 1 else cfg.models[0], cfg.revisions,
                     local_files_only=cfg.local_files_only)
-                done = store.done_checkpoints(h, request)
-                todo = [c for c in checkpoints if (c.model, c.revision) not in done]
+                todo = pending_checkpoints(store, checkpoints, cfg, h, request, run_id)
                 plan = {"run_id": run_id, "n": len(checkpoints), "todo": todo,
                         "done_keys": store.done_keys(h) if todo else set()}
             except Exception as e:  # every rank must learn it, or the others wait forever
@@ -423,6 +422,7 @@ def _data_parallel(ctx: DistContext, cfg, todo, done_keys, store, result_opts, h
                    run_id, summary, on_checkpoint) -> None:
     from tqdm.auto import tqdm
 
+    from .data import DatasetError
     from .models import resolve_layers
     from .sweep import _SampleCache, _finalize_and_write, _record_failure, _short_error, \
         extract_checkpoint
@@ -433,6 +433,8 @@ def _data_parallel(ctx: DistContext, cfg, todo, done_keys, store, result_opts, h
     for loaded in _loaded_iter(todo, cfg, samples, cfg.prefetch):
         ck = loaded.checkpoint
         bar.set_postfix_str(ck.revision)
+        if isinstance(loaded.error, DatasetError):
+            raise loaded.error  # the same dataset on every rank: all stop, with the reason
         errors = _agree(None if loaded.error is None else _short_error(loaded.error))
         stage, err, extract_s, accs = None, None, 0.0, {}
         if any(errors):

@@ -7,7 +7,10 @@ group, a sweep split by hand). Rows are copied with their spectra; the results' 
 - a key absent from OUT is inserted;
 - an ``'ok'`` row in OUT is kept (the incoming one is skipped);
 - an ``'error'`` row in OUT is replaced by an incoming ``'ok'`` row (a retry that succeeded),
-  and an incoming ``'ok'`` row clears OUT's checkpoint-level error rows, as a trace would.
+  and an incoming ``'ok'`` row clears OUT's checkpoint-level error rows, as a trace would
+  (both counted as replaced);
+- an incoming checkpoint-level error row (layer ``'*…'``) is skipped where OUT already holds an
+  ``'ok'`` row of that checkpoint: a failure since traced is stale.
 
 Runs are copied once (a run already copied is recognised by its command, options, host and
 start time) and the run ids of the copied rows follow them; checkpoint markers are added if
@@ -98,6 +101,11 @@ def _merge_one(src, dst: ResultStore, summary: MergeSummary) -> None:
         # Results and their spectra.
         for r in src.execute(f"SELECT id, run_id, {', '.join(res_cols)} FROM results ORDER BY id"):
             key = (r["model"], r["revision"], r["layer"], r["pooling"], r["options_hash"])
+            if r["status"] != "ok" and str(r["layer"]).startswith("*") and conn.execute(
+                    "SELECT 1 FROM results WHERE model=? AND revision=? AND options_hash=? AND status='ok' "
+                    "LIMIT 1", (key[0], key[1], key[4])).fetchone() is not None:
+                summary.skipped += 1  # a checkpoint-level failure OUT has since traced: stale
+                continue
             old = conn.execute("SELECT id, status FROM results WHERE model=? AND revision=? AND "
                                "layer=? AND pooling=? AND options_hash=?", key).fetchone()
             if old is not None:
@@ -119,9 +127,10 @@ def _merge_one(src, dst: ResultStore, summary: MergeSummary) -> None:
                 conn.execute("INSERT INTO spectra(result_id, kind, length, data) VALUES (?, ?, ?, ?)",
                              (rid, s["kind"], s["length"], s["data"]))
             if r["status"] == "ok":
-                conn.execute("DELETE FROM results WHERE model=? AND revision=? AND options_hash=? "
-                             "AND status='error' AND layer LIKE '*%'",
-                             (key[0], key[1], key[4]))
+                cur = conn.execute("DELETE FROM results WHERE model=? AND revision=? AND options_hash=? "
+                                   "AND status='error' AND layer LIKE '*%'",
+                                   (key[0], key[1], key[4]))
+                summary.replaced += max(cur.rowcount, 0)
         # Checkpoint markers (all their rows came along above, or were already there).
         for r in src.execute(f"SELECT {', '.join(ck_cols)} FROM checkpoints"):
             vals = {c: r[c] for c in ck_cols}

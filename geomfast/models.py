@@ -278,8 +278,10 @@ def resolve_layers(model, layers: str | int | Sequence) -> list[LayerSpec]:
     if not items:
         raise ValueError("[resolve_layers] expected at least one layer, got none")
     out: list[LayerSpec] = []
+    seen: set[LayerSpec] = set()
     for item in items:
         for spec in _one_layer(item, n):
-            if spec not in out:
+            if spec not in seen:
+                seen.add(spec)
                 out.append(spec)
     return out

@@ -22,15 +22,18 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import os
 import sys
 import time
 import traceback
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .data import DatasetError, check_dataset
 from .store import ResultStore, options_hash
 
 __all__ = [
@@ -112,8 +115,15 @@ class TraceConfig:
     prefetch: bool = True
 
     def result_options(self) -> dict[str, Any]:
-        """The options that change the numbers: hashed, so a different config is not 'done'."""
+        """The options that change the numbers: hashed, so a different config is not 'done'. A
+        local dataset file counts by its content too (an edited file is a new dataset)."""
+        from .data import dataset_fingerprint, is_local_dataset, SYNTHETIC_NAMES
+
+        extra = {}
+        if self.dataset not in SYNTHETIC_NAMES and is_local_dataset(self.dataset) and os.path.isfile(self.dataset):
+            extra["dataset_sha256"] = dataset_fingerprint(self.dataset)
         return {
+            **extra,
             "dataset": self.dataset,
             "n_samples": self.n_samples,
             "seed": self.seed,
@@ -183,12 +193,37 @@ def make_config(*, model, dataset=None, out, preset: str | None = None, **option
     fit_range = tuple(int(v) for v in merged.pop("fit_range"))
     layers, poolings = _split_spec(layers), _split_spec(pooling)
     _validate_request(layers, poolings)
+    _validate_options(merged, fit_range)
+    dataset = check_dataset(dataset)
     known = {f.name for f in dataclasses.fields(TraceConfig)}
     unknown = set(merged) - known
     if unknown:
         raise TypeError(f"[trace] unknown option(s): {sorted(unknown)}")
     return TraceConfig(models=models, dataset=str(dataset), out=str(out), preset=preset,
                        layers=layers, poolings=poolings, fit_range=fit_range, **merged)
+
+
+def _validate_options(opts: dict, fit_range: tuple[int, ...]) -> None:
+    """Refuse bad numbers and devices before any model is loaded (not once per checkpoint)."""
+    def at_least(name: str, least: int, what: str = "") -> None:
+        v = opts.get(name)
+        if v is not None and int(v) < least:
+            raise ValueError(f"[trace] {name} must be >= {least}{what}, got {v}")
+
+    at_least("n_samples", 2, " (a covariance needs two rows)")
+    at_least("batch_size", 1)
+    at_least("max_length", 1)
+    at_least("min_length", 0)
+    from .metrics import _check_fit_range
+
+    _check_fit_range("trace", fit_range)  # the rule alpha_req applies, before the forward passes
+    device = str(opts.get("device") or "cpu")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"[trace] device {device!r} needs CUDA, which this torch cannot use "
+                             f"(torch {torch.__version__}, torch.cuda.is_available() is False)")
 
 
 def _validate_request(layers: tuple[str, ...], poolings: tuple[str, ...]) -> None:
@@ -200,8 +235,56 @@ def _validate_request(layers: tuple[str, ...], poolings: tuple[str, ...]) -> Non
     bad = [p for p in poolings if p.lower() not in ("last", "mean", "all")]
     if bad:
         raise ValueError(f"[trace] pooling must be last, mean or all; got {', '.join(bad)}")
-    # Block indices are checked against the real depth once a model is loaded.
-    resolve_layers(1 << 20, list(layers))
+    # Block indices are checked against the real depth once a model is loaded; 'all' needs none
+    # (expanding it against a stand-in depth of 2^20 blocks took hours).
+    named = [x for x in layers if str(x).strip().lower() != "all"]
+    if named:
+        resolve_layers(1 << 20, named)
+
+
+# ----------------------------------------------------------------------------- what is left
+
+def static_layer_names(layers: Sequence[str]) -> list[str] | None:
+    """The store names of a layer request that needs no model to resolve ('last', 'embed',
+    block indices >= 0), or None when it does ('all', negative indices)."""
+    import re
+
+    names: list[str] = []
+    for item in layers:
+        s = str(item).strip().lower()
+        if s in ("last", "final"):
+            name = "last"
+        elif s in ("embed", "embedding", "embeddings", "emb"):
+            name = "embed"
+        else:
+            m = re.fullmatch(r"(?:block|layer)?\s*(\d+)", s)
+            if not m:
+                return None
+            name = f"block{int(m.group(1))}"
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def pending_checkpoints(store: ResultStore, checkpoints, cfg: TraceConfig, h: str, request: str,
+                        run_id: int | None) -> list:
+    """The checkpoints with work left for this request. Beside the checkpoint markers, a request
+    whose layer names are known without the model counts a checkpoint done when all its (layer,
+    pooling) rows are already stored (from other requests), and marks it: no model is loaded for
+    nothing (on the hub, a download per checkpoint)."""
+    done = store.done_checkpoints(h, request)
+    todo = [c for c in checkpoints if (c.model, c.revision) not in done]
+    names = static_layer_names(cfg.layers)
+    if names is None or not todo:
+        return todo
+    keys = store.done_keys(h)
+    left = []
+    for c in todo:
+        if all((c.model, c.revision, n, p) in keys for n in names for p in cfg.poolings):
+            store.mark_checkpoint_done(c.model, c.revision, h, request, run_id)
+        else:
+            left.append(c)
+    return left
 
 
 # ----------------------------------------------------------------------------- per checkpoint
@@ -232,29 +315,37 @@ class _SampleCache:
         cfg = self.cfg
         if checkpoint.model in self._key_of_model:
             return self._by_key[self._key_of_model[checkpoint.model]]
+        max_length = _effective_max_length(checkpoint, cfg)
         if cfg.dataset == "synthetic":
             vocab = _vocab_size(checkpoint, cfg)
-            key: Any = ("synthetic", vocab)
+            key: Any = ("synthetic", vocab, max_length)
             if key not in self._by_key:
                 self._by_key[key] = data.load_samples(
                     "synthetic", None, n_samples=cfg.n_samples, seed=cfg.seed,
-                    min_length=cfg.min_length, max_length=cfg.max_length, vocab_size=vocab)
+                    min_length=cfg.min_length, max_length=max_length, vocab_size=vocab)
         else:
             from .models import load_tokenizer
 
             tok = load_tokenizer(checkpoint.source, checkpoint.hub_revision,
                                  trust_remote_code=cfg.trust_remote_code,
                                  local_files_only=cfg.local_files_only or None)
-            key = ("tokenizer", data.tokenizer_fingerprint(tok))
+            key = ("tokenizer", data.tokenizer_fingerprint(tok), max_length)
             if key not in self._by_key:
                 self._by_key[key] = data.load_samples(
                     cfg.dataset, tok, n_samples=cfg.n_samples, seed=cfg.seed,
-                    min_length=cfg.min_length, max_length=cfg.max_length)
+                    min_length=cfg.min_length, max_length=max_length)
         self._key_of_model[checkpoint.model] = key
-        return self._by_key[key]
+        got = self._by_key[key]
+        if len(got) < 2:
+            self._key_of_model.pop(checkpoint.model)
+            raise data.DatasetError(
+                f"[trace] dataset {cfg.dataset!r} gives {len(got)} usable sample(s) with {checkpoint.model}'s "
+                f"tokenizer (documents of more than min_length={cfg.min_length} tokens); a covariance needs "
+                "at least 2")
+        return got
 
 
-def _vocab_size(checkpoint, cfg: TraceConfig) -> int:
+def _model_config(checkpoint, cfg: TraceConfig):
     from transformers import AutoConfig
 
     kwargs = {"trust_remote_code": cfg.trust_remote_code}
@@ -262,8 +353,32 @@ def _vocab_size(checkpoint, cfg: TraceConfig) -> int:
         kwargs["revision"] = checkpoint.hub_revision
     if cfg.local_files_only:
         kwargs["local_files_only"] = True
-    conf = AutoConfig.from_pretrained(checkpoint.source, **kwargs)
-    return int(conf.vocab_size)
+    return AutoConfig.from_pretrained(checkpoint.source, **kwargs)
+
+
+def _vocab_size(checkpoint, cfg: TraceConfig) -> int:
+    return int(_model_config(checkpoint, cfg).vocab_size)
+
+
+_CONTEXT_ATTRS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def _effective_max_length(checkpoint, cfg: TraceConfig) -> int | None:
+    """cfg.max_length, capped at the model's trained context: sequences past it index position
+    embeddings that do not exist (an IndexError for learned positions) or run rotary positions
+    the model never saw (silently wrong), and cost quadratic attention for nothing."""
+    try:
+        conf = _model_config(checkpoint, cfg)
+    except Exception:  # the model's own load reports a missing or broken config
+        return cfg.max_length
+    ctx = next((int(getattr(conf, a)) for a in _CONTEXT_ATTRS
+                if isinstance(getattr(conf, a, None), int) and getattr(conf, a) > 0), None)
+    if ctx is None:
+        return cfg.max_length
+    if cfg.max_length is not None and cfg.max_length > ctx:
+        warnings.warn(f"[trace] max_length {cfg.max_length} is past {checkpoint.model}'s context of {ctx} "
+                      f"tokens: sequences are truncated to {ctx}", stacklevel=2)
+    return ctx if cfg.max_length is None else min(cfg.max_length, ctx)
 
 
 def load_checkpoint(checkpoint, cfg: TraceConfig, samples: "_SampleCache | Any") -> LoadedCheckpoint:
@@ -393,8 +508,7 @@ def trace(model: str | Sequence[str], *, dataset: str | None = None, out: str,
             list(cfg.models) if len(cfg.models) > 1 else cfg.models[0], cfg.revisions,
             local_files_only=cfg.local_files_only)
         summary.checkpoints = len(checkpoints)
-        done = store.done_checkpoints(h, request)
-        todo = [c for c in checkpoints if (c.model, c.revision) not in done]
+        todo = pending_checkpoints(store, checkpoints, cfg, h, request, run_id)
         summary.skipped = len(checkpoints) - len(todo)
         if summary.skipped and cfg.progress:
             print(f"[geomfast] {summary.skipped} of {len(checkpoints)} checkpoint(s) already in "
@@ -445,6 +559,8 @@ def _run_one(store: ResultStore, loaded: LoadedCheckpoint, cfg: TraceConfig, res
              h: str, request: str, run_id: int, summary: TraceSummary) -> str:
     """Extract, finalize and write one checkpoint. Returns 'ok' or 'error'."""
     ck = loaded.checkpoint
+    if isinstance(loaded.error, DatasetError):
+        raise loaded.error  # every checkpoint would fail alike: stop, with the reason
     if loaded.error is not None:
         _record_failure(store, ck, cfg, result_opts, run_id, loaded.error, loaded.error_trace,
                         {"load_s": loaded.load_s}, summary, stage="load")

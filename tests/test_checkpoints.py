@@ -73,6 +73,10 @@ def test_select_all_every_log_range():
     assert sum(s <= 1000 for s in steps) >= 5
     assert select_revisions(revs, "range:500-3000") == ["step512", "step1000", "step2000", "step3000"]
     assert select_revisions(revs, "range:142000-") == ["step142000", "step143000"]
+    with pytest.raises(ValueError, match="A <= B"):
+        select_revisions(revs, "range:3000-500")
+    with pytest.raises(ValueError, match="selects no checkpoint"):
+        select_revisions(revs, "range:143001-")
     assert select_revisions(revs, "log:1000") == revs
 
 

@@ -335,6 +335,28 @@ def test_merge_is_idempotent_and_prefers_ok_rows(series, tmp_path):
     _assert_same_results(m, ref, exact=True)
 
 
+def test_merge_skips_checkpoint_failures_that_were_since_traced(tmp_path):
+    """A checkpoint-level error row ('*' layer: the model did not load) coming in where OUT holds
+    that checkpoint's results is stale, and skipped; coming the other way, the ok rows clear it
+    (and the summary counts it as replaced)."""
+    from geomfast.merge import merge_stores
+    from geomfast.store import ResultStore
+
+    ok, failed = tmp_path / "ok.db", tmp_path / "failed.db"
+    _fake_store(ok, [("step0", "last", "ok", 1.0), ("step4", "last", "ok", 4.0)])
+    _fake_store(failed, [("step0", "last", "ok", 1.0), ("step4", "*last", "error", 0.0)])
+    out1, out2 = tmp_path / "o1.db", tmp_path / "o2.db"
+    merge_stores(out1, [ok])
+    s = merge_stores(out1, [failed])
+    assert (s.inserted, s.replaced, s.skipped) == (0, 0, 2)
+    merge_stores(out2, [failed])
+    s = merge_stores(out2, [ok])
+    assert (s.inserted, s.replaced, s.skipped) == (1, 1, 1)
+    for out in (out1, out2):
+        with ResultStore(out, readonly=True) as store:
+            assert store.count("error") == 0 and store.count("ok") == 2
+
+
 def test_parallel_flag_is_checked_and_single_process_ignores_it(series, tmp_path):
     from geomfast.distributed import wants_distributed
     from geomfast.sweep import trace

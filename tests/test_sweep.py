@@ -236,6 +236,64 @@ def test_options_change_what_counts_as_done_and_layer_resume(series, tmp_path):
     assert new["rankme"] == pytest.approx(victim["rankme"], rel=1e-12)
 
 
+def test_a_request_already_stored_loads_no_model(series, tmp_path, monkeypatch):
+    """A request whose rows are all stored (here a subset of an earlier one) is done without
+    loading any checkpoint (on the hub, a download each), and is marked done."""
+    import geomfast.sweep as sweep_mod
+    from geomfast.sweep import trace
+
+    ck, docs = series
+    db = tmp_path / "r.db"
+    kw = dict(dataset=str(docs), out=str(db), revisions="step0,step1", n_samples=24, fit_range=(3, 20),
+              progress=False)
+    assert trace(str(ck), layers=LAYERS, pooling=POOLINGS, **kw).ok == 2
+
+    def no_load(*a, **k):
+        raise AssertionError("a checkpoint was loaded for a request already stored")
+
+    monkeypatch.setattr(sweep_mod, "load_checkpoint", no_load)
+    s = trace(str(ck), layers="last", pooling="mean", **kw)
+    assert (s.ok, s.skipped, s.failed, s.rows_written) == (0, 2, 0, 0)
+    # a layer that is not stored yet still runs (and needs a model)
+    monkeypatch.undo()
+    s = trace(str(ck), layers="0", pooling="mean", **kw)
+    assert (s.ok, s.rows_written) == (2, 2)
+
+
+def test_an_unusable_dataset_stops_the_sweep_with_the_reason(series, tmp_path):
+    """No usable document: one clear error for the sweep (not a failed row per checkpoint)."""
+    from geomfast.data import DatasetError
+    from geomfast.store import ResultStore
+    from geomfast.sweep import trace
+
+    ck, _ = series
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n   \n\n")
+    db = tmp_path / "r.db"
+    with pytest.raises(DatasetError, match="0 usable sample"):
+        trace(str(ck), dataset=str(blank), out=str(db), revisions="step0,step1", n_samples=8,
+              layers="last", pooling="last", progress=False)
+    with ResultStore(db, readonly=True) as store:
+        assert store.count("error") == 0 and store.count("ok") == 0
+
+
+def test_sequences_are_cut_at_the_model_context(tmp_path):
+    """With no max_length, sequences are truncated to the model's trained context (16 positions
+    here; the corpus has longer documents): the stored token count of 'all' pooling says so."""
+    from geomfast.store import ResultStore
+    from geomfast.sweep import trace
+
+    ck = save_tiny_model(tmp_path / "short", max_positions=16)
+    docs = write_text_files(tmp_path / "data")["txt"]
+    db = tmp_path / "r.db"
+    s = trace(str(ck), dataset=str(docs), out=str(db), n_samples=20, layers="last", pooling="all",
+              fit_range=(3, 12), progress=False)
+    assert s.ok == 1, s.errors
+    with ResultStore(db, readonly=True) as store:
+        (row,) = store.rows(status="ok")
+    assert 20 < row["n"] <= 20 * 16
+
+
 def test_prefetch_gives_the_same_results(series, tmp_path):
     from geomfast.store import ResultStore
     from geomfast.sweep import trace
@@ -252,21 +310,74 @@ def test_prefetch_gives_the_same_results(series, tmp_path):
     assert out[True] == out[False] and len(out[True]) == 3
 
 
-def test_preset_and_explicit_options():
+def test_preset_and_explicit_options(tmp_path):
     from geomfast.sweep import make_config
 
-    cfg = make_config(model="EleutherAI/pythia-70m", dataset="d.txt", out="r.db", preset="li2025")
+    d = tmp_path / "d.txt"
+    d.write_text("one document\nanother one\n")
+    cfg = make_config(model="EleutherAI/pythia-70m", dataset=str(d), out="r.db", preset="li2025")
     assert (cfg.layers, cfg.poolings, cfg.dtype, cfg.n_samples, cfg.min_length, cfg.max_length,
             cfg.fit_range) == (("last",), ("last",), "float16", 15000, 32, 512, (11, 100))
-    cfg = make_config(model="m", dataset="d.txt", out="r.db", preset="li2025", n_samples=100,
+    cfg = make_config(model="m", dataset=str(d), out="r.db", preset="li2025", n_samples=100,
                       dtype="float32", layers="embed,-1", pooling=None)
     assert (cfg.n_samples, cfg.dtype, cfg.layers, cfg.poolings) == (100, "float32", ("embed", "-1"), ("last",))
-    assert cfg.result_options() != make_config(model="m", dataset="d.txt", out="r.db",
+    assert cfg.result_options() != make_config(model="m", dataset=str(d), out="r.db",
                                                preset="li2025").result_options()
     with pytest.raises(ValueError, match="unknown preset"):
-        make_config(model="m", dataset="d.txt", out="r.db", preset="nope")
+        make_config(model="m", dataset=str(d), out="r.db", preset="nope")
     with pytest.raises(ValueError, match="dataset"):
         make_config(model="m", out="r.db")
+
+
+def test_bad_trace_options_are_refused_before_any_model_loads(tmp_path, monkeypatch):
+    """Each of these used to load every checkpoint and fail each one (or, for --layers all, hang
+    for hours expanding 'all' against a stand-in depth of 2^20 blocks)."""
+    import threading
+
+    from geomfast.sweep import make_config
+
+    d = tmp_path / "d.txt"
+    d.write_text("a document\n")
+    (tmp_path / "d.csv").write_text("text\nx\n")
+    done = []
+    t = threading.Thread(target=lambda: done.append(make_config(model="m", dataset=str(d), out="r.db",
+                                                                layers="all,embed", pooling="last")))
+    t.start()
+    t.join(30)
+    assert done and done[0].layers == ("all", "embed"), "make_config(layers='all') did not return"
+    cases = [({"dataset": str(tmp_path / "nofile.txt")}, FileNotFoundError, "no such file"),
+             ({"dataset": str(tmp_path / "d.csv")}, ValueError, r"\.txt, \.jsonl or \.parquet"),
+             ({"n_samples": 0}, ValueError, "n_samples must be >= 2"),
+             ({"n_samples": 1}, ValueError, "n_samples must be >= 2"),
+             ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
+             ({"max_length": 0}, ValueError, "max_length must be >= 1"),
+             ({"fit_range": (5, 3)}, ValueError, "fit_range"),
+             ({"layers": "99x"}, ValueError, "unknown layer")]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append(({"device": "cuda"}, ValueError, "needs CUDA"))
+    for opts, err, msg in cases:
+        kw = {"dataset": str(d), **opts}
+        with pytest.raises(err, match=msg):
+            make_config(model="m", out="r.db", **kw)
+
+
+def test_results_are_keyed_on_the_dataset_file_and_its_content(tmp_path, monkeypatch):
+    """The same file typed two ways is one dataset; an edited file is another (its SHA-256 is in
+    the options hash), so stale results are never taken for new ones."""
+    from geomfast.store import options_hash
+    from geomfast.sweep import make_config
+
+    d = tmp_path / "docs.txt"
+    d.write_text("first document\nsecond document\n")
+    monkeypatch.chdir(tmp_path)
+    h_rel = options_hash(make_config(model="m", dataset="docs.txt", out="r.db").result_options())
+    h_abs = options_hash(make_config(model="m", dataset=str(d), out="r.db").result_options())
+    assert h_rel == h_abs
+    d.write_text("first document\nan edited second document\n")
+    h_new = options_hash(make_config(model="m", dataset=str(d), out="r.db").result_options())
+    assert h_new != h_abs
 
 
 def test_checkpoint_spectra_solved_together_equal_each_alone():
