@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -390,6 +391,12 @@ def resolve_checkpoints(
             return [Checkpoint(model=series_name or key, revision="main", source=str(path.resolve()),
                                hub_revision=None, step=step, tokens=tokens, order=0)]
         subs = [p for p in path.iterdir() if p.is_dir() and is_model_folder(p)]
+        broken = sorted(p.name for p in path.iterdir() if p.is_dir() and not is_model_folder(p)
+                        and parse_revision(p.name)[0] is not None)
+        if subs and broken:  # named like checkpoints but not loadable: say so, do not drop them silently
+            warnings.warn(f"[resolve_checkpoints] {len(broken)} sub-folder(s) of {str(path)!r} named like "
+                          f"checkpoints hold no config.json and are left out: {', '.join(broken[:8])}"
+                          f"{' ...' if len(broken) > 8 else ''}", stacklevel=2)
         if not subs:
             raise ValueError(
                 f"[resolve_checkpoints] {str(path)!r} is neither a model folder (no config.json) nor a folder "

@@ -76,6 +76,13 @@ def plot_results(
             store.close()
     if not rows:
         raise ValueError(f"[plot_results] no successful results in {getattr(db, 'path', db)!r}")
+    from .store import METRIC_COLUMNS
+
+    known = (*METRIC_COLUMNS, "n", "dim")
+    unknown = [m for m in metrics if m not in known]
+    if unknown:
+        raise ValueError(f"[plot_results] unknown metric(s) {', '.join(map(repr, unknown))}: expected result "
+                         f"columns among {', '.join(known)}")
 
     # With no steps at all (a post-training series of model ids) use the checkpoint order.
     use_step = any(r.get("step") is not None for r in rows)

@@ -516,7 +516,11 @@ def export(db: "str | os.PathLike | ResultStore", path: str | os.PathLike, *,
     Returns the number of rows written. ``format`` defaults to the file extension."""
     path = os.fspath(path)
     if format is None:
-        format = "parquet" if path.endswith((".parquet", ".pq")) else "csv"
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in (".csv", ".parquet", ".pq"):
+            raise ValueError(f"[export] cannot tell the format from {path!r}: expected a .csv or .parquet "
+                             "file name, or format='csv' / 'parquet'")
+        format = "csv" if ext == ".csv" else "parquet"
     format = format.lower()
     if format not in ("csv", "parquet"):
         raise ValueError(f"[export] format must be 'csv' or 'parquet', got {format!r}")

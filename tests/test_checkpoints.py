@@ -142,7 +142,13 @@ def test_local_checkpoint_folder(tmp_path):
     cps = resolve_checkpoints(str(root))
     assert [c.revision for c in cps] == ["checkpoint-5", "step20", "step100", "stage1-step3-tokens1B"]
     assert [c.step for c in cps] == [5, 20, 100, 3]
-    assert all(c.model == os.path.normpath(str(root)) and c.hub_revision is None for c in cps)
+    # keyed by the resolved folder: the same run however it is typed
+    assert all(c.model == str(root.resolve()) and c.hub_revision is None for c in cps)
+    assert [c.model for c in resolve_checkpoints(str(root / ".." / "run"))] == [c.model for c in cps]
+    # a sub-folder named like a checkpoint that cannot load is reported, not dropped silently
+    (root / "step7").mkdir()
+    with pytest.warns(UserWarning, match="step7"):
+        assert len(resolve_checkpoints(str(root))) == 4
     assert cps[0].source == str((root / "checkpoint-5").resolve())
     assert [c.order for c in cps] == [0, 1, 2, 3]
     sub = resolve_checkpoints(str(root), "range:10-200")

@@ -92,6 +92,11 @@ def test_show_plot_export_without_models(tmp_path, capsys):
     assert (tmp_path / "p.png").stat().st_size > 20_000
     assert main(["export", str(db), "-o", str(tmp_path / "x.csv"), "--ok-only"]) == 0
     assert "36 row(s)" in capsys.readouterr().out
+    # an output name that says no format, or a metric that is not a column: errors, no file
+    assert main(["export", str(db), "-o", str(tmp_path / "x.xlsx")]) == 1
+    assert "cannot tell the format" in capsys.readouterr().err and not (tmp_path / "x.xlsx").exists()
+    assert main(["plot", str(db), "-o", str(tmp_path / "q.png"), "--metrics", "rankme,foo"]) == 1
+    assert "unknown metric" in capsys.readouterr().err and not (tmp_path / "q.png").exists()
 
 
 def test_errors_are_reported_not_raised(tmp_path, capsys):
