@@ -190,6 +190,11 @@ class GramAccumulator:
     def save(self, path) -> None:
         """Write the state to .safetensors or .npz (atomically: temp file then rename)."""
         path = Path(path)
+        if path.suffix not in (".safetensors", ".npz"):
+            raise ValueError(f"[GramAccumulator.save] path must end in .safetensors or .npz, got {path.name!r}")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"[GramAccumulator.save] no folder {str(path.parent)!r} to write "
+                                    f"{path.name!r} into (expected an existing directory)")
         st = self.state_dict()
         arrays = {"shift": st["shift"], "sum": st["sum"], "gram": st["gram"]}
         meta = {"format": _FORMAT, "dim": str(st["dim"]), "count": str(st["count"]), "precision": st["precision"]}

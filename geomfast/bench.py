@@ -325,6 +325,11 @@ def run_bench(*, op: str = "all", sizes: Sequence[int] = QUICK_SIZES, n_rows: in
     """Every requested case; returns {"meta": machine_info(), "config": …, "results": [rows]}."""
     if op not in ("gram", "eig", "all"):
         raise ValueError(f"[bench] op must be gram, eig or all, got {op!r}")
+    bad = [d for d in sizes if int(d) < 2]
+    if not sizes or bad:
+        raise ValueError(f"[bench] sizes must be hidden sizes >= 2, got {list(sizes)}")
+    if int(n_rows) < 2 or int(repeats) < 1:
+        raise ValueError(f"[bench] expected n_rows >= 2 and repeats >= 1, got n_rows={n_rows}, repeats={repeats}")
     results: list[dict] = []
     for d in sizes:
         if op in ("gram", "all"):

@@ -480,12 +480,42 @@ def trace(model: str | Sequence[str], *, dataset: str | None = None, out: str,
     default) shards the samples, ``parallel='checkpoint'`` deals out the checkpoints; rank 0
     alone writes ``out``. See :mod:`geomfast.distributed`.
     """
+    cfg = make_config(model=model, dataset=dataset, out=out, preset=preset,
+                      revisions=revisions, **options)
+    with _hf_progress_bars(cfg.progress):
+        return _trace(cfg, command=command, store=store, on_checkpoint=on_checkpoint, parallel=parallel)
+
+
+class _hf_progress_bars:
+    """progress=False also silences transformers' own bars ('Loading weights'), then restores them."""
+
+    def __init__(self, on: bool):
+        self.on, self.was = on, None
+
+    def __enter__(self):
+        if not self.on:
+            try:
+                from transformers.utils import logging as hf_logging
+
+                self.was = hf_logging.is_progress_bar_enabled()
+                hf_logging.disable_progress_bar()
+            except Exception:  # an old transformers without the switch: nothing to do
+                self.was = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.was:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.enable_progress_bar()
+        return False
+
+
+def _trace(cfg: TraceConfig, *, command, store, on_checkpoint, parallel) -> TraceSummary:
     from tqdm.auto import tqdm
 
     from .checkpoints import resolve_checkpoints
 
-    cfg = make_config(model=model, dataset=dataset, out=out, preset=preset,
-                      revisions=revisions, **options)
     # --- scale-out (geomfast.distributed): one rank of a torch.distributed job -------------
     from . import distributed
 

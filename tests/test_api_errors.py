@@ -128,6 +128,14 @@ def test_tensor_on_meta_device():
     assert acc.count == 0
 
 
+def test_save_into_a_missing_folder(tmp_path):
+    acc = G(4).update(np.random.default_rng(0).standard_normal((5, 4)))
+    with pytest.raises(FileNotFoundError) as e:
+        acc.save(tmp_path / "missing" / "x.safetensors")
+    check_message(e.value, "GramAccumulator.save", "missing", "x.safetensors")
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
 @pytest.mark.parametrize("stream", [0, 7, "stream", 1.5, True, -1])
 def test_stream_is_checked(stream):
     """update(x, stream=...) orders the read of CUDA input: a stream with CPU input, or something
