@@ -22,6 +22,16 @@ def _device_str(dt: int, di: int) -> str:
     return "cpu" if dt != CUDA else f"cuda:{di}"
 
 
+def _finite(m: np.ndarray, func: str) -> np.ndarray:
+    if not np.isfinite(m).all():
+        bad = int(m.size - np.count_nonzero(np.isfinite(m)))
+        raise FloatingPointError(
+            f"[GramAccumulator.{func}] {bad} entr{'y' if bad == 1 else 'ies'} overflowed float64 (the input's "
+            "squares summed past 1.8e308): expected values whose squares, summed over the rows, stay "
+            "finite; rescale the input")
+    return m
+
+
 class GramAccumulator:
     """Streaming Gram/covariance accumulator.
 
@@ -113,14 +123,15 @@ class GramAccumulator:
         return shift + s / n
 
     def covariance(self, ddof: int = 1) -> np.ndarray:
-        """Covariance of the rows, float64 [dim, dim]."""
+        """Covariance of the rows, float64 [dim, dim]. An error, not NaN/Inf, when the sums
+        overflowed float64 (values near 1e154 and beyond)."""
         self._need_rows("covariance", ddof + 1)
-        return self._native.covariance(int(ddof))
+        return _finite(self._native.covariance(int(ddof)), "covariance")
 
     def raw_gram(self) -> np.ndarray:
         """Uncentered Σ x xᵀ, float64 [dim, dim] (x = y + shift: Σyyᵀ + shift·(Σy)ᵀ + (Σy)·shiftᵀ +
         n·shift·shiftᵀ, from the state; the same matrix singular_values() solves)."""
-        return self._native.raw_gram()
+        return _finite(self._native.raw_gram(), "raw_gram")
 
     def spectrum(self, *, ddof: int = 1, method: str = "full", k: int | None = None, **eig_options) -> np.ndarray:
         """Descending covariance eigenvalues, solved on the accumulator's device."""

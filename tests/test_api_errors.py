@@ -128,6 +128,17 @@ def test_tensor_on_meta_device():
     assert acc.count == 0
 
 
+def test_overflowing_sums_are_an_error_not_inf():
+    """Finite input whose squares overflow float64: covariance() raises instead of returning
+    Inf/NaN, and so does the spectrum."""
+    acc = G(3).update(np.random.default_rng(new_seed()).random((10, 3)) * 1e200)
+    with pytest.raises(FloatingPointError) as e:
+        acc.covariance()
+    check_message(e.value, "GramAccumulator.covariance", "overflowed")
+    with pytest.raises((ValueError, FloatingPointError)):
+        acc.spectrum()
+
+
 def test_save_into_a_missing_folder(tmp_path):
     acc = G(4).update(np.random.default_rng(0).standard_normal((5, 4)))
     with pytest.raises(FileNotFoundError) as e:
