@@ -248,6 +248,25 @@ def test_randomized_seed_reproducibility(powerlaw_400):
     assert np.array_equal(geomfast.eigvalsh(torch.from_numpy(a), method="randomized", k=20, n_iter=2, seed=7), one)
 
 
+@pytest.mark.parametrize("n", [256, 257, 319])
+@pytest.mark.parametrize("layout", ["row-major", "column-major"])
+def test_randomized_reads_only_the_upper_triangle(n, layout):
+    """eigvalsh reads the upper triangle (row-major) only: with garbage in the other one, the
+    randomized top-k still equals the full solve's of the symmetric matrix, in either layout."""
+    rng = np.random.default_rng(new_seed())
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    lam = np.arange(1, n + 1, dtype=np.float64) ** -1.5
+    a = (q * lam) @ q.T
+    a = (a + a.T) / 2
+    ref = np.sort(np.linalg.eigvalsh(a))[::-1][:24]
+    m = np.triu(a) + np.tril(rng.standard_normal((n, n)) * 1e3, -1)
+    if layout == "column-major":
+        m = np.asfortranarray(m)
+    got = geomfast.eigvalsh(m, method="randomized", k=24, tol=1e-12, max_iter=200)
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12 * lam[0])
+    np.testing.assert_allclose(geomfast.eigvalsh(m)[:24], ref, rtol=1e-9, atol=1e-12 * lam[0])
+
+
 def test_randomized_k_greater_than_n_is_an_error():
     a = np.eye(10)
     with pytest.raises(ValueError, match=r"\[eigvalsh\].*k.*\[1, 10\].*11"):
