@@ -102,8 +102,21 @@ def spectra(accumulators, *, ddof: int = 1, method: str = "full", k: int | None 
     if not accs:
         return []
     args = _eig_args(min(a.dim for a in accs), method, k, eig_options, func="spectra")
-    results = _core.spectra([a._native for a in accs], int(ddof), *args, [])
+    try:
+        results = _core.spectra([a._native for a in accs], int(ddof), *args, [])
+    except (ValueError, FloatingPointError, RuntimeError) as e:
+        _name_the_culprit(accs, ddof, e)
+        raise
     return [_finish(values, info, args[0], k, "spectra") for values, info in results]
+
+
+def _name_the_culprit(accs, ddof: int, err: BaseException) -> None:
+    """A batch failed: say which accumulator (the first whose covariance cannot be formed)."""
+    for i, a in enumerate(accs):
+        try:
+            a.covariance(ddof)
+        except (ValueError, FloatingPointError, RuntimeError) as e:
+            raise type(e)(f"[spectra] accumulator {i} of {len(accs)} ({a!r}): {e}") from err
 
 
 def singular_values_of(accumulators) -> list[np.ndarray]:

@@ -330,10 +330,10 @@ def _r2(fn: str, label: str, mags: np.ndarray, start: int, stop: int,
     idx = np.arange(start, stop)
     idx = idx[mags[idx] > 0] if idx.size else idx
     if idx.size < 2:
-        notes.append(
-            f"[{fn}] {label} is undefined (nan): its range [{start}, {stop}) holds "
-            f"{idx.size} positive value(s) of a spectrum of length {mags.size}, need >= 2"
-        )
+        where = (f"its range [{start}, {stop}) holds {idx.size} positive value(s)" if start < stop
+                 else f"its range starts at index {start}")
+        notes.append(f"[{fn}] {label} is undefined (nan): {where} of a spectrum of length {mags.size}, "
+                     "need >= 2 positive values")
         return float("nan")
     y = np.log(mags[idx])
     y_hat = _log_rank_design((idx + 1).astype(np.float64)) @ b
@@ -353,10 +353,11 @@ def _alpha_core(fn: str, mags: np.ndarray, fit_range: tuple[int, int],
     m = mags.size
     lo, hi = fit_range
     if hi > m:
-        notes.append(
-            f"[{fn}] spectrum has {m} values, fewer than fit_range stop {hi}; "
-            f"fitting indices [{lo}, {m}) instead"
-        )
+        if m - lo >= 2:  # otherwise the error below says it
+            notes.append(
+                f"[{fn}] spectrum has {m} values, fewer than fit_range stop {hi}; "
+                f"fitting indices [{lo}, {m}) instead"
+            )
         hi = m
     if hi - lo < 2:
         raise DegenerateSpectrumError(

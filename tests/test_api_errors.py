@@ -139,6 +139,14 @@ def test_overflowing_sums_are_an_error_not_inf():
         acc.spectrum()
 
 
+def test_spectra_names_the_accumulator_that_failed():
+    rng = np.random.default_rng(new_seed())
+    good = G(3).update(rng.random((10, 3)))
+    bad = G(3).update(rng.random((10, 3)) * 1e200)
+    with pytest.raises(FloatingPointError, match=r"\[spectra\] accumulator 2 of 3"):
+        geomfast.spectra([good, good, bad])
+
+
 def test_save_into_a_missing_folder(tmp_path):
     acc = G(4).update(np.random.default_rng(0).standard_normal((5, 4)))
     with pytest.raises(FileNotFoundError) as e:
