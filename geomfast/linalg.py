@@ -115,8 +115,13 @@ def _name_the_culprit(accs, ddof: int, err: BaseException) -> None:
     for i, a in enumerate(accs):
         try:
             a.covariance(ddof)
-        except (ValueError, FloatingPointError, RuntimeError) as e:
-            raise type(e)(f"[spectra] accumulator {i} of {len(accs)} ({a!r}): {e}") from err
+        except (ValueError, FloatingPointError, RuntimeError):
+            msg = f"[spectra] accumulator {i} of {len(accs)} ({a!r}): {err}"
+            try:
+                named = type(err)(msg)
+            except Exception:  # an error type with other constructor arguments
+                named = RuntimeError(msg)
+            raise named from err
 
 
 def singular_values_of(accumulators) -> list[np.ndarray]:
