@@ -52,7 +52,8 @@ def eigvalsh(a, *, method: str = "full", k: int | None = None, **options) -> np.
 
     Args:
         a: [n, n] symmetric, numpy / torch / cupy, float64 or float32, on cpu or cuda (solved there).
-           Only the upper triangle (row-major) is read.
+           Only the upper triangle (row-major) is read (numpy and torch read the lower one by
+           default): on the CPU, a matrix that is clearly not symmetric draws a RuntimeWarning.
         method: 'full' (LAPACK/cuSOLVER values only), 'randomized' (top-k by randomized block Krylov
             with Rayleigh–Ritz, until the top values change by less than `tol`), or 'auto'.
         k: number of leading eigenvalues (randomized); full returns all n, or the top k if given.

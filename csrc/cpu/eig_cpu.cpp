@@ -194,9 +194,25 @@ bool randomized_pays(const EigOptions& opt, int64_t n) {
   // A Krylov space as wide as the matrix gains nothing over the dense solver.
   return opt.method == EigMethod::kRandomized && opt.k + std::max<int64_t>(opt.oversample, 0) < n;
 }
-// True when the n × n matrix m equals its transpose exactly (stops at the first difference).
-bool exactly_symmetric(const double* m, int64_t n) {
-  return cpu::for_upper_pairs(n, [m, n](int64_t i, int64_t j) { return m[i * n + j] == m[j * n + i]; });
+// max |m_ij - m_ji| / max |m_ij| of the n × n matrix m (0: exactly symmetric).
+double relative_asymmetry(const double* m, int64_t n) {
+  double diff = 0.0, mag = 0.0;
+  for (int64_t i = 0; i < n; ++i) mag = std::max(mag, std::abs(m[i * n + i]));
+  cpu::for_upper_pairs(n, [&](int64_t i, int64_t j) {
+    const double u = m[i * n + j], l = m[j * n + i];
+    diff = std::max(diff, std::abs(u - l));
+    mag = std::max(mag, std::max(std::abs(u), std::abs(l)));
+    return true;
+  });
+  return mag > 0.0 ? diff / mag : 0.0;
+}
+// A user's matrix that is clearly not symmetric (beyond the rounding of a symmetric product):
+// say which triangle was read, since numpy's and torch's eigvalsh read the other one by default.
+void warn_if_asymmetric(double asym, EigResult& res) {
+  if (asym > 1e-10)
+    res.warnings.push_back(detail::concat(
+        "the matrix is not symmetric (max |a - aᵀ| = ", asym, " of max |a|): only its upper triangle "
+        "(row-major) was read; numpy.linalg.eigvalsh and torch.linalg.eigvalsh read the lower one by default"));
 }
 void check_finite(const double* m, size_t count) {
   int64_t bad = 0;
@@ -223,10 +239,19 @@ EigResult eigvalsh_cpu(const MatrixView& a, const EigOptions& opt) {
     const double* m = static_cast<const double*>(a.data);
     check_finite(m, static_cast<size_t>(n * n));
     // The documented triangle is what counts; products use both only when they agree exactly.
-    CpuDenseOps ops(m, n, c_order ? blas::kLower : blas::kUpper, exactly_symmetric(m, n));
-    return randomized_eigvalsh(ops, n, opt);
+    // (Transposition leaves the asymmetry measure unchanged, so either order is read as is.)
+    const double asym = relative_asymmetry(m, n);
+    CpuDenseOps ops(m, n, c_order ? blas::kLower : blas::kUpper, asym == 0.0);
+    EigResult res = randomized_eigvalsh(ops, n, opt);
+    warn_if_asymmetric(asym, res);
+    return res;
   }
-  return eigvalsh_cpu_owned(to_f64_rowmajor(a), n, opt);
+  std::vector<double> m = to_f64_rowmajor(a);
+  check_finite(m.data(), m.size());
+  const double asym = relative_asymmetry(m.data(), n);
+  EigResult res = eigvalsh_cpu_owned(std::move(m), n, opt);
+  warn_if_asymmetric(asym, res);
+  return res;
 }
 
 EigResult eigvalsh_cpu_owned(std::vector<double>&& m, int64_t n, const EigOptions& opt) {
