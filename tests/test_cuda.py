@@ -413,6 +413,18 @@ def test_eigvalsh_full_matches_numpy(n, dtype):
 
 @gpu
 @needs_torch
+@pytest.mark.parametrize("method", ["full", "randomized"])
+def test_eigvalsh_reads_the_upper_triangle_and_warns_when_they_differ(method):
+    lam = 1.0 / np.arange(1, 301)
+    a = torch.diag(torch.from_numpy(lam)).to("cuda")
+    a[7, 3] = 0.25  # below the diagonal: not read
+    with pytest.warns(RuntimeWarning, match="not symmetric"):
+        got = geomfast.eigvalsh(a, method=method, k=10)
+    np.testing.assert_allclose(got, lam[:10], rtol=1e-6)
+
+
+@gpu
+@needs_torch
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("method", ["full", "randomized"])
 def test_eigvalsh_non_finite_matrix_is_an_error_not_nan(method):

@@ -7,6 +7,7 @@
 // each CholeskyQR pass reads potrf's info to know whether to fall back to Householder QR: about
 // three small reads per iteration, inherent to the algorithm's interface.
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <set>
 #include <vector>
@@ -247,17 +248,32 @@ EigResult eigvalsh_cuda(const MatrixView& a, const EigOptions& opt) {
   // float64 col-major symmetric work copy, from the upper triangle (as the CPU solver reads it).
   AsyncBuffer w(static_cast<size_t>(n * n) * sizeof(double), st);
   symmetrize_view(a, w.as<double>(), st);
+  std::string asym_warning;
   {
     // NaN/Inf: an error at once, as on the CPU, rather than the cuSOLVER retry chain (and a solver
-    // that might spin on NaN); one count over the triangle and one sync, small next to the solve
-    AsyncBuffer bad(sizeof(unsigned long long), st);
-    GF_CUDA_CHECK(cudaMemsetAsync(bad.as<void>(), 0, sizeof(unsigned long long), st));
-    count_nonfinite_upper(w.as<double>(), n, bad.as<unsigned long long>(), st);
-    unsigned long long nbad = 0;
-    GF_CUDA_CHECK(cudaMemcpyAsync(&nbad, bad.as<void>(), sizeof(nbad), cudaMemcpyDeviceToHost, st));
+    // that might spin on NaN); and a matrix clearly not symmetric is warned about as on the CPU.
+    // Two passes over the matrix and one sync, small next to the solve.
+    AsyncBuffer flags(3 * sizeof(unsigned long long), st);
+    GF_CUDA_CHECK(cudaMemsetAsync(flags.as<void>(), 0, 3 * sizeof(unsigned long long), st));
+    count_nonfinite_upper(w.as<double>(), n, flags.as<unsigned long long>(), st);
+    asymmetry_view(a, flags.as<unsigned long long>() + 1, st);
+    unsigned long long h[3] = {0, 0, 0};
+    GF_CUDA_CHECK(cudaMemcpyAsync(h, flags.as<void>(), sizeof(h), cudaMemcpyDeviceToHost, st));
     GF_CUDA_CHECK(cudaStreamSynchronize(st));
-    if (nbad) GF_THROW(ValueError, "[eigvalsh] the matrix holds ", nbad, " non-finite value(s) (NaN or Inf)");
+    if (h[0]) GF_THROW(ValueError, "[eigvalsh] the matrix holds ", h[0], " non-finite value(s) (NaN or Inf)");
+    double diff = 0.0, mag = 0.0;
+    std::memcpy(&diff, &h[1], sizeof(double));
+    std::memcpy(&mag, &h[2], sizeof(double));
+    if (mag > 0.0 && diff > 1e-10 * mag)
+      asym_warning = detail::concat("the matrix is not symmetric (max |a - aᵀ| = ", diff / mag,
+                                    " of max |a|): only its upper triangle (row-major) was read; "
+                                    "numpy.linalg.eigvalsh and torch.linalg.eigvalsh read the lower one by default");
   }
+  auto with_warning = [&](EigResult r) {
+    if (!asym_warning.empty()) r.warnings.push_back(asym_warning);
+    return r;
+  };
+  if (!asym_warning.empty()) res.warnings.push_back(asym_warning);
 
   const bool randomized = opt.method == EigMethod::kRandomized;
   if (randomized) {
@@ -265,7 +281,7 @@ EigResult eigvalsh_cuda(const MatrixView& a, const EigOptions& opt) {
     // As on the CPU: a block as wide as the matrix gains nothing over the dense solver.
     if (opt.k + std::max<int64_t>(opt.oversample, 0) < n) {
       CudaDenseOps ops(lease, w.as<double>(), n, st);
-      return randomized_eigvalsh(ops, n, opt);
+      return with_warning(randomized_eigvalsh(ops, n, opt));
     }
   }
 

@@ -448,6 +448,27 @@ __global__ void count_nonfinite_upper_kernel(const double* __restrict__ w,  // [
   if (bad) atomicAdd(count, bad);
 }
 
+// out[0] = bits of max |a_ij - a_ji| (i < j), out[1] = bits of max |a_ij| over finite values (the
+// bit patterns of non-negative doubles order as the values do, so atomicMax on them is a max).
+template <typename T>
+__global__ void asymmetry_view_kernel(const T* __restrict__ a, int64_t n, int64_t rs, int64_t cs,
+                                      unsigned long long* __restrict__ out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kTile + threadIdx.x;
+  if (i >= n) return;
+  double diff = 0.0, mag = 0.0;
+  for (int64_t j = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.y;
+       j < static_cast<int64_t>(blockIdx.y + 1) * kTile && j < n; j += kTileLanes) {
+    const double u = to_double(a[i * rs + j * cs]);
+    if (isfinite(u)) mag = fmax(mag, fabs(u));
+    if (i < j) {
+      const double d = fabs(u - to_double(a[j * rs + i * cs]));
+      if (isfinite(d)) diff = fmax(diff, d);
+    }
+  }
+  if (diff > 0.0) atomicMax(&out[0], static_cast<unsigned long long>(__double_as_longlong(diff)));
+  if (mag > 0.0) atomicMax(&out[1], static_cast<unsigned long long>(__double_as_longlong(mag)));
+}
+
 dim3 tile_grid(int64_t d) {
   const unsigned t = static_cast<unsigned>((d + kTile - 1) / kTile);
   return dim3(t, t);
@@ -621,6 +642,18 @@ void convert_f64_to_f32(const double* src, int64_t n, float* dst, cudaStream_t s
 
 void count_nonfinite_upper(const double* w, int64_t n, unsigned long long* count, cudaStream_t stream) {
   GF_LAUNCH((count_nonfinite_upper_kernel), (tile_grid(n), dim3(kTile, kTileLanes), 0, stream), (w, n, count));
+  GF_CUDA_CHECK_LAUNCH(stream);
+}
+
+void asymmetry_view(const MatrixView& a, unsigned long long* out, cudaStream_t stream) {
+  if (a.dtype == DType::kFloat64) {
+    GF_LAUNCH((asymmetry_view_kernel<double>), (tile_grid(a.rows), dim3(kTile, kTileLanes), 0, stream), (
+        static_cast<const double*>(a.data), a.rows, a.row_stride, a.col_stride, out));
+  } else {
+    GF_ASSERT(a.dtype == DType::kFloat32, "asymmetry_view takes float32 or float64");
+    GF_LAUNCH((asymmetry_view_kernel<float>), (tile_grid(a.rows), dim3(kTile, kTileLanes), 0, stream), (
+        static_cast<const float*>(a.data), a.rows, a.row_stride, a.col_stride, out));
+  }
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 

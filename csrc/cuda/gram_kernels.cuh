@@ -159,6 +159,10 @@ void convert_f64_to_f32(const double* src,  // [n]
 // Sets every element to NaN (tests/debugging of unwritten outputs).
 void fill_nan(double* p, int64_t n, cudaStream_t stream);
 
+// out[0], out[1] (zeroed by the caller) = the bits of max |a_ij - a_ji| and of max |a_ij| of a
+// square float32/float64 view (any strides), as doubles.
+void asymmetry_view(const MatrixView& a, unsigned long long* out, cudaStream_t stream);
+
 // *count += the number of NaN/Inf in the upper triangle (row <= col) of w [n, n] col-major.
 void count_nonfinite_upper(const double* w, int64_t n, unsigned long long* count, cudaStream_t stream);
 

@@ -110,6 +110,14 @@ int main() {
       for (int64_t j = 0; j < n; ++j) cm[i + j * n] = i <= j ? a[i * n + j] : NAN;
     r = eigvalsh_cuda(cuda_view(cm.data(), DType::kFloat64, n, 1, n), full);
     report("full, column-major view, other triangle NaN", max_rel(r.values, lam, n), 1e-13);
+    // finite garbage in the other triangle: still only the upper one read, and warned about
+    // (numpy and torch read the lower one by default)
+    std::vector<double> junk = a;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < i; ++j) junk[i * n + j] += 0.5;
+    r = eigvalsh_cuda(cuda_view(junk.data(), DType::kFloat64, n, n, 1), full);
+    report("full, other triangle differs: upper read, warned", max_rel(r.values, lam, n), 1e-13,
+           r.warnings.size() == 1 && has_warning(r, "not symmetric"));
     std::vector<float> af(a.begin(), a.end());
     r = eigvalsh_cuda(cuda_view(af.data(), DType::kFloat32, n, n, 1), full);
     report("full, float32 matrix", max_rel(r.values, lam, n), 1e-6);

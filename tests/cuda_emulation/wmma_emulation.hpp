@@ -157,6 +157,18 @@ inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v)
   }
   return cur;
 }
+inline long long __double_as_longlong(double v) {
+  long long r;
+  std::memcpy(&r, &v, sizeof r);
+  return r;
+}
+inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v) {
+  std::atomic_ref<unsigned long long> a(*p);
+  unsigned long long cur = a.load();
+  while (v > cur && !a.compare_exchange_weak(cur, v)) {
+  }
+  return cur;
+}
 
 namespace nvcuda::wmma {
 
