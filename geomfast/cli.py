@@ -214,6 +214,12 @@ def _run_show(args: argparse.Namespace) -> int:
     with ResultStore(args.db, readonly=True) as store:
         rows = store.rows(model=args.model, status="error" if args.errors else None)
         runs = store.runs()
+        # the header counts every row of a group, also under --errors (which lists only errors)
+        counts: dict = {}
+        for r in (store.rows(model=args.model) if args.errors else rows):
+            key = (r["model"], r["options_hash"])
+            ok, bad = counts.get(key, (0, 0))
+            counts[key] = (ok + (r["status"] == "ok"), bad + (r["status"] != "ok"))
     if not rows:
         print(f"{args.db}: no results")
         return 0
@@ -233,8 +239,8 @@ def _run_show(args: argparse.Namespace) -> int:
             sub = [r for r in rows if r["model"] == m and r["options_hash"] == h]
             if not sub:
                 continue
-            n_ok = sum(r["status"] == "ok" for r in sub)
-            print(f"\n{m}  (options {h}: {n_ok} ok, {len(sub) - n_ok} error)")
+            n_ok, n_bad = counts.get((m, h), (0, 0))
+            print(f"\n{m}  (options {h}: {n_ok} ok, {n_bad} error)")
             print(format_table(sub, cols))
     errors = [r for r in rows if r["status"] == "error"]
     if errors and not args.errors:
