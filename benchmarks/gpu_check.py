@@ -27,7 +27,8 @@ section whose estimated cost no longer fits --budget-s is skipped and says so):
   6. full eigvalsh vs torch.linalg.eigvalsh (and cupy.linalg.eigvalsh), randomized top-256 vs
      full and vs torch.svd_lowrank;
   7. geomfast.spectra over --batch accumulators (one host synchronisation) vs one spectrum() each
-     and vs torch's batched eigvalsh;
+     and vs torch's batched eigvalsh; a forward-like loop of bf16 matmuls with one update per
+     layer (each update syncs the host once) against the same loop with torch's X.T @ X;
   8. tests/test_cuda.py (pytest; log in --out/test_cuda.log) unless --skip-tests, last, within
      --test-timeout-s and what is left of the budget, so that it cannot crowd out the figures.
 Targets (issue 3, H100): Gram bf16 >= 1.6x torch X.T @ X and >= 60% of the measured bf16 peak;
@@ -533,6 +534,49 @@ def main() -> int:
         torch.cuda.empty_cache()
 
     chk.section("batched spectra", 20.0, batch_section)
+
+    def forward_loop_section():
+        # What a trace costs beside the forward pass: `layers` bf16 matmuls standing for the
+        # blocks, each output fed to its own accumulator (as the extraction hooks do, one update
+        # per layer per batch). Every update synchronises the host once (the NaN check before the
+        # state changes), so the next layer's kernels are queued only after it: this measures
+        # that against torch's X.T @ X, which never synchronises.
+        d, n, layers = (96, 512, 4) if args.cpu_dry_run else (args.sweep_dim, 8192, 24)
+        g = torch.Generator(device=dev).manual_seed(1)
+        w = [torch.randn(d, d, generator=g, device=dev, dtype=torch.float32).div_(d ** 0.5).to(torch.bfloat16)
+             for _ in range(layers)]
+        x0 = torch.randn(n, d, generator=g, device=dev, dtype=torch.float32).to(torch.bfloat16)
+        accs = [geomfast.GramAccumulator(d, device=where, precision="fast") for _ in range(layers)]
+
+        def forward(hook):
+            h = x0
+            for i in range(layers):
+                h = torch.tanh(h @ w[i])
+                hook(i, h)
+
+        t_fwd = timeit(lambda: forward(lambda i, h: None), sync=sync, repeat=3)
+        t_gf = timeit(lambda: forward(lambda i, h: accs[i].update(h)), sync=sync, repeat=3)
+        try:  # bf16 in, float32 out, as in the Gram section's baseline
+            torch.mm(x0[:64].T, x0[:64], out_dtype=torch.float32)
+
+            def xtx(i, h):
+                torch.mm(h.T, h, out_dtype=torch.float32)
+        except (TypeError, RuntimeError):  # older torch, or the CPU dry run
+            def xtx(i, h):
+                (h.T @ h).float()
+
+        t_torch = timeit(lambda: forward(xtx), sync=sync, repeat=3)
+        res["forward_loop"] = {"d": d, "rows": n, "layers": layers, "forward_s": t_fwd, "with_geomfast_s": t_gf,
+                               "with_torch_xtx_s": t_torch}
+        rows.append((f"forward-like loop, {layers} layers, {n} x {d} bf16, update per layer",
+                     f"{(t_gf - t_fwd) * 1e3:.3g} ms over the forward",
+                     f"{(t_torch - t_fwd) * 1e3:.3g} ms (torch X.T @ X per layer)",
+                     f"forward {t_fwd * 1e3:.3g} ms; geomfast/torch overhead {(t_gf - t_fwd) / max(t_torch - t_fwd, 1e-9):.2f}x"))
+        del accs, w
+        if not args.cpu_dry_run:
+            torch.cuda.empty_cache()
+
+    chk.section("forward-like loop (a sync per update)", 15.0, forward_loop_section)
 
     # Last, so that a long test run cannot crowd out the figures: the kernels it would exercise
     # have passed their smoke checks above, and it gets what is left of the budget.

@@ -132,7 +132,8 @@ def test_gpu_check_cpu_dry_run_runs_every_section(tmp_path):
     res = json.loads((tmp_path / "gpu_check.json").read_text())
     assert {v["status"] for v in res["sections"].values()} == {"ok"}
     assert set(res["sections"]) == {"own-kernel smoke checks (subprocesses)", "fast bf16 kernel/flush/tile sweep",
-                                   "bf16 peak", "Gram d=300", "eigvalsh d=300", "batched spectra"}
+                                   "bf16 peak", "Gram d=300", "eigvalsh d=300", "batched spectra",
+                                   "forward-like loop (a sync per update)"}
     assert {k: v["ok"] for k, v in res["smoke"].items()} == {"tc": True, "wg": True}
     # defaults, 1 chain with the 2 flushes not shorter than it, 1 tile, then defaults and 1 chain
     # setting for each of tc and wg, and wg's 192-column tile; on centred and offset bf16 data and
