@@ -151,36 +151,54 @@ class PCA:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None) -> "PCA":
-        """Fit on all rows of X [n_samples, n_features] (numpy / torch / cupy)."""
+        """Fit on all rows of X [n_samples, n_features] (numpy / torch / cupy). A fit that fails
+        (bad shape, too few rows, NaN) leaves the previous fit as it was."""
+        n, d = self._shape(X, "fit")
+        self._check_params(d)
+        self._check_counts(n, d, "fit")
+        acc = GramAccumulator(d, device=self.device, precision=self.precision).update(self._move(X))
         self._reset()
-        return self.partial_fit(X)
+        self._acc = acc
+        return self._refresh(d)
 
     def partial_fit(self, X, y=None, check_input=True) -> "PCA":
         """Add the rows of X to the running covariance and refresh the fitted attributes.
 
-        Unlike IncrementalPCA the result equals a PCA fitted on every row seen so far
-        (the covariance is accumulated exactly, not approximated batch by batch)."""
+        Unlike IncrementalPCA the result equals a PCA fitted on every row seen so far (the
+        covariance is accumulated exactly, not approximated batch by batch), and a chunk may hold
+        fewer rows than n_components: the rows seen in all are checked against it when a fitted
+        attribute is first read. A chunk that is refused (wrong width, NaN) adds nothing."""
         n, d = self._shape(X, "partial_fit")
         acc = getattr(self, "_acc", None)
         if acc is not None and d != acc.dim:
             raise ValueError(f"[PCA.partial_fit] X has {d} features, but PCA was fitted with {acc.dim}")
         self._check_params(d)
         if acc is None:
-            acc = self._acc = GramAccumulator(d, device=self.device, precision=self.precision)
+            acc = GramAccumulator(d, device=self.device, precision=self.precision)
         if n:
-            acc.update(self._move(X))
-        if acc.count < 2:
-            raise ValueError(f"[PCA.partial_fit] needs at least 2 samples in all, got {acc.count}")
-        m = min(acc.count, d)
+            acc.update(self._move(X))  # raises before it changes anything
+        self._acc = acc
+        return self._refresh(d)
+
+    def _check_counts(self, count: int, d: int, func: str) -> None:
+        if count < 2:
+            raise ValueError(f"[PCA.{func}] needs at least 2 samples in all, got {count}")
+        m = min(count, d)
         nc = self.n_components
         if isinstance(nc, numbers.Integral) and not 0 <= nc <= m:
-            raise ValueError(f"[PCA.partial_fit] n_components={nc} must be between 0 and "
+            raise ValueError(f"[PCA.{func}] n_components={nc} must be between 0 and "
                              f"min(n_samples, n_features)={m}")
+
+    def _refresh(self, d: int) -> "PCA":
         # Cheap attributes now; the spectrum (O(d³)) when an attribute that needs it is read,
         # so streaming many chunks through partial_fit costs one eigensolve, not one per chunk.
+        acc = self._acc
         self.n_samples_seen_ = self.n_samples_ = acc.count
         self.n_features_in_ = d
-        self.mean_ = acc.mean()
+        if acc.count:
+            self.mean_ = acc.mean()
+        else:
+            self.__dict__.pop("mean_", None)
         self._fitted = None
         return self
 
@@ -192,6 +210,7 @@ class PCA:
         """The fitted spectral attributes, computed on first need after a (partial_)fit."""
         self._check_fitted(attr)
         if self._fitted is None:
+            self._check_counts(self._acc.count, self._acc.dim, attr)
             self._fitted = self._solve()
         return self._fitted
 

@@ -94,6 +94,34 @@ def test_partial_fit_streams_exactly():
         stream.partial_fit(np.ones((3, 5)))
 
 
+def test_partial_fit_takes_chunks_smaller_than_n_components():
+    """The README's streaming loop with batches smaller than n_components (and a 1-row first
+    chunk): the rows seen in all are what counts, checked when a fitted attribute is read; a
+    refused chunk adds nothing; a failing fit keeps the previous fit."""
+    rng = np.random.default_rng(int(np.random.SeedSequence().entropy % (2**63)))
+    x = rng.standard_normal((40, 32)) * rng.uniform(0.5, 2.0, 32)
+    stream = PCA(n_components=16)
+    stream.partial_fit(x[:1])
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        stream.explained_variance_
+    stream.partial_fit(x[1:8])
+    with pytest.raises(ValueError, match="n_components=16"):
+        stream.components_  # 8 rows so far
+    bad = x[8:16].copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError):
+        stream.partial_fit(bad)
+    assert stream.n_samples_seen_ == 8
+    for i in range(8, 40, 8):
+        stream.partial_fit(x[i:i + 8])
+    whole = PCA(n_components=16).fit(x)
+    assert stream.n_samples_seen_ == 40
+    np.testing.assert_allclose(stream.explained_variance_, whole.explained_variance_, rtol=1e-10)
+    with pytest.raises(ValueError, match=r"\[PCA.fit\] n_components=16"):
+        whole.fit(x[:8])
+    np.testing.assert_allclose(whole.explained_variance_, stream.explained_variance_, rtol=1e-10)
+
+
 def test_torch_inputs_and_outputs():
     torch = pytest.importorskip("torch")
     x = _data(300, 24)
