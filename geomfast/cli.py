@@ -211,12 +211,16 @@ def _add_show(p: argparse.ArgumentParser) -> None:
 def _run_show(args: argparse.Namespace) -> int:
     from .store import ResultStore
 
+    from .store import filter_rows, model_key
+
     with ResultStore(args.db, readonly=True) as store:
-        rows = store.rows(model=args.model, status="error" if args.errors else None)
+        model = model_key(args.model)
+        every = filter_rows(store.rows(), model=model, func="show")
+        rows = [r for r in every if r["status"] == "error"] if args.errors else every
         runs = store.runs()
         # the header counts every row of a group, also under --errors (which lists only errors)
         counts: dict = {}
-        for r in (store.rows(model=args.model) if args.errors else rows):
+        for r in every:
             key = (r["model"], r["options_hash"])
             ok, bad = counts.get(key, (0, 0))
             counts[key] = (ok + (r["status"] == "ok"), bad + (r["status"] != "ok"))

@@ -500,16 +500,15 @@ def phases_from_store(db, *, model: str | None = None, layer: str | None = None,
     """Phases of every model × layer × pooling in a results database (path or ResultStore).
     ``metric`` picks the RankMe column (rankme, rankme_full, rankme_garrido2023); ``options``
     go to :func:`detect_phases`."""
-    from .store import ResultStore
+    from .store import ResultStore, filter_rows, model_key
 
     store = db if isinstance(db, ResultStore) else ResultStore(db, readonly=True)
     try:
-        rows = store.rows(status="ok", model=model)
+        rows = store.rows(status="ok")
     finally:
         if store is not db:
             store.close()
-    rows = [row for row in rows if (layer is None or row["layer"] == layer)
-            and (pooling is None or row["pooling"] == pooling)]
+    rows = filter_rows(rows, model=model_key(model), layer=layer, pooling=pooling, func="phases")
     return phases_from_rows(rows, metric=metric, **options)
 
 
@@ -610,7 +609,10 @@ def _run(args) -> int:
                                 metric=args.metric, bandwidth=args.bandwidth, min_points=args.min_points,
                                 rel_range=args.rel_range, noise_k=args.noise_k)
     if not results:
-        print(f"{args.db}: no successful results")
+        if args.json_out == "-":
+            print("[]")
+        else:
+            print(f"{args.db}: no successful results")
         return 0
     if args.json_out is not None:
         text = json.dumps([r.to_dict() for r in results], indent=1)

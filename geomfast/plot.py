@@ -70,12 +70,15 @@ def plot_results(
 
     store = db if isinstance(db, ResultStore) else ResultStore(db, readonly=True)
     try:
-        rows = store.rows(status="ok", model=model)
+        rows = store.rows(status="ok")
     finally:
         if store is not db:
             store.close()
     if not rows:
         raise ValueError(f"[plot_results] no successful results in {getattr(db, 'path', db)!r}")
+    from .store import filter_rows, model_key
+
+    rows = filter_rows(rows, model=model_key(model), func="plot_results")
     from .store import METRIC_COLUMNS
 
     known = (*METRIC_COLUMNS, "n", "dim")

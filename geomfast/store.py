@@ -32,6 +32,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -508,6 +509,60 @@ def recompute_metrics(
     finally:
         if not isinstance(db, ResultStore):
             store.close()
+
+
+def model_key(model: str | None) -> str | None:
+    """A --model filter as trace stores it: a local folder (or a comma list of them, a series) by
+    its resolved path, anything else (a hub id) as given."""
+    if model is None:
+        return None
+    from pathlib import Path
+
+    def one(m: str) -> str:
+        p = Path(m.strip()).expanduser()
+        return str(p.resolve()) if p.is_dir() else m.strip()
+
+    parts = [p for p in str(model).split(",") if p.strip()]
+    return " -> ".join(one(p) for p in parts) if len(parts) > 1 else one(str(model))
+
+
+def layer_key(layer: str | None, present: Iterable[str]) -> str | None:
+    """A --layer filter as trace names layers: '0' -> 'block0', '-1' -> the deepest stored block,
+    'embedding' -> 'embed', 'final' -> 'last'; anything else as given."""
+    if layer is None:
+        return None
+    s = str(layer).strip().lower()
+    if s in ("final",):
+        return "last"
+    if s in ("embedding", "embeddings", "emb"):
+        return "embed"
+    m = re.fullmatch(r"(?:block|layer)?\s*(-?\d+)", s)
+    if not m:
+        return str(layer)
+    i = int(m.group(1))
+    if i >= 0:
+        return f"block{i}"
+    blocks = sorted(int(n[5:]) for n in present if re.fullmatch(r"block\d+", n))
+    return f"block{blocks[-1] + 1 + i}" if blocks and blocks[-1] + 1 + i >= 0 else str(layer)
+
+
+def filter_rows(rows: list[dict], *, layer: str | None = None, pooling: str | None = None,
+                model: str | None = None, func: str = "show") -> list[dict]:
+    """Rows matching the filters (normalised as trace names things). A filter matching nothing on
+    rows that exist is an error that says what is there."""
+    if not rows or (layer is None and pooling is None and model is None):
+        return rows
+    key = layer_key(layer, {r["layer"] for r in rows})
+    out = [r for r in rows if (model is None or r["model"] == model) and (key is None or r["layer"] == key)
+           and (pooling is None or r["pooling"] == pooling)]
+    if not out:
+        def have(c):
+            return ", ".join(sorted({str(r[c]) for r in rows}))
+        asked = ", ".join(f"{k} {v!r}" for k, v in (("model", model), ("layer", layer), ("pooling", pooling))
+                          if v is not None)
+        raise ValueError(f"[{func}] no results for {asked}; the database holds models: {have('model')}; "
+                         f"layers: {have('layer')}; poolings: {have('pooling')}")
+    return out
 
 
 def export(db: "str | os.PathLike | ResultStore", path: str | os.PathLike, *,

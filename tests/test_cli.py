@@ -100,6 +100,28 @@ def test_show_plot_export_without_models(tmp_path, capsys):
     assert "unknown metric" in capsys.readouterr().err and not (tmp_path / "q.png").exists()
 
 
+def test_filters_take_the_names_trace_takes(tmp_path, capsys):
+    """--layer 3 / -1 find 'block3' (the deepest stored block), --model takes a folder as typed;
+    a filter that matches nothing is an error listing what the database holds."""
+    from geomfast.cli import main
+    from geomfast.store import filter_rows, layer_key, model_key
+
+    db = _fake_db(tmp_path / "f.db")
+    for layer in ("3", "block3", "-1"):
+        assert main(["phases", str(db), "--layer", layer]) == 0
+        assert "layer block3" in capsys.readouterr().out
+    assert main(["phases", str(db), "--layer", "7"]) == 1
+    err = capsys.readouterr().err
+    assert "no results for layer '7'" in err and "block3, embed, last" in err
+    assert layer_key("embedding", []) == "embed" and layer_key("final", []) == "last"
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "sub").mkdir()
+    assert model_key(str(tmp_path / "sub" / ".." / "run")) == str(run.resolve())
+    assert model_key("org/tiny") == "org/tiny"
+    assert filter_rows([], layer="x") == []
+
+
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     from geomfast.cli import main
 
