@@ -328,7 +328,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError) as e:
+    except BrokenPipeError:  # `geomfast show db | head`: the reader left; not an error of ours
+        try:
+            sys.stdout = open(os.devnull, "w")  # so that the exit's flush does not fail again
+        except OSError:
+            pass
+        return 0
+    except (FileNotFoundError, ValueError, FloatingPointError) as e:
         if os.environ.get("GEOMFAST_DEBUG"):
             raise
         print(f"geomfast {args.command}: error: {e}", file=sys.stderr)
