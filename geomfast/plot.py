@@ -13,14 +13,15 @@ from typing import Sequence
 __all__ = ["plot_results", "series"]
 
 
-def series(rows: Sequence[dict], *, x: str = "step") -> dict[tuple[str, str, str], list[dict]]:
-    """Group ok rows by (model, layer, pooling), each group sorted along ``x`` (step, falling
-    back to the checkpoint order where the step is unknown)."""
-    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+def series(rows: Sequence[dict], *, x: str = "step") -> dict[tuple[str, str, str, str], list[dict]]:
+    """Group ok rows by (model, layer, pooling, options hash): runs with other options (sample
+    count, dataset, precision …) are other lines, not one zig-zag; each group sorted along ``x``
+    (step, falling back to the checkpoint order where the step is unknown)."""
+    groups: dict[tuple[str, str, str, str], list[dict]] = defaultdict(list)
     for r in rows:
         if r.get("status", "ok") != "ok":
             continue
-        groups[(r["model"], r["layer"], r["pooling"])].append(r)
+        groups[(r["model"], r["layer"], r["pooling"], str(r.get("options_hash") or ""))].append(r)
     for g in groups.values():
         g.sort(key=lambda r: (r.get(x) if r.get(x) is not None else float("inf"), r.get("ord") or 0))
     return dict(groups)
@@ -103,11 +104,13 @@ def plot_results(
     fig, axes = plt.subplots(len(metrics), 1, figsize=(9, 3.6 * len(metrics)), sharex=True,
                              squeeze=False)
     axes = axes[:, 0]
-    keys = sorted(groups, key=lambda k: (k[0], _layer_sort_key(k[1]), k[2]))
+    keys = sorted(groups, key=lambda k: (k[0], _layer_sort_key(k[1]), k[2], k[3]))
     poolings = {k[2] for k in keys}
+    several_options = len({k[3] for k in keys}) > 1
     cmap = plt.get_cmap("tab10")
+    styles = ("-", "--", ":", "-.")
     for i, key in enumerate(keys):
-        m, layer, pooling = key
+        m, layer, pooling, opts = key
         g = groups[key]
         xs = [r[x_key] if r[x_key] is not None else j for j, r in enumerate(g)]
         label = ("final layer (after norm)" if layer == "last" else
@@ -117,13 +120,15 @@ def plot_results(
             label += f", {pooling} pooling"
         if len(models) > 1:
             label = f"{m}: {label}"
+        if several_options:
+            label += f" [options {opts[:8]}]"
         for ax, metric in zip(axes, metrics):
             ys = [r.get(metric) for r in g]
             pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
             if not pts:
                 continue
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3.5,
-                    linewidth=1.6, color=cmap(i % 10), label=label)
+                    linewidth=1.6, color=cmap(i % 10), linestyle=styles[(i // 10) % len(styles)], label=label)
     for ax, metric in zip(axes, metrics):
         ax.set_ylabel(labels.get(metric, metric), fontsize=9)
         ax.grid(True, which="major", alpha=0.35)

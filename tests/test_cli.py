@@ -122,6 +122,16 @@ def test_filters_take_the_names_trace_takes(tmp_path, capsys):
     assert filter_rows([], layer="x") == []
 
 
+def test_plot_keeps_runs_with_other_options_apart():
+    from geomfast.plot import series
+
+    rows = [dict(model="m", layer="last", pooling="last", options_hash=h, step=s, ord=s, rankme=v)
+            for h, v in (("aaa", 1.0), ("bbb", 2.0)) for s in (0, 1, 2)]
+    groups = series(rows)
+    assert sorted(groups) == [("m", "last", "last", "aaa"), ("m", "last", "last", "bbb")]
+    assert all({r["rankme"] for r in g} in ({1.0}, {2.0}) for g in groups.values())
+
+
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     from geomfast.cli import main
 
