@@ -184,6 +184,36 @@ def describe_phases(rows: list[dict], *, layer: str | None = None, pooling: str 
     return lines
 
 
+_MARKER = "demo.json"
+
+
+def _claim_folder(out: str, config: dict) -> None:
+    """The demo's folder: new, or one an earlier demo wrote. Same settings: resumed (training is
+    seeded, so the checkpoints come out the same and the trace skips what is done). Other
+    settings: that run's checkpoints and results are removed first, or they would be taken for
+    this run's. Anything else is refused (never overwritten)."""
+    import json
+    import shutil
+
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"[demo] out {out!r} is a file, expected a folder (new, or an earlier demo's)")
+    marker = os.path.join(out, _MARKER)
+    if os.path.isdir(out) and os.listdir(out):
+        if not os.path.isfile(marker):
+            raise ValueError(f"[demo] out {out!r} is not empty and holds no {_MARKER}: expected a new folder "
+                             "or one an earlier demo wrote (nothing was changed)")
+        with open(marker) as f:
+            before = json.load(f)
+        if before != json.loads(json.dumps(config)):
+            shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
+            for name in ("results.db", "results.db-wal", "results.db-shm", "geometry.png", "summary.txt"):
+                if os.path.exists(os.path.join(out, name)):
+                    os.remove(os.path.join(out, name))
+    os.makedirs(out, exist_ok=True)
+    with open(marker, "w") as f:
+        json.dump(config, f, indent=1, sort_keys=True)
+
+
 def run_demo(out: str = "geomfast-demo", *, steps: int = DEMO["steps"], threads: int | None = None,
              progress: bool = True, batch_size: int = DEMO["batch_size"]) -> dict:
     """Train, checkpoint, trace, plot and summarise. Returns a dict with the paths, timings
@@ -194,6 +224,11 @@ def run_demo(out: str = "geomfast-demo", *, steps: int = DEMO["steps"], threads:
     from .store import ResultStore
     from .sweep import trace
 
+    if int(steps) < 1:
+        raise ValueError(f"[demo] steps must be >= 1, got {steps}")
+    if threads is not None and int(threads) < 1:
+        raise ValueError(f"[demo] threads must be >= 1, got {threads}")
+    _claim_folder(out, {**DEMO, "steps": int(steps), "batch_size": int(batch_size)})
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # One thread by default: the model's matrices are small (2048 × 64), and on a shared 2-core

@@ -198,3 +198,20 @@ def test_demo_pipeline_runs_short(tmp_path, capsys):
         rows = s.rows()
     assert len(rows) == 6 * 3 and all(r["status"] == "ok" for r in rows)
     assert {r["layer"] for r in rows} == {"embed", "block0", "last"}
+    # again with other settings into the same folder: the earlier run's checkpoints and rows are
+    # gone (they used to be reused: "7 already done", a step30 left in a 60-step run)
+    assert main(["demo", "--out", str(out), "--steps", "9", "--no-progress"]) == 0
+    capsys.readouterr()
+    steps = sorted(int(p.name[4:]) for p in (out / "checkpoints").iterdir() if p.is_dir())
+    assert steps == [0, 1, 2, 4, 8, 9]
+    with ResultStore(out / "results.db", readonly=True) as s:
+        assert sorted({r["step"] for r in s.rows()}) == [0, 1, 2, 4, 8, 9]
+    # a folder the demo did not write is never touched; a file is refused
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    assert main(["demo", "--out", str(other), "--steps", "4", "--no-progress"]) == 1
+    assert (other / "notes.txt").read_text() == "keep me" and len(list(other.iterdir())) == 1
+    assert main(["demo", "--out", str(other / "notes.txt"), "--steps", "4", "--no-progress"]) == 1
+    assert main(["demo", "--out", str(tmp_path / "d3"), "--steps", "-3", "--no-progress"]) == 1
+    assert "steps must be >= 1" in capsys.readouterr().err
