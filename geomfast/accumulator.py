@@ -175,9 +175,13 @@ class GramAccumulator:
         for key in ("dim", "count", "shift", "sum", "gram"):
             if key not in state:
                 raise ValueError(f"[GramAccumulator.from_state_dict] missing key {key!r}")
+        fn = "[GramAccumulator.from_state_dict]"
+        if "format" in state and state["format"] != _FORMAT:
+            raise ValueError(f"{fn} expected format {_FORMAT!r}, got {state['format']!r}")
         dim = int(state["dim"])
-        if int(state["count"]) < 0:
-            raise ValueError(f"[GramAccumulator.from_state_dict] count must be >= 0, got {int(state['count'])}")
+        count = state["count"]
+        if isinstance(count, bool) or float(count) != int(count) or int(count) < 0:
+            raise ValueError(f"{fn} count must be an integer >= 0, got {count!r}")
         acc = cls(dim, device=device or "cpu", precision=precision or str(state.get("precision", "highest")))
         shift = np.asarray(state["shift"], dtype=np.float64)
         s = np.asarray(state["sum"], dtype=np.float64)
@@ -191,7 +195,16 @@ class GramAccumulator:
             if bad:
                 raise ValueError(f"[GramAccumulator.from_state_dict] {key} holds {bad} non-finite value(s) "
                                  "(NaN or Inf): a corrupted state")
-        acc._native.set_state(int(state["count"]), shift, s, g)
+        # What a state of real rows satisfies, up to rounding (a tampered or mixed-up state does not)
+        scale = float(np.abs(g).max()) if g.size else 0.0
+        if int(count) == 0 and (np.any(s) or np.any(g)):
+            raise ValueError(f"{fn} count is 0 but sum/gram are not zero: a corrupted state")
+        if scale > 0 and float(np.abs(g - g.T).max()) > 1e-10 * scale:
+            raise ValueError(f"{fn} gram is not symmetric (max |g - gᵀ| = {float(np.abs(g - g.T).max()):.3g}, "
+                             f"max |g| = {scale:.3g}): a corrupted state")
+        if scale > 0 and float(np.diag(g).min()) < -1e-12 * scale:
+            raise ValueError(f"{fn} gram has a negative diagonal (a sum of squares): a corrupted state")
+        acc._native.set_state(int(count), shift, s, g)
         return acc
 
     def to(self, device) -> "GramAccumulator":

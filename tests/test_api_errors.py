@@ -147,6 +147,19 @@ def test_spectra_names_the_accumulator_that_failed():
         geomfast.spectra([good, good, bad])
 
 
+def test_tampered_states_are_refused():
+    rng = np.random.default_rng(new_seed())
+    st = G(4).update(rng.random((10, 4))).state_dict()
+    g = st["gram"]
+    for change, needle in (({"format": "bogus"}, "format"), ({"count": 2.5}, "integer"),
+                           ({"count": 0}, "count is 0"), ({"gram": -np.abs(g) * 1e6}, "negative diagonal"),
+                           ({"gram": g + np.triu(np.ones((4, 4)), 1)}, "not symmetric")):
+        with pytest.raises(ValueError) as e:
+            G.from_state_dict({**st, **change})
+        check_message(e.value, "GramAccumulator.from_state_dict", needle, says_expected=False)
+    assert G.from_state_dict(st).count == 10
+
+
 def test_save_into_a_missing_folder(tmp_path):
     acc = G(4).update(np.random.default_rng(0).standard_normal((5, 4)))
     with pytest.raises(FileNotFoundError) as e:
