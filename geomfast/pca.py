@@ -64,23 +64,35 @@ class PCA:
         svd_solver: 'full', 'randomized' (top n_components only; needs an int) or 'auto'.
         random_state: seed of the randomized solver (int or None = 0).
         whiten: as in sklearn: transform divides by sqrt(explained_variance_).
+        copy, tol, iterated_power, n_oversamples, power_iteration_normalizer: sklearn's, so that
+            code passing them runs unchanged. X is never modified (copy=False changes nothing);
+            tol is for sklearn's 'arpack', which is not offered; iterated_power (an int) fixes
+            the randomized solver's Krylov depth and n_oversamples its extra width; the solver
+            always orthonormalizes, whatever power_iteration_normalizer says.
 
     Attributes (after fit): components_ [k, d] (lazy), explained_variance_ [k],
     explained_variance_ratio_ [k], singular_values_ [k], mean_ [d], n_components_,
     n_samples_seen_, n_samples_, n_features_in_, noise_variance_ — numpy float64.
     """
 
-    def __init__(self, n_components=None, *, device="cpu", precision="highest", svd_solver="auto",
-                 random_state=None, whiten=False):
+    def __init__(self, n_components=None, *, copy=True, whiten=False, svd_solver="auto", tol=0.0,
+                 iterated_power="auto", n_oversamples=10, power_iteration_normalizer="auto", random_state=None,
+                 device="cpu", precision="highest"):
         self.n_components = n_components
+        self.copy = copy
+        self.whiten = whiten
+        self.svd_solver = svd_solver
+        self.tol = tol
+        self.iterated_power = iterated_power
+        self.n_oversamples = n_oversamples
+        self.power_iteration_normalizer = power_iteration_normalizer
+        self.random_state = random_state
         self.device = device
         self.precision = precision
-        self.svd_solver = svd_solver
-        self.random_state = random_state
-        self.whiten = whiten
 
     # ------------------------------------------------------------------ sklearn plumbing
-    _PARAMS = ("n_components", "device", "precision", "svd_solver", "random_state", "whiten")
+    _PARAMS = ("n_components", "copy", "whiten", "svd_solver", "tol", "iterated_power", "n_oversamples",
+               "power_iteration_normalizer", "random_state", "device", "precision")
 
     def get_params(self, deep: bool = True) -> dict:
         return {k: getattr(self, k) for k in self._PARAMS}
@@ -227,7 +239,11 @@ class PCA:
                       and (nc + 16) * 4 <= d else "full")
         seed = 0 if self.random_state is None else int(self.random_state)
         if solver == "randomized":
-            ev = acc.spectrum(ddof=1, method="randomized", k=int(nc), seed=seed) if nc > 0 else np.zeros(0)
+            opts = {"oversample": int(self.n_oversamples)}
+            if self.iterated_power != "auto":  # sklearn's power iterations: a fixed Krylov depth here
+                opts["n_iter"] = int(self.iterated_power)
+            ev = (acc.spectrum(ddof=1, method="randomized", k=int(nc), seed=seed, **opts) if nc > 0
+                  else np.zeros(0))
         else:
             ev = acc.spectrum(ddof=1, method="full")[:m]
         ev = np.clip(ev, 0.0, None)  # rounding-level negatives, as sklearn clips

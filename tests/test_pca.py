@@ -122,6 +122,26 @@ def test_partial_fit_takes_chunks_smaller_than_n_components():
     np.testing.assert_allclose(whole.explained_variance_, stream.explained_variance_, rtol=1e-10)
 
 
+def test_takes_every_sklearn_constructor_argument():
+    """'Change the import, nothing else': every parameter sklearn's PCA takes is accepted (and
+    round-trips through get_params/clone); iterated_power and n_oversamples steer the randomized
+    solver."""
+    import inspect
+
+    sk = pytest.importorskip("sklearn.decomposition")
+    from sklearn.base import clone
+
+    missing = set(inspect.signature(sk.PCA).parameters) - set(inspect.signature(PCA).parameters)
+    assert not missing, f"sklearn PCA parameters geomfast.PCA does not take: {sorted(missing)}"
+    rng = np.random.default_rng(int(np.random.SeedSequence().entropy % (2**63)))
+    x = rng.standard_normal((400, 600)) * np.arange(1, 601) ** -1.0  # well-separated leading values
+    p = PCA(20, copy=False, tol=0.0, svd_solver="randomized", iterated_power=8, n_oversamples=30,
+            power_iteration_normalizer="QR", random_state=1)
+    assert clone(p).get_params() == p.get_params()
+    full = PCA(20, svd_solver="full").fit(x)
+    np.testing.assert_allclose(p.fit(x).explained_variance_, full.explained_variance_, rtol=1e-6)
+
+
 def test_torch_inputs_and_outputs():
     torch = pytest.importorskip("torch")
     x = _data(300, 24)
