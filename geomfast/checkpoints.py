@@ -371,6 +371,10 @@ def resolve_checkpoints(
         entries = [_resolved_if_local(str(m)) for m in model]
         if not entries:
             raise ValueError("[resolve_checkpoints] expected at least one model in the series, got none")
+        dup = sorted({e for e in entries if entries.count(e) > 1})
+        if dup:
+            raise ValueError(f"[resolve_checkpoints] a series lists each model once, got {', '.join(dup)} "
+                             "more than once")
         name = series_name or " -> ".join(entries)
         chosen = select_revisions(entries, revisions) if revisions not in (None, "", "all") else entries
         out = []

@@ -304,6 +304,13 @@ def detect_phases(steps, rankme, alpha=None, *, tokens=None, bandwidth: float = 
 
     Returns a :class:`PhaseResult` (mode 'pretraining').
     """
+    import math
+
+    for name, v, ok in (("bandwidth", bandwidth, lambda v: v > 0), ("rel_range", rel_range, lambda v: v >= 0),
+                        ("noise_k", noise_k, lambda v: v >= 0), ("min_points", min_points, lambda v: v >= 1)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and ok(v)):
+            raise ValueError(f"[detect_phases] {name} must be a finite number "
+                             f"{'> 0' if name == 'bandwidth' else '>= 1' if name == 'min_points' else '>= 0'}, got {v!r}")
     if steps is None:
         return detect_transitions(rankme, alpha, rel_level=rel_level)
     steps_a = _as_array("steps", steps)
@@ -527,7 +534,7 @@ def format_phases(results: Sequence[PhaseResult]) -> str:
         head = " ".join(v for v in (res.model, res.layer and f"layer {res.layer}",
                                      res.pooling and f"{res.pooling} pooling") if v) or "trajectory"
         if res.mode == "pretraining":
-            head += f"  ({res.n_points} checkpoints"
+            head += f"  ({res.n_points} checkpoint{'' if res.n_points == 1 else 's'}"
             head += f", threshold {res.threshold:.3g})" if res.threshold is not None else ")"
             rows = [{"phase": p.kind, "from step": p.start_step, "to step": p.end_step,
                      "from tokens": p.start_tokens, "to tokens": p.end_tokens,
@@ -547,7 +554,7 @@ def format_phases(results: Sequence[PhaseResult]) -> str:
             lines.append("absent: " + (", ".join(absent) if absent else "none"))
             lines += [f"note: {p.kind}: {p.note}" for p in res.phases if p.note]
         else:
-            head += f"  (post-training series, {res.n_points} checkpoints)"
+            head += f"  (post-training series, {res.n_points} checkpoint{'' if res.n_points == 1 else 's'})"
             rows = [{"transition": f"{tr.start} -> {tr.end}", "label": tr.kind,
                      "RankMe": f"{tr.rankme_start:.2f} -> {tr.rankme_end:.2f}",
                      "alpha": (f"{tr.alpha_start:.2f} -> {tr.alpha_end:.2f}"

@@ -73,6 +73,8 @@ def test_select_all_every_log_range():
     assert sum(s <= 1000 for s in steps) >= 5
     assert select_revisions(revs, "range:500-3000") == ["step512", "step1000", "step2000", "step3000"]
     assert select_revisions(revs, "range:142000-") == ["step142000", "step143000"]
+    with pytest.raises(ValueError, match="more than once"):
+        resolve_checkpoints(["org/a", "org/b", "org/a"])
     with pytest.raises(ValueError, match="A <= B"):
         select_revisions(revs, "range:3000-500")
     with pytest.raises(ValueError, match="selects no checkpoint"):

@@ -271,3 +271,12 @@ def test_demo_summary_uses_the_detector():
     flat = [{**r, "rankme": 20.0 + 0.05 * rng.standard_normal()} for r in rows]
     text = "\n".join(describe_phases(flat))
     assert "SEEN" not in text, text
+
+
+@pytest.mark.parametrize("opt", [{"bandwidth": 0.0}, {"bandwidth": -1.0}, {"noise_k": float("nan")},
+                                 {"rel_range": -0.1}, {"min_points": 0}])
+def test_bad_options_are_refused(opt):
+    from geomfast.phases import detect_phases
+
+    with pytest.raises(ValueError, match=next(iter(opt))):
+        detect_phases([0, 1, 2, 4, 8], [5.0, 4.0, 3.0, 4.0, 5.0], **opt)
