@@ -23,8 +23,9 @@ def _device_str(dt: int, di: int) -> str:
 
 
 def _finite(m: np.ndarray, func: str) -> np.ndarray:
-    if not np.isfinite(m).all():
-        bad = int(m.size - np.count_nonzero(np.isfinite(m)))
+    finite = np.isfinite(m)
+    if not finite.all():
+        bad = int(m.size - np.count_nonzero(finite))
         raise FloatingPointError(
             f"[GramAccumulator.{func}] {bad} entr{'y' if bad == 1 else 'ies'} overflowed float64 (the input's "
             "squares summed past 1.8e308): expected values whose squares, summed over the rows, stay "
@@ -172,10 +173,10 @@ class GramAccumulator:
 
     @classmethod
     def from_state_dict(cls, state: dict, *, device=None, precision: str | None = None) -> "GramAccumulator":
+        fn = "[GramAccumulator.from_state_dict]"
         for key in ("dim", "count", "shift", "sum", "gram"):
             if key not in state:
-                raise ValueError(f"[GramAccumulator.from_state_dict] missing key {key!r}")
-        fn = "[GramAccumulator.from_state_dict]"
+                raise ValueError(f"{fn} missing key {key!r}")
         if "format" in state and state["format"] != _FORMAT:
             raise ValueError(f"{fn} expected format {_FORMAT!r}, got {state['format']!r}")
         dim = int(state["dim"])

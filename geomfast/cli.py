@@ -209,9 +209,7 @@ def _add_show(p: argparse.ArgumentParser) -> None:
 
 
 def _run_show(args: argparse.Namespace) -> int:
-    from .store import ResultStore
-
-    from .store import filter_rows, model_key
+    from .store import ResultStore, filter_rows, model_key
 
     with ResultStore(args.db, readonly=True) as store:
         model = model_key(args.model)

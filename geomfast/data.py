@@ -166,7 +166,7 @@ def load_texts(
     chosen at random with ``seed`` (hub datasets: the first n after a seeded shuffle buffer).
     """
     path = Path(dataset).expanduser()
-    if path.suffix.lower() in _LOCAL_SUFFIXES or path.exists():
+    if is_local_dataset(dataset):
         if not path.is_file():
             raise FileNotFoundError(f"[load_texts] no such file: {str(path)!r}")
         texts = _read_local(path, text_field)
@@ -344,8 +344,7 @@ def load_samples(
         return synthetic_sequences(int(n_samples), vocab_size=int(vocab_size), seq_len=length, seed=seed).tolist()
     if tokenizer is None:
         raise ValueError(f"[load_samples] {dataset!r} is text: a tokenizer is needed")
-    path = Path(dataset).expanduser()
-    if path.suffix.lower() in _LOCAL_SUFFIXES or path.exists():
+    if is_local_dataset(dataset):
         texts = load_texts(dataset, text_field=text_field, split=split)
         return tokenize_samples(texts, tokenizer, n_samples=n_samples, min_length=min_length,
                                 max_length=max_length, seed=seed)

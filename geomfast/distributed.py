@@ -376,9 +376,10 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
                 checkpoints = resolve_checkpoints(
                     list(cfg.models) if len(cfg.models) > 1 else cfg.models[0], cfg.revisions,
                     local_files_only=cfg.local_files_only)
-                todo = pending_checkpoints(store, checkpoints, cfg, h, request, run_id)
+                keys = store.done_keys(h)
+                todo = pending_checkpoints(store, checkpoints, cfg, h, request, run_id, keys)
                 plan = {"run_id": run_id, "n": len(checkpoints), "todo": todo,
-                        "done_keys": store.done_keys(h) if todo else set()}
+                        "done_keys": keys if todo else set()}
             except Exception as e:  # every rank must learn it, or the others wait forever
                 plan = {"error": f"{type(e).__name__}: {e}"}
                 broadcast_object(plan)

@@ -235,32 +235,45 @@ class LayerSpec:
         return self.index + 1
 
 
-def _one_layer(item, n: int) -> list[LayerSpec]:
-    if isinstance(item, LayerSpec):
-        return [item]
+def parse_layer(item) -> tuple[str, int | None]:
+    """One layer item, without the model: ('last' | 'embed' | 'all', None) or ('block', i) with i
+    as given (negative counts from the end). ValueError for anything else."""
     if isinstance(item, bool):
         raise ValueError(f"[resolve_layers] expected a layer name or block index, got {item!r}")
     if isinstance(item, int):
-        i = item + n if item < 0 else item
-        if not 0 <= i < n:
-            raise ValueError(f"[resolve_layers] block index {item} is out of range for {n} blocks "
-                             f"(expected {-n}..{n - 1})")
-        return [LayerSpec(f"block{i}", "block", i)]
+        return "block", item
     s = str(item).strip().lower()
     if s in ("last", "final"):
-        return [LayerSpec("last", "last", n)]
+        return "last", None
     if s in ("embed", "embedding", "embeddings", "emb"):
-        return [LayerSpec("embed", "embed", -1)]
+        return "embed", None
     if s == "all":
-        return [LayerSpec("embed", "embed", -1)] + [LayerSpec(f"block{i}", "block", i) for i in range(n)] \
-            + [LayerSpec("last", "last", n)]
+        return "all", None
     m = re.fullmatch(r"(?:block|layer)?\s*(-?\d+)", s)
     if m:
-        return _one_layer(int(m.group(1)), n)
+        return "block", int(m.group(1))
     raise ValueError(
         f"[resolve_layers] unknown layer {item!r}: expected 'last', 'embed', 'all', a block index "
         "(negative allowed) or 'block<i>'"
     )
+
+
+def _one_layer(item, n: int) -> list[LayerSpec]:
+    if isinstance(item, LayerSpec):
+        return [item]
+    kind, index = parse_layer(item)
+    if kind == "last":
+        return [LayerSpec("last", "last", n)]
+    if kind == "embed":
+        return [LayerSpec("embed", "embed", -1)]
+    if kind == "all":
+        return [LayerSpec("embed", "embed", -1)] + [LayerSpec(f"block{i}", "block", i) for i in range(n)] \
+            + [LayerSpec("last", "last", n)]
+    i = index + n if index < 0 else index
+    if not 0 <= i < n:
+        raise ValueError(f"[resolve_layers] block index {index} is out of range for {n} blocks "
+                         f"(expected {-n}..{n - 1})")
+    return [LayerSpec(f"block{i}", "block", i)]
 
 
 def resolve_layers(model, layers: str | int | Sequence) -> list[LayerSpec]:

@@ -304,13 +304,11 @@ def detect_phases(steps, rankme, alpha=None, *, tokens=None, bandwidth: float = 
 
     Returns a :class:`PhaseResult` (mode 'pretraining').
     """
-    import math
-
-    for name, v, ok in (("bandwidth", bandwidth, lambda v: v > 0), ("rel_range", rel_range, lambda v: v >= 0),
-                        ("noise_k", noise_k, lambda v: v >= 0), ("min_points", min_points, lambda v: v >= 1)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and ok(v)):
-            raise ValueError(f"[detect_phases] {name} must be a finite number "
-                             f"{'> 0' if name == 'bandwidth' else '>= 1' if name == 'min_points' else '>= 0'}, got {v!r}")
+    for name, v, least, strict in (("bandwidth", bandwidth, 0, True), ("rel_range", rel_range, 0, False),
+                                   ("noise_k", noise_k, 0, False), ("min_points", min_points, 1, False)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and (v > least if strict else v >= least)):
+            raise ValueError(f"[detect_phases] {name} must be a finite number {'>' if strict else '>='} {least}, "
+                             f"got {v!r}")
     if steps is None:
         return detect_transitions(rankme, alpha, rel_level=rel_level)
     steps_a = _as_array("steps", steps)

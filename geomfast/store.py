@@ -516,14 +516,10 @@ def model_key(model: str | None) -> str | None:
     its resolved path, anything else (a hub id) as given."""
     if model is None:
         return None
-    from pathlib import Path
+    from .checkpoints import _resolved_if_local, _split_series
 
-    def one(m: str) -> str:
-        p = Path(m.strip()).expanduser()
-        return str(p.resolve()) if p.is_dir() else m.strip()
-
-    parts = [p for p in str(model).split(",") if p.strip()]
-    return " -> ".join(one(p) for p in parts) if len(parts) > 1 else one(str(model))
+    parts = _split_series(str(model))
+    return " -> ".join(map(_resolved_if_local, parts)) if parts else _resolved_if_local(str(model).strip())
 
 
 def layer_key(layer: str | None, present: Iterable[str]) -> str | None:
@@ -531,15 +527,16 @@ def layer_key(layer: str | None, present: Iterable[str]) -> str | None:
     'embedding' -> 'embed', 'final' -> 'last'; anything else as given."""
     if layer is None:
         return None
-    s = str(layer).strip().lower()
-    if s in ("final",):
-        return "last"
-    if s in ("embedding", "embeddings", "emb"):
-        return "embed"
-    m = re.fullmatch(r"(?:block|layer)?\s*(-?\d+)", s)
-    if not m:
+    from .models import parse_layer
+
+    try:
+        kind, i = parse_layer(layer)
+    except ValueError:
+        return str(layer)  # not a layer name: filter_rows says what the database holds
+    if kind in ("last", "embed"):
+        return kind
+    if kind == "all":
         return str(layer)
-    i = int(m.group(1))
     if i >= 0:
         return f"block{i}"
     blocks = sorted(int(n[5:]) for n in present if re.fullmatch(r"block\d+", n))

@@ -117,10 +117,10 @@ class TraceConfig:
     def result_options(self) -> dict[str, Any]:
         """The options that change the numbers: hashed, so a different config is not 'done'. A
         local dataset file counts by its content too (an edited file is a new dataset)."""
-        from .data import dataset_fingerprint, is_local_dataset, SYNTHETIC_NAMES
+        from .data import SYNTHETIC_NAMES, dataset_fingerprint
 
         extra = {}
-        if self.dataset not in SYNTHETIC_NAMES and is_local_dataset(self.dataset) and os.path.isfile(self.dataset):
+        if self.dataset not in SYNTHETIC_NAMES and os.path.isfile(self.dataset):
             extra["dataset_sha256"] = dataset_fingerprint(self.dataset)
         return {
             **extra,
@@ -247,37 +247,35 @@ def _validate_request(layers: tuple[str, ...], poolings: tuple[str, ...]) -> Non
 def static_layer_names(layers: Sequence[str]) -> list[str] | None:
     """The store names of a layer request that needs no model to resolve ('last', 'embed',
     block indices >= 0), or None when it does ('all', negative indices)."""
-    import re
+    from .models import parse_layer
 
     names: list[str] = []
     for item in layers:
-        s = str(item).strip().lower()
-        if s in ("last", "final"):
-            name = "last"
-        elif s in ("embed", "embedding", "embeddings", "emb"):
-            name = "embed"
-        else:
-            m = re.fullmatch(r"(?:block|layer)?\s*(\d+)", s)
-            if not m:
-                return None
-            name = f"block{int(m.group(1))}"
+        try:
+            kind, index = parse_layer(item)
+        except ValueError:  # refused by make_config already; here it only means "load the model"
+            return None
+        if kind == "all" or (kind == "block" and index < 0):
+            return None
+        name = f"block{index}" if kind == "block" else kind
         if name not in names:
             names.append(name)
     return names
 
 
 def pending_checkpoints(store: ResultStore, checkpoints, cfg: TraceConfig, h: str, request: str,
-                        run_id: int | None) -> list:
+                        run_id: int | None, keys: set | None = None) -> list:
     """The checkpoints with work left for this request. Beside the checkpoint markers, a request
     whose layer names are known without the model counts a checkpoint done when all its (layer,
     pooling) rows are already stored (from other requests), and marks it: no model is loaded for
-    nothing (on the hub, a download per checkpoint)."""
+    nothing (on the hub, a download per checkpoint). ``keys``: store.done_keys(h), if the caller
+    has it already."""
     done = store.done_checkpoints(h, request)
     todo = [c for c in checkpoints if (c.model, c.revision) not in done]
     names = static_layer_names(cfg.layers)
     if names is None or not todo:
         return todo
-    keys = store.done_keys(h)
+    keys = store.done_keys(h) if keys is None else keys
     left = []
     for c in todo:
         if all((c.model, c.revision, n, p) in keys for n in names for p in cfg.poolings):
@@ -315,9 +313,13 @@ class _SampleCache:
         cfg = self.cfg
         if checkpoint.model in self._key_of_model:
             return self._by_key[self._key_of_model[checkpoint.model]]
-        max_length = _effective_max_length(checkpoint, cfg)
+        try:
+            conf = _model_config(checkpoint, cfg)
+        except Exception:  # the model's own load reports a missing or broken config
+            conf = None
+        max_length = _effective_max_length(conf, checkpoint, cfg)
         if cfg.dataset == "synthetic":
-            vocab = _vocab_size(checkpoint, cfg)
+            vocab = int((conf if conf is not None else _model_config(checkpoint, cfg)).vocab_size)
             key: Any = ("synthetic", vocab, max_length)
             if key not in self._by_key:
                 self._by_key[key] = data.load_samples(
@@ -334,14 +336,13 @@ class _SampleCache:
                 self._by_key[key] = data.load_samples(
                     cfg.dataset, tok, n_samples=cfg.n_samples, seed=cfg.seed,
                     min_length=cfg.min_length, max_length=max_length)
-        self._key_of_model[checkpoint.model] = key
         got = self._by_key[key]
         if len(got) < 2:
-            self._key_of_model.pop(checkpoint.model)
             raise data.DatasetError(
                 f"[trace] dataset {cfg.dataset!r} gives {len(got)} usable sample(s) with {checkpoint.model}'s "
                 f"tokenizer (documents of more than min_length={cfg.min_length} tokens); a covariance needs "
                 "at least 2")
+        self._key_of_model[checkpoint.model] = key
         return got
 
 
@@ -356,20 +357,15 @@ def _model_config(checkpoint, cfg: TraceConfig):
     return AutoConfig.from_pretrained(checkpoint.source, **kwargs)
 
 
-def _vocab_size(checkpoint, cfg: TraceConfig) -> int:
-    return int(_model_config(checkpoint, cfg).vocab_size)
-
-
 _CONTEXT_ATTRS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
 
 
-def _effective_max_length(checkpoint, cfg: TraceConfig) -> int | None:
-    """cfg.max_length, capped at the model's trained context: sequences past it index position
-    embeddings that do not exist (an IndexError for learned positions) or run rotary positions
-    the model never saw (silently wrong), and cost quadratic attention for nothing."""
-    try:
-        conf = _model_config(checkpoint, cfg)
-    except Exception:  # the model's own load reports a missing or broken config
+def _effective_max_length(conf, checkpoint, cfg: TraceConfig) -> int | None:
+    """cfg.max_length, capped at the context of the model's config ``conf`` (None: unknown):
+    sequences past it index position embeddings that do not exist (an IndexError for learned
+    positions) or run rotary positions the model never saw (silently wrong), and cost quadratic
+    attention for nothing."""
+    if conf is None:
         return cfg.max_length
     ctx = next((int(getattr(conf, a)) for a in _CONTEXT_ATTRS
                 if isinstance(getattr(conf, a, None), int) and getattr(conf, a) > 0), None)
