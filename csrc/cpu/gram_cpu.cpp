@@ -135,11 +135,11 @@ void scan_rows(const MatrixView& x, int64_t r0, int64_t r1, ScanResult& res) {
         if constexpr (T == DType::kFloat32) {
           uint32_t u;
           std::memcpy(&u, p, 4);
-          low |= u & 0x1fffu;
+          low |= u & kShortLowBitsF32;
         } else if constexpr (T == DType::kFloat64) {
           uint64_t u;
           std::memcpy(&u, p, 8);
-          low |= u & ((uint64_t(1) << 42) - 1);
+          low |= u & kShortLowBitsF64;
         }
         if (L::nonfinite(p)) {
           ++res.nonfinite;

@@ -75,14 +75,14 @@ GF_INLINE void center_body(const In* __restrict x, int64_t n, const double* __re
 
 GF_CLONES RowScan scan_row_f64(const double* x, int64_t n) {
   uint64_t m, low;
-  const uint64_t bad = scan_bits<uint64_t, 0x7fffffffffffffffull, 0x7ff0000000000000ull, 0x3ffffffffffull>(
+  const uint64_t bad = scan_bits<uint64_t, 0x7fffffffffffffffull, 0x7ff0000000000000ull, kShortLowBitsF64>(
       reinterpret_cast<const uint64_t*>(x), n, &m, &low);
   return {static_cast<uint32_t>(bad), bits_to_double(m), low == 0};
 }
 GF_CLONES RowScan scan_row_f32(const float* x, int64_t n) {
   uint32_t m, low;
   const uint32_t bad =
-      scan_bits<uint32_t, 0x7fffffffu, 0x7f800000u, 0x1fffu>(reinterpret_cast<const uint32_t*>(x), n, &m, &low);
+      scan_bits<uint32_t, 0x7fffffffu, 0x7f800000u, kShortLowBitsF32>(reinterpret_cast<const uint32_t*>(x), n, &m, &low);
   return {bad, static_cast<double>(bits_to_float(m)), low == 0};
 }
 GF_CLONES RowScan scan_row_bf16(const uint16_t* x, int64_t n) {

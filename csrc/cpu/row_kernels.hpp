@@ -10,6 +10,9 @@ namespace geomfast::cpu {
 // Non-finite values and the largest finite magnitude of n contiguous values; for float32 /
 // float64, whether every value has at most 11 significant bits (the low 13 / 42 mantissa bits
 // zero: float16 or bfloat16 values held in a wider type). 16-bit types report it always.
+// The mantissa bits that are zero in such values (the strided scan in gram_cpu.cpp tests them too).
+constexpr uint32_t kShortLowBitsF32 = 0x1fffu;                 // low 13 of 23
+constexpr uint64_t kShortLowBitsF64 = (uint64_t(1) << 42) - 1;  // low 42 of 52
 struct RowScan {
   uint32_t nonfinite = 0;
   double max_abs = 0.0;
