@@ -252,11 +252,10 @@ EigResult eigvalsh_cuda(const MatrixView& a, const EigOptions& opt) {
   {
     // NaN/Inf: an error at once, as on the CPU, rather than the cuSOLVER retry chain (and a solver
     // that might spin on NaN); and a matrix clearly not symmetric is warned about as on the CPU.
-    // Two passes over the matrix and one sync, small next to the solve.
+    // One pass over the matrix and one sync, small next to the solve.
     AsyncBuffer flags(3 * sizeof(unsigned long long), st);
     GF_CUDA_CHECK(cudaMemsetAsync(flags.as<void>(), 0, 3 * sizeof(unsigned long long), st));
-    count_nonfinite_upper(w.as<double>(), n, flags.as<unsigned long long>(), st);
-    asymmetry_view(a, flags.as<unsigned long long>() + 1, st);
+    check_view(a, flags.as<unsigned long long>(), st);
     unsigned long long h[3] = {0, 0, 0};
     GF_CUDA_CHECK(cudaMemcpyAsync(h, flags.as<void>(), sizeof(h), cudaMemcpyDeviceToHost, st));
     GF_CUDA_CHECK(cudaStreamSynchronize(st));

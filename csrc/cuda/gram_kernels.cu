@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "cuda/gram_kernels.cuh"
 
@@ -437,36 +438,33 @@ __global__ void fill_nan_kernel(double* __restrict__ p, int64_t n) {  // [n]
     p[i] = NAN;
 }
 
-__global__ void count_nonfinite_upper_kernel(const double* __restrict__ w,  // [n, n] col-major
-                                             int64_t n, unsigned long long* __restrict__ count) {
+// The checks eigvalsh makes on a square view before solving, in one pass: out[0] += the NaN/Inf in
+// its upper triangle (row <= col, what is read), out[1] = bits of max |a_ij - a_ji| over finite
+// pairs, out[2] = bits of max |a_ij| over finite values (the bit patterns of non-negative doubles
+// order as the values do, so atomicMax on them is a max).
+template <typename T>
+__global__ void check_view_kernel(const T* __restrict__ a, int64_t n, int64_t rs, int64_t cs,
+                                  unsigned long long* __restrict__ out) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kTile + threadIdx.x;
   if (i >= n) return;
   unsigned long long bad = 0;
-  for (int64_t j = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.y;
-       j < static_cast<int64_t>(blockIdx.y + 1) * kTile && j < n; j += kTileLanes)
-    bad += i <= j && !isfinite(w[i + j * n]);
-  if (bad) atomicAdd(count, bad);
-}
-
-// out[0] = bits of max |a_ij - a_ji| (i < j), out[1] = bits of max |a_ij| over finite values (the
-// bit patterns of non-negative doubles order as the values do, so atomicMax on them is a max).
-template <typename T>
-__global__ void asymmetry_view_kernel(const T* __restrict__ a, int64_t n, int64_t rs, int64_t cs,
-                                      unsigned long long* __restrict__ out) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kTile + threadIdx.x;
-  if (i >= n) return;
   double diff = 0.0, mag = 0.0;
   for (int64_t j = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.y;
        j < static_cast<int64_t>(blockIdx.y + 1) * kTile && j < n; j += kTileLanes) {
     const double u = to_double(a[i * rs + j * cs]);
-    if (isfinite(u)) mag = fmax(mag, fabs(u));
+    if (isfinite(u)) {
+      mag = fmax(mag, fabs(u));
+    } else if (i <= j) {
+      ++bad;
+    }
     if (i < j) {
       const double d = fabs(u - to_double(a[j * rs + i * cs]));
       if (isfinite(d)) diff = fmax(diff, d);
     }
   }
-  if (diff > 0.0) atomicMax(&out[0], static_cast<unsigned long long>(__double_as_longlong(diff)));
-  if (mag > 0.0) atomicMax(&out[1], static_cast<unsigned long long>(__double_as_longlong(mag)));
+  if (bad) atomicAdd(&out[0], bad);
+  if (diff > 0.0) atomicMax(&out[1], static_cast<unsigned long long>(__double_as_longlong(diff)));
+  if (mag > 0.0) atomicMax(&out[2], static_cast<unsigned long long>(__double_as_longlong(mag)));
 }
 
 dim3 tile_grid(int64_t d) {
@@ -623,15 +621,24 @@ void symmetric_from_upper(const double* gram, const double* sum, int64_t d, doub
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 
-void symmetrize_view(const MatrixView& a, double* w, cudaStream_t stream) {
+// Calls launch(p) with p the view's data as const double* or const float* (the two types a
+// square view for the eigensolvers may hold).
+template <typename F>
+void on_f64_or_f32(const MatrixView& a, const char* what, F&& launch) {
   if (a.dtype == DType::kFloat64) {
-    GF_LAUNCH((symmetrize_view_kernel<double>), (tile_grid(a.rows), dim3(kTile, kTileLanes), 0, stream), (
-        static_cast<const double*>(a.data), a.rows, a.row_stride, a.col_stride, w));
+    launch(static_cast<const double*>(a.data));
   } else {
-    GF_ASSERT(a.dtype == DType::kFloat32, "symmetrize_view takes float32 or float64");
-    GF_LAUNCH((symmetrize_view_kernel<float>), (tile_grid(a.rows), dim3(kTile, kTileLanes), 0, stream), (
-        static_cast<const float*>(a.data), a.rows, a.row_stride, a.col_stride, w));
+    GF_ASSERT(a.dtype == DType::kFloat32, what, " takes float32 or float64");
+    launch(static_cast<const float*>(a.data));
   }
+}
+
+void symmetrize_view(const MatrixView& a, double* w, cudaStream_t stream) {
+  on_f64_or_f32(a, "symmetrize_view", [&](auto p) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(p)>>;
+    GF_LAUNCH((symmetrize_view_kernel<T>), (tile_grid(a.rows), dim3(kTile, kTileLanes), 0, stream), (
+        p, a.rows, a.row_stride, a.col_stride, w));
+  });
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 
@@ -640,20 +647,12 @@ void convert_f64_to_f32(const double* src, int64_t n, float* dst, cudaStream_t s
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 
-void count_nonfinite_upper(const double* w, int64_t n, unsigned long long* count, cudaStream_t stream) {
-  GF_LAUNCH((count_nonfinite_upper_kernel), (tile_grid(n), dim3(kTile, kTileLanes), 0, stream), (w, n, count));
-  GF_CUDA_CHECK_LAUNCH(stream);
-}
-
-void asymmetry_view(const MatrixView& a, unsigned long long* out, cudaStream_t stream) {
-  if (a.dtype == DType::kFloat64) {
-    GF_LAUNCH((asymmetry_view_kernel<double>), (tile_grid(a.rows), dim3(kTile, kTileLanes), 0, stream), (
-        static_cast<const double*>(a.data), a.rows, a.row_stride, a.col_stride, out));
-  } else {
-    GF_ASSERT(a.dtype == DType::kFloat32, "asymmetry_view takes float32 or float64");
-    GF_LAUNCH((asymmetry_view_kernel<float>), (tile_grid(a.rows), dim3(kTile, kTileLanes), 0, stream), (
-        static_cast<const float*>(a.data), a.rows, a.row_stride, a.col_stride, out));
-  }
+void check_view(const MatrixView& a, unsigned long long* out, cudaStream_t stream) {
+  on_f64_or_f32(a, "check_view", [&](auto p) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(p)>>;
+    GF_LAUNCH((check_view_kernel<T>), (tile_grid(a.rows), dim3(kTile, kTileLanes), 0, stream), (
+        p, a.rows, a.row_stride, a.col_stride, out));
+  });
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 

@@ -159,11 +159,9 @@ void convert_f64_to_f32(const double* src,  // [n]
 // Sets every element to NaN (tests/debugging of unwritten outputs).
 void fill_nan(double* p, int64_t n, cudaStream_t stream);
 
-// out[0], out[1] (zeroed by the caller) = the bits of max |a_ij - a_ji| and of max |a_ij| of a
-// square float32/float64 view (any strides), as doubles.
-void asymmetry_view(const MatrixView& a, unsigned long long* out, cudaStream_t stream);
-
-// *count += the number of NaN/Inf in the upper triangle (row <= col) of w [n, n] col-major.
-void count_nonfinite_upper(const double* w, int64_t n, unsigned long long* count, cudaStream_t stream);
+// eigvalsh's checks of a square float32/float64 view (any strides), into out[3] zeroed by the
+// caller: out[0] = NaN/Inf in the upper triangle (what is read), out[1], out[2] = the bits of
+// max |a_ij - a_ji| and of max |a_ij| (finite values), as doubles. One pass.
+void check_view(const MatrixView& a, unsigned long long* out, cudaStream_t stream);
 
 }  // namespace geomfast::cuda
