@@ -206,14 +206,6 @@ double relative_asymmetry(const double* m, int64_t n) {
   });
   return mag > 0.0 ? diff / mag : 0.0;
 }
-// A user's matrix that is clearly not symmetric (beyond the rounding of a symmetric product):
-// say which triangle was read, since numpy's and torch's eigvalsh read the other one by default.
-void warn_if_asymmetric(double asym, EigResult& res) {
-  if (asym > 1e-10)
-    res.warnings.push_back(detail::concat(
-        "the matrix is not symmetric (max |a - aᵀ| = ", asym, " of max |a|): only its upper triangle "
-        "(row-major) was read; numpy.linalg.eigvalsh and torch.linalg.eigvalsh read the lower one by default"));
-}
 void check_finite(const double* m, size_t count) {
   int64_t bad = 0;
   constexpr size_t kRun = size_t{1} << 20;  // RowScan counts in 32 bits

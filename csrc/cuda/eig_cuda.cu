@@ -248,7 +248,7 @@ EigResult eigvalsh_cuda(const MatrixView& a, const EigOptions& opt) {
   // float64 col-major symmetric work copy, from the upper triangle (as the CPU solver reads it).
   AsyncBuffer w(static_cast<size_t>(n * n) * sizeof(double), st);
   symmetrize_view(a, w.as<double>(), st);
-  std::string asym_warning;
+  double asymmetry = 0.0;
   {
     // NaN/Inf: an error at once, as on the CPU, rather than the cuSOLVER retry chain (and a solver
     // that might spin on NaN); and a matrix clearly not symmetric is warned about as on the CPU.
@@ -263,16 +263,9 @@ EigResult eigvalsh_cuda(const MatrixView& a, const EigOptions& opt) {
     double diff = 0.0, mag = 0.0;
     std::memcpy(&diff, &h[1], sizeof(double));
     std::memcpy(&mag, &h[2], sizeof(double));
-    if (mag > 0.0 && diff > 1e-10 * mag)
-      asym_warning = detail::concat("the matrix is not symmetric (max |a - aᵀ| = ", diff / mag,
-                                    " of max |a|): only its upper triangle (row-major) was read; "
-                                    "numpy.linalg.eigvalsh and torch.linalg.eigvalsh read the lower one by default");
+    if (mag > 0.0) asymmetry = diff / mag;
   }
-  auto with_warning = [&](EigResult r) {
-    if (!asym_warning.empty()) r.warnings.push_back(asym_warning);
-    return r;
-  };
-  if (!asym_warning.empty()) res.warnings.push_back(asym_warning);
+  warn_if_asymmetric(asymmetry, res);
 
   const bool randomized = opt.method == EigMethod::kRandomized;
   if (randomized) {
@@ -280,7 +273,9 @@ EigResult eigvalsh_cuda(const MatrixView& a, const EigOptions& opt) {
     // As on the CPU: a block as wide as the matrix gains nothing over the dense solver.
     if (opt.k + std::max<int64_t>(opt.oversample, 0) < n) {
       CudaDenseOps ops(lease, w.as<double>(), n, st);
-      return with_warning(randomized_eigvalsh(ops, n, opt));
+      EigResult r = randomized_eigvalsh(ops, n, opt);
+      warn_if_asymmetric(asymmetry, r);
+      return r;
     }
   }
 

@@ -182,8 +182,7 @@ class CudaGram final : public GramBackend {
   CudaGram(int64_t dim, int device, Precision precision)
       : dim_(dim), device_(device), precision_(precision), hflags_(kNumFlags) {
     if (dim < 1) GF_THROW(ValueError, "[GramAccumulator] expected dim >= 1, got ", dim);
-    DeviceGuard guard(device_);
-    device_handles(device_);  // fail early, with cuBLAS/cuSOLVER's reason
+    DeviceGuard guard(device_);  // (make_cuda_gram has checked this device's cuBLAS/cuSOLVER handles)
     GF_CUDA_CHECK(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
     try {
       GF_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));

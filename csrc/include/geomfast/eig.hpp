@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "geomfast/errors.hpp"
 #include "geomfast/tensor.hpp"
 
 namespace geomfast {
@@ -34,6 +35,17 @@ struct EigResult {
   bool converged = true;
   std::vector<std::string> warnings;
 };
+
+// A user's matrix clearly not symmetric (relative_asymmetry = max |a_ij - a_ji| / max |a_ij|
+// beyond the rounding of a symmetric product): say which triangle was read, since numpy's and
+// torch's eigvalsh read the other one by default. Both backends' eigvalsh call it.
+inline void warn_if_asymmetric(double relative_asymmetry, EigResult& res) {
+  if (relative_asymmetry > 1e-10)
+    res.warnings.push_back(detail::concat(
+        "the matrix is not symmetric (max |a - aᵀ| = ", relative_asymmetry, " of max |a|): only its upper "
+        "triangle (row-major) was read; numpy.linalg.eigvalsh and torch.linalg.eigvalsh read the lower one "
+        "by default"));
+}
 
 // Device-resident dense float64 matrices, column-major with leading dimension = rows.
 class DenseOps {
