@@ -396,23 +396,24 @@ def main() -> int:
     dims = [int(s) for s in args.dims.split(",") if s]
 
     # ------------------------------------------------------------------ Gram timings
+    def torch_xtx(x):
+        """torch's bf16 X.T @ X with float32 output (the baseline), and its name: torch.mm with
+        out_dtype where this torch has it, else (X.T @ X).float()."""
+        try:
+            torch.mm(x[:64].T, x[:64], out_dtype=torch.float32)
+            return (lambda h: torch.mm(h.T, h, out_dtype=torch.float32)), "torch.mm(X.T, X, out_dtype=float32)"
+        except (TypeError, RuntimeError):  # older torch, or the CPU dry run
+            return (lambda h: (h.T @ h).float()), "torch (X.T @ X).float()"
+
     def gram_section(d):
         n = args.rows
         x = torch.randn(n, d, device=dev, dtype=torch.bfloat16)
         flops = args.chunks * n * d * d  # N·d²
-        try:
-            torch.mm(x[:64].T, x[:64], out_dtype=torch.float32)
-            def one():
-                return torch.mm(x.T, x, out_dtype=torch.float32)
-            base_name = "torch.mm(X.T, X, out_dtype=float32)"
-        except (TypeError, RuntimeError):  # older torch: no out_dtype
-            def one():
-                return (x.T @ x).float()
-            base_name = "torch (X.T @ X).float()"
+        xtx, base_name = torch_xtx(x)
 
         def torch_gram():
             for _ in range(args.chunks):
-                one()
+                xtx(x)
 
         t_torch = timeit(torch_gram, sync=sync)
         entry = {"d": d, "rows": n, "chunks": args.chunks, "baseline": base_name, "torch_s": t_torch,
@@ -556,16 +557,8 @@ def main() -> int:
 
         t_fwd = timeit(lambda: forward(lambda i, h: None), sync=sync, repeat=3)
         t_gf = timeit(lambda: forward(lambda i, h: accs[i].update(h)), sync=sync, repeat=3)
-        try:  # bf16 in, float32 out, as in the Gram section's baseline
-            torch.mm(x0[:64].T, x0[:64], out_dtype=torch.float32)
-
-            def xtx(i, h):
-                torch.mm(h.T, h, out_dtype=torch.float32)
-        except (TypeError, RuntimeError):  # older torch, or the CPU dry run
-            def xtx(i, h):
-                (h.T @ h).float()
-
-        t_torch = timeit(lambda: forward(xtx), sync=sync, repeat=3)
+        xtx, _ = torch_xtx(x0)  # the Gram section's baseline
+        t_torch = timeit(lambda: forward(lambda i, h: xtx(h)), sync=sync, repeat=3)
         res["forward_loop"] = {"d": d, "rows": n, "layers": layers, "forward_s": t_fwd, "with_geomfast_s": t_gf,
                                "with_torch_xtx_s": t_torch}
         rows.append((f"forward-like loop, {layers} layers, {n} x {d} bf16, update per layer",
