@@ -55,7 +55,9 @@ def _is_cupy(x) -> bool:
 def device_of(x) -> str:
     """'cpu' or 'cuda:i' for a numpy / torch / cupy array."""
     if _is_torch(x):
-        return "cpu" if x.device.type == "cpu" else f"cuda:{x.device.index or 0}"
+        if x.device.type == "cuda":
+            return f"cuda:{x.device.index or 0}"
+        return "cpu" if x.device.type == "cpu" else str(x.device)  # e.g. 'meta': never ours
     if _is_cupy(x):
         return f"cuda:{x.device.id}"
     return "cpu"
@@ -68,7 +70,7 @@ def parse_device(device, *, func: str = "GramAccumulator") -> tuple[int, int]:
     if isinstance(device, int):
         return CUDA, device
     s = str(device)
-    if s == "cpu":
+    if s in ("cpu", "cpu:0"):  # torch spells the host "cpu:0" too
         return CPU, 0
     if s == "cuda":
         try:

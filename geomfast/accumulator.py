@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _core
-from ._array import CUDA, as_view, parse_device
+from ._array import CUDA, as_view, device_of, parse_device
 
 PRECISIONS = ("highest", "fast")
 _FORMAT = "geomfast.gram/1"
@@ -88,7 +88,17 @@ class GramAccumulator:
         torch.cuda.Stream, a cupy Stream, or a cudaStream_t as an int); later work on the
         accumulator is ordered after it.
         Raises ValueError on NaN/Inf (with their count and first row); the state is then unchanged.
+        A chunk of zero rows (e.g. a batch whose rows were all masked out) adds nothing.
         """
+        shape = tuple(getattr(x, "shape", ()))
+        if len(shape) == 2 and shape[0] == 0:  # nothing to add, but still the right width and device
+            if shape[1] != self.dim:
+                raise ValueError(
+                    f"[GramAccumulator.update] expected x with {self.dim} columns, got shape {shape}")
+            if device_of(x) != self.device:
+                raise ValueError(f"[GramAccumulator.update] x is on {device_of(x)}, expected {self.device} "
+                                 "(the accumulator's device)")
+            return self
         v = as_view(x, func="GramAccumulator.update", stream=stream)
         if v.cols != self.dim:
             raise ValueError(
@@ -105,6 +115,12 @@ class GramAccumulator:
             raise TypeError(f"[GramAccumulator.merge] expected a GramAccumulator, got {type(other).__name__}")
         if other.dim != self.dim:
             raise ValueError(f"[GramAccumulator.merge] dim mismatch: expected {self.dim}, got {other.dim}")
+        if self.precision == "highest" and other.precision == "fast":
+            # the merged state would claim float64 quality for rows summed at float32 accuracy
+            raise ValueError(
+                "[GramAccumulator.merge] precision mismatch: expected a 'highest' state to merge into this "
+                "'highest' accumulator, got a 'fast' one; merge it into a 'fast' accumulator instead "
+                "(GramAccumulator.from_state_dict(self.state_dict(), precision='fast').merge(other))")
         self._native.add_state(*other._native.state())
         return self
 

@@ -8,6 +8,13 @@ from pathlib import Path
 import numpy as np
 
 
+def rel_fro(a, b) -> float:
+    """Relative Frobenius error of a against the reference b, in float64."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
 def llm_like(n: int, d: int, rng: np.random.Generator, *, alpha: float = 1.0,
              n_outliers: int | None = None) -> np.ndarray:
     """[n, d] float64 activations shaped like LM hidden states, for numerically hard tests.

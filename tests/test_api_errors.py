@@ -14,7 +14,7 @@ import torch
 
 import geomfast
 from geomfast import reference as ref
-from conftest import tuning
+from conftest import rel_fro, tuning
 
 G = geomfast.GramAccumulator
 
@@ -57,15 +57,40 @@ def test_wrong_number_of_columns(lib, cols):
     assert acc.count == 0
 
 
-@pytest.mark.parametrize("shape", [(0, 8), (0, 0)])
+@pytest.mark.parametrize("shape", [(0, 0), (0, 7), (3, 0)])
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
-def test_empty_input(lib, shape):
+def test_empty_input_of_the_wrong_width(lib, shape):
     x = np.zeros(shape) if lib == "numpy" else torch.zeros(shape)
     acc = G(8).update(np.ones((3, 8)))
     with pytest.raises(ValueError) as e:
         acc.update(x)
     check_message(e.value, "GramAccumulator.update", "x", str(shape))
     assert acc.count == 3
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_a_chunk_of_zero_rows_adds_nothing(lib):
+    # a batch whose rows were all masked out: streaming loops need not special-case it
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((40, 8))
+    acc = G(8).update(x[:20])
+    before = acc.state_dict()
+    empty = np.zeros((0, 8)) if lib == "numpy" else torch.zeros((0, 8), dtype=torch.bfloat16)
+    assert acc.update(empty) is acc
+    after = acc.state_dict()
+    assert acc.count == 20 and all(np.array_equal(before[k], after[k]) for k in ("shift", "sum", "gram"))
+    fresh = G(8).update(empty)  # a first chunk of zero rows sets no shift
+    assert fresh.count == 0
+    fresh.update(x)
+    assert rel_fro(fresh.covariance(), np.cov(x, rowvar=False)) <= 1e-13
+
+
+def test_empty_chunk_on_another_device_is_still_refused():
+    if not torch.cuda.is_available():
+        x = torch.zeros((0, 8), device="meta")
+        with pytest.raises(ValueError) as e:
+            G(8).update(x)
+        check_message(e.value, "GramAccumulator.update", "meta", "cpu")
 
 
 @pytest.mark.parametrize("ddof,rows", [(1, 0), (1, 1), (0, 0), (2, 2)])
@@ -188,7 +213,12 @@ def test_cuda_tensor_into_cpu_accumulator():
     check_message(e.value, "GramAccumulator.update", "x", "cuda", "cpu")
 
 
-@pytest.mark.parametrize("device", ["gpu", "cuda:x", "CPU", "tpu:0", ""])
+@pytest.mark.parametrize("device", ["cpu", "cpu:0", torch.device("cpu")])
+def test_host_device_spellings(device):
+    assert G(8, device=device).device == "cpu"
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "CPU", "cpu:1", "tpu:0", ""])
 def test_bad_device_string(device):
     with pytest.raises(ValueError) as e:
         G(8, device=device)
@@ -368,6 +398,21 @@ def test_merge_with_a_different_dim():
         a.merge(b)
     check_message(e.value, "GramAccumulator.merge", "dim", "8", "9")
     assert np.array_equal(a.state_dict()["gram"], before["gram"]) and a.count == 3
+
+
+def test_merge_of_a_fast_state_into_a_highest_one_is_refused():
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal((30, 8)), rng.standard_normal((20, 8))
+    hi, fa = G(8).update(x), G(8, precision="fast").update(y)
+    before = hi.state_dict()
+    with pytest.raises(ValueError) as e:
+        hi.merge(fa)
+    check_message(e.value, "GramAccumulator.merge", "precision", "'highest'", "'fast'")
+    assert hi.count == 30 and np.array_equal(hi.state_dict()["gram"], before["gram"])
+    # the other way round keeps the weaker label, and is exact
+    merged = G(8, precision="fast").update(y).merge(G(8).update(x))
+    assert merged.precision == "fast" and merged.count == 50
+    assert rel_fro(merged.covariance(), np.cov(np.vstack([y, x]), rowvar=False)) <= 1e-6
 
 
 def test_merge_with_something_else():

@@ -13,6 +13,7 @@ import pytest
 
 import geomfast
 from geomfast import reference
+from conftest import rel_fro
 
 _CUDA = geomfast.backends()["cuda"]
 _USABLE = bool(_CUDA["usable"])
@@ -47,12 +48,6 @@ needs_torch = pytest.mark.skipif(_USABLE and torch is None, reason="torch with C
 
 DTYPES = ["float64", "float32", "float16", "bfloat16"]
 BARS = {"highest": 1e-12, "fast": 1e-6}
-
-
-def rel_fro(a, b) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def tdtype(name):
@@ -349,7 +344,8 @@ def test_state_moves_between_devices_and_merges(precision):
     x1 = random_rows(2000, d, "float32", seed=31, mean=5.0)
     x2 = random_rows(1500, d, "float32", seed=32, mean=-2.0)
     g = geomfast.GramAccumulator(d, device="cuda", precision=precision).update(x1)
-    c = geomfast.GramAccumulator(d, device="cpu", precision="highest").update(x2.cpu())
+    # the same precision on both sides: a 'fast' state merged into a 'highest' accumulator is refused
+    c = geomfast.GramAccumulator(d, device="cpu", precision=precision).update(x2.cpu())
     # cuda -> cpu -> cuda round trips exactly
     back = geomfast.GramAccumulator.from_state_dict(g.state_dict(), device="cpu").to("cuda")
     for key in ("shift", "sum", "gram"):

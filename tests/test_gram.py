@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 import geomfast
 from geomfast import _core
 from geomfast import reference as ref
-from conftest import fast_kernel, fast_kernels, llm_like, tuning
+from conftest import fast_kernel, fast_kernels, llm_like, rel_fro, tuning
 
 # Every test here runs once per 'fast' kernel of this machine (float32 syrk; AMX split products
 # where the CPU has AMX), so both CPU implementations of 'fast' meet the same bars.
@@ -46,10 +46,6 @@ LAYOUTS = ["C", "F", "rows_strided", "cols_strided"]
 
 def new_seed() -> int:
     return int(np.random.SeedSequence().entropy % (2**63))
-
-
-def rel_fro(a, b) -> float:
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 
