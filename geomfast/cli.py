@@ -247,7 +247,9 @@ def _run_show(args: argparse.Namespace) -> int:
     errors = [r for r in rows if r["status"] == "error"]
     if errors and not args.errors:
         print(f"\n{len(errors)} error row(s); `geomfast show {args.db} --errors` lists them")
-    print(f"\n{len(rows)} row(s), {len(runs)} run(s) recorded in {args.db}")
+    killed = sum(r["status"] == "interrupted" for r in runs)
+    print(f"\n{len(rows)} row(s), {len(runs)} run(s) recorded in {args.db}"
+          + (f" ({killed} interrupted: their finished results are kept, re-run to complete)" if killed else ""))
     return 0
 
 

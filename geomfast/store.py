@@ -91,7 +91,8 @@ CREATE TABLE IF NOT EXISTS runs (
     host         TEXT,
     started_at   REAL NOT NULL,
     finished_at  REAL,
-    status       TEXT NOT NULL DEFAULT 'running'
+    status       TEXT NOT NULL DEFAULT 'running',
+    pid          INTEGER
 );
 CREATE TABLE IF NOT EXISTS results (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -168,6 +169,22 @@ def _float_or_none(v) -> float | None:
     return f if np.isfinite(f) else (None if np.isnan(f) else f)
 
 
+def _run_process_gone(host, pid) -> bool:
+    """True when a run recorded by process `pid` on `host` is this host's and that process no
+    longer exists. Runs of other hosts, or without a pid (older databases), are not judged."""
+    if pid is None or host != os.uname().nodename:
+        return False
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):  # someone else's live process (or unknowable)
+        return False
+    return False
+
+
 class ResultStore:
     """One SQLite results database.
 
@@ -208,6 +225,11 @@ class ResultStore:
         with self.transaction():
             for s in statements:
                 self.conn.execute(s)
+            # databases written before runs recorded their process id (a column added in place:
+            # the schema version is unchanged, older readers ignore it)
+            cols = {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}
+            if "pid" not in cols:
+                self.conn.execute("ALTER TABLE runs ADD COLUMN pid INTEGER")
             row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
                 self.conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)",
@@ -257,11 +279,17 @@ class ResultStore:
         if command is not None and not isinstance(command, str):
             command = " ".join(str(c) for c in command)
         with self.transaction():
+            # runs of this host left 'running' by a process that no longer exists were killed
+            # (SIGKILL, out of memory, a node going down): say so, so that 'running' means running
+            for r in self.conn.execute("SELECT id, host, pid FROM runs WHERE status='running'").fetchall():
+                if _run_process_gone(r["host"], r["pid"]):
+                    self.conn.execute("UPDATE runs SET status='interrupted' WHERE id=?", (r["id"],))
             cur = self.conn.execute(
-                "INSERT INTO runs(command, options, options_hash, version, host, started_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs(command, options, options_hash, version, host, started_at, pid) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (command, json.dumps(dict(options), sort_keys=True, default=str),
-                 options_hash(options), _version.__version__, os.uname().nodename, time.time()))
+                 options_hash(options), _version.__version__, os.uname().nodename, time.time(),
+                 os.getpid()))
             return int(cur.lastrowid)
 
     def finish_run(self, run_id: int, status: str = "finished") -> None:
@@ -270,7 +298,16 @@ class ResultStore:
                               (time.time(), status, run_id))
 
     def runs(self) -> list[dict]:
-        return [dict(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY id")]
+        """Every recorded run; status 'running', 'finished', 'failed' or 'interrupted' (a run of
+        this host whose process is gone without finishing; also reported so by a read-only store
+        before the next run records it)."""
+        out = []
+        for r in self.conn.execute("SELECT * FROM runs ORDER BY id"):
+            d = dict(r)
+            if d["status"] == "running" and _run_process_gone(d.get("host"), d.get("pid")):
+                d["status"] = "interrupted"
+            out.append(d)
+        return out
 
     # -- writing results ------------------------------------------------------------------
     def write_result(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import sqlite3
 import struct
 
@@ -222,3 +223,45 @@ def test_recompute_from_stored_spectra(tmp_path):
     (full,) = recompute_metrics(db, convention="full", fit_range=(5, 20))
     assert full["rankme"] == pytest.approx(g["rankme_full"], rel=1e-12)
     assert full["alpha"] == pytest.approx(M.alpha_req(spec, fit_range=(5, 20)).alpha, rel=1e-12)
+
+
+def test_runs_of_a_process_that_is_gone_are_interrupted(tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "r.db"
+    with ResultStore(db) as s:
+        mine = s.start_run(OPTS, "geomfast trace")
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+        gone = s.start_run(OPTS, "geomfast trace")
+        s.conn.execute("UPDATE runs SET pid=? WHERE id=?", (int(dead.stdout), gone))
+        other = s.start_run(OPTS, "geomfast trace")
+        s.conn.execute("UPDATE runs SET pid=?, host='elsewhere' WHERE id=?", (int(dead.stdout), other))
+        old = s.start_run(OPTS, "geomfast trace")
+        s.conn.execute("UPDATE runs SET pid=NULL WHERE id=?", (old,))
+        by_id = {r["id"]: r["status"] for r in s.runs()}
+        # this process's run is running; a run of another host or without a pid is not judged
+        assert by_id == {mine: "running", gone: "interrupted", other: "running", old: "running"}
+        s.finish_run(mine)
+        s.start_run(OPTS, "geomfast trace")  # records the verdict in the database
+        (st,) = s.conn.execute("SELECT status FROM runs WHERE id=?", (gone,)).fetchone()
+        assert st == "interrupted"
+
+
+def test_a_database_without_the_pid_column_gains_it(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "r.db"
+    with ResultStore(db) as s:
+        s.start_run(OPTS, "geomfast trace")
+    con = sqlite3.connect(db)
+    con.execute("ALTER TABLE runs DROP COLUMN pid")
+    con.commit()
+    con.close()
+    with ResultStore(db, readonly=True) as s:  # read-only: read as it is
+        assert [r["status"] for r in s.runs()] == ["running"] and "pid" not in s.runs()[0]
+    with ResultStore(db) as s:
+        s.start_run(OPTS, "geomfast trace")
+        runs = s.runs()
+        assert [r["pid"] for r in runs] == [None, os.getpid()]

@@ -103,6 +103,10 @@ def test_resume_after_sigkill(series, tmp_path):
     before = _rows(db)
     total = len(STEPS) * ROWS_PER_CKPT
     assert 1 <= len(before) < total, "the kill should land mid-sweep"
+    from geomfast.store import ResultStore
+
+    with ResultStore(db, readonly=True) as store:  # the killed run is not reported as running
+        assert [r["status"] for r in store.runs()] == ["interrupted"]
 
     # Re-run the very same command, plainly.
     out = subprocess.run([sys.executable, "-m", "geomfast", *args], env=_env(), cwd=tmp_path,
@@ -127,6 +131,9 @@ def test_resume_after_sigkill(series, tmp_path):
     assert out.returncode == 0, out.stderr
     assert f"{len(STEPS)} already done" in out.stdout
     assert _rows(db) == after
+    with sqlite3.connect(db) as con:  # recorded as such by the next run, finished ones as finished
+        assert [r[0] for r in con.execute("SELECT status FROM runs ORDER BY id")] == \
+            ["interrupted", "finished", "finished"]
 
 
 def _corrupt(folder: Path) -> None:
