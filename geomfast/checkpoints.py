@@ -29,7 +29,11 @@ __all__ = [
     "select_revisions",
     "resolve_checkpoints",
     "is_model_folder",
+    "weights_fingerprint",
 ]
+
+# What from_pretrained reads the weights from (sharded or not); their index files too.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 
 
 @dataclass(frozen=True)
@@ -428,3 +432,28 @@ def resolve_checkpoints(
         out.append(Checkpoint(model=series_name or model_id, revision=r, source=model_id,
                               hub_revision=r, step=step, tokens=tokens, order=i))
     return out
+
+
+def weights_fingerprint(source: str) -> str | None:
+    """A local model folder's weight files as a short hex digest of their names, sizes and
+    modification times (stat calls only: no file is read), or None for a hub source or a folder
+    without weight files. Rewriting a checkpoint in place (a run retrained into the same folders)
+    changes it; copying a folder without keeping times changes it too, which costs a recomputation,
+    never a stale result."""
+    import hashlib
+
+    path = Path(str(source)).expanduser()
+    if not path.is_dir():
+        return None
+    entries = []
+    for f in sorted(path.iterdir()):
+        name = f.name
+        if name.endswith(_WEIGHT_SUFFIXES) or name.endswith(tuple(s + ".index.json" for s in _WEIGHT_SUFFIXES)):
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            entries.append(f"{name}\t{st.st_size}\t{st.st_mtime_ns}")
+    if not entries:
+        return None
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:20]

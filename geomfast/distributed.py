@@ -346,7 +346,7 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
     """Run :func:`geomfast.sweep.trace` as one rank of a torch.distributed job (see the module
     docstring). Every rank returns rank 0's :class:`~geomfast.sweep.TraceSummary`."""
     from .store import ResultStore, options_hash
-    from .sweep import TraceSummary, pending_checkpoints
+    from .sweep import TraceSummary, drop_stale_results, pending_checkpoints
 
     parallel = parallel or "data"
     if parallel not in PARALLEL_MODES:
@@ -376,6 +376,7 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
                 checkpoints = resolve_checkpoints(
                     list(cfg.models) if len(cfg.models) > 1 else cfg.models[0], cfg.revisions,
                     local_files_only=cfg.local_files_only)
+                drop_stale_results(store, checkpoints, cfg)
                 keys = store.done_keys(h)
                 todo = pending_checkpoints(store, checkpoints, cfg, h, request, run_id, keys)
                 plan = {"run_id": run_id, "n": len(checkpoints), "todo": todo,

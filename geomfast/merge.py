@@ -131,6 +131,11 @@ def _merge_one(src, dst: ResultStore, summary: MergeSummary) -> None:
                                    "AND status='error' AND layer LIKE '*%'",
                                    (key[0], key[1], key[4]))
                 summary.replaced += max(cur.rowcount, 0)
+        # The weights local checkpoints' results were computed from (the output's record wins).
+        if _columns(src, "weights"):
+            for r in src.execute("SELECT model, revision, fingerprint, recorded_at FROM weights"):
+                conn.execute("INSERT OR IGNORE INTO weights(model, revision, fingerprint, recorded_at) "
+                             "VALUES (?, ?, ?, ?)", tuple(r))
         # Checkpoint markers (all their rows came along above, or were already there).
         for r in src.execute(f"SELECT {', '.join(ck_cols)} FROM checkpoints"):
             vals = {c: r[c] for c in ck_cols}

@@ -130,6 +130,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     finished_at  REAL NOT NULL,
     PRIMARY KEY (model, revision, options_hash, request)
 );
+CREATE TABLE IF NOT EXISTS weights (
+    model        TEXT NOT NULL,
+    revision     TEXT NOT NULL,
+    fingerprint  TEXT NOT NULL,
+    recorded_at  REAL NOT NULL,
+    PRIMARY KEY (model, revision)
+);
 CREATE TABLE IF NOT EXISTS spectra (
     result_id INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
     kind      TEXT NOT NULL,
@@ -426,6 +433,31 @@ class ResultStore:
                 "INSERT OR REPLACE INTO checkpoints(model, revision, options_hash, request, run_id, "
                 "finished_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (model, revision, options_hash, request, run_id, time.time()))
+
+    def sync_weights(self, model: str, revision: str, fingerprint: str) -> int:
+        """Compare a local checkpoint's weight files (``fingerprint``: their names, sizes and
+        modification times) with those its stored results were computed from. The first time,
+        record it. When they differ the folder was rewritten (e.g. a run retrained into the same
+        folders): every stored result and marker of (model, revision) describes weights that no
+        longer exist, and they are removed, with the new fingerprint recorded, in one
+        transaction. Returns the number of result rows removed."""
+        with self.transaction():
+            old = self.conn.execute("SELECT fingerprint FROM weights WHERE model=? AND revision=?",
+                                    (model, revision)).fetchone()
+            if old is not None and old[0] == fingerprint:
+                return 0
+            removed = 0
+            if old is not None:
+                ids = [r[0] for r in self.conn.execute(
+                    "SELECT id FROM results WHERE model=? AND revision=?", (model, revision))]
+                for rid in ids:
+                    self.conn.execute("DELETE FROM spectra WHERE result_id=?", (rid,))
+                    self.conn.execute("DELETE FROM results WHERE id=?", (rid,))
+                self.conn.execute("DELETE FROM checkpoints WHERE model=? AND revision=?", (model, revision))
+                removed = len(ids)
+            self.conn.execute("INSERT OR REPLACE INTO weights(model, revision, fingerprint, recorded_at) "
+                              "VALUES (?, ?, ?, ?)", (model, revision, fingerprint, time.time()))
+            return removed
 
     def done_checkpoints(self, options_hash: str, request: str) -> set[tuple[str, str]]:
         """(model, revision) pairs fully done for these options and this layer/pooling request."""

@@ -263,6 +263,26 @@ def static_layer_names(layers: Sequence[str]) -> list[str] | None:
     return names
 
 
+def drop_stale_results(store: ResultStore, checkpoints, cfg: TraceConfig) -> int:
+    """Remove the stored results of local checkpoints whose weight files changed since those
+    results were computed (checkpoints.weights_fingerprint; ResultStore.sync_weights), so that
+    they are recomputed instead of being reported for weights that no longer exist. Says so on
+    stderr. Returns the number of rows removed. Call before reading what is done."""
+    from .checkpoints import weights_fingerprint
+
+    total = 0
+    for c in checkpoints:
+        fp = weights_fingerprint(c.source) if c.hub_revision is None else None
+        if fp is None:
+            continue
+        removed = store.sync_weights(c.model, c.revision, fp)
+        if removed:
+            total += removed
+            print(f"[geomfast] {c.source}: its weight files changed since {removed} result(s) were stored "
+                  f"for it in {cfg.out}; those results were removed and are recomputed", file=sys.stderr)
+    return total
+
+
 def pending_checkpoints(store: ResultStore, checkpoints, cfg: TraceConfig, h: str, request: str,
                         run_id: int | None, keys: set | None = None) -> list:
     """The checkpoints with work left for this request. Beside the checkpoint markers, a request
@@ -534,6 +554,7 @@ def _trace(cfg: TraceConfig, *, command, store, on_checkpoint, parallel) -> Trac
             list(cfg.models) if len(cfg.models) > 1 else cfg.models[0], cfg.revisions,
             local_files_only=cfg.local_files_only)
         summary.checkpoints = len(checkpoints)
+        drop_stale_results(store, checkpoints, cfg)
         todo = pending_checkpoints(store, checkpoints, cfg, h, request, run_id)
         summary.skipped = len(checkpoints) - len(todo)
         if summary.skipped and cfg.progress:

@@ -417,3 +417,40 @@ def test_checkpoint_spectra_solved_together_equal_each_alone():
     assert solve_all(dict(list(accs.items())[:1]), cfg) == {}  # one accumulator: nothing to batch
     accs[("empty", "mean")] = geomfast.GramAccumulator(520)  # no rows: the batch raises
     assert solve_all(accs, cfg) == {}
+
+
+def test_a_checkpoint_rewritten_in_place_is_recomputed(tmp_path, capsys):
+    """A run retrained into the same step* folders: the results of a checkpoint whose weight
+    files changed are removed and recomputed from the new weights; untouched checkpoints are
+    skipped, and a re-run with nothing changed recomputes nothing."""
+    from helpers_models import save_tiny_model
+
+    from geomfast.store import ResultStore
+    from geomfast.sweep import trace
+
+    ck = make_checkpoint_folder(tmp_path / "ckpts", steps=(0, 1))
+    docs = write_text_files(tmp_path / "data")["txt"]
+    db = tmp_path / "r.db"
+    kw = dict(dataset=str(docs), out=str(db), n_samples=24, layers="last", pooling="mean",
+              fit_range=(3, 20), progress=False)
+    assert trace(str(ck), **kw).ok == 2
+    with ResultStore(db, readonly=True) as store:
+        first = {r["revision"]: r for r in store.rows()}
+    assert trace(str(ck), **kw).skipped == 2  # unchanged: nothing recomputed
+    save_tiny_model(ck / "step1", seed=77)  # other weights, same folder
+    s = trace(str(ck), **kw)
+    assert (s.ok, s.skipped) == (1, 1)
+    assert "weight files changed" in capsys.readouterr().err
+    with ResultStore(db, readonly=True) as store:
+        second = {r["revision"]: r for r in store.rows()}
+    assert len(second) == 2
+    assert second["step0"]["id"] == first["step0"]["id"]  # kept as it was
+    assert second["step1"]["id"] != first["step1"]["id"]
+    assert second["step1"]["rankme"] != pytest.approx(first["step1"]["rankme"], rel=1e-9)
+    # the new row is what a fresh database gives for the new weights
+    fresh = tmp_path / "fresh.db"
+    trace(str(ck), **{**kw, "out": str(fresh)}, revisions="step1")
+    with ResultStore(fresh, readonly=True) as store:
+        (row,) = store.rows()
+    assert row["rankme"] == pytest.approx(second["step1"]["rankme"], rel=1e-12)
+    assert trace(str(ck), **kw).skipped == 2
