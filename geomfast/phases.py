@@ -256,12 +256,16 @@ def _simplify(runs: list[list[int]], s: np.ndarray, thr: float, min_points: int)
     return runs
 
 
-def _refine(b: int, kind: str, x, m, y, h, lo: int, hi: int) -> int:
-    """Checkpoint of the extreme value near index b, within (lo, hi) exclusive of the neighbours'
-    own boundaries: median-filtered value first, raw value as tie-break."""
-    cand = [j for j in range(lo + 1, hi) if abs(j - b) <= 1 or abs(x[j] - x[b]) <= h / 2]
-    if not cand:
+def _refine(b: int, kind: str, x, m, y, h, lo: int, hi: int, min_points: int = 1) -> int:
+    """Checkpoint of the extreme value near index b, at least ``min_points`` intervals from the
+    neighbouring boundaries lo and hi (so that refining keeps every phase as long as
+    simplification made it): median-filtered value first, raw value as tie-break."""
+    first, last = lo + min_points, hi - min_points
+    if first > last:  # no room: keep the smoothed extremum
         return b
+    cand = [j for j in range(first, last + 1) if abs(j - b) <= 1 or abs(x[j] - x[b]) <= h / 2]
+    if not cand:  # the neighbours moved towards b: the allowed index nearest to it
+        return min(max(b, first), last)
     sign = 1.0 if kind == "max" else -1.0
     return max(cand, key=lambda j: (sign * m[j], sign * y[j]))
 
@@ -373,7 +377,7 @@ def detect_phases(steps, rankme, alpha=None, *, tokens=None, bandwidth: float = 
     cut = [runs[0][0]] + [rr[1] for rr in runs[:-1]] + [runs[-1][1]]
     for i in range(1, len(cut) - 1):
         kind = "max" if runs[i - 1][2] > 0 else "min"
-        cut[i] = _refine(cut[i], kind, x, m, r, bandwidth, cut[i - 1], cut[i + 1])
+        cut[i] = _refine(cut[i], kind, x, m, r, bandwidth, cut[i - 1], cut[i + 1], min_points)
 
     a_ok = a is not None and np.isfinite(a).sum() >= 3
     if a_ok:

@@ -100,6 +100,23 @@ def test_single_noisy_checkpoint_does_not_split_a_phase():
     assert res.absent == ["compression_seeking"]
 
 
+@pytest.mark.parametrize("seed", [460, 954, 2943])
+@pytest.mark.parametrize("min_points", [2, 3])
+def test_refined_boundaries_keep_every_phase_min_points_long(seed, min_points):
+    # random walks on irregular schedules where moving a boundary to its extreme checkpoint used
+    # to leave the first phase one interval long despite min_points = 2
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(6, 14))
+    steps = np.unique(np.concatenate([[0], np.sort(rng.integers(1, 5000, n))]))
+    y = np.cumsum(rng.standard_normal(len(steps))) * 3 + 30
+    res = detect_phases(steps, y, min_points=min_points)
+    assert res.phases, "the walks change by far more than the threshold"
+    for p in res.phases:
+        assert p.end_index - p.start_index >= min_points, (p.kind, p.start_index, p.end_index)
+    for p, q in zip(res.phases[:-1], res.phases[1:]):
+        assert p.end_index == q.start_index
+
+
 def test_missing_warmup_starts_later():
     steps = np.arange(1000, 143001, 1000)
     rk = _piecewise(steps, [1000, 30000, 143000], [20.0, 50.0, 35.0])
