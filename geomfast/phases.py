@@ -32,7 +32,8 @@ and where the paper draws its curves.
    whole change is below the threshold has no phase at all.
 4. **Boundaries.** Each boundary is the extremum between two runs, refined to the checkpoint
    with the extreme value (median-filtered, then raw, as tie-break) within half a bandwidth or
-   one checkpoint of the smoothed extremum. Boundaries are reported in steps, and in tokens where
+   one checkpoint of the smoothed extremum, and at least ``min_points`` intervals from the
+   neighbouring boundaries. Boundaries are reported in steps, and in tokens where
    the store knows them.
 5. **Labels.** A rise is ``entropy_seeking``. When the series starts at initialisation, a brief
    rise undone by a larger fall that a rise then follows is merged into the warm-up collapse
