@@ -823,3 +823,34 @@ def test_fast_bfloat16_columns_of_every_mean_to_spread_ratio(path, each_fast_ker
         shift = acc.state_dict()["shift"]
         on_grid = torch.from_numpy(shift).to(torch.bfloat16).double().numpy()
         assert np.array_equal(shift, on_grid), f"seed={seed}: shift not on the bf16 grid"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("path", ["one chunk", "lanes", "staged"])
+def test_fast_keeps_the_variance_of_a_tiny_column(dtype, path):
+    """A column whose values are ~1e-20 beside O(1) ones: float32 products lose its squares
+    (below float32's normal range), and its variance came out negative (-1.1e-44 for a true
+    1.0e-40). fast's diagonal is summed in float64: every variance is right and >= 0."""
+    rng = np.random.default_rng(11)
+    n, d = 6000, 24
+    x = rng.standard_normal((n, d)) * rng.uniform(0.5, 3.0, d) + rng.uniform(-5, 5, d)
+    x[:, 3] = rng.standard_normal(n) * 1e-20 + 3e-20
+    x[:, 17] = rng.standard_normal(n) * 2e-21
+    t = torch.from_numpy(x.astype(np.float32))
+    if dtype == "bfloat16":
+        t = t.to(torch.bfloat16)
+    xr = t.double().numpy()  # the values fed in, exactly
+    acc = geomfast.GramAccumulator(d, precision="fast")
+    if path == "staged":
+        for c in torch.split(t, 97):
+            acc.update(c)
+    elif path == "lanes":
+        with tuning(512, 1024):
+            acc.update(t)
+    else:
+        acc.update(t)
+    cov, want = acc.covariance(), np.cov(xr, rowvar=False)
+    var, true = np.diag(cov), np.diag(want)
+    assert (var > 0).all(), var[[3, 17]]
+    assert np.abs(var / true - 1).max() <= 1e-6, (var[[3, 17]], true[[3, 17]])
+    assert rel_fro(cov, want) <= BARS["fast"]

@@ -227,7 +227,7 @@ void dispatch_dtype(DType t, F&& f) {
 // threading the caller has set). flush_into adds it into a float64 upper triangle and empties it.
 class FastAccumulator {
  public:
-  FastAccumulator(int64_t dim, bool amx) : dim_(dim) {
+  FastAccumulator(int64_t dim, bool amx) : dim_(dim), diag_(static_cast<size_t>(dim), 0.0) {
     if (amx) split_ = std::make_unique<amx::SplitSyrk>(dim);
     else acc_.resize(static_cast<size_t>(dim * dim));
   }
@@ -246,6 +246,7 @@ class FastAccumulator {
   static constexpr int64_t kShortRun = 64;
   void update(const float* y, int64_t rows, bool short_input) {
     const int d = static_cast<int>(dim_);
+    add_squares(y, rows);
     if (split_) {
       split_->update(y, rows, dim_);
       pending_ += rows;
@@ -259,19 +260,41 @@ class FastAccumulator {
       pending_ += k;
     }
   }
-  // g[i + j*dim] += acc(i, j) for i <= j, then acc = 0.
+  // g[i + j*dim] += acc(i, j) for i < j, g[j + j*dim] += the float64 Σ y_j², then acc = 0.
   void flush_into(double* g) {
     if (pending_ == 0) return;
+    std::vector<double> before(static_cast<size_t>(dim_));
+    for (int64_t j = 0; j < dim_; ++j) before[j] = g[j + j * dim_];
     if (split_)
       split_->flush_into(g, dim_);
     else
       for (int64_t j = 0; j < dim_; ++j) add_f32_into_f64(acc_.data() + j * dim_, j + 1, g + j * dim_);
+    for (int64_t j = 0; j < dim_; ++j) {
+      g[j + j * dim_] = before[j] + diag_[j];
+      diag_[j] = 0.0;
+    }
     pending_ = 0;
   }
   int64_t pending_rows() const { return pending_; }
 
  private:
+  // The diagonal (the columns' sums of squares) in float64 from the same float32 rows: one more
+  // read of a block the product has just read (O(rows·d) beside its O(rows·d²)). float32 products
+  // lose a column whose values are tiny beside the others' (|y| ~ 1e-20: squares below float32's
+  // normal range, flushed or subnormal), and its variance came out negative (-1.1e-44 for a true
+  // 1.0e-40); the float64 diagonal keeps every variance right and >= 0.
+  void add_squares(const float* y, int64_t rows) {
+    double* diag = diag_.data();
+    const int64_t d = dim_;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = y + r * d;
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) diag[c] += static_cast<double>(row[c]) * static_cast<double>(row[c]);
+    }
+  }
+
   int64_t dim_;
+  std::vector<double> diag_;               // float64 Σ y² per column since the last flush
   int64_t pending_ = 0;                    // rows added since the last flush
   std::unique_ptr<amx::SplitSyrk> split_;  // AMX kernel, or
   std::vector<float> acc_;                 // the ssyrk accumulator

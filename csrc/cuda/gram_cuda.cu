@@ -21,6 +21,8 @@
 //       which carries only 11 bits) over chains of kFast32ChainRows rows added into a float32
 //       block (beta = 1), flushed every kFast32FlushRows rows.
 //     - fast, float16/bfloat16 input: the exact hi + lo split on tensor cores (below).
+//     On the fast paths the products' diagonal is then replaced by step 1's float64 Σ (x - c)²
+//     (float32 products lose a column whose values are tiny beside the others').
 //  4. commit: sum += Σ (x - c) - n (shift - c); gram += the exact algebraic correction from
 //     centring by c instead of shift (only where they differ); count += n.
 //
@@ -193,6 +195,7 @@ class CudaGram final : public GramBackend {
       c_.resize(d);
       zsum_.resize(d);
       zsq_.resize(d);
+      diag_.resize(d);
       flags_.resize(kNumFlags);
       zero_state(own_stream_);
       GF_CUDA_CHECK(cudaEventRecord(ready_, own_stream_));
@@ -214,7 +217,7 @@ class CudaGram final : public GramBackend {
       cudaEventDestroy(ready_);
     }
     if (own_stream_) cudaStreamDestroy(own_stream_);
-    for (auto* b : {&shift_, &sum_, &gram_, &c_, &zsum_, &zsq_, &part_}) b->free();  // on device_
+    for (auto* b : {&shift_, &sum_, &gram_, &c_, &zsum_, &zsq_, &diag_, &part_}) b->free();  // on device_
     flags_.free();
     col2j_.free();
     block_.free();
@@ -275,6 +278,10 @@ class CudaGram final : public GramBackend {
     writing_ = false;
     try {
       HandleLease lease(device_, st);
+      // fast: the diagonal is set from column_stats' float64 Σ (x - c)² after the products (the
+      // float32 ones lose a column whose values are tiny beside the others': a negative variance)
+      const bool exact_diagonal = path != Path::kHighest;
+      if (exact_diagonal) copy_diagonal(gram_.get(), d, diag_.get(), st);
       switch (path) {
         case Path::kHighest: products_highest(x, lease, st); break;
         case Path::kFast32: products_fast32(x, lease, st); break;
@@ -286,6 +293,7 @@ class CudaGram final : public GramBackend {
           break;
       }
       writing_ = true;
+      if (exact_diagonal) set_diagonal(gram_.get(), d, diag_.get(), zsq_.get(), st);
       commit_chunk(shift_.get(), c_.get(), zsum_.get(), d, n, c_mode_ != Mode::kExact, sum_.get(),
                    gram_.get(), st);
     } catch (const std::exception& e) {
@@ -633,6 +641,7 @@ class CudaGram final : public GramBackend {
   DeviceBuffer<double> shift_, sum_, gram_;  // the state: [d], [d], [d, d] col-major upper
   DeviceBuffer<double> c_;                   // [d] kernel shift
   DeviceBuffer<double> zsum_, zsq_;          // [d] chunk Σ (x - c), Σ (x - c)²
+  DeviceBuffer<double> diag_;                // [d] the state's diagonal before a fast chunk
   DeviceBuffer<double> part_;                // column_stats partials
   DeviceBuffer<unsigned long long> flags_;   // [kNumFlags]
   PinnedBuffer<unsigned long long> hflags_;  // [kNumFlags]

@@ -213,6 +213,17 @@ __global__ void set_shift_kernel(const double* __restrict__ csum,  // [d]
   if (j < d) shift[j] = csum[j] / n;
 }
 
+__global__ void copy_diagonal_kernel(const double* __restrict__ gram, int64_t d, double* __restrict__ out) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j < d) out[j] = gram[j + j * d];
+}
+
+__global__ void set_diagonal_kernel(double* __restrict__ gram, int64_t d, const double* __restrict__ base,
+                                    const double* __restrict__ add) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j < d) gram[j + j * d] = base[j] + add[j];
+}
+
 template <typename T16>
 __global__ void choose_split_shift_kernel(const double* __restrict__ shift,  // [d]
                                           const double* __restrict__ ysum,   // [d]
@@ -524,6 +535,16 @@ void column_stats(const MatrixView& x, const double* c, double split_max, double
 
 void set_shift(const double* csum, int64_t d, int64_t n, double* shift, cudaStream_t stream) {
   GF_LAUNCH((set_shift_kernel), (grid_1d(d, 256), 256, 0, stream), (csum, d, static_cast<double>(n), shift));
+  GF_CUDA_CHECK_LAUNCH(stream);
+}
+
+void copy_diagonal(const double* gram, int64_t d, double* out, cudaStream_t stream) {
+  GF_LAUNCH((copy_diagonal_kernel), (grid_1d(d, 256), 256, 0, stream), (gram, d, out));
+  GF_CUDA_CHECK_LAUNCH(stream);
+}
+
+void set_diagonal(double* gram, int64_t d, const double* base, const double* add, cudaStream_t stream) {
+  GF_LAUNCH((set_diagonal_kernel), (grid_1d(d, 256), 256, 0, stream), (gram, d, base, add));
   GF_CUDA_CHECK_LAUNCH(stream);
 }
 

@@ -31,6 +31,20 @@ void column_stats(const MatrixView& x,            // [n, d] any strides, any dty
                   unsigned long long* flags,      // [kNumFlags] out
                   cudaStream_t stream);
 
+// out[j] = gram[j, j] (the state's diagonal before a fast chunk's float32 products).
+void copy_diagonal(const double* gram,  // [d, d] col-major
+                   int64_t d,
+                   double* out,         // [d] out
+                   cudaStream_t stream);
+
+// gram[j, j] = base[j] + add[j]: the fast paths' diagonal from float64 sums of squares (their
+// float32 products lose a column whose values are tiny beside the others').
+void set_diagonal(double* gram,        // [d, d] col-major, diagonal written
+                  int64_t d,
+                  const double* base,  // [d]
+                  const double* add,   // [d]
+                  cudaStream_t stream);
+
 // shift[j] = csum[j] / n.
 void set_shift(const double* csum,  // [d]
                int64_t d, int64_t n,

@@ -286,6 +286,38 @@ void case_f16_split_overflow(unsigned seed) {
   report("fast f16 split overflow -> float32 path", rel_fro(cov_of(*g), reference_cov({&a, &b}, d)), 1e-6);
 }
 
+// A column whose values are ~1e-20 beside O(1) ones: float32 products (and tensor-core chains)
+// lose its squares below float32's normal range; the fast paths take the diagonal from float64
+// sums of squares, so every variance stays right and >= 0 (it came out negative on the CPU).
+void case_tiny_column(DType t, const char* kernel, unsigned seed) {
+  setenv("GEOMFAST_CUDA_GRAM_KERNEL", kernel, 1);
+  const int64_t d = 20;
+  std::mt19937_64 rng(seed);
+  std::vector<double> mean(d), sd(d);
+  for (int64_t j = 0; j < d; ++j) {
+    mean[j] = j % 3 == 0 ? 40.0 : -0.3;
+    sd[j] = 1.0 + 0.1 * j;
+  }
+  mean[3] = 3e-20, sd[3] = 1e-20;
+  mean[11] = 0.0, sd[11] = 2e-21;
+  std::vector<Chunk> chunks;
+  for (int64_t rows : {500, 301}) chunks.push_back(make_chunk(t, rows, d, mean, sd, rng));
+  auto g = make_cuda_gram(d, 0, Precision::kFast);
+  std::vector<const Chunk*> all;
+  for (const Chunk& c : chunks) {
+    g->update(c.view());
+    all.push_back(&c);
+  }
+  const auto cov = cov_of(*g), ref = reference_cov(all, d);
+  double worst = 0.0;
+  for (int64_t j = 0; j < d; ++j) worst = std::max(worst, std::fabs(cov[j * d + j] / ref[j * d + j] - 1.0));
+  char note[96];
+  std::snprintf(note, sizeof note, " (tiny variances %.3e %.3e vs %.3e %.3e)", cov[3 * d + 3], cov[11 * d + 11],
+                ref[3 * d + 3], ref[11 * d + 11]);
+  report(std::string("fast ") + dname(t) + " " + kernel + ": a column of ~1e-20 keeps its variance",
+         rel_fro(cov, ref), 1e-6, worst <= 1e-6, note);
+}
+
 // An unknown GEOMFAST_CUDA_GRAM_KERNEL is refused by name before the state changes.
 void case_bad_kernel_name(unsigned seed) {
   const int64_t d = 20;
@@ -353,6 +385,9 @@ int main() {
     unsetenv("GEOMFAST_CUDA_WG_TILE_N");
     case_dtype_switches(Precision::kFast, "wg", seed++);
     case_bad_kernel_name(seed++);
+    for (DType t : {DType::kFloat32, DType::kBFloat16}) case_tiny_column(t, "cublas", seed++);
+    case_tiny_column(DType::kBFloat16, "tc", seed++);
+    case_tiny_column(DType::kBFloat16, "wg", seed++);
     for (Precision p : {Precision::kHighest, Precision::kFast}) case_non_finite_and_state(p, seed++);
     case_f16_split_overflow(seed++);
     case_failure_midway(seed++);

@@ -52,6 +52,8 @@ double load(const void* p, cudaDataType_t t, size_t i) {
 }
 
 // C (n x n, col-major, the uplo triangle) = alpha op(A) op(A)ᵀ + beta C; trans N: A is n x k, T: k x n.
+// Products are rounded to T (float32 for SSYRK, as the device forms them; exact below that, and
+// summed in double, which is kinder than the device's float32 sums).
 template <typename T>
 cublasStatus_t syrk(cublasFillMode_t uplo, cublasOperation_t trans, int n, int k, const T* alpha, const T* A,
                            int lda, const T* beta, T* C, int ldc) {
@@ -64,7 +66,7 @@ cublasStatus_t syrk(cublasFillMode_t uplo, cublasOperation_t trans, int n, int k
       for (int p = 0; p < k; ++p) {
         const double a = trans == CUBLAS_OP_N ? A[i + static_cast<size_t>(p) * lda] : A[p + static_cast<size_t>(i) * lda];
         const double b = trans == CUBLAS_OP_N ? A[j + static_cast<size_t>(p) * lda] : A[p + static_cast<size_t>(j) * lda];
-        s += a * b;
+        s += static_cast<double>(static_cast<T>(a * b));  // each product in T, as the device forms it
       }
       T& c = C[i + static_cast<size_t>(j) * ldc];
       c = static_cast<T>(*alpha * s + (*beta == T(0) ? 0.0 : *beta * static_cast<double>(c)));
@@ -232,7 +234,9 @@ cublasStatus_t CUBLASWINAPI cublasGemmEx(cublasHandle_t, cublasOperation_t trans
       for (int p = 0; p < k; ++p) {
         const size_t ia = transa == CUBLAS_OP_N ? i + static_cast<size_t>(p) * lda : p + static_cast<size_t>(i) * lda;
         const size_t ib = transb == CUBLAS_OP_N ? p + static_cast<size_t>(j) * ldb : j + static_cast<size_t>(p) * ldb;
-        s += load(A, Atype, ia) * load(B, Btype, ib);
+        // a product of two 16-bit values is exact in float32 unless it falls below float32's
+        // normal range, where the device's float32 product loses bits, as it does here
+        s += static_cast<double>(static_cast<float>(load(A, Atype, ia) * load(B, Btype, ib)));
       }
       float& cij = c[i + static_cast<size_t>(j) * ldc];
       cij = static_cast<float>(al * s + (be == 0.0f ? 0.0 : be * static_cast<double>(cij)));
