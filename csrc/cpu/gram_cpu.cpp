@@ -153,18 +153,20 @@ void scan_rows(const MatrixView& x, int64_t r0, int64_t r1, ScanResult& res) {
   }
 }
 
-// Column sums (and, when colsq is given, sums of squares) of rows [r0, r1), exactly up-cast, in
-// float64, into colsum [d] / colsq [d]: the shift estimate.
+// Column sums and sums of squares, exactly up-cast, in float64, over m rows spread evenly over x
+// (row i·rows/m for i in [i0, i1)), into colsum [d] / colsq [d]: the shift estimate.
 template <DType T>
-void colsum_rows(const MatrixView& x, int64_t r0, int64_t r1, double* colsum, double* colsq) {
+void colsum_sampled(const MatrixView& x, int64_t i0, int64_t i1, int64_t m, double* colsum, double* colsq) {
   using L = Loader<T>;
   const auto* base = static_cast<const typename L::raw*>(x.data);
-  for (int64_t r = r0; r < r1; ++r)
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t r = i * x.rows / m;
     for (int64_t c = 0; c < x.cols; ++c) {
       const double v = L::get(base + r * x.row_stride + c * x.col_stride);
       colsum[c] += v;
-      if (colsq) colsq[c] += v * v;
+      colsq[c] += v * v;
     }
+  }
 }
 
 // The float64 value rounded to the nearest bfloat16 (through float; exactly a bf16 value).
@@ -332,6 +334,7 @@ class CpuGram final : public GramBackend {
     count_ = 0;
     shift_rows_ = 0;
     shift_.assign(dim_, 0.0);
+    scale_.assign(dim_, 0.0);
     sum_.assign(dim_, 0.0);
     g_.assign(static_cast<size_t>(dim_ * dim_), 0.0);
     staged_ = 0;
@@ -359,6 +362,7 @@ class CpuGram final : public GramBackend {
     else
       update_staged(x, block, exact);
     count_ += x.rows;
+    follow_drift(x.dtype);
   }
 
   GramState state() const override {
@@ -389,6 +393,12 @@ class CpuGram final : public GramBackend {
     shift_ = s.shift;
     sum_ = s.sum;
     g_ = s.gram;  // symmetric, so row- and column-major agree
+    scale_.assign(dim_, 0.0);  // the loaded rows' spread, for the drift checks
+    if (count_ > 0)
+      for (int64_t c = 0; c < dim_; ++c) {
+        const double n = static_cast<double>(count_), mu = sum_[c] / n;
+        scale_[c] = std::sqrt(std::max(0.0, g_[c + c * dim_] / n - mu * mu));
+      }
     staged_ = 0;
     stage_inexact_ = false;
     stage_short_ = false;
@@ -432,11 +442,12 @@ class CpuGram final : public GramBackend {
   // ---- pass 1: every value checked before the state changes; the first update sets the shift.
   void validate_and_shift(const MatrixView& x) {
     const int64_t n = x.rows, d = dim_;
-    // The shift is the column means of the rows seen so far (at most the first kShiftRows of a
-    // chunk: any shift near the mean centres equally well, and summing a whole chunk in float64
-    // cost as much as the validation itself); it is re-estimated while it rests on few rows (a
-    // tiny first chunk), so that later rows stay well centred (fast accumulates in float32, where
-    // an off-centre shift costs accuracy). At most a handful of times per state.
+    // The shift is the column means of the rows seen so far (of a chunk, at most kShiftRows rows
+    // spread evenly over it: any shift near the mean centres equally well, and summing a whole
+    // chunk in float64 cost as much as the validation itself); it is re-estimated while it rests
+    // on few rows (a tiny first chunk), and when the data drift away from it (below), so that
+    // later rows stay well centred (fast accumulates in float32, where an off-centre shift costs
+    // accuracy, and highest's float64 sums lose to cancellation).
     const bool reshift = count_ == 0 || (shift_rows_ < kShiftRows && count_ + n >= 4 * shift_rows_);
     const int nthreads = ThreadPool::instance().size();
     std::vector<ScanResult> scans(nthreads);
@@ -462,51 +473,85 @@ class CpuGram final : public GramBackend {
       GF_THROW(ValueError, "[GramAccumulator.update] precision='fast' multiplies in float32, which cannot hold ",
                "products of values of magnitude ", scan.max_abs, " (expected max |x| in [", kFastMinAbs, ", ",
                kFastMaxAbs, "]); use precision='highest'");
-    if (reshift) {
-      const int64_t m = std::min<int64_t>(n, kShiftRows);
-      // fast on AMX with bf16 input, and the exact AMX-INT8 kernel with bf16/f16 input: a shift
-      // on the input's grid (below), which needs the columns' spread.
-      const bool bf16_grid = (amx_ || exact_) && x.dtype == DType::kBFloat16;
-      const bool f16_grid = exact_ && x.dtype == DType::kFloat16;
-      const bool grid = bf16_grid || f16_grid;
-      std::vector<double> colsums(static_cast<size_t>(nthreads * d), 0.0);
-      std::vector<double> colsqs(grid ? static_cast<size_t>(nthreads * d) : 0, 0.0);
-      dispatch_dtype(x.dtype, [&](auto tag) {
-        parallel_for(m, 256, [&](int64_t r0, int64_t r1, int part) {
-          colsum_rows<decltype(tag)::value>(x, r0, r1, colsums.data() + part * d,
-                                            grid ? colsqs.data() + part * d : nullptr);
-        });
+    // A chunk whose mean (from kDriftRows rows spread over it) is far from the shift: the data
+    // moved away (a drifting stream, another kind of text), the rows to come are like this chunk,
+    // so the state is re-expressed around its mean before its products. (Re-expressing the rows
+    // before it costs a few roundings; the final cancellation stays small unless they are most
+    // of the rows.) follow_drift catches a drift of chunks too small to judge alone.
+    const bool look = !reshift && n >= kDriftChunkRows;
+    if (!reshift && !look) return;
+    const int64_t m = std::min<int64_t>(n, reshift ? kShiftRows : kDriftRows);
+    // The chunk's column means and variances from m rows spread evenly over it (the first rows of
+    // a chunk may not be like the rest: sequences sorted by length, a drifting stream).
+    std::vector<double> colsums(static_cast<size_t>(nthreads * d), 0.0), colsqs(colsums.size(), 0.0);
+    dispatch_dtype(x.dtype, [&](auto tag) {
+      parallel_for(m, 256, [&](int64_t i0, int64_t i1, int part) {
+        colsum_sampled<decltype(tag)::value>(x, i0, i1, m, colsums.data() + part * d, colsqs.data() + part * d);
       });
-      std::vector<double> mean(d);
-      const double total = static_cast<double>(count_ + m);
-      for (int64_t c = 0; c < d; ++c) {
-        double s = 0.0;
-        for (int p = 0; p < nthreads; ++p) s += colsums[p * d + c];
-        // Σx over earlier rows = count·shift + Σy.
-        mean[c] = (s + static_cast<double>(count_) * shift_[c] + sum_[c]) / total;
-        if (grid) {
-          // bf16 x minus a bf16 shift is exact in float32 with few significant bits (≤ 16 when the
-          // exponents are within 8): the AMX kernel then skips the lo products — a third of its
-          // work — wherever they are exactly zero (an exact skip). Columns whose mean is within
-          // 2 spreads of 0 are not shifted (y = x itself, no lo part): at most a factor 5 of
-          // float32 accumulation error there, inside the bar for the AMX kernel's two-level sums
-          // (measured). Not for float32 syrk: its 512-row float32 sums lost accuracy on
-          // grid-shifted data (correlated rounding of short values: 1.0-1.7e-6 measured).
-          // For the exact kernel the few bits are what make the int8 digits exact; the
-          // shift's distance from the mean (≤ 2^-9 of it) costs float64 a few bits at most.
-          double q = 0.0;
-          for (int p = 0; p < nthreads; ++p) q += colsqs[p * d + c];
-          const double mu = s / static_cast<double>(m);
-          const double var = std::max(0.0, q / static_cast<double>(m) - mu * mu);
-          mean[c] = std::abs(mean[c]) <= 2.0 * std::sqrt(var) ? 0.0
-                    : bf16_grid                                  ? round_to_bf16(mean[c])
-                                                                 : round_to_f16(mean[c]);
-        }
-      }
-      if (count_ == 0) shift_ = mean;
-      else reshift_to(mean);
-      shift_rows_ = count_ + m;
+    });
+    const double n0 = static_cast<double>(count_), w = static_cast<double>(n), total = n0 + w;
+    std::vector<double> mean(d), spread(d);
+    bool drift = reshift;
+    for (int64_t c = 0; c < d; ++c) {
+      double s = 0.0, q = 0.0;
+      for (int p = 0; p < nthreads; ++p) s += colsums[p * d + c], q += colsqs[p * d + c];
+      const double mu = s / static_cast<double>(m), var = std::max(0.0, q / static_cast<double>(m) - mu * mu);
+      // the rows so far (Σx over them = count·shift + Σy) and this chunk, weighted by their rows
+      const double mu0 = count_ > 0 ? shift_[c] + sum_[c] / n0 : 0.0, s0 = scale_[c];
+      mean[c] = reshift ? (n0 * mu0 + w * mu) / total : mu;
+      spread[c] = std::sqrt((n0 * s0 * s0 + w * var) / total + n0 * w / (total * total) * (mu0 - mu) * (mu0 - mu));
+      const double sd = std::max(s0, std::sqrt(var));
+      drift = drift || (sd > 0 && std::abs(mu - shift_[c]) > kDriftSpreads * sd);
     }
+    if (!drift) return;
+    on_grid(mean, spread, x.dtype);
+    if (look && mean == shift_) return;
+    if (count_ == 0) shift_ = mean;
+    else reshift_to(mean);
+    scale_ = spread;
+    shift_rows_ = std::max(shift_rows_, count_ + m);
+  }
+
+  // fast on AMX with bf16 input, and the exact AMX-INT8 kernel with bf16/f16 input: the shift on
+  // the input's grid. bf16 x minus a bf16 shift is exact in float32 with few significant bits
+  // (≤ 16 when the exponents are within 8): the AMX kernel then skips the lo products — a third of
+  // its work — wherever they are exactly zero (an exact skip). Columns whose mean is within 2
+  // spreads of 0 are not shifted (y = x itself, no lo part): at most a factor 5 of float32
+  // accumulation error there, inside the bar for the AMX kernel's two-level sums (measured). Not
+  // for float32 syrk: its 512-row float32 sums lost accuracy on grid-shifted data (correlated
+  // rounding of short values: 1.0-1.7e-6 measured). For the exact kernel the few bits are what
+  // make the int8 digits exact; the shift's distance from the mean (≤ 2^-9 of it) costs float64 a
+  // few bits at most.
+  void on_grid(std::vector<double>& mean, const std::vector<double>& spread, DType t) const {
+    const bool bf16_grid = (amx_ || exact_) && t == DType::kBFloat16;
+    const bool f16_grid = exact_ && t == DType::kFloat16;
+    if (!bf16_grid && !f16_grid) return;
+    for (size_t c = 0; c < mean.size(); ++c)
+      mean[c] = std::abs(mean[c]) <= 2.0 * spread[c] ? 0.0 : bf16_grid ? round_to_bf16(mean[c]) : round_to_f16(mean[c]);
+  }
+
+  // After an update: when the state's mean is more than kDriftSpreads spreads from the shift in
+  // some column (small chunks drifting away from the rows the shift came from), the state is
+  // re-expressed around it. Rows summed k spreads off-centre lose a factor ~k² to cancellation,
+  // and the products' rounding grows with the rows (float32 input 5 spreads off, one update: 5e-11
+  // at 160,000 rows, over highest's 1e-12). O(d) per update; the re-shift (O(d²)) only on drift.
+  void follow_drift(DType t) {
+    const int64_t d = dim_;
+    const double n0 = static_cast<double>(count_);
+    bool drift = false;
+    for (int64_t c = 0; c < d && !drift; ++c) drift = scale_[c] > 0 && std::abs(sum_[c]) > kDriftSpreads * scale_[c] * n0;
+    if (!drift) return;
+    settle_pending();
+    std::vector<double> mean(d), spread(d);
+    for (int64_t c = 0; c < d; ++c) {
+      const double mu = sum_[c] / n0;
+      mean[c] = shift_[c] + mu;
+      spread[c] = std::sqrt(std::max(0.0, g_[c + c * d] / n0 - mu * mu));
+    }
+    on_grid(mean, spread, t);
+    if (mean == shift_) return;
+    reshift_to(mean);
+    scale_ = spread;
   }
 
   // Re-expresses the state around a new shift (exact algebra; staged work is settled first).
@@ -676,6 +721,10 @@ class CpuGram final : public GramBackend {
   }
 
   static constexpr int64_t kShiftRows = 4096;     // re-estimate the shift until it rests on this many rows
+  static constexpr double kDriftSpreads = 3.0;    // a mean this many spreads from the shift: re-shift
+  static constexpr int64_t kDriftRows = 64;       // rows sampled from a chunk for its mean (to 1/8 spread)
+  static constexpr int64_t kDriftChunkRows = 32;  // smaller chunks' own means are too noisy (an outlier
+                                                  // row): only the state's mean is checked after them
   static constexpr double kFastMaxAbs = 1e17;     // float32 sums of ≤ 2048·(1e17)² stay finite
   static constexpr double kFastMinAbs = 1e-15;    // below, float32 squares lose digits to underflow
 
@@ -684,6 +733,7 @@ class CpuGram final : public GramBackend {
   int64_t count_ = 0;
   int64_t shift_rows_ = 0;               // rows the shift was estimated from
   std::vector<double> shift_, sum_, g_;  // g_: [dim, dim] col-major, upper triangle valid
+  std::vector<double> scale_;            // the columns' spread when the shift was set (drift checks)
   std::vector<double> stage64_;          // [block_rows, dim] staged centred rows (highest, exact)
   std::vector<float> stage32_;           // [block_rows, dim] staged centred rows (fast)
   int64_t staged_ = 0;                   // rows in the staging block (already in count_/sum_)
