@@ -81,18 +81,30 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
   std::vector<double> prev, vals;
   double change = 0.0;
   bool converged = false;
-  int64_t cols = b, depth = 0;
+  int64_t cols = b, depth = 0, bj = b;  // bj: the width of the newest block (the last may be narrower)
+  int64_t estimates = 0;
   for (;; ++depth) {
-    const int64_t j0 = cols - b;
+    const int64_t j0 = cols - bj;
     Mat qj = cols_of(v, j0, cols);
-    Mat w = cols_of(v, cols, std::min(cols + b, max_cols + b));  // next slot
-    w.cols = b;
+    Mat w = cols_of(v, cols, cols + bj);  // next slot (room for b columns)
     ops.apply(qj, w);  // W = A Q_j
     Mat vcur = cols_of(v, 0, cols);
-    Mat cc{c.data, cols, b};
+    Mat cc{c.data, cols, bj};
     ops.gemm_tn(vcur, w, cc);  // T[0:cols, j0:cols]
     ops.download(cc, col.data());
-    for (int64_t jj = 0; jj < b; ++jj)
+    if (depth == 0 && ops.scale == 1.0) {
+      // A's scale from Q₀ᵀAQ₀: beyond 2^±400 (~1e±120) the Gram products of the orthonormalization
+      // (xᵀx, of A's scale squared) would overflow or underflow float64 (Ritz values 30 % off at
+      // 1e160). Start again with A times a power of two (exact); the values are scaled back below.
+      double amax = 0.0;
+      for (int64_t i = 0; i < cols * bj; ++i) amax = std::max(amax, std::abs(col[i]));
+      if (std::isfinite(amax) && amax > 0 && (amax > 0x1p400 || amax < 0x1p-400)) {
+        ops.scale = std::ldexp(1.0, -std::ilogb(amax));
+        depth = -1;
+        continue;
+      }
+    }
+    for (int64_t jj = 0; jj < bj; ++jj)
       for (int64_t i = 0; i < cols; ++i) {
         const double val = col[i + jj * cols];
         const int64_t r = i, cidx = j0 + jj;
@@ -108,6 +120,7 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
       Mat td{t_dev.data, cols, cols};
       ops.upload(lead.data(), td);
       vals = ops.small_eigvalsh(td);
+      ++estimates;
       for (double x : vals)
         if (!std::isfinite(x))
           GF_THROW(RuntimeError, "[eigvalsh] randomized solver produced non-finite Ritz values at depth ", depth);
@@ -123,32 +136,41 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
       }
       prev = vals;
     }
-    const bool space_full = cols + b > max_cols || cols >= n;
+    // The next block is b wide, or what is left of the space (a last, narrower block: the space
+    // then reaches all n columns when max_cols = n, where the Ritz values are exact).
+    const int64_t next = std::min(b, max_cols - cols);
+    const bool space_full = next <= 0 || cols >= n;
     const bool done = fixed ? (depth >= opt.n_iter && cols >= min_cols) : converged;
     if (done || space_full) {
       if (space_full && cols >= n) converged = true;  // the whole space: Ritz values are exact
       break;
     }
-    // Next block: W ← orth(W − V C) with the C already computed, then a second Gram–Schmidt pass.
+    // Next block: W ← orth(W − V C) with the C already computed, then a second Gram–Schmidt pass
+    // (of W's first `next` columns when the space has less room left than a block).
     ops.gemm_nn(vcur, cc, w, -1.0, 1.0);
+    w.cols = next;
     project_out(ops, vcur, w, c, 1);
     if (ops.orthonormalize(w)) {
       project_out(ops, vcur, w, c, 2);
       ops.orthonormalize(w);
     }
-    cols += b;
+    cols += next;
+    bj = next;
   }
 
   if (static_cast<int64_t>(vals.size()) < k)
     GF_THROW(RuntimeError, "[eigvalsh] randomized solver ended with ", vals.size(), " Ritz values, fewer than k=", k);
   res.values.assign(vals.begin(), vals.begin() + k);
+  for (double& x : res.values) x /= ops.scale;  // a power of two: exact
   res.iterations = depth;
   res.last_change = change;
   res.converged = fixed ? true : converged;
   if (!res.converged)
     res.warnings.push_back("randomized eigvalsh did not reach tol=" + std::to_string(opt.tol) + " for the top " +
                            std::to_string(check_k) + " values within a Krylov space of " + std::to_string(cols) +
-                           " columns (last relative change " + std::to_string(change) +
+                           " columns (" +
+                           (estimates > 1 ? "last relative change " + std::to_string(change)
+                                          : std::string("one Ritz estimate only: nothing to compare")) +
                            "); raise max_iter or use method='full'");
   return res;
 }

@@ -115,12 +115,12 @@ class CpuDenseOps final : public DenseOps {
   }
   void apply(const Mat& x, Mat& y) override {
     if (full_) {
-      GF_BLAS(cblas_dgemm)(blas::kColMajor, blas::kNoTrans, blas::kNoTrans, (int)n_, (int)x.cols, (int)n_, 1.0, a_,
+      GF_BLAS(cblas_dgemm)(blas::kColMajor, blas::kNoTrans, blas::kNoTrans, (int)n_, (int)x.cols, (int)n_, scale, a_,
                            (int)n_, x.data, (int)x.rows, 0.0, y.data, (int)y.rows);
       return;
     }
     // symm reads one triangle, so the caller's matrix is used as it is (no symmetrized copy).
-    GF_BLAS(cblas_dsymm)(blas::kColMajor, blas::kLeft, uplo_, (int)n_, (int)x.cols, 1.0, a_, (int)n_, x.data,
+    GF_BLAS(cblas_dsymm)(blas::kColMajor, blas::kLeft, uplo_, (int)n_, (int)x.cols, scale, a_, (int)n_, x.data,
                          (int)x.rows, 0.0, y.data, (int)y.rows);
   }
   void gemm_tn(const Mat& x, const Mat& y, Mat& b) override {

@@ -118,8 +118,8 @@ class CudaDenseOps final : public DenseOps {
 
   void apply(const Mat& x, Mat& y) override {  // y = A x
     GF_ASSERT(x.rows == n_ && y.rows == n_ && y.cols == x.cols, "apply shapes");
-    const double one = 1.0, zero = 0.0;
-    GF_CUBLAS_CHECK(cublasDgemm(blas(), CUBLAS_OP_N, CUBLAS_OP_N, i32(n_), i32(x.cols), i32(n_), &one, a_,
+    const double zero = 0.0;
+    GF_CUBLAS_CHECK(cublasDgemm(blas(), CUBLAS_OP_N, CUBLAS_OP_N, i32(n_), i32(x.cols), i32(n_), &scale, a_,
                                 i32(n_), x.data, i32(x.rows), &zero, y.data, i32(y.rows)));
   }
 

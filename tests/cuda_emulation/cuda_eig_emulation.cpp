@@ -157,6 +157,26 @@ int main() {
     rnd.k = m - 4;  // k + oversample >= n: the dense solver
     r = eigvalsh_cuda(cuda_view(b.data(), DType::kFloat64, m, m, 1), rnd);
     report("randomized with k + oversample >= n: dense", max_rel(r.values, lam2, m - 4), 1e-12, r.values.size() == size_t(m - 4));
+    {
+      // n not a multiple of the 32-column block: the last block is narrower and the space
+      // reaches all n columns (exact values); and a matrix of 1e200 (xᵀx would overflow)
+      const int64_t m3 = 50;
+      const std::vector<double> lam3 = power_law(m3, 1.0);
+      const std::vector<double> b3 = with_spectrum(lam3, rng);
+      EigOptions r3;
+      r3.method = EigMethod::kRandomized;
+      r3.k = 8;
+      r = eigvalsh_cuda(cuda_view(b3.data(), DType::kFloat64, m3, m3, 1), r3);
+      report("randomized top-8 of 50: a narrower last block, exact", max_rel(r.values, lam3, 8), 1e-10,
+             r.converged && r.warnings.empty());
+      std::vector<double> big(b.size()), lam_big(lam2.size());
+      for (size_t i = 0; i < b.size(); ++i) big[i] = b[i] * 1e200;
+      for (size_t i = 0; i < lam2.size(); ++i) lam_big[i] = lam2[i] * 1e200;
+      rnd.k = 20;
+      r = eigvalsh_cuda(cuda_view(big.data(), DType::kFloat64, m, m, 1), rnd);
+      report("randomized top-20 of 400 times 1e200 (operator scaled)", max_rel(r.values, lam_big, 20), 1e-6,
+             r.values.size() == 20 && r.converged);
+    }
 
     // accumulators: spectrum() and the batched spectra
     std::vector<std::unique_ptr<GramBackend>> accs;

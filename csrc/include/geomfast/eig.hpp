@@ -59,7 +59,7 @@ class DenseOps {
   virtual Mat alloc(int64_t rows, int64_t cols) = 0;      // freed by release() or the destructor
   virtual void release(Mat& m) = 0;
   virtual void upload(const double* host, Mat& dst) = 0;  // host [rows*cols] column-major
-  virtual void apply(const Mat& x, Mat& y) = 0;           // y = A x, A the bound n × n operator
+  virtual void apply(const Mat& x, Mat& y) = 0;           // y = scale · A x, A the bound n × n operator
   virtual void gemm_tn(const Mat& x, const Mat& y, Mat& b) = 0;  // b = xᵀ y
   virtual void gemm_nn(const Mat& x, const Mat& y, Mat& z, double alpha, double beta) = 0;  // z = αxy + βz
   virtual void download(const Mat& src, double* host) = 0;       // host [rows*cols] column-major
@@ -69,6 +69,9 @@ class DenseOps {
   // Mat values may be views: column sub-blocks of an allocation (contiguous, ld = rows);
   // release() only the allocations themselves.
   virtual std::vector<double> small_eigvalsh(const Mat& b) = 0;  // host, descending
+  // A power of two the operator is applied with (randomized_eigvalsh sets it, so that products
+  // like xᵀx of A's scale neither overflow nor underflow float64).
+  double scale = 1.0;
 };
 
 // Top-k eigenvalues of the symmetric operator behind `ops` (size n × n).
