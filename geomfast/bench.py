@@ -30,8 +30,10 @@ sides run under the same ones, which the JSON records.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import re
 import statistics
 import time
 from typing import Callable, Sequence
@@ -88,7 +90,11 @@ def make_activations(n_rows: int, d: int, dtype: str = "float32", *, device: str
 
 
 def make_spd(d: int, *, alpha: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(A [d, d] float64 symmetric positive definite, its eigenvalues descending: k^(−alpha))."""
+    """(A [d, d] float64 symmetric positive definite, its eigenvalues descending: k^(−alpha)).
+
+    alpha must be a finite number >= 0 (0: a flat spectrum, A = I up to rounding); a negative
+    alpha would make the spectrum ascending."""
+    _check_alpha(alpha)
     rng = np.random.default_rng(seed)
     lam = np.arange(1, d + 1, dtype=np.float64) ** (-alpha)
     q, r = np.linalg.qr(rng.standard_normal((d, d)))
@@ -116,6 +122,102 @@ def _reference_gram(x, centered: bool) -> np.ndarray:
         c = _to_numpy64(x[i:i + 16384]) - mean
         g += c.T @ c
     return g / (n - 1) if centered else g
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _name(key: str, cli: bool) -> str:
+    """How an error names a setting: the CLI flag (``--tol-k``) or the keyword (``tol_k``)."""
+    return "--" + key.replace("_", "-") if cli else key
+
+
+def _fail(msg: str, cli: bool):
+    raise ValueError(msg if cli else f"[bench] {msg}")
+
+
+def _check_alpha(alpha, cli: bool = False) -> float:
+    """alpha: the power-law exponent of the eigenvalue spectrum k^(−alpha), descending. 0 is a
+    flat spectrum (every row still has a meaningful error against it); negative would be ascending."""
+    if (isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating))
+            or not math.isfinite(alpha) or alpha < 0):
+        _fail(f"{_name('alpha', cli)} must be a finite number >= 0 (the spectrum k^-alpha descends; "
+              f"0 is flat), got {alpha!r}", cli)
+    return float(alpha)
+
+
+_DEVICE_RE = re.compile(r"cuda(?::(\d+))?")
+
+
+def _check_device(device, cli: bool = False) -> str:
+    """cpu, cuda or cuda:N, where for cuda geomfast's CUDA backend is usable (and torch, which makes
+    the inputs there, has CUDA)."""
+    flag = _name("device", cli)
+    if not isinstance(device, str):
+        _fail(f"{flag} must be cpu, cuda or cuda:N, got {device!r}", cli)
+    if device == "cpu":
+        return device
+    m = _DEVICE_RE.fullmatch(device)
+    if m is None:
+        _fail(f"{flag} must be cpu, cuda or cuda:N, got {device!r}", cli)
+    from .linalg import backends
+
+    cuda = backends().get("cuda", {})
+    if not cuda.get("usable"):
+        _fail(f"{flag} {device}: geomfast's CUDA backend is not usable here: "
+              f"{cuda.get('reason') or 'no reason given'}", cli)
+    count = int(cuda.get("device_count") or 0)
+    if m.group(1) is not None and int(m.group(1)) >= count:
+        _fail(f"{flag} {device}: expected cuda:0 to cuda:{count - 1} ({count} CUDA device(s)), "
+              f"got index {m.group(1)}", cli)
+    if not _have("torch"):
+        _fail(f"{flag} {device}: the benchmark makes its CUDA inputs with torch, which is not installed", cli)
+    import torch
+
+    if not torch.cuda.is_available():
+        _fail(f"{flag} {device}: the benchmark makes its CUDA inputs with torch, and this torch "
+              f"({torch.__version__}) has no usable CUDA", cli)
+    return device
+
+
+def _check_eig_options(eig_options: dict | None, cli: bool = False) -> dict:
+    """The randomized solver's options, by geomfast.eigvalsh's rules (linalg._eig_args): tol a
+    finite float > 0, the integer options >= 0."""
+    opts = dict(eig_options or {})
+    for key in ("oversample", "block", "n_iter", "tol_k", "max_iter", "seed"):
+        val = opts.get(key)
+        if val is not None and (isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0):
+            _fail(f"{_name(key, cli)} must be a non-negative int, got {val!r}", cli)
+    tol = opts.get("tol")
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating))
+                            or not math.isfinite(tol) or tol <= 0):
+        _fail(f"{_name('tol', cli)} must be a finite number > 0, got {tol!r}", cli)
+    return opts
+
+
+def _check_k(k, sizes: Sequence[int], cli: bool = False) -> int:
+    """randomized top-k: 1 <= k <= every size, as geomfast.eigvalsh refuses k > d (no clamping)."""
+    smallest = min(int(d) for d in sizes)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= smallest:
+        _fail(f"{_name('k', cli)} must be an int in [1, {smallest}] (the smallest size: "
+              f"eigvalsh refuses k > d), got {k!r}", cli)
+    return int(k)
+
+
+def _check_json_path(path: str) -> None:
+    """--json FILE: its folder exists and is writable, and FILE is not a folder — before any run."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"--json {path}: expected a file name, got a folder")
+    if not os.path.isdir(folder):
+        raise ValueError(f"--json {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--json {path}: the folder {folder} is not writable")
+
+
+def _error_kind(message: str) -> str:
+    """'ValueError' of 'ValueError: …' (the exception type a row's error starts with)."""
+    head = message.split(":", 1)[0]
+    return head if head.isidentifier() else "see below"
 
 
 # ----------------------------------------------------------------------------- cases
@@ -240,7 +342,7 @@ def bench_gram(d: int, *, n_rows: int = 16384, dtype: str = "float32", precision
                      "median_s": med, "min_s": best, "repeats": repeats,
                      "gflops": n_rows * d * d / med / 1e9, "rel_error": err})
     ok = [r for r in rows if "error" not in r]
-    if ok and ok[0]["impl"].startswith("geomfast"):
+    if rows and "error" not in rows[0]:  # the first case is the geomfast one: no silent other baseline
         _speedups(ok)
     return rows
 
@@ -258,6 +360,8 @@ def bench_eig(d: int, *, method: str = "full", k: int | None = 256, device: str 
     if method == "randomized":
         if k is None or not 1 <= k <= d:
             raise ValueError(f"[bench] randomized needs 1 <= k <= d={d}, got k={k!r}")
+        eig_options = _check_eig_options(eig_options)
+    _check_device(device)
     a, lam = make_spd(d, alpha=alpha, seed=seed)
     rows = []
     for name, fn in eig_cases(a, method=method, k=k, device=device, seed=seed, eig_options=eig_options).items():
@@ -277,7 +381,7 @@ def bench_eig(d: int, *, method: str = "full", k: int | None = 256, device: str 
                      "gflops": (4.0 / 3.0) * d ** 3 / med / 1e9, "rel_error": err,
                      "rel_error_top100": err100})
     ok = [r for r in rows if "error" not in r]
-    if ok and ok[0]["impl"].startswith("geomfast"):
+    if rows and "error" not in rows[0]:  # the first case is the geomfast one: no silent other baseline
         _speedups(ok)
     return rows
 
@@ -330,6 +434,15 @@ def run_bench(*, op: str = "all", sizes: Sequence[int] = QUICK_SIZES, n_rows: in
         raise ValueError(f"[bench] sizes must be hidden sizes >= 2, got {list(sizes)}")
     if int(n_rows) < 2 or int(repeats) < 1:
         raise ValueError(f"[bench] expected n_rows >= 2 and repeats >= 1, got n_rows={n_rows}, repeats={repeats}")
+    # every setting checked before the first case runs (a bad one must not cost a whole run)
+    _check_device(device)
+    if op in ("eig", "all"):
+        if method not in ("full", "randomized"):
+            raise ValueError(f"[bench] method must be 'full' or 'randomized', got {method!r}")
+        _check_alpha(alpha)
+        if method == "randomized":
+            _check_k(k, sizes)
+            eig_options = _check_eig_options(eig_options)
     results: list[dict] = []
     for d in sizes:
         if op in ("gram", "all"):
@@ -340,7 +453,7 @@ def run_bench(*, op: str = "all", sizes: Sequence[int] = QUICK_SIZES, n_rows: in
                     results += bench_gram(d, n_rows=n_rows, dtype=dt, precision=prec, device=device,
                                           repeats=repeats, warmup=warmup)
         if op in ("eig", "all"):
-            kk = min(k, d) if method == "randomized" else None
+            kk = k if method == "randomized" else None
             if progress:
                 progress(f"eig d={d} {method}" + (f" k={kk}" if kk else ""))
             results += bench_eig(d, method=method, k=kk, device=device, alpha=alpha, repeats=repeats,
@@ -369,17 +482,29 @@ def format_bench(results: Sequence[dict]) -> str:
         title = (f"gram  d={d}  n={n}  {dt}  on {device}  (GFLOP/s = n·d²/t)" if op == "gram" else
                  f"eig  d={d}  {method}{f' top-{k}' if k else ''}  spectrum k^-{alpha:g}  on {device}  "
                  f"(GFLOP/s = 4/3·d³/t)")
+        errors = [r for r in sub if "error" in r]
+
+        def speedup(r):
+            if "error" in r:  # the type in the cell, the whole message below the table
+                return f"error: {_error_kind(r['error'])} [{errors.index(r) + 1}]"
+            if r.get("speedup") is not None:
+                return f"x{r['speedup']:.2f}"
+            return "(geomfast)" if r is sub[0] else "- (geomfast failed)"
+
         rows = [{"implementation": r["impl"],
                  "median ms": None if "error" in r else round(r["median_s"] * 1e3, 2),
                  "GFLOP/s": None if "error" in r else f"{r['gflops']:.3g}",
                  "rel. error": None if "error" in r else f"{r['rel_error']:.1e}",
                  "top-100 rel. error": (f"{r['rel_error_top100']:.1e}" if "rel_error_top100" in r else ""),
-                 "speedup": (f"x{r['speedup']:.2f}" if r.get("speedup") is not None else
-                             ("error: " + r["error"][:60] if "error" in r else "(geomfast)"))}
+                 "speedup": speedup(r)}
                 for r in sub]
         cols = ["implementation", "median ms", "GFLOP/s", "rel. error"]
         cols += ["top-100 rel. error"] if op == "eig" else []
-        blocks.append(title + "\n" + format_table(rows, cols + ["speedup"]))
+        block = title + "\n" + format_table(rows, cols + ["speedup"])
+        if errors:
+            block += "\nerrors:\n" + "\n".join(f"  [{i}] {r['impl']}: {r['error']}"
+                                               for i, r in enumerate(errors, 1))
+        blocks.append(block)
     return "\n\n".join(blocks) + "\n\nspeedup = t(baseline) / t(geomfast): above 1, geomfast is faster."
 
 
@@ -403,8 +528,10 @@ def _add_arguments(p) -> None:
                    help="geomfast Gram precision(s): highest, fast (default highest)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     p.add_argument("--method", choices=["full", "randomized"], default="full", help="eigensolver")
-    p.add_argument("--k", type=int, default=256, help="top-k for --method randomized (default 256)")
-    p.add_argument("--alpha", type=float, default=1.0, help="power-law exponent of the test spectra")
+    p.add_argument("--k", type=int, default=256,
+                   help="top-k for --method randomized, 1 to the smallest of --sizes (default 256)")
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="power-law exponent of the test spectra k^-alpha, finite >= 0 (0: flat; default 1)")
     p.add_argument("--tol", type=float, default=None, help="randomized: relative tolerance (default 1e-6)")
     p.add_argument("--tol-k", type=int, default=None,
                    help="randomized: how many leading values must meet --tol (default all k)")
@@ -423,17 +550,34 @@ def _run(args) -> int:
     for pr in args.precision:
         if pr not in ("highest", "fast"):
             raise ValueError(f"--precision must be highest or fast, got {pr!r}")
+    # the flags checked here, named as flags, before anything runs
+    if not args.sizes or any(d < 2 for d in args.sizes):
+        raise ValueError(f"--sizes must be hidden sizes >= 2, got {args.sizes}")
+    _check_device(args.device, cli=True)
+    eig_options = {key: val for key, val in (("tol", args.tol), ("tol_k", args.tol_k),
+                                             ("block", args.block)) if val is not None}
+    if args.op in ("eig", "all"):
+        _check_alpha(args.alpha, cli=True)
+        if args.method == "randomized":
+            _check_k(args.k, args.sizes, cli=True)
+            _check_eig_options(eig_options, cli=True)
+    if args.json_out:
+        _check_json_path(args.json_out)
     report = run_bench(op=args.op, sizes=args.sizes, n_rows=args.n_rows, dtypes=args.dtype,
                        precisions=args.precision, device=args.device, method=args.method, k=args.k,
                        alpha=args.alpha, repeats=args.repeats, warmup=args.warmup,
                        progress=lambda s: print(f"… {s}", file=sys.stderr, flush=True),
-                       eig_options={key: val for key, val in (("tol", args.tol), ("tol_k", args.tol_k),
-                                                              ("block", args.block)) if val is not None})
+                       eig_options=eig_options)
     print(format_bench(report["results"]))
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(report, f, indent=1, default=str)
         print(f"JSON written to {args.json_out}")
+    failed = [r for r in report["results"] if "error" in r and r["impl"].startswith("geomfast")]
+    if failed:
+        print(f"geomfast bench: error: {len(failed)} geomfast case(s) failed (messages under the tables)",
+              file=sys.stderr)
+        return 2
     return 0
 
 

@@ -78,6 +78,123 @@ def test_format_bench_reports_errors():
     assert "error: MemoryError" in text and "(geomfast)" in text
 
 
+def _bench_cli(argv, capsys):
+    """(exit code, stdout, stderr) of `geomfast bench ARGV` run in-process."""
+    from geomfast.cli import main
+
+    rc = main(["bench", *argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("alpha", ["-1", "nan", "inf"])
+def test_cli_refuses_bad_alpha_up_front(alpha, capsys):
+    rc, out, err = _bench_cli(["--op", "eig", "--sizes", "32", "--alpha", alpha, "--repeats", "1",
+                               "--warmup", "0"], capsys)
+    assert rc == 1 and out == ""  # nothing ran
+    assert "--alpha must be a finite number >= 0" in err and f"got {float(alpha)!r}" in err
+    with pytest.raises(ValueError, match=r"alpha must be a finite number >= 0"):
+        bench.make_spd(8, alpha=-1.0)
+    a, lam = bench.make_spd(8, alpha=0.0)  # 0: a flat spectrum, still descending (non-increasing)
+    np.testing.assert_allclose(lam, 1.0) and np.testing.assert_allclose(a, np.eye(8), atol=1e-14)
+    rc, out, _ = _bench_cli(["--op", "eig", "--sizes", "16", "--alpha", "0", "--repeats", "1",
+                             "--warmup", "0"], capsys)
+    assert rc == 0 and "spectrum k^-0" in out
+
+
+@pytest.mark.parametrize("device, expect", [
+    ("cuda", "--device cuda: geomfast's CUDA backend is not usable here: "),
+    ("cuda:0", "--device cuda:0: geomfast's CUDA backend is not usable here: "),
+    ("tpu", "--device must be cpu, cuda or cuda:N, got 'tpu'"),
+    ("cuda:x", "--device must be cpu, cuda or cuda:N, got 'cuda:x'"),
+])
+def test_cli_refuses_bad_device_up_front(device, expect, capsys, monkeypatch):
+    import geomfast.linalg
+
+    monkeypatch.setattr(geomfast.linalg, "backends", lambda: {
+        "cpu": {"usable": True, "reason": ""},
+        "cuda": {"built": False, "usable": False, "reason": "no CUDA here (test)", "device_count": 0}})
+    rc, out, err = _bench_cli(["--sizes", "16", "--n-rows", "32", "--repeats", "1", "--device", device], capsys)
+    assert rc == 1 and out == ""
+    assert expect in err and len(err.strip().splitlines()) == 1  # one line, no traceback
+    if device in ("cuda", "cuda:0"):
+        assert "no CUDA here (test)" in err
+    # a usable backend with one device: an index past it is named
+    monkeypatch.setattr(geomfast.linalg, "backends", lambda: {
+        "cuda": {"built": True, "usable": True, "reason": "", "device_count": 1}})
+    rc, out, err = _bench_cli(["--sizes", "16", "--device", "cuda:3"], capsys)
+    assert rc == 1 and "expected cuda:0 to cuda:0 (1 CUDA device(s)), got index 3" in err
+
+
+@pytest.mark.parametrize("flag, value, expect", [
+    ("--tol", "0", "--tol must be a finite number > 0, got 0.0"),
+    ("--tol", "nan", "--tol must be a finite number > 0, got nan"),
+    ("--tol-k", "-3", "--tol-k must be a non-negative int, got -3"),
+    ("--block", "-4", "--block must be a non-negative int, got -4"),
+])
+def test_cli_refuses_bad_randomized_options_up_front(flag, value, expect, capsys):
+    rc, out, err = _bench_cli(["--op", "eig", "--method", "randomized", "--sizes", "32", "--k", "4",
+                               "--repeats", "1", "--warmup", "0", flag, value], capsys)
+    assert rc == 1 and out == "" and expect in err
+
+
+def test_failed_geomfast_row_exits_nonzero_with_full_message(capsys, monkeypatch):
+    import geomfast.linalg
+
+    real = geomfast.linalg.eigvalsh
+    long_msg = "the randomized solver did not converge: " + "very long explanation " * 6 + "THE END"
+
+    def eigvalsh(a, *, method="full", **kw):
+        if method == "randomized":
+            raise RuntimeError(long_msg)
+        return real(a, method=method, **kw)
+
+    monkeypatch.setattr(geomfast.linalg, "eigvalsh", eigvalsh)
+    rc, out, err = _bench_cli(["--op", "eig", "--method", "randomized", "--sizes", "32", "--k", "4",
+                               "--repeats", "1", "--warmup", "0"], capsys)
+    assert rc == 2 and "1 geomfast case(s) failed" in err
+    assert f"[1] geomfast randomized k=4: RuntimeError: {long_msg}" in out  # the whole message
+    assert "error: RuntimeError [1]" in out
+    # the speedups are not silently taken against another row (geomfast full) instead
+    table = {line.split("  ")[0].strip(): line for line in out.splitlines() if line.startswith(("geomfast", "numpy"))}
+    assert table["geomfast full"].endswith("- (geomfast failed)")
+    assert table["numpy.linalg.eigvalsh"].endswith("- (geomfast failed)")
+    rows = bench.bench_eig(32, method="randomized", k=4, repeats=1, warmup=0)
+    assert "error" in rows[0] and all(r.get("speedup") is None for r in rows)
+    # a failing baseline alone does not fail the run: its message is printed in full too
+    monkeypatch.setattr(geomfast.linalg, "eigvalsh", real)
+    rows = [{"op": "gram", "impl": "geomfast[highest]", "d": 8, "n_rows": 4, "dtype": "float32",
+             "device": "cpu", "median_s": 0.001, "gflops": 1.0, "rel_error": 0.0, "speedup": None},
+            {"op": "gram", "impl": "x", "d": 8, "n_rows": 4, "dtype": "float32", "device": "cpu",
+             "error": "MemoryError: " + "y" * 100 + " end"}]
+    assert "[1] x: MemoryError: " + "y" * 100 + " end" in bench.format_bench(rows)
+
+
+def test_cli_checks_json_folder_before_running(tmp_path, capsys):
+    missing = tmp_path / "nope" / "x.json"
+    rc, out, err = _bench_cli(["--sizes", "16", "--n-rows", "32", "--repeats", "1", "--json", str(missing)],
+                              capsys)
+    assert rc == 1 and out == "" and "…" not in err  # refused before the first case
+    assert f"the folder {missing.parent} does not exist" in err and "--json" in err
+    rc, out, err = _bench_cli(["--sizes", "16", "--json", str(tmp_path)], capsys)
+    assert rc == 1 and out == "" and "expected a file name, got a folder" in err
+
+
+def test_cli_refuses_k_above_size_instead_of_clamping(capsys):
+    rc, out, err = _bench_cli(["--op", "eig", "--method", "randomized", "--k", "500", "--sizes", "64",
+                               "--repeats", "1", "--warmup", "0"], capsys)
+    assert rc == 1 and out == ""
+    assert "--k must be an int in [1, 64]" in err and "got 500" in err
+    rc, out, err = _bench_cli(["--op", "eig", "--method", "randomized", "--k", "40", "--sizes", "64,32",
+                               "--repeats", "1", "--warmup", "0"], capsys)
+    assert rc == 1 and out == "" and "--k must be an int in [1, 32]" in err  # before d=64 ran
+    with pytest.raises(ValueError, match=r"k must be an int in \[1, 64\]"):
+        bench.run_bench(op="eig", sizes=[64], method="randomized", k=500, repeats=1, warmup=0)
+    rc, out, _ = _bench_cli(["--op", "eig", "--method", "randomized", "--k", "64", "--sizes", "64",
+                             "--repeats", "1", "--warmup", "0"], capsys)
+    assert rc == 0 and "top-64" in out  # k = d is allowed, as eigvalsh allows it
+
+
 def _load_benchmark(name):
     """benchmarks/<name>.py as a module (the scripts are not part of the package)."""
     import importlib.util
