@@ -33,6 +33,12 @@ def _finite(m: np.ndarray, func: str) -> np.ndarray:
     return m
 
 
+def _check_ddof(ddof, func: str) -> int:
+    if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
+        raise ValueError(f"[{func}] ddof must be an int >= 0 (as in numpy.cov), got {ddof!r}")
+    return int(ddof)
+
+
 class GramAccumulator:
     """Streaming Gram/covariance accumulator.
 
@@ -142,8 +148,9 @@ class GramAccumulator:
     def covariance(self, ddof: int = 1) -> np.ndarray:
         """Covariance of the rows, float64 [dim, dim]. An error, not NaN/Inf, when the sums
         overflowed float64 (values near 1e154 and beyond)."""
+        ddof = _check_ddof(ddof, "GramAccumulator.covariance")
         self._need_rows("covariance", ddof + 1)
-        return _finite(self._native.covariance(int(ddof)), "covariance")
+        return _finite(self._native.covariance(ddof), "covariance")
 
     def raw_gram(self) -> np.ndarray:
         """Uncentered Σ x xᵀ, float64 [dim, dim] (x = y + shift: Σyyᵀ + shift·(Σy)ᵀ + (Σy)·shiftᵀ +
@@ -154,9 +161,10 @@ class GramAccumulator:
         """Descending covariance eigenvalues, solved on the accumulator's device."""
         from .linalg import _eig_args, _finish
 
+        ddof = _check_ddof(ddof, "GramAccumulator.spectrum")
         self._need_rows("spectrum", ddof + 1)
         args = _eig_args(self.dim, method, k, eig_options, func="GramAccumulator.spectrum")
-        values, info = self._native.spectrum(int(ddof), *args)
+        values, info = self._native.spectrum(ddof, *args)
         return _finish(values, info, args[0], k, "GramAccumulator.spectrum")
 
     def singular_values(self) -> np.ndarray:

@@ -495,3 +495,31 @@ def test_load_of_a_geomfast_state_with_a_different_format_version(tmp_path):
     with pytest.raises(ValueError) as e:
         G.load(path)
     check_message(e.value, "GramAccumulator.load", "geomfast.gram/999", "geomfast.gram/1")
+
+
+@pytest.mark.parametrize("ddof", [1.5, True, -1, "1", None])
+def test_ddof_must_be_a_non_negative_int(ddof):
+    # int(ddof) used to truncate 1.5 to 1 and accept True and -1 (dividing by n + 1)
+    acc = G(4).update(np.random.default_rng(0).standard_normal((10, 4)))
+    for call, func in ((lambda: acc.covariance(ddof), "GramAccumulator.covariance"),
+                       (lambda: acc.spectrum(ddof=ddof), "GramAccumulator.spectrum"),
+                       (lambda: geomfast.spectra([acc], ddof=ddof), "spectra"),
+                       (lambda: geomfast.spectrum(np.ones((10, 4)), ddof=ddof), "spectrum")):
+        with pytest.raises(ValueError) as e:
+            call()
+        check_message(e.value, func, "ddof", "int >= 0", repr(ddof))
+    assert np.array_equal(acc.covariance(np.int64(0)), acc.covariance(0))
+
+
+def test_batch_functions_name_the_accumulator_without_enough_rows():
+    rng = np.random.default_rng(1)
+    ok, short = G(3).update(rng.standard_normal((5, 3))), G(3).update(np.ones((1, 3)))
+    with pytest.raises(ValueError) as e:
+        geomfast.spectra([ok, short])
+    check_message(e.value, "spectra", "accumulator 1 of 2", "needs at least 2 row(s), got 1")
+    with pytest.raises(ValueError) as e:
+        geomfast.singular_values_of([ok, G(3)])
+    check_message(e.value, "singular_values_of", "accumulator 1 of 2", "got 0")
+    with pytest.raises(ValueError) as e:
+        geomfast.spectrum(np.ones((1, 3)))
+    check_message(e.value, "spectrum", "x", "at least 2 rows", "got 1")
