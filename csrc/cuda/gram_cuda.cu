@@ -129,6 +129,10 @@ constexpr double kSplitTau = 0.5;
 // (GEOMFAST_CUDA_TC_CHAIN_ROWS) and rows per call, i.e. between float64 updates (GEOMFAST_CUDA_TC_ROWS).
 constexpr int64_t kTcChainRows = 128;
 constexpr int64_t kTcRows = 8192;
+// A chunk whose mean is this many spreads from the shift re-centres the state (follow_drift);
+// chunks of fewer rows are not judged (their mean is too noisy: one outlier row).
+constexpr double kDriftSpreads = 3.0;
+constexpr int64_t kDriftChunkRows = 32;
 
 int64_t round_up(int64_t v, int64_t q) { return (v + q - 1) / q * q; }
 
@@ -182,7 +186,9 @@ enum class Path { kHighest, kFast32, kFast16 };
 class CudaGram final : public GramBackend {
  public:
   CudaGram(int64_t dim, int device, Precision precision)
-      : dim_(dim), device_(device), precision_(precision), hflags_(kNumFlags) {
+      : dim_(dim), device_(device), precision_(precision), hflags_(kNumFlags), hstats_(2 * static_cast<size_t>(dim)),
+        h_shift_(static_cast<size_t>(dim), 0.0), h_c_(static_cast<size_t>(dim), 0.0),
+        h_scale_(static_cast<size_t>(dim), 0.0) {
     if (dim < 1) GF_THROW(ValueError, "[GramAccumulator] expected dim >= 1, got ", dim);
     DeviceGuard guard(device_);  // (make_cuda_gram has checked this device's cuBLAS/cuSOLVER handles)
     GF_CUDA_CHECK(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
@@ -255,6 +261,11 @@ class CudaGram final : public GramBackend {
       column_stats(x, nullptr, 0.0, part_.get(), zsum_.get(), zsq_.get(), flags_.get(), st);
       check_flags(st, x);
       set_shift(zsum_.get(), d, n, shift_.get(), st);
+      for (int64_t j = 0; j < d; ++j) {  // the host's copy of the shift, and the columns' spread
+        const double mu = hstats_[j] / static_cast<double>(n);
+        h_shift_[j] = mu;
+        h_scale_[j] = std::sqrt(std::max(0.0, hstats_[d + j] / static_cast<double>(n) - mu * mu));
+      }
       shift_set_ = true;
       c_mode_ = Mode::kStale;
     }
@@ -273,6 +284,12 @@ class CudaGram final : public GramBackend {
                                  : 0.0;
     column_stats(x, c_.get(), split_max, part_.get(), zsum_.get(), zsq_.get(), flags_.get(), st);
     check_flags(st, x);  // first update: already checked; this reads the overflow count
+    if (!fresh && n >= kDriftChunkRows && follow_drift(n, st)) {
+      // the state now sits on this chunk's mean: a new kernel shift, and the chunk's statistics again
+      prepare_kernel_shift(want, sum_.get(), gram_.get(), d + 1, count_, st);
+      column_stats(x, c_.get(), split_max, part_.get(), zsum_.get(), zsq_.get(), flags_.get(), st);
+      check_flags(st, x);
+    }
     if (path == Path::kFast16 && hflags_[2] != 0) path = Path::kFast32;  // c stays valid there
 
     writing_ = false;
@@ -356,6 +373,11 @@ class CudaGram final : public GramBackend {
     shift_set_ = s.count > 0;
     c_mode_ = Mode::kStale;
     broken_.clear();
+    h_shift_ = s.shift;
+    for (size_t j = 0; j < d; ++j) {  // the loaded rows' spread, for the drift checks
+      const double n = static_cast<double>(s.count), m = s.count > 0 ? s.sum[j] / n : 0.0;
+      h_scale_[j] = s.count > 0 ? std::sqrt(std::max(0.0, s.gram[j * d + j] / n - m * m)) : 0.0;
+    }
   }
 
   void add_state(const GramState& s) override {
@@ -374,6 +396,8 @@ class CudaGram final : public GramBackend {
     shift_set_ = false;
     c_mode_ = Mode::kStale;
     broken_.clear();
+    std::fill(h_shift_.begin(), h_shift_.end(), 0.0);
+    std::fill(h_scale_.begin(), h_scale_.end(), 0.0);
   }
 
   void covariance(int64_t ddof, double* out) const override {
@@ -420,11 +444,14 @@ class CudaGram final : public GramBackend {
     GF_CUDA_CHECK(cudaMemsetAsync(gram_.get(), 0, d * d * sizeof(double), st));
   }
 
-  // Flags of the last column_stats into hflags_ (the update's one host synchronisation); throws
-  // NonFiniteError before the state is touched.
+  // Flags of the last column_stats into hflags_, and its column sums into hstats_ (the update's
+  // one host synchronisation); throws NonFiniteError before the state is touched.
   void check_flags(cudaStream_t st, const MatrixView& x) {
+    const size_t d = static_cast<size_t>(dim_);
     GF_CUDA_CHECK(cudaMemcpyAsync(hflags_.get(), flags_.get(), kNumFlags * sizeof(unsigned long long),
                                   cudaMemcpyDeviceToHost, st));
+    GF_CUDA_CHECK(cudaMemcpyAsync(hstats_.get(), zsum_.get(), d * sizeof(double), cudaMemcpyDeviceToHost, st));
+    GF_CUDA_CHECK(cudaMemcpyAsync(hstats_.get() + d, zsq_.get(), d * sizeof(double), cudaMemcpyDeviceToHost, st));
     GF_CUDA_CHECK(cudaStreamSynchronize(st));
     if (hflags_[0] != 0) {
       const auto count = static_cast<int64_t>(hflags_[0]);
@@ -437,6 +464,41 @@ class CudaGram final : public GramBackend {
     }
   }
 
+  // The chunk of n rows whose statistics are in hstats_ (Σ (x - c), Σ (x - c)²): when its mean is
+  // more than kDriftSpreads spreads from the shift in some column (the data moved away from the
+  // rows the shift came from: a drifting stream, another kind of text), the state is re-expressed
+  // around the chunk's mean (exact algebra, on the host: a download and an upload of the state,
+  // only on drift) and true is returned. Rows summed k spreads off-centre lose a factor ~k² to
+  // cancellation, and the products' rounding grows with the rows (the CPU backend measured 5e-11
+  // per entry in highest at 160,000 float32 rows 5 spreads off, over the 1e-12 bar).
+  bool follow_drift(int64_t n, cudaStream_t st) {
+    const int64_t d = dim_;
+    const double nn = static_cast<double>(n);
+    std::vector<double> mu(static_cast<size_t>(d)), var(static_cast<size_t>(d));
+    bool drift = false;
+    for (int64_t j = 0; j < d; ++j) {
+      const double m = hstats_[j] / nn;
+      mu[j] = h_c_[j] + m;
+      var[j] = std::max(0.0, hstats_[d + j] / nn - m * m);
+      const double sd = std::max(h_scale_[j], std::sqrt(var[j]));
+      drift = drift || (sd > 0 && std::abs(mu[j] - h_shift_[j]) > kDriftSpreads * sd);
+    }
+    if (!drift) return false;
+    GF_CUDA_CHECK(cudaEventRecord(ready_, st));  // state() and set_state() run after what st queued
+    GramState cur = state();
+    const double n0 = static_cast<double>(cur.count), total = n0 + nn;
+    std::vector<double> spread(static_cast<size_t>(d));
+    for (int64_t j = 0; j < d; ++j) {
+      const double m0 = cur.sum[j] / n0, v0 = std::max(0.0, cur.gram[j * d + j] / n0 - m0 * m0);
+      const double gap = cur.shift[j] + m0 - mu[j];
+      spread[j] = std::sqrt((n0 * v0 + nn * var[j]) / total + n0 * nn / (total * total) * gap * gap);
+    }
+    set_state(reshift_state(cur, mu.data()));  // sets h_shift_ and marks the kernel shift stale
+    h_scale_ = spread;
+    GF_CUDA_CHECK(cudaStreamWaitEvent(st, ready_, 0));
+    return true;
+  }
+
   // c_ for the path: the shift itself (exact paths), or its 16-bit split version plus the compact
   // list J of shifted columns (downloaded once per shift / dtype change: a host sync).
   void prepare_kernel_shift(Mode mode, const double* ysum, const double* ysq, int64_t ysq_stride,
@@ -444,6 +506,7 @@ class CudaGram final : public GramBackend {
     const size_t d = static_cast<size_t>(dim_);
     if (mode == Mode::kExact) {
       GF_CUDA_CHECK(cudaMemcpyAsync(c_.get(), shift_.get(), d * sizeof(double), cudaMemcpyDeviceToDevice, st));
+      h_c_ = h_shift_;
       nj_ = 0;
       c_mode_ = mode;
       return;
@@ -457,6 +520,7 @@ class CudaGram final : public GramBackend {
     nj_ = 0;
     for (size_t j = 0; j < d; ++j)
       if (hc[j] != 0.0) col2j[j] = static_cast<int>(nj_++);
+    h_c_ = hc;
     col2j_.reserve(d);
     GF_CUDA_CHECK(cudaMemcpyAsync(col2j_.get(), col2j.data(), d * sizeof(int), cudaMemcpyHostToDevice, st));
     GF_CUDA_CHECK(cudaStreamSynchronize(st));  // col2j (pageable) must outlive the copy
@@ -645,6 +709,9 @@ class CudaGram final : public GramBackend {
   DeviceBuffer<double> part_;                // column_stats partials
   DeviceBuffer<unsigned long long> flags_;   // [kNumFlags]
   PinnedBuffer<unsigned long long> hflags_;  // [kNumFlags]
+  PinnedBuffer<double> hstats_;              // [2, d] the last column_stats' Σ (x - c), Σ (x - c)²
+  std::vector<double> h_shift_, h_c_;        // host copies of the shift and the kernel shift
+  std::vector<double> h_scale_;              // the columns' spread when the shift was set (drift)
   DeviceBuffer<int> col2j_;                  // [d]
   DeviceBuffer<char> block_;                 // centred rows (f64 / f32 / hi+lo 16-bit)
   DeviceBuffer<float> acc_, hl_, ll_;        // [d, d], [d, nj], [nj, nj] float32 products

@@ -318,6 +318,36 @@ void case_tiny_column(DType t, const char* kernel, unsigned seed) {
          rel_fro(cov, ref), 1e-6, worst <= 1e-6, note);
 }
 
+// A stream whose mean moves away from the first chunk's (a drifting stream): the state is
+// re-centred on a chunk whose mean is > 3 spreads from the shift, so later rows are not summed
+// off-centre (which cost accuracy growing with the rows). Every entry against its own columns'
+// spread: max |ΔC_ij| / sqrt(C_ii C_jj).
+void case_drift(Precision p, DType t, double offset, unsigned seed) {
+  setenv("GEOMFAST_CUDA_GRAM_KERNEL", "cublas", 1);
+  const int64_t d = 12;
+  std::mt19937_64 rng(seed);
+  std::vector<double> mean(d, 0.0), sd(d, 1.0), mean2(d);
+  for (int64_t j = 0; j < d; ++j) mean2[j] = offset * (0.5 + 0.1 * j);
+  std::vector<Chunk> chunks;
+  chunks.push_back(make_chunk(t, 2000, d, mean, sd, rng));
+  for (int i = 0; i < 3; ++i) chunks.push_back(make_chunk(t, 6000, d, mean2, sd, rng));
+  auto g = make_cuda_gram(d, 0, p);
+  std::vector<const Chunk*> all;
+  for (const Chunk& c : chunks) {
+    g->update(c.view());
+    all.push_back(&c);
+  }
+  const auto cov = cov_of(*g), ref = reference_cov(all, d);
+  double worst = 0.0;
+  for (int64_t a = 0; a < d; ++a)
+    for (int64_t b = 0; b < d; ++b)
+      worst = std::max(worst, std::fabs(cov[a * d + b] - ref[a * d + b]) / std::sqrt(ref[a * d + a] * ref[b * d + b]));
+  char what[96];
+  std::snprintf(what, sizeof what, "%s %s: later chunks %g spreads off (per entry)",
+                p == Precision::kHighest ? "highest" : "fast", dname(t), offset);
+  report(what, worst, p == Precision::kHighest ? 1e-12 : 1e-6, g->count() == 20000);
+}
+
 // An unknown GEOMFAST_CUDA_GRAM_KERNEL is refused by name before the state changes.
 void case_bad_kernel_name(unsigned seed) {
   const int64_t d = 20;
@@ -388,6 +418,11 @@ int main() {
     for (DType t : {DType::kFloat32, DType::kBFloat16}) case_tiny_column(t, "cublas", seed++);
     case_tiny_column(DType::kBFloat16, "tc", seed++);
     case_tiny_column(DType::kBFloat16, "wg", seed++);
+    for (double off : {5.0, 1000.0}) {
+      case_drift(Precision::kHighest, DType::kFloat32, off, seed++);
+      case_drift(Precision::kFast, DType::kFloat32, off, seed++);
+    }
+    case_drift(Precision::kFast, DType::kBFloat16, 5.0, seed++);
     for (Precision p : {Precision::kHighest, Precision::kFast}) case_non_finite_and_state(p, seed++);
     case_f16_split_overflow(seed++);
     case_failure_midway(seed++);
