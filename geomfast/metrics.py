@@ -14,7 +14,14 @@ Treatment of numerical noise in spectra (one rule for every function here):
   values larger than ``1e-6 * max|lambda|`` are not plausible rounding noise; they are still
   used as ``|lambda|`` but a :class:`SpectrumWarning` says so.
 * Exact zeros cannot enter a logarithm: alpha-ReQ drops them from the fit and the R^2 ranges
-  (ranks of the remaining values are kept) and warns; entropies use ``0 log 0 = 0``.
+  (ranks of the remaining values are kept) and warns, once per range; entropies use
+  ``0 log 0 = 0``.
+* Values at rounding level, ``<= len * eps(float64) * max|lambda|`` (e.g. the d - n + 1
+  null-space eigenvalues of a centered covariance with n <= d rows), are kept, but alpha-ReQ
+  warns when its fit or R^2 ranges reach them. A 1-D spectrum does not know n: ``rankme``
+  (``li2025``) and ``alpha_req`` take ``n_samples=`` so that a spectrum of length d gives
+  exactly what its accumulator / activations give (the top ``min(2048, n, d)`` values);
+  without it they warn when such values would make the two differ.
 * A spectrum on which a measure is undefined (all zeros, too few positive values for a fit)
   raises :class:`DegenerateSpectrumError` (a ``ValueError``) naming the function. ``geometry``
   catches it per measure, stores ``nan`` for that key and explains it in ``"warnings"``.
@@ -155,6 +162,38 @@ def _check_fit_range(fn: str, fit_range) -> tuple[int, int]:
     return lo, hi
 
 
+def _check_n_samples(fn: str, n_samples) -> int | None:
+    if n_samples is None:
+        return None
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)):
+        raise TypeError(
+            f"[{fn}] n_samples must be an int >= 1 or None, got {type(n_samples).__name__}"
+        )
+    if int(n_samples) < 1:
+        raise ValueError(f"[{fn}] n_samples must be an int >= 1 or None, got {int(n_samples)}")
+    return int(n_samples)
+
+
+def _check_n_samples_matches(fn: str, n_samples: int | None, n: int) -> None:
+    if n_samples is not None and n_samples != n:
+        raise ValueError(
+            f"[{fn}] n_samples={n_samples} contradicts the {n} rows of the 2-D input; "
+            f"n_samples is for 1-D spectra (2-D input knows its n)"
+        )
+
+
+def _rounding_floor(mags: np.ndarray) -> float:
+    """len * eps * lambda_1: values at or below it are at rounding level (descending mags)."""
+    return mags.size * np.finfo(np.float64).eps * float(mags[0])
+
+
+_NULL_SPACE_HINT = (
+    "; for the spectrum of a covariance with n <= d rows (d - n + 1 null-space values at "
+    "rounding level) pass n_samples=n, or the GramAccumulator / activations, to use the top "
+    "min(2048, n, d) values as they do"
+)
+
+
 def _emit(notes: list[str], stacklevel: int = 3) -> None:
     for msg in notes:
         warnings.warn(msg, SpectrumWarning, stacklevel=stacklevel)
@@ -232,7 +271,8 @@ def _rankme_core(fn: str, mags: np.ndarray, eps: float) -> float:
     return float(np.exp(-_xlogx(p).sum()))
 
 
-def rankme(x_or_spectrum, *, convention: str = "li2025", eps: float = 1e-7) -> float:
+def rankme(x_or_spectrum, *, convention: str = "li2025", eps: float = 1e-7,
+           n_samples: int | None = None) -> float:
     """RankMe = exp(-sum_k p_k log p_k), p_k = s_k / sum_j |s_j| + eps (METRICS.md).
 
     Parameters
@@ -241,7 +281,8 @@ def rankme(x_or_spectrum, *, convention: str = "li2025", eps: float = 1e-7) -> f
         * 2-D activations ``[n, d]`` (numpy / torch / cupy, any float dtype) or a
           ``GramAccumulator``: the spectrum ``s`` is derived per ``convention``.
         * 1-D spectrum ``[m]`` already in the convention's units; it is sorted descending
-          (by magnitude) and, for ``li2025``, truncated to the top 2048 values.
+          (by magnitude) and, for ``li2025``, truncated to the top 2048 values (the top
+          ``min(2048, n_samples, m)`` with ``n_samples``).
     convention
         ``"li2025"``: top ``min(2048, n, d)`` covariance eigenvalues of the centered data as
         explained-variance ratios (sklearn ``PCA(...).explained_variance_ratio_``; Li et al.).
@@ -250,6 +291,14 @@ def rankme(x_or_spectrum, *, convention: str = "li2025", eps: float = 1e-7) -> f
     eps
         Added to every ``p_k`` (1e-7 as in the papers). With it a flat spectrum of size m
         gives slightly more than m.
+    n_samples
+        For a 1-D ``li2025`` spectrum of all ``d`` covariance eigenvalues: the number of rows
+        n it came from, so that the top ``min(2048, n, d)`` are used and the result equals
+        ``rankme`` of the accumulator / activations. It matters when n < min(2048, d): the
+        d - n + 1 null-space values at rounding level would each add ``eps`` to a ``p_k``.
+        Without it, a 1-D ``li2025`` spectrum whose used values hold more than one value at
+        rounding level (``<= m * eps(float64) * max``) gives a :class:`SpectrumWarning`.
+        No effect for ``garrido2023`` / ``full``; with 2-D input it must equal n.
 
     Returns
     -------
@@ -259,15 +308,28 @@ def rankme(x_or_spectrum, *, convention: str = "li2025", eps: float = 1e-7) -> f
     fn = "rankme"
     convention = _check_convention(fn, convention)
     eps = _check_eps(fn, eps)
+    n_samples = _check_n_samples(fn, n_samples)
     notes: list[str] = []
     nd = _input_ndim(x_or_spectrum)
     if nd == 1:
         s = _as_spectrum(fn, "x_or_spectrum", x_or_spectrum)
         mags = _magnitudes(fn, "x_or_spectrum", s, notes)
-        if convention == "li2025":
+        if convention == "li2025" and n_samples is not None:
+            # The accumulator's own computation, with d = the spectrum's length.
+            mags = _explained_variance_ratio(mags, n_samples, mags.size)
+        elif convention == "li2025":
+            floor = _rounding_floor(mags)
             mags = mags[:LI2025_MAX_COMPONENTS]
+            tiny = int(np.count_nonzero(mags <= floor))
+            if tiny > 1 and floor > 0.0:
+                notes.append(
+                    f"[{fn}] x_or_spectrum: {tiny} of the top {mags.size} values that li2025 "
+                    f"uses are at rounding level (<= {floor:.2e} = len * eps * max|value|) and "
+                    f"each adds eps to its p_k" + _NULL_SPACE_HINT
+                )
     elif nd == 2:
         n, d = _activation_shape(fn, "x_or_spectrum", x_or_spectrum)
+        _check_n_samples_matches(fn, n_samples, n)
         if convention == "garrido2023":
             s = _as_spectrum(fn, "singular values", _raw_singular_values(x_or_spectrum))
             mags = _magnitudes(fn, "singular values", s, notes)
@@ -323,17 +385,35 @@ def _log_rank_design(ranks: np.ndarray) -> np.ndarray:
     return np.stack([-np.log(ranks), np.ones_like(ranks)], axis=1)
 
 
-def _r2(fn: str, label: str, mags: np.ndarray, start: int, stop: int,
-        b: np.ndarray, notes: list[str]) -> float:
-    """Unweighted R^2 of log|lambda| on 0-based indices [start, stop) vs the fitted line."""
-    stop = min(stop, mags.size)
-    idx = np.arange(start, stop)
-    idx = idx[mags[idx] > 0] if idx.size else idx
-    if idx.size < 2:
-        where = (f"its range [{start}, {stop}) holds {idx.size} positive value(s)" if start < stop
-                 else f"its range starts at index {start}")
-        notes.append(f"[{fn}] {label} is undefined (nan): {where} of a spectrum of length {mags.size}, "
-                     "need >= 2 positive values")
+def _range_text(start: int, stop: int, m: int) -> str:
+    """'[start, stop)', with the clipping to a spectrum of length m when stop > m."""
+    text = f"[{start}, {stop})"
+    return text + (f" (clipped to [{start}, {m}))" if stop > m else "")
+
+
+def _r2_indices(fn: str, label: str, mags: np.ndarray, start: int,
+                stop: int) -> tuple[np.ndarray | None, str | None, str | None]:
+    """(indices of the positive values in [start, stop) (clipped) or None if fewer than 2,
+    note on dropped zeros or None, note on an undefined R^2 or None)."""
+    m = mags.size
+    idx = np.arange(start, min(stop, m))
+    pos = idx[mags[idx] > 0] if idx.size else idx
+    rng = _range_text(start, stop, m)
+    if pos.size < 2:
+        where = (f"its range {rng} holds {pos.size} positive value(s)" if idx.size
+                 else f"its range {rng} is empty")
+        return None, None, (f"[{fn}] {label} is undefined (nan): {where}, in a spectrum of "
+                            f"length {m}; need >= 2 positive values")
+    zeros = None
+    if pos.size < idx.size:
+        zeros = (f"[{fn}] {idx.size - pos.size} exact zero eigenvalue(s) in the {label} range "
+                 f"{rng} cannot enter log|lambda|; dropped from {label} (ranks of the others kept)")
+    return pos, zeros, None
+
+
+def _r2(idx: np.ndarray | None, mags: np.ndarray, b: np.ndarray) -> float:
+    """Unweighted R^2 of log|lambda| on the 0-based indices idx vs the fitted line."""
+    if idx is None:
         return float("nan")
     y = np.log(mags[idx])
     y_hat = _log_rank_design((idx + 1).astype(np.float64)) @ b
@@ -348,8 +428,11 @@ def _r2(fn: str, label: str, mags: np.ndarray, start: int, stop: int,
 
 
 def _alpha_core(fn: str, mags: np.ndarray, fit_range: tuple[int, int],
-                notes: list[str]) -> AlphaReqResult:
-    """Weighted least-squares power-law fit on descending magnitudes (METRICS.md)."""
+                notes: list[str], hint: str = "") -> AlphaReqResult:
+    """Weighted least-squares power-law fit on descending magnitudes (METRICS.md).
+
+    ``hint`` is appended to the rounding-level note (1-D input: how to pass n).
+    """
     m = mags.size
     lo, hi = fit_range
     if hi > m:
@@ -377,12 +460,27 @@ def _alpha_core(fn: str, mags: np.ndarray, fit_range: tuple[int, int],
             f"[{fn}] only {idx.size} positive value(s) in the fit range [{lo}, {hi}) of a "
             f"spectrum with {int((mags > 0).sum())} positive value(s); alpha is undefined"
         )
-    floor = m * np.finfo(np.float64).eps * float(mags[0])
-    if float(mags[idx].min()) <= floor:
+    r2_stop = 500 if m >= 512 else m - 10
+    r2_idx, r2_zeros, r2_undefined = _r2_indices(fn, "r2", mags, lo + 1, r2_stop)
+    r2_100_idx, r2_100_zeros, r2_100_undefined = _r2_indices(fn, "r2_100", mags, lo + 1, 100)
+    notes.extend(v for v in (r2_zeros, r2_100_zeros) if v is not None)
+    floor = _rounding_floor(mags)
+    reached = [name for name, ix in (("fit range", idx), ("r2 range", r2_idx),
+                                     ("r2_100 range", r2_100_idx))
+               if ix is not None and float(mags[ix].min()) <= floor]
+    if reached:
+        if reached[0] != "fit range":
+            what = "R^2 describes"
+        else:
+            what = "alpha describes" if len(reached) == 1 else "alpha and R^2 describe"
+        ranges = (reached[0] if len(reached) == 1
+                  else ", the ".join(reached[:-1]) + " and the " + reached[-1])
         notes.append(
-            f"[{fn}] the fit range reaches eigenvalues at rounding level "
-            f"(<= {floor:.2e} = len * eps * lambda_1); alpha describes numerical noise there"
+            f"[{fn}] the {ranges} reach{'es' if len(reached) == 1 else ''} eigenvalues at "
+            f"rounding level (<= {floor:.2e} = len * eps * lambda_1); "
+            f"{what} numerical noise there" + hint
         )
+    notes.extend(v for v in (r2_undefined, r2_100_undefined) if v is not None)
     ranks = (idx + 1).astype(np.float64)
     x = _log_rank_design(ranks)
     y = np.log(mags[idx])
@@ -391,16 +489,16 @@ def _alpha_core(fn: str, mags: np.ndarray, fit_range: tuple[int, int],
     b = np.linalg.solve(x.T @ (w[:, None] * x), (w[:, None] * x).T @ y)
     all_ranks = np.arange(1, m + 1, dtype=np.float64)
     fitted = np.exp(_log_rank_design(all_ranks) @ b)
-    r2_stop = 500 if m >= 512 else m - 10
-    r2 = _r2(fn, "r2", mags, lo + 1, r2_stop, b, notes)
-    r2_100 = _r2(fn, "r2_100", mags, lo + 1, 100, b, notes)
+    r2 = _r2(r2_idx, mags, b)
+    r2_100 = _r2(r2_100_idx, mags, b)
     return AlphaReqResult(
         alpha=float(b[0]), r2=r2, r2_100=r2_100, fitted=fitted,
         fit_range=(lo, hi), warnings=tuple(notes),
     )
 
 
-def alpha_req(x_or_spectrum, *, fit_range=(11, 100)) -> AlphaReqResult:
+def alpha_req(x_or_spectrum, *, fit_range=(11, 100),
+              n_samples: int | None = None) -> AlphaReqResult:
     """alpha-ReQ: power-law exponent of the covariance spectrum, lambda_k ~ C k^-alpha.
 
     Weighted least squares (Stringer & Pachitariu; METRICS.md): for 0-based indices i in
@@ -417,24 +515,39 @@ def alpha_req(x_or_spectrum, *, fit_range=(11, 100)) -> AlphaReqResult:
         the zero eigenvalues of a centered matrix with n <= d).
     fit_range
         ``(start, stop)`` 0-based, stop exclusive; default (11, 100) = ranks 12..100.
+    n_samples
+        For a 1-D spectrum of all ``d`` covariance eigenvalues: the number of rows n it came
+        from, so that (as for 2-D input) only the top ``min(2048, n, d)`` are used and the
+        result equals ``alpha_req`` of the accumulator / activations. Without it a 1-D
+        spectrum is used whole, and when n <= d the R^2 range ``[start + 1, len - 10)`` runs
+        into the d - n + 1 null-space values at rounding level: the warning about
+        rounding-level values then says to pass ``n_samples``. With 2-D input it must equal n.
 
     Returns
     -------
     AlphaReqResult. A spectrum shorter than ``stop`` is fitted on ``[start, len)`` with a
     warning (in ``result.warnings`` and as a :class:`SpectrumWarning`). Exact zeros are dropped
-    from the fit with a warning. ``r2``/``r2_100`` are ``nan`` (with a warning) when their
-    range holds fewer than 2 positive values. Raises :class:`DegenerateSpectrumError` when
+    from the fit and the R^2 ranges with a warning; so do fit or R^2 ranges that reach values
+    at rounding level (``<= len * eps(float64) * lambda_1``). ``r2``/``r2_100`` are ``nan``
+    (with a warning) when their range holds fewer than 2 positive values. Raises :class:`DegenerateSpectrumError` when
     fewer than 2 positive values are left to fit.
     """
     fn = "alpha_req"
     fit_range = _check_fit_range(fn, fit_range)
+    n_samples = _check_n_samples(fn, n_samples)
     notes: list[str] = []
+    hint = ""
     nd = _input_ndim(x_or_spectrum)
     if nd == 1:
         s = _as_spectrum(fn, "x_or_spectrum", x_or_spectrum)
         mags = _magnitudes(fn, "x_or_spectrum", s, notes)
+        if n_samples is not None:
+            mags = mags[: _li2025_count(n_samples, mags.size)]
+        else:
+            hint = _NULL_SPACE_HINT
     elif nd == 2:
         n, d = _activation_shape(fn, "x_or_spectrum", x_or_spectrum)
+        _check_n_samples_matches(fn, n_samples, n)
         lam = _as_spectrum(fn, "covariance spectrum", _covariance_spectrum(fn, x_or_spectrum, n))
         mags = _magnitudes(fn, "covariance spectrum", lam, notes)[: _li2025_count(n, d)]
     else:
@@ -442,7 +555,7 @@ def alpha_req(x_or_spectrum, *, fit_range=(11, 100)) -> AlphaReqResult:
             f"[{fn}] x_or_spectrum must be a 1-D spectrum or 2-D activations [n, d], "
             f"got {nd}-D input"
         )
-    result = _alpha_core(fn, mags, fit_range, notes)
+    result = _alpha_core(fn, mags, fit_range, notes, hint)
     _emit(list(result.warnings))
     return result
 
@@ -499,7 +612,8 @@ def stable_rank(spectrum) -> float:
 def _entropy(fn, mags):
     total = _nonzero_total(fn, mags)
     p = mags / total
-    return float(-_xlogx(p).sum())
+    # + 0.0 turns the -0.0 of a single value (-(1 log 1)) into +0.0; other values unchanged.
+    return float(-_xlogx(p).sum()) + 0.0
 
 
 def spectral_entropy(spectrum) -> float:

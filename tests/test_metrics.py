@@ -325,6 +325,107 @@ def test_alpha_req_zeros_inside_range_are_dropped_with_warning():
     assert abs(tail.alpha - 1.2) < 1e-10 and tail.warnings == ()
 
 
+def test_alpha_req_zeros_only_in_r2_ranges_are_dropped_with_warning():
+    # 200 positive values then 50 zeros: the fit range [11, 100) holds none of them, the R^2
+    # range [12, 240) holds 40; they are dropped from the R^2 as from the fit, and said so.
+    spec = np.concatenate([np.arange(1, 201.0) ** -1.3, np.zeros(50)])
+    with pytest.warns(SpectrumWarning, match=r"\[alpha_req\] 40 exact zero eigenvalue\(s\) in "
+                                             r"the r2 range \[12, 240\) cannot enter log\|lambda\|"):
+        res = alpha_req(spec)
+    assert abs(res.alpha - 1.3) < 1e-10
+    assert res.r2 == pytest.approx(1.0, abs=1e-12) and res.r2_100 == pytest.approx(1.0, abs=1e-12)
+    assert len(res.warnings) == 1 and "r2 range [12, 240)" in res.warnings[0]
+    # zeros in the r2_100 range but not in the fit range: fit (3, 30), 60 positive values
+    with pytest.warns(SpectrumWarning, match=r"in the r2_100 range"):
+        short = alpha_req(np.r_[np.arange(1, 61.0) ** -1.3, np.zeros(140)], fit_range=(3, 30))
+    assert any("in the r2_100 range [4, 100)" in w for w in short.warnings), short.warnings
+
+
+def test_alpha_req_empty_r2_range_message_names_the_range_and_length():
+    spec = np.arange(1, 1001.0) ** -1.3
+    with pytest.warns(SpectrumWarning, match=r"r2 is undefined"):
+        res = alpha_req(spec, fit_range=(600, 700))
+    assert np.isnan(res.r2) and np.isnan(res.r2_100) and abs(res.alpha - 1.3) < 1e-9
+    assert res.warnings == (
+        "[alpha_req] r2 is undefined (nan): its range [601, 500) is empty, in a spectrum of "
+        "length 1000; need >= 2 positive values",
+        "[alpha_req] r2_100 is undefined (nan): its range [601, 100) is empty, in a spectrum of "
+        "length 1000; need >= 2 positive values",
+    )
+    # a range cut short by the spectrum's end says so
+    with pytest.warns(SpectrumWarning, match=r"r2_100 is undefined"):
+        res = alpha_req(np.arange(1, 14.0) ** -1.0)
+    assert any("r2_100 is undefined (nan): its range [12, 100) (clipped to [12, 13)) holds 1 "
+               "positive value(s), in a spectrum of length 13" in w for w in res.warnings)
+
+
+def _null_space_spectrum(rng, n, d):
+    """Descending spectrum of length d shaped like a centered covariance of n <= d rows: n - 1
+    power-law values, then d - n + 1 rounding-level ones (~1e-17 of lambda_1)."""
+    top = noisy_power_law(rng, n - 1, 1.2)
+    return np.r_[top, np.sort(rng.uniform(1e-18, 3e-17, d - n + 1))[::-1]]
+
+
+@pytest.mark.parametrize("n, d", [(100, 300), (600, 4096), (40, 41)])
+def test_1d_spectrum_with_n_samples_equals_top_min_2048_n_d(n, d):
+    # The li2025 spectrum of n rows is the top min(2048, n, d) values; a 1-D spectrum does not
+    # know n, so n_samples says it.
+    rng, seed = fresh_rng()
+    spec = _null_space_spectrum(rng, n, d)
+    kept = spec[: min(2048, n, d)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rankme(spec, n_samples=n) == pytest.approx(hand_rankme(kept), rel=1e-12), seed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        a = alpha_req(spec, n_samples=n, fit_range=(11, 90) if n > 90 else (11, 25))
+    # li2025 keeps one null-space value (index n - 1; r2_100 may reach it) but needs no hint
+    assert not any("n_samples" in str(w.message) for w in caught), seed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpectrumWarning)
+        b = alpha_req(kept, fit_range=a.fit_range)
+    assert (a.alpha, a.r2, a.fit_range) == (b.alpha, b.r2, b.fit_range), seed
+    assert a.r2_100 == b.r2_100 or (np.isnan(a.r2_100) and np.isnan(b.r2_100)), seed
+    assert a.fitted.shape == (kept.size,)
+    # no effect where there is no null space to drop (up to the rounding of the accumulator's
+    # explained-variance ratios, which n_samples reproduces), nor for the other conventions
+    assert rankme(spec[:n], n_samples=10**6) == pytest.approx(rankme(spec[:n]), rel=1e-14), seed
+    assert rankme(spec, convention="full", n_samples=n) == rankme(spec, convention="full"), seed
+
+
+def test_1d_spectrum_with_null_space_warns_and_says_how_to_match():
+    rng, seed = fresh_rng()
+    spec = _null_space_spectrum(rng, 100, 300)
+    # The fit range [11, 90) is clear of the null space (indices >= 99), the R^2 ranges
+    # [12, 290) and [12, 100) are not.
+    with pytest.warns(SpectrumWarning, match=r"\[alpha_req\] the r2 range and the r2_100 range "
+                                             r"reach eigenvalues at rounding level .*"
+                                             r"R\^2 describes.*pass n_samples=n"):
+        res = alpha_req(spec, fit_range=(11, 90))
+    assert res.r2 < 0.5, seed  # what the warning is about: R^2 of the null space
+    with pytest.warns(SpectrumWarning, match=r"the r2_100 range reaches") as caught:
+        # li2025 keeps index n - 1 = 99, which r2_100's [12, 100) reaches; no hint needed
+        assert alpha_req(spec, fit_range=(11, 90), n_samples=100).r2 > 0.9, seed
+    assert not any("n_samples" in str(w.message) for w in caught), seed
+    with pytest.warns(SpectrumWarning, match=r"\[rankme\] x_or_spectrum: 201 of the top 300 values "
+                                             r"that li2025 uses are at rounding level.*n_samples=n"):
+        r = rankme(spec)
+    assert r == pytest.approx(hand_rankme(spec), rel=1e-12)
+    assert r > rankme(spec, n_samples=100)
+    # one value at rounding level (n = d) is what li2025 keeps anyway: silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rankme(_null_space_spectrum(rng, 50, 50))
+
+
+@pytest.mark.parametrize("bad, exc", [(0, ValueError), (-3, ValueError), (2.5, TypeError),
+                                      (True, TypeError), ("100", TypeError)])
+def test_n_samples_must_be_a_positive_int(bad, exc):
+    for func in (rankme, alpha_req):
+        with pytest.raises(exc, match=rf"\[{func.__name__}\] n_samples must be an int >= 1"):
+            func(np.arange(1, 200.0) ** -1, n_samples=bad)
+
+
 @pytest.mark.parametrize("spec", [np.zeros(200), np.r_[1.0, np.zeros(199)],
                                   np.r_[np.ones(12), np.zeros(188)]])
 def test_alpha_req_degenerate_raises_never_nan(spec):
@@ -403,6 +504,12 @@ def test_condition_number_excludes_rounding_level_values_unless_rtol_zero():
 
 def test_spectral_entropy_uses_natural_log():
     assert spectral_entropy([1.0, 1.0]) == pytest.approx(math.log(2.0))
+
+
+@pytest.mark.parametrize("spec", [[2.0], [3.0, 0.0, 0.0]])
+def test_spectral_entropy_of_rank_one_is_positive_zero(spec):
+    value = spectral_entropy(spec)
+    assert value == 0.0 and math.copysign(1.0, value) == 1.0, value  # +0.0, not -0.0
 
 
 # ----------------------------------------------------------------------------- 2-D activations
@@ -624,6 +731,43 @@ def test_geometry_degenerate_data_gives_nan_with_reasons_never_silently():
         stem = "alpha" if key.startswith("alpha") else key
         assert any(w.startswith(f"{stem} = nan") for w in g["warnings"]), (key, g["warnings"])
     assert np.isfinite(g["rankme_garrido2023"])  # the raw matrix has rank one, not zero
+
+
+@needs_core
+def test_geometry_at_d1_gives_positive_zero_entropy():
+    rng, seed = fresh_rng()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpectrumWarning)  # alpha needs >= 2 values
+        g = geometry(rng.standard_normal((50, 1)))
+    assert g["spectral_entropy"] == 0.0 and math.copysign(1.0, g["spectral_entropy"]) == 1.0, seed
+
+
+@needs_core
+def test_accumulator_spectrum_with_n_samples_equals_accumulator_when_n_le_d():
+    import geomfast
+
+    rng, seed = fresh_rng()
+    n, d = 100, 300
+    x = rng.standard_normal((n, d)) * np.arange(1, d + 1) ** -0.6
+    acc = geomfast.GramAccumulator(d).update(x)
+    spec = acc.spectrum()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpectrumWarning)  # [11, 100) reaches index 99 = n - 1
+        g = geometry(acc)
+        a, b = alpha_req(spec, n_samples=n), alpha_req(acc)
+        assert alpha_req(acc, n_samples=n).r2 == b.r2  # 2-D input: the same n is fine
+    assert rankme(spec, n_samples=n) == rankme(acc) == g["rankme"], seed
+    with pytest.warns(SpectrumWarning, match=r"n_samples=n"):
+        assert rankme(spec) != pytest.approx(rankme(acc), rel=1e-6), seed
+    assert (a.alpha, a.r2, a.r2_100, a.warnings) == (b.alpha, b.r2, b.r2_100, b.warnings), seed
+    assert (g["alpha"], g["alpha_r2"], g["alpha_r2_100"]) == (a.alpha, a.r2, a.r2_100), seed
+    with pytest.warns(SpectrumWarning, match=r"r2 range.*rounding level.*pass n_samples=n"):
+        assert alpha_req(spec).r2 < b.r2 - 0.5, seed
+    # 2-D input knows its n: a different n_samples is an error
+    with pytest.raises(ValueError, match=r"\[rankme\] n_samples=99 contradicts the 100 rows"):
+        rankme(acc, n_samples=99)
+    with pytest.raises(ValueError, match=r"\[alpha_req\] n_samples=7 contradicts the 100 rows"):
+        alpha_req(x, n_samples=7)
 
 
 @needs_core
