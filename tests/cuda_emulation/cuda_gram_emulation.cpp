@@ -118,6 +118,18 @@ std::vector<double> cov_of(const GramBackend& g) {
 
 int failures = 0;
 
+std::vector<const Chunk*> pointers(const std::vector<Chunk>& chunks) {
+  std::vector<const Chunk*> out;
+  for (const Chunk& c : chunks) out.push_back(&c);
+  return out;
+}
+
+// g after every chunk was added, in order.
+GramBackend& fed(GramBackend& g, const std::vector<Chunk>& chunks) {
+  for (const Chunk& c : chunks) g.update(c.view());
+  return g;
+}
+
 void report(const std::string& what, double err, double bar, bool extra_ok = true, const std::string& note = "") {
   const bool ok = std::isfinite(err) && err <= bar && extra_ok;
   failures += !ok;
@@ -302,13 +314,8 @@ void case_tiny_column(DType t, const char* kernel, unsigned seed) {
   mean[11] = 0.0, sd[11] = 2e-21;
   std::vector<Chunk> chunks;
   for (int64_t rows : {500, 301}) chunks.push_back(make_chunk(t, rows, d, mean, sd, rng));
-  auto g = make_cuda_gram(d, 0, Precision::kFast);
-  std::vector<const Chunk*> all;
-  for (const Chunk& c : chunks) {
-    g->update(c.view());
-    all.push_back(&c);
-  }
-  const auto cov = cov_of(*g), ref = reference_cov(all, d);
+  const auto g = make_cuda_gram(d, 0, Precision::kFast);
+  const auto cov = cov_of(fed(*g, chunks)), ref = reference_cov(pointers(chunks), d);
   double worst = 0.0;
   for (int64_t j = 0; j < d; ++j) worst = std::max(worst, std::fabs(cov[j * d + j] / ref[j * d + j] - 1.0));
   char note[96];
@@ -331,13 +338,8 @@ void case_drift(Precision p, DType t, double offset, unsigned seed) {
   std::vector<Chunk> chunks;
   chunks.push_back(make_chunk(t, 2000, d, mean, sd, rng));
   for (int i = 0; i < 3; ++i) chunks.push_back(make_chunk(t, 6000, d, mean2, sd, rng));
-  auto g = make_cuda_gram(d, 0, p);
-  std::vector<const Chunk*> all;
-  for (const Chunk& c : chunks) {
-    g->update(c.view());
-    all.push_back(&c);
-  }
-  const auto cov = cov_of(*g), ref = reference_cov(all, d);
+  const auto g = make_cuda_gram(d, 0, p);
+  const auto cov = cov_of(fed(*g, chunks)), ref = reference_cov(pointers(chunks), d);
   double worst = 0.0;
   for (int64_t a = 0; a < d; ++a)
     for (int64_t b = 0; b < d; ++b)
