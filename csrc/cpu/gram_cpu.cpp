@@ -285,15 +285,7 @@ class FastAccumulator {
   // lose a column whose values are tiny beside the others' (|y| ~ 1e-20: squares below float32's
   // normal range, flushed or subnormal), and its variance came out negative (-1.1e-44 for a true
   // 1.0e-40); the float64 diagonal keeps every variance right and >= 0.
-  void add_squares(const float* y, int64_t rows) {
-    double* diag = diag_.data();
-    const int64_t d = dim_;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* row = y + r * d;
-#pragma omp simd
-      for (int64_t c = 0; c < d; ++c) diag[c] += static_cast<double>(row[c]) * static_cast<double>(row[c]);
-    }
-  }
+  void add_squares(const float* y, int64_t rows) { add_squares_f32(y, rows, dim_, diag_.data()); }
 
   int64_t dim_;
   std::vector<double> diag_;               // float64 Σ y² per column since the last flush
@@ -479,7 +471,7 @@ class CpuGram final : public GramBackend {
     // before it costs a few roundings; the final cancellation stays small unless they are most
     // of the rows.) follow_drift catches a drift of chunks too small to judge alone.
     const bool look = !reshift && n >= kDriftChunkRows;
-    if (!reshift && !look) return;
+    if (!reshift && !(look && chunk_moved(x))) return;
     const int64_t m = std::min<int64_t>(n, reshift ? kShiftRows : kDriftRows);
     // The chunk's column means and variances from m rows spread evenly over it (the first rows of
     // a chunk may not be like the rest: sequences sorted by length, a drifting stream).
@@ -510,6 +502,34 @@ class CpuGram final : public GramBackend {
     else reshift_to(mean);
     scale_ = spread;
     shift_rows_ = std::max(shift_rows_, count_ + m);
+  }
+
+  // Is the mean of kDriftRows rows spread over x more than kDriftSpreads spreads from the shift in
+  // some column? Row-major chunks through the vectorized centring kernel (Σ (x - shift) into a
+  // scratch row): every update of >= kDriftChunkRows rows asks, so this must cost little next to
+  // the products (the scalar strided loop cost ~10 % of 64-row updates at d = 256).
+  bool chunk_moved(const MatrixView& x) const {
+    const int64_t d = dim_, m = std::min<int64_t>(x.rows, kDriftRows);
+    std::vector<double> colsum(static_cast<size_t>(d), 0.0);
+    if (x.col_stride == 1) {
+      std::vector<float> scratch(static_cast<size_t>(d));
+      dispatch_dtype(x.dtype, [&](auto tag) {
+        using L = Loader<decltype(tag)::value>;
+        const auto* base = static_cast<const typename L::raw*>(x.data);
+        for (int64_t i = 0; i < m; ++i)
+          RowOps<decltype(tag)::value>::center(base + (i * x.rows / m) * x.row_stride, d, shift_.data(),
+                                               colsum.data(), scratch.data());
+      });
+    } else {
+      std::vector<double> colsq(static_cast<size_t>(d), 0.0);
+      dispatch_dtype(x.dtype, [&](auto tag) {
+        colsum_sampled<decltype(tag)::value>(x, 0, m, m, colsum.data(), colsq.data());
+      });
+      for (int64_t c = 0; c < d; ++c) colsum[c] -= static_cast<double>(m) * shift_[c];
+    }
+    for (int64_t c = 0; c < d; ++c)
+      if (scale_[c] > 0 && std::abs(colsum[c]) > kDriftSpreads * scale_[c] * static_cast<double>(m)) return true;
+    return false;
   }
 
   // fast on AMX with bf16 input, and the exact AMX-INT8 kernel with bf16/f16 input: the shift on

@@ -113,6 +113,12 @@ GF_CENTER(center_row_f16, uint16_t, float, half_to_float)
 GF_CLONES void add_f32_into_f64(const float* acc, int64_t n, double* g) {
   for (int64_t i = 0; i < n; ++i) g[i] += static_cast<double>(acc[i]);
 }
+GF_CLONES void add_squares_f32(const float* y, int64_t rows, int64_t n, double* sq) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* __restrict row = y + r * n;
+    for (int64_t i = 0; i < n; ++i) sq[i] += static_cast<double>(row[i]) * static_cast<double>(row[i]);
+  }
+}
 GF_CLONES void add_f64_into_f64(const double* p, int64_t n, double* g) {
   for (int64_t i = 0; i < n; ++i) g[i] += p[i];
 }

@@ -35,6 +35,8 @@ void center_row_f16(const uint16_t* x, int64_t n, const double* shift, double* c
 
 // g[i] += double(acc[i]) for i in [0, n)  (the float32 → float64 flush of a column's upper part).
 void add_f32_into_f64(const float* acc, int64_t n, double* g);
+// sq[i] += Σ_r double(y[r, i])² over rows r of y [rows, n] row-major (fast's float64 diagonal).
+void add_squares_f32(const float* y, int64_t rows, int64_t n, double* sq);
 // g[i] += p[i] for i in [0, n)
 void add_f64_into_f64(const double* p, int64_t n, double* g);
 
