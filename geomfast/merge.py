@@ -112,8 +112,7 @@ def _merge_one(src, dst: ResultStore, summary: MergeSummary) -> None:
                 if old["status"] == "ok" or r["status"] != "ok":
                     summary.skipped += 1
                     continue
-                conn.execute("DELETE FROM spectra WHERE result_id=?", (old["id"],))
-                conn.execute("DELETE FROM results WHERE id=?", (old["id"],))
+                dst._delete_result(old["id"])
                 summary.replaced += 1
             else:
                 summary.inserted += 1

@@ -317,6 +317,11 @@ class ResultStore:
         return out
 
     # -- writing results ------------------------------------------------------------------
+    def _delete_result(self, result_id: int) -> None:
+        """A result row and its spectra (inside the caller's transaction)."""
+        self.conn.execute("DELETE FROM spectra WHERE result_id=?", (result_id,))
+        self.conn.execute("DELETE FROM results WHERE id=?", (result_id,))
+
     def write_result(
         self,
         checkpoint,
@@ -376,8 +381,7 @@ class ResultStore:
             if old is not None:
                 if old["status"] == "ok" and not replace:
                     return False
-                self.conn.execute("DELETE FROM spectra WHERE result_id=?", (old["id"],))
-                self.conn.execute("DELETE FROM results WHERE id=?", (old["id"],))
+                self._delete_result(old["id"])
             cur = self.conn.execute(
                 f"INSERT INTO results({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                 [values[c] for c in cols])
@@ -451,8 +455,7 @@ class ResultStore:
                 ids = [r[0] for r in self.conn.execute(
                     "SELECT id FROM results WHERE model=? AND revision=?", (model, revision))]
                 for rid in ids:
-                    self.conn.execute("DELETE FROM spectra WHERE result_id=?", (rid,))
-                    self.conn.execute("DELETE FROM results WHERE id=?", (rid,))
+                    self._delete_result(rid)
                 self.conn.execute("DELETE FROM checkpoints WHERE model=? AND revision=?", (model, revision))
                 removed = len(ids)
             self.conn.execute("INSERT OR REPLACE INTO weights(model, revision, fingerprint, recorded_at) "

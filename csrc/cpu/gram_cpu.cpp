@@ -385,12 +385,7 @@ class CpuGram final : public GramBackend {
     shift_ = s.shift;
     sum_ = s.sum;
     g_ = s.gram;  // symmetric, so row- and column-major agree
-    scale_.assign(dim_, 0.0);  // the loaded rows' spread, for the drift checks
-    if (count_ > 0)
-      for (int64_t c = 0; c < dim_; ++c) {
-        const double n = static_cast<double>(count_), mu = sum_[c] / n;
-        scale_[c] = std::sqrt(std::max(0.0, g_[c + c * dim_] / n - mu * mu));
-      }
+    scale_ = state_spread();  // the loaded rows' spread, for the drift checks
     staged_ = 0;
     stage_inexact_ = false;
     stage_short_ = false;
@@ -487,12 +482,12 @@ class CpuGram final : public GramBackend {
     for (int64_t c = 0; c < d; ++c) {
       double s = 0.0, q = 0.0;
       for (int p = 0; p < nthreads; ++p) s += colsums[p * d + c], q += colsqs[p * d + c];
-      const double mu = s / static_cast<double>(m), var = std::max(0.0, q / static_cast<double>(m) - mu * mu);
+      const double mu = s / static_cast<double>(m), sc = spread_from_sums(s, q, static_cast<double>(m));
       // the rows so far (Σx over them = count·shift + Σy) and this chunk, weighted by their rows
       const double mu0 = count_ > 0 ? shift_[c] + sum_[c] / n0 : 0.0, s0 = scale_[c];
       mean[c] = reshift ? (n0 * mu0 + w * mu) / total : mu;
-      spread[c] = std::sqrt((n0 * s0 * s0 + w * var) / total + n0 * w / (total * total) * (mu0 - mu) * (mu0 - mu));
-      const double sd = std::max(s0, std::sqrt(var));
+      spread[c] = pooled_spread(n0, mu0, s0, w, mu, sc);
+      const double sd = std::max(s0, sc);
       drift = drift || (sd > 0 && std::abs(mu - shift_[c]) > kDriftSpreads * sd);
     }
     if (!drift) return;
@@ -562,16 +557,20 @@ class CpuGram final : public GramBackend {
     for (int64_t c = 0; c < d && !drift; ++c) drift = scale_[c] > 0 && std::abs(sum_[c]) > kDriftSpreads * scale_[c] * n0;
     if (!drift) return;
     settle_pending();
-    std::vector<double> mean(d), spread(d);
-    for (int64_t c = 0; c < d; ++c) {
-      const double mu = sum_[c] / n0;
-      mean[c] = shift_[c] + mu;
-      spread[c] = std::sqrt(std::max(0.0, g_[c + c * d] / n0 - mu * mu));
-    }
+    std::vector<double> mean(d);
+    for (int64_t c = 0; c < d; ++c) mean[c] = shift_[c] + sum_[c] / n0;
+    const std::vector<double> spread = state_spread();
     on_grid(mean, spread, t);
     if (mean == shift_) return;
     reshift_to(mean);
     scale_ = spread;
+  }
+
+  // The columns' spread over the rows in the (settled) state.
+  std::vector<double> state_spread() const {
+    std::vector<double> s(static_cast<size_t>(dim_));
+    for (int64_t c = 0; c < dim_; ++c) s[c] = spread_from_sums(sum_[c], g_[c + c * dim_], static_cast<double>(count_));
+    return s;
   }
 
   // Re-expresses the state around a new shift (exact algebra; staged work is settled first).

@@ -262,9 +262,8 @@ class CudaGram final : public GramBackend {
       check_flags(st, x);
       set_shift(zsum_.get(), d, n, shift_.get(), st);
       for (int64_t j = 0; j < d; ++j) {  // the host's copy of the shift, and the columns' spread
-        const double mu = hstats_[j] / static_cast<double>(n);
-        h_shift_[j] = mu;
-        h_scale_[j] = std::sqrt(std::max(0.0, hstats_[d + j] / static_cast<double>(n) - mu * mu));
+        h_shift_[j] = hstats_[j] / static_cast<double>(n);
+        h_scale_[j] = spread_from_sums(hstats_[j], hstats_[d + j], static_cast<double>(n));
       }
       shift_set_ = true;
       c_mode_ = Mode::kStale;
@@ -374,10 +373,8 @@ class CudaGram final : public GramBackend {
     c_mode_ = Mode::kStale;
     broken_.clear();
     h_shift_ = s.shift;
-    for (size_t j = 0; j < d; ++j) {  // the loaded rows' spread, for the drift checks
-      const double n = static_cast<double>(s.count), m = s.count > 0 ? s.sum[j] / n : 0.0;
-      h_scale_[j] = s.count > 0 ? std::sqrt(std::max(0.0, s.gram[j * d + j] / n - m * m)) : 0.0;
-    }
+    for (size_t j = 0; j < d; ++j)  // the loaded rows' spread, for the drift checks
+      h_scale_[j] = spread_from_sums(s.sum[j], s.gram[j * d + j], static_cast<double>(s.count));
   }
 
   void add_state(const GramState& s) override {
@@ -474,25 +471,22 @@ class CudaGram final : public GramBackend {
   bool follow_drift(int64_t n, cudaStream_t st) {
     const int64_t d = dim_;
     const double nn = static_cast<double>(n);
-    std::vector<double> mu(static_cast<size_t>(d)), var(static_cast<size_t>(d));
+    std::vector<double> mu(static_cast<size_t>(d)), sc(static_cast<size_t>(d));
     bool drift = false;
     for (int64_t j = 0; j < d; ++j) {
-      const double m = hstats_[j] / nn;
-      mu[j] = h_c_[j] + m;
-      var[j] = std::max(0.0, hstats_[d + j] / nn - m * m);
-      const double sd = std::max(h_scale_[j], std::sqrt(var[j]));
+      mu[j] = h_c_[j] + hstats_[j] / nn;
+      sc[j] = spread_from_sums(hstats_[j], hstats_[d + j], nn);
+      const double sd = std::max(h_scale_[j], sc[j]);
       drift = drift || (sd > 0 && std::abs(mu[j] - h_shift_[j]) > kDriftSpreads * sd);
     }
     if (!drift) return false;
     GF_CUDA_CHECK(cudaEventRecord(ready_, st));  // state() and set_state() run after what st queued
     GramState cur = state();
-    const double n0 = static_cast<double>(cur.count), total = n0 + nn;
+    const double n0 = static_cast<double>(cur.count);
     std::vector<double> spread(static_cast<size_t>(d));
-    for (int64_t j = 0; j < d; ++j) {
-      const double m0 = cur.sum[j] / n0, v0 = std::max(0.0, cur.gram[j * d + j] / n0 - m0 * m0);
-      const double gap = cur.shift[j] + m0 - mu[j];
-      spread[j] = std::sqrt((n0 * v0 + nn * var[j]) / total + n0 * nn / (total * total) * gap * gap);
-    }
+    for (int64_t j = 0; j < d; ++j)
+      spread[j] = pooled_spread(n0, cur.shift[j] + cur.sum[j] / n0, spread_from_sums(cur.sum[j], cur.gram[j * d + j], n0),
+                                nn, mu[j], sc[j]);
     set_state(reshift_state(cur, mu.data()));  // sets h_shift_ and marks the kernel shift stale
     h_scale_ = spread;
     GF_CUDA_CHECK(cudaStreamWaitEvent(st, ready_, 0));

@@ -163,10 +163,8 @@ int main() {
       const int64_t m3 = 50;
       const std::vector<double> lam3 = power_law(m3, 1.0);
       const std::vector<double> b3 = with_spectrum(lam3, rng);
-      EigOptions r3;
-      r3.method = EigMethod::kRandomized;
-      r3.k = 8;
-      r = eigvalsh_cuda(cuda_view(b3.data(), DType::kFloat64, m3, m3, 1), r3);
+      rnd.k = 8;
+      r = eigvalsh_cuda(cuda_view(b3.data(), DType::kFloat64, m3, m3, 1), rnd);
       report("randomized top-8 of 50: a narrower last block, exact", max_rel(r.values, lam3, 8), 1e-10,
              r.converged && r.warnings.empty());
       std::vector<double> big(b.size()), lam_big(lam2.size());

@@ -1,6 +1,7 @@
 // Streaming Gram accumulation: count, shift, Σ(x - shift) and Σ(x - shift)(x - shift)ᵀ in
 // float64, whatever the number of rows. Memory is O(dim²).
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -35,6 +36,18 @@ void add_state_into(GramState& into, const GramState& other);
 // Shared by every path so that all give identical, exactly symmetric results.
 inline double covariance_entry(double g_ij, double s_i, double s_j, double n, double scale) {
   return (g_ij - (s_i * s_j) / n) * scale;
+}
+// A column's spread (standard deviation over n rows) from Σy and Σy² (y = x - any base); 0 for n = 0.
+inline double spread_from_sums(double sum, double sumsq, double n) {
+  if (!(n > 0)) return 0.0;
+  const double m = sum / n, v = sumsq / n - m * m;
+  return v > 0 ? std::sqrt(v) : 0.0;
+}
+// The spread of two groups of rows taken together: n0 rows of mean m0 and spread s0, n1 rows of
+// mean m1 and spread s1 (the within-group variances plus the gap between the means).
+inline double pooled_spread(double n0, double m0, double s0, double n1, double m1, double s1) {
+  const double n = n0 + n1, gap = m0 - m1;
+  return std::sqrt((n0 * s0 * s0 + n1 * s1 * s1) / n + n0 * n1 / (n * n) * gap * gap);
 }
 // Covariance (G - n m mᵀ) / (n - ddof), m = sum / n, written to out [dim, dim] row-major.
 void covariance_from_state(const GramState& s, int64_t ddof, double* out);
