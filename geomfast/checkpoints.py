@@ -34,6 +34,7 @@ __all__ = [
 
 # What from_pretrained reads the weights from (sharded or not); their index files too.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+_WEIGHT_NAMES = _WEIGHT_SUFFIXES + tuple(s + ".index.json" for s in _WEIGHT_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -448,7 +449,7 @@ def weights_fingerprint(source: str) -> str | None:
     entries = []
     for f in sorted(path.iterdir()):
         name = f.name
-        if name.endswith(_WEIGHT_SUFFIXES) or name.endswith(tuple(s + ".index.json" for s in _WEIGHT_SUFFIXES)):
+        if name.endswith(_WEIGHT_NAMES):
             try:
                 st = f.stat()
             except OSError:

@@ -187,7 +187,7 @@ def _run_process_gone(host, pid) -> bool:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
-    except (PermissionError, OSError):  # someone else's live process (or unknowable)
+    except OSError:  # PermissionError: someone else's live process (or unknowable)
         return False
     return False
 
@@ -438,29 +438,32 @@ class ResultStore:
                 "finished_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (model, revision, options_hash, request, run_id, time.time()))
 
-    def sync_weights(self, model: str, revision: str, fingerprint: str) -> int:
-        """Compare a local checkpoint's weight files (``fingerprint``: their names, sizes and
-        modification times) with those its stored results were computed from. The first time,
-        record it. When they differ the folder was rewritten (e.g. a run retrained into the same
-        folders): every stored result and marker of (model, revision) describes weights that no
-        longer exist, and they are removed, with the new fingerprint recorded, in one
-        transaction. Returns the number of result rows removed."""
+    def sync_weights(self, fingerprints: Mapping[tuple[str, str], str]) -> dict[tuple[str, str], int]:
+        """Compare local checkpoints' weight files (``fingerprints``: (model, revision) -> a digest
+        of their names, sizes and modification times) with those their stored results were
+        computed from. The first time, record them. Where they differ the folder was rewritten
+        (e.g. a run retrained into the same folders): every stored result and marker of that
+        (model, revision) describes weights that no longer exist, and they are removed, with the
+        new fingerprint recorded. One transaction for all. Returns the result rows removed per
+        checkpoint (only those with some)."""
+        removed: dict[tuple[str, str], int] = {}
         with self.transaction():
-            old = self.conn.execute("SELECT fingerprint FROM weights WHERE model=? AND revision=?",
-                                    (model, revision)).fetchone()
-            if old is not None and old[0] == fingerprint:
-                return 0
-            removed = 0
-            if old is not None:
-                ids = [r[0] for r in self.conn.execute(
-                    "SELECT id FROM results WHERE model=? AND revision=?", (model, revision))]
-                for rid in ids:
-                    self._delete_result(rid)
-                self.conn.execute("DELETE FROM checkpoints WHERE model=? AND revision=?", (model, revision))
-                removed = len(ids)
-            self.conn.execute("INSERT OR REPLACE INTO weights(model, revision, fingerprint, recorded_at) "
-                              "VALUES (?, ?, ?, ?)", (model, revision, fingerprint, time.time()))
-            return removed
+            known = {(r[0], r[1]): r[2] for r in self.conn.execute("SELECT model, revision, fingerprint FROM weights")}
+            for (model, revision), fingerprint in fingerprints.items():
+                old = known.get((model, revision))
+                if old == fingerprint:
+                    continue
+                if old is not None:
+                    ids = [r[0] for r in self.conn.execute(
+                        "SELECT id FROM results WHERE model=? AND revision=?", (model, revision))]
+                    for rid in ids:
+                        self._delete_result(rid)
+                    self.conn.execute("DELETE FROM checkpoints WHERE model=? AND revision=?", (model, revision))
+                    if ids:
+                        removed[(model, revision)] = len(ids)
+                self.conn.execute("INSERT OR REPLACE INTO weights(model, revision, fingerprint, recorded_at) "
+                                  "VALUES (?, ?, ?, ?)", (model, revision, fingerprint, time.time()))
+        return removed
 
     def done_checkpoints(self, options_hash: str, request: str) -> set[tuple[str, str]]:
         """(model, revision) pairs fully done for these options and this layer/pooling request."""

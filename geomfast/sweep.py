@@ -270,17 +270,15 @@ def drop_stale_results(store: ResultStore, checkpoints, cfg: TraceConfig) -> int
     stderr. Returns the number of rows removed. Call before reading what is done."""
     from .checkpoints import weights_fingerprint
 
-    total = 0
-    for c in checkpoints:
-        fp = weights_fingerprint(c.source) if c.hub_revision is None else None
-        if fp is None:
-            continue
-        removed = store.sync_weights(c.model, c.revision, fp)
-        if removed:
-            total += removed
-            print(f"[geomfast] {c.source}: its weight files changed since {removed} result(s) were stored "
-                  f"for it in {cfg.out}; those results were removed and are recomputed", file=sys.stderr)
-    return total
+    prints = {(c.model, c.revision): (c.source, fp) for c in checkpoints if c.hub_revision is None
+              for fp in [weights_fingerprint(c.source)] if fp is not None}
+    if not prints:
+        return 0
+    removed = store.sync_weights({key: fp for key, (_, fp) in prints.items()})
+    for key, n in removed.items():
+        print(f"[geomfast] {prints[key][0]}: its weight files changed since {n} result(s) were stored "
+              f"for it in {cfg.out}; those results were removed and are recomputed", file=sys.stderr)
+    return sum(removed.values())
 
 
 def pending_checkpoints(store: ResultStore, checkpoints, cfg: TraceConfig, h: str, request: str,
