@@ -182,15 +182,12 @@ def _check_device(device, cli: bool = False) -> str:
 def _check_eig_options(eig_options: dict | None, cli: bool = False) -> dict:
     """The randomized solver's options, by geomfast.eigvalsh's rules (linalg._eig_args): tol a
     finite float > 0, the integer options >= 0."""
+    from .linalg import eig_option_problem
+
     opts = dict(eig_options or {})
-    for key in ("oversample", "block", "n_iter", "tol_k", "max_iter", "seed"):
-        val = opts.get(key)
-        if val is not None and (isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0):
-            _fail(f"{_name(key, cli)} must be a non-negative int, got {val!r}", cli)
-    tol = opts.get("tol")
-    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating))
-                            or not math.isfinite(tol) or tol <= 0):
-        _fail(f"{_name('tol', cli)} must be a finite number > 0, got {tol!r}", cli)
+    problem = eig_option_problem(opts, lambda key: _name(key, cli))
+    if problem:
+        _fail(problem, cli)
     return opts
 
 

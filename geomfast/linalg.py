@@ -14,6 +14,21 @@ EIG_OPTIONS = ("oversample", "block", "n_iter", "tol", "tol_k", "max_iter", "see
 DEFAULT_OVERSAMPLE = 16
 
 
+def eig_option_problem(opts: dict, name=lambda key: key) -> str | None:
+    """What is wrong with the eigensolver options' values (None: nothing): the integer options must
+    be ints >= 0 and tol a finite number > 0. `name` spells an option in the message (bench: its
+    CLI flag). Shared by eigvalsh and geomfast bench, which checks before it runs anything."""
+    for key in ("oversample", "block", "n_iter", "tol_k", "max_iter", "seed"):
+        val = opts.get(key)
+        if val is not None and (isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0):
+            return f"{name(key)} must be a non-negative int, got {val!r}"
+    tol = opts.get("tol")
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating))
+                            or not np.isfinite(tol) or tol <= 0):
+        return f"{name('tol')} must be a finite number > 0, got {tol!r}"
+    return None
+
+
 def _eig_args(n: int, method: str, k, opts: dict, *, func: str) -> tuple:
     """Validates eigensolver options; returns the native (method, k, options) arguments."""
     unknown = set(opts) - set(EIG_OPTIONS)
@@ -23,13 +38,9 @@ def _eig_args(n: int, method: str, k, opts: dict, *, func: str) -> tuple:
         raise ValueError(f"[{func}] method must be one of {METHODS}, got {method!r}")
     if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n):
         raise ValueError(f"[{func}] k must be an int in [1, {n}], got {k!r}")
-    for key in ("oversample", "block", "n_iter", "tol_k", "max_iter", "seed"):
-        val = opts.get(key)
-        if val is not None and (isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0):
-            raise ValueError(f"[{func}] {key} must be a non-negative int, got {val!r}")
-    tol = opts.get("tol")
-    if tol is not None and not (isinstance(tol, (int, float)) and np.isfinite(tol) and tol > 0):
-        raise ValueError(f"[{func}] tol must be a positive float, got {tol!r}")
+    problem = eig_option_problem(opts)
+    if problem:
+        raise ValueError(f"[{func}] {problem}")
     if method == "auto":
         # The Krylov solver pays off when the wanted values are a small fraction of the matrix.
         oversample = opts.get("oversample") or DEFAULT_OVERSAMPLE
