@@ -464,14 +464,16 @@ class CudaGram final : public GramBackend {
   // The chunk of n rows whose statistics are in hstats_ (Σ (x - c), Σ (x - c)²): when its mean is
   // more than kDriftSpreads spreads from the shift in some column (the data moved away from the
   // rows the shift came from: a drifting stream, another kind of text), the state is re-expressed
-  // around the chunk's mean (exact algebra, on the host: a download and an upload of the state,
-  // only on drift) and true is returned. Rows summed k spreads off-centre lose a factor ~k² to
-  // cancellation, and the products' rounding grows with the rows (the CPU backend measured 5e-11
-  // per entry in highest at 160,000 float32 rows 5 spreads off, over the 1e-12 bar).
+  // around the chunk's mean (exact algebra, on the device; only on drift, at the cost of one more
+  // host sync for the state's column sums and diagonal) and true is returned. Rows summed k spreads
+  // off-centre lose a factor ~k² to cancellation, and the products' rounding grows with the rows
+  // (the CPU backend measured 5e-11 per entry in highest at 160,000 float32 rows 5 spreads off,
+  // over the 1e-12 bar).
   bool follow_drift(int64_t n, cudaStream_t st) {
     const int64_t d = dim_;
+    const size_t du = static_cast<size_t>(d);
     const double nn = static_cast<double>(n);
-    std::vector<double> mu(static_cast<size_t>(d)), sc(static_cast<size_t>(d));
+    std::vector<double> mu(du), sc(du);
     bool drift = false;
     for (int64_t j = 0; j < d; ++j) {
       mu[j] = h_c_[j] + hstats_[j] / nn;
@@ -480,16 +482,29 @@ class CudaGram final : public GramBackend {
       drift = drift || (sd > 0 && std::abs(mu[j] - h_shift_[j]) > kDriftSpreads * sd);
     }
     if (!drift) return false;
-    GF_CUDA_CHECK(cudaEventRecord(ready_, st));  // state() and set_state() run after what st queued
-    GramState cur = state();
-    const double n0 = static_cast<double>(cur.count);
-    std::vector<double> spread(static_cast<size_t>(d));
+    // The state's Σy and diagonal Σy² (into hstats_, whose chunk sums are consumed), for the
+    // pooled spread of the state's rows and this chunk's.
+    copy_diagonal(gram_.get(), d, diag_.get(), st);
+    GF_CUDA_CHECK(cudaMemcpyAsync(hstats_.get(), sum_.get(), du * sizeof(double), cudaMemcpyDeviceToHost, st));
+    GF_CUDA_CHECK(cudaMemcpyAsync(hstats_.get() + d, diag_.get(), du * sizeof(double), cudaMemcpyDeviceToHost, st));
+    GF_CUDA_CHECK(cudaStreamSynchronize(st));
+    const double n0 = static_cast<double>(count_);
     for (int64_t j = 0; j < d; ++j)
-      spread[j] = pooled_spread(n0, cur.shift[j] + cur.sum[j] / n0, spread_from_sums(cur.sum[j], cur.gram[j * d + j], n0),
-                                nn, mu[j], sc[j]);
-    set_state(reshift_state(cur, mu.data()));  // sets h_shift_ and marks the kernel shift stale
-    h_scale_ = spread;
-    GF_CUDA_CHECK(cudaStreamWaitEvent(st, ready_, 0));
+      h_scale_[j] = pooled_spread(n0, h_shift_[j] + hstats_[j] / n0, spread_from_sums(hstats_[j], hstats_[d + j], n0),
+                                  nn, mu[j], sc[j]);
+    // The new shift through pinned memory (hstats_ is next written by check_flags' copies, which
+    // this stream runs after this one), then the state re-expressed around it.
+    std::copy(mu.begin(), mu.end(), hstats_.get());
+    GF_CUDA_CHECK(cudaMemcpyAsync(diag_.get(), hstats_.get(), du * sizeof(double), cudaMemcpyHostToDevice, st));
+    try {
+      reshift_upper(diag_.get(), d, count_, shift_.get(), sum_.get(), gram_.get(), st);
+    } catch (const std::exception& e) {  // a half-applied re-expression is never used silently
+      broken_ = e.what();
+      (void)cudaEventRecord(ready_, st);
+      throw;
+    }
+    h_shift_ = mu;
+    c_mode_ = Mode::kStale;  // the kernel shift follows the new shift
     return true;
   }
 

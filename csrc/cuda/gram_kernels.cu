@@ -408,6 +408,17 @@ __global__ void commit_gram_kernel(const double* __restrict__ shift,  // [d]
   }
 }
 
+// The vector half of reshift_upper (after its Gram half has read the old shift and sum).
+__global__ void reshift_vectors_kernel(const double* __restrict__ new_shift,  // [d]
+                                       int64_t d, double n,
+                                       double* __restrict__ shift,  // [d] in/out
+                                       double* __restrict__ sum) {  // [d] in/out
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= d) return;
+  sum[j] += n * (shift[j] - new_shift[j]);
+  shift[j] = new_shift[j];
+}
+
 __global__ void symmetric_from_upper_kernel(const double* __restrict__ gram,  // [d, d] col-major
                                             const double* __restrict__ sum,   // [d] or nullptr
                                             int64_t d, double n, double scale,
@@ -633,6 +644,18 @@ void commit_chunk(const double* shift, const double* c, const double* zsum, int6
         shift, c, zsum, d, static_cast<double>(n), gram));
     GF_CUDA_CHECK_LAUNCH(stream);
   }
+}
+
+void reshift_upper(const double* new_shift, int64_t d, int64_t n, double* shift, double* sum, double* gram,
+                   cudaStream_t stream) {
+  // With y' = x - s' = y + δ (δ = s - s'), the Gram half is commit_gram_kernel's algebra with the
+  // state's own sums as the "chunk": c = s, shift = s', zsum = Σy gives + nδδᵀ + δ(Σy)ᵀ + (Σy)δᵀ.
+  GF_LAUNCH((commit_gram_kernel), (tile_grid(d), dim3(kTile, kTileLanes), 0, stream), (
+      new_shift, shift, sum, d, static_cast<double>(n), gram));
+  GF_CUDA_CHECK_LAUNCH(stream);
+  GF_LAUNCH((reshift_vectors_kernel), (grid_1d(d, 256), 256, 0, stream), (
+      new_shift, d, static_cast<double>(n), shift, sum));
+  GF_CUDA_CHECK_LAUNCH(stream);
 }
 
 void symmetric_from_upper(const double* gram, const double* sum, int64_t d, double n, double scale,

@@ -151,6 +151,15 @@ void commit_chunk(const double* shift,  // [d]
                   double* gram,         // [d, d] col-major, upper in/out
                   cudaStream_t stream);
 
+// Re-expresses a state of n rows centred by shift around new_shift (exact algebra, on the device):
+// with δ = shift - new_shift, gram += δ sumᵀ + sum δᵀ + n δδᵀ (upper), sum += n δ, shift = new_shift.
+void reshift_upper(const double* new_shift,  // [d], not aliasing shift or sum
+                   int64_t d, int64_t n,
+                   double* shift,            // [d] in/out
+                   double* sum,              // [d] in/out
+                   double* gram,             // [d, d] col-major, upper in/out
+                   cudaStream_t stream);
+
 // full[a, b] = full[b, a] = (upper(gram)[min, max] - sum[a] sum[b] / n) * scale; with sum =
 // nullptr, the symmetric Gram itself (scale applied). Symmetric, so row- and col-major agree.
 void symmetric_from_upper(const double* gram,  // [d, d] col-major, upper read

@@ -329,7 +329,9 @@ void case_tiny_column(DType t, const char* kernel, unsigned seed) {
 // re-centred on a chunk whose mean is > 3 spreads from the shift, so later rows are not summed
 // off-centre (which cost accuracy growing with the rows). Every entry against its own columns'
 // spread: max |ΔC_ij| / sqrt(C_ii C_jj).
-void case_drift(Precision p, DType t, double offset, unsigned seed) {
+// alternate = true: chunks switch between the two regimes (each switch re-centres until the
+// state's pooled spread covers both).
+void case_drift(Precision p, DType t, double offset, unsigned seed, bool alternate = false) {
   setenv("GEOMFAST_CUDA_GRAM_KERNEL", "cublas", 1);
   const int64_t d = 12;
   std::mt19937_64 rng(seed);
@@ -337,7 +339,7 @@ void case_drift(Precision p, DType t, double offset, unsigned seed) {
   for (int64_t j = 0; j < d; ++j) mean2[j] = offset * (0.5 + 0.1 * j);
   std::vector<Chunk> chunks;
   chunks.push_back(make_chunk(t, 2000, d, mean, sd, rng));
-  for (int i = 0; i < 3; ++i) chunks.push_back(make_chunk(t, 6000, d, mean2, sd, rng));
+  for (int i = 0; i < 3; ++i) chunks.push_back(make_chunk(t, 6000, d, alternate && i == 1 ? mean : mean2, sd, rng));
   const auto g = make_cuda_gram(d, 0, p);
   const auto cov = cov_of(fed(*g, chunks)), ref = reference_cov(pointers(chunks), d);
   double worst = 0.0;
@@ -345,8 +347,8 @@ void case_drift(Precision p, DType t, double offset, unsigned seed) {
     for (int64_t b = 0; b < d; ++b)
       worst = std::max(worst, std::fabs(cov[a * d + b] - ref[a * d + b]) / std::sqrt(ref[a * d + a] * ref[b * d + b]));
   char what[96];
-  std::snprintf(what, sizeof what, "%s %s: later chunks %g spreads off (per entry)",
-                p == Precision::kHighest ? "highest" : "fast", dname(t), offset);
+  std::snprintf(what, sizeof what, "%s %s: later chunks %g spreads off%s (per entry)",
+                p == Precision::kHighest ? "highest" : "fast", dname(t), offset, alternate ? ", alternating" : "");
   report(what, worst, p == Precision::kHighest ? 1e-12 : 1e-6, g->count() == 20000);
 }
 
@@ -425,6 +427,7 @@ int main() {
       case_drift(Precision::kFast, DType::kFloat32, off, seed++);
     }
     case_drift(Precision::kFast, DType::kBFloat16, 5.0, seed++);
+    for (Precision p : {Precision::kHighest, Precision::kFast}) case_drift(p, DType::kFloat32, 1000.0, seed++, true);
     for (Precision p : {Precision::kHighest, Precision::kFast}) case_non_finite_and_state(p, seed++);
     case_f16_split_overflow(seed++);
     case_failure_midway(seed++);
