@@ -138,8 +138,9 @@ def host_emulation(tmp_path_factory):
     return exes
 
 
-def run_driver(exe: Path) -> str:
+def run_driver(exe: Path, **fake_env: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GEOMFAST_CUDA_", "GF_FAKE_"))}
+    env.update(fake_env)
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0 and "ALL OK" in run.stdout, run.stdout + run.stderr
     return run.stdout
@@ -158,3 +159,11 @@ def test_cuda_eigensolvers_on_cpu_emulation(host_emulation):
     failure chain (float32 -> float64 -> CPU, warned), a non-finite matrix, the randomized solver
     over cuBLAS/cuSOLVER, spectrum() and the batched spectra (and their fallback)."""
     assert run_driver(host_emulation["cuda_eig_emulation"]).count(" -> ok") == 14
+
+
+def test_cuda_solvers_without_memory_pools_on_cpu_emulation(host_emulation):
+    """A device without memory pools (some virtualised GPUs: cudaDevAttrMemoryPoolsSupported = 0,
+    stream-ordered allocation unsupported): every buffer falls back to cudaMalloc / cudaFree, and the
+    fake runtime aborts on a buffer freed the other way. The eigensolver driver covers the
+    accumulators' state, covariance and spectra buffers too."""
+    assert run_driver(host_emulation["cuda_eig_emulation"], GF_FAKE_NO_MEMPOOLS="1").count(" -> ok") == 14

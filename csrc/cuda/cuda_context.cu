@@ -1,4 +1,6 @@
 // Error reporting, per-device cuBLAS/cuSOLVER handles and cuda_backend_info().
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -73,6 +75,71 @@ HandleLease::HandleLease(int device, cudaStream_t stream)
     : h(device_handles(device)), lock(h.mutex) {
   GF_CUBLAS_CHECK(cublasSetStream(h.blas, stream));
   GF_CUSOLVER_CHECK(cusolverDnSetStream(h.solver, stream));
+}
+
+namespace {
+// Per device: geomfast's pool (nullptr with pools_supported: the device's default pool, when a pool
+// of our own could not be made), or no pools at all.
+struct DevicePool {
+  bool pools_supported = false;
+  cudaMemPool_t pool = nullptr;
+};
+DevicePool& device_pool(int device) {
+  static std::mutex mu;
+  static auto* pools = new std::map<int, DevicePool>();  // never destroyed (outlives static destructors)
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = pools->find(device);
+  if (it != pools->end()) return it->second;
+  DevicePool dp;
+  int supported = 0;
+  if (cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    supported = 0;
+  }
+  dp.pools_supported = supported != 0;
+  if (dp.pools_supported) {
+    cudaMemPoolProps props{};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.handleTypes = cudaMemHandleTypeNone;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = device;
+    cudaMemPool_t pool = nullptr;
+    if (cudaMemPoolCreate(&pool, &props) == cudaSuccess) {
+      const char* v = std::getenv("GEOMFAST_CUDA_POOL_KEEP_MB");
+      const long long mb = v && *v ? std::atoll(v) : 512;
+      std::uint64_t keep = static_cast<std::uint64_t>(std::max<long long>(mb, 0)) << 20;
+      if (cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep) != cudaSuccess)
+        (void)cudaGetLastError();  // the pool still works, releasing at each sync
+      dp.pool = pool;
+    } else {
+      (void)cudaGetLastError();
+    }
+  }
+  return pools->emplace(device, dp).first->second;
+}
+}  // namespace
+
+void* stream_alloc(std::size_t bytes, cudaStream_t st, bool& pooled) {
+  int device = 0;
+  GF_CUDA_CHECK(cudaGetDevice(&device));
+  const DevicePool& dp = device_pool(device);
+  void* p = nullptr;
+  pooled = dp.pools_supported;
+  if (dp.pool)
+    GF_CUDA_CHECK(cudaMallocFromPoolAsync(&p, bytes, dp.pool, st));
+  else if (dp.pools_supported)
+    GF_CUDA_CHECK(cudaMallocAsync(&p, bytes, st));
+  else
+    GF_CUDA_CHECK(cudaMalloc(&p, bytes));
+  return p;
+}
+
+void stream_free(void* p, cudaStream_t st, bool pooled) noexcept {
+  if (p == nullptr) return;
+  if (pooled)
+    (void)cudaFreeAsync(p, st);
+  else
+    (void)cudaFree(p);
 }
 
 int pointer_device(const void* p) {

@@ -108,29 +108,40 @@ class DeviceGuard {
   int prev_ = 0;
 };
 
-// Owning device allocation (cudaMalloc; grow-only use in the backends, so no allocation happens
-// in the steady state of a stream of updates).
+// Stream-ordered device memory on the current device (cuda_context.cu). It comes from geomfast's
+// own memory pool there, which keeps up to GEOMFAST_CUDA_POOL_KEEP_MB MiB (default 512) between
+// uses: the default pool hands all freed memory back to the driver at every synchronisation, so
+// scratch allocated per call or per solver iteration would be mapped anew each time. On a device
+// without memory pools (some virtualised GPUs) it is plain cudaMalloc / cudaFree, which synchronise.
+// `pooled` (out of stream_alloc) says which, for stream_free. Freeing on `st` is safe when all
+// work using the memory is ordered before what `st` runs next.
+void* stream_alloc(std::size_t bytes, cudaStream_t st, bool& pooled);
+void stream_free(void* p, cudaStream_t st, bool pooled) noexcept;
+
+// Owning device allocation, grow-only in the backends (no allocation in the steady state of a
+// stream of updates). Growth is stream-ordered on the stream given, so an update that needs a larger
+// buffer does not synchronise the device; free() without a stream (destructors) needs the memory
+// to be idle.
 template <typename T>
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
-  explicit DeviceBuffer(std::size_t n) { resize(n); }
+  DeviceBuffer(std::size_t n, cudaStream_t st) { resize(n, st); }
   ~DeviceBuffer() { free(); }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), n_(o.n_) { o.ptr_ = nullptr; o.n_ = 0; }
 
   // Grows to at least n elements (contents are not kept).
-  void reserve(std::size_t n) {
-    if (n > n_) resize(n);
+  void reserve(std::size_t n, cudaStream_t st) {
+    if (n > n_) resize(n, st);
   }
-  void resize(std::size_t n) {
-    free();
-    if (n > 0) GF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr_), n * sizeof(T)));
+  void resize(std::size_t n, cudaStream_t st) {
+    free(st);
+    if (n > 0) ptr_ = static_cast<T*>(stream_alloc(n * sizeof(T), st, pooled_));
     n_ = n;
   }
-  void free() {
-    if (ptr_) cudaFree(ptr_);  // never throws from a destructor
+  void free(cudaStream_t st = nullptr) noexcept {  // never throws from a destructor
+    if (ptr_) stream_free(ptr_, st, pooled_);
     ptr_ = nullptr;
     n_ = 0;
   }
@@ -140,16 +151,17 @@ class DeviceBuffer {
  private:
   T* ptr_ = nullptr;
   std::size_t n_ = 0;
+  bool pooled_ = false;
 };
 
-// Stream-ordered scratch allocation (cudaMallocAsync: no device synchronisation on free).
+// Stream-ordered scratch allocation for a scope (freed on the same stream: no device sync).
 class AsyncBuffer {
  public:
   AsyncBuffer(size_t bytes, cudaStream_t st) : st_(st) {
-    if (bytes > 0) GF_CUDA_CHECK(cudaMallocAsync(&p_, bytes, st));
+    if (bytes > 0) p_ = stream_alloc(bytes, st, pooled_);
   }
   ~AsyncBuffer() {
-    if (p_) cudaFreeAsync(p_, st_);
+    if (p_) stream_free(p_, st_, pooled_);
   }
   AsyncBuffer(const AsyncBuffer&) = delete;
   AsyncBuffer& operator=(const AsyncBuffer&) = delete;
@@ -159,13 +171,17 @@ class AsyncBuffer {
  private:
   void* p_ = nullptr;
   cudaStream_t st_;
+  bool pooled_ = false;
 };
 
 // Page-locked host buffer (for the small device-to-host copies that must be read right away).
 template <typename T>
 class PinnedBuffer {
  public:
-  explicit PinnedBuffer(std::size_t n) {
+  PinnedBuffer() = default;  // allocate() later (e.g. once the right device is current)
+  explicit PinnedBuffer(std::size_t n) { allocate(n); }
+  void allocate(std::size_t n) {
+    GF_ASSERT(ptr_ == nullptr, "PinnedBuffer allocated twice");
     GF_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&ptr_), n * sizeof(T)));
   }
   ~PinnedBuffer() {

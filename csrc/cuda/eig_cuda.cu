@@ -42,9 +42,10 @@ bool all_finite(const std::vector<double>& v) {
 
 // Ascending eigenvalues of the symmetric n x n matrix in `w` (float64 col-major; overwritten when
 // solved in float64) with cusolverDnXsyevd, values only. Returns false when cuSOLVER reports a
-// failure (info != 0) or a value is not finite.
+// failure (info != 0) or a value is not finite. `hinfo`: one pinned int, reused across calls (a
+// pinned allocation per call would cost a cudaFreeHost, a device-wide sync, per solver iteration).
 bool syevd_values(HandleLease& lease, double* w, int64_t n, bool single, std::vector<double>& out,
-                  int& info_out, cudaStream_t st) {
+                  int& info_out, int* hinfo, cudaStream_t st) {
   const cudaDataType_t t = single ? CUDA_R_32F : CUDA_R_64F;
   const size_t esize = single ? sizeof(float) : sizeof(double);
   AsyncBuffer a32(single ? static_cast<size_t>(n * n) * sizeof(float) : 0, st);
@@ -57,21 +58,20 @@ bool syevd_values(HandleLease& lease, double* w, int64_t n, bool single, std::ve
   AsyncBuffer info(sizeof(int), st);
   std::vector<char> host_work;
   syevd_enqueue(lease, t, a, n, vals.as<void>(), info.as<int>(), host_work, st);
-  PinnedBuffer<int> hinfo(1);
   out.assign(static_cast<size_t>(n), 0.0);
   if (single) {
     std::vector<float> v(static_cast<size_t>(n));
     GF_CUDA_CHECK(cudaMemcpyAsync(v.data(), vals.as<void>(), n * esize, cudaMemcpyDeviceToHost, st));
-    GF_CUDA_CHECK(cudaMemcpyAsync(hinfo.get(), info.as<int>(), sizeof(int), cudaMemcpyDeviceToHost, st));
+    GF_CUDA_CHECK(cudaMemcpyAsync(hinfo, info.as<int>(), sizeof(int), cudaMemcpyDeviceToHost, st));
     GF_CUDA_CHECK(cudaStreamSynchronize(st));
     std::copy(v.begin(), v.end(), out.begin());
   } else {
     GF_CUDA_CHECK(cudaMemcpyAsync(out.data(), vals.as<void>(), n * esize, cudaMemcpyDeviceToHost, st));
-    GF_CUDA_CHECK(cudaMemcpyAsync(hinfo.get(), info.as<int>(), sizeof(int), cudaMemcpyDeviceToHost, st));
+    GF_CUDA_CHECK(cudaMemcpyAsync(hinfo, info.as<int>(), sizeof(int), cudaMemcpyDeviceToHost, st));
     GF_CUDA_CHECK(cudaStreamSynchronize(st));
   }
-  info_out = hinfo[0];
-  return hinfo[0] == 0 && all_finite(out);
+  info_out = *hinfo;
+  return *hinfo == 0 && all_finite(out);
 }
 
 // The CPU solver on a host copy of the symmetric matrix (the last resort of the full solver).
@@ -92,21 +92,21 @@ class CudaDenseOps final : public DenseOps {
   CudaDenseOps(HandleLease& lease, const double* a, int64_t n, cudaStream_t st)
       : lease_(lease), a_(a), n_(n), st_(st), info_(1) {}
   ~CudaDenseOps() override {
-    for (double* p : live_) cudaFreeAsync(p, st_);
+    for (double* p : live_) stream_free(p, st_, pooled_);
   }
 
   Mat alloc(int64_t rows, int64_t cols) override {
     Mat m;
     m.rows = rows;
     m.cols = cols;
-    GF_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&m.data),
-                                  std::max<size_t>(static_cast<size_t>(rows * cols) * sizeof(double), 8), st_));
+    m.data = static_cast<double*>(
+        stream_alloc(std::max<size_t>(static_cast<size_t>(rows * cols) * sizeof(double), 8), st_, pooled_));
     live_.insert(m.data);
     return m;
   }
 
   void release(Mat& m) override {
-    if (m.data && live_.erase(m.data)) GF_CUDA_CHECK(cudaFreeAsync(m.data, st_));
+    if (m.data && live_.erase(m.data)) stream_free(m.data, st_, pooled_);
     m.data = nullptr;
   }
 
@@ -164,7 +164,7 @@ class CudaDenseOps final : public DenseOps {
     symmetrize_view(v, w.as<double>(), st_);
     std::vector<double> vals;
     int info = 0;
-    if (syevd_values(lease_, w.as<double>(), k, false, vals, info, st_)) {
+    if (syevd_values(lease_, w.as<double>(), k, false, vals, info, info_.get(), st_)) {
       std::reverse(vals.begin(), vals.end());
       return vals;
     }
@@ -219,8 +219,9 @@ class CudaDenseOps final : public DenseOps {
   const double* a_;  // [n, n] col-major, symmetric
   int64_t n_;
   cudaStream_t st_;
-  PinnedBuffer<int> info_;
+  PinnedBuffer<int> info_;  // potrf's and the small syevd's info, read on the host
   std::set<double*> live_;
+  bool pooled_ = false;  // how live_ was allocated (one device: the same for all)
 };
 
 void check_matrix(const MatrixView& a) {
@@ -281,6 +282,7 @@ EigResult eigvalsh_cuda(const MatrixView& a, const EigOptions& opt) {
 
   std::vector<double> vals;
   int info = 0;
+  PinnedBuffer<int> hinfo(1);
   auto done = [&](std::vector<double> v) {
     std::reverse(v.begin(), v.end());  // syevd: ascending
     if (randomized) v.resize(static_cast<size_t>(opt.k));
@@ -288,11 +290,11 @@ EigResult eigvalsh_cuda(const MatrixView& a, const EigOptions& opt) {
     return res;
   };
   if (opt.single_precision) {
-    if (syevd_values(lease, w.as<double>(), n, true, vals, info, st)) return done(std::move(vals));
+    if (syevd_values(lease, w.as<double>(), n, true, vals, info, hinfo.get(), st)) return done(std::move(vals));
     res.warnings.push_back(detail::concat("eigvalsh: cuSOLVER syevd in float32 failed (info=", info,
                                           ", or non-finite values); retried in float64"));
   }
-  if (syevd_values(lease, w.as<double>(), n, false, vals, info, st)) return done(std::move(vals));
+  if (syevd_values(lease, w.as<double>(), n, false, vals, info, hinfo.get(), st)) return done(std::move(vals));
   res.warnings.push_back(detail::concat("eigvalsh: cuSOLVER syevd in float64 failed (info=", info,
                                         ", or non-finite values); solved on the CPU instead"));
   // The CPU solver throws ValueError on a matrix holding NaN/Inf (the usual cause of the failure).

@@ -186,26 +186,31 @@ enum class Path { kHighest, kFast32, kFast16 };
 class CudaGram final : public GramBackend {
  public:
   CudaGram(int64_t dim, int device, Precision precision)
-      : dim_(dim), device_(device), precision_(precision), hflags_(kNumFlags), hstats_(2 * static_cast<size_t>(dim)),
-        h_shift_(static_cast<size_t>(dim), 0.0), h_c_(static_cast<size_t>(dim), 0.0),
+      : dim_(dim), device_(device), precision_(precision), h_shift_(static_cast<size_t>(dim), 0.0), h_c_(static_cast<size_t>(dim), 0.0),
         h_scale_(static_cast<size_t>(dim), 0.0) {
     if (dim < 1) GF_THROW(ValueError, "[GramAccumulator] expected dim >= 1, got ", dim);
     DeviceGuard guard(device_);  // (make_cuda_gram has checked this device's cuBLAS/cuSOLVER handles)
+    // Every allocation after the guard: pinned memory too would otherwise create a context on the
+    // calling thread's current device.
+    hflags_.allocate(kNumFlags);
+    hstats_.allocate(2 * static_cast<size_t>(dim));
     GF_CUDA_CHECK(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
     try {
       GF_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
       const size_t d = static_cast<size_t>(dim_);
-      shift_.resize(d);
-      sum_.resize(d);
-      gram_.resize(d * d);  // out of memory at large d lands here
-      c_.resize(d);
-      zsum_.resize(d);
-      zsq_.resize(d);
-      diag_.resize(d);
-      flags_.resize(kNumFlags);
+      cudaStream_t st = own_stream_;
+      shift_.resize(d, st);
+      sum_.resize(d, st);
+      gram_.resize(d * d, st);  // out of memory at large d lands here
+      c_.resize(d, st);
+      zsum_.resize(d, st);
+      zsq_.resize(d, st);
+      diag_.resize(d, st);
+      flags_.resize(kNumFlags, st);
       zero_state(own_stream_);
       GF_CUDA_CHECK(cudaEventRecord(ready_, own_stream_));
     } catch (...) {  // no destructor runs for a constructor that throws: release the stream and event
+      // (the buffers, members, are freed after this, on the legacy stream: idle once this syncs)
       cudaStreamSynchronize(own_stream_);
       if (ready_) cudaEventDestroy(ready_);
       cudaStreamDestroy(own_stream_);
@@ -214,22 +219,24 @@ class CudaGram final : public GramBackend {
   }
 
   ~CudaGram() override {
-    int prev = 0;
-    cudaGetDevice(&prev);
-    cudaSetDevice(device_);
+    // DeviceGuard's rule without its throws: the caller's device is restored only where it has a
+    // context (cudaSetDevice would create one: a destructor run by a fresh thread, or by Python's
+    // garbage collector in a loader thread, would put hundreds of MB on GPU 0).
+    int prev = -1;
+    const bool known = cudaGetDevice(&prev) == cudaSuccess;
+    if (!known || prev != device_) cudaSetDevice(device_);
     if (own_stream_) cudaStreamSynchronize(own_stream_);
-    if (ready_) {
-      cudaEventSynchronize(ready_);  // work still queued on a caller's stream uses our buffers
-      cudaEventDestroy(ready_);
-    }
-    if (own_stream_) cudaStreamDestroy(own_stream_);
-    for (auto* b : {&shift_, &sum_, &gram_, &c_, &zsum_, &zsq_, &diag_, &part_}) b->free();  // on device_
+    if (ready_) cudaEventSynchronize(ready_);  // work still queued on a caller's stream uses our buffers
+    // idle now: freed on device_ (the legacy stream)
+    for (auto* b : {&shift_, &sum_, &gram_, &c_, &zsum_, &zsq_, &diag_, &part_}) b->free();
     flags_.free();
     col2j_.free();
     block_.free();
     for (auto* b : {&acc_, &hl_, &ll_}) b->free();
     for (auto* b : {&hl64_, &ll64_}) b->free();
-    cudaSetDevice(prev);
+    if (ready_) cudaEventDestroy(ready_);
+    if (own_stream_) cudaStreamDestroy(own_stream_);
+    if (known && prev != device_ && has_primary_context(prev)) cudaSetDevice(prev);
   }
 
   int64_t dim() const override { return dim_; }
@@ -249,9 +256,16 @@ class CudaGram final : public GramBackend {
     DeviceGuard guard(device_);
     cudaStream_t st = as_stream(x.stream);
     GF_CUDA_CHECK(cudaStreamWaitEvent(st, ready_, 0));
+    // From here on, whatever happens, the next operation waits for all this update queued on st
+    // (which reads and writes our buffers, pinned ones included).
+    struct ReadyOnExit {
+      cudaEvent_t e;
+      cudaStream_t s;
+      ~ReadyOnExit() { (void)cudaEventRecord(e, s); }
+    } ready_on_exit{ready_, st};
     const int64_t n = x.rows;
     const int64_t d = dim_;
-    part_.reserve(static_cast<size_t>(column_stats_partials(n) * 2 * d));
+    part_.reserve(static_cast<size_t>(column_stats_partials(n) * 2 * d), st);
 
     Path path = choose_path(x.dtype);
     const Kernel16 kernel16 = path == Path::kFast16 ? fast16_kernel(device_) : Kernel16::kCublas;  // before any work
@@ -316,11 +330,9 @@ class CudaGram final : public GramBackend {
       // Before the products wrote anything (e.g. out of memory for a work buffer) the state is
       // intact; after, part of this chunk is in it and the count is not: refuse to go on.
       if (writing_) broken_ = e.what();
-      (void)cudaEventRecord(ready_, st);  // later work still waits for what was queued
       throw;
     }
     count_ += n;
-    GF_CUDA_CHECK(cudaEventRecord(ready_, st));
   }
 
   // A state an update left part-written is never used silently (see update).
@@ -500,7 +512,6 @@ class CudaGram final : public GramBackend {
       reshift_upper(diag_.get(), d, count_, shift_.get(), sum_.get(), gram_.get(), st);
     } catch (const std::exception& e) {  // a half-applied re-expression is never used silently
       broken_ = e.what();
-      (void)cudaEventRecord(ready_, st);
       throw;
     }
     h_shift_ = mu;
@@ -530,7 +541,7 @@ class CudaGram final : public GramBackend {
     for (size_t j = 0; j < d; ++j)
       if (hc[j] != 0.0) col2j[j] = static_cast<int>(nj_++);
     h_c_ = hc;
-    col2j_.reserve(d);
+    col2j_.reserve(d, st);
     GF_CUDA_CHECK(cudaMemcpyAsync(col2j_.get(), col2j.data(), d * sizeof(int), cudaMemcpyHostToDevice, st));
     GF_CUDA_CHECK(cudaStreamSynchronize(st));  // col2j (pageable) must outlive the copy
     c_mode_ = mode;
@@ -540,7 +551,7 @@ class CudaGram final : public GramBackend {
     const int64_t d = dim_;
     const int64_t rows_per = std::clamp<int64_t>(kHighestBytes / (8 * d), 64, 8192);
     const int64_t br = std::min(rows_per, x.rows);
-    block_.reserve(static_cast<size_t>(br * d) * sizeof(double));
+    block_.reserve(static_cast<size_t>(br * d) * sizeof(double), st);
     double* y = reinterpret_cast<double*>(block_.get());
     // float64 has no reduced-precision mode: the default lets cuBLAS use FP64 tensor cores (DMMA).
     GF_CUBLAS_CHECK(cublasSetMathMode(lease.h.blas, CUBLAS_DEFAULT_MATH));
@@ -559,8 +570,8 @@ class CudaGram final : public GramBackend {
   void products_fast32(const MatrixView& x, HandleLease& lease, cudaStream_t st) {
     const int64_t d = dim_;
     const auto [chain, flush] = chain_and_flush_rows(kFast32ChainRows, kFast32FlushRows, x.rows);
-    block_.reserve(static_cast<size_t>(chain * d) * sizeof(float));
-    acc_.reserve(static_cast<size_t>(d * d));
+    block_.reserve(static_cast<size_t>(chain * d) * sizeof(float), st);
+    acc_.reserve(static_cast<size_t>(d * d), st);
     float* y = reinterpret_cast<float*>(block_.get());
     GF_CUBLAS_CHECK(cublasSetMathMode(lease.h.blas, CUBLAS_PEDANTIC_MATH));  // no TF32
     const float one = 1.0f, zero = 0.0f;
@@ -581,10 +592,10 @@ class CudaGram final : public GramBackend {
 
   // The 16-bit split's two row-major blocks in block_: hi [rows, ldh] and lo [rows, ldl] (lo at a
   // 256-byte boundary).
-  std::pair<void*, void*> split_buffers(int64_t rows, int64_t ldh, int64_t ldl) {
+  std::pair<void*, void*> split_buffers(int64_t rows, int64_t ldh, int64_t ldl, cudaStream_t st) {
     const size_t hi_bytes = static_cast<size_t>(rows * ldh) * 2;
     const size_t lo_bytes = static_cast<size_t>(rows * ldl) * 2;
-    block_.reserve(hi_bytes + lo_bytes + 256);
+    block_.reserve(hi_bytes + lo_bytes + 256, st);
     return {block_.get(), block_.get() + ((hi_bytes + 255) / 256) * 256};
   }
 
@@ -600,44 +611,48 @@ class CudaGram final : public GramBackend {
         x.dtype == DType::kBFloat16 ? kBf16ChainRows : kF16ChainRows, kFast16FlushRows, x.rows);
     const int64_t split_rows = std::max(chain, std::min(flush, kSplitRows) / chain * chain);
     const int64_t tile = env_triangle_tile();
-    const auto [hi, lo] = split_buffers(split_rows, d, nj);
-    acc_.reserve(static_cast<size_t>(d * d));
+    // Leading dimensions of whole 16-byte rows: cuBLAS picks tensor-core kernels for aligned
+    // 16-bit operands only (d or nj not a multiple of 8 would fall back to slower, other kernels).
+    const int64_t ldh = round_up(d, 8), ldl = round_up(std::max<int64_t>(nj, 1), 8);
+    const auto [hi, lo] = split_buffers(split_rows, ldh, ldl, st);
+    acc_.reserve(static_cast<size_t>(d * d), st);
     if (nj > 0) {
-      hl_.reserve(static_cast<size_t>(d * nj));
-      ll_.reserve(static_cast<size_t>(nj * nj));
+      hl_.reserve(static_cast<size_t>(d * nj), st);
+      ll_.reserve(static_cast<size_t>(nj * nj), st);
     }
     const cudaDataType_t t = x.dtype == DType::kBFloat16 ? CUDA_R_16BF : CUDA_R_16F;
     GF_CUBLAS_CHECK(cublasSetMathMode(lease.h.blas, CUBLAS_DEFAULT_MATH));
     const float one = 1.0f, zero = 0.0f;
     const int di = static_cast<int>(d), nji = static_cast<int>(nj);
+    const int ldhi = static_cast<int>(ldh), ldli = static_cast<int>(ldl);
     writing_ = true;  // from here on an exception leaves the state part-updated
     for (int64_t f0 = 0; f0 < x.rows; f0 += flush) {
       const int64_t fe = std::min(f0 + flush, x.rows);
       for (int64_t s0 = f0; s0 < fe; s0 += split_rows) {
         const int64_t sn = std::min(split_rows, fe - s0);
-        split_rows_16(x, s0, sn, c_.get(), col2j_.get(), nj, hi, d, lo, nj, st);
+        split_rows_16(x, s0, sn, c_.get(), col2j_.get(), nj, hi, ldh, lo, ldl, st);
         for (int64_t c0 = 0; c0 < sn; c0 += chain) {
           const int k = static_cast<int>(std::min(chain, sn - c0));
           const float* beta = s0 == f0 && c0 == 0 ? &zero : &one;  // a flush block's first chain overwrites
-          // hi row-major [sn, d] = col-major H_c [d, sn]: this chain's rows are its columns
-          // [c0, c0 + k). HᵀH = H_c H_cᵀ. Column block [j0, j0 + w) of the upper triangle: rows
-          // [0, j0 + w) (the diagonal block is computed in full).
-          const char* h = static_cast<const char*>(hi) + c0 * d * 2;
+          // hi row-major [sn, ldh] = col-major H_c [ldh, sn] (rows d.. zero, unused): this chain's
+          // rows are its columns [c0, c0 + k). HᵀH = H_c H_cᵀ. Column block [j0, j0 + w) of the
+          // upper triangle: rows [0, j0 + w) (the diagonal block is computed in full).
+          const char* h = static_cast<const char*>(hi) + c0 * ldh * 2;
           for (int64_t j0 = 0; j0 < d; j0 += tile) {
             const int w = static_cast<int>(std::min(tile, d - j0));
             const int m = static_cast<int>(j0) + w;
-            GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, m, w, k, &one, h, t, di,
-                                         h + j0 * 2, t, di, beta, acc_.get() + j0 * d, CUDA_R_32F, di,
+            GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, m, w, k, &one, h, t, ldhi,
+                                         h + j0 * 2, t, ldhi, beta, acc_.get() + j0 * d, CUDA_R_32F, di,
                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
           }
           if (nj > 0) {
-            // lo row-major [sn, nj] = col-major L_c [nj, sn]. HᵀL_J = H_c L_cᵀ [d, nj]; L_JᵀL_J [nj, nj].
-            const char* l = static_cast<const char*>(lo) + c0 * nj * 2;
-            GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, di, nji, k, &one, h, t, di, l, t,
-                                         nji, beta, hl_.get(), CUDA_R_32F, di, CUBLAS_COMPUTE_32F,
+            // lo row-major [sn, ldl] = col-major L_c [ldl, sn]. HᵀL_J = H_c L_cᵀ [d, nj]; L_JᵀL_J [nj, nj].
+            const char* l = static_cast<const char*>(lo) + c0 * ldl * 2;
+            GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, di, nji, k, &one, h, t, ldhi, l, t,
+                                         ldli, beta, hl_.get(), CUDA_R_32F, di, CUBLAS_COMPUTE_32F,
                                          CUBLAS_GEMM_DEFAULT));
-            GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, nji, nji, k, &one, l, t, nji, l,
-                                         t, nji, beta, ll_.get(), CUDA_R_32F, nji, CUBLAS_COMPUTE_32F,
+            GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, nji, nji, k, &one, l, t, ldli, l,
+                                         t, ldli, beta, ll_.get(), CUDA_R_32F, nji, CUBLAS_COMPUTE_32F,
                                          CUBLAS_GEMM_DEFAULT));
           }
         }
@@ -668,10 +683,10 @@ class CudaGram final : public GramBackend {
       else
         tc_gram_update(a, lda, m, b, ldb, n, rows, chain, x.dtype, upper, c, ldc, st);
     };
-    const auto [hi, lo] = split_buffers(br, ldh, ldl);
+    const auto [hi, lo] = split_buffers(br, ldh, ldl, st);
     if (nj > 0) {
-      hl64_.reserve(static_cast<size_t>(d * nj));
-      ll64_.reserve(static_cast<size_t>(nj * nj));
+      hl64_.reserve(static_cast<size_t>(d * nj), st);
+      ll64_.reserve(static_cast<size_t>(nj * nj), st);
       GF_CUDA_CHECK(cudaMemsetAsync(hl64_.get(), 0, static_cast<size_t>(d * nj) * sizeof(double), st));
       GF_CUDA_CHECK(cudaMemsetAsync(ll64_.get(), 0, static_cast<size_t>(nj * nj) * sizeof(double), st));
     }
@@ -757,6 +772,7 @@ std::vector<EigResult> spectra_cuda(const std::vector<const GramBackend*>& accs,
   DeviceGuard guard(device);
   cudaStream_t st = nullptr;
   GF_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  std::vector<std::vector<char>> host_work(g.size());  // syevd's host workspaces: kept past the sync
   struct StreamGuard {
     cudaStream_t s;
     ~StreamGuard() {
@@ -766,22 +782,23 @@ std::vector<EigResult> spectra_cuda(const std::vector<const GramBackend*>& accs,
   } stream_guard{st};
   std::vector<size_t> offset(g.size() + 1, 0);
   for (size_t i = 0; i < g.size(); ++i) offset[i + 1] = offset[i] + static_cast<size_t>(g[i]->dim());
-  DeviceBuffer<double> vals(offset.back());
-  DeviceBuffer<int> infos(g.size());
-  std::vector<std::vector<char>> host_work(g.size());
+  AsyncBuffer vals_buf(offset.back() * sizeof(double), st);  // freed in st's order (also when a call throws)
+  AsyncBuffer infos_buf(g.size() * sizeof(int), st);
+  double* vals = vals_buf.as<double>();
+  int* infos = infos_buf.as<int>();
   {
     HandleLease lease(device, st);
     for (size_t i = 0; i < g.size(); ++i) {
       const int64_t d = g[i]->dim();
       AsyncBuffer w(static_cast<size_t>(d * d) * sizeof(double), st);  // stream-ordered: reused, no sync
       g[i]->enqueue_covariance(ddof, w.as<double>(), st);
-      syevd_enqueue(lease, CUDA_R_64F, w.as<void>(), d, vals.get() + offset[i], infos.get() + i, host_work[i], st);
+      syevd_enqueue(lease, CUDA_R_64F, w.as<void>(), d, vals + offset[i], infos + i, host_work[i], st);
     }
   }
   PinnedBuffer<double> hv(std::max<size_t>(offset.back(), 1));
   PinnedBuffer<int> hinfo(g.size());
-  GF_CUDA_CHECK(cudaMemcpyAsync(hv.get(), vals.get(), offset.back() * sizeof(double), cudaMemcpyDeviceToHost, st));
-  GF_CUDA_CHECK(cudaMemcpyAsync(hinfo.get(), infos.get(), g.size() * sizeof(int), cudaMemcpyDeviceToHost, st));
+  GF_CUDA_CHECK(cudaMemcpyAsync(hv.get(), vals, offset.back() * sizeof(double), cudaMemcpyDeviceToHost, st));
+  GF_CUDA_CHECK(cudaMemcpyAsync(hinfo.get(), infos, g.size() * sizeof(int), cudaMemcpyDeviceToHost, st));
   GF_CUDA_CHECK(cudaStreamSynchronize(st));
   for (size_t i = 0; i < g.size(); ++i) {
     std::vector<double> v(hv.get() + offset[i], hv.get() + offset[i + 1]);

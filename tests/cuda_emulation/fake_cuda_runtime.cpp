@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 #include <cusolverDn.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -27,7 +28,16 @@ namespace {
 
 std::mutex g_mu;
 std::set<const void*> g_device;  // live "device" allocations (base pointers)
+std::set<const void*> g_pooled;  // those of them from a memory pool (freed with cudaFreeAsync only)
 thread_local int g_current = 0;
+int g_pool_tag = 0;              // what a cudaMemPool_t points to
+
+// GF_FAKE_NO_MEMPOOLS=1: a device without memory pools (cudaDevAttrMemoryPoolsSupported = 0), whose
+// stream-ordered calls fail as they do on one.
+bool no_mempools() {
+  const char* v = std::getenv("GF_FAKE_NO_MEMPOOLS");
+  return v && *v && std::strcmp(v, "0") != 0;
+}
 
 void* alloc(size_t bytes) {
   const size_t size = std::max<size_t>((bytes + 255) / 256 * 256, 256);  // aligned_alloc: a multiple of 256
@@ -73,6 +83,10 @@ cublasStatus_t syrk(cublasFillMode_t uplo, cublasOperation_t trans, int n, int k
     }
   return CUBLAS_STATUS_SUCCESS;
 }
+[[noreturn]] void bad_free(const char* call, const void* p) {
+  std::fprintf(stderr, "fake CUDA runtime: %s(%p) of memory it did not allocate that way\n", call, p);
+  std::abort();
+}
 }  // namespace
 
 extern "C" {
@@ -84,15 +98,53 @@ cudaError_t CUDARTAPI cudaMalloc(void** p, size_t bytes) {
   g_device.insert(*p);
   return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
+// Strict about pairing (the backend records how each buffer was allocated, and ignores what its
+// frees return): cudaFree of pool memory, cudaFreeAsync of cudaMalloc memory, or a free of
+// memory not allocated, aborts the emulation.
 cudaError_t CUDARTAPI cudaFree(void* p) {
   if (!p) return cudaSuccess;
   std::lock_guard<std::mutex> lk(g_mu);
+  if (g_pooled.count(p) || !g_device.count(p)) bad_free("cudaFree", p);
   g_device.erase(p);
   std::free(p);
   return cudaSuccess;
 }
-cudaError_t CUDARTAPI cudaMallocAsync(void** p, size_t bytes, cudaStream_t) { return cudaMalloc(p, bytes); }
-cudaError_t CUDARTAPI cudaFreeAsync(void* p, cudaStream_t) { return cudaFree(p); }
+cudaError_t CUDARTAPI cudaMallocFromPoolAsync(void** p, size_t bytes, cudaMemPool_t pool, cudaStream_t) {
+  if (no_mempools() || pool != reinterpret_cast<cudaMemPool_t>(&g_pool_tag)) return cudaErrorNotSupported;
+  *p = alloc(bytes);
+  if (!*p) return cudaErrorMemoryAllocation;
+  std::lock_guard<std::mutex> lk(g_mu);
+  g_device.insert(*p);
+  g_pooled.insert(*p);
+  return cudaSuccess;
+}
+cudaError_t CUDARTAPI cudaMallocAsync(void** p, size_t bytes, cudaStream_t st) {
+  return cudaMallocFromPoolAsync(p, bytes, reinterpret_cast<cudaMemPool_t>(&g_pool_tag), st);
+}
+cudaError_t CUDARTAPI cudaFreeAsync(void* p, cudaStream_t) {
+  if (!p) return cudaSuccess;
+  std::lock_guard<std::mutex> lk(g_mu);
+  if (!g_pooled.count(p)) bad_free("cudaFreeAsync", p);
+  g_pooled.erase(p);
+  g_device.erase(p);
+  std::free(p);
+  return cudaSuccess;
+}
+cudaError_t CUDARTAPI cudaDeviceGetAttribute(int* v, enum cudaDeviceAttr attr, int device) {
+  if (device != 0) return cudaErrorInvalidDevice;
+  if (attr != cudaDevAttrMemoryPoolsSupported) return cudaErrorNotSupported;  // (nothing else is asked)
+  *v = no_mempools() ? 0 : 1;
+  return cudaSuccess;
+}
+cudaError_t CUDARTAPI cudaMemPoolCreate(cudaMemPool_t* pool, const struct cudaMemPoolProps* props) {
+  if (no_mempools()) return cudaErrorNotSupported;
+  if (props->location.type != cudaMemLocationTypeDevice || props->location.id != 0) return cudaErrorInvalidValue;
+  *pool = reinterpret_cast<cudaMemPool_t>(&g_pool_tag);
+  return cudaSuccess;
+}
+cudaError_t CUDARTAPI cudaMemPoolSetAttribute(cudaMemPool_t pool, enum cudaMemPoolAttr, void*) {
+  return pool == reinterpret_cast<cudaMemPool_t>(&g_pool_tag) ? cudaSuccess : cudaErrorInvalidValue;
+}
 cudaError_t CUDARTAPI cudaMallocHost(void** p, size_t bytes) {
   *p = alloc(bytes);
   return *p ? cudaSuccess : cudaErrorMemoryAllocation;
