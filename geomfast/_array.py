@@ -84,6 +84,39 @@ def parse_device(device, *, func: str = "GramAccumulator") -> tuple[int, int]:
     raise ValueError(f"[{func}] device must be 'cpu', 'cuda' or 'cuda:<index>', got {device!r}")
 
 
+def check_kind(x, *, func: str, arg: str = "x") -> None:
+    """Refuse, naming func and arg, what no view can be made of, before its shape is read: a torch
+    tensor that is nested, sparse or on a device without data ('meta'), or a dtype that is not real
+    (complex, object, strings, datetimes, ...). Integers and bools pass (they are up-cast exactly)."""
+    if _is_torch(x):
+        import torch
+
+        if x.is_nested:
+            raise TypeError(f"[{func}] {arg} must be a dense tensor, got a nested tensor")
+        if x.layout != torch.strided:
+            raise TypeError(f"[{func}] {arg} must be a dense (strided) tensor, got layout {x.layout}")
+        if x.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"[{func}] {arg} is on device {x.device}, expected cpu or cuda")
+        if x.is_complex() or (x.is_floating_point() and str(x.dtype) not in _TORCH_CODES):
+            raise TypeError(f"[{func}] {arg} must be {SUPPORTED}, got dtype {x.dtype}")
+        return
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(x).dtype
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"[{func}] {arg} must be {SUPPORTED}, got dtype {dtype}") from None
+    if _native_order(dtype) in _NUMPY_CODES or dtype.kind in "iub" or dtype.name == "bfloat16":
+        return
+    raise TypeError(f"[{func}] {arg} must be {SUPPORTED}, got dtype {dtype}")
+
+
+def _native_order(dtype: np.dtype) -> np.dtype:
+    """dtype in this machine's byte order (a big-endian '>f8' is float64 all the same)."""
+    return dtype if dtype.isnative else dtype.newbyteorder("=")
+
+
 def as_view(x, *, func: str, arg: str = "x", ndim: int = 2, stream=None) -> View:
     """Turn x into a View, copying only when no view is possible (negative or odd strides,
     unsupported dtypes of a non-float kind are an error).
@@ -147,6 +180,8 @@ def _check_ndim(shape, ndim, func, arg):
 
 def _numpy_view(x: np.ndarray, func, arg, ndim) -> View:
     _check_ndim(x.shape, ndim, func, arg)
+    if not x.dtype.isnative and _native_order(x.dtype) in _NUMPY_CODES:
+        x = x.astype(_native_order(x.dtype))  # byte-swapped floats: one converting copy
     if x.dtype not in _NUMPY_CODES:
         if x.dtype.kind in "iub":
             x = x.astype(np.float64)  # integers/bools up-cast exactly
@@ -168,6 +203,7 @@ def _numpy_view(x: np.ndarray, func, arg, ndim) -> View:
 def _torch_view(x, func, arg, ndim) -> View:
     import torch
 
+    check_kind(x, func=func, arg=arg)  # nested / sparse / meta: before x.shape (nested has none)
     _check_ndim(tuple(x.shape), ndim, func, arg)
     if x.requires_grad:
         x = x.detach()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _core
-from ._array import CUDA, as_view, device_of, parse_device
+from ._array import CUDA, as_view, check_kind, device_of, parse_device
 
 PRECISIONS = ("highest", "fast")
 _FORMAT = "geomfast.gram/1"
@@ -96,8 +96,9 @@ class GramAccumulator:
         Raises ValueError on NaN/Inf (with their count and first row); the state is then unchanged.
         A chunk of zero rows (e.g. a batch whose rows were all masked out) adds nothing.
         """
+        check_kind(x, func="GramAccumulator.update")  # (a nested tensor has no shape to read)
         shape = tuple(getattr(x, "shape", ()))
-        if len(shape) == 2 and shape[0] == 0:  # nothing to add, but still the right width and device
+        if len(shape) == 2 and shape[0] == 0:  # nothing to add, but still the right width, dtype and device
             if shape[1] != self.dim:
                 raise ValueError(
                     f"[GramAccumulator.update] expected x with {self.dim} columns, got shape {shape}")

@@ -77,6 +77,9 @@ def _fmt_value(v) -> str:
 def _to_numpy(x):
     """Exact float64 numpy view of numpy / torch (incl. bfloat16) / cupy / list input."""
     if hasattr(x, "detach"):  # torch.Tensor, without importing torch
+        if x.is_nested or str(x.layout) != "torch.strided" or x.device.type not in ("cpu", "cuda"):
+            where = "nested" if x.is_nested else f"layout {x.layout}, device {x.device}"
+            raise TypeError(f"expected a dense tensor on cpu or cuda, got one ({where})")
         x = x.detach().cpu()
         if str(x.dtype) in ("torch.bfloat16", "torch.float16"):
             x = x.float()
@@ -209,6 +212,9 @@ def _activation_shape(fn: str, arg: str, x) -> tuple[int, int]:
     """(n, d) of activations or an accumulator; raises for anything else."""
     if _is_accumulator(x):
         return int(x.count), int(x.dim)
+    from ._array import check_kind
+
+    check_kind(x, func=fn, arg=arg)  # complex / object / sparse / meta named here, not by spectrum()
     shape = getattr(x, "shape", None)
     if shape is None:
         shape = np.shape(x)
@@ -222,9 +228,13 @@ def _activation_shape(fn: str, arg: str, x) -> tuple[int, int]:
     return shape
 
 
-def _input_ndim(x) -> int:
+def _input_ndim(x, fn: str = "", arg: str = "x_or_spectrum") -> int:
     if _is_accumulator(x):
         return 2
+    if fn and hasattr(x, "detach") and (x.is_nested or str(x.layout) != "torch.strided"):
+        from ._array import check_kind
+
+        check_kind(x, func=fn, arg=arg)  # a nested tensor's ndim counts its ragged dimension
     nd = getattr(x, "ndim", None)
     return int(nd) if nd is not None else int(np.ndim(x))
 
@@ -310,7 +320,7 @@ def rankme(x_or_spectrum, *, convention: str = "li2025", eps: float = 1e-7,
     eps = _check_eps(fn, eps)
     n_samples = _check_n_samples(fn, n_samples)
     notes: list[str] = []
-    nd = _input_ndim(x_or_spectrum)
+    nd = _input_ndim(x_or_spectrum, fn)
     if nd == 1:
         s = _as_spectrum(fn, "x_or_spectrum", x_or_spectrum)
         mags = _magnitudes(fn, "x_or_spectrum", s, notes)
@@ -537,7 +547,7 @@ def alpha_req(x_or_spectrum, *, fit_range=(11, 100),
     n_samples = _check_n_samples(fn, n_samples)
     notes: list[str] = []
     hint = ""
-    nd = _input_ndim(x_or_spectrum)
+    nd = _input_ndim(x_or_spectrum, fn)
     if nd == 1:
         s = _as_spectrum(fn, "x_or_spectrum", x_or_spectrum)
         mags = _magnitudes(fn, "x_or_spectrum", s, notes)
@@ -723,7 +733,7 @@ def geometry(x_or_accumulator, *, fit_range=(11, 100), eps: float = 1e-7,
     fn = "geometry"
     fit_range = _check_fit_range(fn, fit_range)
     eps = _check_eps(fn, eps)
-    if _input_ndim(x_or_accumulator) != 2:
+    if _input_ndim(x_or_accumulator, fn, "x_or_accumulator") != 2:
         raise ValueError(
             f"[{fn}] x_or_accumulator must be 2-D activations [n, d] or a GramAccumulator, "
             f"got {_input_ndim(x_or_accumulator)}-D input"

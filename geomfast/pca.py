@@ -30,7 +30,7 @@ import numbers
 
 import numpy as np
 
-from ._array import _is_cupy, _is_torch, device_of, parse_device
+from ._array import _is_cupy, _is_torch, check_kind, device_of, parse_device
 from .accumulator import GramAccumulator
 
 __all__ = ["PCA"]
@@ -156,6 +156,7 @@ class PCA:
 
     @staticmethod
     def _shape(x, func: str) -> tuple[int, int]:
+        check_kind(x, func=f"PCA.{func}", arg="X")  # complex, object, sparse, meta: named here
         shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
         if len(shape) != 2:
             raise ValueError(f"[PCA.{func}] expected a 2-D array [n_samples, n_features], got shape {shape}")

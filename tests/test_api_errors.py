@@ -144,6 +144,75 @@ def test_integer_input_is_upcast_by_design(x):
     assert err <= 1e-12 * max(np.linalg.norm(ref.covariance(np.asarray(x, dtype=np.float64))), 1e-300)
 
 
+@pytest.mark.parametrize("order", [">f8", ">f4"])
+def test_byte_swapped_floats_are_read_as_their_values(order):
+    """A big-endian float64 is float64 all the same: one converting copy, the same result."""
+    seed = new_seed()
+    x = np.random.default_rng(seed).standard_normal((300, 12)) * 3.0 + 50.0
+    swapped = x.astype(order)
+    assert not swapped.dtype.isnative
+    got = G(12).update(swapped).covariance()
+    want = ref.covariance(swapped.astype(np.float64))
+    assert rel_fro(got, want) <= 1e-12, seed
+    assert abs(geomfast.rankme(swapped) - geomfast.rankme(swapped.astype(np.float64))) <= 1e-12, seed
+
+
+@pytest.mark.parametrize("x", [np.zeros((0, 8), dtype=np.complex128), np.zeros((0, 8), dtype=object),
+                               torch.zeros((0, 8), dtype=torch.complex64)],
+                         ids=["complex", "object", "torch-complex"])
+def test_zero_row_chunk_of_an_unsupported_dtype_is_refused(x):
+    acc = G(8)
+    with pytest.raises(TypeError) as e:
+        acc.update(x)
+    check_message(e.value, "GramAccumulator.update", "x", "float64", str(x.dtype))
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda x: x.to_sparse(), "sparse_coo"),
+    (lambda x: x.to_sparse_csr(), "sparse_csr"),
+    (lambda x: torch.nested.nested_tensor([x[:3], x[3:5]]), "nested"),
+], ids=["coo", "csr", "nested"])
+def test_tensors_that_are_not_dense_are_refused_by_name(make, needle):
+    t = make(torch.randn(6, 8, dtype=torch.float64))
+    for call, func, arg in [(lambda: G(8).update(t), "GramAccumulator.update", "x"),
+                            (lambda: geomfast.rankme(t), "rankme", "x_or_spectrum"),
+                            (lambda: geomfast.PCA(2).fit(t), "PCA.fit", "X")]:
+        with pytest.raises(TypeError) as e:
+            call()
+        check_message(e.value, func, arg, needle)
+
+
+@pytest.mark.parametrize("x", [np.zeros((5, 8), dtype=np.complex128), np.zeros((5, 8), dtype=object),
+                               torch.zeros((5, 8), dtype=torch.complex64)],
+                         ids=["complex", "object", "torch-complex"])
+@pytest.mark.parametrize("metric", ["rankme", "alpha_req"])
+def test_metrics_of_activations_name_themselves_for_a_bad_dtype(x, metric):
+    with pytest.raises(TypeError) as e:
+        getattr(geomfast, metric)(x)
+    check_message(e.value, metric, "x_or_spectrum", str(x.dtype))
+
+
+def test_pca_transform_refuses_complex_input():
+    """fit refused complex input; transform used to drop the imaginary part with only numpy's
+    ComplexWarning."""
+    x = np.random.default_rng(new_seed()).standard_normal((40, 6))
+    p = geomfast.PCA(2).fit(x)
+    for func in ("transform", "inverse_transform"):
+        arg = x + 1j * x if func == "transform" else (x[:, :2] + 1j)
+        with pytest.raises(TypeError) as e:
+            getattr(p, func)(arg)
+        check_message(e.value, f"PCA.{func}", "X", "complex128")
+
+
+def test_meta_tensors_in_metrics_and_pca():
+    with pytest.raises(TypeError) as e:
+        geomfast.rankme(torch.empty(8, device="meta"), convention="full")
+    check_message(e.value, "rankme", "x_or_spectrum", "meta")
+    with pytest.raises(ValueError) as e:
+        geomfast.PCA(2).fit(torch.empty(50, 8, device="meta"))
+    check_message(e.value, "PCA.fit", "X", "meta", "cpu")
+
+
 # --------------------------------------------------------------------------- devices and options
 def test_tensor_on_meta_device():
     acc = G(8)
