@@ -21,15 +21,21 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-__all__ = ["Command", "COMMANDS", "register", "build_parser", "main", "format_table"]
+__all__ = ["Command", "COMMANDS", "PathArg", "PATH_ARGS", "register", "check_paths", "build_parser",
+           "main", "format_table"]
 
 
 @dataclass(frozen=True)
 class Command:
+    """A subcommand. ``prepare(parser, args)``, when given, runs on the parsed arguments before
+    their paths are checked (see PATH_ARGS) and before ``run``: to settle what parsing alone
+    cannot (it may call ``parser.error``)."""
+
     name: str
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    prepare: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None
 
 
 COMMANDS: list[Command] = []
@@ -39,9 +45,10 @@ _PLUGIN_MODULES = ("geomfast.phases", "geomfast.bench", "geomfast.merge")
 
 
 def register(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
-             run: Callable[[argparse.Namespace], int]) -> Command:
+             run: Callable[[argparse.Namespace], int], *,
+             prepare: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None) -> Command:
     """Add (or replace) a subcommand."""
-    cmd = Command(name, help, add_arguments, run)
+    cmd = Command(name, help, add_arguments, run, prepare)
     for i, c in enumerate(COMMANDS):
         if c.name == name:
             COMMANDS[i] = cmd
@@ -285,6 +292,49 @@ register("demo", "offline demo: train a tiny GPT-NeoX, trace its checkpoints, pl
          _add_demo, _run_demo)
 
 
+# ----------------------------------------------------------------------------- paths
+
+@dataclass(frozen=True)
+class PathArg:
+    """A path argument of a subcommand, checked by main() before the subcommand runs.
+
+    dest: its attribute in the parsed arguments (a path, a list of paths, or None / '-' when
+    absent); flag: how the user types it, for messages; kind: 'input' (a results database it
+    reads) or 'file' (a file it writes: never one of its inputs, nor any SQLite database)."""
+
+    dest: str
+    flag: str
+    kind: str
+
+
+# The built-in subcommands' paths (trace checks its --out itself, on rank 0 alone: see sweep).
+PATH_ARGS: dict[str, tuple[PathArg, ...]] = {
+    "show": (PathArg("db", "RESULTS.db", "input"),),
+    "export": (PathArg("db", "RESULTS.db", "input"), PathArg("output", "-o", "file")),
+    "plot": (PathArg("db", "RESULTS.db", "input"), PathArg("output", "-o", "file")),
+    "phases": (PathArg("db", "RESULTS.db", "input"), PathArg("json_out", "--json", "file")),
+}
+
+
+def _paths_of(args: argparse.Namespace, arg: PathArg) -> list[str]:
+    value = getattr(args, arg.dest, None)
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [os.fspath(v) for v in values if v is not None and v != "-"]
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Refuse, before anything runs, an output path of ``args.command`` that would overwrite one
+    of its input databases or any other SQLite database (ValueError naming the argument)."""
+    from ._paths import check_output_file
+
+    spec = PATH_ARGS.get(args.command, ())
+    inputs = [(a.flag, p) for a in spec if a.kind == "input" for p in _paths_of(args, a)]
+    for a in spec:
+        for path in _paths_of(args, a):
+            if a.kind == "file":
+                check_output_file(path, a.flag, inputs)
+
+
 # ----------------------------------------------------------------------------- entry point
 
 def _load_plugins() -> None:
@@ -314,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd in COMMANDS:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(p)
-        p.set_defaults(_run=cmd.run)
+        p.set_defaults(_run=cmd.run, _command=cmd, _parser=p)
     return parser
 
 
@@ -323,7 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = None if argv is None else list(argv)
+    if args._command.prepare is not None:
+        args._command.prepare(args._parser, args)
     try:
+        check_paths(args)
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

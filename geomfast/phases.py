@@ -598,8 +598,15 @@ def shade_phases(axes, result: PhaseResult, *, x_of=None, label_prefix: str = ""
 
 # ----------------------------------------------------------------------------- CLI
 
+# The database first: typed in this order, nothing is ambiguous (argparse lists it last).
+_USAGE = "%(prog)s [-h] RESULTS.db [--json [FILE]] [--model M] [--layer L] [--pooling P] [options]"
+
+
 def _add_arguments(p) -> None:
-    p.add_argument("db", metavar="RESULTS.db")
+    p.usage = _USAGE
+    # nargs='?': '--json' takes an optional FILE, so that `phases --json RESULTS.db` reads the
+    # database as that FILE; _prepare gives it back to RESULTS.db
+    p.add_argument("db", metavar="RESULTS.db", nargs="?", help="the results database")
     p.add_argument("--model", default=None, help="only this model")
     p.add_argument("--layer", default=None, help="only this layer (e.g. last)")
     p.add_argument("--pooling", default=None, help="only this pooling")
@@ -611,7 +618,27 @@ def _add_arguments(p) -> None:
                    help="significant change as a fraction of the trajectory's range")
     p.add_argument("--noise-k", type=float, default=3.0, help="significant change in noise sigmas")
     p.add_argument("--json", dest="json_out", nargs="?", const="-", default=None, metavar="FILE",
-                   help="write JSON (to FILE, or stdout when no FILE is given)")
+                   help="JSON on stdout, or written to FILE (the table then goes to stdout). "
+                        "`--json RESULTS.db` with no other database prints that database's JSON; "
+                        "an SQLite database is never overwritten as FILE")
+
+
+def _prepare(parser, args) -> None:
+    """`geomfast phases --json RESULTS.db`: the one path given is the database (JSON on stdout),
+    not a JSON file for a database never named. A FILE that is an SQLite database is refused:
+    it was meant as the database (`--json a.db b.db`), and JSON written there destroys it."""
+    from ._paths import is_sqlite_file, same_file
+
+    if args.db is None:
+        if args.json_out in (None, "-"):
+            parser.error("the following arguments are required: RESULTS.db")
+        args.db, args.json_out = args.json_out, "-"
+    elif (args.json_out not in (None, "-") and not same_file(args.json_out, args.db)
+          and is_sqlite_file(args.json_out)):  # (the database itself: cli.check_paths says so)
+        parser.error(f"--json {args.json_out}: this is an SQLite database, not a JSON file to write; "
+                     f"refusing to overwrite it. geomfast phases reads one database: "
+                     f"`geomfast phases {args.db} --json` prints its JSON, "
+                     f"`geomfast phases {args.db} --json=FILE` writes it to FILE")
 
 
 def _run(args) -> int:
@@ -639,5 +666,5 @@ def _run(args) -> int:
 
 def register_cli(register) -> None:
     register("phases", "label warm-up collapse, entropy- and compression-seeking phases in a results "
-             "database", _add_arguments, _run)
+             "database", _add_arguments, _run, prepare=_prepare)
 

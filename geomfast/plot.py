@@ -67,8 +67,10 @@ def plot_results(
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
+    from ._paths import check_output_file
     from .store import ResultStore
 
+    check_output_file(out, "out", [("db", db.path if isinstance(db, ResultStore) else db)])
     store = db if isinstance(db, ResultStore) else ResultStore(db, readonly=True)
     try:
         rows = store.rows(status="ok")

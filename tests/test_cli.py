@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 
@@ -215,3 +216,43 @@ def test_demo_pipeline_runs_short(tmp_path, capsys):
     assert main(["demo", "--out", str(other / "notes.txt"), "--steps", "4", "--no-progress"]) == 1
     assert main(["demo", "--out", str(tmp_path / "d3"), "--steps", "-3", "--no-progress"]) == 1
     assert "steps must be >= 1" in capsys.readouterr().err
+
+
+def test_outputs_never_overwrite_an_input_database(tmp_path, capsys):
+    """export -o / plot -o / phases --json FILE refuse their input database, by any name (a
+    symlink, a hard link), and any other SQLite database: they wrote CSV, PNG or JSON over it."""
+    import json
+
+    from geomfast.cli import main
+    from geomfast.store import ResultStore
+
+    db = _fake_db(tmp_path / "f.db")
+    other = _fake_db(tmp_path / "g.db")
+    (tmp_path / "link.csv").symlink_to(db)
+    os.link(db, tmp_path / "hard.png")
+    for argv, flag in ((["export", str(db), "-o", str(db), "--format", "csv"], "-o"),
+                       (["export", str(db), "-o", str(tmp_path / "link.csv")], "-o"),
+                       (["plot", str(db), "-o", str(tmp_path / "hard.png")], "-o"),
+                       (["phases", str(db), "--json", str(db)], "--json")):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert f"error: {flag} " in err and "is the input database RESULTS.db" in err, err
+    assert main(["export", str(db), "-o", str(other), "--format", "csv"]) == 1
+    assert "is an SQLite database; refusing to overwrite it" in capsys.readouterr().err
+    # --json takes an optional FILE: typed in the usage order, the database is not taken for it
+    assert main(["phases", "--json", str(db)]) == 0
+    assert {d["layer"] for d in json.loads(capsys.readouterr().out)} == {"embed", "block3", "last"}
+    with pytest.raises(SystemExit) as e:
+        main(["phases", "--json", str(other), str(db)])
+    assert e.value.code == 2 and "this is an SQLite database" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["phases", "--json"])
+    assert "required: RESULTS.db" in capsys.readouterr().err
+    # both old spellings of a JSON file still write it
+    for argv in (["phases", str(db), "--json", str(tmp_path / "a.json")],
+                 ["phases", "--json", str(tmp_path / "b.json"), str(db)]):
+        assert main(argv) == 0 and "JSON written" in capsys.readouterr().out
+    assert json.loads((tmp_path / "a.json").read_text()) == json.loads((tmp_path / "b.json").read_text())
+    for path in (db, other):
+        with ResultStore(path, readonly=True) as s:
+            assert s.count("ok") == 36
