@@ -66,6 +66,7 @@ DeviceHandles& device_handles(int device) {
              cusolver_status_string(ss));
   }
   GF_CUSOLVER_CHECK(cusolverDnCreateParams(&h->params));
+  GF_CUDA_CHECK(cudaEventCreateWithFlags(&h->scratch.ready, cudaEventDisableTiming));
   DeviceHandles& ref = *h;
   reg.emplace(device, std::move(h));
   return ref;

@@ -200,11 +200,26 @@ class PinnedBuffer {
 // the process. Handles are not thread-safe: hold `mutex` while using them (the bindings release
 // the GIL, so two Python threads may update two accumulators at once). The stream is set by the
 // user of the handle for each call sequence (the caller's stream).
+// The work buffers of the Gram products (centred or split rows, float32 product blocks, the tc/wg
+// kernels' float64 cross terms), one set per device shared by all its accumulators: only the state
+// is per accumulator. At d = 4096 these buffers reach ~335 MB (the state is 134 MB), and a trace of
+// every layer holds dozens of accumulators. Used only while the handles' mutex is held, and on the
+// GPU only after `ready` (recorded by the previous user on its stream, waited for on the next one's:
+// updates of accumulators on different streams run their products one after another).
+struct GramScratch {
+  DeviceBuffer<char> block;        // centred rows (f64 / f32) or the hi + lo 16-bit split
+  DeviceBuffer<float> acc, hl, ll;  // [d, d], [d, nj], [nj, nj] float32 products
+  DeviceBuffer<double> hl64, ll64;  // [d, nj], [nj, nj] cross terms of the tc / wg kernels
+  cudaEvent_t ready = nullptr;
+  int users = 0;  // live accumulators of the device; at 0 the buffers are freed
+};
+
 struct DeviceHandles {
   std::mutex mutex;
   cublasHandle_t blas = nullptr;
   cusolverDnHandle_t solver = nullptr;
   cusolverDnParams_t params = nullptr;
+  GramScratch scratch;  // guarded by mutex
 };
 DeviceHandles& device_handles(int device);  // throws RuntimeError if they cannot be created
 

@@ -209,6 +209,9 @@ class CudaGram final : public GramBackend {
       flags_.resize(kNumFlags, st);
       zero_state(own_stream_);
       GF_CUDA_CHECK(cudaEventRecord(ready_, own_stream_));
+      DeviceHandles& h = device_handles(device_);
+      std::lock_guard<std::mutex> lock(h.mutex);
+      ++h.scratch.users;  // last: a constructor that throws never counts
     } catch (...) {  // no destructor runs for a constructor that throws: release the stream and event
       // (the buffers, members, are freed after this, on the legacy stream: idle once this syncs)
       cudaStreamSynchronize(own_stream_);
@@ -231,9 +234,19 @@ class CudaGram final : public GramBackend {
     for (auto* b : {&shift_, &sum_, &gram_, &c_, &zsum_, &zsq_, &diag_, &part_}) b->free();
     flags_.free();
     col2j_.free();
-    block_.free();
-    for (auto* b : {&acc_, &hl_, &ll_}) b->free();
-    for (auto* b : {&hl64_, &ll64_}) b->free();
+    try {
+      // The device's shared work buffers go with its last accumulator (after its last products).
+      DeviceHandles& h = device_handles(device_);
+      std::lock_guard<std::mutex> lock(h.mutex);
+      GramScratch& w = h.scratch;
+      if (--w.users == 0) {
+        cudaEventSynchronize(w.ready);
+        w.block.free();
+        for (auto* b : {&w.acc, &w.hl, &w.ll}) b->free();
+        for (auto* b : {&w.hl64, &w.ll64}) b->free();
+      }
+    } catch (...) {  // (the handles exist: this accumulator was made with them)
+    }
     if (ready_) cudaEventDestroy(ready_);
     if (own_stream_) cudaStreamDestroy(own_stream_);
     if (known && prev != device_ && has_primary_context(prev)) cudaSetDevice(prev);
@@ -308,18 +321,27 @@ class CudaGram final : public GramBackend {
     writing_ = false;
     try {
       HandleLease lease(device_, st);
+      GramScratch& w = lease.h.scratch;
+      // The shared work buffers: after the previous user's products on the GPU; the next one
+      // waits for ours, whatever happens here.
+      GF_CUDA_CHECK(cudaStreamWaitEvent(st, w.ready, 0));
+      struct ScratchReadyOnExit {
+        cudaEvent_t e;
+        cudaStream_t s;
+        ~ScratchReadyOnExit() { (void)cudaEventRecord(e, s); }
+      } scratch_on_exit{w.ready, st};
       // fast: the diagonal is set from column_stats' float64 Σ (x - c)² after the products (the
       // float32 ones lose a column whose values are tiny beside the others': a negative variance)
       const bool exact_diagonal = path != Path::kHighest;
       if (exact_diagonal) copy_diagonal(gram_.get(), d, diag_.get(), st);
       switch (path) {
-        case Path::kHighest: products_highest(x, lease, st); break;
-        case Path::kFast32: products_fast32(x, lease, st); break;
+        case Path::kHighest: products_highest(x, lease, w, st); break;
+        case Path::kFast32: products_fast32(x, lease, w, st); break;
         case Path::kFast16:
           if (kernel16 == Kernel16::kCublas)
-            products_fast16(x, lease, st);
+            products_fast16(x, lease, w, st);
           else
-            products_fast16_own(x, kernel16, st);
+            products_fast16_own(x, kernel16, w, st);
           break;
       }
       writing_ = true;
@@ -547,12 +569,12 @@ class CudaGram final : public GramBackend {
     c_mode_ = mode;
   }
 
-  void products_highest(const MatrixView& x, HandleLease& lease, cudaStream_t st) {
+  void products_highest(const MatrixView& x, HandleLease& lease, GramScratch& w, cudaStream_t st) {
     const int64_t d = dim_;
     const int64_t rows_per = std::clamp<int64_t>(kHighestBytes / (8 * d), 64, 8192);
     const int64_t br = std::min(rows_per, x.rows);
-    block_.reserve(static_cast<size_t>(br * d) * sizeof(double), st);
-    double* y = reinterpret_cast<double*>(block_.get());
+    w.block.reserve(static_cast<size_t>(br * d) * sizeof(double), st);
+    double* y = reinterpret_cast<double*>(w.block.get());
     // float64 has no reduced-precision mode: the default lets cuBLAS use FP64 tensor cores (DMMA).
     GF_CUBLAS_CHECK(cublasSetMathMode(lease.h.blas, CUBLAS_DEFAULT_MATH));
     const double one = 1.0;
@@ -567,12 +589,12 @@ class CudaGram final : public GramBackend {
     }
   }
 
-  void products_fast32(const MatrixView& x, HandleLease& lease, cudaStream_t st) {
+  void products_fast32(const MatrixView& x, HandleLease& lease, GramScratch& w, cudaStream_t st) {
     const int64_t d = dim_;
     const auto [chain, flush] = chain_and_flush_rows(kFast32ChainRows, kFast32FlushRows, x.rows);
-    block_.reserve(static_cast<size_t>(chain * d) * sizeof(float), st);
-    acc_.reserve(static_cast<size_t>(d * d), st);
-    float* y = reinterpret_cast<float*>(block_.get());
+    w.block.reserve(static_cast<size_t>(chain * d) * sizeof(float), st);
+    w.acc.reserve(static_cast<size_t>(d * d), st);
+    float* y = reinterpret_cast<float*>(w.block.get());
     GF_CUBLAS_CHECK(cublasSetMathMode(lease.h.blas, CUBLAS_PEDANTIC_MATH));  // no TF32
     const float one = 1.0f, zero = 0.0f;
     writing_ = true;  // from here on an exception leaves the state part-updated
@@ -584,19 +606,20 @@ class CudaGram final : public GramBackend {
         // a flush block's first chain overwrites the float32 block, the others add to it
         GF_CUBLAS_CHECK(cublasSsyrk(lease.h.blas, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, static_cast<int>(d),
                                     static_cast<int>(nb), &one, y, static_cast<int>(d), r0 == f0 ? &zero : &one,
-                                    acc_.get(), static_cast<int>(d)));
+                                    w.acc.get(), static_cast<int>(d)));
       }
-      flush_upper(acc_.get(), d, gram_.get(), st);
+      flush_upper(w.acc.get(), d, gram_.get(), st);
     }
   }
 
-  // The 16-bit split's two row-major blocks in block_: hi [rows, ldh] and lo [rows, ldl] (lo at a
+  // The 16-bit split's two row-major blocks in w.block: hi [rows, ldh] and lo [rows, ldl] (lo at a
   // 256-byte boundary).
-  std::pair<void*, void*> split_buffers(int64_t rows, int64_t ldh, int64_t ldl, cudaStream_t st) {
+  static std::pair<void*, void*> split_buffers(int64_t rows, int64_t ldh, int64_t ldl, GramScratch& w,
+                                               cudaStream_t st) {
     const size_t hi_bytes = static_cast<size_t>(rows * ldh) * 2;
     const size_t lo_bytes = static_cast<size_t>(rows * ldl) * 2;
-    block_.reserve(hi_bytes + lo_bytes + 256, st);
-    return {block_.get(), block_.get() + ((hi_bytes + 255) / 256) * 256};
+    w.block.reserve(hi_bytes + lo_bytes + 256, st);
+    return {w.block.get(), w.block.get() + ((hi_bytes + 255) / 256) * 256};
   }
 
   // The fast 16-bit split path on cuBLAS, in two levels: each GEMM call is one tensor-core chain of
@@ -604,7 +627,7 @@ class CudaGram final : public GramBackend {
   // blocks by the GEMM's epilogue (beta = 1: a float32 FMA, round-to-nearest), and the blocks are
   // flushed into float64 every `flush` rows. The split runs over up to kSplitRows rows per launch,
   // so a chain's GEMMs are not each preceded by a small split launch.
-  void products_fast16(const MatrixView& x, HandleLease& lease, cudaStream_t st) {
+  void products_fast16(const MatrixView& x, HandleLease& lease, GramScratch& w, cudaStream_t st) {
     const int64_t d = dim_;
     const int64_t nj = nj_;
     const auto [chain, flush] = chain_and_flush_rows(
@@ -614,11 +637,11 @@ class CudaGram final : public GramBackend {
     // Leading dimensions of whole 16-byte rows: cuBLAS picks tensor-core kernels for aligned
     // 16-bit operands only (d or nj not a multiple of 8 would fall back to slower, other kernels).
     const int64_t ldh = round_up(d, 8), ldl = round_up(std::max<int64_t>(nj, 1), 8);
-    const auto [hi, lo] = split_buffers(split_rows, ldh, ldl, st);
-    acc_.reserve(static_cast<size_t>(d * d), st);
+    const auto [hi, lo] = split_buffers(split_rows, ldh, ldl, w, st);
+    w.acc.reserve(static_cast<size_t>(d * d), st);
     if (nj > 0) {
-      hl_.reserve(static_cast<size_t>(d * nj), st);
-      ll_.reserve(static_cast<size_t>(nj * nj), st);
+      w.hl.reserve(static_cast<size_t>(d * nj), st);
+      w.ll.reserve(static_cast<size_t>(nj * nj), st);
     }
     const cudaDataType_t t = x.dtype == DType::kBFloat16 ? CUDA_R_16BF : CUDA_R_16F;
     GF_CUBLAS_CHECK(cublasSetMathMode(lease.h.blas, CUBLAS_DEFAULT_MATH));
@@ -635,29 +658,29 @@ class CudaGram final : public GramBackend {
           const int k = static_cast<int>(std::min(chain, sn - c0));
           const float* beta = s0 == f0 && c0 == 0 ? &zero : &one;  // a flush block's first chain overwrites
           // hi row-major [sn, ldh] = col-major H_c [ldh, sn] (rows d.. zero, unused): this chain's
-          // rows are its columns [c0, c0 + k). HᵀH = H_c H_cᵀ. Column block [j0, j0 + w) of the
-          // upper triangle: rows [0, j0 + w) (the diagonal block is computed in full).
+          // rows are its columns [c0, c0 + k). HᵀH = H_c H_cᵀ. Column block [j0, j0 + bw) of the
+          // upper triangle: rows [0, j0 + bw) (the diagonal block is computed in full).
           const char* h = static_cast<const char*>(hi) + c0 * ldh * 2;
           for (int64_t j0 = 0; j0 < d; j0 += tile) {
-            const int w = static_cast<int>(std::min(tile, d - j0));
-            const int m = static_cast<int>(j0) + w;
-            GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, m, w, k, &one, h, t, ldhi,
-                                         h + j0 * 2, t, ldhi, beta, acc_.get() + j0 * d, CUDA_R_32F, di,
+            const int bw = static_cast<int>(std::min(tile, d - j0));
+            const int m = static_cast<int>(j0) + bw;
+            GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, m, bw, k, &one, h, t, ldhi,
+                                         h + j0 * 2, t, ldhi, beta, w.acc.get() + j0 * d, CUDA_R_32F, di,
                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
           }
           if (nj > 0) {
             // lo row-major [sn, ldl] = col-major L_c [ldl, sn]. HᵀL_J = H_c L_cᵀ [d, nj]; L_JᵀL_J [nj, nj].
             const char* l = static_cast<const char*>(lo) + c0 * ldl * 2;
             GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, di, nji, k, &one, h, t, ldhi, l, t,
-                                         ldli, beta, hl_.get(), CUDA_R_32F, di, CUBLAS_COMPUTE_32F,
+                                         ldli, beta, w.hl.get(), CUDA_R_32F, di, CUBLAS_COMPUTE_32F,
                                          CUBLAS_GEMM_DEFAULT));
             GF_CUBLAS_CHECK(cublasGemmEx(lease.h.blas, CUBLAS_OP_N, CUBLAS_OP_T, nji, nji, k, &one, l, t, ldli, l,
-                                         t, ldli, beta, ll_.get(), CUDA_R_32F, nji, CUBLAS_COMPUTE_32F,
+                                         t, ldli, beta, w.ll.get(), CUDA_R_32F, nji, CUBLAS_COMPUTE_32F,
                                          CUBLAS_GEMM_DEFAULT));
           }
         }
       }
-      flush_upper_split(acc_.get(), nj > 0 ? hl_.get() : nullptr, nj > 0 ? ll_.get() : nullptr,
+      flush_upper_split(w.acc.get(), nj > 0 ? w.hl.get() : nullptr, nj > 0 ? w.ll.get() : nullptr,
                         col2j_.get(), d, nj, gram_.get(), st);
     }
   }
@@ -666,7 +689,7 @@ class CudaGram final : public GramBackend {
   // gram_wgmma.cu on Hopper; same contract): hi [nb, ldh] and lo [nb, ldl] padded to whole
   // 128-column tiles; HᵀH straight into the state's upper triangle, HᵀL_J and L_JᵀL_J into float64
   // buffers added once per chunk; float64 touched every kTcRows rows.
-  void products_fast16_own(const MatrixView& x, Kernel16 kernel, cudaStream_t st) {
+  void products_fast16_own(const MatrixView& x, Kernel16 kernel, GramScratch& w, cudaStream_t st) {
     const int64_t d = dim_;
     const int64_t nj = nj_;
     const bool wg = kernel == Kernel16::kWg;
@@ -683,12 +706,12 @@ class CudaGram final : public GramBackend {
       else
         tc_gram_update(a, lda, m, b, ldb, n, rows, chain, x.dtype, upper, c, ldc, st);
     };
-    const auto [hi, lo] = split_buffers(br, ldh, ldl, st);
+    const auto [hi, lo] = split_buffers(br, ldh, ldl, w, st);
     if (nj > 0) {
-      hl64_.reserve(static_cast<size_t>(d * nj), st);
-      ll64_.reserve(static_cast<size_t>(nj * nj), st);
-      GF_CUDA_CHECK(cudaMemsetAsync(hl64_.get(), 0, static_cast<size_t>(d * nj) * sizeof(double), st));
-      GF_CUDA_CHECK(cudaMemsetAsync(ll64_.get(), 0, static_cast<size_t>(nj * nj) * sizeof(double), st));
+      w.hl64.reserve(static_cast<size_t>(d * nj), st);
+      w.ll64.reserve(static_cast<size_t>(nj * nj), st);
+      GF_CUDA_CHECK(cudaMemsetAsync(w.hl64.get(), 0, static_cast<size_t>(d * nj) * sizeof(double), st));
+      GF_CUDA_CHECK(cudaMemsetAsync(w.ll64.get(), 0, static_cast<size_t>(nj * nj) * sizeof(double), st));
     }
     writing_ = true;  // from here on an exception leaves the state part-updated
     for (int64_t r0 = 0; r0 < x.rows; r0 += br) {
@@ -696,11 +719,11 @@ class CudaGram final : public GramBackend {
       split_rows_16(x, r0, nb, c_.get(), col2j_.get(), nj, hi, ldh, lo, ldl, st);
       gram_update(hi, ldh, d, hi, ldh, d, nb, /*upper=*/true, gram_.get(), d);
       if (nj > 0) {
-        gram_update(hi, ldh, d, lo, ldl, nj, nb, /*upper=*/false, hl64_.get(), d);
-        gram_update(lo, ldl, nj, lo, ldl, nj, nb, /*upper=*/true, ll64_.get(), nj);
+        gram_update(hi, ldh, d, lo, ldl, nj, nb, /*upper=*/false, w.hl64.get(), d);
+        gram_update(lo, ldl, nj, lo, ldl, nj, nb, /*upper=*/true, w.ll64.get(), nj);
       }
     }
-    if (nj > 0) add_cross_terms(hl64_.get(), ll64_.get(), col2j_.get(), d, nj, gram_.get(), st);
+    if (nj > 0) add_cross_terms(w.hl64.get(), w.ll64.get(), col2j_.get(), d, nj, gram_.get(), st);
   }
 
   void covariance_on_device(int64_t ddof, double* out, cudaStream_t st) const {
@@ -737,9 +760,7 @@ class CudaGram final : public GramBackend {
   std::vector<double> h_shift_, h_c_;        // host copies of the shift and the kernel shift
   std::vector<double> h_scale_;              // the columns' spread when the shift was set (drift)
   DeviceBuffer<int> col2j_;                  // [d]
-  DeviceBuffer<char> block_;                 // centred rows (f64 / f32 / hi+lo 16-bit)
-  DeviceBuffer<float> acc_, hl_, ll_;        // [d, d], [d, nj], [nj, nj] float32 products
-  DeviceBuffer<double> hl64_, ll64_;         // [d, nj], [nj, nj] cross terms of the tc kernel
+  // (the products' work buffers are the device's, shared: DeviceHandles::scratch)
 };
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/cuda_utils.hpp"  // the device's shared work buffers (case_shared_scratch)
 #include "geomfast/backend.hpp"
 #include "geomfast/errors.hpp"
 #include "geomfast/gram.hpp"
@@ -188,6 +189,57 @@ void case_dtype_switches(Precision p, const char* kernel, unsigned seed) {
   report(std::string(p == Precision::kHighest ? "highest" : "fast") + " dtype switches bf16>f32>f16>bf16>f64" +
              (std::string(kernel) != "cublas" ? " " + std::string(kernel) : ""),
          rel_fro(cov_of(*g), reference_cov(all, d)), p == Precision::kHighest ? 1e-12 : 1e-6);
+}
+
+// Accumulators of one device share the products' work buffers (DeviceHandles::scratch): updates
+// of several, interleaved, of different widths, dtypes, precisions and chunk sizes (so the buffers
+// grow under one and are then used by another), one destroyed and another made in the middle, each
+// against its own reference; the buffers are freed with the device's last accumulator.
+void case_shared_scratch(const char* kernel, unsigned seed) {
+  setenv("GEOMFAST_CUDA_GRAM_KERNEL", kernel, 1);
+  std::mt19937_64 rng(seed);
+  struct Acc {
+    int64_t d;
+    Precision p;
+    DType t;
+    std::unique_ptr<GramBackend> g;
+    std::vector<Chunk> chunks;
+  };
+  auto make = [&](int64_t d, Precision p, DType t) {
+    Acc a{d, p, t, make_cuda_gram(d, 0, p), {}};
+    return a;
+  };
+  auto feed = [&](Acc& a, int64_t rows) {
+    std::vector<double> mean(a.d), sd(a.d, 1.0);
+    for (int64_t j = 0; j < a.d; ++j) mean[j] = j % 3 == 0 ? 200.0 : 0.05 * j;
+    a.chunks.push_back(make_chunk(a.t, rows, a.d, mean, sd, rng));
+    a.g->update(a.chunks.back().view());
+  };
+  std::vector<Acc> accs;
+  accs.push_back(make(45, Precision::kFast, DType::kBFloat16));
+  accs.push_back(make(20, Precision::kHighest, DType::kFloat32));
+  accs.push_back(make(70, Precision::kFast, DType::kFloat16));
+  const int64_t rows[] = {50, 300, 700, 40};
+  for (int round = 0; round < 4; ++round)
+    for (size_t i = 0; i < accs.size(); ++i) feed(accs[i], rows[(round + i) % 4]);
+  double worst = 0.0;
+  auto check = [&](const Acc& a) {
+    const double bar = a.p == Precision::kHighest ? 1e-12 : 1e-6;
+    worst = std::max(worst, rel_fro(cov_of(*a.g), reference_cov(pointers(a.chunks), a.d)) / bar);
+  };
+  check(accs[1]);
+  accs.erase(accs.begin() + 1);                              // destroyed in the middle
+  accs.push_back(make(33, Precision::kFast, DType::kFloat32));  // and a new one after
+  for (int round = 0; round < 3; ++round)
+    for (size_t i = 0; i < accs.size(); ++i) feed(accs[i], rows[(round + 2 * i) % 4]);
+  for (const Acc& a : accs) check(a);
+  cuda::GramScratch& w = cuda::device_handles(0).scratch;
+  const bool held = w.block.size() > 0 && w.users == 3;
+  accs.clear();
+  const bool freed = w.users == 0 && w.block.size() == 0 && w.acc.size() == 0;
+  // (the figure: the worst accumulator's error over its own bar, times 1e-6)
+  report(std::string("4 accumulators sharing the work buffers, interleaved (") + kernel + ")", worst * 1e-6,
+         1e-6, held && freed, held && freed ? "" : " (buffers not held while in use or not freed after)");
 }
 
 // An update that fails after it began writing the state (a cuBLAS failure in the middle of the
@@ -431,6 +483,7 @@ int main() {
     for (Precision p : {Precision::kHighest, Precision::kFast}) case_non_finite_and_state(p, seed++);
     case_f16_split_overflow(seed++);
     case_failure_midway(seed++);
+    for (const char* kernel : {"cublas", "tc"}) case_shared_scratch(kernel, seed++);
   } catch (const std::exception& e) {
     std::printf("EXCEPTION: %s\n", e.what());
     return 1;
