@@ -67,7 +67,9 @@ def merge_stores(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) ->
             raise FileNotFoundError(f"[merge] no results database at {p!r}")
         if os.path.exists(out) and _same_file(p, out):
             raise ValueError(f"[merge] {p!r} is the output database itself")
-    with ResultStore(out) as dst:
+    for p in inputs:  # every input is a geomfast database before OUT is created or changed
+        ResultStore(p, readonly=True).close()
+    with ResultStore(out) as dst:  # refuses an OUT of another program, changing nothing
         for p in inputs:
             with ResultStore(p, readonly=True) as src:
                 if src.schema_version != dst.schema_version:

@@ -36,6 +36,7 @@ import re
 import sqlite3
 import sys
 import time
+import urllib.parse
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -147,6 +148,27 @@ CREATE TABLE IF NOT EXISTS spectra (
 """
 
 
+# Tables every geomfast results database has had since schema version 1 (later ones are added in
+# place): a database without them belongs to another program.
+_CORE_TABLES = ("meta", "runs", "results", "spectra")
+
+# SQLite primary result codes (an error's extended code & 0xFF).
+_SQLITE_READONLY, _SQLITE_CORRUPT, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 8, 11, 14, 26
+
+
+def _sqlite_code(e: sqlite3.Error) -> int:
+    """The extended result code of an sqlite3 error (Python >= 3.11), else read from its text."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return int(code)
+    text = str(e)
+    for needle, c in (("not a database", _SQLITE_NOTADB), ("malformed", _SQLITE_CORRUPT),
+                      ("readonly", _SQLITE_READONLY), ("unable to open", _SQLITE_CANTOPEN)):
+        if needle in text:
+            return c
+    return 1  # SQLITE_ERROR
+
+
 def options_hash(options: Mapping[str, Any]) -> str:
     """A short stable hash of the options that change results (dataset, sample count, seed,
     lengths, dtype, precision, preset, metric options …). Two runs with the same hash produce
@@ -195,35 +217,77 @@ def _run_process_gone(host, pid) -> bool:
 class ResultStore:
     """One SQLite results database.
 
-    ``ResultStore(path)`` creates the file and schema if needed. The connection runs in
+    ``ResultStore(path)`` creates the file and schema if needed; an existing database must be
+    a geomfast results database (one of an older schema is upgraded in place) or hold no
+    tables, and anything else is refused unchanged (ValueError). The connection runs in
     autocommit mode; every write goes through an explicit ``BEGIN IMMEDIATE … COMMIT``
-    so a result row and its spectra land together or not at all.
+    so a result row and its spectra land together or not at all; ``close`` checkpoints the
+    write-ahead log into the database file.
+
+    ``readonly=True`` changes nothing, and reads a finished database in a folder it cannot
+    write, too (see :meth:`_connect_readonly`).
     """
 
     def __init__(self, path: str | os.PathLike, *, timeout: float = 60.0, readonly: bool = False):
         self.path = os.fspath(path)
+        self.readonly = readonly
         if readonly:
             if not os.path.exists(self.path):
                 raise FileNotFoundError(f"[ResultStore] no results database at {self.path!r}")
-            uri = "file:" + os.path.abspath(self.path) + "?mode=ro"
-            self.conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None,
-                                        check_same_thread=False)
+            self.conn = self._connect_readonly(timeout)
         else:
             parent = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(parent, exist_ok=True)
             self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
                                         check_same_thread=False)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        self.conn.execute("PRAGMA foreign_keys = ON")
-        if not readonly:
-            mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":  # e.g. a filesystem without shared memory
-                print(f"[ResultStore] warning: journal_mode is {mode!r}, not WAL", file=sys.stderr)
-            # FULL: a committed transaction is on disk, not only in the OS cache.
-            self.conn.execute("PRAGMA synchronous = FULL")
-            self._create_schema()
-        self._check_schema()
+        try:
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            if not readonly:
+                # Before anything is written (schema, WAL mode): an existing database must be
+                # geomfast's (older schemas are upgraded below) or hold no tables at all.
+                self._inspect_schema()
+                mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":  # e.g. a filesystem without shared memory
+                    print(f"[ResultStore] warning: journal_mode is {mode!r}, not WAL", file=sys.stderr)
+                # FULL: a committed transaction is on disk, not only in the OS cache.
+                self.conn.execute("PRAGMA synchronous = FULL")
+                self._create_schema()
+            self._check_schema()
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _connect_readonly(self, timeout: float) -> sqlite3.Connection:
+        """A read-only connection. A WAL database read with ``mode=ro`` needs its -wal and -shm
+        files, which SQLite cannot create in a folder this process cannot write (a read-only
+        mount, another user's folder). There, when the -wal is absent or empty (a finished
+        database: closing a writable store checkpoints the log into the file), the file holds
+        every committed transaction and is opened ``immutable``. (A writer still at work there
+        would have write access to the folder that this process has not: not checked.)"""
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+
+        def connect(u):
+            return sqlite3.connect(u, uri=True, timeout=timeout, isolation_level=None,
+                                   check_same_thread=False)
+
+        conn = connect(uri)
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the WAL, if any
+            return conn
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            if _sqlite_code(e) & 0xFF not in (_SQLITE_READONLY, _SQLITE_CANTOPEN):
+                raise self._read_error(e) from e
+            wal = self.path + "-wal"
+            if os.path.exists(wal) and os.path.getsize(wal) > 0:
+                raise ValueError(
+                    f"[ResultStore] cannot read {self.path!r} ({e}): its write-ahead log {wal!r} "
+                    "holds transactions not yet in the database, which SQLite reads only with a "
+                    "-shm file that it cannot create in this folder; open the database once where "
+                    "it can be written, or copy it with its -wal file to such a folder") from e
+            return connect(uri + "&immutable=1")
 
     # -- schema ---------------------------------------------------------------------------
     def _create_schema(self) -> None:
@@ -244,18 +308,61 @@ class ResultStore:
                 self.conn.execute("INSERT INTO meta(key, value) VALUES ('created_at', ?)",
                                   (str(time.time()),))
 
-    def _check_schema(self) -> None:
+    def _read_error(self, e: sqlite3.Error) -> ValueError:
+        """A ValueError for an sqlite error met while reading the schema: a file that is not a
+        database, a corrupt one or one without geomfast's tables or columns is not a geomfast
+        results database; anything else (locked, I/O) is said as it is."""
+        code = _sqlite_code(e) & 0xFF
+        if code in (_SQLITE_NOTADB, _SQLITE_CORRUPT) or (
+                isinstance(e, sqlite3.OperationalError) and str(e).startswith("no such ")):
+            return ValueError(f"[ResultStore] {self.path!r} is not a geomfast results database: {e}"
+                              + self._not_written)
+        return ValueError(f"[ResultStore] cannot read {self.path!r}: {e}")
+
+    def _inspect_schema(self) -> int | None:
+        """The schema version of this geomfast database, or None when it holds no tables (a new
+        or empty file). Only reads: raises ValueError for a database of another program (it
+        lacks a table every geomfast database has had since schema version 1), one without a
+        schema_version, or one newer than this geomfast reads."""
+        try:
+            tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as e:
+            raise self._read_error(e) from e
+        if not tables:
+            return None
+        missing = [t for t in _CORE_TABLES if t not in tables]
+        if missing:
+            raise ValueError(f"[ResultStore] {self.path!r} is not a geomfast results database: it has "
+                             f"no table {', '.join(missing)} (it has {', '.join(sorted(tables))})"
+                             + self._not_written)
         try:
             row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except sqlite3.DatabaseError as e:
-            raise ValueError(f"[ResultStore] {self.path!r} is not a geomfast results database: {e}") from e
+            raise self._read_error(e) from e
         if row is None:
             raise ValueError(f"[ResultStore] {self.path!r} has no schema_version")
-        version = int(row[0])
+        try:
+            version = int(row[0])
+        except (TypeError, ValueError):
+            raise ValueError(f"[ResultStore] {self.path!r} is not a geomfast results database: "
+                             f"its schema_version is {row[0]!r}" + self._not_written) from None
         if version > SCHEMA_VERSION:
             raise ValueError(
                 f"[ResultStore] {self.path!r} has schema version {version}; this geomfast reads "
                 f"up to {SCHEMA_VERSION} — upgrade geomfast")
+        return version
+
+    @property
+    def _not_written(self) -> str:
+        return "" if self.readonly else (
+            "; left unchanged: results are written only to a new or empty file or to a geomfast "
+            "results database")
+
+    def _check_schema(self) -> None:
+        version = self._inspect_schema()
+        if version is None:
+            raise ValueError(f"[ResultStore] {self.path!r} is not a geomfast results database: "
+                             "it holds no tables")
         self.schema_version = version
 
     @contextmanager
@@ -271,6 +378,16 @@ class ResultStore:
             self.conn.execute("COMMIT")
 
     def close(self) -> None:
+        if not self.readonly:
+            # Move the write-ahead log into the database file even while readers are open (the
+            # last connection to close does it anyway), so that the file alone holds every
+            # result: a copy of it, or a reader in a folder it cannot write, sees them all.
+            # Best effort, and brief: a reader of an older snapshot only postpones it.
+            try:
+                self.conn.execute("PRAGMA busy_timeout = 1000")
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error:
+                pass
         self.conn.close()
 
     def __enter__(self) -> "ResultStore":

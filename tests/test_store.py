@@ -265,3 +265,174 @@ def test_a_database_without_the_pid_column_gains_it(tmp_path):
         s.start_run(OPTS, "geomfast trace")
         runs = s.runs()
         assert [r["pid"] for r in runs] == [None, os.getpid()]
+
+
+# -- a database of another program is never changed ---------------------------------------------
+
+def _sqlite_file(path, script: str) -> bytes:
+    con = sqlite3.connect(path)
+    con.executescript(script)
+    con.commit()
+    con.close()
+    return open(path, "rb").read()
+
+
+def _journal_mode(path) -> str:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_a_database_of_another_program_is_refused_and_left_unchanged(tmp_path):
+    from geomfast.merge import merge_stores
+
+    good = tmp_path / "good.db"
+    with ResultStore(good) as s:
+        s.write_result(ck(0), "last", "last", options=OPTS, metrics=metrics(),
+                       spectra={"covariance": np.sort(np.random.default_rng(3).uniform(0, 1, 8))[::-1]})
+    foreign = {
+        # what the audit found altered: a runs table geomfast would ALTER, then crash on
+        "app.db": "CREATE TABLE runs(name TEXT, score REAL); INSERT INTO runs VALUES ('alice', 3.5);",
+        # a program that also keeps its schema_version in a meta(key, value) table
+        "meta.db": "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL); "
+                   "INSERT INTO meta VALUES ('schema_version', '1'); CREATE TABLE runs(id INTEGER);",
+    }
+    for name, script in foreign.items():
+        path = tmp_path / name
+        before = _sqlite_file(path, script)
+        for open_it in (lambda: ResultStore(path), lambda: merge_stores(path, [good])):
+            with pytest.raises(ValueError, match=rf"'{path}' is not a geomfast results database: "
+                                                 r"it has no table .*left unchanged"):
+                open_it()
+            assert path.read_bytes() == before, name  # no table, column or journal mode added
+            assert not os.path.exists(f"{path}-wal") and _journal_mode(path) == "delete"
+        with pytest.raises(ValueError, match=rf"'{path}' is not a geomfast results database"):
+            ResultStore(path, readonly=True)
+        # a foreign input is refused before the output is created
+        with pytest.raises(ValueError, match=rf"'{path}' is not a geomfast results database"):
+            merge_stores(tmp_path / "new.db", [good, path])
+        assert not (tmp_path / "new.db").exists()
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not sqlite " * 100)
+    with pytest.raises(ValueError, match="is not a geomfast results database: file is not a database"):
+        ResultStore(junk)
+    assert junk.read_bytes() == b"not sqlite " * 100
+
+
+def test_an_empty_file_becomes_a_store_and_an_older_one_is_upgraded(tmp_path):
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    no_tables = tmp_path / "no_tables.db"  # e.g. left by a store killed before its schema commit
+    assert _sqlite_file(no_tables, "CREATE TABLE t(x); DROP TABLE t;")
+    for path in (empty, no_tables):
+        with ResultStore(path) as s:
+            assert s.count() == 0 and s.schema_version == 1
+    # schema version 1 as first written: no pid column, no checkpoints or weights tables
+    old = tmp_path / "old.db"
+    with ResultStore(old) as s:
+        s.start_run(OPTS, "geomfast trace")
+        s.write_result(ck(1), "last", "last", options=OPTS, metrics=metrics(),
+                       spectra={"covariance": [2.0, 1.0]})
+    con = sqlite3.connect(old)
+    con.executescript("DROP TABLE checkpoints; DROP TABLE weights; ALTER TABLE runs DROP COLUMN pid;")
+    con.close()
+    with ResultStore(old) as s:
+        tables = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"checkpoints", "weights"} <= tables
+        assert "pid" in {r[1] for r in s.conn.execute("PRAGMA table_info(runs)")}
+        assert s.count() == 1 and s.done_checkpoints(options_hash(OPTS), "req") == set()
+
+
+# -- reading where the folder cannot be written --------------------------------------------------
+
+_READ_IN_A_READ_ONLY_FOLDER = r"""
+import json, os, sqlite3, sys
+from geomfast.store import ResultStore, export
+
+folder, out_csv = sys.argv[1:3]
+got = {"folder_writable": os.access(folder, os.W_OK)}
+try:  # what a plain read-only open does there
+    sqlite3.connect(f"file:{folder}/clean.db?mode=ro", uri=True).execute("SELECT 1 FROM meta").fetchone()
+    got["plain_ro"] = "read"
+except sqlite3.Error as e:
+    got["plain_ro"] = str(e)
+with ResultStore(os.path.join(folder, "clean.db"), readonly=True) as s:
+    got["rows"] = [[r["layer"], r["rankme"]] for r in s.rows()]
+got["exported"] = export(os.path.join(folder, "clean.db"), out_csv)
+for name in ("junk.db", "pending.db"):
+    try:
+        ResultStore(os.path.join(folder, name), readonly=True).close()
+        got[name] = "opened"
+    except ValueError as e:
+        got[name] = str(e)
+print(json.dumps(got))
+"""
+
+
+def test_a_finished_database_is_read_in_a_folder_that_cannot_be_written(tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    # root writes anywhere: drop its capabilities (as a reader on a read-only mount would lack them)
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: a folder cannot be made unwritable")
+        prefix = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"]
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    with ResultStore(folder / "clean.db") as s:  # a finished run: closed, nothing left in a -wal
+        for i, layer in enumerate(("embed", "last")):
+            s.write_result(ck(0), layer, "last", options=OPTS, metrics=metrics(i),
+                           spectra={"covariance": [3.0, 1.0]})
+    (folder / "junk.db").write_bytes(b"not sqlite " * 100)
+    # a copy taken while a writer had it open: committed rows only in its -wal, no -shm
+    w = ResultStore(tmp_path / "live.db")
+    w.write_result(ck(0), "last", "last", options=OPTS, metrics=metrics())
+    shutil.copy(tmp_path / "live.db", folder / "pending.db")
+    shutil.copy(tmp_path / "live.db-wal", folder / "pending.db-wal")
+    w.close()
+    files = sorted(os.listdir(folder))
+    assert files == ["clean.db", "junk.db", "pending.db", "pending.db-wal"]
+    folder.chmod(0o555)
+    try:
+        proc = subprocess.run([*prefix, sys.executable, "-c", _READ_IN_A_READ_ONLY_FOLDER, str(folder),
+                               str(tmp_path / "out.csv")], capture_output=True, text=True,
+                              env=subprocess_env(), timeout=120)
+    finally:
+        folder.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    # the situation did occur: the reader could not write there, and plain mode=ro failed
+    assert got["folder_writable"] is False
+    assert "readonly" in got["plain_ro"] or "unable to open" in got["plain_ro"], got["plain_ro"]
+    assert got["rows"] == [["embed", metrics(0)["rankme"]], ["last", metrics(1)["rankme"]]]
+    assert got["exported"] == 2
+    assert sorted(os.listdir(folder)) == files
+    assert "is not a geomfast results database: file is not a database" in got["junk.db"]
+    # rows only in a -wal that cannot be read there: said, and not called a foreign file
+    assert "write-ahead log" in got["pending.db"] and "not a geomfast" not in got["pending.db"]
+
+
+def test_closing_a_writer_leaves_every_result_in_the_database_file(tmp_path):
+    import shutil
+
+    db = tmp_path / "r.db"
+    w = ResultStore(db)
+    w.write_result(ck(0), "last", "last", options=OPTS, metrics=metrics())
+    with ResultStore(db, readonly=True) as r:  # open: the writer's close is not the last one
+        assert os.path.getsize(f"{db}-wal") > 0
+        w.close()
+        assert os.path.getsize(f"{db}-wal") == 0
+        assert r.count() == 1
+    shutil.copy(db, tmp_path / "copy.db")  # the file alone
+    con = sqlite3.connect(f"file:{tmp_path / 'copy.db'}?immutable=1", uri=True)
+    assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 1
+    con.close()
+
