@@ -663,12 +663,18 @@ def recompute_metrics(
 ) -> list[dict]:
     """Recompute RankMe (under ``convention``) and α-ReQ (over ``fit_range``) from the stored
     spectra, without running any model. Returns one dict per ok result with the identity
-    columns plus ``rankme``, ``alpha``, ``alpha_r2``, ``alpha_r2_100``, ``convention`` and
-    ``fit_range``.
+    columns plus ``rankme``, ``alpha``, ``alpha_r2``, ``alpha_r2_100``, ``convention``,
+    ``fit_range`` and ``warnings`` (list of str).
 
     ``convention``: ``'li2025'`` and ``'full'`` use the covariance eigenvalues, ``'garrido2023'``
     the singular values of the raw matrix (both are stored).
+
+    A measure undefined on a row's spectrum (all zeros, too few positive values to fit) is
+    ``nan`` for that row, and its ``warnings`` say why, as :func:`geomfast.metrics.geometry`
+    (what trace stores) does; the other rows are recomputed.
     """
+    import warnings as _warnings
+
     from . import metrics as M
 
     store = db if isinstance(db, ResultStore) else ResultStore(db, readonly=True)
@@ -676,26 +682,44 @@ def recompute_metrics(
         singular = {row["id"]: sv for row, sv in store.spectra("singular")}
         out = []
         for row, spec in store.spectra("covariance"):
+            notes: list[str] = []  # the fit's own notes, then why a measure is nan
+            undefined: list[str] = []
             # li2025 keeps the top min(2048, n, d) eigenvalues (sklearn PCA's components),
             # and α is fitted on those; 'full' uses every eigenvalue.
             n, d = row["n"] or spec.size, row["dim"] or spec.size
             top = spec[: min(M.LI2025_MAX_COMPONENTS, n, d)]
-            if convention == "garrido2023":
-                sv = singular.get(row["id"])
-                rm = float(M.rankme(sv, convention="garrido2023", eps=eps)) if sv is not None else None
-            else:
-                rm = float(M.rankme(top if convention == "li2025" else spec,
-                                    convention=convention, eps=eps))
-            fit = M.alpha_req(spec if convention == "full" else top, fit_range=tuple(fit_range))
+            rm: float | None
+            try:
+                if convention == "garrido2023":
+                    sv = singular.get(row["id"])
+                    rm = float(M.rankme(sv, convention="garrido2023", eps=eps)) if sv is not None else None
+                else:
+                    rm = float(M.rankme(top if convention == "li2025" else spec,
+                                        convention=convention, eps=eps))
+            except M.DegenerateSpectrumError as e:
+                rm = float("nan")
+                undefined.append(f"rankme = nan: {e}")
+            try:
+                fit = M.alpha_req(spec if convention == "full" else top, fit_range=tuple(fit_range))
+                alpha = float(fit.alpha)
+                r2 = None if fit.r2 is None else float(fit.r2)
+                r2_100 = None if fit.r2_100 is None else float(fit.r2_100)
+                notes.extend(fit.warnings)
+            except M.DegenerateSpectrumError as e:
+                alpha = r2 = r2_100 = float("nan")
+                undefined.append(f"alpha = nan: {e}")
+            for note in undefined:  # alpha_req has issued its own notes
+                _warnings.warn(note, M.SpectrumWarning, stacklevel=2)
             out.append({
                 **{k: row[k] for k in ("id", "model", "revision", "step", "tokens", "layer",
                                        "pooling", "n", "dim", "options_hash")},
                 "convention": convention,
                 "fit_range": tuple(fit_range),
                 "rankme": rm,
-                "alpha": float(fit.alpha),
-                "alpha_r2": None if fit.r2 is None else float(fit.r2),
-                "alpha_r2_100": None if fit.r2_100 is None else float(fit.r2_100),
+                "alpha": alpha,
+                "alpha_r2": r2,
+                "alpha_r2_100": r2_100,
+                "warnings": list(dict.fromkeys(notes + undefined)),
             })
         return out
     finally:

@@ -436,3 +436,55 @@ def test_closing_a_writer_leaves_every_result_in_the_database_file(tmp_path):
     assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 1
     con.close()
 
+
+# -- recompute --------------------------------------------------------------------------------------
+
+def test_recompute_gives_nan_for_a_degenerate_row_and_recomputes_the_others(tmp_path):
+    import math
+    import warnings
+
+    M = pytest.importorskip("geomfast.metrics")
+    from geomfast.store import recompute_metrics
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((200, 40)) @ np.diag(np.arange(1, 41) ** -0.8)
+    xc = x - x.mean(0)
+    spec = np.linalg.eigvalsh(xc.T @ xc / 199)[::-1]
+    sv = np.linalg.svd(x, compute_uv=False)
+    g = M.geometry(x, fit_range=(3, 30), spectrum=spec, singular_values=sv)
+    # embed pooled at the last token when every sequence ends with the same token: all zeros,
+    # stored by trace as 'ok' with NaN measures and warnings
+    with pytest.warns(M.SpectrumWarning):
+        gz = M.geometry(np.ones((200, 40)), fit_range=(3, 30), spectrum=np.zeros(40),
+                        singular_values=np.zeros(40))
+    db = tmp_path / "r.db"
+    with ResultStore(db) as s:
+        s.write_result(ck(0), "embed", "last", options=OPTS, metrics=gz,
+                       spectra={"covariance": np.zeros(40), "singular": np.zeros(40)})
+        s.write_result(ck(0), "last", "last", options=OPTS, metrics=g,
+                       spectra={"covariance": spec, "singular": sv})
+    stored = {"li2025": "rankme", "garrido2023": "rankme_garrido2023", "full": "rankme_full"}
+    for convention, column in stored.items():
+        with pytest.warns(M.SpectrumWarning) as said:
+            rows = recompute_metrics(db, convention=convention, fit_range=(3, 30))
+        said = [str(w.message) for w in said]
+        assert any(w.startswith("rankme = nan: ") and "all zeros" in w for w in said), said
+        assert any(w.startswith("alpha = nan: ") for w in said), said
+        by_layer = {r["layer"]: r for r in rows}
+        assert sorted(by_layer) == ["embed", "last"]
+        zero = by_layer["embed"]
+        assert all(math.isnan(zero[k]) for k in ("rankme", "alpha", "alpha_r2", "alpha_r2_100"))
+        assert any(w.startswith("rankme = nan: ") and "all zeros" in w for w in zero["warnings"])
+        assert any(w.startswith("alpha = nan: ") for w in zero["warnings"])
+        fine = by_layer["last"]
+        assert fine["rankme"] == pytest.approx(g[column], rel=1e-12)
+        assert not any("= nan" in w for w in fine["warnings"])
+    assert by_layer["last"]["alpha"] == pytest.approx(M.alpha_req(spec, fit_range=(3, 30)).alpha, rel=1e-12)
+    # only an undefined measure is NaN: a spectrum that is not a spectrum is still an error
+    with ResultStore(db) as s:
+        s.write_result(ck(1), "last", "last", options=OPTS, metrics=g,
+                       spectra={"covariance": np.array([1.0, np.nan, 0.5])})
+    with pytest.raises(ValueError, match="finite") as err, warnings.catch_warnings():
+        warnings.simplefilter("ignore", M.SpectrumWarning)  # the all-zero row's, said above
+        recompute_metrics(db)
+    assert not isinstance(err.value, M.DegenerateSpectrumError)
