@@ -14,7 +14,10 @@ path and through many flushes; the tuning is restored afterwards.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +38,7 @@ def each_fast_kernel(request):
         yield request.param
 
 
+ROOT = Path(__file__).resolve().parents[1]
 BARS = {"highest": 1e-12, "fast": 1e-6}  # relative Frobenius error vs the float64 two-pass reference
 
 NUMPY_DTYPES = [np.float64, np.float32, np.float16]
@@ -895,3 +899,41 @@ def test_rows_unlike_the_first_ones_stay_centred(dtype, layout, offset):
             assert _max_entry_error(cov, ref) <= 1e-12, _max_entry_error(cov, ref)
         else:  # fast's contract (bf16 at 1000 spreads holds 3 levels per column: short-valued)
             assert rel_fro(cov, ref) <= BARS["fast"], rel_fro(cov, ref)
+
+
+def test_large_updates_borrow_lanes_from_one_shared_pool():
+    """A large update's per-core lanes (centred rows, float64 partials, float32 accumulators) hold
+    nothing between updates, so all accumulators share one pool of them: six accumulators of one
+    width hold the lanes of one update, not six sets (each used to keep its own, up to 2 GB), the
+    results are right, and the pool is emptied with the last accumulator. In a fresh interpreter,
+    so that no other test's accumulators are alive."""
+    import subprocess
+    import sys
+    import textwrap
+
+    seed = new_seed()
+    script = textwrap.dedent(f"""
+        import gc, json, numpy as np, geomfast
+        from geomfast import _core, reference as ref
+        from conftest import llm_like
+        rng = np.random.default_rng({seed})
+        x = llm_like(6000, 96, rng).astype(np.float32)
+        want = ref.covariance(x)
+        accs, held, errs = [], [], []
+        for i in range(6):
+            accs.append(geomfast.GramAccumulator(96, precision="fast").update(x))
+            held.append(_core._cpu_pooled_lanes())
+        errs = [float(np.linalg.norm(a.covariance() - want) / np.linalg.norm(want)) for a in accs]
+        del accs
+        gc.collect()
+        print(json.dumps({{"held": held, "after": _core._cpu_pooled_lanes(), "errs": errs}}))
+    """)
+    env = dict(os.environ, GEOMFAST_NUM_THREADS="2", PYTHONPATH=os.pathsep.join(
+        [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["held"][0] == 2, f"seed={seed}: expected the first update to use 2 lanes, {out}"
+    assert out["held"] == [2] * 6, f"seed={seed}: lanes not shared: {out}"
+    assert out["after"] == 0, f"seed={seed}: lanes kept after the last accumulator: {out}"
+    assert max(out["errs"]) <= BARS["fast"], f"seed={seed}: {out}"

@@ -240,6 +240,7 @@ PYBIND11_MODULE(_core, m) {
   // "" when the fast CPU Gram runs on AMX here, else why not.
   m.def("amx_unavailable_reason", [] { return cpu_amx_unavailable_reason(); });
   m.def("amx_exact_unavailable_reason", [] { return cpu_amx_exact_unavailable_reason(); });
+  m.def("_cpu_pooled_lanes", [] { return cpu_pooled_lanes(); });  // tests: lanes are shared, then freed
   m.def("get_tuning", [] {
     const auto& t = gram_tuning();
     return py::make_tuple(t.block_rows, t.fast_flush_rows, t.fast_amx, t.exact_amx);

@@ -18,6 +18,8 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <memory>
 #include <cstdlib>
 #include <mutex>
 
@@ -306,6 +308,61 @@ struct Lane {
   std::unique_ptr<amx::ExactSyrk> exact;  // bf16/f16 input on AMX-INT8
 };
 
+// The lanes' buffers, shared by the process's accumulators. A lane holds nothing between updates
+// (its partial is summed into the state, its float32 accumulator flushed at the end of its rows),
+// yet each accumulator used to keep its own after its first large update: up to
+// GEOMFAST_LANE_MEMORY_MB (2 GB) each, and a trace of every layer holds dozens of accumulators.
+// Updates borrow lanes and give them back (concurrent updates from several threads borrow
+// disjoint ones); all are freed when no accumulator is left.
+class LanePool {
+ public:
+  using Key = std::pair<int64_t, bool>;  // (dim, whether its float32 accumulators use AMX)
+  using Lanes = std::vector<std::unique_ptr<Lane>>;
+  static LanePool& instance() {
+    static auto* pool = new LanePool();  // never destroyed: accumulators may outlive static destructors
+    return *pool;
+  }
+  Lanes take(Key key, int n) {
+    Lanes out;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      auto& free = free_[key];
+      while (static_cast<int>(out.size()) < n && !free.empty()) {
+        out.push_back(std::move(free.back()));
+        free.pop_back();
+      }
+    }
+    while (static_cast<int>(out.size()) < n) out.push_back(std::make_unique<Lane>());
+    return out;
+  }
+  void give_back(Key key, Lanes& lanes) {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto& free = free_[key];
+    for (auto& l : lanes) free.push_back(std::move(l));
+    lanes.clear();
+  }
+  void retain() {
+    std::lock_guard<std::mutex> lk(mu_);
+    ++users_;
+  }
+  void release() {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (--users_ == 0) free_.clear();
+  }
+  // Lanes held for borrowing (tests: that they are shared, and freed with the last accumulator).
+  int64_t held() {
+    std::lock_guard<std::mutex> lk(mu_);
+    int64_t n = 0;
+    for (const auto& kv : free_) n += static_cast<int64_t>(kv.second.size());
+    return n;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<Key, Lanes> free_;
+  int64_t users_ = 0;
+};
+
 class CpuGram final : public GramBackend {
  public:
   CpuGram(int64_t dim, Precision p)
@@ -315,7 +372,11 @@ class CpuGram final : public GramBackend {
         exact_(p == Precision::kHighest && gram_tuning().exact_amx && amx::exact_available()) {
     if (dim > 46340) GF_THROW(ValueError, "[GramAccumulator] dim must be <= 46340 (32-bit BLAS), got ", dim);
     reset();
+    LanePool::instance().retain();  // last: a constructor that throws never counts
   }
+  ~CpuGram() override { LanePool::instance().release(); }
+  CpuGram(const CpuGram&) = delete;
+  CpuGram& operator=(const CpuGram&) = delete;
   int64_t dim() const override { return dim_; }
   Device device() const override { return Device{}; }
   Precision precision() const override { return prec_; }
@@ -332,7 +393,6 @@ class CpuGram final : public GramBackend {
     staged_ = 0;
     stage_inexact_ = false;
     stage_short_ = false;
-    lanes_.clear();
     stage_fast_.reset();
   }
 
@@ -683,9 +743,15 @@ class CpuGram final : public GramBackend {
     const int64_t d = dim_, n = x.rows;
     const bool highest = prec_ == Precision::kHighest;
     const int64_t flush_rows = std::max<int64_t>(gram_tuning().fast_flush_rows, 1);
-    if (static_cast<int>(lanes_.size()) < lanes) lanes_.resize(lanes);
+    const LanePool::Key key{d, amx_};
+    struct Borrowed {  // the lanes go back to the pool however this update ends
+      LanePool::Key key;
+      LanePool::Lanes lanes;
+      ~Borrowed() { LanePool::instance().give_back(key, lanes); }
+    } borrowed{key, LanePool::instance().take(key, lanes)};
+    auto& pool_lanes = borrowed.lanes;
     for (int p = 0; p < lanes; ++p) {
-      Lane& L = lanes_[p];
+      Lane& L = *pool_lanes[p];
       if (highest) L.buf64.resize(static_cast<size_t>(block * d));
       else L.buf32.resize(static_cast<size_t>(block * d));
       if (p > 0) L.part64.assign(static_cast<size_t>(d * d), 0.0);
@@ -697,7 +763,7 @@ class CpuGram final : public GramBackend {
       std::lock_guard<std::mutex> blk(blas::mode_mutex());
       blas::SingleThreadedScope single;
       ThreadPool::instance().run(lanes, [&](int p, int np) {
-        Lane& L = lanes_[p];
+        Lane& L = *pool_lanes[p];
         const int64_t r0 = n * p / np, r1 = n * (p + 1) / np;
         // Lane 0 accumulates straight into g_, the others into their own partials, summed below
         // in lane order: no locks while the lanes run, and the result does not depend on timing.
@@ -721,13 +787,13 @@ class CpuGram final : public GramBackend {
     }
     parallel_for(d, 64, [&](int64_t j0, int64_t j1, int) {
       for (int p = 1; p < lanes; ++p) {
-        const double* part = lanes_[p].part64.data();
+        const double* part = pool_lanes[p]->part64.data();
         for (int64_t j = j0; j < j1; ++j) add_f64_into_f64(part + j * d, j + 1, g_.data() + j * d);
       }
     });
     for (int p = 0; p < lanes; ++p)
-      for (int64_t c = 0; c < d; ++c) sum_[c] += lanes_[p].colsum[c];
-    // Partials are only needed during an update; keep the buffers for the next large one.
+      for (int64_t c = 0; c < d; ++c) sum_[c] += pool_lanes[p]->colsum[c];
+    // (the lanes' buffers stay in the pool for the next large update of any accumulator)
   }
 
   void check_state(const GramState& s, const char* fn) const {
@@ -756,7 +822,7 @@ class CpuGram final : public GramBackend {
   std::vector<double> stage64_;          // [block_rows, dim] staged centred rows (highest, exact)
   std::vector<float> stage32_;           // [block_rows, dim] staged centred rows (fast)
   int64_t staged_ = 0;                   // rows in the staging block (already in count_/sum_)
-  std::vector<Lane> lanes_;
+  // (a large update's lanes are borrowed from LanePool)
   // fast: AMX split products (amx_gram.cpp) instead of ssyrk, fixed at construction; staged
   // blocks accumulate in stage_fast_ (float32, flushed into g_), lanes in their own.
   const bool amx_;
@@ -776,6 +842,8 @@ class CpuGram final : public GramBackend {
 
 }  // namespace
 }  // namespace cpu
+
+int64_t cpu_pooled_lanes() { return cpu::LanePool::instance().held(); }
 
 std::unique_ptr<GramBackend> make_cpu_gram(int64_t dim, Precision precision) {
   return std::make_unique<cpu::CpuGram>(dim, precision);

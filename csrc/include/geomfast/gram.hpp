@@ -97,6 +97,9 @@ struct GramTuning {
 GramTuning& gram_tuning();
 // "" when the CPU backend's 'fast' Gram runs on AMX (bf16 split products) here, else why not.
 const std::string& cpu_amx_unavailable_reason();
+// Lanes (per-thread buffers of large CPU updates) held in the process-wide pool between updates,
+// shared by all CPU accumulators and freed with the last one (tests).
+int64_t cpu_pooled_lanes();
 // "" when the CPU backend's 'highest' Gram of bf16/f16 input runs exactly on AMX-INT8, else why not.
 const std::string& cpu_amx_exact_unavailable_reason();
 
