@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 from typing import Iterable
 
-__all__ = ["is_sqlite_file", "same_file", "check_output_file"]
+__all__ = ["is_sqlite_file", "same_file", "check_output_file", "check_output_database",
+           "check_output_folder", "check_input_database"]
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -34,16 +35,81 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
+def _nearest_existing(path: str) -> str:
+    """``path`` or its deepest ancestor that exists (what ``os.makedirs`` would create below)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def _check_folder_writable(folder: str, flag: str, path: str) -> None:
+    """The folder that will hold ``path`` exists or can be created, and files can be made in it."""
+    base = _nearest_existing(folder)
+    if not os.path.isdir(base):
+        raise ValueError(f"{flag} {path}: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot create files in the folder {base} (permission denied)")
+
+
 def check_output_file(path: str | os.PathLike, flag: str,
                       inputs: Iterable[tuple[str, str | os.PathLike]] = ()) -> None:
     """Refuse to write the file ``path`` (given as ``flag``, e.g. ``-o``) over an input of the
     same command (``inputs``: (argument, path) pairs) or over any SQLite database: CSV, JSON or
-    PNG written there would destroy every result it holds."""
+    PNG written there would destroy every result it holds. Also refuse a folder, and a path
+    whose folder cannot be created or written."""
     path = os.fspath(path)
     for name, src in inputs:
         if same_file(path, src):
             raise ValueError(f"{flag} {path}: this is the input database {name} ({os.fspath(src)}) itself; "
                              "refusing to overwrite it (give another output file)")
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: this is a folder, expected a file name")
     if os.path.isfile(path) and is_sqlite_file(path):
         raise ValueError(f"{flag} {path}: this is an SQLite database; refusing to overwrite it "
                          "(give another output file, or remove it first)")
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{flag} {path}: the file is not writable (permission denied)")
+    else:
+        _check_folder_writable(os.path.dirname(os.path.abspath(path)), flag, path)
+
+
+def check_output_database(path: str | os.PathLike, flag: str) -> None:
+    """Refuse a results database that SQLite could not create or write: a folder, a file that is
+    not an SQLite database, or a file or folder without write permission (SQLite's WAL mode
+    creates ``-wal`` and ``-shm`` files beside the database, so its folder must be writable)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: this is a folder, expected a results database file")
+    if os.path.exists(path):
+        if os.path.getsize(path) > 0 and not is_sqlite_file(path):
+            raise ValueError(f"{flag} {path}: this file is not an SQLite database; refusing to write "
+                             "results into it (give a new file name, or an existing results database)")
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{flag} {path}: the database is not writable (permission denied)")
+        if os.path.exists(path + "-wal") and os.path.exists(path + "-shm"):
+            return
+    _check_folder_writable(os.path.dirname(os.path.abspath(path)), flag, path)
+
+
+def check_output_folder(path: str | os.PathLike, flag: str) -> None:
+    """Refuse an output folder that cannot be created, or written when it exists (whether an
+    existing folder or file may be used is the command's own rule)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag} {path}: cannot create files in this folder (permission denied)")
+    elif not os.path.exists(path):
+        _check_folder_writable(os.path.dirname(os.path.abspath(path)), flag, path)
+
+
+def check_input_database(path: str | os.PathLike, flag: str) -> None:
+    """Refuse a folder given as a results database (SQLite says 'disk I/O error' on it); a
+    missing file or a foreign one is ResultStore's to report."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: this is a folder, expected a results database file")

@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import math
 import os
+import sqlite3
 import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -296,23 +297,32 @@ register("demo", "offline demo: train a tiny GPT-NeoX, trace its checkpoints, pl
 
 @dataclass(frozen=True)
 class PathArg:
-    """A path argument of a subcommand, checked by main() before the subcommand runs.
+    """A path argument of a subcommand, checked by main() before the subcommand runs, so that a
+    path it cannot use is one error line naming the argument, not a traceback half-way through.
 
     dest: its attribute in the parsed arguments (a path, a list of paths, or None / '-' when
     absent); flag: how the user types it, for messages; kind: 'input' (a results database it
-    reads) or 'file' (a file it writes: never one of its inputs, nor any SQLite database)."""
+    reads), 'file' (a file it writes: never one of its inputs, nor any SQLite database),
+    'database' (a results database it creates or adds to) or 'folder' (a folder it writes in);
+    check: False where the subcommand checks it itself (named in SQLite errors all the same)."""
 
     dest: str
     flag: str
     kind: str
+    check: bool = True
 
 
-# The built-in subcommands' paths (trace checks its --out itself, on rank 0 alone: see sweep).
+# The built-in subcommands' paths.
 PATH_ARGS: dict[str, tuple[PathArg, ...]] = {
+    # trace checks --out itself (sweep, on rank 0 alone: other ranks never write it)
+    "trace": (PathArg("out", "--out", "database", check=False),),
     "show": (PathArg("db", "RESULTS.db", "input"),),
     "export": (PathArg("db", "RESULTS.db", "input"), PathArg("output", "-o", "file")),
     "plot": (PathArg("db", "RESULTS.db", "input"), PathArg("output", "-o", "file")),
     "phases": (PathArg("db", "RESULTS.db", "input"), PathArg("json_out", "--json", "file")),
+    # merge refuses an input that is OUT.db itself
+    "merge": (PathArg("out", "OUT.db", "database"), PathArg("inputs", "IN.db", "input")),
+    "demo": (PathArg("out", "--out", "folder"),),
 }
 
 
@@ -323,16 +333,42 @@ def _paths_of(args: argparse.Namespace, arg: PathArg) -> list[str]:
 
 
 def check_paths(args: argparse.Namespace) -> None:
-    """Refuse, before anything runs, an output path of ``args.command`` that would overwrite one
-    of its input databases or any other SQLite database (ValueError naming the argument)."""
-    from ._paths import check_output_file
+    """Refuse, before anything runs, a path of ``args.command`` (PATH_ARGS) that it cannot use: an
+    output that would overwrite one of its input databases or any other SQLite database, a folder
+    given as a file or database, a file given as a folder, a folder it may not write in
+    (ValueError naming the argument)."""
+    from ._paths import check_input_database, check_output_database, check_output_file, \
+        check_output_folder
 
-    spec = PATH_ARGS.get(args.command, ())
+    spec = [a for a in PATH_ARGS.get(args.command, ()) if a.check]
     inputs = [(a.flag, p) for a in spec if a.kind == "input" for p in _paths_of(args, a)]
+    check = {"input": check_input_database, "database": check_output_database,
+             "folder": check_output_folder,
+             "file": lambda path, flag: check_output_file(path, flag, inputs)}
     for a in spec:
         for path in _paths_of(args, a):
-            if a.kind == "file":
-                check_output_file(path, a.flag, inputs)
+            check[a.kind](path, a.flag)
+
+
+# SQLite's result codes for what the file system or the file did, not geomfast's SQL: PERM, BUSY,
+# LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, NOTADB. (SQLITE_ERROR, a bad statement
+# or a missing table, is a bug and keeps its traceback.)
+_SQLITE_ENVIRONMENT_CODES = frozenset({3, 5, 6, 7, 8, 10, 11, 13, 14, 26})
+_SQLITE_ENVIRONMENT_MESSAGES = ("access permission denied", "database is locked", "out of memory",
+                                "readonly database", "disk i/o error", "malformed", "disk is full",
+                                "unable to open database file", "file is not a database")
+
+
+def _is_sqlite_environment_error(e: sqlite3.DatabaseError) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return (code & 0xFF) in _SQLITE_ENVIRONMENT_CODES
+    return any(m in str(e).lower() for m in _SQLITE_ENVIRONMENT_MESSAGES)
+
+
+def _databases_of(args: argparse.Namespace) -> list[str]:
+    return [p for a in PATH_ARGS.get(args.command, ()) if a.kind in ("input", "database")
+            for p in _paths_of(args, a)]
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -387,10 +423,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError:
             pass
         return 0
-    except (FileNotFoundError, ValueError, FloatingPointError) as e:
+    except (OSError, ValueError, FloatingPointError) as e:  # OSError: permissions, full disks …
         if os.environ.get("GEOMFAST_DEBUG"):
             raise
         print(f"geomfast {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except sqlite3.DatabaseError as e:  # the file system's or the file's; a bad statement is re-raised
+        if not _is_sqlite_environment_error(e) or os.environ.get("GEOMFAST_DEBUG"):
+            raise
+        where = ", ".join(_databases_of(args)) or "?"
+        print(f"geomfast {args.command}: error: SQLite ({where}): {e}", file=sys.stderr)
         return 1
 
 

@@ -369,6 +369,10 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
                 from .checkpoints import resolve_checkpoints
 
                 own_store = store is None
+                if own_store:
+                    from ._paths import check_output_database
+
+                    check_output_database(cfg.out, "[trace] out")
                 store = store or ResultStore(cfg.out)
                 run_id = store.start_run({**dataclasses.asdict(cfg), "options_hash": h,
                                           "parallel": parallel, "world_size": ctx.world_size},

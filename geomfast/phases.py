@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -656,6 +657,7 @@ def _run(args) -> int:
         if args.json_out == "-":
             print(text)
             return 0
+        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)  # as export, plot
         with open(args.json_out, "w") as f:
             f.write(text + "\n")
     print(format_phases(results))

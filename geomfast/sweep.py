@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ._paths import check_output_database
 from .data import DatasetError, check_dataset
 from .store import ResultStore, options_hash
 
@@ -540,6 +541,8 @@ def _trace(cfg: TraceConfig, *, command, store, on_checkpoint, parallel) -> Trac
     t_start = time.perf_counter()
     summary = TraceSummary(db=cfg.out)
     own_store = store is None
+    if own_store:
+        check_output_database(cfg.out, "[trace] out")  # a folder, a text file, no permission
     store = store or ResultStore(cfg.out)
     result_opts = cfg.result_options()
     h = options_hash(result_opts)

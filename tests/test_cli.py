@@ -256,3 +256,126 @@ def test_outputs_never_overwrite_an_input_database(tmp_path, capsys):
     for path in (db, other):
         with ResultStore(path, readonly=True) as s:
             assert s.count("ok") == 36
+
+
+def test_paths_a_command_cannot_use_are_one_error_line(tmp_path, capsys, monkeypatch):
+    """A folder given as a file or a database, a file given as a folder, a text file given as
+    trace's database: each was a raw traceback (IsADirectoryError, FileExistsError,
+    sqlite3.OperationalError / DatabaseError); now one error line naming the argument and the
+    path, exit 1, and trace refuses before any model loads."""
+    import geomfast.sweep as sweep_mod
+    from geomfast.cli import main
+
+    db = _fake_db(tmp_path / "f.db")
+    folder = tmp_path / "adir.db"
+    folder.mkdir()
+    text = tmp_path / "docs.txt"
+    text.write_text("one document\nanother document\n")
+
+    def no_load(*a, **k):
+        raise AssertionError("a checkpoint was loaded for a trace whose --out is unusable")
+
+    monkeypatch.setattr(sweep_mod, "load_checkpoint", no_load)
+    trace = ["trace", "--model", str(tmp_path / "no-model"), "--dataset", str(text), "--no-progress"]
+    cases = [(["show", str(folder)], "RESULTS.db", folder, "is a folder"),
+             (["export", str(db), "-o", str(folder)], "-o", folder, "is a folder"),
+             (["plot", str(db), "-o", str(text / "x.png")], "-o", text / "x.png", "is a file, not a folder"),
+             (["export", str(db), "-o", str(text / "sub" / "x.csv")], "-o", text / "sub" / "x.csv",
+              "is a file, not a folder"),
+             (["phases", str(db), "--json", str(folder)], "--json", folder, "is a folder"),
+             ([*trace, "--out", str(folder)], "[trace] out", folder, "is a folder"),
+             ([*trace, "--out", str(text)], "[trace] out", text, "not an SQLite database"),
+             (["merge", str(folder), str(db)], "OUT.db", folder, "is a folder"),
+             (["merge", str(text / "m.db"), str(db)], "OUT.db", text / "m.db", "is a file, not a folder"),
+             (["merge", str(tmp_path / "m.db"), str(folder)], "IN.db", folder, "is a folder")]
+    for argv, flag, path, what in cases:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"geomfast {argv[0]}: error: {flag} {path}: ") and what in err, (argv, err)
+        assert "Traceback" not in err and err.count("\n") == 1, err
+    assert text.read_text() == "one document\nanother document\n"
+
+
+def test_sqlite_errors_of_the_file_system_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys):
+    """What the checks before a command cannot see (a folder made unwritable meanwhile …) is
+    still one line naming the databases; a bad SQL statement is a bug and still raises."""
+    import sqlite3
+
+    from geomfast import cli
+
+    folder = tmp_path / "adir.db"
+    folder.mkdir()
+
+    def add(p):
+        p.add_argument("db")
+        p.add_argument("--sql", default="SELECT 1")
+
+    def run(args):
+        sqlite3.connect(args.db).execute(args.sql)
+        return 0
+
+    cli.register("sqltest", "a test subcommand", add, run)
+    cli.PATH_ARGS["sqltest"] = (cli.PathArg("db", "DB", "input", check=False),)
+    try:
+        assert cli.main(["sqltest", str(folder)]) == 1
+        assert capsys.readouterr().err == (f"geomfast sqltest: error: SQLite ({folder}): "
+                                           "unable to open database file\n")
+        with pytest.raises(sqlite3.OperationalError, match="syntax error"):
+            cli.main(["sqltest", str(tmp_path / "x.db"), "--sql", "SELEC 1"])
+    finally:
+        cli.COMMANDS[:] = [c for c in cli.COMMANDS if c.name != "sqltest"]
+        del cli.PATH_ARGS["sqltest"]
+
+
+def test_folders_without_write_permission_are_one_error_line(tmp_path):
+    """plot, export, phases --json, trace, merge and demo into a folder the user may not write
+    in (PermissionError / sqlite3.OperationalError tracebacks): one line naming the path. Root
+    writes anywhere, so as root the commands run without CAP_DAC_OVERRIDE (setpriv)."""
+    import shutil
+    import textwrap
+
+    from conftest import subprocess_env
+
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: every folder is writable")
+        prefix = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"]
+    db = _fake_db(tmp_path / "f.db")
+    text = tmp_path / "docs.txt"
+    text.write_text("one document\nanother document\n")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    script = textwrap.dedent(f"""
+        import contextlib, io, json
+        from geomfast.cli import main
+        out = []
+        for argv in {[["plot", str(db), "-o", str(ro / "p.png")],
+                      ["export", str(db), "-o", str(ro / "p.csv")],
+                      ["phases", str(db), "--json", str(ro / "sub" / "p.json")],
+                      ["trace", "--model", str(tmp_path / "no-model"), "--dataset", str(text),
+                       "--out", str(ro / "t.db"), "--no-progress"],
+                      ["merge", str(ro / "m.db"), str(db)],
+                      ["demo", "--out", str(ro / "demo"), "--steps", "2", "--no-progress"]]!r}:
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                rc = main(argv)
+            out.append((argv[0], rc, err.getvalue()))
+        print(json.dumps(out))
+    """)
+    try:
+        res = subprocess.run([*prefix, sys.executable, "-c", script], capture_output=True, text=True,
+                             env=subprocess_env(), timeout=300, cwd=tmp_path)
+    finally:
+        ro.chmod(0o755)
+    assert res.returncode == 0, res.stderr
+    import json
+
+    results = json.loads(res.stdout.strip().splitlines()[-1])
+    assert [r[0] for r in results] == ["plot", "export", "phases", "trace", "merge", "demo"]
+    for cmd, rc, err in results:
+        assert rc == 1 and err.startswith(f"geomfast {cmd}: error: "), (cmd, err)
+        assert f"cannot create files in the folder {ro} (permission denied)" in err, (cmd, err)
+        assert "Traceback" not in err, err
+    assert list(ro.iterdir()) == []
