@@ -10,7 +10,7 @@ import os
 from collections import defaultdict
 from typing import Sequence
 
-__all__ = ["plot_results", "series"]
+__all__ = ["plot_results", "reference_series", "series"]
 
 
 def series(rows: Sequence[dict], *, x: str = "step") -> dict[tuple[str, str, str, str], list[dict]]:
@@ -50,6 +50,32 @@ def _layer_sort_key(layer: str):
         return (2, 0, layer)
 
 
+def _series_label(layer: str, pooling: str | None = None) -> str:
+    label = ("final layer (after norm)" if layer == "last" else
+             "embeddings" if layer == "embed" else f"{layer} output" if layer.startswith("block")
+             else f"layer {layer}")
+    return label if pooling is None else f"{label}, {pooling} pooling"
+
+
+# The paper's representation (METRICS.md): the final layer after the final norm, last token —
+# also what `geomfast trace` records by default. Other poolings of the final layer come next.
+_REFERENCE_POOLINGS = ("last", "mean", "all")
+
+
+def reference_series(keys: Sequence[tuple[str, str, str, str]]) -> tuple[str, str, str, str] | None:
+    """The series (model, layer, pooling, options hash) of ``keys`` whose phases a plot shades:
+    the only one when there is one; else the first model's final layer with last-token pooling,
+    the paper's series (``geomfast phases --layer last --pooling last``); else that model's final
+    layer with mean, then all-token, then any pooling; else its first series."""
+    keys = sorted(keys, key=lambda k: (k[0], _layer_sort_key(k[1]), k[2], k[3]))
+    if not keys:
+        return None
+    first = [k for k in keys if k[0] == keys[0][0]]
+    rank = {p: i for i, p in enumerate(_REFERENCE_POOLINGS)}
+    final = sorted((k for k in first if k[1] == "last"), key=lambda k: rank.get(k[2], len(rank)))
+    return final[0] if final else first[0]
+
+
 def plot_results(
     db,
     out: str | os.PathLike,
@@ -61,7 +87,9 @@ def plot_results(
     phases: bool = True,
 ) -> str:
     """Draw one panel per metric (default RankMe and α) against step, one line per
-    model × layer × pooling, and save a PNG to ``out``. ``db`` is a path or a ResultStore."""
+    model × layer × pooling, and save a PNG to ``out``. ``db`` is a path or a ResultStore.
+    ``phases``: shade the phases of one series (:func:`reference_series`: the paper's final
+    layer, last token), named above the first panel."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -115,11 +143,7 @@ def plot_results(
         m, layer, pooling, opts = key
         g = groups[key]
         xs = [r[x_key] if r[x_key] is not None else j for j, r in enumerate(g)]
-        label = ("final layer (after norm)" if layer == "last" else
-                 "embeddings" if layer == "embed" else f"{layer} output" if layer.startswith("block")
-                 else f"layer {layer}")
-        if len(poolings) > 1:
-            label += f", {pooling} pooling"
+        label = _series_label(layer, pooling if len(poolings) > 1 else None)
         if len(models) > 1:
             label = f"{m}: {label}"
         if several_options:
@@ -159,7 +183,16 @@ def plot_results(
         axes[-1].set_xticks(ticks)
         axes[-1].set_xticklabels([names[t].split("/")[-1] for t in ticks], rotation=20, fontsize=8)
     if phases:
-        _shade_phases(axes, groups, keys, x_key)
+        ref = reference_series(keys)
+        shaded = _shade_phases(axes, groups, ref, x_key) if ref is not None else None
+        if shaded is not None:  # say which series the bands belong to
+            what = _series_label(ref[1], ref[2])
+            if len(models) > 1:
+                what = f"{ref[0]}: {what}"
+            if several_options:
+                what += f" [options {ref[3][:8]}]"
+            axes[0].set_title(f"shaded: phases of {what}" if shaded else f"no phase found in {what}",
+                              fontsize=9, loc="left")
     axes[0].legend(fontsize=8, loc="best", ncol=2 if len(keys) > 6 else 1)
     if title is None:
         title = ", ".join(models) if len(models) <= 3 else f"{len(models)} models"
@@ -174,21 +207,19 @@ def plot_results(
 
 # ----------------------------------------------------------------------------- phase shading
 
-def _shade_phases(axes, groups, keys, x_key: str) -> None:
-    """Shade the phases found by :mod:`geomfast.phases` for one reference series — the final
-    layer ('last') of the first model, else the first series plotted. Skipped quietly when the
-    phases module is absent or finds no phase."""
+def _shade_phases(axes, groups, ref, x_key: str) -> bool | None:
+    """Shade the phases :mod:`geomfast.phases` finds in the series ``ref`` (see
+    :func:`reference_series`). Returns whether it found any, None when the phases module is
+    absent."""
     try:
         from .phases import phases_from_rows, shade_phases
     except ImportError:  # pragma: no cover
-        return
-    if not keys:
-        return
-    ref = next((k for k in keys if k[1] == "last"), keys[0])
+        return None
     rows = groups[ref]
     results = phases_from_rows(rows)
     if not results:
-        return
+        return False
     xs = [r[x_key] if r.get(x_key) is not None else j for j, r in enumerate(rows)]
     shade_phases(list(axes), results[0], x_of=None if x_key == "step" else (lambda i: xs[i]),
                  label_prefix="phase: ")
+    return bool(results[0].phases or any(t.kind != "unchanged" for t in results[0].transitions))

@@ -262,6 +262,55 @@ def test_plot_shades_phases(demo_db, tmp_path):
     assert os.path.getsize(out) > 1000
 
 
+def test_plot_shades_the_papers_series_and_says_so(tmp_path, monkeypatch):
+    """With several poolings the shading came from the final layer's first pooling in
+    alphabetical order ('all'), not the paper's last-token series that `geomfast phases --layer
+    last --pooling last` reports, and nothing said which series it was."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    import geomfast.phases as phases_mod
+    from geomfast.plot import plot_results
+    from geomfast.store import ResultStore
+
+    db = tmp_path / "pooled.db"
+    with ResultStore(db) as store:
+        for i, (s, r, a) in enumerate(zip(DEMO_STEPS, DEMO_RANKME, DEMO_ALPHA)):
+            ck = {"model": "tiny", "revision": f"step{s}", "step": s, "order": i}
+            for pooling, rankme in (("all", 40.0 - 10 * (i >= 5)), ("last", r), ("mean", 20.0 + 0.01 * i)):
+                store.write_result(ck, "last", pooling, options={"demo": 1},
+                                   metrics={"rankme": rankme, "alpha": a, "n": 512, "dim": 64})
+            store.write_result(ck, "embed", "last", options={"demo": 1},
+                               metrics={"rankme": 30.0, "alpha": 1.0, "n": 512, "dim": 64})
+    shaded, titles = [], []
+    real_shade = phases_mod.shade_phases
+
+    def spy(axes, result, **kw):
+        shaded.append((result.layer, result.pooling, [p.kind for p in result.phases]))
+        real_shade(axes, result, **kw)
+
+    real_savefig = plt.Figure.savefig
+
+    def savefig(fig, *a, **kw):
+        titles.append(fig.axes[0].get_title(loc="left"))
+        return real_savefig(fig, *a, **kw)
+
+    monkeypatch.setattr(phases_mod, "shade_phases", spy)
+    monkeypatch.setattr(plt.Figure, "savefig", savefig)
+    plot_results(db, tmp_path / "p.png")
+    (expected,) = [(r.layer, r.pooling, [p.kind for p in r.phases])
+                   for r in phases_from_store(db, layer="last", pooling="last")]
+    assert shaded == [expected] and expected[2] == list(PHASES)
+    assert titles == ["shaded: phases of final layer (after norm), last pooling"]
+    # the series the plot shows, when it shows one; the final layer before any other layer
+    from geomfast.plot import reference_series
+
+    keys = [("m", "block3", "mean", "h"), ("m", "last", "mean", "h"), ("m", "last", "all", "h")]
+    assert reference_series(keys) == ("m", "last", "mean", "h")
+    assert reference_series(keys[:1]) == keys[0]
+    assert reference_series([("b", "last", "last", "h"), ("a", "embed", "last", "h")]) == ("a", "embed", "last", "h")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("GEOMFAST_SLOW"), reason="trains the demo model (~1-3 min); GEOMFAST_SLOW=1")
 def test_demo_database(tmp_path):
