@@ -346,7 +346,7 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
     """Run :func:`geomfast.sweep.trace` as one rank of a torch.distributed job (see the module
     docstring). Every rank returns rank 0's :class:`~geomfast.sweep.TraceSummary`."""
     from .store import ResultStore, options_hash
-    from .sweep import TraceSummary, drop_stale_results, pending_checkpoints
+    from .sweep import TraceSummary, check_block_indices, drop_stale_results, pending_checkpoints
 
     parallel = parallel or "data"
     if parallel not in PARALLEL_MODES:
@@ -383,6 +383,7 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
                 drop_stale_results(store, checkpoints, cfg)
                 keys = store.done_keys(h)
                 todo = pending_checkpoints(store, checkpoints, cfg, h, request, run_id, keys)
+                check_block_indices(todo, cfg)  # before any weights load
                 plan = {"run_id": run_id, "n": len(checkpoints), "todo": todo,
                         "done_keys": keys if todo else set()}
             except Exception as e:  # every rank must learn it, or the others wait forever

@@ -14,6 +14,7 @@ from typing import Sequence
 
 __all__ = [
     "LayerSpec",
+    "num_blocks",
     "load_model",
     "load_tokenizer",
     "resolve_layers",
@@ -136,14 +137,21 @@ def _get(obj, dotted: str):
     return obj
 
 
-def _num_layers(model) -> int | None:
-    cfg = getattr(model, "config", None)
-    cfg = getattr(cfg, "get_text_config", lambda: cfg)() if cfg is not None else None
+def num_blocks(config) -> int | None:
+    """The number of decoder blocks a transformers config declares (num_hidden_layers, n_layer,
+    n_layers or num_layers of its text config), or None when it declares none."""
+    if config is None:
+        return None
+    cfg = getattr(config, "get_text_config", lambda: config)()
     for attr in ("num_hidden_layers", "n_layer", "n_layers", "num_layers"):
         v = getattr(cfg, attr, None)
-        if isinstance(v, int):
+        if isinstance(v, int) and not isinstance(v, bool):
             return v
     return None
+
+
+def _num_layers(model) -> int | None:
+    return num_blocks(getattr(model, "config", None))
 
 
 def find_base_model(model):

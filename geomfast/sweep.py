@@ -236,8 +236,9 @@ def _validate_request(layers: tuple[str, ...], poolings: tuple[str, ...]) -> Non
     bad = [p for p in poolings if p.lower() not in ("last", "mean", "all")]
     if bad:
         raise ValueError(f"[trace] pooling must be last, mean or all; got {', '.join(bad)}")
-    # Block indices are checked against the real depth once a model is loaded; 'all' needs none
-    # (expanding it against a stand-in depth of 2^20 blocks took hours).
+    # Block indices are checked against each model's depth by check_block_indices, from its
+    # config, before any weights load; 'all' needs none (expanding it against a stand-in depth
+    # of 2^20 blocks took hours).
     named = [x for x in layers if str(x).strip().lower() != "all"]
     if named:
         resolve_layers(1 << 20, named)
@@ -262,6 +263,49 @@ def static_layer_names(layers: Sequence[str]) -> list[str] | None:
         if name not in names:
             names.append(name)
     return names
+
+
+def _depth_key(checkpoint) -> str:
+    """Checkpoints with one key share their depth: the revisions of a hub model, the step*
+    sub-folders of a local run. The models of a post-training series each have their own."""
+    if checkpoint.hub_revision is not None:
+        return checkpoint.source  # the hub id
+    parent = os.path.dirname(checkpoint.source)
+    return parent if parent == checkpoint.model else checkpoint.source
+
+
+def check_block_indices(checkpoints, cfg: TraceConfig) -> None:
+    """Refuse a block index of ``cfg.layers`` out of range for a model, from the config of its
+    first checkpoint (config.json, which the sample loader reads anyway), before any weights
+    load: otherwise each checkpoint is loaded only to fail. A config that cannot be read, or
+    that does not say its depth, is left to the model's own load."""
+    from .models import num_blocks, parse_layer
+
+    indices = []
+    for item in cfg.layers:
+        kind, index = parse_layer(item)
+        if kind == "block":
+            indices.append(index)
+    if not indices:
+        return
+    seen: set[str] = set()
+    for c in checkpoints:
+        key = _depth_key(c)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            n = num_blocks(_model_config(c, cfg))
+        except Exception:  # offline, remote code, a broken config: the load reports it
+            continue
+        if n is None:
+            continue
+        bad = [i for i in indices if not -n <= i < n]
+        if bad:
+            raise ValueError(
+                f"[trace] --layers {','.join(cfg.layers)}: block index {', '.join(map(str, bad))} is out "
+                f"of range for {key}, which has {n} blocks: expected {-n}..{n - 1} (negative counts "
+                "from the end), or last, embed, all")
 
 
 def drop_stale_results(store: ResultStore, checkpoints, cfg: TraceConfig) -> int:
@@ -557,6 +601,7 @@ def _trace(cfg: TraceConfig, *, command, store, on_checkpoint, parallel) -> Trac
         summary.checkpoints = len(checkpoints)
         drop_stale_results(store, checkpoints, cfg)
         todo = pending_checkpoints(store, checkpoints, cfg, h, request, run_id)
+        check_block_indices(todo, cfg)  # before any weights load
         summary.skipped = len(checkpoints) - len(todo)
         if summary.skipped and cfg.progress:
             print(f"[geomfast] {summary.skipped} of {len(checkpoints)} checkpoint(s) already in "

@@ -370,6 +370,54 @@ def test_bad_trace_options_are_refused_before_any_model_loads(tmp_path, monkeypa
             make_config(model="m", out="r.db", **kw)
 
 
+def test_an_out_of_range_block_index_is_refused_before_any_weights_load(series, tmp_path, monkeypatch,
+                                                                        capsys):
+    """--layers 5 on a 2-block model loaded every checkpoint and wrote an error row for each:
+    it is refused from the first checkpoint's config, naming --layers, the valid range and the
+    depth; per model (a post-training series may mix depths), one config read per training run."""
+    import geomfast.sweep as sweep_mod
+    from geomfast.checkpoints import resolve_checkpoints
+    from geomfast.cli import main
+    from geomfast.store import ResultStore
+    from geomfast.sweep import make_config, trace
+
+    ck, docs = series
+
+    def no_load(*a, **k):
+        raise AssertionError("a checkpoint was loaded for an out-of-range block index")
+
+    reads = []
+    real_config = sweep_mod._model_config
+
+    def config(c, cfg):
+        reads.append(c.source)
+        return real_config(c, cfg)
+
+    monkeypatch.setattr(sweep_mod, "load_checkpoint", no_load)
+    monkeypatch.setattr(sweep_mod, "_model_config", config)
+    kw = dict(dataset=str(docs), out=str(tmp_path / "r.db"), n_samples=24, progress=False)
+    for layers, bad in (("5", "5"), ("embed,-3,last", "-3"), ("0,2,-1", "2")):
+        with pytest.raises(ValueError, match=rf"--layers {layers}: block index {bad} is out of range for "
+                                             rf"{ck.resolve()}, which has 2 blocks: expected -2\.\.1"):
+            trace(str(ck), layers=layers, **kw)
+    assert len(reads) == 3, reads  # one config per sweep, not one per checkpoint
+    db = tmp_path / "cli.db"
+    assert main(["trace", "--model", str(ck), "--dataset", str(docs), "--n-samples", "24", "--layers", "5",
+                 "--out", str(db), "--no-progress"]) == 1
+    assert "--layers 5: block index 5 is out of range" in capsys.readouterr().err
+    with ResultStore(db, readonly=True) as store:
+        assert store.count("error") == 0 and store.count("ok") == 0
+    # a series of models of other depths: each is checked against its own
+    deep = save_tiny_model(tmp_path / "deep", layers=3)
+    shallow = save_tiny_model(tmp_path / "shallow", layers=2)
+    with pytest.raises(ValueError, match=f"out of range for {shallow}, which has 2 blocks"):
+        trace([str(deep), str(shallow)], layers="2", **kw)
+    from geomfast.sweep import check_block_indices
+
+    cfg = make_config(model=str(deep), dataset=str(docs), out="x.db", layers="2,-3")
+    check_block_indices(resolve_checkpoints(str(deep)), cfg)  # in range for 3 blocks
+
+
 def test_results_are_keyed_on_the_dataset_file_and_its_content(tmp_path, monkeypatch):
     """The same file typed two ways is one dataset; an edited file is another (its SHA-256 is in
     the options hash), so stale results are never taken for new ones."""
