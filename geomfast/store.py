@@ -792,6 +792,12 @@ def export(db: "str | os.PathLike | ResultStore", path: str | os.PathLike, *,
     format = format.lower()
     if format not in ("csv", "parquet"):
         raise ValueError(f"[export] format must be 'csv' or 'parquet', got {format!r}")
+    from ._paths import is_sqlite_file, same_file
+
+    src = db.path if isinstance(db, ResultStore) else os.fspath(db)
+    if same_file(path, src) or is_sqlite_file(path):  # writing there would destroy a database
+        raise ValueError(f"[export] path {path!r} is {'the results database itself' if same_file(path, src) else 'a SQLite database'}"
+                         "; expected a new .csv or .parquet file")
     store = db if isinstance(db, ResultStore) else ResultStore(db, readonly=True)
     try:
         rows = store.rows(status=None if include_errors else "ok")

@@ -186,6 +186,26 @@ def test_export_csv(tmp_path):
     assert export(db, tmp_path / "ok.csv", include_errors=False) == 6
 
 
+def test_export_from_python_never_writes_over_a_database(tmp_path):
+    """export(db, db) wrote CSV over the database itself (every spectrum lost); the CLI refused it,
+    the function did not. Also through a symlink, and over any other SQLite database."""
+    db = _filled(tmp_path)
+    before = db.read_bytes()
+    link = tmp_path / "link.csv"
+    link.symlink_to(db)
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t(x)").connection.close()
+    for out, why in [(db, "the results database itself"), (link, "the results database itself"),
+                     (other, "a SQLite database")]:
+        with pytest.raises(ValueError, match=why):
+            export(db, out, format="csv")
+    assert db.read_bytes() == before
+    with ResultStore(db) as s:  # an open store too
+        with pytest.raises(ValueError, match="itself"):
+            export(s, db, format="csv")
+    assert ResultStore(db, readonly=True).count() == 7
+
+
 def test_export_parquet(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     db = _filled(tmp_path)
