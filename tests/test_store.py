@@ -221,14 +221,21 @@ def test_export_parquet(tmp_path):
         export(db, tmp_path / "x.xlsx", format="xlsx")
 
 
+def _power_law_row(n: int, decay: float):
+    """Fresh activations [n, 40] with a power-law spectrum: (covariance spectrum, singular values,
+    geometry()), what trace stores for one row."""
+    import geomfast.metrics as M
+
+    x = np.random.default_rng().standard_normal((n, 40)) @ np.diag(np.arange(1, 41) ** -decay)
+    xc = x - x.mean(0)
+    spec = np.linalg.eigvalsh(xc.T @ xc / (n - 1))[::-1]
+    sv = np.linalg.svd(x, compute_uv=False)
+    return spec, sv, M.geometry(x, fit_range=(3, 30), spectrum=spec, singular_values=sv)
+
+
 def test_recompute_from_stored_spectra(tmp_path):
     M = pytest.importorskip("geomfast.metrics")
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((300, 40)) @ np.diag(np.arange(1, 41) ** -0.7)
-    xc = x - x.mean(0)
-    spec = np.linalg.eigvalsh(xc.T @ xc / 299)[::-1]
-    sv = np.linalg.svd(x, compute_uv=False)
-    g = M.geometry(x, fit_range=(3, 30), spectrum=spec, singular_values=sv)
+    spec, sv, g = _power_law_row(300, 0.7)
     db = tmp_path / "r.db"
     with ResultStore(db) as s:
         s.write_result(ck(0), "last", "last", options=OPTS, metrics=g,
@@ -466,12 +473,7 @@ def test_recompute_gives_nan_for_a_degenerate_row_and_recomputes_the_others(tmp_
     M = pytest.importorskip("geomfast.metrics")
     from geomfast.store import recompute_metrics
 
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((200, 40)) @ np.diag(np.arange(1, 41) ** -0.8)
-    xc = x - x.mean(0)
-    spec = np.linalg.eigvalsh(xc.T @ xc / 199)[::-1]
-    sv = np.linalg.svd(x, compute_uv=False)
-    g = M.geometry(x, fit_range=(3, 30), spectrum=spec, singular_values=sv)
+    spec, sv, g = _power_law_row(200, 0.8)
     # embed pooled at the last token when every sequence ends with the same token: all zeros,
     # stored by trace as 'ok' with NaN measures and warnings
     with pytest.warns(M.SpectrumWarning):
