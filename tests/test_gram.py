@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 import geomfast
 from geomfast import _core
 from geomfast import reference as ref
-from conftest import fast_kernel, fast_kernels, llm_like, rel_fro, tuning
+from conftest import fast_kernel, fast_kernels, llm_like, rel_fro, subprocess_env, tuning
 
 # Every test here runs once per 'fast' kernel of this machine (float32 syrk; AMX split products
 # where the CPU has AMX), so both CPU implementations of 'fast' meet the same bars.
@@ -928,9 +928,10 @@ def test_large_updates_borrow_lanes_from_one_shared_pool():
         gc.collect()
         print(json.dumps({{"held": held, "after": _core._cpu_pooled_lanes(), "errs": errs}}))
     """)
-    env = dict(os.environ, GEOMFAST_NUM_THREADS="2", PYTHONPATH=os.pathsep.join(
-        [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    env = subprocess_env(GEOMFAST_NUM_THREADS="2")  # the tests' geomfast (never a source tree without its core)
+    env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(ROOT / "tests")])  # + conftest
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                         cwd="/")  # (python -c puts the working directory, maybe the source tree, first)
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["held"][0] == 2, f"seed={seed}: expected the first update to use 2 lanes, {out}"

@@ -431,7 +431,7 @@ def test_a_finished_database_is_read_in_a_folder_that_cannot_be_written(tmp_path
     try:
         proc = subprocess.run([*prefix, sys.executable, "-c", _READ_IN_A_READ_ONLY_FOLDER, str(folder),
                                str(tmp_path / "out.csv")], capture_output=True, text=True,
-                              env=subprocess_env(), timeout=120)
+                              env=subprocess_env(), timeout=120, cwd="/")  # (not the source tree first)
     finally:
         folder.chmod(0o755)
     assert proc.returncode == 0, proc.stderr
