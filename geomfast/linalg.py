@@ -1,12 +1,13 @@
 """Eigensolvers and spectra: the Python face of the native solvers."""
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
 
 from . import _core
-from ._array import as_view, device_of
+from ._array import as_view, check_kind, device_of
 from .accumulator import GramAccumulator, _check_ddof
 
 METHODS = ("full", "randomized", "auto")
@@ -62,9 +63,12 @@ def eigvalsh(a, *, method: str = "full", k: int | None = None, **options) -> np.
     """Eigenvalues of a symmetric matrix, descending float64 numpy.
 
     Args:
-        a: [n, n] symmetric, numpy / torch / cupy, float64 or float32, on cpu or cuda (solved there).
-           Only the upper triangle (row-major) is read (numpy and torch read the lower one by
-           default): on the CPU, a matrix that is clearly not symmetric draws a RuntimeWarning.
+        a: [n, n] symmetric, numpy / torch / cupy, float64 or float32, on cpu or cuda (solved there),
+           or a batch [..., n, n] of them (as torch.linalg.eigvalsh takes): values [..., m]. A batch
+           is solved several matrices at a time on the CPU, and queued with two host
+           synchronisations in all on CUDA (method 'full'); a non-finite matrix is named by its
+           index. Only the upper triangle (row-major) is read (numpy and torch read the lower one by
+           default): a matrix that is clearly not symmetric draws a RuntimeWarning.
         method: 'full' (LAPACK/cuSOLVER values only), 'randomized' (top-k by randomized block Krylov
             with Rayleigh–Ritz, until the top values change by less than `tol`), or 'auto'.
         k: number of leading eigenvalues (randomized); full returns all n, or the top k if given.
@@ -75,12 +79,50 @@ def eigvalsh(a, *, method: str = "full", k: int | None = None, **options) -> np.
             n_iter (fixed Krylov depth instead of tol), max_iter (64), seed (0).
             single_precision: CUDA full solve in float32 (retried in float64 on failure).
     """
+    shape = tuple(a.shape) if hasattr(a, "shape") and not _is_nested(a) else None
+    if shape is not None and len(shape) > 2:
+        return _eigvalsh_batch(a, shape, method, k, options)
     v = as_view(a, func="eigvalsh", arg="a")
     if v.rows != v.cols:
         raise ValueError(f"[eigvalsh] expected a square matrix, got shape ({v.rows}, {v.cols})")
     args = _eig_args(v.rows, method, k, options, func="eigvalsh")
     values, info = _core.eigvalsh(*v.args(), *args)
     return _finish(values, info, args[0], k, "eigvalsh")
+
+
+_BATCH_INDEX = re.compile(r" for matrix \d+")  # the native fallback warning's own index
+
+
+def _is_nested(a) -> bool:
+    return bool(getattr(a, "is_nested", False))  # a torch nested tensor has no shape (as_view names it)
+
+
+def _eigvalsh_batch(a, shape: tuple, method: str, k, options: dict) -> np.ndarray:
+    """eigvalsh of every [n, n] slice of a [..., n, n] batch: values [..., m]."""
+    check_kind(a, func="eigvalsh", arg="a")
+    batch, (n, n2) = shape[:-2], shape[-2:]
+    if n != n2:
+        raise ValueError(f"[eigvalsh] expected a batch [..., n, n] of square matrices, got shape {shape}")
+    args = _eig_args(n, method, k, options, func="eigvalsh")
+    m = n if k is None else int(k)
+    count = int(np.prod(batch))
+    if count == 0:
+        return np.empty(batch + (m,), dtype=np.float64)
+    flat = a.reshape(count, n, n)  # a view wherever the batch dimensions allow one
+    views = [as_view(flat[i], func="eigvalsh", arg="a") for i in range(count)]
+
+    def where(i: int) -> str:
+        return "a[" + ", ".join(str(int(j)) for j in np.unravel_index(i, batch)) + "]"
+
+    try:
+        results = _core.eigvalsh_many([v.args() for v in views], *args)
+    except ValueError as e:  # the native message names the flat index
+        raise ValueError(re.sub(r"matrix (\d+) of the batch", lambda g: where(int(g.group(1))), str(e))) from None
+    out = np.empty((count, m), dtype=np.float64)
+    for i, (values, info) in enumerate(results):
+        info = dict(info, warnings=[where(i) + ": " + _BATCH_INDEX.sub("", w) for w in info["warnings"]])
+        out[i] = _finish(values, info, args[0], k, "eigvalsh")
+    return out.reshape(batch + (m,))
 
 
 def _accumulate(x, precision: str, func: str) -> GramAccumulator:

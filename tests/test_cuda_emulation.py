@@ -157,8 +157,9 @@ def test_cuda_gram_host_code_on_cpu_emulation(host_emulation):
 def test_cuda_eigensolvers_on_cpu_emulation(host_emulation):
     """eig_cuda.cu: the full solve from the upper triangle of any layout, float32, the cuSOLVER
     failure chain (float32 -> float64 -> CPU, warned), a non-finite matrix, the randomized solver
-    over cuBLAS/cuSOLVER, spectrum() and the batched spectra (and their fallback)."""
-    assert run_driver(host_emulation["cuda_eig_emulation"]).count(" -> ok") == 14
+    over cuBLAS/cuSOLVER, spectrum() and the batched spectra (and their fallback), eigvalsh of a batch
+    of matrices (its checks, fallback and randomized route)."""
+    assert run_driver(host_emulation["cuda_eig_emulation"]).count(" -> ok") == 18
 
 
 def test_cuda_solvers_without_memory_pools_on_cpu_emulation(host_emulation):
@@ -166,4 +167,4 @@ def test_cuda_solvers_without_memory_pools_on_cpu_emulation(host_emulation):
     stream-ordered allocation unsupported): every buffer falls back to cudaMalloc / cudaFree, and the
     fake runtime aborts on a buffer freed the other way. The eigensolver driver covers the
     accumulators' state, covariance and spectra buffers too."""
-    assert run_driver(host_emulation["cuda_eig_emulation"], GF_FAKE_NO_MEMPOOLS="1").count(" -> ok") == 14
+    assert run_driver(host_emulation["cuda_eig_emulation"], GF_FAKE_NO_MEMPOOLS="1").count(" -> ok") == 18

@@ -502,3 +502,74 @@ def test_randomized_does_not_depend_on_the_matrix_scale(scale):
     assert np.all(np.isfinite(got))
     assert np.max(np.abs(got / scale - base) / base) <= 1e-12
     assert np.max(np.abs(base - lam[:20]) / lam[:20]) <= 1e-8
+
+
+# --------------------------------------------------------------------------- batches [..., n, n]
+@pytest.mark.parametrize("n", [1, 33, 600])  # 600: several solved at a time (>= 512) where cores allow
+@pytest.mark.parametrize("kind", ["numpy", "torch-float32", "torch-transposed", "numpy-strided-batch"])
+def test_a_batch_is_the_eigvalsh_of_each_matrix(kind, n):
+    """A [..., n, n] batch (as torch.linalg.eigvalsh takes) gives [..., n]: each slice's values, as
+    geomfast.eigvalsh of that slice alone, and numpy's to rounding."""
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    batch = (2, 2) if n < 600 else (3,)
+    x = rng.standard_normal(batch + (n, n))
+    a = (x + np.swapaxes(x, -1, -2)) / 2
+    if kind == "numpy":
+        arg = a
+    elif kind == "torch-float32":
+        arg = torch.from_numpy(a).float()
+        a = arg.double().numpy()
+    elif kind == "torch-transposed":  # symmetric, so the transpose is the same matrix; F-order slices
+        arg = torch.from_numpy(a).transpose(-1, -2)
+    else:  # every other matrix of a bigger batch: the batch dimension is strided
+        big = np.concatenate([a, a * 7.0], axis=0)[::2] if n < 600 else a
+        arg, a = big, big
+    got = geomfast.eigvalsh(arg)
+    assert got.shape == tuple(a.shape[:-1]) and got.dtype == np.float64
+    want = np.linalg.eigvalsh(a)[..., ::-1]
+    scale = np.abs(want).max(axis=-1, keepdims=True)
+    tol = 1e-5 if kind == "torch-float32" else 1e-12
+    assert np.all(np.abs(got - want) <= tol * scale), f"seed={seed}"
+    flat_arg = arg.reshape((-1, n, n))
+    one_by_one = np.stack([geomfast.eigvalsh(flat_arg[i]) for i in range(flat_arg.shape[0])])
+    assert np.all(np.abs(got.reshape(one_by_one.shape) - one_by_one) <= 1e-13 * scale.reshape(-1, 1)), f"seed={seed}"
+
+
+def test_a_batch_with_k_and_the_randomized_solver():
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    q = [random_orthogonal(rng, 300) for _ in range(3)]
+    mats = np.stack([powerlaw_matrix(qi, alpha)[0] for qi, alpha in zip(q, (0.5, 1.0, 2.0))])
+    want = np.linalg.eigvalsh(mats)[..., ::-1]
+    full_k = geomfast.eigvalsh(mats, k=10)
+    assert full_k.shape == (3, 10) and np.allclose(full_k, want[:, :10], rtol=0, atol=1e-13), f"seed={seed}"
+    top = geomfast.eigvalsh(mats, method="randomized", k=10, tol=1e-10)
+    assert top.shape == (3, 10)
+    assert np.all(np.abs(top - want[:, :10]) <= 1e-8 * want[:, :1]), f"seed={seed}"
+
+
+def test_a_batch_names_the_matrix_that_is_not_finite_or_not_symmetric():
+    rng = np.random.default_rng(new_seed())
+    x = rng.standard_normal((2, 3, 20, 20))
+    a = x + np.swapaxes(x, -1, -2)
+    bad = a.copy()
+    bad[1, 2, 3, 4] = np.nan
+    with pytest.raises(ValueError, match=r"^\[eigvalsh\] a\[1, 2\]: .*non-finite"):
+        geomfast.eigvalsh(bad)
+    skew = a.copy()
+    skew[0, 1, 0, 5] += 1.0
+    with pytest.warns(RuntimeWarning, match=r"\[eigvalsh\] a\[0, 1\]: the matrix is not symmetric") as said:
+        geomfast.eigvalsh(skew)
+    assert len([w for w in said if "not symmetric" in str(w.message)]) == 1
+
+
+def test_batch_shapes_and_bad_batches():
+    assert geomfast.eigvalsh(np.zeros((0, 4, 4))).shape == (0, 4)
+    assert geomfast.eigvalsh(np.zeros((2, 0, 5, 5)), k=2).shape == (2, 0, 2)
+    with pytest.raises(ValueError, match=r"\[eigvalsh\] expected a batch \[\.\.\., n, n\] of square matrices"):
+        geomfast.eigvalsh(np.zeros((2, 4, 5)))
+    with pytest.raises(TypeError, match=r"\[eigvalsh\] a must be"):
+        geomfast.eigvalsh(np.zeros((2, 4, 4), dtype=complex))
+    with pytest.raises(ValueError, match=r"\[eigvalsh\] k must be an int in \[1, 4\]"):
+        geomfast.eigvalsh(np.zeros((2, 4, 4)), k=5)

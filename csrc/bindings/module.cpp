@@ -231,6 +231,25 @@ PYBIND11_MODULE(_core, m) {
         return py::make_tuple(to_numpy(r.values), eig_info(r));
       });
 
+  m.def(
+      "eigvalsh_many",
+      [](const std::vector<std::tuple<uintptr_t, int, int64_t, int64_t, int64_t, int64_t, int, int, uintptr_t>>& views,
+         const std::string& method, int64_t k, const py::dict& opts) {
+        std::vector<MatrixView> vs;
+        vs.reserve(views.size());
+        for (const auto& [ptr, dtype, rows, cols, rs, cs, dt, di, stream] : views)
+          vs.push_back(make_view(ptr, dtype, rows, cols, rs, cs, dt, di, stream));
+        const EigOptions o = make_opts(method, k, opts);
+        std::vector<EigResult> rs;
+        {
+          py::gil_scoped_release nogil;
+          rs = eigvalsh_many(vs, o);
+        }
+        py::list out;
+        for (const EigResult& r : rs) out.append(py::make_tuple(to_numpy(r.values), eig_info(r)));
+        return out;
+      });
+
   m.def("backends", [] {
     py::dict d;
     d["cpu"] = info_dict(cpu_backend_info());

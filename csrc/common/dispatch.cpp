@@ -21,6 +21,16 @@ EigResult eigvalsh(const MatrixView& a, const EigOptions& opt) {
   return eigvalsh_cpu(a, opt);
 }
 
+std::vector<EigResult> eigvalsh_many(const std::vector<MatrixView>& as, const EigOptions& opt) {
+  if (as.empty()) return {};
+  for (const MatrixView& a : as)
+    if (a.device.type != as[0].device.type || a.device.index != as[0].device.index)
+      GF_THROW(ValueError, "[eigvalsh] expected a batch on one device, got matrices on ", as[0].device.str(),
+               " and ", a.device.str());
+  if (as[0].device.type == DeviceType::kCUDA) return eigvalsh_cuda_batch(as, opt);
+  return eigvalsh_cpu_batch(as, opt);
+}
+
 std::vector<EigResult> spectra(const std::vector<const GramBackend*>& accs, int64_t ddof, const EigOptions& opt,
                                const std::vector<bool>& uncentered) {
   if (!uncentered.empty() && uncentered.size() != accs.size())

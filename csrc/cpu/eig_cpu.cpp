@@ -246,6 +246,36 @@ EigResult eigvalsh_cpu(const MatrixView& a, const EigOptions& opt) {
   return res;
 }
 
+std::vector<EigResult> eigvalsh_cpu_batch(const std::vector<MatrixView>& as, const EigOptions& opt) {
+  if (as.empty()) return {};
+  const int64_t n = as[0].rows;
+  for (const MatrixView& a : as)
+    if (a.device.type != DeviceType::kCPU || a.rows != n || a.cols != n)
+      GF_THROW(ValueError, "[eigvalsh] expected a batch of cpu matrices of shape (", n, ", ", n, "), got one of (",
+               a.rows, ", ", a.cols, ") on ", a.device.str());
+  if (n > 46340) GF_THROW(ValueError, "[eigvalsh] n must be <= 46340 (32-bit LAPACK), got ", n);
+  if (opt.method == EigMethod::kRandomized && (opt.k < 1 || opt.k > n))
+    GF_THROW(ValueError, "[eigvalsh] k must be in [1, ", n, "], got ", opt.k);
+  std::vector<double> asym(as.size(), 0.0);
+  std::vector<EigResult> out = eigvalsh_cpu_many(
+      as.size(),
+      [&](size_t i) {
+        HostProblem p;
+        p.n = n;
+        p.matrix = to_f64_rowmajor(as[i]);
+        try {
+          check_finite(p.matrix.data(), p.matrix.size());
+        } catch (const ValueError& e) {
+          GF_THROW(ValueError, "[eigvalsh] matrix ", i, " of the batch: ", std::string(e.what()).substr(11));
+        }
+        asym[i] = relative_asymmetry(p.matrix.data(), n);
+        return p;
+      },
+      n, opt);
+  for (size_t i = 0; i < out.size(); ++i) warn_if_asymmetric(asym[i], out[i]);
+  return out;
+}
+
 EigResult eigvalsh_cpu_owned(std::vector<double>&& m, int64_t n, const EigOptions& opt) {
   GF_ASSERT(static_cast<int64_t>(m.size()) == n * n, "size ", m.size(), " n ", n);
   check_finite(m.data(), m.size());

@@ -305,4 +305,92 @@ EigResult eigvalsh_cuda(const MatrixView& a, const EigOptions& opt) {
   return res;
 }
 
+std::vector<EigResult> eigvalsh_cuda_batch(const std::vector<MatrixView>& as, const EigOptions& opt) {
+  using namespace cuda;
+  std::vector<EigResult> out(as.size());
+  if (as.empty()) return out;
+  const int64_t n = as[0].rows;
+  for (const MatrixView& a : as) {
+    check_matrix(a);
+    if (a.rows != n)
+      GF_THROW(ValueError, "[eigvalsh] expected a batch of matrices of one size (", n, ", ", n, "), got (", a.rows,
+               ", ", a.cols, ")");
+  }
+  auto named = [](size_t i, const ValueError& e) {  // "[eigvalsh] matrix i of the batch: ..."
+    const std::string what = e.what();
+    return ValueError(detail::concat("[eigvalsh] matrix ", i, " of the batch: ",
+                                     what.rfind("[eigvalsh] ", 0) == 0 ? what.substr(11) : what));
+  };
+  // Randomized (the host reads every iteration) and float32 solves gain nothing from batching.
+  if (opt.method == EigMethod::kRandomized || opt.single_precision || n == 0) {
+    for (size_t i = 0; i < as.size(); ++i) {
+      try {
+        out[i] = eigvalsh_cuda(as[i], opt);
+      } catch (const ValueError& e) {
+        throw named(i, e);
+      }
+    }
+    return out;
+  }
+  const size_t m = as.size(), nn = static_cast<size_t>(n);
+  DeviceGuard guard(as[0].device.index);
+  cudaStream_t st = as_stream(as[0].stream);  // the slices of one array: one stream
+  std::vector<std::vector<char>> host_work(m);  // syevd's host workspaces: kept past the last sync
+  struct SyncOnExit {  // whatever happens below, nothing queued outlives what it uses
+    cudaStream_t s;
+    ~SyncOnExit() { (void)cudaStreamSynchronize(s); }
+  } sync_on_exit{st};
+  // 1. Every matrix's checks (NaN/Inf in the upper triangle, asymmetry) and one sync: a
+  // non-finite matrix is an error before any solve (a solver might spin on NaN).
+  std::vector<double> asymmetry(m, 0.0);
+  {
+    AsyncBuffer flags(3 * m * sizeof(unsigned long long), st);
+    auto* f = flags.as<unsigned long long>();
+    GF_CUDA_CHECK(cudaMemsetAsync(f, 0, 3 * m * sizeof(unsigned long long), st));
+    for (size_t i = 0; i < m; ++i) check_view(as[i], f + 3 * i, st);
+    PinnedBuffer<unsigned long long> h(3 * m);
+    GF_CUDA_CHECK(cudaMemcpyAsync(h.get(), f, 3 * m * sizeof(unsigned long long), cudaMemcpyDeviceToHost, st));
+    GF_CUDA_CHECK(cudaStreamSynchronize(st));
+    for (size_t i = 0; i < m; ++i) {
+      if (h[3 * i])
+        GF_THROW(ValueError, "[eigvalsh] matrix ", i, " of the batch holds ", h[3 * i],
+                 " non-finite value(s) (NaN or Inf)");
+      double diff = 0.0, mag = 0.0;
+      std::memcpy(&diff, &h[3 * i + 1], sizeof(double));
+      std::memcpy(&mag, &h[3 * i + 2], sizeof(double));
+      if (mag > 0.0) asymmetry[i] = diff / mag;
+    }
+  }
+  // 2. Every solve queued (float64 syevd, values only) and one sync for all the values.
+  AsyncBuffer vals(m * nn * sizeof(double), st), infos(m * sizeof(int), st);
+  {
+    HandleLease lease(as[0].device.index, st);
+    for (size_t i = 0; i < m; ++i) {
+      AsyncBuffer w(nn * nn * sizeof(double), st);  // stream-ordered: reused, no sync
+      symmetrize_view(as[i], w.as<double>(), st);
+      syevd_enqueue(lease, CUDA_R_64F, w.as<void>(), n, vals.as<double>() + i * nn, infos.as<int>() + i,
+                    host_work[i], st);
+    }
+  }
+  PinnedBuffer<double> hv(std::max<size_t>(m * nn, 1));
+  PinnedBuffer<int> hinfo(m);
+  GF_CUDA_CHECK(cudaMemcpyAsync(hv.get(), vals.as<double>(), m * nn * sizeof(double), cudaMemcpyDeviceToHost, st));
+  GF_CUDA_CHECK(cudaMemcpyAsync(hinfo.get(), infos.as<int>(), m * sizeof(int), cudaMemcpyDeviceToHost, st));
+  GF_CUDA_CHECK(cudaStreamSynchronize(st));
+  for (size_t i = 0; i < m; ++i) {
+    std::vector<double> v(hv.get() + i * nn, hv.get() + (i + 1) * nn);
+    if (hinfo[i] != 0 || !all_finite(v)) {
+      out[i] = eigvalsh_cuda(as[i], opt);  // the retry chain, warned
+      out[i].warnings.insert(out[i].warnings.begin(),
+                             detail::concat("eigvalsh: batched cuSOLVER syevd failed for matrix ", i, " (info=",
+                                            hinfo[i], ", or non-finite values); solved it alone"));
+      continue;
+    }
+    std::reverse(v.begin(), v.end());  // syevd: ascending
+    out[i].values = std::move(v);
+    warn_if_asymmetric(asymmetry[i], out[i]);
+  }
+  return out;
+}
+
 }  // namespace geomfast

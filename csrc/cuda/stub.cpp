@@ -26,6 +26,11 @@ std::vector<EigResult> spectra_cuda(const std::vector<const GramBackend*>&, int6
            "); rebuild with GEOMFAST_CUDA=ON");
 }
 
+std::vector<EigResult> eigvalsh_cuda_batch(const std::vector<MatrixView>&, const EigOptions&) {
+  GF_THROW(RuntimeError, "[eigvalsh] has no CUDA implementation in this build (", GEOMFAST_CUDA_WHY,
+           "); rebuild with GEOMFAST_CUDA=ON");
+}
+
 EigResult eigvalsh_cuda(const MatrixView&, const EigOptions&) {
   GF_THROW(RuntimeError, "[eigvalsh] has no CUDA implementation in this build (", GEOMFAST_CUDA_WHY,
            "); rebuild with GEOMFAST_CUDA=ON");

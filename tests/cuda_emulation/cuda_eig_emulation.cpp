@@ -215,6 +215,54 @@ int main() {
     }
     report("batched syevd failing: each redone alone, warned", worst2, 1e-13, warned);
     unsetenv("GF_FAKE_SYEVD_FAIL");
+
+    // eigvalsh of a batch of matrices (eigvalsh_cuda_batch): row-major, column-major (other triangle
+    // NaN), float32 and one whose other triangle differs; each = eigvalsh_cuda of it alone
+    {
+      std::vector<MatrixView> views = {cuda_view(a.data(), DType::kFloat64, n, n, 1),
+                                       cuda_view(cm.data(), DType::kFloat64, n, 1, n),
+                                       cuda_view(af.data(), DType::kFloat32, n, n, 1),
+                                       cuda_view(junk.data(), DType::kFloat64, n, n, 1)};
+      std::vector<EigResult> rs = eigvalsh_many(views, full);
+      bool same = rs.size() == views.size();
+      double err = 0;
+      for (size_t i = 0; i < views.size() && same; ++i) {
+        const EigResult one = eigvalsh_cuda(views[i], full);
+        same = same && rs[i].values == one.values && rs[i].warnings == one.warnings;
+        err = std::max(err, max_rel(rs[i].values, lam, n) * (views[i].dtype == DType::kFloat32 ? 1e-7 : 1.0));
+      }
+      report("eigvalsh of a batch of 4 views = eigvalsh of each (warnings too)", err, 1e-13,
+             same && rs[3].warnings.size() == 1 && has_warning(rs[3], "not symmetric"));
+      std::vector<MatrixView> with_bad = views;
+      with_bad[1] = cuda_view(bad.data(), DType::kFloat64, n, n, 1);
+      std::string said;
+      try {
+        eigvalsh_many(with_bad, full);
+      } catch (const ValueError& e) {
+        said = e.what();
+      }
+      report("batch with a non-finite matrix: a ValueError naming it", 0.0, 1.0,
+             said.find("matrix 1 of the batch") != std::string::npos && said.find("non-finite") != std::string::npos);
+      setenv("GF_FAKE_SYEVD_FAIL", "all", 1);
+      rs = eigvalsh_many(views, full);
+      bool alone = rs.size() == views.size();
+      double err2 = 0;
+      for (size_t i = 0; i < rs.size(); ++i) {
+        alone = alone && has_warning(rs[i], ("batched cuSOLVER syevd failed for matrix " + std::to_string(i)).c_str()) &&
+                has_warning(rs[i], "solved on the CPU");
+        err2 = std::max(err2, max_rel(rs[i].values, lam, n) * (views[i].dtype == DType::kFloat32 ? 1e-7 : 1.0));
+      }
+      report("batch whose syevd fails: each redone alone, warned", err2, 1e-13, alone);
+      unsetenv("GF_FAKE_SYEVD_FAIL");
+      EigOptions top = full;
+      top.method = EigMethod::kRandomized;
+      top.k = 20;
+      const std::vector<MatrixView> two = {cuda_view(b.data(), DType::kFloat64, m, m, 1),
+                                           cuda_view(b.data(), DType::kFloat64, m, 1, m)};
+      rs = eigvalsh_many(two, top);
+      report("randomized batch: top-20 of each", std::max(max_rel(rs[0].values, lam2, 20), max_rel(rs[1].values, lam2, 20)),
+             1e-6, rs.size() == 2 && rs[0].values.size() == 20 && rs[1].values.size() == 20);
+    }
   } catch (const std::exception& e) {
     std::printf("EXCEPTION: %s\n", e.what());
     return 1;

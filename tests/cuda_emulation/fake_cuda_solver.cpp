@@ -159,6 +159,9 @@ namespace geomfast {
 std::unique_ptr<GramBackend> make_cpu_gram(int64_t, Precision) {
   GF_THROW(RuntimeError, "the CPU backend is not linked into the CUDA emulation");
 }
+std::vector<EigResult> eigvalsh_cpu_batch(const std::vector<MatrixView>&, const EigOptions&) {
+  GF_THROW(RuntimeError, "the CPU backend is not linked into the CUDA emulation");
+}
 // The host branch of spectra(): one solve after another, on the stand-in solver above.
 EigResult eigvalsh_cpu_owned(std::vector<double>&& m, int64_t n, const EigOptions& opt) {
   return eigvalsh_cpu(square_f64_view(m.data(), n), opt);

@@ -80,6 +80,13 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt);
 // a: square symmetric [n, n] on any device; float64 or float32. Descending values.
 EigResult eigvalsh(const MatrixView& a, const EigOptions& opt);
 EigResult eigvalsh_cpu(const MatrixView& a, const EigOptions& opt);
+// A batch of square matrices of one size, all on the CPU or all on one CUDA device (the slices of
+// one [..., n, n] array): the values of eigvalsh() of each, in order. CPU: several solved at a time
+// (eigvalsh_cpu_many). CUDA, full method: every check and solve queued on one stream, two host
+// synchronisations in all (a failed solve is redone alone, warned). A non-finite matrix is a
+// ValueError naming its index in the batch.
+std::vector<EigResult> eigvalsh_many(const std::vector<MatrixView>& as, const EigOptions& opt);
+std::vector<EigResult> eigvalsh_cpu_batch(const std::vector<MatrixView>& as, const EigOptions& opt);
 // The same on a row-major float64 matrix the solver owns (and may overwrite): no copy.
 EigResult eigvalsh_cpu_owned(std::vector<double>&& a, int64_t n, const EigOptions& opt);
 // A symmetric problem for the host solver: the n × n row-major float64 matrix (upper triangle read).
