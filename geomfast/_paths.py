@@ -17,6 +17,8 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 def is_sqlite_file(path: str | os.PathLike) -> bool:
     """True when ``path`` is a file that starts with SQLite's header (a results database, or
     any other SQLite database)."""
+    if not os.path.isfile(path):  # a FIFO or /dev/stdout: reading it would wait for ever
+        return False
     try:
         with open(path, "rb") as f:
             return f.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER

@@ -51,11 +51,11 @@ def _eig_args(n: int, method: str, k, opts: dict, *, func: str) -> tuple:
     return method, int(k or 0), {key: opts[key] for key in EIG_OPTIONS if opts.get(key) is not None}
 
 
-def _finish(values: np.ndarray, info: dict, method: str, k, func: str) -> np.ndarray:
+def _finish(values: np.ndarray, info: dict, method: str, k, func: str, stacklevel: int = 3) -> np.ndarray:
     """A native solve's result: its warnings raised as RuntimeWarnings (attributed to the caller of
-    the public function that called this), the top k kept of a full solve."""
+    the public function that called this: `stacklevel` frames up), the top k kept of a full solve."""
     for w in info["warnings"]:
-        warnings.warn(f"[{func}] {w}", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"[{func}] {w}", RuntimeWarning, stacklevel=stacklevel)
     return values[:k] if method == "full" and k is not None else values
 
 
@@ -121,7 +121,7 @@ def _eigvalsh_batch(a, shape: tuple, method: str, k, options: dict) -> np.ndarra
     out = np.empty((count, m), dtype=np.float64)
     for i, (values, info) in enumerate(results):
         info = dict(info, warnings=[where(i) + ": " + _BATCH_INDEX.sub("", w) for w in info["warnings"]])
-        out[i] = _finish(values, info, args[0], k, "eigvalsh")
+        out[i] = _finish(values, info, args[0], k, "eigvalsh", stacklevel=4)  # eigvalsh's caller
     return out.reshape(batch + (m,))
 
 

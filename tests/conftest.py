@@ -52,6 +52,25 @@ def geomfast_root() -> str:
     return str(Path(geomfast.__file__).resolve().parents[1])
 
 
+def unprivileged_prefix() -> list[str]:
+    """The command prefix under which a child process lacks root's override of file permissions
+    ([] when not root), so that an unwritable folder is unwritable to it; skips the test where
+    that cannot be had (root without setpriv, or a container where setpriv may not drop
+    capabilities)."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0:
+        return []
+    prefix = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"]
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: every folder is writable")
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr.strip()[:200]}")
+    return prefix
+
+
 def subprocess_env(**extra: str) -> dict:
     """Environment for child processes that import geomfast: the same geomfast as the tests
     (never a source tree without its compiled core), offline, one thread each."""

@@ -331,16 +331,11 @@ def test_folders_without_write_permission_are_one_error_line(tmp_path):
     """plot, export, phases --json, trace, merge and demo into a folder the user may not write
     in (PermissionError / sqlite3.OperationalError tracebacks): one line naming the path. Root
     writes anywhere, so as root the commands run without CAP_DAC_OVERRIDE (setpriv)."""
-    import shutil
     import textwrap
 
-    from conftest import subprocess_env
+    from conftest import subprocess_env, unprivileged_prefix
 
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv: every folder is writable")
-        prefix = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"]
+    prefix = unprivileged_prefix()  # root writes anywhere: without its capabilities
     db = _fake_db(tmp_path / "f.db")
     text = tmp_path / "docs.txt"
     text.write_text("one document\nanother document\n")
@@ -379,3 +374,20 @@ def test_folders_without_write_permission_are_one_error_line(tmp_path):
         assert f"cannot create files in the folder {ro} (permission denied)" in err, (cmd, err)
         assert "Traceback" not in err, err
     assert list(ro.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["export", "{db}", "-o", "/dev/stdout", "--format", "csv"],
+                                  ["phases", "{db}", "--json", "/dev/stdout"]])
+def test_outputs_to_dev_stdout_and_pipes_still_work(tmp_path, argv):
+    """The output checks read a file's first bytes to tell a SQLite database; reading /dev/stdout
+    (a pipe here) waited for ever. Non-regular files are never taken for databases."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    db = _fake_db(tmp_path / "f.db")
+    run = subprocess.run([sys.executable, "-m", "geomfast", *[a.format(db=db) for a in argv]],
+                         capture_output=True, text=True, env=subprocess_env(), cwd="/", timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip(), "nothing written to stdout"

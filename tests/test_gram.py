@@ -905,8 +905,8 @@ def test_large_updates_borrow_lanes_from_one_shared_pool():
     """A large update's per-core lanes (centred rows, float64 partials, float32 accumulators) hold
     nothing between updates, so all accumulators share one pool of them: six accumulators of one
     width hold the lanes of one update, not six sets (each used to keep its own, up to 2 GB), the
-    results are right, and the pool is emptied with the last accumulator. In a fresh interpreter,
-    so that no other test's accumulators are alive."""
+    results are right, and a width's lanes go with its last accumulator (while one of another width
+    lives on). In a fresh interpreter, so that no other test's accumulators are alive."""
     import subprocess
     import sys
     import textwrap
@@ -919,6 +919,7 @@ def test_large_updates_borrow_lanes_from_one_shared_pool():
         rng = np.random.default_rng({seed})
         x = llm_like(6000, 96, rng).astype(np.float32)
         want = ref.covariance(x)
+        keep = geomfast.GramAccumulator(8)  # alive throughout: other widths' lanes still go with theirs
         accs, held, errs = [], [], []
         for i in range(6):
             accs.append(geomfast.GramAccumulator(96, precision="fast").update(x))

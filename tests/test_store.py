@@ -221,12 +221,19 @@ def test_export_parquet(tmp_path):
         export(db, tmp_path / "x.xlsx", format="xlsx")
 
 
-def _power_law_row(n: int, decay: float):
-    """Fresh activations [n, 40] with a power-law spectrum: (covariance spectrum, singular values,
-    geometry()), what trace stores for one row."""
+def _seed() -> int:
+    """A fresh seed, printed (pytest shows a failing test's output: the failure can be replayed)."""
+    seed = int(np.random.SeedSequence().entropy % (2**63))
+    print(f"seed={seed}")
+    return seed
+
+
+def _power_law_row(n: int, decay: float, seed: int):
+    """Activations [n, 40] with a power-law spectrum from `seed`: (covariance spectrum, singular
+    values, geometry()), what trace stores for one row."""
     import geomfast.metrics as M
 
-    x = np.random.default_rng().standard_normal((n, 40)) @ np.diag(np.arange(1, 41) ** -decay)
+    x = np.random.default_rng(seed).standard_normal((n, 40)) @ np.diag(np.arange(1, 41) ** -decay)
     xc = x - x.mean(0)
     spec = np.linalg.eigvalsh(xc.T @ xc / (n - 1))[::-1]
     sv = np.linalg.svd(x, compute_uv=False)
@@ -235,7 +242,7 @@ def _power_law_row(n: int, decay: float):
 
 def test_recompute_from_stored_spectra(tmp_path):
     M = pytest.importorskip("geomfast.metrics")
-    spec, sv, g = _power_law_row(300, 0.7)
+    spec, sv, g = _power_law_row(300, 0.7, _seed())
     db = tmp_path / "r.db"
     with ResultStore(db) as s:
         s.write_result(ck(0), "last", "last", options=OPTS, metrics=g,
@@ -404,14 +411,10 @@ def test_a_finished_database_is_read_in_a_folder_that_cannot_be_written(tmp_path
     import subprocess
     import sys
 
-    from conftest import subprocess_env
+    from conftest import subprocess_env, unprivileged_prefix
 
     # root writes anywhere: drop its capabilities (as a reader on a read-only mount would lack them)
-    prefix = []
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv: a folder cannot be made unwritable")
-        prefix = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"]
+    prefix = unprivileged_prefix()  # root writes anywhere: without its capabilities
     folder = tmp_path / "ro"
     folder.mkdir()
     with ResultStore(folder / "clean.db") as s:  # a finished run: closed, nothing left in a -wal
@@ -473,7 +476,7 @@ def test_recompute_gives_nan_for_a_degenerate_row_and_recomputes_the_others(tmp_
     M = pytest.importorskip("geomfast.metrics")
     from geomfast.store import recompute_metrics
 
-    spec, sv, g = _power_law_row(200, 0.8)
+    spec, sv, g = _power_law_row(200, 0.8, _seed())
     # embed pooled at the last token when every sequence ends with the same token: all zeros,
     # stored by trace as 'ok' with NaN measures and warnings
     with pytest.warns(M.SpectrumWarning):

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <map>
 #include <memory>
@@ -313,7 +314,8 @@ struct Lane {
 // yet each accumulator used to keep its own after its first large update: up to
 // GEOMFAST_LANE_MEMORY_MB (2 GB) each, and a trace of every layer holds dozens of accumulators.
 // Updates borrow lanes and give them back (concurrent updates from several threads borrow
-// disjoint ones); all are freed when no accumulator is left.
+// disjoint ones); a width's lanes are freed when no accumulator of that width (and AMX setting) is
+// left, and lanes an update gave up on part-way (an exception) are never handed out again.
 class LanePool {
  public:
   using Key = std::pair<int64_t, bool>;  // (dim, whether its float32 accumulators use AMX)
@@ -337,17 +339,22 @@ class LanePool {
   }
   void give_back(Key key, Lanes& lanes) {
     std::lock_guard<std::mutex> lk(mu_);
-    auto& free = free_[key];
-    for (auto& l : lanes) free.push_back(std::move(l));
+    if (users_.count(key)) {  // (an accumulator of this key is alive: the borrower is)
+      auto& free = free_[key];
+      for (auto& l : lanes) free.push_back(std::move(l));
+    }
     lanes.clear();
   }
-  void retain() {
+  void retain(Key key) {
     std::lock_guard<std::mutex> lk(mu_);
-    ++users_;
+    ++users_[key];
   }
-  void release() {
+  void release(Key key) {
     std::lock_guard<std::mutex> lk(mu_);
-    if (--users_ == 0) free_.clear();
+    if (--users_[key] == 0) {
+      free_.erase(key);
+      users_.erase(key);
+    }
   }
   // Lanes held for borrowing (tests: that they are shared, and freed with the last accumulator).
   int64_t held() {
@@ -360,7 +367,7 @@ class LanePool {
  private:
   std::mutex mu_;
   std::map<Key, Lanes> free_;
-  int64_t users_ = 0;
+  std::map<Key, int64_t> users_;  // live accumulators per key
 };
 
 class CpuGram final : public GramBackend {
@@ -372,11 +379,12 @@ class CpuGram final : public GramBackend {
         exact_(p == Precision::kHighest && gram_tuning().exact_amx && amx::exact_available()) {
     if (dim > 46340) GF_THROW(ValueError, "[GramAccumulator] dim must be <= 46340 (32-bit BLAS), got ", dim);
     reset();
-    LanePool::instance().retain();  // last: a constructor that throws never counts
+    LanePool::instance().retain(lane_key());  // last: a constructor that throws never counts
   }
-  ~CpuGram() override { LanePool::instance().release(); }
+  ~CpuGram() override { LanePool::instance().release(lane_key()); }
   CpuGram(const CpuGram&) = delete;
   CpuGram& operator=(const CpuGram&) = delete;
+  LanePool::Key lane_key() const { return {dim_, amx_}; }
   int64_t dim() const override { return dim_; }
   Device device() const override { return Device{}; }
   Precision precision() const override { return prec_; }
@@ -743,12 +751,17 @@ class CpuGram final : public GramBackend {
     const int64_t d = dim_, n = x.rows;
     const bool highest = prec_ == Precision::kHighest;
     const int64_t flush_rows = std::max<int64_t>(gram_tuning().fast_flush_rows, 1);
-    const LanePool::Key key{d, amx_};
-    struct Borrowed {  // the lanes go back to the pool however this update ends
+    const LanePool::Key key = lane_key();
+    struct Borrowed {  // the lanes go back to the pool when this update completes
       LanePool::Key key;
       LanePool::Lanes lanes;
-      ~Borrowed() { LanePool::instance().give_back(key, lanes); }
-    } borrowed{key, LanePool::instance().take(key, lanes)};
+      int exceptions;
+      ~Borrowed() {
+        // an update that throws part-way leaves float32 rows pending in its lanes: dropped, never
+        // flushed into the next borrower's state
+        if (std::uncaught_exceptions() == exceptions) LanePool::instance().give_back(key, lanes);
+      }
+    } borrowed{key, LanePool::instance().take(key, lanes), std::uncaught_exceptions()};
     auto& pool_lanes = borrowed.lanes;
     for (int p = 0; p < lanes; ++p) {
       Lane& L = *pool_lanes[p];

@@ -37,13 +37,20 @@ void ThreadPool::run(int nparts, const std::function<void(int, int)>& fn) {
     job_ = &fn;
     nparts_ = nparts;
     pending_ = nparts - 1;
+    errors_.assign(static_cast<size_t>(std::max(nparts, 1)), nullptr);
     ++generation_;
   }
   cv_.notify_all();
-  fn(0, nparts);
+  try {
+    fn(0, nparts);
+  } catch (...) {
+    errors_[0] = std::current_exception();  // (only this thread writes part 0)
+  }
   std::unique_lock<std::mutex> lk(mu_);
   done_cv_.wait(lk, [this] { return pending_ == 0; });
   job_ = nullptr;
+  for (const auto& e : errors_)
+    if (e) std::rethrow_exception(e);
 }
 
 void ThreadPool::loop(int id) {
@@ -60,8 +67,14 @@ void ThreadPool::loop(int id) {
       nparts = nparts_;
     }
     if (id < nparts) {
-      (*job)(id, nparts);
+      std::exception_ptr err;
+      try {
+        (*job)(id, nparts);
+      } catch (...) {
+        err = std::current_exception();
+      }
       std::lock_guard<std::mutex> lk(mu_);
+      errors_[static_cast<size_t>(id)] = err;
       if (--pending_ == 0) done_cv_.notify_all();
     }
   }

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -15,7 +16,10 @@ class ThreadPool {
  public:
   static ThreadPool& instance();
   int size() const { return static_cast<int>(workers_.size()) + 1; }
-  // Calls fn(part, nparts) on `nparts` threads (the caller is one of them) and waits.
+  // Calls fn(part, nparts) on `nparts` threads (the caller is one of them) and waits for all of
+  // them, also when one throws: then the first exception (by part) is rethrown after every part
+  // has ended (a part still running must not outlive the caller's data, nor a worker's exception
+  // end the process).
   void run(int nparts, const std::function<void(int, int)>& fn);
   ~ThreadPool();
 
@@ -28,6 +32,7 @@ class ThreadPool {
   std::condition_variable cv_, done_cv_;
   const std::function<void(int, int)>* job_ = nullptr;
   int nparts_ = 0, pending_ = 0;
+  std::vector<std::exception_ptr> errors_;  // [nparts] of the running job
   uint64_t generation_ = 0;
   bool stop_ = false;
 };

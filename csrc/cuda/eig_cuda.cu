@@ -353,7 +353,7 @@ std::vector<EigResult> eigvalsh_cuda_batch(const std::vector<MatrixView>& as, co
     GF_CUDA_CHECK(cudaStreamSynchronize(st));
     for (size_t i = 0; i < m; ++i) {
       if (h[3 * i])
-        GF_THROW(ValueError, "[eigvalsh] matrix ", i, " of the batch holds ", h[3 * i],
+        GF_THROW(ValueError, "[eigvalsh] matrix ", i, " of the batch: the matrix holds ", h[3 * i],
                  " non-finite value(s) (NaN or Inf)");
       double diff = 0.0, mag = 0.0;
       std::memcpy(&diff, &h[3 * i + 1], sizeof(double));

@@ -242,7 +242,7 @@ int main() {
         said = e.what();
       }
       report("batch with a non-finite matrix: a ValueError naming it", 0.0, 1.0,
-             said.find("matrix 1 of the batch") != std::string::npos && said.find("non-finite") != std::string::npos);
+             said.find("[eigvalsh] matrix 1 of the batch: the matrix holds 1 non-finite") == 0);  // as the CPU says
       setenv("GF_FAKE_SYEVD_FAIL", "all", 1);
       rs = eigvalsh_many(views, full);
       bool alone = rs.size() == views.size();
