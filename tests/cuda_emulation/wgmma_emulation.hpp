@@ -92,6 +92,14 @@ struct AsyncQueues {
   ~AsyncQueues() { g_async_leftover += copies.pending() + mmas.pending(); }
 };
 inline thread_local AsyncQueues t_async;
+// The end of an emulated thread (the launch's pooled host thread lives on): what it left pending is
+// counted as at a thread's exit, and its chain count starts again.
+inline void end_of_emulated_thread() {
+  g_async_leftover += t_async.copies.pending() + t_async.mmas.pending();
+  t_async = AsyncQueues{};
+  t_chain_steps = 0;
+}
+inline const bool g_end_of_thread_hooked = (thread_exit_hooks().push_back(&end_of_emulated_thread), true);
 
 // Element (mn, k) of an MN-major operand described by `desc` (128-byte swizzle only).
 inline float desc_element(uint64_t desc, int mn, int k, bool f16) {

@@ -22,12 +22,14 @@
 #include <atomic>
 #include <barrier>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -56,6 +58,70 @@ struct Cta {
 };
 inline Cta* g_cta = nullptr;  // null while a barrier-free kernel runs sequentially
 inline thread_local int warp_of = 0;
+// What the end of an emulated GPU thread means to other emulated features (wgmma_emulation.hpp
+// counts the async operations it left pending): the pooled host threads outlive each emulated
+// thread, so these run after each one.
+inline std::vector<void (*)()>& thread_exit_hooks() {
+  static std::vector<void (*)()> hooks;
+  return hooks;
+}
+
+// Host threads that run a CTA's threads at once, kept between CTAs and launches (a thread created
+// and joined per emulated GPU thread made the emulation mostly thread start-up: minutes of system
+// time per test run). run(n, body) calls body(t) for t < n, each on its own pool thread, all at the
+// same time (so barriers between them work), and returns when every one has returned.
+class CtaPool {
+ public:
+  static CtaPool& instance() {
+    static CtaPool pool;
+    return pool;
+  }
+  void run(unsigned n, const std::function<void(unsigned)>& body) {
+    std::unique_lock<std::mutex> lk(mu_);
+    while (workers_.size() < n) {
+      const unsigned id = static_cast<unsigned>(workers_.size());
+      workers_.emplace_back([this, id, seen = gen_] { loop(id, seen); });
+    }
+    body_ = &body;
+    n_ = n;
+    pending_ = n;
+    ++gen_;
+    cv_.notify_all();
+    done_.wait(lk, [&] { return pending_ == 0; });
+    body_ = nullptr;
+  }
+  ~CtaPool() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+
+ private:
+  void loop(unsigned id, uint64_t seen) {
+    std::unique_lock<std::mutex> lk(mu_);
+    for (;;) {
+      cv_.wait(lk, [&] { return stop_ || gen_ != seen; });
+      if (stop_) return;
+      seen = gen_;
+      if (id >= n_) continue;
+      const std::function<void(unsigned)>* body = body_;
+      lk.unlock();
+      (*body)(id);
+      lk.lock();
+      if (--pending_ == 0) done_.notify_all();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_, done_;
+  std::vector<std::thread> workers_;
+  const std::function<void(unsigned)>* body_ = nullptr;
+  unsigned n_ = 0, pending_ = 0;
+  uint64_t gen_ = 0;
+  bool stop_ = false;
+};
 
 // Runs kernel() for every thread of every CTA of `grid` (CTAs one at a time). With `barriers`,
 // each CTA's threads run as concurrent host threads (for kernels with __syncthreads/__syncwarp);
@@ -82,13 +148,11 @@ inline void launch(Dim3 grid, Dim3 block, bool barriers, const std::function<voi
       cta.all = std::make_unique<std::barrier<>>(threads);
       for (unsigned w = 0; w < (threads + 31) / 32; ++w) cta.warps.push_back(std::make_unique<std::barrier<>>(32));
       g_cta = &cta;
-      std::vector<std::thread> pool;
-      for (unsigned t = 0; t < threads; ++t)
-        pool.emplace_back([&, t] {
-          set(t);
-          kernel();
-        });
-      for (auto& th : pool) th.join();
+      CtaPool::instance().run(threads, [&](unsigned t) {
+        set(t);
+        kernel();
+        for (auto* hook : thread_exit_hooks()) hook();
+      });
       g_cta = nullptr;
     }
 }
