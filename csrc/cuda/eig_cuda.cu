@@ -40,6 +40,25 @@ bool all_finite(const std::vector<double>& v) {
   return std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x); });
 }
 
+}  // namespace
+
+EigResult batched_result(const double* vals, int64_t n, int info, const char* func, const char* what, size_t i,
+                         const std::function<EigResult()>& alone) {
+  std::vector<double> v(vals, vals + n);
+  if (info != 0 || !all_finite(v)) {
+    EigResult r = alone();  // the retry chain, warned
+    r.warnings.insert(r.warnings.begin(), detail::concat(func, ": batched cuSOLVER syevd failed for ", what, " ", i,
+                                                         " (info=", info, ", or non-finite values); solved it alone"));
+    return r;
+  }
+  std::reverse(v.begin(), v.end());  // syevd: ascending
+  EigResult r;
+  r.values = std::move(v);
+  return r;
+}
+
+namespace {
+
 // Ascending eigenvalues of the symmetric n x n matrix in `w` (float64 col-major; overwritten when
 // solved in float64) with cusolverDnXsyevd, values only. Returns false when cuSOLVER reports a
 // failure (info != 0) or a value is not finite. `hinfo`: one pinned int, reused across calls (a
@@ -378,17 +397,12 @@ std::vector<EigResult> eigvalsh_cuda_batch(const std::vector<MatrixView>& as, co
   GF_CUDA_CHECK(cudaMemcpyAsync(hinfo.get(), infos.as<int>(), m * sizeof(int), cudaMemcpyDeviceToHost, st));
   GF_CUDA_CHECK(cudaStreamSynchronize(st));
   for (size_t i = 0; i < m; ++i) {
-    std::vector<double> v(hv.get() + i * nn, hv.get() + (i + 1) * nn);
-    if (hinfo[i] != 0 || !all_finite(v)) {
-      out[i] = eigvalsh_cuda(as[i], opt);  // the retry chain, warned
-      out[i].warnings.insert(out[i].warnings.begin(),
-                             detail::concat("eigvalsh: batched cuSOLVER syevd failed for matrix ", i, " (info=",
-                                            hinfo[i], ", or non-finite values); solved it alone"));
-      continue;
-    }
-    std::reverse(v.begin(), v.end());  // syevd: ascending
-    out[i].values = std::move(v);
-    warn_if_asymmetric(asymmetry[i], out[i]);
+    bool alone = false;
+    out[i] = batched_result(hv.get() + i * nn, n, hinfo[i], "eigvalsh", "matrix", i, [&] {
+      alone = true;
+      return eigvalsh_cuda(as[i], opt);  // warns about asymmetry itself
+    });
+    if (!alone) warn_if_asymmetric(asymmetry[i], out[i]);
   }
   return out;
 }

@@ -822,17 +822,8 @@ std::vector<EigResult> spectra_cuda(const std::vector<const GramBackend*>& accs,
   GF_CUDA_CHECK(cudaMemcpyAsync(hinfo.get(), infos, g.size() * sizeof(int), cudaMemcpyDeviceToHost, st));
   GF_CUDA_CHECK(cudaStreamSynchronize(st));
   for (size_t i = 0; i < g.size(); ++i) {
-    std::vector<double> v(hv.get() + offset[i], hv.get() + offset[i + 1]);
-    const bool finite = std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x); });
-    if (hinfo[i] != 0 || !finite) {
-      out[i] = g[i]->spectrum(ddof, opt);
-      out[i].warnings.insert(out[i].warnings.begin(),
-                             detail::concat("spectra: batched cuSOLVER syevd failed for accumulator ", i, " (info=",
-                                            hinfo[i], ", or non-finite values); solved it alone"));
-      continue;
-    }
-    std::reverse(v.begin(), v.end());  // syevd: ascending
-    out[i].values = std::move(v);
+    out[i] = batched_result(hv.get() + offset[i], g[i]->dim(), hinfo[i], "spectra", "accumulator", i,
+                            [&] { return g[i]->spectrum(ddof, opt); });
   }
   return out;
 }
