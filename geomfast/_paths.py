@@ -70,7 +70,7 @@ def check_output_file(path: str | os.PathLike, flag: str,
                              "refusing to overwrite it (give another output file)")
     if os.path.isdir(path):
         raise ValueError(f"{flag} {path}: this is a folder, expected a file name")
-    if os.path.isfile(path) and is_sqlite_file(path):
+    if is_sqlite_file(path):
         raise ValueError(f"{flag} {path}: this is an SQLite database; refusing to overwrite it "
                          "(give another output file, or remove it first)")
     if os.path.exists(path):

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
+from ._paths import same_file
 from .store import ResultStore
 
 __all__ = ["MergeSummary", "merge_stores", "register_cli"]
@@ -50,13 +51,6 @@ def _columns(conn, table: str) -> list[str]:
     return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
 
 
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
-
-
 def merge_stores(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> MergeSummary:
     """Merge every database of ``inputs`` into ``out`` (created if needed). See the module doc."""
     out = os.fspath(out)
@@ -65,7 +59,7 @@ def merge_stores(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) ->
     for p in inputs:
         if not os.path.exists(p):
             raise FileNotFoundError(f"[merge] no results database at {p!r}")
-        if os.path.exists(out) and _same_file(p, out):
+        if os.path.exists(out) and same_file(p, out):
             raise ValueError(f"[merge] {p!r} is the output database itself")
     for p in inputs:  # every input is a geomfast database before OUT is created or changed
         ResultStore(p, readonly=True).close()
