@@ -79,7 +79,8 @@ def eigvalsh(a, *, method: str = "full", k: int | None = None, **options) -> np.
             n_iter (fixed Krylov depth instead of tol), max_iter (64), seed (0).
             single_precision: CUDA full solve in float32 (retried in float64 on failure).
     """
-    shape = tuple(a.shape) if hasattr(a, "shape") and not _is_nested(a) else None
+    check_kind(a, func="eigvalsh", arg="a")  # (before a.shape: a nested tensor has none)
+    shape = tuple(a.shape) if hasattr(a, "shape") else None
     if shape is not None and len(shape) > 2:
         return _eigvalsh_batch(a, shape, method, k, options)
     v = as_view(a, func="eigvalsh", arg="a")
@@ -93,13 +94,8 @@ def eigvalsh(a, *, method: str = "full", k: int | None = None, **options) -> np.
 _BATCH_INDEX = re.compile(r" for matrix \d+")  # the native fallback warning's own index
 
 
-def _is_nested(a) -> bool:
-    return bool(getattr(a, "is_nested", False))  # a torch nested tensor has no shape (as_view names it)
-
-
 def _eigvalsh_batch(a, shape: tuple, method: str, k, options: dict) -> np.ndarray:
-    """eigvalsh of every [n, n] slice of a [..., n, n] batch: values [..., m]."""
-    check_kind(a, func="eigvalsh", arg="a")
+    """eigvalsh of every [n, n] slice of a [..., n, n] batch (checked by check_kind): values [..., m]."""
     batch, (n, n2) = shape[:-2], shape[-2:]
     if n != n2:
         raise ValueError(f"[eigvalsh] expected a batch [..., n, n] of square matrices, got shape {shape}")
