@@ -174,6 +174,14 @@ class AsyncBuffer {
   bool pooled_ = false;
 };
 
+// Records `event` on `stream` when the scope ends, however it ends (the next user waits for all the
+// scope queued there).
+struct RecordOnExit {
+  cudaEvent_t event;
+  cudaStream_t stream;
+  ~RecordOnExit() { (void)cudaEventRecord(event, stream); }
+};
+
 // Page-locked host buffer (for the small device-to-host copies that must be read right away).
 template <typename T>
 class PinnedBuffer {

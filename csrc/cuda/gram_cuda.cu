@@ -271,11 +271,7 @@ class CudaGram final : public GramBackend {
     GF_CUDA_CHECK(cudaStreamWaitEvent(st, ready_, 0));
     // From here on, whatever happens, the next operation waits for all this update queued on st
     // (which reads and writes our buffers, pinned ones included).
-    struct ReadyOnExit {
-      cudaEvent_t e;
-      cudaStream_t s;
-      ~ReadyOnExit() { (void)cudaEventRecord(e, s); }
-    } ready_on_exit{ready_, st};
+    const RecordOnExit ready_on_exit{ready_, st};
     const int64_t n = x.rows;
     const int64_t d = dim_;
     part_.reserve(static_cast<size_t>(column_stats_partials(n) * 2 * d), st);
@@ -325,11 +321,7 @@ class CudaGram final : public GramBackend {
       // The shared work buffers: after the previous user's products on the GPU; the next one
       // waits for ours, whatever happens here.
       GF_CUDA_CHECK(cudaStreamWaitEvent(st, w.ready, 0));
-      struct ScratchReadyOnExit {
-        cudaEvent_t e;
-        cudaStream_t s;
-        ~ScratchReadyOnExit() { (void)cudaEventRecord(e, s); }
-      } scratch_on_exit{w.ready, st};
+      const RecordOnExit scratch_on_exit{w.ready, st};
       // fast: the diagonal is set from column_stats' float64 Σ (x - c)² after the products (the
       // float32 ones lose a column whose values are tiny beside the others': a negative variance)
       const bool exact_diagonal = path != Path::kHighest;
