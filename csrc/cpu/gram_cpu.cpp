@@ -156,8 +156,9 @@ void scan_rows(const MatrixView& x, int64_t r0, int64_t r1, ScanResult& res) {
   }
 }
 
-// Column sums and sums of squares, exactly up-cast, in float64, over m rows spread evenly over x
-// (row i·rows/m for i in [i0, i1)), into colsum [d] / colsq [d]: the shift estimate.
+// Column sums (and, when colsq is given, sums of squares), exactly up-cast, in float64, over m rows
+// spread evenly over x (row i·rows/m for i in [i0, i1)), into colsum [d] / colsq [d]: the shift
+// estimate.
 template <DType T>
 void colsum_sampled(const MatrixView& x, int64_t i0, int64_t i1, int64_t m, double* colsum, double* colsq) {
   using L = Loader<T>;
@@ -167,7 +168,7 @@ void colsum_sampled(const MatrixView& x, int64_t i0, int64_t i1, int64_t m, doub
     for (int64_t c = 0; c < x.cols; ++c) {
       const double v = L::get(base + r * x.row_stride + c * x.col_stride);
       colsum[c] += v;
-      colsq[c] += v * v;
+      if (colsq) colsq[c] += v * v;
     }
   }
 }
@@ -584,10 +585,7 @@ class CpuGram final : public GramBackend {
                                                colsum.data(), scratch.data());
       });
     } else {
-      std::vector<double> colsq(static_cast<size_t>(d), 0.0);
-      dispatch_dtype(x.dtype, [&](auto tag) {
-        colsum_sampled<decltype(tag)::value>(x, 0, m, m, colsum.data(), colsq.data());
-      });
+      dispatch_dtype(x.dtype, [&](auto tag) { colsum_sampled<decltype(tag)::value>(x, 0, m, m, colsum.data(), nullptr); });
       for (int64_t c = 0; c < d; ++c) colsum[c] -= static_cast<double>(m) * shift_[c];
     }
     for (int64_t c = 0; c < d; ++c)
