@@ -266,7 +266,7 @@ std::vector<EigResult> eigvalsh_cpu_batch(const std::vector<MatrixView>& as, con
         try {
           check_finite(p.matrix.data(), p.matrix.size());
         } catch (const ValueError& e) {
-          GF_THROW(ValueError, "[eigvalsh] matrix ", i, " of the batch: ", std::string(e.what()).substr(11));
+          throw in_batch(i, e);
         }
         asym[i] = relative_asymmetry(p.matrix.data(), n);
         return p;

@@ -335,18 +335,13 @@ std::vector<EigResult> eigvalsh_cuda_batch(const std::vector<MatrixView>& as, co
       GF_THROW(ValueError, "[eigvalsh] expected a batch of matrices of one size (", n, ", ", n, "), got (", a.rows,
                ", ", a.cols, ")");
   }
-  auto named = [](size_t i, const ValueError& e) {  // "[eigvalsh] matrix i of the batch: ..."
-    const std::string what = e.what();
-    return ValueError(detail::concat("[eigvalsh] matrix ", i, " of the batch: ",
-                                     what.rfind("[eigvalsh] ", 0) == 0 ? what.substr(11) : what));
-  };
   // Randomized (the host reads every iteration) and float32 solves gain nothing from batching.
   if (opt.method == EigMethod::kRandomized || opt.single_precision || n == 0) {
     for (size_t i = 0; i < as.size(); ++i) {
       try {
         out[i] = eigvalsh_cuda(as[i], opt);
       } catch (const ValueError& e) {
-        throw named(i, e);
+        throw in_batch(i, e);
       }
     }
     return out;

@@ -47,6 +47,14 @@ inline void warn_if_asymmetric(double relative_asymmetry, EigResult& res) {
         "by default"));
 }
 
+// eigvalsh's ValueError `e` about matrix i of a batch (eigvalsh_many): "[eigvalsh] matrix i of the
+// batch: <e's message without its own [eigvalsh] prefix>" (the Python layer turns i into a[...]).
+inline ValueError in_batch(size_t i, const ValueError& e) {
+  const std::string what = e.what();
+  return ValueError(detail::concat("[eigvalsh] matrix ", i, " of the batch: ",
+                                   what.rfind("[eigvalsh] ", 0) == 0 ? what.substr(11) : what));
+}
+
 // Device-resident dense float64 matrices, column-major with leading dimension = rows.
 class DenseOps {
  public:
