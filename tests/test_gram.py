@@ -939,3 +939,32 @@ def test_large_updates_borrow_lanes_from_one_shared_pool():
     assert out["held"] == [2] * 6, f"seed={seed}: lanes not shared: {out}"
     assert out["after"] == 0, f"seed={seed}: lanes kept after the last accumulator: {out}"
     assert max(out["errs"]) <= BARS["fast"], f"seed={seed}: {out}"
+
+
+def test_the_cpu_thread_pool_waits_for_every_part_and_rethrows_the_first_error():
+    """ThreadPool::run (the conversion passes of large CPU updates) returned while workers still
+    ran the caller's job when part 0 threw, and a worker's exception ended the process. Each part
+    that throws here does so at once while the others sleep 150 ms first: run() must wait for all
+    of them, rethrow the exception of the lowest part, and stay usable. In a fresh interpreter with
+    a pool of 4 threads (its size is fixed when first used)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import json
+        from geomfast import _core
+        cases = [[], [0], [1], [3], [2, 3], [1, 0], [0, 1, 2, 3], []]
+        print(json.dumps([[c, *_core._cpu_thread_pool_probe(4, c, 150)] for c in cases]))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd="/",
+                         env=subprocess_env(GEOMFAST_NUM_THREADS="4"))
+    assert run.returncode == 0, f"the process ended (rc {run.returncode}): {run.stderr[-3000:]}"
+    for throws, size, error, ended in json.loads(run.stdout.strip().splitlines()[-1]):
+        assert size == 4
+        assert error == (f"part {min(throws)}" if throws else ""), (throws, error)
+        assert ended == 4 - len(throws), f"parts {throws} threw: run() returned before the others ended ({ended})"
+    from geomfast import _core
+
+    with pytest.raises(ValueError, match="nparts >= 1"):
+        _core._cpu_thread_pool_probe(0, [], 0)

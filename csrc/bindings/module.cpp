@@ -260,6 +260,20 @@ PYBIND11_MODULE(_core, m) {
   m.def("amx_unavailable_reason", [] { return cpu_amx_unavailable_reason(); });
   m.def("amx_exact_unavailable_reason", [] { return cpu_amx_exact_unavailable_reason(); });
   m.def("_cpu_pooled_lanes", [] { return cpu_pooled_lanes(); });  // tests: lanes are shared, then freed
+  m.def(  // tests: the CPU thread pool's error path (see cpu_thread_pool_probe)
+      "_cpu_thread_pool_probe",
+      [](int nparts, const std::vector<int>& throw_parts, int sleep_ms) {
+        if (nparts < 1 || sleep_ms < 0)
+          GF_THROW(ValueError, "[_cpu_thread_pool_probe] expected nparts >= 1 and sleep_ms >= 0, got ", nparts,
+                   " and ", sleep_ms);
+        ThreadPoolProbe r;
+        {
+          py::gil_scoped_release nogil;
+          r = cpu_thread_pool_probe(nparts, throw_parts, sleep_ms);
+        }
+        return py::make_tuple(r.size, r.error, r.ended);
+      },
+      py::arg("nparts"), py::arg("throw_parts"), py::arg("sleep_ms"));
   m.def("get_tuning", [] {
     const auto& t = gram_tuning();
     return py::make_tuple(t.block_rows, t.fast_flush_rows, t.fast_amx, t.exact_amx);

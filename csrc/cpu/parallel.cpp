@@ -1,6 +1,13 @@
 #include "cpu/parallel.hpp"
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+#include "geomfast/gram.hpp"
 
 namespace geomfast::cpu {
 
@@ -81,3 +88,26 @@ void ThreadPool::loop(int id) {
 }
 
 }  // namespace geomfast::cpu
+
+namespace geomfast {
+
+ThreadPoolProbe cpu_thread_pool_probe(int nparts, const std::vector<int>& throw_parts, int sleep_ms) {
+  auto& pool = cpu::ThreadPool::instance();
+  std::atomic<int64_t> ended{0};
+  ThreadPoolProbe out;
+  out.size = pool.size();
+  try {
+    pool.run(nparts, [&](int part, int) {
+      if (std::find(throw_parts.begin(), throw_parts.end(), part) != throw_parts.end())
+        throw std::runtime_error("part " + std::to_string(part));
+      std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms));
+      ended.fetch_add(1);
+    });
+  } catch (const std::exception& e) {
+    out.error = e.what();
+  }
+  out.ended = ended.load();
+  return out;
+}
+
+}  // namespace geomfast

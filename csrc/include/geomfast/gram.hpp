@@ -100,6 +100,17 @@ const std::string& cpu_amx_unavailable_reason();
 // Lanes (per-thread buffers of large CPU updates) held in the process-wide pool between updates,
 // shared by all CPU accumulators and freed with the last one (tests).
 int64_t cpu_pooled_lanes();
+// Tests of the CPU thread pool's error path: runs one job of `nparts` parts in which the parts
+// listed in `throw_parts` throw std::runtime_error("part <i>") at once while the others sleep
+// `sleep_ms` first. Returns the pool's size, the message of the exception run() rethrew ("" if
+// none) and how many of the other parts had ended their sleep when run() returned (all of them,
+// unless run() returned early).
+struct ThreadPoolProbe {
+  int size = 0;
+  std::string error;
+  int64_t ended = 0;
+};
+ThreadPoolProbe cpu_thread_pool_probe(int nparts, const std::vector<int>& throw_parts, int sleep_ms);
 // "" when the CPU backend's 'highest' Gram of bf16/f16 input runs exactly on AMX-INT8, else why not.
 const std::string& cpu_amx_exact_unavailable_reason();
 
