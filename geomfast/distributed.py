@@ -373,17 +373,18 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
                     from ._paths import check_output_database
 
                     check_output_database(cfg.out, "[trace] out")
+                # refused before any work (as sweep._trace): no run is recorded
+                checkpoints = resolve_checkpoints(
+                    list(cfg.models) if len(cfg.models) > 1 else cfg.models[0], cfg.revisions,
+                    local_files_only=cfg.local_files_only)
+                check_block_indices(checkpoints, cfg)  # before any weights load
                 store = store or ResultStore(cfg.out)
                 run_id = store.start_run({**dataclasses.asdict(cfg), "options_hash": h,
                                           "parallel": parallel, "world_size": ctx.world_size},
                                          command)
-                checkpoints = resolve_checkpoints(
-                    list(cfg.models) if len(cfg.models) > 1 else cfg.models[0], cfg.revisions,
-                    local_files_only=cfg.local_files_only)
                 drop_stale_results(store, checkpoints, cfg)
                 keys = store.done_keys(h)
                 todo = pending_checkpoints(store, checkpoints, cfg, h, request, run_id, keys)
-                check_block_indices(todo, cfg)  # before any weights load
                 plan = {"run_id": run_id, "n": len(checkpoints), "todo": todo,
                         "done_keys": keys if todo else set()}
             except Exception as e:  # every rank must learn it, or the others wait forever
@@ -407,9 +408,10 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
             on_checkpoint)
         run_status = "finished"
     finally:
-        if ctx.is_main and store is not None and run_id is not None:
+        if ctx.is_main and store is not None:
             try:
-                store.finish_run(run_id, run_status)
+                if run_id is not None:
+                    store.finish_run(run_id, run_status)
             finally:
                 if own_store:
                     store.close()

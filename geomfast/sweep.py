@@ -587,6 +587,12 @@ def _trace(cfg: TraceConfig, *, command, store, on_checkpoint, parallel) -> Trac
     own_store = store is None
     if own_store:
         check_output_database(cfg.out, "[trace] out")  # a folder, a text file, no permission
+    # A request refused from what is known before any work (no such model or revision, a block
+    # index out of range) leaves the database as it was: no run is recorded for it.
+    checkpoints = resolve_checkpoints(
+        list(cfg.models) if len(cfg.models) > 1 else cfg.models[0], cfg.revisions,
+        local_files_only=cfg.local_files_only)
+    check_block_indices(checkpoints, cfg)  # before any weights load
     store = store or ResultStore(cfg.out)
     result_opts = cfg.result_options()
     h = options_hash(result_opts)
@@ -595,13 +601,9 @@ def _trace(cfg: TraceConfig, *, command, store, on_checkpoint, parallel) -> Trac
     run_status = "failed"
     executor: ThreadPoolExecutor | None = None
     try:
-        checkpoints = resolve_checkpoints(
-            list(cfg.models) if len(cfg.models) > 1 else cfg.models[0], cfg.revisions,
-            local_files_only=cfg.local_files_only)
         summary.checkpoints = len(checkpoints)
         drop_stale_results(store, checkpoints, cfg)
         todo = pending_checkpoints(store, checkpoints, cfg, h, request, run_id)
-        check_block_indices(todo, cfg)  # before any weights load
         summary.skipped = len(checkpoints) - len(todo)
         if summary.skipped and cfg.progress:
             print(f"[geomfast] {summary.skipped} of {len(checkpoints)} checkpoint(s) already in "

@@ -405,8 +405,19 @@ def test_an_out_of_range_block_index_is_refused_before_any_weights_load(series, 
     assert main(["trace", "--model", str(ck), "--dataset", str(docs), "--n-samples", "24", "--layers", "5",
                  "--out", str(db), "--no-progress"]) == 1
     assert "--layers 5: block index 5 is out of range" in capsys.readouterr().err
+    assert not db.exists()  # refused before any work: no database, no run recorded
+    # a database already there keeps its runs and results as they were
+    monkeypatch.undo()  # (checkpoints load again)
+    assert main(["trace", "--model", str(ck), "--dataset", str(docs), "--n-samples", "24", "--layers", "0",
+                 "--out", str(db), "--no-progress"]) == 0
     with ResultStore(db, readonly=True) as store:
-        assert store.count("error") == 0 and store.count("ok") == 0
+        before = (store.runs(), store.count("ok"), store.count("error"))
+        assert len(before[0]) == 1 and before[1] > 0 and before[2] == 0
+    assert main(["trace", "--model", str(ck), "--dataset", str(docs), "--n-samples", "24", "--layers", "0,7",
+                 "--out", str(db), "--no-progress"]) == 1
+    assert "--layers 0,7: block index 7 is out of range" in capsys.readouterr().err
+    with ResultStore(db, readonly=True) as store:
+        assert (store.runs(), store.count("ok"), store.count("error")) == before
     # a series of models of other depths: each is checked against its own
     deep = save_tiny_model(tmp_path / "deep", layers=3)
     shallow = save_tiny_model(tmp_path / "shallow", layers=2)
