@@ -633,6 +633,9 @@ def _prepare(parser, args) -> None:
     if args.db is None:
         if args.json_out in (None, "-"):
             parser.error("the following arguments are required: RESULTS.db")
+        if not is_sqlite_file(args.json_out):  # `--json=out.json` alone: a FILE, no database
+            parser.error(f"the following arguments are required: RESULTS.db (--json {args.json_out} "
+                         f"is not an SQLite database to read; it names where the JSON goes)")
         args.db, args.json_out = args.json_out, "-"
     elif (args.json_out not in (None, "-") and not same_file(args.json_out, args.db)
           and is_sqlite_file(args.json_out)):  # (the database itself: cli.check_paths says so)

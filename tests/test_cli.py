@@ -248,6 +248,14 @@ def test_outputs_never_overwrite_an_input_database(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["phases", "--json"])
     assert "required: RESULTS.db" in capsys.readouterr().err
+    # `--json=FILE` with no database: FILE is where the JSON goes, never read as the database
+    (tmp_path / "old.json").write_text("[]\n")
+    for name in ("new.json", "old.json"):
+        with pytest.raises(SystemExit) as e:
+            main(["phases", f"--json={tmp_path / name}"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "required: RESULTS.db" in err and "names where the JSON goes" in err, err
+    assert not (tmp_path / "new.json").exists() and (tmp_path / "old.json").read_text() == "[]\n"
     # both old spellings of a JSON file still write it
     for argv in (["phases", str(db), "--json", str(tmp_path / "a.json")],
                  ["phases", "--json", str(tmp_path / "b.json"), str(db)]):
