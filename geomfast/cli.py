@@ -167,6 +167,11 @@ def _add_plot(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", default="rankme,alpha",
                    help="comma list of result columns, one panel each (default rankme,alpha)")
     p.add_argument("--model", default=None, help="only this model")
+    p.add_argument("--layer", default=None, help="only this layer (e.g. last, block3, embed)")
+    p.add_argument("--pooling", default=None, help="only this pooling (last, mean, all)")
+    p.add_argument("--no-phases", action="store_true",
+                   help="do not shade phases (by default: those of the only series plotted, else of "
+                        "the final layer, last token)")
     p.add_argument("--title", default=None)
 
 
@@ -174,7 +179,8 @@ def _run_plot(args: argparse.Namespace) -> int:
     from .plot import plot_results
 
     out = plot_results(args.db, args.output, metrics=[m for m in args.metrics.split(",") if m],
-                       model=args.model, title=args.title)
+                       model=args.model, layer=args.layer, pooling=args.pooling, title=args.title,
+                       phases=not args.no_phases)
     print(f"plot written to {out}")
     return 0
 

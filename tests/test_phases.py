@@ -302,6 +302,19 @@ def test_plot_shades_the_papers_series_and_says_so(tmp_path, monkeypatch):
                    for r in phases_from_store(db, layer="last", pooling="last")]
     assert shaded == [expected] and expected[2] == list(PHASES)
     assert titles == ["shaded: phases of final layer (after norm), last pooling"]
+    # --layer / --pooling choose the series plotted, and so the one shaded
+    from geomfast.cli import main
+
+    shaded.clear(), titles.clear()
+    assert main(["plot", str(db), "-o", str(tmp_path / "all.png"), "--layer", "last", "--pooling", "all"]) == 0
+    (expected,) = [(r.layer, r.pooling, [p.kind for p in r.phases])
+                   for r in phases_from_store(db, layer="last", pooling="all")]
+    assert shaded == [expected] and titles == ["shaded: phases of final layer (after norm), all pooling"], titles
+    shaded.clear(), titles.clear()
+    assert main(["plot", str(db), "-o", str(tmp_path / "none.png"), "--no-phases"]) == 0
+    assert shaded == [] and titles == [""]
+    with pytest.raises(ValueError, match=r"no results for layer 'block7'.*layers: embed, last"):
+        plot_results(db, tmp_path / "x.png", layer="block7")
     # the series the plot shows, when it shows one; the final layer before any other layer
     from geomfast.plot import reference_series
 
