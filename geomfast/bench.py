@@ -330,13 +330,14 @@ def bench_gram(d: int, *, n_rows: int = 16384, dtype: str = "float32", precision
             med, best, out = time_call(fn, repeats=repeats, warmup=warmup, device=device)
         except Exception as e:  # a baseline that cannot run here (memory, dtype) is reported
             rows.append({"op": "gram", "impl": name, "d": d, "n_rows": n_rows, "dtype": dtype,
-                         "precision": precision, "device": device, "error": f"{type(e).__name__}: {e}"})
+                         "precision": precision if name.startswith("geomfast") else None,
+                         "case_precision": precision, "device": device, "error": f"{type(e).__name__}: {e}"})
             continue
         ref = refs[centered]
         err = float(np.linalg.norm(_to_numpy64(out) - ref) / np.linalg.norm(ref))
         rows.append({"op": "gram", "impl": name, "d": d, "n_rows": n_rows, "dtype": dtype,
-                     "precision": precision if name.startswith("geomfast") else None, "device": device,
-                     "median_s": med, "min_s": best, "repeats": repeats,
+                     "precision": precision if name.startswith("geomfast") else None,
+                     "case_precision": precision, "device": device, "median_s": med, "min_s": best, "repeats": repeats,
                      "gflops": n_rows * d * d / med / 1e9, "rel_error": err})
     ok = [r for r in rows if "error" not in r]
     if rows and "error" not in rows[0]:  # the first case is the geomfast one: no silent other baseline
@@ -351,7 +352,8 @@ def bench_eig(d: int, *, method: str = "full", k: int | None = 256, device: str 
 
     eig_options go to geomfast's randomized solver (tol, tol_k, block, …). Each row reports
     rel_error (max |error| / λ₁ over the values returned) and rel_error_top100 (max relative
-    error over the leading min(100, n) values — the α-ReQ fit range)."""
+    error over the leading top_values = min(100, d, k) values — the α-ReQ fit range; every row of
+    one case over the same values, k those a randomized solve returns)."""
     if method not in ("full", "randomized"):
         raise ValueError(f"[bench] method must be 'full' or 'randomized', got {method!r}")
     if method == "randomized":
@@ -370,13 +372,13 @@ def bench_eig(d: int, *, method: str = "full", k: int | None = 256, device: str 
             continue
         vals = np.sort(_to_numpy64(out).ravel())[::-1]
         err = float(np.max(np.abs(vals - lam[: vals.size])) / lam[0])
-        top = min(100, vals.size)
+        top = min(100, d, k if method == "randomized" else d, vals.size)
         err100 = float(np.max(np.abs(vals[:top] / lam[:top] - 1.0)))
         rows.append({"op": "eig", "impl": name, "d": d, "method": method,
                      "k": k if method == "randomized" else None, "alpha": alpha, "device": device,
                      "n_values": int(vals.size), "median_s": med, "min_s": best, "repeats": repeats,
                      "gflops": (4.0 / 3.0) * d ** 3 / med / 1e9, "rel_error": err,
-                     "rel_error_top100": err100})
+                     "rel_error_top100": err100, "top_values": top})
     ok = [r for r in rows if "error" not in r]
     if rows and "error" not in rows[0]:  # the first case is the geomfast one: no silent other baseline
         _speedups(ok)
@@ -466,20 +468,24 @@ def format_bench(results: Sequence[dict]) -> str:
     """Terminal table: one block per case, geomfast first, speedup = t(baseline) / t(geomfast)."""
     from .cli import format_table
 
+    def case(r):  # a Gram case is also its geomfast precision: its baselines carry it as case_precision
+        return (r["op"], r["d"], r.get("n_rows"), r.get("dtype"), r.get("case_precision"), r.get("method"),
+                r.get("k"), r.get("alpha"), r.get("device"))
+
     blocks, seen = [], []
     for r in results:
-        key = (r["op"], r["d"], r.get("n_rows"), r.get("dtype"), r.get("method"), r.get("k"), r.get("alpha"),
-               r.get("device"))
-        if key not in seen:
-            seen.append(key)
+        if case(r) not in seen:
+            seen.append(case(r))
     for key in seen:
-        op, d, n, dt, method, k, alpha, device = key
-        sub = [r for r in results if (r["op"], r["d"], r.get("n_rows"), r.get("dtype"), r.get("method"),
-                                      r.get("k"), r.get("alpha"), r.get("device")) == key]
-        title = (f"gram  d={d}  n={n}  {dt}  on {device}  (GFLOP/s = n·d²/t)" if op == "gram" else
+        op, d, n, dt, prec, method, k, alpha, device = key
+        sub = [r for r in results if case(r) == key]
+        title = (f"gram  d={d}  n={n}  {dt}{f'  geomfast {prec}' if prec else ''}  on {device}  "
+                 f"(GFLOP/s = n·d²/t)" if op == "gram" else
                  f"eig  d={d}  {method}{f' top-{k}' if k else ''}  spectrum k^-{alpha:g}  on {device}  "
                  f"(GFLOP/s = 4/3·d³/t)")
         errors = [r for r in sub if "error" in r]
+        tops = sorted({r["top_values"] for r in sub if "top_values" in r})
+        top_col = f"top-{tops[0]} rel. error" if len(tops) == 1 else "top-100 rel. error"
 
         def speedup(r):
             if "error" in r:  # the type in the cell, the whole message below the table
@@ -492,11 +498,11 @@ def format_bench(results: Sequence[dict]) -> str:
                  "median ms": None if "error" in r else round(r["median_s"] * 1e3, 2),
                  "GFLOP/s": None if "error" in r else f"{r['gflops']:.3g}",
                  "rel. error": None if "error" in r else f"{r['rel_error']:.1e}",
-                 "top-100 rel. error": (f"{r['rel_error_top100']:.1e}" if "rel_error_top100" in r else ""),
+                 top_col: (f"{r['rel_error_top100']:.1e}" if "rel_error_top100" in r else ""),
                  "speedup": speedup(r)}
                 for r in sub]
         cols = ["implementation", "median ms", "GFLOP/s", "rel. error"]
-        cols += ["top-100 rel. error"] if op == "eig" else []
+        cols += [top_col] if op == "eig" else []
         block = title + "\n" + format_table(rows, cols + ["speedup"])
         if errors:
             block += "\nerrors:\n" + "\n".join(f"  [{i}] {r['impl']}: {r['error']}"

@@ -59,6 +59,13 @@ def test_run_bench_table_and_json(tmp_path, capsys):
                  "--warmup", "0", "--precision", "highest,fast", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "geomfast[highest]" in text and "geomfast[fast]" in text and "eig  d=31" in text
+    # one block per geomfast precision, each with its own baselines (one block held both, and the
+    # second geomfast row read "- (geomfast failed)")
+    assert "geomfast failed" not in text
+    for prec in ("highest", "fast"):
+        block = text.split(f"float32  geomfast {prec}  on cpu")[1].split("\n\n")[0]
+        assert f"geomfast[{prec}]" in block and "numpy float32 X.T@X" in block, block
+        assert "geomfast[" + ("fast" if prec == "highest" else "highest") + "]" not in block, block
     data = json.loads(out.read_text())
     assert data["config"]["sizes"] == [31] and data["meta"]["backends"]["cpu"]["usable"]
     ops = {r["op"] for r in data["results"]}
@@ -285,3 +292,15 @@ def test_bench_eig_ab_times_both_cpu_solvers_and_the_baselines(monkeypatch):
     assert set(ratios) == {"geomfast.spectra", "geomfast.singular_values_of"}
     assert all(r > 0 for r in ratios.values())
     assert mod.run_geometry(300, 120, rounds=1, out=lines.append) > 0
+
+
+def test_the_top_values_column_says_how_many_values_it_covers():
+    """A randomized top-32 case labelled its column 'top-100 rel. error' over 32 values; every
+    row of a case is now measured over the same leading min(100, d, k) values, and says so."""
+    rows = bench.bench_eig(64, method="randomized", k=32, repeats=1, warmup=0)
+    assert {r["top_values"] for r in rows if "error" not in r} == {32}
+    text = bench.format_bench(rows)
+    assert "top-32 rel. error" in text and "top-100" not in text
+    rows = bench.bench_eig(64, method="full", repeats=1, warmup=0)
+    assert {r["top_values"] for r in rows if "error" not in r} == {64}
+    assert "top-64 rel. error" in bench.format_bench(rows)
