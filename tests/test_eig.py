@@ -504,6 +504,65 @@ def test_randomized_does_not_depend_on_the_matrix_scale(scale):
     assert np.max(np.abs(base - lam[:20]) / lam[:20]) <= 1e-8
 
 
+@pytest.mark.parametrize("n,k", [(300, 64), (300, 8), (1000, 64), (2000, 256)])
+def test_randomized_survives_a_krylov_breakdown(n, k):
+    """A multiple of the identity, or a cluster the start block spans, makes the Krylov space
+    invariant at once: W - V C is rounding noise, which two Gram-Schmidt passes left partly inside
+    the space, so the basis lost orthogonality step by step (3e-14, 2e-11, 7e-6, 0.9) and
+    eigvalsh(np.eye(300), 'randomized', k=64) returned 7. Such columns are now fresh random ones."""
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    q = random_orthogonal(rng, n)
+    # exact: the space is invariant at once; a cluster then a flat tail: within the default tol
+    cases = ((np.full(n, 3.0), 1e-12, True), (np.full(n, 3.0), 1e-12, False),
+             (np.r_[np.full(50, 2.0), np.linspace(1.0, 0.1, n - 50)], 1e-5, False))
+    for lam, bar, exact in cases:
+        a = np.diag(lam) if exact else (q * lam) @ q.T  # exact: 3 I itself, no rounding in A
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (50 equal values may warn about the block width)
+            got = geomfast.eigvalsh(a, method="randomized", k=k)
+        want = np.sort(lam)[::-1][:k]
+        assert np.max(np.abs(got - want)) <= bar * lam.max(), f"seed={seed}: {np.max(np.abs(got - want))}"
+
+
+def test_randomized_k_beyond_the_rank_settles_at_once():
+    """Asked for more values than A's rank, the null space's Ritz values (zeros, computed as
+    rounding noise that moves at every step) never met the relative tol: the Krylov space grew to
+    all n columns (54 s against 0.07 s at n = 2048, rank 59, k = 100; 'converged' all the same).
+    A value that moves by less than float64's rounding at A's scale is settled now: within 8
+    Krylov steps, no warning, zeros where A has them."""
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((60, 2048)) * np.arange(1, 2049) ** -0.5
+    cov = np.cov(x, rowvar=False)  # rank 59
+    want = np.linalg.eigvalsh(cov)[::-1]
+    for k in (59, 60, 100, 256):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "did not reach tol within max_iter" would be an error
+            got = geomfast.eigvalsh(cov, method="randomized", k=k, max_iter=8)
+        assert np.max(np.abs(got - want[:k])) <= 1e-13 * want[0], f"seed={seed} k={k}"
+        assert np.all(np.abs(got[59:]) <= 1e-13 * want[0]), f"seed={seed} k={k}: the null space is not ~0"
+
+
+def test_randomized_warns_when_a_repeated_value_may_have_lost_copies():
+    """Block Krylov holds at most about `block` directions of one eigenspace: with 40 copies of an
+    eigenvalue and block=8 it found 32 and filled the top 45 with smaller values (off by 4.0),
+    silently. Finding an eigenvalue `block` or more times, with smaller values after it, warns."""
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    q = random_orthogonal(rng, 500)
+    lam = np.r_[np.full(40, 5.0), np.linspace(1, 0.1, 460)]
+    a = (q * lam) @ q.T
+    with pytest.warns(RuntimeWarning, match=r"found the eigenvalue 5\.0+ \d+ times, at least its Krylov block "
+                                            r"width \(8\).*pass block > \d+ or use method='full'"):
+        geomfast.eigvalsh(a, method="randomized", k=45, block=8)
+    got = geomfast.eigvalsh(a, method="randomized", k=45, block=48)  # the advice: right, and quiet
+    assert np.max(np.abs(got - lam[:45])) <= 1e-12 * 5, f"seed={seed}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # values all equal to the end of the top k: nothing missing
+        geomfast.eigvalsh(3 * np.eye(200), method="randomized", k=64)
+
+
 # --------------------------------------------------------------------------- batches [..., n, n]
 @pytest.mark.parametrize("n", [1, 33, 600])  # 600: several solved at a time (>= 512) where cores allow
 @pytest.mark.parametrize("kind", ["numpy", "torch-float32", "torch-transposed", "numpy-strided-batch"])

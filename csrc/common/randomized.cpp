@@ -13,6 +13,7 @@
 //                                   once more.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <random>
 
@@ -23,6 +24,16 @@ namespace geomfast {
 namespace {
 
 using Mat = DenseOps::Mat;
+
+// Rounding of a float64 Ritz value, in units of eps·|λ1| (see the convergence test).
+constexpr double kNoiseUlps = 64.0;
+// A Krylov block column left with less than this fraction of its norm outside the space is
+// rounding noise (a breakdown; see the loop).
+const double kBreakdown = std::sqrt(std::numeric_limits<double>::epsilon());
+// Repeated eigenvalues (see the block-width warning): consecutive values within kRepeatRel of each
+// other, above kZeroRel·|λ1|.
+constexpr double kRepeatRel = 1e-9;
+constexpr double kZeroRel = 1e-10;
 
 Mat cols_of(const Mat& m, int64_t c0, int64_t c1) { return Mat{m.data + c0 * m.rows, m.rows, c1 - c0}; }
 
@@ -78,7 +89,7 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
   std::unique_ptr<double[]> t_store(new double[static_cast<size_t>(max_cols * max_cols)]);
   double* const t = t_store.get();
   std::vector<double> col(static_cast<size_t>((max_cols + b) * b));
-  std::vector<double> prev, vals;
+  std::vector<double> prev, vals, gram;
   double change = 0.0;
   bool converged = false;
   int64_t cols = b, depth = 0, bj = b;  // bj: the width of the newest block (the last may be narrower)
@@ -125,8 +136,14 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
         if (!std::isfinite(x))
           GF_THROW(RuntimeError, "[eigvalsh] randomized solver produced non-finite Ritz values at depth ", depth);
       if (!prev.empty()) {
-        // Largest relative change over the leading check_k; values below 1e-13·λ1 are noise.
-        const double floor = 1e-13 * std::max(std::abs(vals[0]), 1e-300);
+        // Largest relative change over the leading check_k. A value is settled when it moved by
+        // less than tol relatively, or by less than the rounding of float64 Ritz values at A's scale
+        // (kNoiseUlps·eps·|λ1|: what the full solver's values carry too). Without the second rule
+        // the values of a null space (k beyond A's rank: exact zeros, computed as rounding noise
+        // that moves at every step) never settled, and the Krylov space grew to all n columns
+        // (54 s instead of 0.07 s at n = 2048, rank 60, k = 100).
+        const double noise = kNoiseUlps * std::numeric_limits<double>::epsilon() * std::abs(vals[0]);
+        const double floor = std::max(noise / std::max(opt.tol, 1e-300), 1e-300);
         change = 0.0;
         for (int64_t i = 0; i < check_k; ++i) {
           const double den = std::max(std::abs(vals[i]), floor);
@@ -150,6 +167,31 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
     ops.gemm_nn(vcur, cc, w, -1.0, 1.0);
     w.cols = next;
     project_out(ops, vcur, w, c, 1);
+    // Breakdown: a column of W almost entirely inside the space (‖x‖ ≤ √eps·‖W‖: the space holds
+    // an invariant subspace, as for a multiple of the identity, or k beyond A's rank) is rounding
+    // noise, whose share inside the space two passes cannot remove; normalised, it repeated
+    // earlier directions, the basis lost orthogonality by ~δ²/eps per step and the Ritz values
+    // came out wrong (eigvalsh(np.eye(300), 'randomized', k=64) gave 7). Such a column is
+    // replaced by a fresh Gaussian one (from the start block's generator), projected out twice.
+    {
+      Mat g{c.data, next, next};
+      ops.gemm_tn(w, w, g);
+      gram.resize(static_cast<size_t>(next * next));
+      ops.download(g, gram.data());
+      bool fresh = false;
+      for (int64_t jj = 0; jj < next; ++jj) {
+        double in_space = 0.0;  // ‖C_j‖² = ‖V Vᵀ W_j‖²
+        for (int64_t i = 0; i < cols; ++i) in_space += col[i + jj * cols] * col[i + jj * cols];
+        const double out = gram[jj + jj * next];  // ‖x_j‖²
+        if (out <= kBreakdown * kBreakdown * (in_space + out)) {
+          for (int64_t i = 0; i < n; ++i) omega[i] = normal(gen);
+          Mat wj = cols_of(w, jj, jj + 1);
+          ops.upload(omega.data(), wj);
+          fresh = true;
+        }
+      }
+      if (fresh) project_out(ops, vcur, w, c, 2);
+    }
     if (ops.orthonormalize(w)) {
       project_out(ops, vcur, w, c, 2);
       ops.orthonormalize(w);
@@ -162,6 +204,28 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
     GF_THROW(RuntimeError, "[eigvalsh] randomized solver ended with ", vals.size(), " Ritz values, fewer than k=", k);
   res.values.assign(vals.begin(), vals.begin() + k);
   for (double& x : res.values) x /= ops.scale;  // a power of two: exact
+  // Block Krylov from b random vectors holds at most b directions of one eigenspace (its Krylov
+  // blocks all project onto the span of Ω's projection), plus what the fresh directions of a
+  // breakdown bring: an eigenvalue found b or more times may have more copies, pushed out of the
+  // top k by smaller values (multiplicity 40, block 8: 32 copies, the rest wrong, silently).
+  // Exact zeros (a null space) are left out: they are found as zeros however many are missing;
+  // so is a run that fills the top k to its end (no smaller value took a missing copy's place).
+  {
+    const double top = std::abs(res.values[0]);
+    int64_t run = 1, longest = 1, end = 0;
+    double at = res.values[0];
+    for (int64_t i = 1; i < k; ++i) {
+      const double x = res.values[i], y = res.values[i - 1];
+      run = std::abs(x - y) <= kRepeatRel * std::abs(y) && std::abs(y) > kZeroRel * top ? run + 1 : 1;
+      if (run > longest) longest = run, at = x, end = i;
+    }
+    if (longest >= b && b < n && end < k - 1)
+      res.warnings.push_back("randomized eigvalsh found the eigenvalue " + std::to_string(at) + " " +
+                             std::to_string(longest) + " times, at least its Krylov block width (" +
+                             std::to_string(b) + "): block Krylov finds about `block` copies of an " +
+                             "eigenvalue, so more may be missing from the top " + std::to_string(k) +
+                             "; pass block > " + std::to_string(longest) + " or use method='full'");
+  }
   res.iterations = depth;
   res.last_change = change;
   res.converged = fixed ? true : converged;
