@@ -11,6 +11,20 @@ A *series* is what geomfast traces: an ordered list of :class:`Checkpoint`, each
 
 Revision names are parsed into (step, tokens): ``step1000``, ``step1000-tokens4B``,
 ``stage1-step1000-tokens5B``, ``stage2-ingredient1-step1000-tokens10B``.
+
+Training stages (OLMo-2). Stage 1 is the pretraining run. A later stage restarts its step and token
+counters, and its *ingredients* (``stage2-ingredient1``, ``stage2-ingredient2``, ...) are parallel
+runs on different data mixes, each starting from the end of stage 1, so several share step numbers.
+They are never mixed into stage 1's curve: each later-stage series (an ingredient, or a stage
+without ingredients) is a series of its own, store key ``'<model> [stage2-ingredient1]'`` (the
+revision stays the branch name), whose checkpoints continue after the end of the stage before:
+global step = that stage's last step + the stage-local step, tokens likewise (None where either is
+unknown). Where that start is not known (the hub's branch list was not read: offline, a pinned
+revision without network; no revision of the stage before is listed; a stage following several
+parallel ingredients), the series keeps its stage-local step and tokens under the key
+``'<model> [stage2-ingredient1 local steps]'``, with a warning: rows whose steps mean something
+else never share a key, and one checkpoint maps to one key on every run that knows as much.
+See :func:`resolve_checkpoints`.
 """
 from __future__ import annotations
 
@@ -26,6 +40,8 @@ __all__ = [
     "pythia_revisions",
     "parse_revision",
     "revision_sort_key",
+    "revision_stage",
+    "revision_series",
     "select_revisions",
     "resolve_checkpoints",
     "is_model_folder",
@@ -41,13 +57,18 @@ _WEIGHT_NAMES = _WEIGHT_SUFFIXES + tuple(s + ".index.json" for s in _WEIGHT_SUFF
 class Checkpoint:
     """One checkpoint of a series.
 
-    model: series name used as the store key (hub id, local folder path, or series name).
-    revision: revision name ('step1000', 'stage1-step1000-tokens5B'), sub-folder name, 'main',
-        or a model id for post-training series.
+    model: series name used as the store key (hub id, local folder path, or series name); a
+        later training stage is a series of its own: ``'<hub id or folder> [stage2-ingredient1]'``
+        (``'... [stage2-ingredient1 local steps]'`` when its start is not known).
+    revision: revision name ('step1000', 'stage1-step1000-tokens5B',
+        'stage2-ingredient1-step1000-tokens5B'), sub-folder name, 'main', or a model id for
+        post-training series.
     source: what ``from_pretrained`` loads: hub id or local folder.
     hub_revision: revision passed to ``from_pretrained`` (None for local folders).
-    step, tokens: parsed from the revision name when it carries them.
-    order: position in the series (0-based).
+    step, tokens: parsed from the revision name when it carries them; for a later stage, global
+        (the end of the stage before + the stage-local numbers) when that end is known.
+    order: position in the resolved list (0-based): stage 1 by step, then each later-stage
+        series (stage, ingredient) by step.
     """
 
     model: str
@@ -75,8 +96,8 @@ def _is_pythia(model_id: str) -> bool:
 
 _STEP_RE = re.compile(r"(?:^|[^a-z])(?:step|checkpoint|ckpt|iter|iteration)[-_]?(\d+)", re.IGNORECASE)
 _TOKENS_RE = re.compile(r"tokens[-_]?(\d+(?:\.\d+)?)([KMBT]?)(?![a-z])", re.IGNORECASE)
-_STAGE_RE = re.compile(r"stage[-_]?(\d+)", re.IGNORECASE)
-_INGREDIENT_RE = re.compile(r"ingredient[-_]?(\d+)", re.IGNORECASE)
+_STAGE_RE = re.compile(r"(?<![a-z])stage[-_]?(\d+)", re.IGNORECASE)
+_INGREDIENT_RE = re.compile(r"(?<![a-z])ingredient[-_]?(\d+)", re.IGNORECASE)
 _TOKEN_UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 
 
@@ -88,9 +109,11 @@ def parse_revision(name: str) -> tuple[int | None, int | None]:
     >>> parse_revision("main")
     (None, None)
 
-    A bare number (a folder called ``1000``) is read as a step.
+    A bare number (a folder called ``1000``) is read as a step. The numbers are the name's own:
+    for a later training stage (``stage2-ingredient1-step1000-tokens5B``) they count from the
+    start of that stage; :func:`resolve_checkpoints` places such a checkpoint after stage 1.
     """
-    name = str(name).strip().rstrip("/").rsplit("/", 1)[-1]
+    name = _base_name(name)
     step = None
     m = _STEP_RE.search(name)
     if m:
@@ -105,19 +128,144 @@ def parse_revision(name: str) -> tuple[int | None, int | None]:
     return step, tokens
 
 
+def _base_name(name) -> str:
+    return str(name).strip().rstrip("/").rsplit("/", 1)[-1]
+
+
+def revision_stage(name: str) -> tuple[int | None, int | None]:
+    """(stage, ingredient) from a revision or folder name; None for what the name does not carry.
+
+    >>> revision_stage("stage2-ingredient1-step1000-tokens5B")
+    (2, 1)
+    >>> revision_stage("step1000-tokens4B")
+    (None, None)
+    """
+    base = _base_name(name)
+    stage = _STAGE_RE.search(base)
+    ingredient = _INGREDIENT_RE.search(base)
+    return (int(stage.group(1)) if stage else None, int(ingredient.group(1)) if ingredient else None)
+
+
+def revision_series(name: str) -> str | None:
+    """The training series a revision belongs to: None for the pretraining run (no stage, or
+    stage 0 or 1, no ingredient), else a canonical label: ``'stage2-ingredient1'``, ``'stage2'``,
+    ``'stage3'`` (and, should a name carry one, ``'stage1-ingredient2'`` or ``'ingredient2'``).
+
+    >>> revision_series("stage2_ingredient1-step1000-tokens5B")
+    'stage2-ingredient1'
+    >>> revision_series("stage1-step1000-tokens5B") is None
+    True
+    """
+    stage, ingredient = revision_stage(name)
+    if ingredient is None and (stage is None or stage <= 1):
+        return None
+    parts = ([] if stage is None else [f"stage{stage}"]) + ([] if ingredient is None else [f"ingredient{ingredient}"])
+    return "-".join(parts)
+
+
 def revision_sort_key(name: str) -> tuple:
     """Training order of revision names: stage, ingredient, step; names without a step last."""
     step, tokens = parse_revision(name)
-    stage = _STAGE_RE.search(name)
-    ingredient = _INGREDIENT_RE.search(name)
+    stage, ingredient = revision_stage(name)
     return (
         0 if step is not None else 1,
-        int(stage.group(1)) if stage else 0,
-        int(ingredient.group(1)) if ingredient else 0,
+        stage if stage is not None else 0,
+        ingredient if ingredient is not None else 0,
         step if step is not None else 0,
         tokens if tokens is not None else 0,
         name,
     )
+
+
+# ----------------------------------------------------------------------------- stages
+
+@dataclass(frozen=True)
+class _Placed:
+    """Where a revision sits: its series (None: the pretraining run), its step and tokens (global
+    for a later stage whose start is known), and whether they are stage-local instead."""
+
+    series: str | None
+    step: int | None
+    tokens: int | None
+    local: bool = False
+
+
+def _place(revs: list[str], *, complete: bool = True) -> tuple[dict[str, _Placed], list[tuple[list[str], int, str]]]:
+    """Each revision's series, step and tokens. A stage k >= 2 starts at the end (highest step)
+    of stage k-1: its checkpoints get that end's step and tokens added to their own. ``complete``:
+    ``revs`` is the full list of the run's revisions (the hub's branch list, a run folder); when
+    it is not (offline, the local cache; a pinned revision) where stage 1 ends is not known.
+
+    Returns the placements and, for each stage left with local steps, (its series, the stage,
+    why) for the caller's warning."""
+    parsed = {r: parse_revision(r) for r in revs}
+    stage_of = {r: revision_stage(r)[0] for r in revs}
+    series_of = {r: revision_series(r) for r in revs}
+    out: dict[str, _Placed] = {}
+    for r in revs:
+        st = stage_of[r]
+        if st is None or st <= 1:
+            out[r] = _Placed(series_of[r], *parsed[r])
+
+    def end_of(names: list[str]) -> tuple[int, int | None] | None:
+        ends = [(out[r].step, out[r].tokens) for r in names if out[r].step is not None]
+        return max(ends, key=lambda e: (e[0], -1 if e[1] is None else e[1])) if ends else None
+
+    if not complete:
+        prev: tuple[tuple[int, int | None] | None, str] = (
+            None, "the full list of revisions was not read (offline, or a pinned revision without "
+                  "the hub's branch list)")
+    else:
+        first = end_of([r for r in out if series_of[r] is None])
+        prev = (first, "" if first is not None else "no stage-1 revision with a step is listed")
+    notes = []
+    later = sorted({st for st in stage_of.values() if st is not None and st >= 2})
+    done = 1
+    for k in later:
+        if k != done + 1:
+            prev = (None, f"no stage-{k - 1} revision is listed")
+        start, why = prev
+        names = [r for r in revs if stage_of[r] == k]
+        for r in names:
+            step, tokens = parsed[r]
+            if start is None:
+                out[r] = _Placed(series_of[r], step, tokens, local=True)
+            else:
+                out[r] = _Placed(series_of[r], None if step is None else start[0] + step,
+                                 None if tokens is None or start[1] is None else start[1] + tokens)
+        labels = sorted({series_of[r] for r in names}, key=str)
+        if start is None:
+            notes.append((labels, k, why))
+            prev = (None, f"stage {k}'s own start is not known")
+        elif len(labels) > 1:
+            prev = (None, f"stage {k} has {len(labels)} parallel series ({', '.join(labels)}), any of "
+                          f"which stage {k + 1} may continue")
+        else:
+            end = end_of(names)
+            prev = (end, "" if end is not None else f"no stage-{k} revision with a step is listed")
+        done = k
+    return out, notes
+
+
+def _series_key(base: str, placed: _Placed | None) -> str:
+    """The store key of a checkpoint's series: ``base`` for the pretraining run."""
+    if placed is None or placed.series is None:
+        return base
+    return f"{base} [{placed.series}{' local steps' if placed.local else ''}]"
+
+
+def _warn_local(base: str, notes, chosen: list[str], placed: dict[str, _Placed]) -> None:
+    present = {placed[r].series for r in chosen if r in placed and placed[r].local}
+    for labels, k, why in notes:
+        labels = [x for x in labels if x in present]
+        if not labels:
+            continue
+        keys = ", ".join(repr(f"{base} [{x} local steps]") for x in labels)
+        warnings.warn(
+            f"[resolve_checkpoints] {base}: {', '.join(labels)} start(s) at the end of stage {k - 1}, which "
+            f"is not known ({why}): traced with their own stage-local steps and tokens, as the series "
+            f"{keys}, apart from stage {k - 1}. Resolve them from the full list (online, or a folder "
+            f"holding stage {k - 1}) to place them after it.", stacklevel=3)
 
 
 # ----------------------------------------------------------------------------- selectors
@@ -133,14 +281,29 @@ def _steps_of(revs: list[str], what: str) -> list[int]:
     return steps  # type: ignore[return-value]
 
 
-def _paper_keep(revs: list[str]) -> list[str]:
-    steps = _steps_of([r for r in revs if r != "main"], "paper")
-    named = [r for r in revs if r != "main"]
-    if any(_TOKENS_RE.search(r) for r in named):
+def _near(revs: list[str]) -> str:
+    return ", ".join(revs[:3] + (["..."] if len(revs) > 3 else []))
+
+
+def _paper_keep(revs: list[str], placed: dict[str, _Placed]) -> list[str]:
+    # The paper sampled pretraining: the run's own series (stage 1, or no stage) only.
+    named = [r for r in revs if r != "main" and placed[r].series is None]
+    steps = _steps_of(named, "paper")
+    if any(_TOKENS_RE.search(r) or _STAGE_RE.search(r) for r in named):
         # OLMo / OLMo-2: every step <= 10,000 and multiples of 10,000 after that.
-        return [r for r, s in zip(named, steps) if s <= 10_000 or s % 10_000 == 0]
-    # Pythia: {0, 8, 16, ..., 512} (powers of two) and every 1000 steps.
-    return [r for r, s in zip(named, steps) if s == 0 or 8 <= s <= 512 or (s >= 1000 and s % 1000 == 0)]
+        keep = [r for r, s in zip(named, steps) if s <= 10_000 or s % 10_000 == 0]
+    else:
+        # Pythia: {0, 8, 16, ..., 512} (powers of two) and every 1000 steps.
+        keep = [r for r, s in zip(named, steps) if s == 0 or 8 <= s <= 512 or (s >= 1000 and s % 1000 == 0)]
+    if not keep:
+        raise ValueError(
+            f"[select_revisions] 'paper' selects no checkpoint among {len(revs)} revision(s) ({_near(revs)}): "
+            "it samples the pretraining run's step revisions (Pythia: step 0, 8 ... 512 and every 1000; "
+            "OLMo / OLMo-2 stage 1: every step <= 10,000 and multiples of 10,000), and "
+            + ("none of them is one" if named else
+               "only later training stages are listed (trace those with the other selectors or by name)"
+               if any(placed[r].series is not None for r in revs) else "none of them names a step"))
+    return keep
 
 
 def _log_keep(revs: list[str], n: int) -> list[str]:
@@ -168,12 +331,21 @@ def select_revisions(revs: list[str], selector: str | None) -> list[str]:
       - 'every:K': every K-th (the first, K+1-th, ...), the last one always included;
       - 'log:N': N revisions log-spaced by step (step 0 counts as log(1 + 0));
       - 'range:A-B': A <= step <= B (either end may be left out: 'range:1000-');
-      - 'paper': the paper's sampling (Pythia: {0, 8, ..., 512} and every 1000;
-        OLMo names with 'tokens': every step <= 10,000 and multiples of 10,000);
+      - 'paper': the paper's sampling of pretraining (Pythia: {0, 8, ..., 512} and every 1000;
+        OLMo / OLMo-2 names with 'tokens' or a stage: every step <= 10,000 and multiples of
+        10,000, of stage 1 only);
       - a comma list of revision names and/or steps ('step1000,2000,main').
+
+    Training stages (see :func:`resolve_checkpoints`): 'every:K' and 'log:N' sample each series
+    (stage 1, each later-stage ingredient) on its own, 'log:N' by the series' own steps; steps in
+    'range:A-B' and in a comma list are global (a later stage's count after the end of stage 1),
+    so ``range:0-10000`` is early pretraining only. A selection that keeps nothing is an error.
     The result keeps the order of ``revs``.
     """
-    revs = list(revs)
+    return _select(list(revs), selector, _place(list(revs))[0])
+
+
+def _select(revs: list[str], selector: str | None, placed: dict[str, _Placed]) -> list[str]:
     if selector is None:
         return revs
     sel = str(selector).strip()
@@ -181,7 +353,10 @@ def select_revisions(revs: list[str], selector: str | None) -> list[str]:
     if low in ("", "all"):
         return revs
     if low == "paper":
-        return _paper_keep(revs)
+        return _paper_keep(revs, placed)
+    groups: dict[tuple, list[str]] = {}
+    for r in revs:
+        groups.setdefault((placed[r].series, placed[r].local), []).append(r)
     if low.startswith("every:"):
         try:
             k = int(sel.split(":", 1)[1])
@@ -189,16 +364,22 @@ def select_revisions(revs: list[str], selector: str | None) -> list[str]:
             raise ValueError(f"[select_revisions] expected 'every:K' with an integer K, got {sel!r}") from None
         if k <= 0:
             raise ValueError(f"[select_revisions] 'every:K' needs K >= 1, got {k}")
-        keep = revs[::k]
-        if revs and revs[-1] not in keep:
-            keep.append(revs[-1])
-        return keep
+        keep: set[str] = set()
+        for g in groups.values():
+            keep.update(g[::k])
+            keep.add(g[-1])
+        return [r for r in revs if r in keep]
     if low.startswith("log:"):
         try:
             n = int(sel.split(":", 1)[1])
         except ValueError:
             raise ValueError(f"[select_revisions] expected 'log:N' with an integer N, got {sel!r}") from None
-        return _log_keep(revs, n)
+        if n <= 0:
+            raise ValueError(f"[select_revisions] 'log:N' needs N >= 1, got {n}")
+        keep = set()
+        for g in groups.values():
+            keep.update(_log_keep(g, n))
+        return [r for r in revs if r in keep]
     if low.startswith("range:"):
         m = re.fullmatch(r"\s*(\d*)\s*-\s*(\d*)\s*", sel.split(":", 1)[1])
         if not m or (not m.group(1) and not m.group(2)):
@@ -207,10 +388,10 @@ def select_revisions(revs: list[str], selector: str | None) -> list[str]:
         b = int(m.group(2)) if m.group(2) else math.inf
         if a > b:
             raise ValueError(f"[select_revisions] expected 'range:A-B' with A <= B, got {sel!r}")
-        named = [r for r in revs if parse_revision(r)[0] is not None]
-        kept = [r for r in named if a <= parse_revision(r)[0] <= b]  # type: ignore[operator]
+        named = [r for r in revs if placed[r].step is not None]
+        kept = [r for r in named if a <= placed[r].step <= b]  # type: ignore[operator]
         if not kept:
-            steps = sorted(parse_revision(r)[0] for r in named)  # type: ignore[type-var]
+            steps = sorted(placed[r].step for r in named)  # type: ignore[type-var]
             raise ValueError(f"[select_revisions] {sel!r} selects no checkpoint (steps "
                              f"{f'{steps[0]}..{steps[-1]}' if steps else 'none'} available)")
         return kept
@@ -218,7 +399,7 @@ def select_revisions(revs: list[str], selector: str | None) -> list[str]:
     wanted = [w.strip() for w in sel.split(",") if w.strip()]
     by_step: dict[int, list[str]] = {}
     for r in revs:
-        s = parse_revision(r)[0]
+        s = placed[r].step
         if s is not None:
             by_step.setdefault(s, []).append(r)
     keep_set: set[str] = set()
@@ -231,9 +412,8 @@ def select_revisions(revs: list[str], selector: str | None) -> list[str]:
         elif w == "main":
             extra.append(w)
         else:
-            near = ", ".join(revs[:3] + (["..."] if len(revs) > 3 else []))
             raise ValueError(
-                f"[select_revisions] no revision {w!r} among {len(revs)} ({near}); "
+                f"[select_revisions] no revision {w!r} among {len(revs)} ({_near(revs)}); "
                 "expected a name, a step, or one of all, every:K, log:N, range:A-B, paper"
             )
     return [r for r in revs if r in keep_set] + [e for e in extra if e not in keep_set]
@@ -283,38 +463,67 @@ def _cached_revisions(model_id: str) -> list[str]:
     return sorted(names)
 
 
-def _hub_revisions(model_id: str, selector: str | None, local_files_only: bool) -> list[str]:
-    revs: list[str] = []
-    authoritative = False
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _names(names: list[str], head: int = 4, tail: int = 2) -> str:
+    if len(names) <= head + tail:
+        return ", ".join(names)
+    return ", ".join(names[:head] + ["..."] + names[-tail:])
+
+
+def _hub_listing(model_id: str, local_files_only: bool) -> tuple[list[str], bool, str]:
+    """The revisions of a hub model: (names, complete, how), ``complete`` when they are the hub's
+    branch list, ``how`` where they come from, for messages."""
     if not _offline(local_files_only):
         try:
-            revs = _list_hub_branches(model_id)
-            authoritative = True
+            names = _list_hub_branches(model_id)
         except Exception as err:  # network down, no access: fall back below
-            import warnings
-
             warnings.warn(f"[resolve_checkpoints] could not list the branches of {model_id!r} ({err}); "
-                          "falling back to the known schedule / local cache")
-            revs = []
-    if not revs:
-        if _is_pythia(model_id):
-            revs = pythia_revisions()
+                          "falling back to the known schedule / local cache", stacklevel=3)
+            how = f"the hub's branch list could not be read ({err})"
         else:
-            revs = _cached_revisions(model_id)
-    stepped = [r for r in revs if parse_revision(r)[0] is not None]
-    if stepped:
-        # 'main' duplicates the final checkpoint of a series; keep it only when named.
-        revs = sorted(stepped, key=revision_sort_key)
+            names = sorted(names, key=revision_sort_key)
+            return names, True, f"the hub lists {_count(len(names), 'branch', 'branches')}: {_names(names)}"
     else:
-        revs = ["main"]
+        how = ("offline (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE or local_files_only), so the hub's "
+               "branch list was not read")
+    if _is_pythia(model_id):
+        return pythia_revisions(), False, f"{how}; Pythia's known schedule of 154 revisions is used"
+    names = sorted(_cached_revisions(model_id), key=revision_sort_key)
+    cached = (f"the local cache holds {_count(len(names), 'revision', 'revisions')} of it: {_names(names)}"
+              if names else "the local cache holds no revision of it")
+    return names, False, f"{how}; {cached}"
+
+
+def _hub_checkpoint_names(model_id: str, selector: str | None,
+                          local_files_only: bool) -> tuple[list[str], dict[str, _Placed], list]:
+    """The selected revisions of a hub model, their placements and the notes on later stages
+    left with local steps (see :func:`_place`)."""
+    listed, complete, how = _hub_listing(model_id, local_files_only)
+    stepped = [r for r in listed if parse_revision(r)[0] is not None]
+    # 'main' duplicates the final checkpoint of a series; keep it only when named.
+    revs = sorted(stepped, key=revision_sort_key) if stepped else ["main"]
+    placed, notes = _place(revs, complete=complete)
     try:
-        return select_revisions(revs, selector)
-    except ValueError:
-        if authoritative or not _is_name_list(selector):
-            raise
+        chosen = _select(revs, selector, placed)
+    except ValueError as err:
+        if complete or not _is_name_list(selector):
+            msg = str(err).removeprefix("[select_revisions] ")
+            raise ValueError(f"[resolve_checkpoints] {model_id!r} --revisions {selector!r}: {msg}; {how}") from None
         # Offline without the branch list: trust the names the user gave.
         names = [w.strip() for w in str(selector).split(",") if w.strip()]
-        return sorted(dict.fromkeys(names), key=revision_sort_key)
+        chosen = sorted(dict.fromkeys(names), key=revision_sort_key)
+        placed, notes = _place(chosen, complete=False)
+        return chosen, placed, notes
+    if not chosen:
+        raise ValueError(f"[resolve_checkpoints] {model_id!r} --revisions {selector!r} selects no checkpoint; {how}")
+    if not stepped and not complete and not _is_name_list(selector):
+        warnings.warn(f"[resolve_checkpoints] {model_id!r}: {how}; so its training checkpoints (step "
+                      "revisions), if it has any, are not known and only 'main' is traced. List them "
+                      "online, or name the revisions to trace.", stacklevel=3)
+    return chosen, placed, notes
 
 
 def _is_name_list(selector: str | None) -> bool:
@@ -364,7 +573,23 @@ def resolve_checkpoints(
         (base -> SFT -> DPO -> RLVR), each one a "checkpoint" whose revision is its id;
         'id@rev' pins a hub revision. The store key is ``series_name`` (default: the ids
         joined with ' -> ').
-    revisions: a selector, see :func:`select_revisions`.
+    revisions: a selector, see :func:`select_revisions`. One that selects nothing is a
+        ValueError naming the model, the selector and the revisions found (and, offline, that
+        the hub's branch list was not read); offline, a hub id other than Pythia's with no step
+        revision in the local cache resolves to 'main' alone, with a warning.
+
+    Training stages (OLMo-2 ``stage1-...``, ``stage2-ingredient1-...``): stage 1 is the
+    pretraining series, keyed by the model (``series_name`` or the hub id / resolved folder);
+    each later-stage series (an ingredient, or a stage without ingredients) is a series of its
+    own, ``model='<key> [stage2-ingredient1]'``, revision and hub_revision the branch name, whose
+    step and tokens continue after the end of the stage before (its highest step in the full
+    list of revisions: the hub's branch list, or the folder's sub-folders; stage 3 after a
+    single stage-2 series). Where that end is not known (offline or a pinned revision without
+    the branch list, no revision of the stage before, a stage after several parallel
+    ingredients) the series keeps its stage-local step and tokens under
+    ``'<key> [stage2-ingredient1 local steps]'``, with a warning. 'paper' keeps stage 1 only.
+    A pinned later-stage revision ('id@stage2-...') reads the branch list (online) to be placed.
+    ``order`` runs over the whole list: stage 1 by step, then each later series by step.
     """
     if isinstance(model, str):
         parts = _split_series(model)
@@ -411,27 +636,45 @@ def resolve_checkpoints(
                 f"[resolve_checkpoints] {str(path)!r} is neither a model folder (no config.json) nor a folder "
                 "of checkpoint sub-folders (none holds a config.json)"
             )
-        names = sorted((p.name for p in subs), key=revision_sort_key)
-        names = select_revisions(names, revisions)
+        everything = sorted((p.name for p in subs), key=revision_sort_key)
+        # the folder is the run: the end of its stage 1 places its later stages
+        placed, notes = _place(everything, complete=True)
+        try:
+            names = _select(everything, revisions, placed)
+        except ValueError as err:
+            msg = str(err).removeprefix("[select_revisions] ")
+            raise ValueError(f"[resolve_checkpoints] {str(path)!r} --revisions {revisions!r}: {msg}; its "
+                             f"{_count(len(everything), 'checkpoint sub-folder', 'checkpoint sub-folders')}: "
+                             f"{_names(everything)}") from None
+        base = series_name or key
+        _warn_local(base, notes, names, placed)
         out = []
         for i, n in enumerate(names):
-            step, tokens = parse_revision(n)
-            out.append(Checkpoint(model=series_name or key, revision=n, source=str((path / n).resolve()),
-                                  hub_revision=None, step=step, tokens=tokens, order=i))
+            p = placed[n]
+            out.append(Checkpoint(model=_series_key(base, p), revision=n, source=str((path / n).resolve()),
+                                  hub_revision=None, step=p.step, tokens=p.tokens, order=i))
         return out
 
     if os.path.sep in str(model) and (str(model).startswith((".", "/", "~")) or str(model).count("/") > 1):
         raise FileNotFoundError(f"[resolve_checkpoints] no such folder: {str(model)!r}")
     model_id, pinned = _split_at(str(model))
+    base = series_name or model_id
     if pinned is not None:
         revs = [pinned]
+        placed, notes = _place(revs, complete=False)
+        if placed[pinned].local:  # a later stage: where it starts is in the branch list
+            listed, complete, _ = _hub_listing(model_id, local_files_only)
+            if complete:
+                full = sorted(set(listed) | {pinned}, key=revision_sort_key)
+                placed, notes = _place(full, complete=True)
     else:
-        revs = _hub_revisions(model_id, revisions, local_files_only)
+        revs, placed, notes = _hub_checkpoint_names(model_id, revisions, local_files_only)
+    _warn_local(base, notes, revs, placed)
     out = []
     for i, r in enumerate(revs):
-        step, tokens = parse_revision(r)
-        out.append(Checkpoint(model=series_name or model_id, revision=r, source=model_id,
-                              hub_revision=r, step=step, tokens=tokens, order=i))
+        p = placed.get(r) or _Placed(None, *parse_revision(r))
+        out.append(Checkpoint(model=_series_key(base, p), revision=r, source=model_id,
+                              hub_revision=r, step=p.step, tokens=p.tokens, order=i))
     return out
 
 

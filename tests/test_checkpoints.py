@@ -196,3 +196,204 @@ def test_tiny_checkpoint_folder_round_trip(tmp_path):
     w0, w1 = (next(m.parameters()) for m in (m0, m1))
     assert w0.shape == w1.shape and not w0.equal(w1)
     assert len(load_tokenizer(cps[2].source)) <= m0.config.vocab_size
+
+
+# ----------------------------------------------------------------------------- OLMo-2 stages
+
+OLMO2 = "allenai/OLMo-2-0425-1B"
+_S1 = [0, 1000, 2000, 5000, 10000, 15000, 20000, 25000]  # stage 1 (pretraining) ends at step 25000
+
+
+def _olmo2_branches(ingredients=(1, 2), stage2_steps=(1000, 2000, 4000)):
+    names = ["main"] + [f"stage1-step{s}-tokens{s // 250}B" for s in _S1]
+    names += [f"stage2-ingredient{i}-step{s}-tokens{s // 200}B" for i in ingredients for s in stage2_steps]
+    return names
+
+
+def _online(monkeypatch, branches):
+    monkeypatch.setattr(ck, "_offline", lambda local_files_only: bool(local_files_only))
+    monkeypatch.setattr(ck, "_list_hub_branches", lambda model_id: list(branches))
+
+
+def test_olmo2_stage2_ingredients_are_their_own_series_after_stage1(monkeypatch):
+    _online(monkeypatch, _olmo2_branches())
+    cps = resolve_checkpoints(OLMO2)
+    s1 = [c for c in cps if c.model == OLMO2]
+    # stage 1 is the pretraining series, with its own steps and nothing from stage 2
+    assert [c.revision for c in s1] == [f"stage1-step{s}-tokens{s // 250}B" for s in _S1]
+    assert [c.step for c in s1] == _S1
+    # each ingredient is a series of its own that continues after the end of stage 1
+    # (step 25000, 100B tokens), its revision the hub branch
+    for i in (1, 2):
+        key = f"{OLMO2} [stage2-ingredient{i}]"
+        ing = [c for c in cps if c.model == key]
+        assert [c.revision for c in ing] == [f"stage2-ingredient{i}-step{s}-tokens{s // 200}B"
+                                             for s in (1000, 2000, 4000)]
+        assert [c.hub_revision for c in ing] == [c.revision for c in ing]
+        assert [c.step for c in ing] == [26000, 27000, 29000]
+        assert [c.tokens for c in ing] == [105_000_000_000, 110_000_000_000, 120_000_000_000]
+    assert {c.model for c in cps} == {OLMO2, f"{OLMO2} [stage2-ingredient1]", f"{OLMO2} [stage2-ingredient2]"}
+    assert len(cps) == len(_S1) + 6 and [c.order for c in cps] == list(range(len(cps)))
+    # no series has two checkpoints at one step (phases averages those), and every series is ordered
+    for m in {c.model for c in cps}:
+        steps = [c.step for c in cps if c.model == m]
+        assert steps == sorted(set(steps))
+    # the same checkpoints, keys and positions on every run, whatever order the hub lists them in
+    _online(monkeypatch, list(reversed(_olmo2_branches())))
+    assert resolve_checkpoints(OLMO2) == cps
+
+
+def test_olmo2_stage2_rows_are_never_averaged_into_stage1(monkeypatch):
+    from geomfast.phases import phases_from_rows
+
+    _online(monkeypatch, _olmo2_branches())
+    cps = resolve_checkpoints(OLMO2)
+    rows = [dict(model=c.model, revision=c.revision, step=c.step, tokens=c.tokens, ord=c.order,
+                 layer="last", pooling="last", rankme=100.0 + i, alpha=1.0, status="ok")
+            for i, c in enumerate(cps)]
+    res = {r.model: r for r in phases_from_rows(rows)}
+    assert res[OLMO2].n_points == len(_S1)
+    assert res[f"{OLMO2} [stage2-ingredient1]"].n_points == 3
+
+
+def test_paper_for_olmo2_samples_stage1_only(monkeypatch):
+    branches = _olmo2_branches(stage2_steps=(1000, 2000, 10000, 11931))
+    revs = sorted([b for b in branches if b != "main"], key=revision_sort_key)
+    paper = select_revisions(revs, "paper")
+    assert paper == [f"stage1-step{s}-tokens{s // 250}B" for s in (0, 1000, 2000, 5000, 10000, 20000)]
+    _online(monkeypatch, branches)
+    cps = resolve_checkpoints(OLMO2, "paper")
+    assert [c.revision for c in cps] == paper and {c.model for c in cps} == {OLMO2}
+    assert [c.order for c in cps] == list(range(len(paper)))
+
+
+def test_stage_selectors_use_global_steps_and_each_series(monkeypatch):
+    _online(monkeypatch, _olmo2_branches())
+    # a range is over the global step: early training is stage 1 only
+    early = resolve_checkpoints(OLMO2, "range:0-10000")
+    assert [c.step for c in early] == [0, 1000, 2000, 5000, 10000] and {c.model for c in early} == {OLMO2}
+    late = resolve_checkpoints(OLMO2, "range:25000-27000")
+    assert [(c.model, c.step) for c in late] == [
+        (OLMO2, 25000), (f"{OLMO2} [stage2-ingredient1]", 26000), (f"{OLMO2} [stage2-ingredient1]", 27000),
+        (f"{OLMO2} [stage2-ingredient2]", 26000), (f"{OLMO2} [stage2-ingredient2]", 27000)]
+    # a bare step is a global step: stage 2's local step 2000 is not stage 1's step 2000
+    assert [c.revision for c in resolve_checkpoints(OLMO2, "2000")] == ["stage1-step2000-tokens8B"]
+    # every:K and log:N sample each series on its own (first, every K-th, last)
+    every = resolve_checkpoints(OLMO2, "every:3")
+    assert [c.step for c in every if c.model == OLMO2] == [0, 5000, 20000, 25000]
+    assert [c.step for c in every if c.model.endswith("ingredient2]")] == [26000, 29000]
+    log = resolve_checkpoints(OLMO2, "log:2")
+    assert [(c.model, c.step) for c in log] == [
+        (OLMO2, 0), (OLMO2, 25000), (f"{OLMO2} [stage2-ingredient1]", 26000),
+        (f"{OLMO2} [stage2-ingredient1]", 29000), (f"{OLMO2} [stage2-ingredient2]", 26000),
+        (f"{OLMO2} [stage2-ingredient2]", 29000)]
+
+
+def test_later_stages_and_odd_names_are_deterministic(monkeypatch):
+    branches = (["main", "foo", "stage1-step0-tokens0B", "stage1-step4000-tokens16B",
+                 "stage2-step1000-tokens5B", "stage2-step2000",
+                 "stage3-step500-tokens2B"])
+    _online(monkeypatch, branches)
+    cps = resolve_checkpoints(OLMO2)
+    # names without a step ('main', 'foo') are not checkpoints of the schedule; a name without
+    # tokens has none; stage 3 continues after stage 2, which continues after stage 1
+    assert [(c.model, c.revision, c.step, c.tokens) for c in cps] == [
+        (OLMO2, "stage1-step0-tokens0B", 0, 0),
+        (OLMO2, "stage1-step4000-tokens16B", 4000, 16_000_000_000),
+        (f"{OLMO2} [stage2]", "stage2-step1000-tokens5B", 5000, 21_000_000_000),
+        (f"{OLMO2} [stage2]", "stage2-step2000", 6000, None),
+        (f"{OLMO2} [stage3]", "stage3-step500-tokens2B", 6500, None),
+    ]
+    assert [c.revision for c in resolve_checkpoints(OLMO2, "main,stage3-step500-tokens2B")] == [
+        "stage3-step500-tokens2B", "main"]
+    # after several ingredients, where a stage 3 starts is not known: its steps stay its own
+    # (local), said in its series name and in a warning
+    _online(monkeypatch, _olmo2_branches() + ["stage3-step500-tokens2B"])
+    with pytest.warns(UserWarning, match="stage3"):
+        cps = resolve_checkpoints(OLMO2)
+    last = cps[-1]
+    assert (last.model, last.step, last.tokens) == (f"{OLMO2} [stage3 local steps]", 500, 2_000_000_000)
+    assert revision_sort_key("stage2-ingredient2-step5-tokens1B") > revision_sort_key("stage2-ingredient1-step9000")
+
+
+def test_stage2_without_a_known_stage1_end_keeps_local_steps_apart(monkeypatch):
+    name = "stage2-ingredient1-step1000-tokens5B"
+    monkeypatch.setattr(ck, "_cached_revisions", lambda model_id: [])
+    # offline, the hub's branch list (and so the end of stage 1) is not known
+    with pytest.warns(UserWarning, match="end of stage 1"):
+        cps = resolve_checkpoints(OLMO2, name, local_files_only=True)
+    assert [(c.model, c.revision, c.step, c.tokens) for c in cps] == [
+        (f"{OLMO2} [stage2-ingredient1 local steps]", name, 1000, 5_000_000_000)]
+    with pytest.warns(UserWarning, match="end of stage 1"):
+        pinned = resolve_checkpoints(f"{OLMO2}@{name}", local_files_only=True)
+    assert pinned == cps
+    # online, a pinned stage-2 revision is placed from the hub's branch list
+    _online(monkeypatch, _olmo2_branches())
+    pinned = resolve_checkpoints(f"{OLMO2}@{name}")
+    assert [(c.model, c.revision, c.hub_revision, c.step, c.tokens) for c in pinned] == [
+        (f"{OLMO2} [stage2-ingredient1]", name, name, 26000, 105_000_000_000)]
+
+
+def test_local_folder_with_stages(tmp_path):
+    root = tmp_path / "olmo2"
+    for name in ("stage1-step0-tokens0B", "stage1-step3000-tokens12B", "stage2-ingredient1-step500-tokens2B",
+                 "stage2-ingredient2-step500-tokens2B"):
+        _write_model_folder(root / name)
+    cps = resolve_checkpoints(str(root))
+    key = str(root.resolve())
+    assert [(c.model, c.step, c.tokens) for c in cps] == [
+        (key, 0, 0), (key, 3000, 12_000_000_000),
+        (f"{key} [stage2-ingredient1]", 3500, 14_000_000_000),
+        (f"{key} [stage2-ingredient2]", 3500, 14_000_000_000)]
+    assert cps[2].source == str((root / "stage2-ingredient1-step500-tokens2B").resolve())
+    assert [c.revision for c in resolve_checkpoints(str(root), "paper")] == [
+        "stage1-step0-tokens0B", "stage1-step3000-tokens12B"]
+
+
+# ----------------------------------------------------------------------------- nothing selected
+
+def test_paper_without_step_branches_is_an_error_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(ck, "_cached_revisions", lambda model_id: [])
+    with pytest.raises(ValueError, match=r"(?s)allenai/OLMo-1B-hf.*paper.*main.*offline"):
+        resolve_checkpoints("allenai/OLMo-1B-hf", "paper")
+    with pytest.warns(UserWarning, match=r"(?s)allenai/OLMo-1B-hf.*branch list.*main"):
+        cps = resolve_checkpoints("allenai/OLMo-1B-hf", "all")
+    assert [c.revision for c in cps] == ["main"]
+
+
+def test_paper_on_a_repo_with_only_main_is_an_error_online(monkeypatch):
+    _online(monkeypatch, ["main"])
+    with pytest.raises(ValueError, match=r"(?s)allenai/OLMo-2-1124-7B-SFT.*paper.*1 branch.*main"):
+        resolve_checkpoints("allenai/OLMo-2-1124-7B-SFT", "paper")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the hub says 'main' is all there is: no warning
+        assert [c.revision for c in resolve_checkpoints("allenai/OLMo-2-1124-7B-SFT", "all")] == ["main"]
+    with pytest.raises(ValueError, match="selects no checkpoint"):
+        select_revisions(["main"], "paper")
+
+
+def test_pythia_offline_paper_is_unchanged():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cps = resolve_checkpoints("EleutherAI/pythia-160m", "paper", local_files_only=True)
+    steps = [c.step for c in cps]
+    assert steps == [0] + [2**i for i in range(3, 10)] + list(range(1000, 143001, 1000))
+    assert len(cps) == 151 and len(resolve_checkpoints("EleutherAI/pythia-160m", local_files_only=True)) == 154
+    assert {c.model for c in cps} == {"EleutherAI/pythia-160m"}
+
+
+def test_cli_paper_selecting_nothing_fails(tmp_path, monkeypatch, capsys):
+    from geomfast.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(ck, "_cached_revisions", lambda model_id: [])
+    db = tmp_path / "r.db"
+    rc = main(["trace", "--model", "allenai/OLMo-1B-hf", "--revisions", "paper", "--dataset", "synthetic",
+               "--out", str(db)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "allenai/OLMo-1B-hf" in err and "paper" in err and not db.exists()
