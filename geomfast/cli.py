@@ -73,8 +73,8 @@ def _add_trace(p: argparse.ArgumentParser) -> None:
                    help="hub id, local folder of checkpoints (step* sub-folders) or a model "
                         "folder; repeat for an ordered series (base -> SFT -> DPO -> ...)")
     p.add_argument("--revisions", default=None, metavar="R",
-                   help="which checkpoints: all, every:K, log:N, a range, or a comma list "
-                        "(default: all)")
+                   help="which checkpoints: all, paper (the paper's sampling of pretraining), "
+                        "every:K, log:N, range:A-B, or a comma list of names/steps (default: all)")
     p.add_argument("--dataset", default=None, metavar="D",
                    help="local .txt/.jsonl/.parquet, a hub dataset id, or 'synthetic'")
     p.add_argument("--n-samples", type=int, default=None, metavar="N")
