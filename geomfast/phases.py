@@ -22,7 +22,7 @@ and where the paper draws its curves.
 2. **Noise and significance.** The noise ``σ`` is the robust spread (1.4826 · median absolute
    deviation) of the raw values around the smoothed curve. A change of RankMe is significant
    when it exceeds ``threshold = max(rel_range · range(smoothed), noise_k · σ,
-   rel_level · median|smoothed|)`` (defaults 0.1, 3, 0.02).
+   rel_level · median|smoothed|)`` (defaults 0.1, 3, :data:`PHASE_REL_LEVEL` = 0.02).
 3. **Segmentation by the sign of dRankMe/dx.** The smoothed curve is cut into maximal monotone
    runs. Runs are then simplified by persistence: repeatedly, the weakest run — the one with the
    smallest net change among those whose change is below the threshold or that span fewer than
@@ -30,19 +30,38 @@ and where the paper draws its curves.
    disappears with the extremum pair that delimits it; an end run joins the adjacent one). What
    remains alternates rise / fall, each run significant and long enough. A trajectory whose
    whole change is below the threshold has no phase at all.
-4. **Boundaries.** Each boundary is the extremum between two runs, refined to the checkpoint
-   with the extreme value (median-filtered, then raw, as tie-break) within half a bandwidth or
-   one checkpoint of the smoothed extremum, and at least ``min_points`` intervals from the
-   neighbouring boundaries. Boundaries are reported in steps, and in tokens where
-   the store knows them.
+
+   ``min_points`` exists because the running median removes a single outlying checkpoint only
+   in the interior: at either end of the series one unusual checkpoint alone can make a short
+   significant run, and a phase should be a trend that several checkpoints support.
+   **The warm-up collapse is exempt**: when the series starts at initialisation
+   (step ≤ ``init_max_step``), a *significant* fall from the first checkpoint (or right after a
+   smaller first rise) is kept even if it spans a single interval. The paper's collapse is rapid,
+   the first checkpoint is the measured initialisation, and sparse early schedules put the whole
+   collapse in one interval (the paper's Pythia subset goes from step 0 straight to step 8). An
+   insignificant first-interval wiggle is still merged, and every other phase spans at least
+   ``min_points`` intervals.
+   A short end run that changes *more* than the run next to it is not merged (merging would
+   reverse that run's direction and so erase a significant phase): its checkpoints are left out
+   of every phase, with a note.
+4. **Boundaries.** Each boundary is the checkpoint with the extreme value anywhere between the
+   two neighbouring boundaries (the whole region of the two runs it separates, which the
+   smoothed curve chose), at least ``min_points`` intervals from them (one after the start for a
+   warm-up collapse). Values are the running median of 3, so that a single outlying checkpoint
+   never becomes a boundary; as the median ties a sharp extreme with its larger neighbour, ties
+   go to the raw value, unless that raw value is a spike — beyond what straight lines through
+   the two checkpoints on either side predict, by more than the threshold. (The smoothed
+   extremum itself is biased towards the gentler side of a peak by up to a bandwidth: boundaries
+   are not placed there.) Boundaries are reported in steps, and in tokens where the store knows
+   them.
 5. **Labels.** A rise is ``entropy_seeking``. When the series starts at initialisation, a brief
    rise undone by a larger fall that a rise then follows is merged into the warm-up collapse
-   (with a note) — the tiny demo model does this in its first 16 steps. A fall after a rise is ``compression_seeking``. A fall
-   at the start of the series followed by a rise is ``warmup_collapse``; a fall at the start with
-   no rise after it is ``warmup_collapse`` only if the series starts at initialisation
-   (step ≤ ``init_max_step``, default 0), else ``compression_seeking`` — both with a note, since
-   RankMe alone cannot tell them apart. A phase that no run supports is reported absent
-   (:attr:`PhaseResult.absent`), never invented.
+   (with a note) — the tiny demo model does this in its first 16 steps. A fall after a rise is
+   ``compression_seeking``. A fall at the start of the series followed by a rise is
+   ``warmup_collapse``; a fall at the start with no rise after it is ``warmup_collapse`` only if
+   the series starts at initialisation (step ≤ ``init_max_step``, default 0), else
+   ``compression_seeking`` — both with a note, since RankMe alone cannot tell them apart. A phase
+   that no run supports is reported absent (:attr:`PhaseResult.absent`), never invented.
 6. **α as corroboration.** α is smoothed the same way; each phase reports α's change and
    ``alpha_agrees``: True when α moved significantly against RankMe (as the paper describes),
    False when it moved with it, None when α stayed within its own threshold or is unknown.
@@ -50,7 +69,9 @@ and where the paper draws its curves.
 Post-training series (:func:`detect_transitions`): checkpoints in order (column ``ord``), no
 steps. Each consecutive pair is a transition labelled ``entropy_seeking`` (RankMe up) or
 ``compression_seeking`` (RankMe down); when RankMe changes by less than ``rel_level`` of its
-level the sign of −Δα decides, and when neither moves the transition is ``unchanged``.
+level (default :data:`TRANSITION_REL_LEVEL` = 0.01, the same from every entry point:
+``detect_transitions``, ``detect_phases(None, …)``, ``phases_from_store``, ``geomfast phases``)
+the sign of −Δα decides, and when neither moves the transition is ``unchanged``.
 ``alpha_agrees`` is reported as above.
 """
 from __future__ import annotations
@@ -63,10 +84,15 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["PHASES", "Phase", "Transition", "PhaseResult", "detect_phases", "detect_transitions",
-           "phases_from_store", "format_phases", "shade_phases", "register_cli"]
+__all__ = ["PHASES", "PHASE_REL_LEVEL", "TRANSITION_REL_LEVEL", "Phase", "Transition", "PhaseResult",
+           "detect_phases", "detect_transitions", "phases_from_store", "format_phases", "shade_phases",
+           "register_cli"]
 
 PHASES = ("warmup_collapse", "entropy_seeking", "compression_seeking")
+# Default ``rel_level`` of each mode, used by every entry point (detect_phases, detect_transitions,
+# phases_from_store / phases_from_rows, `geomfast phases`, `geomfast plot`):
+PHASE_REL_LEVEL = 0.02       # pretraining: significance floor, a fraction of the median RankMe
+TRANSITION_REL_LEVEL = 0.01  # post-training: a transition moves when RankMe changes by this fraction
 PHASE_COLORS = {"warmup_collapse": "#9e9e9e", "entropy_seeking": "#4c9be8",
                 "compression_seeking": "#e8894c", "unchanged": "#ffffff"}
 
@@ -225,26 +251,54 @@ def _monotone_runs(s: np.ndarray) -> list[list[int]]:
     return runs
 
 
-def _simplify(runs: list[list[int]], s: np.ndarray, thr: float, min_points: int) -> list[list[int]]:
-    """Persistence simplification: merge the weakest insignificant or short run until none is left."""
+def _simplify(runs: list[list[int]], s: np.ndarray, thr: float, min_points: int,
+              keep_first_fall: bool = False) -> tuple[list[list[int]], list[list[int]]]:
+    """Persistence simplification: merge the weakest insignificant or short run until none is left.
+
+    A run is weak when its net change is below ``thr`` or it spans fewer than ``min_points``
+    intervals; with ``keep_first_fall`` (the series starts at initialisation) a significant fall
+    at the start — the warm-up collapse — is not weak however short it is. A weak end run joins
+    its neighbour, unless it changes more than the neighbour (joining would reverse the
+    neighbour's direction and so erase a significant run): it is then left out of every phase.
+    Returns the runs and the end runs left out."""
     runs = [list(r) for r in runs]
-    while len(runs) > 1:
-        weak = [(abs(s[r[1]] - s[r[0]]), i) for i, r in enumerate(runs)
-                if abs(s[r[1]] - s[r[0]]) < thr or r[1] - r[0] < min_points]
-        if not weak:
-            break
-        _, i = min(weak)
+    left_out: list[list[int]] = []
+
+    def change(r):
+        return abs(s[r[1]] - s[r[0]])
+
+    def warmup(i, r):  # the fall from initialisation, or right after a smaller first rise
+        if not keep_first_fall or r[2] >= 0:
+            return False
         if i == 0:
-            runs[1][0] = runs[0][0]
-            del runs[0]
-        elif i == len(runs) - 1:
-            runs[-2][1] = runs[-1][1]
-            del runs[-1]
+            return r[0] == 0
+        return i == 1 and runs[0][0] == 0 and runs[0][2] > 0 and change(r) > change(runs[0])
+
+    def weak(i, r):
+        if change(r) < thr:
+            return True
+        return r[1] - r[0] < min_points and not warmup(i, r)
+
+    while len(runs) > 1:
+        cands = [(change(r), i) for i, r in enumerate(runs) if weak(i, r)]
+        if not cands:
+            break
+        _, i = min(cands)
+        if i == 0 or i == len(runs) - 1:
+            end, nb = (runs[0], runs[1]) if i == 0 else (runs[-1], runs[-2])
+            lo, hi = (end[0], nb[1]) if i == 0 else (nb[0], end[1])
+            if int(np.sign(s[hi] - s[lo])) not in (nb[2], 0):
+                left_out.append(list(end))
+            elif i == 0:
+                nb[0] = end[0]
+            else:
+                nb[1] = end[1]
+            del runs[i]
         else:
             left, right = runs[i - 1], runs[i + 1]
             merged = [left[0], right[1], left[2]]
             runs[i - 1: i + 2] = [merged]
-        # re-derive each run's direction from its net change (merges may flip an end run)
+        # re-derive each run's direction from its net change (a merge may flip a run)
         for r in runs:
             r[2] = int(np.sign(s[r[1]] - s[r[0]])) or r[2]
         # neighbours with the same direction join
@@ -255,21 +309,43 @@ def _simplify(runs: list[list[int]], s: np.ndarray, thr: float, min_points: int)
             else:
                 joined.append(r)
         runs = joined
-    return runs
+    return runs, left_out
 
 
-def _refine(b: int, kind: str, x, m, y, h, lo: int, hi: int, min_points: int = 1) -> int:
-    """Checkpoint of the extreme value near index b, at least ``min_points`` intervals from the
-    neighbouring boundaries lo and hi (so that refining keeps every phase as long as
-    simplification made it): median-filtered value first, raw value as tie-break."""
-    first, last = lo + min_points, hi - min_points
+def _spike(j: int, kind: str, x, y, tol: float) -> bool:
+    """Whether checkpoint j's raw value is a spike rather than an extreme: more extreme, by more
+    than ``tol``, than both straight lines through the two checkpoints on either side predict
+    there. (A sharp extreme, like the warm-up minimum, lies within what its sides point to.)"""
+    if j < 2 or j > y.size - 3:
+        return False
+    left = y[j - 1] + (y[j - 1] - y[j - 2]) / (x[j - 1] - x[j - 2]) * (x[j] - x[j - 1])
+    right = y[j + 1] + (y[j + 1] - y[j + 2]) / (x[j + 2] - x[j + 1]) * (x[j + 1] - x[j])
+    if kind == "max":
+        return bool(y[j] > max(left, right) + tol)
+    return bool(y[j] < min(left, right) - tol)
+
+
+def _place(b: int, kind: str, x, m, y, lo: int, hi: int, gap_lo: int = 1, gap_hi: int = 1,
+           tol: float = 0.0) -> int:
+    """Boundary between the runs lo..b and b..hi: the checkpoint with the extreme value anywhere
+    in lo..hi, at least ``gap_lo`` intervals after lo and ``gap_hi`` before hi (so that every
+    phase stays as long as simplification made it).
+
+    Values are the running median of 3 ``m``, so that a single outlying checkpoint is no extreme.
+    The median ties a sharp extreme with its larger neighbour, and a spike with its own; ties go
+    to a checkpoint that is no spike (:func:`_spike`, beyond ``tol``), then to the raw value
+    ``y``, then to the checkpoint nearest the smoothed extremum b."""
+    first, last = lo + gap_lo, hi - gap_hi
     if first > last:  # no room: keep the smoothed extremum
         return b
-    cand = [j for j in range(first, last + 1) if abs(j - b) <= 1 or abs(x[j] - x[b]) <= h / 2]
-    if not cand:  # the neighbours moved towards b: the allowed index nearest to it
-        return min(max(b, first), last)
     sign = 1.0 if kind == "max" else -1.0
-    return max(cand, key=lambda j: (sign * m[j], sign * y[j]))
+    scale = float(np.max(np.abs(y))) if y.size else 0.0
+    tol = max(tol, 1e-9 * scale)
+
+    def key(j):
+        return sign * m[j], not _spike(j, kind, x, y, tol), sign * y[j], -abs(j - b)
+
+    return max(range(first, last + 1), key=key)
 
 
 def _as_array(name, v, n=None, allow_none=False):
@@ -293,7 +369,7 @@ def _agrees(direction: int, d_alpha: float | None, thr_alpha: float | None) -> b
 
 def detect_phases(steps, rankme, alpha=None, *, tokens=None, bandwidth: float = 0.3,
                   min_points: int = 2, rel_range: float = 0.1, noise_k: float = 3.0,
-                  rel_level: float = 0.02, init_max_step: int = 0) -> PhaseResult:
+                  rel_level: float | None = None, init_max_step: int = 0) -> PhaseResult:
     """Label the paper's pretraining phases along one RankMe (and α) trajectory.
 
     Args:
@@ -303,8 +379,12 @@ def detect_phases(steps, rankme, alpha=None, *, tokens=None, bandwidth: float = 
         alpha: optional [n] α-ReQ per checkpoint (corroboration only).
         tokens: optional [n] tokens seen per checkpoint (reported at the boundaries).
         bandwidth: kernel smoother bandwidth in log(step + 1).
-        min_points: fewest checkpoint intervals a phase may span.
-        rel_range, noise_k, rel_level: significance threshold (see the module docstring).
+        min_points: fewest checkpoint intervals a phase may span; a significant warm-up
+            collapse from initialisation is exempt (it may span one interval).
+        rel_range, noise_k, rel_level: significance threshold (see the module docstring);
+            ``rel_level`` None means :data:`PHASE_REL_LEVEL` (0.02) here and
+            :data:`TRANSITION_REL_LEVEL` (0.01) for a post-training series (``steps=None``), the
+            defaults of :func:`detect_transitions` and of ``geomfast phases``.
         init_max_step: a lone fall at the start counts as warm-up collapse only when the
             series starts at or before this step (initialisation).
 
@@ -315,8 +395,13 @@ def detect_phases(steps, rankme, alpha=None, *, tokens=None, bandwidth: float = 
         if not (isinstance(v, (int, float)) and math.isfinite(v) and (v > least if strict else v >= least)):
             raise ValueError(f"[detect_phases] {name} must be a finite number {'>' if strict else '>='} {least}, "
                              f"got {v!r}")
+    if rel_level is not None and not (isinstance(rel_level, (int, float)) and math.isfinite(rel_level)
+                                      and rel_level >= 0):
+        raise ValueError(f"[detect_phases] rel_level must be a finite number >= 0, got {rel_level!r}")
     if steps is None:
         return detect_transitions(rankme, alpha, rel_level=rel_level)
+    if rel_level is None:
+        rel_level = PHASE_REL_LEVEL
     steps_a = _as_array("steps", steps)
     n0 = steps_a.size
     r = _as_array("rankme", rankme, n0)
@@ -358,8 +443,16 @@ def detect_phases(steps, rankme, alpha=None, *, tokens=None, bandwidth: float = 
     noise = _noise(r, s)
     thr = _threshold(s, noise, rel_range, noise_k, rel_level)
     res.noise, res.threshold = noise, thr
-    runs = _simplify(_monotone_runs(s), s, thr, min_points)
+    at_init = bool(steps_a[0] <= init_max_step)
+    runs, left_out = _simplify(_monotone_runs(s), s, thr, min_points, keep_first_fall=at_init)
     runs = [rr for rr in runs if rr[2] != 0]
+    for lo_, hi_, _ in left_out:
+        res.notes.append(
+            f"RankMe {'rises' if s[hi_] > s[lo_] else 'falls'} from {r[lo_]:.3g} to {r[hi_]:.3g} between "
+            f"steps {int(steps_a[lo_])} and {int(steps_a[hi_])} ({hi_ - lo_} checkpoint interval"
+            f"{'' if hi_ - lo_ == 1 else 's'}, fewer than min_points = {min_points}) at the "
+            f"{'start' if lo_ == 0 else 'end'} of the series: left out of the phases (merging it "
+            "would reverse the next phase)")
     if len(runs) == 1 and abs(s[runs[0][1]] - s[runs[0][0]]) < thr:
         runs = []
     if not runs:
@@ -369,17 +462,21 @@ def detect_phases(steps, rankme, alpha=None, *, tokens=None, bandwidth: float = 
     # A brief rise right after initialisation, undone by a larger fall that a rise follows, is
     # part of the warm-up period: merge it into the collapse (noted below).
     early_rise = None
-    if (len(runs) >= 3 and steps_a[0] <= init_max_step and runs[0][2] > 0 and runs[1][2] < 0
+    if (len(runs) >= 3 and at_init and runs[0][0] == 0 and runs[0][2] > 0 and runs[1][2] < 0
             and abs(s[runs[1][1]] - s[runs[1][0]]) > abs(s[runs[0][1]] - s[runs[0][0]])):
-        peak = _refine(runs[0][1], "max", x, m, r, bandwidth, runs[0][0], runs[1][1])
+        peak = _place(runs[0][1], "max", x, m, r, runs[0][0], runs[1][1], tol=thr)
         early_rise = (int(steps_a[peak]), float(r[peak]))
         runs = [[runs[0][0], runs[1][1], -1]] + runs[2:]
 
-    # boundaries, refined on the median-filtered / raw values
+    # boundaries: the extreme checkpoint (median-filtered, then raw value) between the
+    # neighbouring boundaries; the warm-up collapse may keep a single interval
     cut = [runs[0][0]] + [rr[1] for rr in runs[:-1]] + [runs[-1][1]]
+    warmup_first = at_init and cut[0] == 0 and runs[0][2] < 0
     for i in range(1, len(cut) - 1):
         kind = "max" if runs[i - 1][2] > 0 else "min"
-        cut[i] = _refine(cut[i], kind, x, m, r, bandwidth, cut[i - 1], cut[i + 1], min_points)
+        gap_lo = 1 if (i == 1 and warmup_first) else min_points
+        cut[i] = _place(cut[i], kind, x, m, r, cut[i - 1], cut[i + 1], gap_lo, min_points,
+                        tol=thr)
 
     a_ok = a is not None and np.isfinite(a).sum() >= 3
     if a_ok:
@@ -430,13 +527,18 @@ def detect_phases(steps, rankme, alpha=None, *, tokens=None, bandwidth: float = 
 
 
 def detect_transitions(rankme, alpha=None, *, labels: Sequence[str] | None = None,
-                       rel_level: float = 0.01) -> PhaseResult:
+                       rel_level: float | None = None) -> PhaseResult:
     """Label each transition of an ordered post-training series (base → SFT → DPO → RLVR …).
 
     ``rankme`` / ``alpha``: one value per checkpoint, in series order; ``labels``: checkpoint names.
     A transition is ``entropy_seeking`` when RankMe rises, ``compression_seeking`` when it falls;
     when RankMe moves by less than ``rel_level`` of its level, α decides (α down = entropy-seeking);
-    when neither moves, ``unchanged``."""
+    when neither moves, ``unchanged``. ``rel_level`` None means :data:`TRANSITION_REL_LEVEL`
+    (0.01), the default of every entry point (``detect_phases(None, …)``, ``geomfast phases``)."""
+    if rel_level is None:
+        rel_level = TRANSITION_REL_LEVEL
+    if not (isinstance(rel_level, (int, float)) and math.isfinite(rel_level) and rel_level >= 0):
+        raise ValueError(f"[detect_transitions] rel_level must be a finite number >= 0, got {rel_level!r}")
     r = _as_array("rankme", rankme)
     n = r.size
     a = _as_array("alpha", alpha, n, allow_none=True)
@@ -614,7 +716,8 @@ def _add_arguments(p) -> None:
     p.add_argument("--metric", default="rankme", choices=["rankme", "rankme_full", "rankme_garrido2023"],
                    help="which RankMe column drives the segmentation (default rankme, li2025)")
     p.add_argument("--bandwidth", type=float, default=0.3, help="smoother bandwidth in log(step+1)")
-    p.add_argument("--min-points", type=int, default=2, help="fewest checkpoint intervals per phase")
+    p.add_argument("--min-points", type=int, default=2,
+                   help="fewest checkpoint intervals per phase (a warm-up collapse from step 0 may span one)")
     p.add_argument("--rel-range", type=float, default=0.1,
                    help="significant change as a fraction of the trajectory's range")
     p.add_argument("--noise-k", type=float, default=3.0, help="significant change in noise sigmas")
