@@ -390,18 +390,16 @@ def detect_phases(steps, rankme, alpha=None, *, tokens=None, bandwidth: float = 
 
     Returns a :class:`PhaseResult` (mode 'pretraining').
     """
+    if rel_level is None:
+        rel_level = TRANSITION_REL_LEVEL if steps is None else PHASE_REL_LEVEL
     for name, v, least, strict in (("bandwidth", bandwidth, 0, True), ("rel_range", rel_range, 0, False),
-                                   ("noise_k", noise_k, 0, False), ("min_points", min_points, 1, False)):
+                                   ("noise_k", noise_k, 0, False), ("min_points", min_points, 1, False),
+                                   ("rel_level", rel_level, 0, False)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and (v > least if strict else v >= least)):
             raise ValueError(f"[detect_phases] {name} must be a finite number {'>' if strict else '>='} {least}, "
                              f"got {v!r}")
-    if rel_level is not None and not (isinstance(rel_level, (int, float)) and math.isfinite(rel_level)
-                                      and rel_level >= 0):
-        raise ValueError(f"[detect_phases] rel_level must be a finite number >= 0, got {rel_level!r}")
     if steps is None:
         return detect_transitions(rankme, alpha, rel_level=rel_level)
-    if rel_level is None:
-        rel_level = PHASE_REL_LEVEL
     steps_a = _as_array("steps", steps)
     n0 = steps_a.size
     r = _as_array("rankme", rankme, n0)
