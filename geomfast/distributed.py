@@ -346,7 +346,7 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
     """Run :func:`geomfast.sweep.trace` as one rank of a torch.distributed job (see the module
     docstring). Every rank returns rank 0's :class:`~geomfast.sweep.TraceSummary`."""
     from .store import ResultStore, options_hash
-    from .sweep import TraceSummary, check_block_indices, drop_stale_results, pending_checkpoints
+    from .sweep import TraceSummary, drop_stale_results, pending_checkpoints, requested_checkpoints
 
     parallel = parallel or "data"
     if parallel not in PARALLEL_MODES:
@@ -366,18 +366,12 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
         plan: dict = {}
         if ctx.is_main:
             try:
-                from .checkpoints import resolve_checkpoints
-
                 own_store = store is None
                 if own_store:
                     from ._paths import check_output_database
 
                     check_output_database(cfg.out, "[trace] out")
-                # refused before any work (as sweep._trace): no run is recorded
-                checkpoints = resolve_checkpoints(
-                    list(cfg.models) if len(cfg.models) > 1 else cfg.models[0], cfg.revisions,
-                    local_files_only=cfg.local_files_only)
-                check_block_indices(checkpoints, cfg)  # before any weights load
+                checkpoints = requested_checkpoints(cfg)  # refused before any work: no run recorded
                 store = store or ResultStore(cfg.out)
                 run_id = store.start_run({**dataclasses.asdict(cfg), "options_hash": h,
                                           "parallel": parallel, "world_size": ctx.world_size},

@@ -308,6 +308,18 @@ def check_block_indices(checkpoints, cfg: TraceConfig) -> None:
                 "from the end), or last, embed, all")
 
 
+def requested_checkpoints(cfg: TraceConfig) -> list:
+    """The checkpoints a trace asks for (checkpoints.resolve_checkpoints), its block indices
+    checked against their depth (check_block_indices): everything a request is refused for
+    before any work, so that a refused trace records no run (sweep and torchrun alike)."""
+    from .checkpoints import resolve_checkpoints
+
+    checkpoints = resolve_checkpoints(list(cfg.models) if len(cfg.models) > 1 else cfg.models[0],
+                                      cfg.revisions, local_files_only=cfg.local_files_only)
+    check_block_indices(checkpoints, cfg)  # before any weights load
+    return checkpoints
+
+
 def drop_stale_results(store: ResultStore, checkpoints, cfg: TraceConfig) -> int:
     """Remove the stored results of local checkpoints whose weight files changed since those
     results were computed (checkpoints.weights_fingerprint; ResultStore.sync_weights), so that
@@ -573,8 +585,6 @@ class _hf_progress_bars:
 def _trace(cfg: TraceConfig, *, command, store, on_checkpoint, parallel) -> TraceSummary:
     from tqdm.auto import tqdm
 
-    from .checkpoints import resolve_checkpoints
-
     # --- scale-out (geomfast.distributed): one rank of a torch.distributed job -------------
     from . import distributed
 
@@ -589,10 +599,7 @@ def _trace(cfg: TraceConfig, *, command, store, on_checkpoint, parallel) -> Trac
         check_output_database(cfg.out, "[trace] out")  # a folder, a text file, no permission
     # A request refused from what is known before any work (no such model or revision, a block
     # index out of range) leaves the database as it was: no run is recorded for it.
-    checkpoints = resolve_checkpoints(
-        list(cfg.models) if len(cfg.models) > 1 else cfg.models[0], cfg.revisions,
-        local_files_only=cfg.local_files_only)
-    check_block_indices(checkpoints, cfg)  # before any weights load
+    checkpoints = requested_checkpoints(cfg)
     store = store or ResultStore(cfg.out)
     result_opts = cfg.result_options()
     h = options_hash(result_opts)
