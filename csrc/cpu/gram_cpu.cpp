@@ -596,19 +596,28 @@ class CpuGram final : public GramBackend {
   // fast on AMX with bf16 input, and the exact AMX-INT8 kernel with bf16/f16 input: the shift on
   // the input's grid. bf16 x minus a bf16 shift is exact in float32 with few significant bits
   // (≤ 16 when the exponents are within 8): the AMX kernel then skips the lo products — a third of
-  // its work — wherever they are exactly zero (an exact skip). Columns whose mean is within 2
-  // spreads of 0 are not shifted (y = x itself, no lo part): at most a factor 5 of float32
-  // accumulation error there, inside the bar for the AMX kernel's two-level sums (measured). Not
-  // for float32 syrk: its 512-row float32 sums lost accuracy on grid-shifted data (correlated
-  // rounding of short values: 1.0-1.7e-6 measured). For the exact kernel the few bits are what
-  // make the int8 digits exact; the shift's distance from the mean (≤ 2^-9 of it) costs float64 a
-  // few bits at most.
+  // its work — wherever they are exactly zero (an exact skip). Columns whose mean is close to 0 are
+  // not shifted (y = x itself, no lo part). For AMX fast, "close" is 1/4 of a spread: its float32
+  // sums of uncentred products lose a factor ~(mean/spread)² against the covariance, and more with
+  // the width (the off-diagonal errors add up over d² entries). Measured with the same arithmetic
+  // (exact bf16 products, float32 sums over 128 row pairs per 256-row chunk, then chunk by chunk,
+  // flushed every 2,048 rows: an AVX512-BF16 VDPBF16PS kernel written to test this, not kept),
+  // bf16 columns N(r·s, s²), 20,000 rows, relative Frobenius error: r = 1 gave 1.5e-7 at d = 64 and
+  // 6.0e-7 at d = 1024, r = 1.99 gave 5.0e-7 and 2.0e-6 (over the 1e-6 bar) under the old bound of 2
+  // spreads, against 1e-8 for ssyrk around the float64 mean; with the 1/4-spread bound 2.0-2.5e-8
+  // at d = 1024 (extrapolated as r²·sqrt(d): below 1e-7 up to d = 8192). The cost: such columns,
+  // now shifted, need their lo products where values lie far below the shift. The exact kernel's
+  // integer sums lose nothing uncentred, so it keeps 2 spreads. Not for float32 syrk: its 512-row
+  // float32 sums lost accuracy on grid-shifted data (correlated rounding of short values: 1.0-1.7e-6
+  // measured). For the exact kernel the few bits are what make the int8 digits exact; the shift's
+  // distance from the mean (≤ 2^-9 of it) costs float64 a few bits at most.
   void on_grid(std::vector<double>& mean, const std::vector<double>& spread, DType t) const {
     const bool bf16_grid = (amx_ || exact_) && t == DType::kBFloat16;
     const bool f16_grid = exact_ && t == DType::kFloat16;
     if (!bf16_grid && !f16_grid) return;
+    const double near_zero = exact_ ? 2.0 : 0.25;  // spreads: see above
     for (size_t c = 0; c < mean.size(); ++c)
-      mean[c] = std::abs(mean[c]) <= 2.0 * spread[c] ? 0.0 : bf16_grid ? round_to_bf16(mean[c]) : round_to_f16(mean[c]);
+      mean[c] = std::abs(mean[c]) <= near_zero * spread[c] ? 0.0 : bf16_grid ? round_to_bf16(mean[c]) : round_to_f16(mean[c]);
   }
 
   // After an update: when the state's mean is more than kDriftSpreads spreads from the shift in
