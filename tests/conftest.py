@@ -101,19 +101,29 @@ def fast_kernels() -> list[str]:
     """The CPU Gram kernel sets this machine can run: 'syrk' everywhere (BLAS ssyrk for 'fast',
     dsyrk for 'highest'), and 'amx' where the CPU has AMX (chosen by default there): the bf16
     split products for 'fast' and, with AMX-INT8, the exact int8 digit products for 'highest' on
-    bf16/f16 input."""
+    bf16/f16 input. Without AMX but with AVX-512 (BF16, VBMI), 'amx-emulated': the same two AMX
+    kernels with their tile instructions on a software model (csrc/cpu/amx_emulation.hpp), so
+    that their packing, indexing and part skipping are tested on such machines too."""
     from geomfast import _core
 
-    return ["syrk"] + (["amx"] if _core.amx_unavailable_reason() == "" else [])
+    if _core.amx_unavailable_reason() == "":
+        return ["syrk", "amx"]
+    return ["syrk"] + (["amx-emulated"] if _core.amx_emulation_unavailable_reason() == "" else [])
+
+
+def is_amx(name: str) -> bool:
+    """Whether kernel set `name` runs the AMX kernels (natively or on the model)."""
+    return name in ("amx", "amx-emulated")
 
 
 @contextlib.contextmanager
 def fast_kernel(name: str):
-    """Accumulators constructed inside use this kernel set ('syrk' or 'amx', see fast_kernels)."""
+    """Accumulators constructed inside use this kernel set ('syrk', 'amx' or 'amx-emulated', see
+    fast_kernels)."""
     from geomfast import _core
 
     old = _core.get_tuning()
-    _core.set_tuning(old[0], old[1], name == "amx", name == "amx")
+    _core.set_tuning(old[0], old[1], is_amx(name), is_amx(name), name == "amx-emulated")
     try:
         yield
     finally:

@@ -259,6 +259,7 @@ PYBIND11_MODULE(_core, m) {
   // "" when the fast CPU Gram runs on AMX here, else why not.
   m.def("amx_unavailable_reason", [] { return cpu_amx_unavailable_reason(); });
   m.def("amx_exact_unavailable_reason", [] { return cpu_amx_exact_unavailable_reason(); });
+  m.def("amx_emulation_unavailable_reason", [] { return cpu_amx_emulation_unavailable_reason(); });
   m.def("_cpu_pooled_lanes", [] { return cpu_pooled_lanes(); });  // tests: lanes are shared, then freed
   m.def(  // tests: the CPU thread pool's error path (see cpu_thread_pool_probe)
       "_cpu_thread_pool_probe",
@@ -276,16 +277,18 @@ PYBIND11_MODULE(_core, m) {
       py::arg("nparts"), py::arg("throw_parts"), py::arg("sleep_ms"));
   m.def("get_tuning", [] {
     const auto& t = gram_tuning();
-    return py::make_tuple(t.block_rows, t.fast_flush_rows, t.fast_amx, t.exact_amx);
+    return py::make_tuple(t.block_rows, t.fast_flush_rows, t.fast_amx, t.exact_amx, t.amx_emulate);
   });
   m.def(
       "set_tuning",
-      [](int64_t block_rows, int64_t fast_flush_rows, bool fast_amx, bool exact_amx) {
+      [](int64_t block_rows, int64_t fast_flush_rows, bool fast_amx, bool exact_amx, bool amx_emulate) {
         if (block_rows < 1 || fast_flush_rows < 1) GF_THROW(ValueError, "[set_tuning] values must be >= 1");
         gram_tuning().block_rows = block_rows;
         gram_tuning().fast_flush_rows = fast_flush_rows;
         gram_tuning().fast_amx = fast_amx;
         gram_tuning().exact_amx = exact_amx;
+        gram_tuning().amx_emulate = amx_emulate;
       },
-      py::arg("block_rows"), py::arg("fast_flush_rows"), py::arg("fast_amx") = true, py::arg("exact_amx") = true);
+      py::arg("block_rows"), py::arg("fast_flush_rows"), py::arg("fast_amx") = true, py::arg("exact_amx") = true,
+      py::arg("amx_emulate") = false);
 }

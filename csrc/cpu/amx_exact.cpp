@@ -31,6 +31,7 @@
 
 #include "cpu/amx_gram.hpp"
 #include "cpu/amx_common.hpp"
+#include "cpu/amx_emulation.hpp"
 #include "cpu/blas.hpp"
 
 #include <algorithm>
@@ -119,12 +120,38 @@ inline void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
 #define GFX_COMPILER_BARRIER() __asm__ __volatile__("" ::: "memory")
 // Tile load/store with a memory clobber so that the packing stores and the combine loads are
 // never moved across them.
-#define GFX_TILE_LOAD(tmm, base)                                                  \
-  __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #tmm                             \
-                   : : "r"((const void*)(base)), "r"(64L) : "memory")
-#define GFX_TILE_STORE(tmm, base)                                                 \
-  __asm__ volatile("tilestored %%tmm" #tmm ", (%0,%1,1)"                         \
-                   : : "r"((void*)(base)), "r"(64L) : "memory")
+// In the kernel templates, kEmu selects the software model of amx_emulation.hpp (tests on CPUs
+// without AMX) instead of the instructions.
+#define GFX_TILE_LOAD(tmm, base)                                                    \
+  do {                                                                             \
+    if constexpr (kEmu)                                                            \
+      emu::load(tmm, (base), 64L);                                                 \
+    else                                                                           \
+      __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #tmm                           \
+                       : : "r"((const void*)(base)), "r"(64L) : "memory");         \
+  } while (0)
+#define GFX_TILE_STORE(tmm, base)                                                   \
+  do {                                                                             \
+    if constexpr (kEmu)                                                            \
+      emu::store(tmm, (base), 64L);                                                \
+    else                                                                           \
+      __asm__ volatile("tilestored %%tmm" #tmm ", (%0,%1,1)"                       \
+                       : : "r"((void*)(base)), "r"(64L) : "memory");               \
+  } while (0)
+#define GFX_TILE_ZERO(tmm)              \
+  do {                                  \
+    if constexpr (kEmu) emu::zero(tmm); \
+    else _tile_zero(tmm);               \
+  } while (0)
+// The four signedness variants of the int8 dot product, natively and on the model.
+#define GFX_DP_dpbssd(c, a, b) \
+  if constexpr (kEmu) emu::dp_int8<true, true>(c, a, b); else _tile_dpbssd(c, a, b)
+#define GFX_DP_dpbsud(c, a, b) \
+  if constexpr (kEmu) emu::dp_int8<true, false>(c, a, b); else _tile_dpbsud(c, a, b)
+#define GFX_DP_dpbusd(c, a, b) \
+  if constexpr (kEmu) emu::dp_int8<false, true>(c, a, b); else _tile_dpbusd(c, a, b)
+#define GFX_DP_dpbuud(c, a, b) \
+  if constexpr (kEmu) emu::dp_int8<false, false>(c, a, b); else _tile_dpbuud(c, a, b)
 
 // Software prefetch of the next step's tiles into L1: 1 = A and B, 2 = A only, 0 = none.
 #ifndef GEOMFAST_EXACT_PREFETCH
@@ -306,21 +333,22 @@ GFX_TARGET void pack_quad(const int64_t* const u[4], int64_t ntiles, int s, int8
 // Four dot products of the 2x2 block, the loads of tmm7 / tmm5 placed between them so that the
 // tile unit can start on the first product while they complete.
 #define GFX_DP4(op)                   \
-  _tile_##op(0, 4, 6);                \
+  GFX_DP_##op(0, 4, 6);               \
   GFX_TILE_LOAD(7, b1 + kb);          \
-  _tile_##op(1, 4, 7);                \
+  GFX_DP_##op(1, 4, 7);               \
   GFX_TILE_LOAD(5, a1 + ka);          \
-  _tile_##op(2, 5, 6);                \
-  _tile_##op(3, 5, 7)
+  GFX_DP_##op(2, 5, 6);               \
+  GFX_DP_##op(3, 5, 7)
 
+template <bool kEmu>
 GFX_TARGET void kernel_weight(int32_t* tmp, const int8_t* a0, const int8_t* a1, const int8_t* b0,
                               const int8_t* b1, int64_t nsteps, int s, int c) {
   const int kmin = std::max(1, c - s), kmax = std::min(s, c - 1);
   const int64_t step = s * kTileBytes;
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
+  GFX_TILE_ZERO(0);
+  GFX_TILE_ZERO(1);
+  GFX_TILE_ZERO(2);
+  GFX_TILE_ZERO(3);
   for (int64_t st = 0; st < nsteps; ++st) {
     for (int k = kmin; k <= kmax; ++k) {
       const int64_t ka = (k - 1) * kTileBytes, kb = (c - k - 1) * kTileBytes;
@@ -412,6 +440,7 @@ GFX_TARGET void transpose_all(const int8_t* bp, int8_t* ap, int64_t ntiles, int6
     }
 }
 
+template <bool kEmu>
 GFX_TARGET void sweep(const int8_t* ap, const int8_t* bp, int64_t nblk, int64_t tile_stride,
                       int64_t nsteps, int s, const int64_t* expo, int64_t dim, double* g, int64_t ldg) {
   // Row blocks are taken in groups whose B panels (2 tiles x all steps x all slices each) fit in
@@ -430,7 +459,7 @@ GFX_TARGET void sweep(const int8_t* ap, const int8_t* bp, int64_t nblk, int64_t 
 #ifdef GEOMFAST_AMX_EXACT_PROFILE
           auto t0 = GFX_PROF_NOW();
 #endif
-          kernel_weight(tmp, a0, a0 + tile_stride, b0, b0 + tile_stride, nsteps, s, c);
+          kernel_weight<kEmu>(tmp, a0, a0 + tile_stride, b0, b0 + tile_stride, nsteps, s, c);
           GFX_COMPILER_BARRIER();
 #ifdef GEOMFAST_AMX_EXACT_PROFILE
           GFX_PROF_ADD(geomfast_exact_prof_tile_s, t0);
@@ -486,9 +515,11 @@ const std::string& exact_unavailable_reason() {
   return reason;
 }
 
-ExactSyrk::ExactSyrk(int64_t dim) : dim_(dim) {
+ExactSyrk::ExactSyrk(int64_t dim, bool emulate) : dim_(dim), emulate_(emulate) {
   if (dim < 1) throw std::invalid_argument("ExactSyrk: dim must be >= 1");
-  if (!exact_available())
+  if (emulate && !emulation_available())
+    throw std::runtime_error("ExactSyrk: AMX emulation unavailable: " + emulation_unavailable_reason());
+  if (!emulate && !exact_available())
     throw std::runtime_error("ExactSyrk: AMX-INT8 unavailable: " + exact_unavailable_reason());
   nblk_ = (dim + 31) / 32;
   const size_t dimp = static_cast<size_t>(32 * nblk_);
@@ -737,9 +768,13 @@ int64_t ExactSyrk::block(const double* y, int64_t n, int64_t ld, double* g, int6
 #endif
 
   if (nsteps > 0) {
-    load_tile_config();
-    sweep(ap, bp, nblk_, tile_stride, nsteps, s, expo, dim, g, ldg);
-    release_tiles();
+    if (emulate_) {
+      sweep<true>(ap, bp, nblk_, tile_stride, nsteps, s, expo, dim, g, ldg);
+    } else {
+      load_tile_config();
+      sweep<false>(ap, bp, nblk_, tile_stride, nsteps, s, expo, dim, g, ldg);
+      release_tiles();
+    }
     GFX_COMPILER_BARRIER();
   }
   if (nfb > 0) dsyrk_rows(fb, nfb, dim);

@@ -44,7 +44,9 @@ class ExactSyrk {
   // Rows per update() call that amortise the per-block costs well (the caller's block_rows).
   static constexpr int64_t kPreferredRows = 2048;
 
-  explicit ExactSyrk(int64_t dim);  // dim >= 1 else std::invalid_argument; unavailable: runtime_error
+  // dim >= 1 else std::invalid_argument; unavailable (or, with emulate, no emulation): runtime_error.
+  // emulate: the tile instructions run on the software model (amx_emulation.hpp; tests).
+  explicit ExactSyrk(int64_t dim, bool emulate = false);
   ~ExactSyrk();
   ExactSyrk(ExactSyrk&&) noexcept;
   ExactSyrk& operator=(ExactSyrk&&) noexcept;
@@ -75,6 +77,7 @@ class ExactSyrk {
   int choose_slices(const int8_t* cls, const uint16_t* nb, int64_t n, int klo, int khi) const;
 
   int64_t dim_ = 0;
+  bool emulate_ = false;
   int64_t nblk_ = 0;  // 32-feature blocks (dim padded to a multiple of 32)
   Buf colmax_;        // double[dimp]: per-column max |y| of the block
   Buf scale_;         // double[dimp]: 2^(55 - E_i), 0 for an all-zero column

@@ -16,6 +16,7 @@
 // The float32 accumulator holds only the upper blocks; flush_into adds it into float64.
 #include "cpu/amx_gram.hpp"
 #include "cpu/amx_common.hpp"
+#include "cpu/amx_emulation.hpp"
 
 #include <algorithm>
 #include <cstdlib>
@@ -84,9 +85,31 @@ inline uint64_t xgetbv0() {
 #define GF_COMPILER_BARRIER() __asm__ __volatile__("" ::: "memory")
 // Tile load with a memory clobber (GCC's _tile_loadd tells the compiler nothing about the read),
 // so the packing stores are never moved past it.
-#define GF_TILE_LOAD(tmm, base, stride)                                          \
-  __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #tmm                            \
-                   : : "r"((const void*)(base)), "r"((long)(stride)) : "memory")
+// In the kernel templates, kEmu selects the software model of amx_emulation.hpp (tests on CPUs
+// without AMX) instead of the instructions.
+#define GF_TILE_LOAD(tmm, base, stride)                                            \
+  do {                                                                            \
+    if constexpr (kEmu)                                                           \
+      emu::load(tmm, (base), (stride));                                           \
+    else                                                                          \
+      __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #tmm                          \
+                       : : "r"((const void*)(base)), "r"((long)(stride)) : "memory"); \
+  } while (0)
+#define GF_TILE_ZERO(tmm)              \
+  do {                                 \
+    if constexpr (kEmu) emu::zero(tmm); \
+    else _tile_zero(tmm);              \
+  } while (0)
+#define GF_TILE_STORE(tmm, base, stride)                   \
+  do {                                                     \
+    if constexpr (kEmu) emu::store(tmm, (base), (stride)); \
+    else _tile_stored(tmm, (base), (stride));              \
+  } while (0)
+#define GF_TILE_DPBF16PS(c, a, b)              \
+  do {                                         \
+    if constexpr (kEmu) emu::dpbf16ps(c, a, b); \
+    else _tile_dpbf16ps(c, a, b);              \
+  } while (0)
 
 // Exact three-way split x = hi + mid + lo with every part a bfloat16 (8 significant bits) held as
 // float32 bits (low half-word zero). Veltkamp splitting with factor 2^16 + 1: c = x*K,
@@ -151,19 +174,19 @@ GF_AMX_TARGET void pack_chunk(const float* y, int64_t nrows, int64_t ld, int64_t
 // a0/a1: A steps of feature tiles 2P, 2P+1; b0/b1: B steps of tiles 2Q, 2Q+1 (stride kStepElems).
 // kLoA / kLoB false: block P's / Q's lo parts are all zero in this chunk, so lo.hi / hi.lo (exactly
 // zero) are skipped.
-template <bool kLoA, bool kLoB>
+template <bool kEmu, bool kLoA, bool kLoB>
 GF_AMX_TARGET void kernel_2x2(float* tmp, const uint16_t* a0, const uint16_t* a1, const uint16_t* b0,
                               const uint16_t* b1, int64_t steps) {
   constexpr long S = 64;
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
-#define GF_DP4()               \
-  _tile_dpbf16ps(0, 4, 6);     \
-  _tile_dpbf16ps(1, 4, 7);     \
-  _tile_dpbf16ps(2, 5, 6);     \
-  _tile_dpbf16ps(3, 5, 7)
+  GF_TILE_ZERO(0);
+  GF_TILE_ZERO(1);
+  GF_TILE_ZERO(2);
+  GF_TILE_ZERO(3);
+#define GF_DP4()                \
+  GF_TILE_DPBF16PS(0, 4, 6);    \
+  GF_TILE_DPBF16PS(1, 4, 7);    \
+  GF_TILE_DPBF16PS(2, 5, 6);    \
+  GF_TILE_DPBF16PS(3, 5, 7)
   // Part order lo.hi, mid.hi, hi.hi, hi.mid, mid.mid, hi.lo: each B part is loaded once per step,
   // the A reloads hit L1. The next step's A and B tiles are prefetched into L1 meanwhile (at the
   // last step that is the next feature tile's first step: harmless).
@@ -230,10 +253,10 @@ GF_AMX_TARGET void kernel_2x2(float* tmp, const uint16_t* a0, const uint16_t* a1
   }
 #undef GF_PF8
 #undef GF_DP4
-  _tile_stored(0, tmp, S);
-  _tile_stored(1, tmp + 256, S);
-  _tile_stored(2, tmp + 512, S);
-  _tile_stored(3, tmp + 768, S);
+  GF_TILE_STORE(0, tmp, S);
+  GF_TILE_STORE(1, tmp + 256, S);
+  GF_TILE_STORE(2, tmp + 512, S);
+  GF_TILE_STORE(3, tmp + 768, S);
 }
 
 // acc block += chunk sum. Two-level summation: the tiles hold one chunk's sum only (a single
@@ -244,6 +267,7 @@ GF_AMX_TARGET inline void add_block(float* c, const float* tmp) {
 }
 
 // All upper blocks += this chunk.
+template <bool kEmu>
 GF_AMX_TARGET void sweep(float* acc, const uint16_t* ap, const uint16_t* bp, int64_t np,
                          int64_t steps, const uint8_t* lo_blk) {
   const int64_t tile_stride = steps * kStepElems;  // elements between consecutive feature tiles
@@ -265,10 +289,10 @@ GF_AMX_TARGET void sweep(float* acc, const uint16_t* ap, const uint16_t* bp, int
         const char* accb = reinterpret_cast<const char*>(acc + block_index(p, q, np) * kBlockFloats);
         for (int i = 0; i < 64; ++i) _mm_prefetch(accb + 64 * i, _MM_HINT_T1);
         const uint16_t* b1 = b0 + tile_stride;
-        if (lo_blk[p] && lo_blk[q]) kernel_2x2<true, true>(tmp[cur], a0, a1, b0, b1, steps);
-        else if (lo_blk[p]) kernel_2x2<true, false>(tmp[cur], a0, a1, b0, b1, steps);
-        else if (lo_blk[q]) kernel_2x2<false, true>(tmp[cur], a0, a1, b0, b1, steps);
-        else kernel_2x2<false, false>(tmp[cur], a0, a1, b0, b1, steps);
+        if (lo_blk[p] && lo_blk[q]) kernel_2x2<kEmu, true, true>(tmp[cur], a0, a1, b0, b1, steps);
+        else if (lo_blk[p]) kernel_2x2<kEmu, true, false>(tmp[cur], a0, a1, b0, b1, steps);
+        else if (lo_blk[q]) kernel_2x2<kEmu, false, true>(tmp[cur], a0, a1, b0, b1, steps);
+        else kernel_2x2<kEmu, false, false>(tmp[cur], a0, a1, b0, b1, steps);
         if (pending != nullptr) add_block(pending, tmp[cur ^ 1]);
         pending = acc + block_index(p, q, np) * kBlockFloats;
         cur ^= 1;
@@ -336,6 +360,31 @@ std::string compute_unavailable_reason() {
 #endif
 }
 
+// The software model (amx_emulation.hpp) runs the kernels' AVX-512 packing (their target
+// attributes include AVX512-BF16) and the model's float32 FMA, so it needs AVX-512 F/BW/DQ/VL,
+// AVX512-BF16 and, for the exact kernel's packing, AVX512-VBMI, with the OS's AVX-512 state.
+std::string compute_emulation_reason() {
+  uint32_t r[4];
+  cpuid(0, 0, r);
+  if (r[0] < 7) return "CPU lacks AVX-512 (no cpuid leaf 7)";
+  cpuid(1, 0, r);
+  const bool osxsave = (r[2] >> 27) & 1u;
+  cpuid(7, 0, r);
+  const uint32_t max_sub = r[0], ebx = r[1], ecx = r[2];
+  const bool avx512 = ((ebx >> 16) & 1u) && ((ebx >> 17) & 1u) && ((ebx >> 30) & 1u) && ((ebx >> 31) & 1u);
+  const bool vbmi = (ecx >> 1) & 1u;
+  bool bf16 = false;
+  if (max_sub >= 1) {
+    cpuid(7, 1, r);
+    bf16 = (r[0] >> 5) & 1u;
+  }
+  if (!avx512) return "CPU lacks AVX-512 F/BW/DQ/VL";
+  if (!bf16) return "CPU lacks AVX512-BF16";
+  if (!vbmi) return "CPU lacks AVX512-VBMI";
+  if (!osxsave || (xgetbv0() & 0xe6u) != 0xe6u) return "OS has not enabled the AVX-512 register state";
+  return "";
+}
+
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
@@ -343,6 +392,7 @@ std::string compute_unavailable_reason() {
 #else  // !__x86_64__
 
 std::string compute_unavailable_reason() { return "not an x86-64 build"; }
+std::string compute_emulation_reason() { return "not an x86-64 build"; }
 
 #endif
 
@@ -357,9 +407,16 @@ const std::string& unavailable_reason() {
   return reason;
 }
 
-SplitSyrk::SplitSyrk(int64_t dim) : dim_(dim) {
+const std::string& emulation_unavailable_reason() {
+  static const std::string reason = compute_emulation_reason();
+  return reason;
+}
+
+SplitSyrk::SplitSyrk(int64_t dim, bool emulate) : dim_(dim), emulate_(emulate) {
   if (dim < 1) throw std::invalid_argument("SplitSyrk: dim must be >= 1");
-  if (!available()) throw std::runtime_error("SplitSyrk: AMX unavailable: " + unavailable_reason());
+  if (emulate && !emulation_available())
+    throw std::runtime_error("SplitSyrk: AMX emulation unavailable: " + emulation_unavailable_reason());
+  if (!emulate && !available()) throw std::runtime_error("SplitSyrk: AMX unavailable: " + unavailable_reason());
   npairs_ = (dim + 31) / 32;
   const int64_t nblocks = npairs_ * (npairs_ + 1) / 2;
   const size_t acc_bytes = static_cast<size_t>(nblocks * kBlockFloats) * sizeof(float);
@@ -385,7 +442,7 @@ void SplitSyrk::update(const float* y, int64_t rows, int64_t ld) {
   float* acc = static_cast<float*>(acc_.get());
   uint16_t* ap = static_cast<uint16_t*>(apack_.get());
   uint16_t* bp = static_cast<uint16_t*>(bpack_.get());
-  load_tile_config();
+  if (!emulate_) load_tile_config();
   for (int64_t r = 0; r < rows; r += kChunkRows) {
     const int64_t n = std::min(kChunkRows, rows - r);
     const int64_t steps = (n + 31) / 32;
@@ -397,7 +454,8 @@ void SplitSyrk::update(const float* y, int64_t rows, int64_t ld) {
 #ifdef GEOMFAST_AMX_PROFILE
     auto t1 = std::chrono::steady_clock::now();
 #endif
-    sweep(acc, ap, bp, npairs_, steps, lo_blk_.data());
+    if (emulate_) sweep<true>(acc, ap, bp, npairs_, steps, lo_blk_.data());
+    else sweep<false>(acc, ap, bp, npairs_, steps, lo_blk_.data());
     GF_COMPILER_BARRIER();
 #ifdef GEOMFAST_AMX_PROFILE
     auto t2 = std::chrono::steady_clock::now();
@@ -405,7 +463,7 @@ void SplitSyrk::update(const float* y, int64_t rows, int64_t ld) {
     geomfast_amx_prof_tile_s += std::chrono::duration<double>(t2 - t1).count();
 #endif
   }
-  release_tiles();
+  if (!emulate_) release_tiles();
   GF_COMPILER_BARRIER();
   pending_ += rows;
 #else

@@ -22,6 +22,10 @@ namespace geomfast::cpu::amx {
 // GEOMFAST_AMX=0). Computed once, thread-safe; includes the Linux arch_prctl tile-data request.
 const std::string& unavailable_reason();
 inline bool available() { return unavailable_reason().empty(); }
+// "" when both AMX kernels can run on the software model of the tile instructions
+// (amx_emulation.hpp; tests on CPUs without AMX), else why not. GEOMFAST_AMX=0 does not affect it.
+const std::string& emulation_unavailable_reason();
+inline bool emulation_available() { return emulation_unavailable_reason().empty(); }
 
 // One thread at a time per instance (not thread-safe); distinct instances may run concurrently
 // on distinct threads. The tile configuration is loaded at the start of update() and released at
@@ -36,7 +40,9 @@ inline bool available() { return unavailable_reason().empty(); }
 // flushed to zero by the tile unit, an absolute error < ~1e-38 per value. NaN/Inf propagate.
 class SplitSyrk {
  public:
-  explicit SplitSyrk(int64_t dim);  // dim >= 1 else std::invalid_argument; no AMX: std::runtime_error
+  // dim >= 1 else std::invalid_argument; no AMX (or, with emulate, no emulation): std::runtime_error.
+  // emulate: the tile instructions run on the software model (tests).
+  explicit SplitSyrk(int64_t dim, bool emulate = false);
   ~SplitSyrk();
   SplitSyrk(SplitSyrk&&) noexcept;
   SplitSyrk& operator=(SplitSyrk&&) noexcept;
@@ -56,6 +62,7 @@ class SplitSyrk {
   using Buf = AlignedBuf;
 
   int64_t dim_ = 0;
+  bool emulate_ = false;
   int64_t npairs_ = 0;   // 32-feature blocks (dim padded to a multiple of 32)
   int64_t pending_ = 0;
   Buf acc_;              // float32, upper 32x32 blocks, each block four 16x16 row-major tiles

@@ -61,6 +61,7 @@ GramTuning& gram_tuning() {
 
 const std::string& cpu_amx_unavailable_reason() { return cpu::amx::unavailable_reason(); }
 const std::string& cpu_amx_exact_unavailable_reason() { return cpu::amx::exact_unavailable_reason(); }
+const std::string& cpu_amx_emulation_unavailable_reason() { return cpu::amx::emulation_unavailable_reason(); }
 
 namespace cpu {
 
@@ -233,8 +234,9 @@ void dispatch_dtype(DType t, F&& f) {
 // threading the caller has set). flush_into adds it into a float64 upper triangle and empties it.
 class FastAccumulator {
  public:
-  FastAccumulator(int64_t dim, bool amx) : dim_(dim), diag_(static_cast<size_t>(dim), 0.0) {
-    if (amx) split_ = std::make_unique<amx::SplitSyrk>(dim);
+  // emulate: the AMX kernel on the software model of the tile instructions (tests).
+  FastAccumulator(int64_t dim, bool amx, bool emulate) : dim_(dim), diag_(static_cast<size_t>(dim), 0.0) {
+    if (amx) split_ = std::make_unique<amx::SplitSyrk>(dim, emulate);
     else acc_.resize(static_cast<size_t>(dim * dim));
   }
   // acc += yᵀy, y [rows, dim] row-major float32, centred rows of input whose values have at most 11
@@ -319,7 +321,8 @@ struct Lane {
 // left, and lanes an update gave up on part-way (an exception) are never handed out again.
 class LanePool {
  public:
-  using Key = std::pair<int64_t, bool>;  // (dim, whether its float32 accumulators use AMX)
+  // (dim, kernel bits: 1 its float32 accumulators use AMX, 2 its AMX kernels run emulated)
+  using Key = std::pair<int64_t, int>;
   using Lanes = std::vector<std::unique_ptr<Lane>>;
   static LanePool& instance() {
     static auto* pool = new LanePool();  // never destroyed: accumulators may outlive static destructors
@@ -376,8 +379,9 @@ class CpuGram final : public GramBackend {
   CpuGram(int64_t dim, Precision p)
       : dim_(dim),
         prec_(p),
-        amx_(p == Precision::kFast && gram_tuning().fast_amx && amx::available()),
-        exact_(p == Precision::kHighest && gram_tuning().exact_amx && amx::exact_available()) {
+        emulate_(gram_tuning().amx_emulate && amx::emulation_available()),
+        amx_(p == Precision::kFast && gram_tuning().fast_amx && (emulate_ || amx::available())),
+        exact_(p == Precision::kHighest && gram_tuning().exact_amx && (emulate_ || amx::exact_available())) {
     if (dim > 46340) GF_THROW(ValueError, "[GramAccumulator] dim must be <= 46340 (32-bit BLAS), got ", dim);
     reset();
     LanePool::instance().retain(lane_key());  // last: a constructor that throws never counts
@@ -385,7 +389,7 @@ class CpuGram final : public GramBackend {
   ~CpuGram() override { LanePool::instance().release(lane_key()); }
   CpuGram(const CpuGram&) = delete;
   CpuGram& operator=(const CpuGram&) = delete;
-  LanePool::Key lane_key() const { return {dim_, amx_}; }
+  LanePool::Key lane_key() const { return {dim_, (amx_ ? 1 : 0) | (emulate_ ? 2 : 0)}; }
   int64_t dim() const override { return dim_; }
   Device device() const override { return Device{}; }
   Precision precision() const override { return prec_; }
@@ -599,14 +603,14 @@ class CpuGram final : public GramBackend {
   // its work — wherever they are exactly zero (an exact skip). Columns whose mean is close to 0 are
   // not shifted (y = x itself, no lo part). For AMX fast, "close" is 1/4 of a spread: its float32
   // sums of uncentred products lose a factor ~(mean/spread)² against the covariance, and more with
-  // the width (the off-diagonal errors add up over d² entries). Measured with the same arithmetic
-  // (exact bf16 products, float32 sums over 128 row pairs per 256-row chunk, then chunk by chunk,
-  // flushed every 2,048 rows: an AVX512-BF16 VDPBF16PS kernel written to test this, not kept),
-  // bf16 columns N(r·s, s²), 20,000 rows, relative Frobenius error: r = 1 gave 1.5e-7 at d = 64 and
-  // 6.0e-7 at d = 1024, r = 1.99 gave 5.0e-7 and 2.0e-6 (over the 1e-6 bar) under the old bound of 2
-  // spreads, against 1e-8 for ssyrk around the float64 mean; with the 1/4-spread bound 2.0-2.5e-8
-  // at d = 1024 (extrapolated as r²·sqrt(d): below 1e-7 up to d = 8192). The cost: such columns,
-  // now shifted, need their lo products where values lie far below the shift. The exact kernel's
+  // the width (the off-diagonal errors add up over d² entries). Measured on the AMX kernel under the
+  // software model of its tile instructions (amx_emulation.hpp: the SDM's TDPBF16PS arithmetic),
+  // bf16 columns N(r·s, s²), 20,000 rows, d = 1024, relative Frobenius error: with the old bound of 2
+  // spreads r = 1.99 gave 1.1e-6 (over the 1e-6 bar) and r = 1 4.6e-7, against ~4e-8 for ssyrk
+  // around the float64 mean; with 1/4 spread 1.5e-8 and 2.0e-8. (An AVX512-BF16 kernel with plain
+  // float32 sums, written to test this and not kept, gave 2.0e-6 and 6.0e-7; 5.0e-7 at d = 64.)
+  // Extrapolated as r²·sqrt(d), 1/4 spread keeps the loss below 1e-7 up to d = 8192. The cost: such
+  // columns, now shifted, need their lo products where values lie far below the shift. The exact kernel's
   // integer sums lose nothing uncentred, so it keeps 2 spreads. Not for float32 syrk: its 512-row
   // float32 sums lost accuracy on grid-shifted data (correlated rounding of short values: 1.0-1.7e-6
   // measured). For the exact kernel the few bits are what make the int8 digits exact; the shift's
@@ -729,7 +733,7 @@ class CpuGram final : public GramBackend {
     std::lock_guard<std::mutex> blk(blas::mode_mutex());
     if (prec_ == Precision::kHighest) {
       if (exact_ && !stage_inexact_) {
-        if (!stage_exact_) stage_exact_ = std::make_unique<amx::ExactSyrk>(dim_);
+        if (!stage_exact_) stage_exact_ = std::make_unique<amx::ExactSyrk>(dim_, emulate_);
         blas::SingleThreadedScope single;  // its dsyrk fallback runs on this thread only
         stage_exact_->update(stage64_.data(), staged_, d, g_.data(), d);
       } else {
@@ -737,7 +741,7 @@ class CpuGram final : public GramBackend {
                              1.0, g_.data(), d);
       }
     } else {
-      if (!stage_fast_) stage_fast_ = std::make_unique<FastAccumulator>(dim_, amx_);
+      if (!stage_fast_) stage_fast_ = std::make_unique<FastAccumulator>(dim_, amx_, emulate_);
       stage_fast_->update(stage32_.data(), staged_, stage_short_);
       if (stage_fast_->pending_rows() >= gram_tuning().fast_flush_rows) stage_fast_->flush_into(g_.data());
     }
@@ -775,8 +779,8 @@ class CpuGram final : public GramBackend {
       if (highest) L.buf64.resize(static_cast<size_t>(block * d));
       else L.buf32.resize(static_cast<size_t>(block * d));
       if (p > 0) L.part64.assign(static_cast<size_t>(d * d), 0.0);
-      if (!highest && !L.fast) L.fast = std::make_unique<FastAccumulator>(d, amx_);
-      if (exact && !L.exact) L.exact = std::make_unique<amx::ExactSyrk>(d);
+      if (!highest && !L.fast) L.fast = std::make_unique<FastAccumulator>(d, amx_, emulate_);
+      if (exact && !L.exact) L.exact = std::make_unique<amx::ExactSyrk>(d, emulate_);
       L.colsum.assign(d, 0.0);
     }
     {
@@ -835,6 +839,9 @@ class CpuGram final : public GramBackend {
 
   int64_t dim_;
   Precision prec_;
+  // The AMX kernels run on the software model of the tile instructions (GramTuning::amx_emulate,
+  // tests on CPUs without AMX), fixed at construction; declared before amx_ and exact_, which read it.
+  const bool emulate_;
   int64_t count_ = 0;
   int64_t shift_rows_ = 0;               // rows the shift was estimated from
   std::vector<double> shift_, sum_, g_;  // g_: [dim, dim] col-major, upper triangle valid

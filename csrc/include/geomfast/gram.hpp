@@ -93,6 +93,8 @@ struct GramTuning {
   int64_t fast_flush_rows = 2048;  // fast: rows summed in float32 before a float64 flush (measured: ≈1e-8 rel.)
   bool fast_amx = true;            // fast: AMX split products where the CPU has AMX-BF16 (read at construction)
   bool exact_amx = true;          // highest, bf16/f16 input: exact AMX-INT8 digit products (read at construction)
+  bool amx_emulate = false;       // tests: the AMX kernels on a software model of the tile instructions where the
+                                  // CPU has AVX-512 (cpu/amx_emulation.hpp), with or without AMX (read at construction)
 };
 GramTuning& gram_tuning();
 // "" when the CPU backend's 'fast' Gram runs on AMX (bf16 split products) here, else why not.
@@ -111,6 +113,8 @@ struct ThreadPoolProbe {
   int64_t ended = 0;
 };
 ThreadPoolProbe cpu_thread_pool_probe(int nparts, const std::vector<int>& throw_parts, int sleep_ms);
+// "" when the AMX kernels can run on the software model of the tile instructions (tests), else why not.
+const std::string& cpu_amx_emulation_unavailable_reason();
 // "" when the CPU backend's 'highest' Gram of bf16/f16 input runs exactly on AMX-INT8, else why not.
 const std::string& cpu_amx_exact_unavailable_reason();
 
