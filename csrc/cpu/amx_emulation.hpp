@@ -110,4 +110,30 @@ inline void dp_int8(int c, int a, int b) {
 #endif
 
 }  // namespace geomfast::cpu::amx::emu
+
+// The tile operations of both kernels, inside templates on `bool kEmu`: the model when kEmu, else
+// the instructions. Loads and stores are asm with a memory clobber (GCC's intrinsics tell the
+// compiler nothing about the memory they read or write), so packing stores and later reads of
+// stored tiles are never moved across them.
+#define GF_TILE_LOAD(tmm, base, stride)                                                 \
+  do {                                                                                 \
+    if constexpr (kEmu)                                                                \
+      ::geomfast::cpu::amx::emu::load(tmm, (base), (stride));                          \
+    else                                                                               \
+      __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #tmm                               \
+                       : : "r"((const void*)(base)), "r"((long)(stride)) : "memory");  \
+  } while (0)
+#define GF_TILE_STORE(tmm, base, stride)                                                \
+  do {                                                                                 \
+    if constexpr (kEmu)                                                                \
+      ::geomfast::cpu::amx::emu::store(tmm, (base), (stride));                         \
+    else                                                                               \
+      __asm__ volatile("tilestored %%tmm" #tmm ", (%0,%1,1)"                           \
+                       : : "r"((void*)(base)), "r"((long)(stride)) : "memory");        \
+  } while (0)
+#define GF_TILE_ZERO(tmm)                                        \
+  do {                                                           \
+    if constexpr (kEmu) ::geomfast::cpu::amx::emu::zero(tmm);    \
+    else _tile_zero(tmm);                                        \
+  } while (0)
 #endif

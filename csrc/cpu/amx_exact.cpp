@@ -118,31 +118,11 @@ inline void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
 #define GFX_TARGET \
   __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi")))
 #define GFX_COMPILER_BARRIER() __asm__ __volatile__("" ::: "memory")
-// Tile load/store with a memory clobber so that the packing stores and the combine loads are
-// never moved across them.
-// In the kernel templates, kEmu selects the software model of amx_emulation.hpp (tests on CPUs
-// without AMX) instead of the instructions.
-#define GFX_TILE_LOAD(tmm, base)                                                    \
-  do {                                                                             \
-    if constexpr (kEmu)                                                            \
-      emu::load(tmm, (base), 64L);                                                 \
-    else                                                                           \
-      __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #tmm                           \
-                       : : "r"((const void*)(base)), "r"(64L) : "memory");         \
-  } while (0)
-#define GFX_TILE_STORE(tmm, base)                                                   \
-  do {                                                                             \
-    if constexpr (kEmu)                                                            \
-      emu::store(tmm, (base), 64L);                                                \
-    else                                                                           \
-      __asm__ volatile("tilestored %%tmm" #tmm ", (%0,%1,1)"                       \
-                       : : "r"((void*)(base)), "r"(64L) : "memory");               \
-  } while (0)
-#define GFX_TILE_ZERO(tmm)              \
-  do {                                  \
-    if constexpr (kEmu) emu::zero(tmm); \
-    else _tile_zero(tmm);               \
-  } while (0)
+// Tile loads, stores and zeroing (64-byte rows): GF_TILE_LOAD/STORE/ZERO of amx_emulation.hpp
+// (instructions with a memory clobber, so that the packing stores and the combine loads are never
+// moved across them; or the software model in the kEmu instantiations).
+#define GFX_TILE_LOAD(tmm, base) GF_TILE_LOAD(tmm, base, 64L)
+#define GFX_TILE_STORE(tmm, base) GF_TILE_STORE(tmm, base, 64L)
 // The four signedness variants of the int8 dot product, natively and on the model.
 #define GFX_DP_dpbssd(c, a, b) \
   if constexpr (kEmu) emu::dp_int8<true, true>(c, a, b); else _tile_dpbssd(c, a, b)
@@ -345,10 +325,10 @@ GFX_TARGET void kernel_weight(int32_t* tmp, const int8_t* a0, const int8_t* a1, 
                               const int8_t* b1, int64_t nsteps, int s, int c) {
   const int kmin = std::max(1, c - s), kmax = std::min(s, c - 1);
   const int64_t step = s * kTileBytes;
-  GFX_TILE_ZERO(0);
-  GFX_TILE_ZERO(1);
-  GFX_TILE_ZERO(2);
-  GFX_TILE_ZERO(3);
+  GF_TILE_ZERO(0);
+  GF_TILE_ZERO(1);
+  GF_TILE_ZERO(2);
+  GF_TILE_ZERO(3);
   for (int64_t st = 0; st < nsteps; ++st) {
     for (int k = kmin; k <= kmax; ++k) {
       const int64_t ka = (k - 1) * kTileBytes, kb = (c - k - 1) * kTileBytes;

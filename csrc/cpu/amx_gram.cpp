@@ -83,28 +83,8 @@ inline uint64_t xgetbv0() {
 #define GF_AMX_TARGET \
   __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 #define GF_COMPILER_BARRIER() __asm__ __volatile__("" ::: "memory")
-// Tile load with a memory clobber (GCC's _tile_loadd tells the compiler nothing about the read),
-// so the packing stores are never moved past it.
-// In the kernel templates, kEmu selects the software model of amx_emulation.hpp (tests on CPUs
-// without AMX) instead of the instructions.
-#define GF_TILE_LOAD(tmm, base, stride)                                            \
-  do {                                                                            \
-    if constexpr (kEmu)                                                           \
-      emu::load(tmm, (base), (stride));                                           \
-    else                                                                          \
-      __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #tmm                          \
-                       : : "r"((const void*)(base)), "r"((long)(stride)) : "memory"); \
-  } while (0)
-#define GF_TILE_ZERO(tmm)              \
-  do {                                 \
-    if constexpr (kEmu) emu::zero(tmm); \
-    else _tile_zero(tmm);              \
-  } while (0)
-#define GF_TILE_STORE(tmm, base, stride)                   \
-  do {                                                     \
-    if constexpr (kEmu) emu::store(tmm, (base), (stride)); \
-    else _tile_stored(tmm, (base), (stride));              \
-  } while (0)
+// Tile loads, stores and zeroing: GF_TILE_LOAD/STORE/ZERO of amx_emulation.hpp (instructions, or
+// the software model in the kEmu instantiations).
 #define GF_TILE_DPBF16PS(c, a, b)              \
   do {                                         \
     if constexpr (kEmu) emu::dpbf16ps(c, a, b); \
@@ -326,29 +306,43 @@ GF_AMX_TARGET void flush_tile(const float* tile, double* g, int64_t ldg, int64_t
   }
 }
 
-std::string compute_unavailable_reason() {
+// What cpuid and XCR0 say about the features both the AMX kernels and their model use.
+struct Features {
+  bool leaf7 = false, osxsave = false, avx512 = false, avx512_bf16 = false, vbmi = false;
+  bool amx_tile = false, amx_bf16 = false;
+  uint64_t xcr0 = 0;
+};
+Features read_features() {
+  Features f;
   uint32_t r[4];
   cpuid(0, 0, r);
-  if (r[0] < 7) return "CPU lacks AMX-BF16 (no cpuid leaf 7)";
+  f.leaf7 = r[0] >= 7;
+  if (!f.leaf7) return f;
   cpuid(1, 0, r);
-  const bool osxsave = (r[2] >> 27) & 1u;
+  f.osxsave = (r[2] >> 27) & 1u;
   cpuid(7, 0, r);
-  const uint32_t max_sub = r[0], ebx = r[1], edx = r[3];
-  const bool avx512 = ((ebx >> 16) & 1u) && ((ebx >> 17) & 1u) && ((ebx >> 30) & 1u) &&
-                      ((ebx >> 31) & 1u);  // F, DQ, BW, VL
-  const bool amx_bf16 = (edx >> 22) & 1u, amx_tile = (edx >> 24) & 1u;
-  bool avx512_bf16 = false;
+  const uint32_t max_sub = r[0], ebx = r[1], ecx = r[2], edx = r[3];
+  f.avx512 = ((ebx >> 16) & 1u) && ((ebx >> 17) & 1u) && ((ebx >> 30) & 1u) && ((ebx >> 31) & 1u);  // F DQ BW VL
+  f.vbmi = (ecx >> 1) & 1u;
+  f.amx_bf16 = (edx >> 22) & 1u;
+  f.amx_tile = (edx >> 24) & 1u;
   if (max_sub >= 1) {
     cpuid(7, 1, r);
-    avx512_bf16 = (r[0] >> 5) & 1u;
+    f.avx512_bf16 = (r[0] >> 5) & 1u;
   }
-  if (!amx_tile || !amx_bf16) return "CPU lacks AMX-TILE/AMX-BF16";
-  if (!avx512) return "CPU lacks AVX-512 F/BW/DQ/VL";
-  if (!avx512_bf16) return "CPU lacks AVX512-BF16";
-  if (!osxsave) return "OS has not enabled XSAVE";
-  const uint64_t xcr0 = xgetbv0();
-  if ((xcr0 & 0xe6u) != 0xe6u) return "OS has not enabled the AVX-512 register state (XCR0)";
-  if ((xcr0 & 0x60000u) != 0x60000u) return "OS has not enabled the AMX tile state (XCR0)";
+  if (f.osxsave) f.xcr0 = xgetbv0();
+  return f;
+}
+
+std::string compute_unavailable_reason() {
+  const Features f = read_features();
+  if (!f.leaf7) return "CPU lacks AMX-BF16 (no cpuid leaf 7)";
+  if (!f.amx_tile || !f.amx_bf16) return "CPU lacks AMX-TILE/AMX-BF16";
+  if (!f.avx512) return "CPU lacks AVX-512 F/BW/DQ/VL";
+  if (!f.avx512_bf16) return "CPU lacks AVX512-BF16";
+  if (!f.osxsave) return "OS has not enabled XSAVE";
+  if ((f.xcr0 & 0xe6u) != 0xe6u) return "OS has not enabled the AVX-512 register state (XCR0)";
+  if ((f.xcr0 & 0x60000u) != 0x60000u) return "OS has not enabled the AMX tile state (XCR0)";
 #if defined(__linux__)
   constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
   if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0)
@@ -364,24 +358,12 @@ std::string compute_unavailable_reason() {
 // attributes include AVX512-BF16) and the model's float32 FMA, so it needs AVX-512 F/BW/DQ/VL,
 // AVX512-BF16 and, for the exact kernel's packing, AVX512-VBMI, with the OS's AVX-512 state.
 std::string compute_emulation_reason() {
-  uint32_t r[4];
-  cpuid(0, 0, r);
-  if (r[0] < 7) return "CPU lacks AVX-512 (no cpuid leaf 7)";
-  cpuid(1, 0, r);
-  const bool osxsave = (r[2] >> 27) & 1u;
-  cpuid(7, 0, r);
-  const uint32_t max_sub = r[0], ebx = r[1], ecx = r[2];
-  const bool avx512 = ((ebx >> 16) & 1u) && ((ebx >> 17) & 1u) && ((ebx >> 30) & 1u) && ((ebx >> 31) & 1u);
-  const bool vbmi = (ecx >> 1) & 1u;
-  bool bf16 = false;
-  if (max_sub >= 1) {
-    cpuid(7, 1, r);
-    bf16 = (r[0] >> 5) & 1u;
-  }
-  if (!avx512) return "CPU lacks AVX-512 F/BW/DQ/VL";
-  if (!bf16) return "CPU lacks AVX512-BF16";
-  if (!vbmi) return "CPU lacks AVX512-VBMI";
-  if (!osxsave || (xgetbv0() & 0xe6u) != 0xe6u) return "OS has not enabled the AVX-512 register state";
+  const Features f = read_features();
+  if (!f.leaf7) return "CPU lacks AVX-512 (no cpuid leaf 7)";
+  if (!f.avx512) return "CPU lacks AVX-512 F/BW/DQ/VL";
+  if (!f.avx512_bf16) return "CPU lacks AVX512-BF16";
+  if (!f.vbmi) return "CPU lacks AVX512-VBMI";
+  if (!f.osxsave || (f.xcr0 & 0xe6u) != 0xe6u) return "OS has not enabled the AVX-512 register state (XCR0)";
   return "";
 }
 
