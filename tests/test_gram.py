@@ -760,6 +760,31 @@ def test_mixed_dtype_stream_crosses_kernels(precision):
     assert err <= BARS[precision], f"seed={seed} {precision}: error {err:.3e}"
 
 
+def test_the_tile_model_matches_the_tile_unit():
+    """Where the CPU has AMX, the software model of the tile instructions ('amx-emulated', what
+    tests run on AVX-512 CPUs without AMX) must reproduce it: the exact int8 kernel's integer sums
+    do not depend on order, so its Gram is bit-identical; the bf16 kernel's float32 sums may be
+    ordered differently by the hardware, so its covariance agrees to float32 rounding."""
+    if _core.amx_unavailable_reason() or _core.amx_emulation_unavailable_reason():
+        pytest.skip(f"needs AMX and the model: {_core.amx_unavailable_reason() or _core.amx_emulation_unavailable_reason()}")
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    x = llm_like(5000, 70, rng)
+    xb = torch.from_numpy(x).to(torch.bfloat16)
+    out = {}
+    for k in ("amx", "amx-emulated"):
+        with fast_kernel(k):
+            out[k, "fast"] = geomfast.GramAccumulator(70, precision="fast").update(xb).covariance()
+            out[k, "fast32"] = geomfast.GramAccumulator(70, precision="fast").update(x.astype(np.float32)).covariance()
+            if _core.amx_exact_unavailable_reason() == "":
+                out[k, "exact"] = np.asarray(geomfast.GramAccumulator(70).update(xb).state_dict()["gram"])
+    for kind in ("fast", "fast32"):
+        diff = rel_fro(out["amx-emulated", kind], out["amx", kind])
+        assert diff <= 1e-7, f"seed={seed} {kind}: model and tile unit differ by {diff:.2e}"
+    if ("amx", "exact") in out:
+        assert np.array_equal(out["amx", "exact"], out["amx-emulated", "exact"]), f"seed={seed}: exact kernel differs"
+
+
 def test_highest_exact_kernel_is_reported_and_used(each_fast_kernel):
     """backends() says which product 'highest' runs for 16-bit input; where AMX-INT8 is there, the
     exact kernel and dsyrk both run (dsyrk rounds its long sums, so they are not bit-identical)."""
