@@ -30,8 +30,9 @@ from geomfast import _core
 from geomfast import reference as ref
 from conftest import fast_kernel, fast_kernels, is_amx, llm_like, rel_fro, subprocess_env, tuning
 
-# Every test here runs once per 'fast' kernel of this machine (float32 syrk; AMX split products
-# where the CPU has AMX), so both CPU implementations of 'fast' meet the same bars.
+# Every test here runs once per 'fast' kernel set of this machine (float32 syrk; the AMX kernels
+# where the CPU has AMX, or on the tile model where it has AVX-512 without AMX), so both CPU
+# implementations of 'fast' meet the same bars.
 @pytest.fixture(autouse=True, params=fast_kernels())
 def each_fast_kernel(request):
     with fast_kernel(request.param):

@@ -124,14 +124,15 @@ inline void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
 #define GFX_TILE_LOAD(tmm, base) GF_TILE_LOAD(tmm, base, 64L)
 #define GFX_TILE_STORE(tmm, base) GF_TILE_STORE(tmm, base, 64L)
 // The four signedness variants of the int8 dot product, natively and on the model.
-#define GFX_DP_dpbssd(c, a, b) \
-  if constexpr (kEmu) emu::dp_int8<true, true>(c, a, b); else _tile_dpbssd(c, a, b)
-#define GFX_DP_dpbsud(c, a, b) \
-  if constexpr (kEmu) emu::dp_int8<true, false>(c, a, b); else _tile_dpbsud(c, a, b)
-#define GFX_DP_dpbusd(c, a, b) \
-  if constexpr (kEmu) emu::dp_int8<false, true>(c, a, b); else _tile_dpbusd(c, a, b)
-#define GFX_DP_dpbuud(c, a, b) \
-  if constexpr (kEmu) emu::dp_int8<false, false>(c, a, b); else _tile_dpbuud(c, a, b)
+#define GFX_DP_INT8(sa, sb, insn, c, a, b)                 \
+  do {                                                     \
+    if constexpr (kEmu) emu::dp_int8<sa, sb>(c, a, b);     \
+    else insn(c, a, b);                                    \
+  } while (0)
+#define GFX_DP_dpbssd(c, a, b) GFX_DP_INT8(true, true, _tile_dpbssd, c, a, b)
+#define GFX_DP_dpbsud(c, a, b) GFX_DP_INT8(true, false, _tile_dpbsud, c, a, b)
+#define GFX_DP_dpbusd(c, a, b) GFX_DP_INT8(false, true, _tile_dpbusd, c, a, b)
+#define GFX_DP_dpbuud(c, a, b) GFX_DP_INT8(false, false, _tile_dpbuud, c, a, b)
 
 // Software prefetch of the next step's tiles into L1: 1 = A and B, 2 = A only, 0 = none.
 #ifndef GEOMFAST_EXACT_PREFETCH

@@ -610,8 +610,8 @@ class CpuGram final : public GramBackend {
   // around the float64 mean; with 1/4 spread 1.5e-8 and 2.0e-8. (An AVX512-BF16 kernel with plain
   // float32 sums, written to test this and not kept, gave 2.0e-6 and 6.0e-7; 5.0e-7 at d = 64.)
   // Extrapolated as r²·sqrt(d), 1/4 spread keeps the loss below 1e-7 up to d = 8192. The cost: such
-  // columns, now shifted, need their lo products where values lie far below the shift. The exact kernel's
-  // integer sums lose nothing uncentred, so it keeps 2 spreads. Not for float32 syrk: its 512-row
+  // columns, now shifted, need their lo products where values lie far below the shift. The exact
+  // kernel's integer sums lose nothing uncentred, so it keeps 2 spreads. Not for float32 syrk: its 512-row
   // float32 sums lost accuracy on grid-shifted data (correlated rounding of short values: 1.0-1.7e-6
   // measured). For the exact kernel the few bits are what make the int8 digits exact; the shift's
   // distance from the mean (≤ 2^-9 of it) costs float64 a few bits at most.
