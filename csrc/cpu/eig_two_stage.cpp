@@ -13,6 +13,11 @@
 // k waiting for the previous sweep's task k + 2): correct, same speed as sb2st on one thread,
 // and no faster on two (0.09–0.12 s vs 0.10–0.14 s at n = 2048), slower while OpenBLAS's
 // threads still spin after the band step — every task reads what the other core just wrote.
+// Also tried and not kept (2026-12-03): a lookahead reduction whose trailing update runs over the
+// lower 256² tiles only, fused with the next panel's A22·V while each tile is in cache (our
+// threads, single-threaded BLAS per tile; 2/3 of the flops): the band step took the same time as
+// the full-matrix dgemm (2.64 vs 2.84 s at n = 4096, 0.63 vs 0.60 s at 2048 on one thread; noise
+// ±10 %) — the per-tile dgemm calls of depth 32–64 run slower than one large call.
 #include <algorithm>
 #include <cstring>
 #include <vector>
