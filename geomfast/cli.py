@@ -356,22 +356,6 @@ def check_paths(args: argparse.Namespace) -> None:
             check[a.kind](path, a.flag)
 
 
-# SQLite's result codes for what the file system or the file did, not geomfast's SQL: PERM, BUSY,
-# LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, NOTADB. (SQLITE_ERROR, a bad statement
-# or a missing table, is a bug and keeps its traceback.)
-_SQLITE_ENVIRONMENT_CODES = frozenset({3, 5, 6, 7, 8, 10, 11, 13, 14, 26})
-_SQLITE_ENVIRONMENT_MESSAGES = ("access permission denied", "database is locked", "out of memory",
-                                "readonly database", "disk i/o error", "malformed", "disk is full",
-                                "unable to open database file", "file is not a database")
-
-
-def _is_sqlite_environment_error(e: sqlite3.DatabaseError) -> bool:
-    code = getattr(e, "sqlite_errorcode", None)  # Python >= 3.11
-    if code is not None:
-        return (code & 0xFF) in _SQLITE_ENVIRONMENT_CODES
-    return any(m in str(e).lower() for m in _SQLITE_ENVIRONMENT_MESSAGES)
-
-
 def _databases_of(args: argparse.Namespace) -> list[str]:
     return [p for a in PATH_ARGS.get(args.command, ()) if a.kind in ("input", "database")
             for p in _paths_of(args, a)]
@@ -435,7 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"geomfast {args.command}: error: {e}", file=sys.stderr)
         return 1
     except sqlite3.DatabaseError as e:  # the file system's or the file's; a bad statement is re-raised
-        if not _is_sqlite_environment_error(e) or os.environ.get("GEOMFAST_DEBUG"):
+        from .store import is_environment_error
+        if not is_environment_error(e) or os.environ.get("GEOMFAST_DEBUG"):
             raise
         where = ", ".join(_databases_of(args)) or "?"
         print(f"geomfast {args.command}: error: SQLite ({where}): {e}", file=sys.stderr)

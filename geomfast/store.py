@@ -152,8 +152,18 @@ CREATE TABLE IF NOT EXISTS spectra (
 # place): a database without them belongs to another program.
 _CORE_TABLES = ("meta", "runs", "results", "spectra")
 
-# SQLite primary result codes (an error's extended code & 0xFF).
-_SQLITE_READONLY, _SQLITE_CORRUPT, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 8, 11, 14, 26
+# SQLite primary result codes (an error's extended code & 0xFF) and, for Pythons whose errors
+# lack ``sqlite_errorcode``, the words of each code's message.
+_SQLITE_ERROR, _SQLITE_READONLY, _SQLITE_CORRUPT, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 1, 8, 11, 14, 26
+_SQLITE_MESSAGES = (("not a database", _SQLITE_NOTADB), ("malformed", _SQLITE_CORRUPT),
+                    ("readonly", _SQLITE_READONLY), ("unable to open", _SQLITE_CANTOPEN),
+                    ("access permission denied", 3), ("database is locked", 5),
+                    ("table is locked", 6), ("out of memory", 7), ("disk i/o error", 10),
+                    ("disk is full", 13))
+# The codes for what the file system or the file did, not geomfast's SQL: PERM, BUSY, LOCKED,
+# NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, NOTADB. (SQLITE_ERROR, a bad statement or a
+# missing table, is a bug.)
+_SQLITE_ENVIRONMENT_CODES = frozenset({3, 5, 6, 7, 8, 10, 11, 13, 14, 26})
 
 
 def _sqlite_code(e: sqlite3.Error) -> int:
@@ -161,12 +171,17 @@ def _sqlite_code(e: sqlite3.Error) -> int:
     code = getattr(e, "sqlite_errorcode", None)
     if code is not None:
         return int(code)
-    text = str(e)
-    for needle, c in (("not a database", _SQLITE_NOTADB), ("malformed", _SQLITE_CORRUPT),
-                      ("readonly", _SQLITE_READONLY), ("unable to open", _SQLITE_CANTOPEN)):
+    text = str(e).lower()
+    for needle, c in _SQLITE_MESSAGES:
         if needle in text:
             return c
-    return 1  # SQLITE_ERROR
+    return _SQLITE_ERROR
+
+
+def is_environment_error(e: sqlite3.Error) -> bool:
+    """Whether an sqlite3 error comes from the file system or the file (permissions, locks, a full
+    disk, a corrupt or foreign file) rather than from a statement of ours."""
+    return _sqlite_code(e) & 0xFF in _SQLITE_ENVIRONMENT_CODES
 
 
 def options_hash(options: Mapping[str, Any]) -> str:

@@ -513,3 +513,31 @@ def test_recompute_gives_nan_for_a_degenerate_row_and_recomputes_the_others(tmp_
         warnings.simplefilter("ignore", M.SpectrumWarning)  # the all-zero row's, said above
         recompute_metrics(db)
     assert not isinstance(err.value, M.DegenerateSpectrumError)
+
+
+def test_sqlite_errors_are_told_apart_by_code_and_by_message_where_the_code_is_missing(tmp_path):
+    """The CLI's one-line errors rest on this: what the file system or the file did (a locked,
+    foreign or unopenable database) is an environment error; a bad statement is not — read from
+    ``sqlite_errorcode`` where the error has one and from its message where it does not."""
+    from geomfast.store import is_environment_error
+
+    folder = tmp_path / "adir.db"
+    folder.mkdir()
+    with pytest.raises(sqlite3.OperationalError) as cantopen:
+        sqlite3.connect(folder).execute("SELECT 1")
+    foreign = tmp_path / "foreign.db"
+    foreign.write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(sqlite3.DatabaseError) as notadb:
+        sqlite3.connect(foreign).execute("SELECT * FROM sqlite_master")
+    with pytest.raises(sqlite3.OperationalError) as syntax:
+        sqlite3.connect(":memory:").execute("SELEC 1")
+    assert is_environment_error(cantopen.value) and is_environment_error(notadb.value)
+    assert not is_environment_error(syntax.value)
+    for e in (cantopen.value, notadb.value, syntax.value):  # the same verdict from the text alone
+        bare = type(e)(str(e))
+        assert not hasattr(bare, "sqlite_errorcode")
+        assert is_environment_error(bare) == is_environment_error(e), str(e)
+    for text in ("database is locked", "disk I/O error", "attempt to write a readonly database",
+                 "database or disk is full", "database disk image is malformed"):
+        assert is_environment_error(sqlite3.OperationalError(text)), text
+    assert not is_environment_error(sqlite3.OperationalError("no such table: results"))
