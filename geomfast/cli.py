@@ -22,21 +22,40 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-__all__ = ["Command", "COMMANDS", "PathArg", "PATH_ARGS", "register", "check_paths", "build_parser",
+__all__ = ["Command", "COMMANDS", "PathArg", "register", "check_paths", "build_parser",
            "main", "format_table"]
+
+
+@dataclass(frozen=True)
+class PathArg:
+    """A path argument of a subcommand, checked by main() before the subcommand runs, so that a
+    path it cannot use is one error line naming the argument, not a traceback half-way through.
+
+    dest: its attribute in the parsed arguments (a path, a list of paths, or None / '-' when
+    absent); flag: how the user types it, for messages; kind: 'input' (a results database it
+    reads), 'file' (a file it writes: never one of its inputs, nor any SQLite database),
+    'database' (a results database it creates or adds to) or 'folder' (a folder it writes in);
+    check: False where the subcommand checks it itself (named in SQLite errors all the same)."""
+
+    dest: str
+    flag: str
+    kind: str
+    check: bool = True
 
 
 @dataclass(frozen=True)
 class Command:
     """A subcommand. ``prepare(parser, args)``, when given, runs on the parsed arguments before
-    their paths are checked (see PATH_ARGS) and before ``run``: to settle what parsing alone
-    cannot (it may call ``parser.error``)."""
+    their paths are checked and before ``run``: to settle what parsing alone cannot (it may call
+    ``parser.error``). ``paths``: its path arguments, checked by :func:`check_paths` before it
+    runs and named in SQLite errors."""
 
     name: str
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
     prepare: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None
+    paths: tuple[PathArg, ...] = ()
 
 
 COMMANDS: list[Command] = []
@@ -47,9 +66,10 @@ _PLUGIN_MODULES = ("geomfast.phases", "geomfast.bench", "geomfast.merge")
 
 def register(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
              run: Callable[[argparse.Namespace], int], *,
-             prepare: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None) -> Command:
+             prepare: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None,
+             paths: Sequence[PathArg] = ()) -> Command:
     """Add (or replace) a subcommand."""
-    cmd = Command(name, help, add_arguments, run, prepare)
+    cmd = Command(name, help, add_arguments, run, prepare, tuple(paths))
     for i, c in enumerate(COMMANDS):
         if c.name == name:
             COMMANDS[i] = cmd
@@ -290,47 +310,20 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+_DB = PathArg("db", "RESULTS.db", "input")
+# trace checks --out itself (sweep, on rank 0 alone: other ranks never write it)
 register("trace", "trace RankMe / α-ReQ across checkpoints and layers into a results database",
-         _add_trace, _run_trace)
-register("show", "print a results database as a table", _add_show, _run_show)
-register("export", "export a results database to CSV or Parquet", _add_export, _run_export)
-register("plot", "plot RankMe and α against training step", _add_plot, _run_plot)
+         _add_trace, _run_trace, paths=(PathArg("out", "--out", "database", check=False),))
+register("show", "print a results database as a table", _add_show, _run_show, paths=(_DB,))
+register("export", "export a results database to CSV or Parquet", _add_export, _run_export,
+         paths=(_DB, PathArg("output", "-o", "file")))
+register("plot", "plot RankMe and α against training step", _add_plot, _run_plot,
+         paths=(_DB, PathArg("output", "-o", "file")))
 register("demo", "offline demo: train a tiny GPT-NeoX, trace its checkpoints, plot",
-         _add_demo, _run_demo)
+         _add_demo, _run_demo, paths=(PathArg("out", "--out", "folder"),))
 
 
 # ----------------------------------------------------------------------------- paths
-
-@dataclass(frozen=True)
-class PathArg:
-    """A path argument of a subcommand, checked by main() before the subcommand runs, so that a
-    path it cannot use is one error line naming the argument, not a traceback half-way through.
-
-    dest: its attribute in the parsed arguments (a path, a list of paths, or None / '-' when
-    absent); flag: how the user types it, for messages; kind: 'input' (a results database it
-    reads), 'file' (a file it writes: never one of its inputs, nor any SQLite database),
-    'database' (a results database it creates or adds to) or 'folder' (a folder it writes in);
-    check: False where the subcommand checks it itself (named in SQLite errors all the same)."""
-
-    dest: str
-    flag: str
-    kind: str
-    check: bool = True
-
-
-# The built-in subcommands' paths.
-PATH_ARGS: dict[str, tuple[PathArg, ...]] = {
-    # trace checks --out itself (sweep, on rank 0 alone: other ranks never write it)
-    "trace": (PathArg("out", "--out", "database", check=False),),
-    "show": (PathArg("db", "RESULTS.db", "input"),),
-    "export": (PathArg("db", "RESULTS.db", "input"), PathArg("output", "-o", "file")),
-    "plot": (PathArg("db", "RESULTS.db", "input"), PathArg("output", "-o", "file")),
-    "phases": (PathArg("db", "RESULTS.db", "input"), PathArg("json_out", "--json", "file")),
-    # merge refuses an input that is OUT.db itself
-    "merge": (PathArg("out", "OUT.db", "database"), PathArg("inputs", "IN.db", "input")),
-    "demo": (PathArg("out", "--out", "folder"),),
-}
-
 
 def _paths_of(args: argparse.Namespace, arg: PathArg) -> list[str]:
     value = getattr(args, arg.dest, None)
@@ -339,14 +332,14 @@ def _paths_of(args: argparse.Namespace, arg: PathArg) -> list[str]:
 
 
 def check_paths(args: argparse.Namespace) -> None:
-    """Refuse, before anything runs, a path of ``args.command`` (PATH_ARGS) that it cannot use: an
+    """Refuse, before anything runs, a path of the parsed command (its ``paths``) that it cannot use: an
     output that would overwrite one of its input databases or any other SQLite database, a folder
     given as a file or database, a file given as a folder, a folder it may not write in
     (ValueError naming the argument)."""
     from ._paths import check_input_database, check_output_database, check_output_file, \
         check_output_folder
 
-    spec = [a for a in PATH_ARGS.get(args.command, ()) if a.check]
+    spec = [a for a in args._command.paths if a.check]
     inputs = [(a.flag, p) for a in spec if a.kind == "input" for p in _paths_of(args, a)]
     check = {"input": check_input_database, "database": check_output_database,
              "folder": check_output_folder,
@@ -357,7 +350,7 @@ def check_paths(args: argparse.Namespace) -> None:
 
 
 def _databases_of(args: argparse.Namespace) -> list[str]:
-    return [p for a in PATH_ARGS.get(args.command, ()) if a.kind in ("input", "database")
+    return [p for a in args._command.paths if a.kind in ("input", "database")
             for p in _paths_of(args, a)]
 
 

@@ -155,5 +155,9 @@ def _run_merge(args) -> int:
 
 
 def register_cli(register) -> None:
+    from .cli import PathArg
+
+    # merge refuses an input that is OUT.db itself
     register("merge", "merge results databases (e.g. from separate machines) into one; "
-                      "idempotent", _add_merge, _run_merge)
+                      "idempotent", _add_merge, _run_merge,
+             paths=(PathArg("out", "OUT.db", "database"), PathArg("inputs", "IN.db", "input")))

@@ -771,6 +771,9 @@ def _run(args) -> int:
 
 
 def register_cli(register) -> None:
+    from .cli import PathArg
+
     register("phases", "label warm-up collapse, entropy- and compression-seeking phases in a results "
-             "database", _add_arguments, _run, prepare=_prepare)
+             "database", _add_arguments, _run, prepare=_prepare,
+             paths=(PathArg("db", "RESULTS.db", "input"), PathArg("json_out", "--json", "file")))
 

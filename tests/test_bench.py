@@ -177,14 +177,25 @@ def test_failed_geomfast_row_exits_nonzero_with_full_message(capsys, monkeypatch
     assert "[1] x: MemoryError: " + "y" * 100 + " end" in bench.format_bench(rows)
 
 
-def test_cli_checks_json_folder_before_running(tmp_path, capsys):
-    missing = tmp_path / "nope" / "x.json"
-    rc, out, err = _bench_cli(["--sizes", "16", "--n-rows", "32", "--repeats", "1", "--json", str(missing)],
-                              capsys)
-    assert rc == 1 and out == "" and "…" not in err  # refused before the first case
-    assert f"the folder {missing.parent} does not exist" in err and "--json" in err
+def test_cli_checks_json_path_before_running(tmp_path, capsys):
+    """--json FILE is checked as export's and plot's outputs are, before the first case: a folder
+    or an SQLite database is refused; a missing folder is made, as they make theirs."""
+    import sqlite3
+
     rc, out, err = _bench_cli(["--sizes", "16", "--json", str(tmp_path)], capsys)
-    assert rc == 1 and out == "" and "expected a file name, got a folder" in err
+    assert rc == 1 and out == "" and "…" not in err  # refused before the first case
+    assert "--json" in err and "this is a folder, expected a file name" in err
+    db = tmp_path / "results.db"
+    sqlite3.connect(db).execute("CREATE TABLE t (x)").connection.commit()
+    before = db.read_bytes()
+    rc, out, err = _bench_cli(["--sizes", "16", "--json", str(db)], capsys)
+    assert rc == 1 and out == "" and "this is an SQLite database" in err
+    assert db.read_bytes() == before
+    missing = tmp_path / "nope" / "x.json"
+    rc, out, err = _bench_cli(["--op", "gram", "--sizes", "16", "--n-rows", "32", "--repeats", "1",
+                               "--warmup", "0", "--json", str(missing)], capsys)
+    assert rc == 0, err
+    assert json.loads(missing.read_text())["results"]
 
 
 def test_cli_refuses_k_above_size_instead_of_clamping(capsys):

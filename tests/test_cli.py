@@ -322,8 +322,8 @@ def test_sqlite_errors_of_the_file_system_are_one_line_and_bugs_keep_their_trace
         sqlite3.connect(args.db).execute(args.sql)
         return 0
 
-    cli.register("sqltest", "a test subcommand", add, run)
-    cli.PATH_ARGS["sqltest"] = (cli.PathArg("db", "DB", "input", check=False),)
+    cli.register("sqltest", "a test subcommand", add, run,
+                 paths=(cli.PathArg("db", "DB", "input", check=False),))
     try:
         assert cli.main(["sqltest", str(folder)]) == 1
         assert capsys.readouterr().err == (f"geomfast sqltest: error: SQLite ({folder}): "
@@ -332,7 +332,6 @@ def test_sqlite_errors_of_the_file_system_are_one_line_and_bugs_keep_their_trace
             cli.main(["sqltest", str(tmp_path / "x.db"), "--sql", "SELEC 1"])
     finally:
         cli.COMMANDS[:] = [c for c in cli.COMMANDS if c.name != "sqltest"]
-        del cli.PATH_ARGS["sqltest"]
 
 
 def test_folders_without_write_permission_are_one_error_line(tmp_path):
