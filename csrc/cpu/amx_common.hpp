@@ -17,6 +17,45 @@ namespace geomfast::cpu::amx {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
+// What cpuid and XCR0 say about the features the AMX kernels and their software model use (one
+// reading for both kernels, so that their availability checks cannot drift apart).
+struct CpuFeatures {
+  bool leaf7 = false, osxsave = false, avx512 = false, avx512_bf16 = false, vbmi = false;
+  bool amx_tile = false, amx_bf16 = false, amx_int8 = false;
+  uint64_t xcr0 = 0;
+};
+
+inline void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
+  __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(sub));
+}
+
+inline CpuFeatures read_cpu_features() {
+  CpuFeatures f;
+  uint32_t r[4];
+  cpuid(0, 0, r);
+  f.leaf7 = r[0] >= 7;
+  if (!f.leaf7) return f;
+  cpuid(1, 0, r);
+  f.osxsave = (r[2] >> 27) & 1u;
+  cpuid(7, 0, r);
+  const uint32_t max_sub = r[0], ebx = r[1], ecx = r[2], edx = r[3];
+  f.avx512 = ((ebx >> 16) & 1u) && ((ebx >> 17) & 1u) && ((ebx >> 30) & 1u) && ((ebx >> 31) & 1u);  // F DQ BW VL
+  f.vbmi = (ecx >> 1) & 1u;
+  f.amx_bf16 = (edx >> 22) & 1u;
+  f.amx_tile = (edx >> 24) & 1u;
+  f.amx_int8 = (edx >> 25) & 1u;
+  if (max_sub >= 1) {
+    cpuid(7, 1, r);
+    f.avx512_bf16 = (r[0] >> 5) & 1u;
+  }
+  if (f.osxsave) {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    f.xcr0 = (static_cast<uint64_t>(hi) << 32) | lo;
+  }
+  return f;
+}
+
 struct alignas(64) TileConfig {
   uint8_t palette_id;
   uint8_t start_row;

@@ -103,10 +103,6 @@ constexpr int64_t kPanelBudget = GEOMFAST_EXACT_PANEL_BYTES;  // B panels kept i
 
 #if defined(__x86_64__)
 
-inline void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
-  __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(sub));
-}
-
 // GCC 12's AVX-512 headers self-initialise their "undefined" vectors, which -Wall reports inside
 // target-attribute functions; the values are never used.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -466,10 +462,9 @@ GFX_TARGET void sweep(const int8_t* ap, const int8_t* bp, int64_t nblk, int64_t 
 std::string compute_exact_reason() {
   const std::string& base = unavailable_reason();
   if (!base.empty()) return base;
-  uint32_t r[4];
-  cpuid(7, 0, r);
-  if (((r[3] >> 25) & 1u) == 0) return "CPU lacks AMX-INT8";
-  if (((r[2] >> 1) & 1u) == 0) return "CPU lacks AVX512-VBMI";
+  const CpuFeatures f = read_cpu_features();
+  if (!f.amx_int8) return "CPU lacks AMX-INT8";
+  if (!f.vbmi) return "CPU lacks AVX512-VBMI";
   return "";
 }
 

@@ -63,15 +63,6 @@ inline int64_t block_index(int64_t p, int64_t q, int64_t np) {  // p <= q, row-m
 
 #if defined(__x86_64__)
 
-inline void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
-  __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(sub));
-}
-inline uint64_t xgetbv0() {
-  uint32_t lo, hi;
-  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-  return (static_cast<uint64_t>(hi) << 32) | lo;
-}
-
 // GCC 12's AVX-512 headers self-initialise their "undefined" vectors, which -Wall reports inside
 // target-attribute functions; the values are never used.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -306,36 +297,8 @@ GF_AMX_TARGET void flush_tile(const float* tile, double* g, int64_t ldg, int64_t
   }
 }
 
-// What cpuid and XCR0 say about the features both the AMX kernels and their model use.
-struct Features {
-  bool leaf7 = false, osxsave = false, avx512 = false, avx512_bf16 = false, vbmi = false;
-  bool amx_tile = false, amx_bf16 = false;
-  uint64_t xcr0 = 0;
-};
-Features read_features() {
-  Features f;
-  uint32_t r[4];
-  cpuid(0, 0, r);
-  f.leaf7 = r[0] >= 7;
-  if (!f.leaf7) return f;
-  cpuid(1, 0, r);
-  f.osxsave = (r[2] >> 27) & 1u;
-  cpuid(7, 0, r);
-  const uint32_t max_sub = r[0], ebx = r[1], ecx = r[2], edx = r[3];
-  f.avx512 = ((ebx >> 16) & 1u) && ((ebx >> 17) & 1u) && ((ebx >> 30) & 1u) && ((ebx >> 31) & 1u);  // F DQ BW VL
-  f.vbmi = (ecx >> 1) & 1u;
-  f.amx_bf16 = (edx >> 22) & 1u;
-  f.amx_tile = (edx >> 24) & 1u;
-  if (max_sub >= 1) {
-    cpuid(7, 1, r);
-    f.avx512_bf16 = (r[0] >> 5) & 1u;
-  }
-  if (f.osxsave) f.xcr0 = xgetbv0();
-  return f;
-}
-
 std::string compute_unavailable_reason() {
-  const Features f = read_features();
+  const CpuFeatures f = read_cpu_features();
   if (!f.leaf7) return "CPU lacks AMX-BF16 (no cpuid leaf 7)";
   if (!f.amx_tile || !f.amx_bf16) return "CPU lacks AMX-TILE/AMX-BF16";
   if (!f.avx512) return "CPU lacks AVX-512 F/BW/DQ/VL";
@@ -358,7 +321,7 @@ std::string compute_unavailable_reason() {
 // attributes include AVX512-BF16) and the model's float32 FMA, so it needs AVX-512 F/BW/DQ/VL,
 // AVX512-BF16 and, for the exact kernel's packing, AVX512-VBMI, with the OS's AVX-512 state.
 std::string compute_emulation_reason() {
-  const Features f = read_features();
+  const CpuFeatures f = read_cpu_features();
   if (!f.leaf7) return "CPU lacks AVX-512 (no cpuid leaf 7)";
   if (!f.avx512) return "CPU lacks AVX-512 F/BW/DQ/VL";
   if (!f.avx512_bf16) return "CPU lacks AVX512-BF16";
