@@ -76,7 +76,10 @@ def eigvalsh(a, *, method: str = "full", k: int | None = None, **options) -> np.
             from one Krylov step to the next), tol_k (how many leading values must meet tol; default
             all k — e.g. 100 when only α-ReQ's fit range matters), block (Krylov block width; default
             clamp(k/8, 32, 256)), oversample (16: the space is at least k + oversample wide),
-            n_iter (fixed Krylov depth instead of tol), max_iter (64), seed (0).
+            n_iter (fixed Krylov depth instead of tol), max_iter (64), seed (0). Block Krylov finds
+            about `block` copies of a repeated eigenvalue per random start block: a value found that
+            often once the values settle restarts the space from a fresh block, until every copy
+            is in (a fixed n_iter does not restart; where copies may be missing, it warns).
             single_precision: CUDA full solve in float32 (retried in float64 on failure).
     """
     check_kind(a, func="eigvalsh", arg="a")  # (before a.shape: a nested tensor has none)

@@ -544,22 +544,45 @@ def test_randomized_k_beyond_the_rank_settles_at_once():
         assert np.all(np.abs(got[59:]) <= 1e-13 * want[0]), f"seed={seed} k={k}: the null space is not ~0"
 
 
-def test_randomized_warns_when_a_repeated_value_may_have_lost_copies():
+@pytest.mark.parametrize("k, block", [(45, 8), (64, None), (45, 16), (100, 32)])
+def test_randomized_restarts_until_a_repeated_value_has_all_its_copies(k, block):
     """Block Krylov holds at most about `block` directions of one eigenspace: with 40 copies of an
     eigenvalue and block=8 it found 32 and filled the top 45 with smaller values (off by 4.0),
-    silently. Finding an eigenvalue `block` or more times, with smaller values after it, warns."""
+    with only a warning; at the default block (32) it found 32 of 40. Now a value found as often
+    as random directions went in restarts the space from a fresh block until a restart finds
+    fewer: every copy is found, and quietly."""
+    seed = new_seed()
+    rng = np.random.default_rng(seed)
+    n, mult = 500, 40 if k < 100 else 70
+    q = random_orthogonal(rng, n)
+    lam = np.r_[np.full(mult, 5.0), np.linspace(1, 0.1, n - mult)]
+    a = (q * lam) @ q.T
+    opts = {} if block is None else {"block": block}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = geomfast.eigvalsh(a, method="randomized", k=k, **opts)
+    assert np.max(np.abs(got - lam[:k])) <= 1e-12 * 5, f"seed={seed}"
+
+
+def test_randomized_warns_when_a_repeated_value_may_still_lack_copies():
+    """A fixed depth (n_iter) does not restart, nor does a space with no room left: finding a value
+    as often as random directions went in, with smaller values after it, warns; values all equal
+    to the end of the top k do not (nothing smaller took a missing copy's place)."""
     seed = new_seed()
     rng = np.random.default_rng(seed)
     q = random_orthogonal(rng, 500)
     lam = np.r_[np.full(40, 5.0), np.linspace(1, 0.1, 460)]
     a = (q * lam) @ q.T
-    with pytest.warns(RuntimeWarning, match=r"found the eigenvalue 5\.0+ \d+ times, at least its Krylov block "
-                                            r"width \(8\).*pass block > \d+ or use method='full'"):
-        geomfast.eigvalsh(a, method="randomized", k=45, block=8)
-    got = geomfast.eigvalsh(a, method="randomized", k=45, block=48)  # the advice: right, and quiet
-    assert np.max(np.abs(got - lam[:45])) <= 1e-12 * 5, f"seed={seed}"
+    with pytest.warns(RuntimeWarning, match=r"found the eigenvalue 5\.0+ \d+ times, at least the 8 random "
+                                            r"directions .*\(block 8\).*pass block > \d+, drop n_iter or "
+                                            r"use method='full'"):
+        got = geomfast.eigvalsh(a, method="randomized", k=45, block=8, n_iter=6)
+    assert np.max(np.abs(got - lam[:45])) > 1.0  # what the warning is about: copies are missing
+    with pytest.warns(RuntimeWarning, match=r"found the eigenvalue 5\.0+ \d+ times, at least the \d+ random "
+                                            r"directions .*\(block 8(, \d+ restarts)?\).*raise max_iter"):
+        geomfast.eigvalsh(a, method="randomized", k=45, block=8, max_iter=24)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # values all equal to the end of the top k: nothing missing
+        warnings.simplefilter("error")
         geomfast.eigvalsh(3 * np.eye(200), method="randomized", k=64)
 
 

@@ -47,6 +47,26 @@ void project_out(DenseOps& ops, const Mat& v, Mat& x, Mat& c_scratch, int passes
   }
 }
 
+// The longest run of one repeated eigenvalue among the leading k of `vals` (descending): its
+// length, its value and the index where it ends. Exact zeros (a null space) are not runs: they
+// are found as zeros however many copies are missing.
+struct Repeat {
+  int64_t length = 1, end = 0;
+  double value = 0.0;
+};
+Repeat longest_repeat(const std::vector<double>& vals, int64_t k) {
+  Repeat best;
+  best.value = vals[0];
+  const double top = std::abs(vals[0]);
+  int64_t run = 1;
+  for (int64_t i = 1; i < k; ++i) {
+    const double x = vals[i], y = vals[i - 1];
+    run = std::abs(x - y) <= kRepeatRel * std::abs(y) && std::abs(y) > kZeroRel * top ? run + 1 : 1;
+    if (run > best.length) best.length = run, best.value = x, best.end = i;
+  }
+  return best;
+}
+
 }  // namespace
 
 EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
@@ -94,6 +114,16 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
   bool converged = false;
   int64_t cols = b, depth = 0, bj = b;  // bj: the width of the newest block (the last may be narrower)
   int64_t estimates = 0;
+  // Restarts for repeated eigenvalues. Block Krylov from b random vectors holds at most b
+  // directions of one eigenspace (its blocks all project onto the span of Ω's projection there),
+  // plus what a breakdown's fresh directions bring: an eigenvalue found b or more times may have
+  // more copies, pushed out of the top k by smaller values (multiplicity 40, block 8: 32 copies,
+  // the rest wrong). So when the values have settled with a value found at least `random_cols`
+  // times (the start block and every restart block), the space is extended from a fresh Gaussian
+  // block, projected out of it: its Krylov steps find up to b more copies, and the values must
+  // settle again, no sooner than the depth the first settling took. It ends when a restart finds
+  // fewer copies than random directions went in (none missing), or warns when the space is full.
+  int64_t random_cols = b, restarts = 0, settle_depth = 0, first_settled = -1;
   for (;; ++depth) {
     const int64_t j0 = cols - bj;
     Mat qj = cols_of(v, j0, cols);
@@ -149,7 +179,7 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
           const double den = std::max(std::abs(vals[i]), floor);
           change = std::max(change, std::abs(vals[i] - prev[i]) / den);
         }
-        if (!fixed && change <= opt.tol) converged = true;
+        if (!fixed && change <= opt.tol && depth >= settle_depth) converged = true;
       }
       prev = vals;
     }
@@ -157,7 +187,28 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
     // then reaches all n columns when max_cols = n, where the Ritz values are exact).
     const int64_t next = std::min(b, max_cols - cols);
     const bool space_full = next <= 0 || cols >= n;
-    const bool done = fixed ? (depth >= opt.n_iter && cols >= min_cols) : converged;
+    bool done = fixed ? (depth >= opt.n_iter && cols >= min_cols) : converged;
+    if (done && !fixed && !space_full) {
+      const Repeat rep = longest_repeat(vals, k);
+      if (rep.length >= random_cols && rep.end < k - 1) {  // copies may be missing: restart
+        if (first_settled < 0) first_settled = depth;
+        settle_depth = depth + 1 + std::max<int64_t>(first_settled, 1);
+        converged = done = false;
+        ++restarts;
+        random_cols += next;  // (the last block may be narrower: what is left of the space)
+        w.cols = next;
+        for (int64_t i = 0; i < n * next; ++i) omega[i] = normal(gen);
+        ops.upload(omega.data(), w);
+        project_out(ops, vcur, w, c, 2);
+        if (ops.orthonormalize(w)) {
+          project_out(ops, vcur, w, c, 2);
+          ops.orthonormalize(w);
+        }
+        cols += next;
+        bj = next;
+        continue;
+      }
+    }
     if (done || space_full) {
       if (space_full && cols >= n) converged = true;  // the whole space: Ritz values are exact
       break;
@@ -204,30 +255,26 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
     GF_THROW(RuntimeError, "[eigvalsh] randomized solver ended with ", vals.size(), " Ritz values, fewer than k=", k);
   res.values.assign(vals.begin(), vals.begin() + k);
   for (double& x : res.values) x /= ops.scale;  // a power of two: exact
-  // Block Krylov from b random vectors holds at most b directions of one eigenspace (its Krylov
-  // blocks all project onto the span of Ω's projection), plus what the fresh directions of a
-  // breakdown bring: an eigenvalue found b or more times may have more copies, pushed out of the
-  // top k by smaller values (multiplicity 40, block 8: 32 copies, the rest wrong, silently).
-  // Exact zeros (a null space) are left out: they are found as zeros however many are missing;
-  // so is a run that fills the top k to its end (no smaller value took a missing copy's place).
+  // Copies of a repeated value may still be missing where the space had no room for a restart,
+  // or at a fixed depth (n_iter), which does not restart: say so. (A space of all n columns holds
+  // every copy: its Ritz values are A's eigenvalues.)
   {
-    const double top = std::abs(res.values[0]);
-    int64_t run = 1, longest = 1, end = 0;
-    double at = res.values[0];
-    for (int64_t i = 1; i < k; ++i) {
-      const double x = res.values[i], y = res.values[i - 1];
-      run = std::abs(x - y) <= kRepeatRel * std::abs(y) && std::abs(y) > kZeroRel * top ? run + 1 : 1;
-      if (run > longest) longest = run, at = x, end = i;
-    }
-    if (longest >= b && b < n && end < k - 1)
-      res.warnings.push_back("randomized eigvalsh found the eigenvalue " + std::to_string(at) + " " +
-                             std::to_string(longest) + " times, at least its Krylov block width (" +
-                             std::to_string(b) + "): block Krylov finds about `block` copies of an " +
-                             "eigenvalue, so more may be missing from the top " + std::to_string(k) +
-                             "; pass block > " + std::to_string(longest) + " or use method='full'");
+    const Repeat rep = longest_repeat(res.values, k);
+    if (rep.length >= random_cols && cols < n && rep.end < k - 1)
+      res.warnings.push_back("randomized eigvalsh found the eigenvalue " + std::to_string(rep.value) + " " +
+                             std::to_string(rep.length) + " times, at least the " + std::to_string(random_cols) +
+                             " random directions its Krylov space started from (block " + std::to_string(b) +
+                             (restarts > 0 ? ", " + std::to_string(restarts) + " restarts" : std::string()) +
+                             "): block Krylov finds about that many copies of an eigenvalue, so more may be "
+                             "missing from the top " + std::to_string(k) + "; pass block > " +
+                             std::to_string(rep.length) + (fixed ? ", drop n_iter" : ", raise max_iter") +
+                             " or use method='full'");
   }
   res.iterations = depth;
   res.last_change = change;
+  // (Values that met tol while a restart's depth was still short are settled all the same; the
+  // warning above says what the restart could not finish.)
+  if (!fixed && !converged && restarts > 0 && estimates > 1 && change <= opt.tol) converged = true;
   res.converged = fixed ? true : converged;
   if (!res.converged)
     res.warnings.push_back("randomized eigvalsh did not reach tol=" + std::to_string(opt.tol) + " for the top " +
