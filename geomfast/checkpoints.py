@@ -32,6 +32,7 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ __all__ = [
     "revision_series",
     "select_revisions",
     "resolve_checkpoints",
+    "stage_starts_of",
     "is_model_folder",
     "weights_fingerprint",
 ]
@@ -190,14 +192,53 @@ class _Placed:
     local: bool = False
 
 
-def _place(revs: list[str], *, complete: bool = True) -> tuple[dict[str, _Placed], list[tuple[list[str], int, str]]]:
+def stage_starts_of(starts) -> dict[int, tuple[int, int | None]]:
+    """``stage_starts`` checked and read: {stage k >= 2: (step, tokens)} where stage k starts (the
+    end of stage k-1), each given as a revision name that carries a step (``'stage1-step1000-tokens5B'``,
+    ``'step1000'``), a step, or a (step, tokens) pair (tokens may be None)."""
+    if starts is None:
+        return {}
+    if not isinstance(starts, Mapping):
+        raise ValueError(f"[resolve_checkpoints] stage_starts must be a mapping {{stage: start}}, got "
+                         f"{type(starts).__name__}")
+    out = {}
+    for k, v in starts.items():
+        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+            raise ValueError(f"[resolve_checkpoints] stage_starts: expected a stage number >= 2 (stage 1 starts "
+                             f"at step 0), got {k!r}")
+        if isinstance(v, str):
+            step, tokens = parse_revision(v)
+            if step is None:
+                raise ValueError(f"[resolve_checkpoints] stage_starts[{k}]: expected a revision name carrying a "
+                                 f"step (e.g. 'stage{k - 1}-step1000-tokens5B'), got {v!r}")
+        elif isinstance(v, (tuple, list)) and len(v) == 2:
+            step, tokens = v
+        else:
+            step, tokens = v, None
+        for what, x, none_ok in (("step", step, False), ("tokens", tokens, True)):
+            if x is None and none_ok:
+                continue
+            if isinstance(x, bool) or not isinstance(x, int) or x < 0:
+                raise ValueError(f"[resolve_checkpoints] stage_starts[{k}]: expected a {what} that is an int >= 0, "
+                                 f"got {x!r}")
+        out[k] = (step, tokens)
+    return out
+
+
+def _place(revs: list[str], *, complete: bool = True,
+           starts: Mapping[int, tuple[int, int | None]] | None = None, folder: bool = False
+           ) -> tuple[dict[str, _Placed], list[tuple[list[str], int, str]]]:
     """Each revision's series, step and tokens. A stage k >= 2 starts at the end (highest step)
     of stage k-1: its checkpoints get that end's step and tokens added to their own. ``complete``:
     ``revs`` is the full list of the run's revisions (the hub's branch list, a run folder); when
     it is not (offline, the local cache; a pinned revision) where stage 1 ends is not known.
+    ``starts`` (see :func:`stage_starts_of`): where the user says stage k starts. Where the list
+    tells it too, the two must agree (ValueError), unless the list is a ``folder``'s, which may
+    hold only some of stage k-1's checkpoints: there the user's start is used, with a warning.
 
     Returns the placements and, for each stage left with local steps, (its series, the stage,
     why) for the caller's warning."""
+    starts = starts or {}
     parsed = {r: parse_revision(r) for r in revs}
     stage_of = {r: revision_stage(r)[0] for r in revs}
     series_of = {r: revision_series(r) for r in revs}
@@ -225,6 +266,19 @@ def _place(revs: list[str], *, complete: bool = True) -> tuple[dict[str, _Placed
         if k != done + 1:
             prev = (None, f"no stage-{k - 1} revision is listed")
         start, why = prev
+        if k in starts:
+            given = starts[k]
+            if start is not None and (start[0] != given[0] or (
+                    start[1] is not None and given[1] is not None and start[1] != given[1])):
+                msg = (f"stage_starts[{k}] is step {given[0]}, tokens {given[1]}, but the listed "
+                       f"revisions end stage {k - 1} at step {start[0]}, tokens {start[1]}")
+                if not folder:
+                    raise ValueError(f"[resolve_checkpoints] {msg}")
+                warnings.warn(f"[resolve_checkpoints] {msg} (the folder's last stage-{k - 1} checkpoint): "
+                              f"placing stage {k} at the start given", stacklevel=4)
+                start = given
+            else:
+                start = (given[0], given[1] if given[1] is not None else start[1] if start else None)
         names = [r for r in revs if stage_of[r] == k]
         for r in names:
             step, tokens = parsed[r]
@@ -265,7 +319,9 @@ def _warn_local(base: str, notes, chosen: list[str], placed: dict[str, _Placed])
             f"[resolve_checkpoints] {base}: {', '.join(labels)} start(s) at the end of stage {k - 1}, which "
             f"is not known ({why}): traced with their own stage-local steps and tokens, as the series "
             f"{keys}, apart from stage {k - 1}. Resolve them from the full list (online, or a folder "
-            f"holding stage {k - 1}) to place them after it.", stacklevel=3)
+            f"holding stage {k - 1}), or say where stage {k - 1} ends (stage_starts={{{k}: REVISION}}; "
+            f"geomfast trace --stage-start {k}=REVISION, e.g. {k}=stage{k - 1}-step1000-tokens5B), to place "
+            "them after it.", stacklevel=3)
 
 
 # ----------------------------------------------------------------------------- selectors
@@ -497,15 +553,16 @@ def _hub_listing(model_id: str, local_files_only: bool) -> tuple[list[str], bool
     return names, False, f"{how}; {cached}"
 
 
-def _hub_checkpoint_names(model_id: str, selector: str | None,
-                          local_files_only: bool) -> tuple[list[str], dict[str, _Placed], list]:
+def _hub_checkpoint_names(model_id: str, selector: str | None, local_files_only: bool,
+                          starts: Mapping[int, tuple[int, int | None]] | None = None
+                          ) -> tuple[list[str], dict[str, _Placed], list]:
     """The selected revisions of a hub model, their placements and the notes on later stages
     left with local steps (see :func:`_place`)."""
     listed, complete, how = _hub_listing(model_id, local_files_only)
     stepped = [r for r in listed if parse_revision(r)[0] is not None]
     # 'main' duplicates the final checkpoint of a series; keep it only when named.
     revs = sorted(stepped, key=revision_sort_key) if stepped else ["main"]
-    placed, notes = _place(revs, complete=complete)
+    placed, notes = _place(revs, complete=complete, starts=starts)
     try:
         chosen = _select(revs, selector, placed)
     except ValueError as err:
@@ -515,7 +572,7 @@ def _hub_checkpoint_names(model_id: str, selector: str | None,
         # Offline without the branch list: trust the names the user gave.
         names = [w.strip() for w in str(selector).split(",") if w.strip()]
         chosen = sorted(dict.fromkeys(names), key=revision_sort_key)
-        placed, notes = _place(chosen, complete=False)
+        placed, notes = _place(chosen, complete=False, starts=starts)
         return chosen, placed, notes
     if not chosen:
         raise ValueError(f"[resolve_checkpoints] {model_id!r} --revisions {selector!r} selects no checkpoint; {how}")
@@ -559,6 +616,7 @@ def resolve_checkpoints(
     *,
     local_files_only: bool = False,
     series_name: str | None = None,
+    stage_starts: Mapping[int, str | int | tuple[int, int | None]] | None = None,
 ) -> list[Checkpoint]:
     """The ordered checkpoints of a series.
 
@@ -587,10 +645,14 @@ def resolve_checkpoints(
     single stage-2 series). Where that end is not known (offline or a pinned revision without
     the branch list, no revision of the stage before, a stage after several parallel
     ingredients) the series keeps its stage-local step and tokens under
-    ``'<key> [stage2-ingredient1 local steps]'``, with a warning. 'paper' keeps stage 1 only.
+    ``'<key> [stage2-ingredient1 local steps]'``, with a warning, unless ``stage_starts`` says
+    where it starts: ``{2: 'stage1-step1000-tokens5B'}`` (a revision name carrying the step, and
+    the tokens if known, of stage 1's end), a step, or (step, tokens); where the list tells the
+    end too, the two must agree (ValueError). 'paper' keeps stage 1 only.
     A pinned later-stage revision ('id@stage2-...') reads the branch list (online) to be placed.
     ``order`` runs over the whole list: stage 1 by step, then each later series by step.
     """
+    starts = stage_starts_of(stage_starts)
     if isinstance(model, str):
         parts = _split_series(model)
         if parts is not None:
@@ -638,7 +700,7 @@ def resolve_checkpoints(
             )
         everything = sorted((p.name for p in subs), key=revision_sort_key)
         # the folder is the run: the end of its stage 1 places its later stages
-        placed, notes = _place(everything, complete=True)
+        placed, notes = _place(everything, complete=True, starts=starts, folder=True)
         try:
             names = _select(everything, revisions, placed)
         except ValueError as err:
@@ -661,14 +723,14 @@ def resolve_checkpoints(
     base = series_name or model_id
     if pinned is not None:
         revs = [pinned]
-        placed, notes = _place(revs, complete=False)
+        placed, notes = _place(revs, complete=False, starts=starts)
         if placed[pinned].local:  # a later stage: where it starts is in the branch list
             listed, complete, _ = _hub_listing(model_id, local_files_only)
             if complete:
                 full = sorted(set(listed) | {pinned}, key=revision_sort_key)
-                placed, notes = _place(full, complete=True)
+                placed, notes = _place(full, complete=True, starts=starts)
     else:
-        revs, placed, notes = _hub_checkpoint_names(model_id, revisions, local_files_only)
+        revs, placed, notes = _hub_checkpoint_names(model_id, revisions, local_files_only, starts)
     _warn_local(base, notes, revs, placed)
     out = []
     for i, r in enumerate(revs):

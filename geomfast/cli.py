@@ -121,6 +121,10 @@ def _add_trace(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--local-files-only", action="store_true",
                    help="never contact the hub (also HF_HUB_OFFLINE=1)")
+    p.add_argument("--stage-start", action="append", type=_stage_start, default=None, metavar="K=REVISION",
+                   help="where training stage K (>= 2) starts: the last revision of stage K-1, e.g. "
+                        "2=stage1-step1000-tokens5B (or a step), so that offline its checkpoints are "
+                        "placed after stage K-1 as online; repeat for several stages")
     p.add_argument("--no-prefetch", action="store_true",
                    help="do not load the next checkpoint in the background")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -131,6 +135,25 @@ def _add_trace(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-map", default=None, metavar="MAP",
                    help="accelerate device map for a model larger than one GPU: auto, balanced, "
                         "sequential, or a JSON object")
+
+
+def _stage_start(text: str) -> tuple[int, str | int]:
+    k, sep, rev = text.partition("=")
+    if not sep or not k.strip().isdigit() or not rev.strip():
+        raise argparse.ArgumentTypeError(f"expected K=REVISION (e.g. 2=stage1-step1000-tokens5B), got {text!r}")
+    rev = rev.strip()
+    return int(k), int(rev) if rev.isdigit() else rev
+
+
+def _stage_starts(pairs) -> dict | None:
+    if not pairs:
+        return None
+    out = {}
+    for k, rev in pairs:
+        if k in out and out[k] != rev:
+            raise ValueError(f"--stage-start: stage {k} given twice ({out[k]} and {rev})")
+        out[k] = rev
+    return out
 
 
 def _device_map(text: str | None):
@@ -154,6 +177,7 @@ def _run_trace(args: argparse.Namespace) -> int:
         seed=args.seed, padding_side=args.padding_side,
         trust_remote_code=args.trust_remote_code or None,
         local_files_only=args.local_files_only or None,
+        stage_starts=_stage_starts(args.stage_start),
         prefetch=False if args.no_prefetch else None,
         progress=False if args.no_progress else None,
         parallel=args.parallel, device_map=_device_map(args.device_map),

@@ -111,6 +111,8 @@ class TraceConfig:
     spectrum_method: str = "full"
     trust_remote_code: bool = False
     local_files_only: bool = False
+    # where later training stages start: ((stage, step, tokens or None), …); see resolve_checkpoints
+    stage_starts: tuple[tuple[int, int, int | None], ...] = ()
     device_map: str | None = None
     progress: bool = True
     prefetch: bool = True
@@ -196,6 +198,10 @@ def make_config(*, model, dataset=None, out, preset: str | None = None, **option
     _validate_request(layers, poolings)
     _validate_options(merged, fit_range)
     dataset = check_dataset(dataset)
+    if "stage_starts" in merged:
+        from .checkpoints import stage_starts_of
+
+        merged["stage_starts"] = tuple((k, *v) for k, v in sorted(stage_starts_of(merged["stage_starts"]).items()))
     known = {f.name for f in dataclasses.fields(TraceConfig)}
     unknown = set(merged) - known
     if unknown:
@@ -315,7 +321,8 @@ def requested_checkpoints(cfg: TraceConfig) -> list:
     from .checkpoints import resolve_checkpoints
 
     checkpoints = resolve_checkpoints(list(cfg.models) if len(cfg.models) > 1 else cfg.models[0],
-                                      cfg.revisions, local_files_only=cfg.local_files_only)
+                                      cfg.revisions, local_files_only=cfg.local_files_only,
+                                      stage_starts={k: (step, tokens) for k, step, tokens in cfg.stage_starts})
     check_block_indices(checkpoints, cfg)  # before any weights load
     return checkpoints
 

@@ -334,6 +334,45 @@ def test_stage2_without_a_known_stage1_end_keeps_local_steps_apart(monkeypatch):
         (f"{OLMO2} [stage2-ingredient1]", name, name, 26000, 105_000_000_000)]
 
 
+def test_stage_starts_place_a_later_stage_whose_start_the_list_does_not_tell(monkeypatch):
+    """Offline (the compute node of a cluster, the HF cache filled beforehand) the end of stage 1
+    is not known: stage_starts says it, and the series gets the keys, steps and tokens an online
+    run gives it, without a warning. Where the list tells the end too, the two must agree."""
+    import warnings
+
+    name = "stage2-ingredient1-step1000-tokens5B"
+    monkeypatch.setattr(ck, "_cached_revisions", lambda model_id: [name])
+    _online(monkeypatch, _olmo2_branches())
+    online = resolve_checkpoints(OLMO2, name)
+    assert [(c.model, c.step, c.tokens) for c in online] == [
+        (f"{OLMO2} [stage2-ingredient1]", 26000, 105_000_000_000)]
+    for start in ("stage1-step25000-tokens100B", (25000, 100_000_000_000)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert resolve_checkpoints(OLMO2, name, local_files_only=True, stage_starts={2: start}) == online
+            assert resolve_checkpoints(f"{OLMO2}@{name}", local_files_only=True,
+                                       stage_starts={2: start}) == online
+    # a start without tokens: the steps are global, the tokens unknown (None), the key the same
+    (c,) = resolve_checkpoints(OLMO2, name, local_files_only=True, stage_starts={2: 25000})
+    assert (c.model, c.step, c.tokens) == (f"{OLMO2} [stage2-ingredient1]", 26000, None)
+    # online, the same start is accepted and another refused
+    assert resolve_checkpoints(OLMO2, name, stage_starts={2: "step25000"}) == online
+    with pytest.raises(ValueError, match=r"stage_starts\[2\] is step 24000.*end stage 1 at step 25000"):
+        resolve_checkpoints(OLMO2, name, stage_starts={2: "stage1-step24000"})
+    # the warning without a start tells how to give one
+    with pytest.warns(UserWarning, match=r"--stage-start 2=REVISION"):
+        resolve_checkpoints(OLMO2, name, local_files_only=True)
+
+
+@pytest.mark.parametrize("bad, what", [
+    ({1: 1000}, r"stage number >= 2"), ({"2": 1000}, r"stage number >= 2"), ({2: "main"}, r"carrying a step"),
+    ({2: -5}, r"step that is an int >= 0"), ({2: (1000, 1.5)}, r"tokens that is an int >= 0"),
+    ([(2, 1000)], r"must be a mapping")])
+def test_stage_starts_refuses_what_it_cannot_read(bad, what):
+    with pytest.raises(ValueError, match=what):
+        resolve_checkpoints(OLMO2, "stage2-step1000", local_files_only=True, stage_starts=bad)
+
+
 def test_local_folder_with_stages(tmp_path):
     root = tmp_path / "olmo2"
     for name in ("stage1-step0-tokens0B", "stage1-step3000-tokens12B", "stage2-ingredient1-step500-tokens2B",
@@ -348,6 +387,12 @@ def test_local_folder_with_stages(tmp_path):
     assert cps[2].source == str((root / "stage2-ingredient1-step500-tokens2B").resolve())
     assert [c.revision for c in resolve_checkpoints(str(root), "paper")] == [
         "stage1-step0-tokens0B", "stage1-step3000-tokens12B"]
+    # a folder may hold only some of stage 1: a start given for stage 2 wins, with a warning
+    with pytest.warns(UserWarning, match=r"stage_starts\[2\] is step 9000.*placing stage 2 at the start given"):
+        later = resolve_checkpoints(str(root), stage_starts={2: "stage1-step9000-tokens36B"})
+    assert [(c.model, c.step, c.tokens) for c in later[2:]] == [
+        (f"{key} [stage2-ingredient1]", 9500, 38_000_000_000),
+        (f"{key} [stage2-ingredient2]", 9500, 38_000_000_000)]
 
 
 # ----------------------------------------------------------------------------- nothing selected
@@ -397,3 +442,32 @@ def test_cli_paper_selecting_nothing_fails(tmp_path, monkeypatch, capsys):
                "--out", str(db)])
     err = capsys.readouterr().err
     assert rc == 1 and "allenai/OLMo-1B-hf" in err and "paper" in err and not db.exists()
+
+
+def test_trace_passes_stage_starts_from_the_command_line(monkeypatch):
+    """--stage-start 2=REVISION reaches resolve_checkpoints as stage_starts, checked before any
+    work (a bad one is an error of the trace, not of its first checkpoint)."""
+    from geomfast import cli, sweep
+
+    args = cli.build_parser().parse_args(["trace", "--model", OLMO2, "--dataset", "synthetic", "--out", "r.db",
+                                          "--stage-start", "2=stage1-step25000-tokens100B",
+                                          "--stage-start", "3=9000"])
+    starts = cli._stage_starts(args.stage_start)
+    assert starts == {2: "stage1-step25000-tokens100B", 3: 9000}
+    cfg = sweep.make_config(model=OLMO2, dataset="synthetic", out="r.db", stage_starts=starts)
+    assert cfg.stage_starts == ((2, 25000, 100_000_000_000), (3, 9000, None))
+    seen = {}
+
+    def fake_resolve(model, revisions, **kw):
+        seen.update(kw)
+        return []
+
+    monkeypatch.setattr(ck, "resolve_checkpoints", fake_resolve)
+    monkeypatch.setattr(sweep, "check_block_indices", lambda checkpoints, cfg: None)
+    sweep.requested_checkpoints(cfg)
+    assert seen["stage_starts"] == {2: (25000, 100_000_000_000), 3: (9000, None)}
+    with pytest.raises(ValueError, match=r"stage_starts\[2\]: expected a revision name carrying a step"):
+        sweep.make_config(model=OLMO2, dataset="synthetic", out="r.db", stage_starts={2: "main"})
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["trace", "--model", OLMO2, "--dataset", "synthetic", "--out", "r.db",
+                                       "--stage-start", "stage2"])
