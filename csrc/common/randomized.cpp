@@ -30,9 +30,17 @@ constexpr double kNoiseUlps = 64.0;
 // A Krylov block column left with less than this fraction of its norm outside the space is
 // rounding noise (a breakdown; see the loop).
 const double kBreakdown = std::sqrt(std::numeric_limits<double>::epsilon());
-// Repeated eigenvalues (see the block-width warning): consecutive values within kRepeatRel of each
-// other, above kZeroRel·|λ1|.
-constexpr double kRepeatRel = 1e-9;
+// Repeated eigenvalues (see the restarts): consecutive values within `repeat_rel` of each other
+// (a tenth of tol, within [1e-9, 1e-5]: copies of one value deep in the top k settle only to about
+// tol — 1.5e-8 apart at tol = 1e-6 — while distinct values of a real spectrum lie ~1/k apart
+// relatively), above kZeroRel·|λ1|.
+constexpr double kRepeatRelMin = 1e-9, kRepeatRelMax = 1e-5;
+// Krylov steps from a restart's fresh block before the values may settle again (fewer where the
+// first settling took fewer). Outside the space, the missing copies are the leading directions,
+// so they surface within a few steps: with 2 steps every copy was found (40 copies of 2.0, 0.01,
+// 0.0052 and 64 of 0.0055 among k^-1 at n = 2048, k = 256); waiting as long as the first settling
+// (~20 steps) found the same copies at 4–6× the cost, as the Ritz problem grows with the space.
+constexpr int64_t kRestartSteps = 4;
 constexpr double kZeroRel = 1e-10;
 
 Mat cols_of(const Mat& m, int64_t c0, int64_t c1) { return Mat{m.data + c0 * m.rows, m.rows, c1 - c0}; }
@@ -54,14 +62,14 @@ struct Repeat {
   int64_t length = 1, end = 0;
   double value = 0.0;
 };
-Repeat longest_repeat(const std::vector<double>& vals, int64_t k) {
+Repeat longest_repeat(const std::vector<double>& vals, int64_t k, double repeat_rel) {
   Repeat best;
   best.value = vals[0];
   const double top = std::abs(vals[0]);
   int64_t run = 1;
   for (int64_t i = 1; i < k; ++i) {
     const double x = vals[i], y = vals[i - 1];
-    run = std::abs(x - y) <= kRepeatRel * std::abs(y) && std::abs(y) > kZeroRel * top ? run + 1 : 1;
+    run = std::abs(x - y) <= repeat_rel * std::abs(y) && std::abs(y) > kZeroRel * top ? run + 1 : 1;
     if (run > best.length) best.length = run, best.value = x, best.end = i;
   }
   return best;
@@ -82,6 +90,7 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
                                   : std::max<int64_t>(opt.max_iter, 1) + (min_cols + b - 1) / b;
   const int64_t max_cols = std::min<int64_t>(n, depth_cap * b);
   const int64_t check_k = std::min<int64_t>(k, opt.tol_k > 0 ? opt.tol_k : k);
+  const double repeat_rel = std::clamp(0.1 * opt.tol, kRepeatRelMin, kRepeatRelMax);
   EigResult res;
 
   // Gaussian start block generated on the host, so every backend sees the same numbers.
@@ -121,8 +130,8 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
   // the rest wrong). So when the values have settled with a value found at least `random_cols`
   // times (the start block and every restart block), the space is extended from a fresh Gaussian
   // block, projected out of it: its Krylov steps find up to b more copies, and the values must
-  // settle again, no sooner than the depth the first settling took. It ends when a restart finds
-  // fewer copies than random directions went in (none missing), or warns when the space is full.
+  // settle again, no sooner than kRestartSteps steps after it. It ends when a restart finds fewer
+  // copies than random directions went in (none missing), or warns when the space is full.
   int64_t random_cols = b, restarts = 0, settle_depth = 0, first_settled = -1;
   for (;; ++depth) {
     const int64_t j0 = cols - bj;
@@ -189,10 +198,10 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
     const bool space_full = next <= 0 || cols >= n;
     bool done = fixed ? (depth >= opt.n_iter && cols >= min_cols) : converged;
     if (done && !fixed && !space_full) {
-      const Repeat rep = longest_repeat(vals, k);
+      const Repeat rep = longest_repeat(vals, k, repeat_rel);
       if (rep.length >= random_cols && rep.end < k - 1) {  // copies may be missing: restart
         if (first_settled < 0) first_settled = depth;
-        settle_depth = depth + 1 + std::max<int64_t>(first_settled, 1);
+        settle_depth = depth + 1 + std::clamp<int64_t>(first_settled, 1, kRestartSteps);
         converged = done = false;
         ++restarts;
         random_cols += next;  // (the last block may be narrower: what is left of the space)
@@ -259,7 +268,7 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
   // or at a fixed depth (n_iter), which does not restart: say so. (A space of all n columns holds
   // every copy: its Ritz values are A's eigenvalues.)
   {
-    const Repeat rep = longest_repeat(res.values, k);
+    const Repeat rep = longest_repeat(res.values, k, repeat_rel);
     if (rep.length >= random_cols && cols < n && rep.end < k - 1)
       res.warnings.push_back("randomized eigvalsh found the eigenvalue " + std::to_string(rep.value) + " " +
                              std::to_string(rep.length) + " times, at least the " + std::to_string(random_cols) +
