@@ -37,6 +37,10 @@ bool sync_launches() {
 }
 
 void throw_cuda_error(const char* what, const char* file, int line, const std::string& err) {
+  // A failed runtime call also leaves its error as the thread's last error, which the next
+  // launch check (cudaGetLastError) would report as that launch's: an out-of-memory here made the
+  // next accumulator's first update fail. Clear it (a sticky error stays: every call reports it).
+  (void)cudaGetLastError();
   throw RuntimeError(detail::concat("[cuda] ", what, " failed at ", file, ":", line, ": ", err));
 }
 
@@ -65,8 +69,15 @@ DeviceHandles& device_handles(int device) {
     GF_THROW(RuntimeError, "[cuda] cannot create a cuSOLVER handle on cuda:", device, ": ",
              cusolver_status_string(ss));
   }
-  GF_CUSOLVER_CHECK(cusolverDnCreateParams(&h->params));
-  GF_CUDA_CHECK(cudaEventCreateWithFlags(&h->scratch.ready, cudaEventDisableTiming));
+  try {
+    GF_CUSOLVER_CHECK(cusolverDnCreateParams(&h->params));
+    GF_CUDA_CHECK(cudaEventCreateWithFlags(&h->scratch.ready, cudaEventDisableTiming));
+  } catch (...) {  // not registered: nothing else would destroy what was made
+    if (h->params) cusolverDnDestroyParams(h->params);
+    cusolverDnDestroy(h->solver);
+    cublasDestroy(h->blas);
+    throw;
+  }
   DeviceHandles& ref = *h;
   reg.emplace(device, std::move(h));
   return ref;
@@ -137,10 +148,8 @@ void* stream_alloc(std::size_t bytes, cudaStream_t st, bool& pooled) {
 
 void stream_free(void* p, cudaStream_t st, bool pooled) noexcept {
   if (p == nullptr) return;
-  if (pooled)
-    (void)cudaFreeAsync(p, st);
-  else
-    (void)cudaFree(p);
+  // (an error ignored here must not stay the thread's last error: see throw_cuda_error)
+  if ((pooled ? cudaFreeAsync(p, st) : cudaFree(p)) != cudaSuccess) (void)cudaGetLastError();
 }
 
 int pointer_device(const void* p) {

@@ -99,7 +99,9 @@ class DeviceGuard {
   }
   ~DeviceGuard() {
     int cur = -1;
-    if (cudaGetDevice(&cur) == cudaSuccess && cur != prev_ && has_primary_context(prev_)) cudaSetDevice(prev_);
+    if (cudaGetDevice(&cur) == cudaSuccess && cur != prev_ && has_primary_context(prev_) &&
+        cudaSetDevice(prev_) != cudaSuccess)
+      (void)cudaGetLastError();  // ignored: not left as the thread's last error (throw_cuda_error)
   }
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;
@@ -179,7 +181,9 @@ class AsyncBuffer {
 struct RecordOnExit {
   cudaEvent_t event;
   cudaStream_t stream;
-  ~RecordOnExit() { (void)cudaEventRecord(event, stream); }
+  ~RecordOnExit() {
+    if (cudaEventRecord(event, stream) != cudaSuccess) (void)cudaGetLastError();  // see throw_cuda_error
+  }
 };
 
 // Page-locked host buffer (for the small device-to-host copies that must be read right away).

@@ -352,7 +352,9 @@ std::vector<EigResult> eigvalsh_cuda_batch(const std::vector<MatrixView>& as, co
   std::vector<std::vector<char>> host_work(m);  // syevd's host workspaces: kept past the last sync
   struct SyncOnExit {  // whatever happens below, nothing queued outlives what it uses
     cudaStream_t s;
-    ~SyncOnExit() { (void)cudaStreamSynchronize(s); }
+    ~SyncOnExit() {
+      if (cudaStreamSynchronize(s) != cudaSuccess) (void)cudaGetLastError();  // see throw_cuda_error
+    }
   } sync_on_exit{st};
   // 1. Every matrix's checks (NaN/Inf in the upper triangle, asymmetry) and one sync: a
   // non-finite matrix is an error before any solve (a solver might spin on NaN).

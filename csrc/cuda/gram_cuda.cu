@@ -213,10 +213,14 @@ class CudaGram final : public GramBackend {
       std::lock_guard<std::mutex> lock(h.mutex);
       ++h.scratch.users;  // last: a constructor that throws never counts
     } catch (...) {  // no destructor runs for a constructor that throws: release the stream and event
-      // (the buffers, members, are freed after this, on the legacy stream: idle once this syncs)
+      // and, while the guard still holds device_ current, the buffers (their own destructors run
+      // after the guard's, with the caller's device current: the legacy stream of another GPU)
       cudaStreamSynchronize(own_stream_);
+      for (auto* b : {&shift_, &sum_, &gram_, &c_, &zsum_, &zsq_, &diag_}) b->free();
+      flags_.free();
       if (ready_) cudaEventDestroy(ready_);
       cudaStreamDestroy(own_stream_);
+      (void)cudaGetLastError();  // what failed here is in the exception, not the thread's last error
       throw;
     }
   }
@@ -288,8 +292,8 @@ class CudaGram final : public GramBackend {
         h_shift_[j] = hstats_[j] / static_cast<double>(n);
         h_scale_[j] = spread_from_sums(hstats_[j], hstats_[d + j], static_cast<double>(n));
       }
-      shift_set_ = true;
-      c_mode_ = Mode::kStale;
+      c_mode_ = Mode::kStale;  // (shift_set_ once the chunk is in: an update that fails before
+                               // writing leaves a state of no rows, whose next chunk sets the shift)
     }
     const Mode want = path == Path::kFast16
                           ? (x.dtype == DType::kBFloat16 ? Mode::kBF16 : Mode::kFP16)
@@ -347,6 +351,7 @@ class CudaGram final : public GramBackend {
       throw;
     }
     count_ += n;
+    shift_set_ = true;
   }
 
   // A state an update left part-written is never used silently (see update).
@@ -537,6 +542,10 @@ class CudaGram final : public GramBackend {
   // list J of shifted columns (downloaded once per shift / dtype change: a host sync).
   void prepare_kernel_shift(Mode mode, const double* ysum, const double* ysq, int64_t ysq_stride,
                             int64_t n, cudaStream_t st) {
+    // Stale until the new c_ is complete: c_ and h_c_ change below before calls that may throw,
+    // and an old mode kept over them would centre the next chunks on the wrong c (kExact would
+    // also skip the Gram correction for c ≠ shift): a wrong covariance, silently.
+    c_mode_ = Mode::kStale;
     const size_t d = static_cast<size_t>(dim_);
     if (mode == Mode::kExact) {
       GF_CUDA_CHECK(cudaMemcpyAsync(c_.get(), shift_.get(), d * sizeof(double), cudaMemcpyDeviceToDevice, st));

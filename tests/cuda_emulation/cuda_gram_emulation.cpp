@@ -283,6 +283,29 @@ void case_failure_midway(unsigned seed) {
          1e-6, failed && refused, failed && refused ? "" : " (not failed, or a read was allowed)");
 }
 
+// An accumulator that runs out of memory, then another: the failed allocation is also the
+// thread's last error, which the next launch check read as its own (the second accumulator's
+// first update failed with "out of memory").
+void case_errors_left_behind(unsigned seed) {
+  setenv("GEOMFAST_CUDA_GRAM_KERNEL", "cublas", 1);
+  const int64_t d = 48;
+  std::mt19937_64 rng(seed);
+  std::vector<double> mean(d, 40.0), sd(d, 1.0);
+  Chunk a = make_chunk(DType::kFloat32, 300, d, mean, sd, rng);
+  setenv("GF_FAKE_ALLOC_LIMIT", std::to_string(d * d * 8 - 1).c_str(), 1);  // the d × d state fails
+  bool refused = false;
+  try {
+    (void)make_cuda_gram(d, 0, Precision::kHighest);
+  } catch (const std::exception&) {
+    refused = true;
+  }
+  unsetenv("GF_FAKE_ALLOC_LIMIT");
+  auto g = make_cuda_gram(d, 0, Precision::kHighest);
+  g->update(a.view());
+  report("an accumulator out of memory, then another: its update is not failed by the old error",
+         rel_fro(cov_of(*g), reference_cov({&a}, d)), 1e-12, refused, refused ? "" : " (the first was not refused)");
+}
+
 void case_non_finite_and_state(Precision p, unsigned seed) {
   setenv("GEOMFAST_CUDA_GRAM_KERNEL", "cublas", 1);
   const int64_t d = 20;
@@ -483,6 +506,7 @@ int main() {
     for (Precision p : {Precision::kHighest, Precision::kFast}) case_non_finite_and_state(p, seed++);
     case_f16_split_overflow(seed++);
     case_failure_midway(seed++);
+    case_errors_left_behind(seed++);
     for (const char* kernel : {"cublas", "tc"}) case_shared_scratch(kernel, seed++);
   } catch (const std::exception& e) {
     std::printf("EXCEPTION: %s\n", e.what());

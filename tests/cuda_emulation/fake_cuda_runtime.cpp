@@ -20,6 +20,7 @@
 #include <mutex>
 #include <set>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "geomfast/errors.hpp"
@@ -39,7 +40,23 @@ bool no_mempools() {
   return v && *v && std::strcmp(v, "0") != 0;
 }
 
+// The thread's last error, as the runtime keeps it: set by every failing call, returned and reset
+// by cudaGetLastError (so an error the backend ignores without clearing it surfaces at its next
+// launch check, as on a GPU).
+thread_local cudaError_t g_last_error = cudaSuccess;
+cudaError_t fail(cudaError_t e) {
+  g_last_error = e;
+  return e;
+}
+
+// GF_FAKE_ALLOC_LIMIT=N: device and pinned allocations of more than N bytes fail (out of memory).
+size_t alloc_limit() {
+  const char* v = std::getenv("GF_FAKE_ALLOC_LIMIT");
+  return v && *v ? std::strtoull(v, nullptr, 10) : SIZE_MAX;
+}
+
 void* alloc(size_t bytes) {
+  if (bytes > alloc_limit()) return nullptr;
   const size_t size = std::max<size_t>((bytes + 255) / 256 * 256, 256);  // aligned_alloc: a multiple of 256
   void* p = std::aligned_alloc(256, size);
   if (p) std::memset(p, 0xFF, size);  // NaN bytes: memory read before it is written shows
@@ -96,7 +113,7 @@ cudaError_t CUDARTAPI cudaMalloc(void** p, size_t bytes) {
   *p = alloc(bytes);
   std::lock_guard<std::mutex> lk(g_mu);
   g_device.insert(*p);
-  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+  return *p ? cudaSuccess : fail(cudaErrorMemoryAllocation);
 }
 // Strict about pairing (the backend records how each buffer was allocated, and ignores what its
 // frees return): cudaFree of pool memory, cudaFreeAsync of cudaMalloc memory, or a free of
@@ -110,9 +127,9 @@ cudaError_t CUDARTAPI cudaFree(void* p) {
   return cudaSuccess;
 }
 cudaError_t CUDARTAPI cudaMallocFromPoolAsync(void** p, size_t bytes, cudaMemPool_t pool, cudaStream_t) {
-  if (no_mempools() || pool != reinterpret_cast<cudaMemPool_t>(&g_pool_tag)) return cudaErrorNotSupported;
+  if (no_mempools() || pool != reinterpret_cast<cudaMemPool_t>(&g_pool_tag)) return fail(cudaErrorNotSupported);
   *p = alloc(bytes);
-  if (!*p) return cudaErrorMemoryAllocation;
+  if (!*p) return fail(cudaErrorMemoryAllocation);
   std::lock_guard<std::mutex> lk(g_mu);
   g_device.insert(*p);
   g_pooled.insert(*p);
@@ -131,23 +148,23 @@ cudaError_t CUDARTAPI cudaFreeAsync(void* p, cudaStream_t) {
   return cudaSuccess;
 }
 cudaError_t CUDARTAPI cudaDeviceGetAttribute(int* v, enum cudaDeviceAttr attr, int device) {
-  if (device != 0) return cudaErrorInvalidDevice;
-  if (attr != cudaDevAttrMemoryPoolsSupported) return cudaErrorNotSupported;  // (nothing else is asked)
+  if (device != 0) return fail(cudaErrorInvalidDevice);
+  if (attr != cudaDevAttrMemoryPoolsSupported) return fail(cudaErrorNotSupported);  // (nothing else is asked)
   *v = no_mempools() ? 0 : 1;
   return cudaSuccess;
 }
 cudaError_t CUDARTAPI cudaMemPoolCreate(cudaMemPool_t* pool, const struct cudaMemPoolProps* props) {
-  if (no_mempools()) return cudaErrorNotSupported;
-  if (props->location.type != cudaMemLocationTypeDevice || props->location.id != 0) return cudaErrorInvalidValue;
+  if (no_mempools()) return fail(cudaErrorNotSupported);
+  if (props->location.type != cudaMemLocationTypeDevice || props->location.id != 0) return fail(cudaErrorInvalidValue);
   *pool = reinterpret_cast<cudaMemPool_t>(&g_pool_tag);
   return cudaSuccess;
 }
 cudaError_t CUDARTAPI cudaMemPoolSetAttribute(cudaMemPool_t pool, enum cudaMemPoolAttr, void*) {
-  return pool == reinterpret_cast<cudaMemPool_t>(&g_pool_tag) ? cudaSuccess : cudaErrorInvalidValue;
+  return pool == reinterpret_cast<cudaMemPool_t>(&g_pool_tag) ? cudaSuccess : fail(cudaErrorInvalidValue);
 }
 cudaError_t CUDARTAPI cudaMallocHost(void** p, size_t bytes) {
   *p = alloc(bytes);
-  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+  return *p ? cudaSuccess : fail(cudaErrorMemoryAllocation);
 }
 cudaError_t CUDARTAPI cudaFreeHost(void* p) {
   std::free(p);
@@ -186,7 +203,7 @@ cudaError_t CUDARTAPI cudaGetDevice(int* d) {
   return cudaSuccess;
 }
 cudaError_t CUDARTAPI cudaSetDevice(int d) {
-  if (d != 0) return cudaErrorInvalidDevice;
+  if (d != 0) return fail(cudaErrorInvalidDevice);
   g_current = d;
   return cudaSuccess;
 }
@@ -215,7 +232,7 @@ cudaError_t CUDARTAPI cudaFuncGetAttributes(struct cudaFuncAttributes* attr, con
   attr->binaryVersion = 90;
   return cudaSuccess;
 }
-cudaError_t CUDARTAPI cudaGetLastError(void) { return cudaSuccess; }
+cudaError_t CUDARTAPI cudaGetLastError(void) { return std::exchange(g_last_error, cudaSuccess); }
 const char* CUDARTAPI cudaGetErrorString(cudaError_t) { return "error (CPU emulation)"; }
 cudaError_t CUDARTAPI cudaRuntimeGetVersion(int* v) {
   *v = 13000;
@@ -303,6 +320,14 @@ cusolverStatus_t CUSOLVERAPI cusolverDnCreate(cusolverDnHandle_t* h) {
 }
 cusolverStatus_t CUSOLVERAPI cusolverDnCreateParams(cusolverDnParams_t* p) {
   *p = fake_handle<cusolverDnParams>();
+  return CUSOLVER_STATUS_SUCCESS;
+}
+cusolverStatus_t CUSOLVERAPI cusolverDnDestroy(cusolverDnHandle_t h) {
+  delete[] reinterpret_cast<char*>(h);
+  return CUSOLVER_STATUS_SUCCESS;
+}
+cusolverStatus_t CUSOLVERAPI cusolverDnDestroyParams(cusolverDnParams_t p) {
+  delete[] reinterpret_cast<char*>(p);
   return CUSOLVER_STATUS_SUCCESS;
 }
 cusolverStatus_t CUSOLVERAPI cusolverDnSetStream(cusolverDnHandle_t, cudaStream_t) { return CUSOLVER_STATUS_SUCCESS; }
