@@ -191,6 +191,22 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     return [list(map(int, ids)) for ids in enc["input_ids"]]
 
 
+def _encode_truncated(tokenizer, texts: list[str], full: list[list[int]], max_length: int) -> list[list[int]]:
+    """Documents longer than max_length, cut as the tokenizer cuts them (``truncation=True``): the
+    text is shortened and the special tokens its template adds at either end are kept — an
+    appended EOS too, which slicing the ids would drop from long documents only (then 'last'
+    pooling read EOS for short documents and a text token for long ones). Where the tokenizer
+    cannot (max_length below its special tokens), ``full`` (the untruncated ids) is sliced."""
+    if not texts:
+        return []
+    try:
+        enc = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_length)
+        cut = [list(map(int, ids)) for ids in enc["input_ids"]]
+    except Exception:  # (a tokenizer without truncation, or max_length below its special tokens)
+        cut = [None] * len(texts)
+    return [c if c is not None and 0 < len(c) <= max_length else f[:max_length] for c, f in zip(cut, full)]
+
+
 def _select_tokens(
     texts: Iterable[str], tokenizer, *, n_samples: int | None, min_length: int, max_length: int | None,
     chunk: int = 256,
@@ -201,11 +217,17 @@ def _select_tokens(
     buf: list[str] = []
 
     def flush() -> bool:
-        for ids in _encode(tokenizer, buf):
-            if len(ids) > min_length:
-                out.append(ids[:max_length] if max_length is not None else ids)
-                if n_samples is not None and len(out) >= n_samples:
-                    return True
+        encoded = _encode(tokenizer, buf)
+        kept = [i for i, ids in enumerate(encoded) if len(ids) > min_length]
+        if max_length is not None:
+            long = [i for i in kept if len(encoded[i]) > max_length]
+            cut = _encode_truncated(tokenizer, [buf[i] for i in long], [encoded[i] for i in long], max_length)
+            for i, ids in zip(long, cut):
+                encoded[i] = ids
+        for i in kept:
+            out.append(encoded[i])
+            if n_samples is not None and len(out) >= n_samples:
+                return True
         buf.clear()
         return False
 
@@ -241,7 +263,9 @@ def tokenize_samples(
     """Token-id lists of up to n_samples documents.
 
     Documents are visited in a seeded random order; a document is kept when it has MORE than
-    ``min_length`` tokens (the paper: > 32), then truncated to ``max_length`` (the paper: 512).
+    ``min_length`` tokens (the paper: > 32), then truncated to ``max_length`` (the paper: 512) as
+    the tokenizer truncates (``truncation=True``: the special tokens it adds at either end, an
+    appended EOS too, are kept).
     The result depends only on (texts, tokenizer, options): the first n of a larger request are
     the same samples. Fewer than n_samples kept documents gives a warning, not an error.
     """

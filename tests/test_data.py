@@ -74,6 +74,36 @@ def test_min_max_length_and_determinism(files, tok):
     assert len(few) == len(texts)
 
 
+@pytest.mark.parametrize("template", [None, "<|endoftext|> $A", "$A <|endoftext|>", "<|endoftext|> $A <|endoftext|>"])
+def test_truncation_keeps_the_special_tokens_the_tokenizer_adds(files, template):
+    """max_length cuts a document as ``tokenizer(text, truncation=True, max_length=…)`` does: the
+    special tokens the tokenizer adds are kept at both ends. Slicing the ids dropped an appended
+    EOS from long documents only, so 'last' pooling read EOS for short documents and a text token
+    for long ones. Without an appended token, a long document is its first max_length ids."""
+    import copy
+
+    from tokenizers import processors
+
+    tok = copy.deepcopy(tiny_tokenizer())
+    if template is not None:
+        tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=template, special_tokens=[("<|endoftext|>", tok.convert_tokens_to_ids("<|endoftext|>"))])
+    texts = load_texts(str(files["txt"]))
+    full = [tok(t)["input_ids"] for t in texts]
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    got = tokenize_samples(texts, tok, n_samples=None, min_length=8, max_length=40, seed=0)
+    assert len(got) == sum(len(f) > 8 for f in full)
+    assert sum(len(f) > 40 for f in full) >= 20  # long documents are there to cut
+    by_text = {tuple(tok(t, truncation=True, max_length=40)["input_ids"]) for t, f in zip(texts, full) if len(f) > 8}
+    assert {tuple(s) for s in got} == by_text and all(len(s) <= 40 for s in got)
+    if template is not None and template.endswith("<|endoftext|>"):
+        assert all(s[-1] == eos for s in got)
+    if template is not None and template.startswith("<|endoftext|>"):
+        assert all(s[0] == eos for s in got)
+    if template is None or not template.endswith("<|endoftext|>"):  # cutting is slicing
+        assert {tuple(s) for s in got} == {tuple(f[:40]) for f in full if len(f) > 8}
+
+
 def test_load_samples_dispatch(files, tok):
     s = load_samples(str(files["parquet"]), tok, n_samples=7, seed=4, min_length=5, max_length=20)
     texts = load_texts(str(files["parquet"]))
