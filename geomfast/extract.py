@@ -70,8 +70,11 @@ def pool(h, mask, how: str):
     m = mask.to(h.device)
     if how == "mean":
         acc_dtype = torch.promote_types(h.dtype, torch.float32)
-        w = m.to(acc_dtype).unsqueeze(-1)
-        return (h.to(acc_dtype) * w).sum(dim=1) / w.sum(dim=1)
+        keep = m.bool().unsqueeze(-1)
+        # masked, not multiplied by the mask: padding positions may hold NaN (HF's eager attention
+        # in float64 with left padding), and NaN · 0 is NaN
+        total = h.to(acc_dtype).masked_fill(~keep, 0).sum(dim=1)
+        return total / keep.sum(dim=1).to(acc_dtype)
     if how == "all":
         return h[m.bool()]
     raise ValueError(f"[pool] pooling must be one of {POOLINGS}, got {how!r}")

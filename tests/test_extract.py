@@ -239,6 +239,13 @@ def test_pool_left_and_right():
     assert pool(h, left, "last").flatten().tolist() == [3.0, 7.0]
     assert pool(h, right, "mean").flatten().tolist() == [0.5, 5.5]
     assert pool(h, left, "all").flatten().tolist() == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    # padding positions are never read: HF's eager attention in float64 with left padding leaves
+    # NaN there, and a mean weighted by the mask was NaN (NaN · 0)
+    dirty = h.clone().double()
+    dirty[0, :2] = float("nan")
+    dirty[0, 1] = float("inf")
+    assert pool(dirty, left, "mean").flatten().tolist() == [2.5, 5.5]
+    assert pool(dirty, left, "last").flatten().tolist() == [3.0, 7.0]
 
 
 def test_resolve_layers():
