@@ -24,7 +24,8 @@ revision without network; no revision of the stage before is listed; a stage fol
 parallel ingredients), the series keeps its stage-local step and tokens under the key
 ``'<model> [stage2-ingredient1 local steps]'``, with a warning: rows whose steps mean something
 else never share a key, and one checkpoint maps to one key on every run that knows as much.
-See :func:`resolve_checkpoints`.
+``stage_starts`` (``geomfast trace --stage-start 2=stage1-step…``) tells a run where a stage
+starts when its list does not. See :func:`resolve_checkpoints`.
 """
 from __future__ import annotations
 

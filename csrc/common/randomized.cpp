@@ -199,7 +199,9 @@ EigResult randomized_eigvalsh(DenseOps& ops, int64_t n, const EigOptions& opt) {
     bool done = fixed ? (depth >= opt.n_iter && cols >= min_cols) : converged;
     if (done && !fixed && !space_full) {
       const Repeat rep = longest_repeat(vals, k, repeat_rel);
-      if (rep.length >= random_cols && rep.end < k - 1) {  // copies may be missing: restart
+      // copies may be missing: restart (not for a run to the end of the top k: no smaller value
+      // took a missing copy's place there)
+      if (rep.length >= random_cols && rep.end < k - 1) {
         if (first_settled < 0) first_settled = depth;
         settle_depth = depth + 1 + std::clamp<int64_t>(first_settled, 1, kRestartSteps);
         converged = done = false;
