@@ -138,10 +138,17 @@ def _add_trace(p: argparse.ArgumentParser) -> None:
 
 
 def _stage_start(text: str) -> tuple[int, str | int]:
+    from .checkpoints import parse_revision
+
     k, sep, rev = text.partition("=")
-    if not sep or not k.strip().isdigit() or not rev.strip():
-        raise argparse.ArgumentTypeError(f"expected K=REVISION (e.g. 2=stage1-step1000-tokens5B), got {text!r}")
     rev = rev.strip()
+    if not sep or not k.strip().isdigit() or not rev:
+        raise argparse.ArgumentTypeError(f"expected K=REVISION (e.g. 2=stage1-step1000-tokens5B), got {text!r}")
+    if int(k) < 2:
+        raise argparse.ArgumentTypeError(f"expected a stage K >= 2 (stage 1 starts at step 0), got {text!r}")
+    if not rev.isdigit() and parse_revision(rev)[0] is None:
+        raise argparse.ArgumentTypeError(f"expected REVISION to carry a step (e.g. {k}=stage{int(k) - 1}-step1000-tokens5B) "
+                                         f"or to be a step, got {text!r}")
     return int(k), int(rev) if rev.isdigit() else rev
 
 

@@ -444,7 +444,7 @@ def test_cli_paper_selecting_nothing_fails(tmp_path, monkeypatch, capsys):
     assert rc == 1 and "allenai/OLMo-1B-hf" in err and "paper" in err and not db.exists()
 
 
-def test_trace_passes_stage_starts_from_the_command_line(monkeypatch):
+def test_trace_passes_stage_starts_from_the_command_line(monkeypatch, capsys):
     """--stage-start 2=REVISION reaches resolve_checkpoints as stage_starts, checked before any
     work (a bad one is an error of the trace, not of its first checkpoint)."""
     from geomfast import cli, sweep
@@ -468,6 +468,9 @@ def test_trace_passes_stage_starts_from_the_command_line(monkeypatch):
     assert seen["stage_starts"] == {2: (25000, 100_000_000_000), 3: (9000, None)}
     with pytest.raises(ValueError, match=r"stage_starts\[2\]: expected a revision name carrying a step"):
         sweep.make_config(model=OLMO2, dataset="synthetic", out="r.db", stage_starts={2: "main"})
-    with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["trace", "--model", OLMO2, "--dataset", "synthetic", "--out", "r.db",
-                                       "--stage-start", "stage2"])
+    for bad, what in (("stage2", "expected K=REVISION"), ("1=step5", "a stage K >= 2"), ("2=main", "carry a step")):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args(["trace", "--model", OLMO2, "--dataset", "synthetic", "--out", "r.db",
+                                           "--stage-start", bad])
+        err = capsys.readouterr().err
+        assert "--stage-start" in err and what in err, (bad, err)
