@@ -148,8 +148,7 @@ void* stream_alloc(std::size_t bytes, cudaStream_t st, bool& pooled) {
 
 void stream_free(void* p, cudaStream_t st, bool pooled) noexcept {
   if (p == nullptr) return;
-  // (an error ignored here must not stay the thread's last error: see throw_cuda_error)
-  if ((pooled ? cudaFreeAsync(p, st) : cudaFree(p)) != cudaSuccess) (void)cudaGetLastError();
+  ignore_error(pooled ? cudaFreeAsync(p, st) : cudaFree(p));
 }
 
 int pointer_device(const void* p) {

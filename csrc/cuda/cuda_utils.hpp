@@ -24,6 +24,14 @@ bool sync_launches();  // GEOMFAST_CUDA_SYNC=1, read once
 
 [[noreturn]] void throw_cuda_error(const char* what, const char* file, int line, const std::string& err);
 
+// For a call whose failure is ignored (destructors, clean-up on an error path): a failed runtime
+// call also leaves its error as the thread's last error, which the next launch check
+// (cudaGetLastError) would report as that launch's own; so a failure here is cleared. (A sticky
+// error stays: every later call reports it.)
+inline void ignore_error(cudaError_t e) noexcept {
+  if (e != cudaSuccess) (void)cudaGetLastError();
+}
+
 }  // namespace geomfast::cuda
 
 #define GF_CUDA_CHECK(call)                                                              \
@@ -99,9 +107,8 @@ class DeviceGuard {
   }
   ~DeviceGuard() {
     int cur = -1;
-    if (cudaGetDevice(&cur) == cudaSuccess && cur != prev_ && has_primary_context(prev_) &&
-        cudaSetDevice(prev_) != cudaSuccess)
-      (void)cudaGetLastError();  // ignored: not left as the thread's last error (throw_cuda_error)
+    if (cudaGetDevice(&cur) == cudaSuccess && cur != prev_ && has_primary_context(prev_))
+      ignore_error(cudaSetDevice(prev_));
   }
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;
@@ -181,9 +188,7 @@ class AsyncBuffer {
 struct RecordOnExit {
   cudaEvent_t event;
   cudaStream_t stream;
-  ~RecordOnExit() {
-    if (cudaEventRecord(event, stream) != cudaSuccess) (void)cudaGetLastError();  // see throw_cuda_error
-  }
+  ~RecordOnExit() { ignore_error(cudaEventRecord(event, stream)); }
 };
 
 // Page-locked host buffer (for the small device-to-host copies that must be read right away).
@@ -197,7 +202,7 @@ class PinnedBuffer {
     GF_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&ptr_), n * sizeof(T)));
   }
   ~PinnedBuffer() {
-    if (ptr_) cudaFreeHost(ptr_);
+    if (ptr_) ignore_error(cudaFreeHost(ptr_));
   }
   PinnedBuffer(const PinnedBuffer&) = delete;
   PinnedBuffer& operator=(const PinnedBuffer&) = delete;

@@ -352,9 +352,7 @@ std::vector<EigResult> eigvalsh_cuda_batch(const std::vector<MatrixView>& as, co
   std::vector<std::vector<char>> host_work(m);  // syevd's host workspaces: kept past the last sync
   struct SyncOnExit {  // whatever happens below, nothing queued outlives what it uses
     cudaStream_t s;
-    ~SyncOnExit() {
-      if (cudaStreamSynchronize(s) != cudaSuccess) (void)cudaGetLastError();  // see throw_cuda_error
-    }
+    ~SyncOnExit() { ignore_error(cudaStreamSynchronize(s)); }
   } sync_on_exit{st};
   // 1. Every matrix's checks (NaN/Inf in the upper triangle, asymmetry) and one sync: a
   // non-finite matrix is an error before any solve (a solver might spin on NaN).

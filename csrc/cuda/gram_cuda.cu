@@ -215,12 +215,11 @@ class CudaGram final : public GramBackend {
     } catch (...) {  // no destructor runs for a constructor that throws: release the stream and event
       // and, while the guard still holds device_ current, the buffers (their own destructors run
       // after the guard's, with the caller's device current: the legacy stream of another GPU)
-      cudaStreamSynchronize(own_stream_);
+      ignore_error(cudaStreamSynchronize(own_stream_));
       for (auto* b : {&shift_, &sum_, &gram_, &c_, &zsum_, &zsq_, &diag_}) b->free();
       flags_.free();
-      if (ready_) cudaEventDestroy(ready_);
-      cudaStreamDestroy(own_stream_);
-      (void)cudaGetLastError();  // what failed here is in the exception, not the thread's last error
+      if (ready_) ignore_error(cudaEventDestroy(ready_));
+      ignore_error(cudaStreamDestroy(own_stream_));
       throw;
     }
   }
@@ -231,9 +230,9 @@ class CudaGram final : public GramBackend {
     // garbage collector in a loader thread, would put hundreds of MB on GPU 0).
     int prev = -1;
     const bool known = cudaGetDevice(&prev) == cudaSuccess;
-    if (!known || prev != device_) cudaSetDevice(device_);
-    if (own_stream_) cudaStreamSynchronize(own_stream_);
-    if (ready_) cudaEventSynchronize(ready_);  // work still queued on a caller's stream uses our buffers
+    if (!known || prev != device_) ignore_error(cudaSetDevice(device_));
+    if (own_stream_) ignore_error(cudaStreamSynchronize(own_stream_));
+    if (ready_) ignore_error(cudaEventSynchronize(ready_));  // work still queued on a caller's stream uses our buffers
     // idle now: freed on device_ (the legacy stream)
     for (auto* b : {&shift_, &sum_, &gram_, &c_, &zsum_, &zsq_, &diag_, &part_}) b->free();
     flags_.free();
@@ -244,16 +243,16 @@ class CudaGram final : public GramBackend {
       std::lock_guard<std::mutex> lock(h.mutex);
       GramScratch& w = h.scratch;
       if (--w.users == 0) {
-        cudaEventSynchronize(w.ready);
+        ignore_error(cudaEventSynchronize(w.ready));
         w.block.free();
         for (auto* b : {&w.acc, &w.hl, &w.ll}) b->free();
         for (auto* b : {&w.hl64, &w.ll64}) b->free();
       }
     } catch (...) {  // (the handles exist: this accumulator was made with them)
     }
-    if (ready_) cudaEventDestroy(ready_);
-    if (own_stream_) cudaStreamDestroy(own_stream_);
-    if (known && prev != device_ && has_primary_context(prev)) cudaSetDevice(prev);
+    if (ready_) ignore_error(cudaEventDestroy(ready_));
+    if (own_stream_) ignore_error(cudaStreamDestroy(own_stream_));
+    if (known && prev != device_ && has_primary_context(prev)) ignore_error(cudaSetDevice(prev));
   }
 
   int64_t dim() const override { return dim_; }
@@ -798,8 +797,8 @@ std::vector<EigResult> spectra_cuda(const std::vector<const GramBackend*>& accs,
   struct StreamGuard {
     cudaStream_t s;
     ~StreamGuard() {
-      cudaStreamSynchronize(s);
-      cudaStreamDestroy(s);
+      ignore_error(cudaStreamSynchronize(s));
+      ignore_error(cudaStreamDestroy(s));
     }
   } stream_guard{st};
   std::vector<size_t> offset(g.size() + 1, 0);
