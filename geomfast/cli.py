@@ -138,18 +138,18 @@ def _add_trace(p: argparse.ArgumentParser) -> None:
 
 
 def _stage_start(text: str) -> tuple[int, str | int]:
-    from .checkpoints import parse_revision
+    from .checkpoints import stage_starts_of
 
     k, sep, rev = text.partition("=")
     rev = rev.strip()
     if not sep or not k.strip().isdigit() or not rev:
         raise argparse.ArgumentTypeError(f"expected K=REVISION (e.g. 2=stage1-step1000-tokens5B), got {text!r}")
-    if int(k) < 2:
-        raise argparse.ArgumentTypeError(f"expected a stage K >= 2 (stage 1 starts at step 0), got {text!r}")
-    if not rev.isdigit() and parse_revision(rev)[0] is None:
-        raise argparse.ArgumentTypeError(f"expected REVISION to carry a step (e.g. {k}=stage{int(k) - 1}-step1000-tokens5B) "
-                                         f"or to be a step, got {text!r}")
-    return int(k), int(rev) if rev.isdigit() else rev
+    start = (int(k), int(rev) if rev.isdigit() else rev)
+    try:
+        stage_starts_of(dict([start]))  # the checks resolve_checkpoints makes, at parse time
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {str(e).removeprefix('[resolve_checkpoints] ')}") from None
+    return start
 
 
 def _stage_starts(pairs) -> dict | None:

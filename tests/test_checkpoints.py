@@ -468,7 +468,7 @@ def test_trace_passes_stage_starts_from_the_command_line(monkeypatch, capsys):
     assert seen["stage_starts"] == {2: (25000, 100_000_000_000), 3: (9000, None)}
     with pytest.raises(ValueError, match=r"stage_starts\[2\]: expected a revision name carrying a step"):
         sweep.make_config(model=OLMO2, dataset="synthetic", out="r.db", stage_starts={2: "main"})
-    for bad, what in (("stage2", "expected K=REVISION"), ("1=step5", "a stage K >= 2"), ("2=main", "carry a step")):
+    for bad, what in (("stage2", "expected K=REVISION"), ("1=step5", "a stage number >= 2"), ("2=main", "carrying a step")):
         with pytest.raises(SystemExit):
             cli.build_parser().parse_args(["trace", "--model", OLMO2, "--dataset", "synthetic", "--out", "r.db",
                                            "--stage-start", bad])
