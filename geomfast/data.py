@@ -382,6 +382,23 @@ def load_samples(
     return out
 
 
+def appends_special_tokens(tokenizer) -> bool:
+    """Whether ``tokenizer`` adds special tokens after the text (an EOS its template appends).
+
+    For such tokenizers ``max_length`` truncation keeps the appended tokens (see
+    :func:`tokenize_samples`), where earlier geomfast sliced them off long documents only; results
+    traced with a ``max_length`` differ between the two, and the sweep's options hash tells them
+    apart (``geomfast.sweep.run_result_options``). A template the probe text
+    cannot be found in counts as appending (the conservative answer: a recompute, never a mix)."""
+    probe = "geomfast probe text"
+    plain = [int(i) for i in tokenizer(probe, add_special_tokens=False)["input_ids"]]
+    full = [int(i) for i in tokenizer(probe, add_special_tokens=True)["input_ids"]]
+    if not plain:
+        return True
+    ends = [i + len(plain) for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain]
+    return not ends or ends[-1] < len(full)
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     """A short hash of what a tokenizer does, so token ids can be reused across checkpoints that
     share it (every Pythia revision does)."""

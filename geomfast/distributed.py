@@ -346,7 +346,8 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
     """Run :func:`geomfast.sweep.trace` as one rank of a torch.distributed job (see the module
     docstring). Every rank returns rank 0's :class:`~geomfast.sweep.TraceSummary`."""
     from .store import ResultStore, options_hash
-    from .sweep import TraceSummary, drop_stale_results, pending_checkpoints, requested_checkpoints
+    from .sweep import TraceSummary, drop_stale_results, pending_checkpoints, requested_checkpoints, \
+        run_result_options
 
     parallel = parallel or "data"
     if parallel not in PARALLEL_MODES:
@@ -355,8 +356,6 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
     cfg = dataclasses.replace(cfg, device=ctx.device, progress=cfg.progress and ctx.is_main)
     t_start = time.perf_counter()
     summary = TraceSummary(db=cfg.out)
-    result_opts = cfg.result_options()
-    h = options_hash(result_opts)
     request = cfg.request()
     own_store = False
     run_id = None
@@ -372,6 +371,8 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
 
                     check_output_database(cfg.out, "[trace] out")
                 checkpoints = requested_checkpoints(cfg)  # refused before any work: no run recorded
+                result_opts = run_result_options(cfg, checkpoints)  # (asks the tokenizers)
+                h = options_hash(result_opts)
                 store = store or ResultStore(cfg.out)
                 run_id = store.start_run({**dataclasses.asdict(cfg), "options_hash": h,
                                           "parallel": parallel, "world_size": ctx.world_size},
@@ -380,7 +381,7 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
                 keys = store.done_keys(h)
                 todo = pending_checkpoints(store, checkpoints, cfg, h, request, run_id, keys)
                 plan = {"run_id": run_id, "n": len(checkpoints), "todo": todo,
-                        "done_keys": keys if todo else set()}
+                        "done_keys": keys if todo else set(), "result_opts": result_opts}
             except Exception as e:  # every rank must learn it, or the others wait forever
                 plan = {"error": f"{type(e).__name__}: {e}"}
                 broadcast_object(plan)
@@ -389,6 +390,8 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
         if "error" in plan:
             raise RuntimeError(f"[trace] rank 0 failed before the sweep: {plan['error']}")
         run_id, todo, done_keys = plan["run_id"], plan["todo"], plan["done_keys"]
+        result_opts = plan["result_opts"]  # rank 0's: every rank hashes the same options
+        h = options_hash(result_opts)
         summary.checkpoints = plan["n"]
         summary.skipped = plan["n"] - len(todo)
         if summary.skipped and cfg.progress:
@@ -430,7 +433,7 @@ def _data_parallel(ctx: DistContext, cfg, todo, done_keys, store, result_opts, h
     from .sweep import _SampleCache, _finalize_and_write, _record_failure, _short_error, \
         extract_checkpoint
 
-    samples = _SampleCache(cfg)
+    samples = _SampleCache(cfg, result_opts)
     bar = tqdm(total=len(todo), desc="checkpoints", unit="ckpt", disable=not cfg.progress,
                position=0, leave=True)
     for loaded in _loaded_iter(todo, cfg, samples, cfg.prefetch):
@@ -489,7 +492,7 @@ def _checkpoint_parallel(ctx: DistContext, cfg, todo, done_keys, store, result_o
 
     mine = todo[ctx.rank::ctx.world_size]
     rounds = -(-len(todo) // ctx.world_size)
-    samples = _SampleCache(cfg)
+    samples = _SampleCache(cfg, result_opts)
     # Only rank 0 shows bars; the per-sample bar of a rank's own checkpoint is left out.
     quiet = dataclasses.replace(cfg, progress=False)
     bar = tqdm(total=len(todo), desc="checkpoints", unit="ckpt", disable=not cfg.progress,

@@ -314,6 +314,47 @@ def check_block_indices(checkpoints, cfg: TraceConfig) -> None:
                 "from the end), or last, embed, all")
 
 
+# In the options of runs whose tokenizer appends special tokens (an EOS) and that truncate to a
+# max_length: their long documents keep the appended tokens (data.tokenize_samples), where earlier
+# versions sliced them off. Runs without either keep the hash they always had.
+TRUNCATION_KEEPS_SPECIAL = "keeps the special tokens the tokenizer appends"
+
+
+def _truncation_matters(cfg: TraceConfig) -> bool:
+    from .data import SYNTHETIC_NAMES
+
+    return cfg.max_length is not None and cfg.dataset not in SYNTHETIC_NAMES
+
+
+def run_result_options(cfg: TraceConfig, checkpoints) -> dict[str, Any]:
+    """``cfg.result_options()`` plus what only the models' tokenizers tell: when a run truncates
+    to ``max_length`` and some model's tokenizer appends special tokens (an EOS), the options say
+    ``truncation``, so that the run's rows never count as done from (nor mix with) rows traced
+    when truncation sliced the appended tokens off long documents. The tokenizer of each model's
+    first requested checkpoint is asked (data.appends_special_tokens). One that cannot be loaded
+    here is not counted: its checkpoints then fail to load, and should it load later, the sample
+    cache refuses it rather than write rows under this hash (_SampleCache.get)."""
+    opts = cfg.result_options()
+    if not _truncation_matters(cfg):
+        return opts
+    from .data import appends_special_tokens
+    from .models import load_tokenizer
+
+    first: dict[str, Any] = {}
+    for c in checkpoints:
+        first.setdefault(c.model, c)
+    for c in first.values():
+        try:
+            tok = load_tokenizer(c.source, c.hub_revision, trust_remote_code=cfg.trust_remote_code,
+                                 local_files_only=cfg.local_files_only or None)
+        except Exception:  # reported per checkpoint by load_checkpoint
+            continue
+        if appends_special_tokens(tok):
+            opts["truncation"] = TRUNCATION_KEEPS_SPECIAL
+            break
+    return opts
+
+
 def requested_checkpoints(cfg: TraceConfig) -> list:
     """The checkpoints a trace asks for (checkpoints.resolve_checkpoints), its block indices
     checked against their depth (check_block_indices): everything a request is refused for
@@ -384,8 +425,10 @@ class _SampleCache:
 
     Only the loader thread touches it, so no lock is needed."""
 
-    def __init__(self, cfg: TraceConfig):
+    def __init__(self, cfg: TraceConfig, result_opts: dict[str, Any] | None = None):
         self.cfg = cfg
+        # None: the caller hashes no options (extract-only use); no truncation check
+        self._marked = None if result_opts is None else "truncation" in result_opts
         self._by_key: dict[Any, Any] = {}
         self._key_of_model: dict[str, Any] = {}
 
@@ -413,6 +456,12 @@ class _SampleCache:
             tok = load_tokenizer(checkpoint.source, checkpoint.hub_revision,
                                  trust_remote_code=cfg.trust_remote_code,
                                  local_files_only=cfg.local_files_only or None)
+            if (self._marked is False and _truncation_matters(cfg)
+                    and data.appends_special_tokens(tok)):
+                raise RuntimeError(
+                    f"[trace] {checkpoint.model}'s tokenizer appends special tokens, which max_length "
+                    "truncation keeps, but it could not be loaded when the run's options were hashed "
+                    "(run_result_options): rerun the trace, so that its rows get the right options hash")
             key = ("tokenizer", data.tokenizer_fingerprint(tok), max_length)
             if key not in self._by_key:
                 self._by_key[key] = data.load_samples(
@@ -608,7 +657,7 @@ def _trace(cfg: TraceConfig, *, command, store, on_checkpoint, parallel) -> Trac
     # index out of range) leaves the database as it was: no run is recorded for it.
     checkpoints = requested_checkpoints(cfg)
     store = store or ResultStore(cfg.out)
-    result_opts = cfg.result_options()
+    result_opts = run_result_options(cfg, checkpoints)
     h = options_hash(result_opts)
     request = cfg.request()
     run_id = store.start_run({**dataclasses.asdict(cfg), "options_hash": h}, command)
@@ -622,7 +671,7 @@ def _trace(cfg: TraceConfig, *, command, store, on_checkpoint, parallel) -> Trac
         if summary.skipped and cfg.progress:
             print(f"[geomfast] {summary.skipped} of {len(checkpoints)} checkpoint(s) already in "
                   f"{cfg.out}: skipped", file=sys.stderr)
-        samples = _SampleCache(cfg)
+        samples = _SampleCache(cfg, result_opts)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geomfast-loader") \
             if cfg.prefetch else None
 

@@ -513,3 +513,82 @@ def test_a_checkpoint_rewritten_in_place_is_recomputed(tmp_path, capsys):
         (row,) = store.rows()
     assert row["rankme"] == pytest.approx(second["step1"]["rankme"], rel=1e-12)
     assert trace(str(ck), **kw).skipped == 2
+
+
+def _eos_appending_tokenizer():
+    import copy
+
+    from tokenizers import processors
+
+    from helpers_models import tiny_tokenizer
+
+    tok = copy.deepcopy(tiny_tokenizer())
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", eos)])
+    return tok
+
+
+def test_truncation_keeping_an_appended_eos_has_its_own_options_hash(tmp_path, monkeypatch):
+    """A tokenizer that appends EOS, with max_length: the run's options say so (``truncation``),
+    so rows traced when truncation sliced the EOS off long documents never count as done for it,
+    and the two kinds never mix under one hash. Without an appended token, or without
+    max_length, the options hash is the one it always was."""
+    from geomfast import models
+    from geomfast.data import appends_special_tokens
+    from geomfast.store import ResultStore, options_hash
+    from geomfast.sweep import TRUNCATION_KEEPS_SPECIAL, make_config, trace
+
+    from helpers_models import tiny_tokenizer
+
+    eos_tok = _eos_appending_tokenizer()
+    assert appends_special_tokens(eos_tok) and not appends_special_tokens(tiny_tokenizer())
+    docs = write_text_files(tmp_path / "data")["txt"]
+    plain = make_checkpoint_folder(tmp_path / "plain", steps=(0, 1))
+    eos = make_checkpoint_folder(tmp_path / "eos", steps=(0, 1), tokenizer=eos_tok)
+    kw = dict(dataset=str(docs), n_samples=24, layers="last", pooling="last", fit_range=(3, 12),
+              progress=False)
+
+    def hashes(db):
+        with ResultStore(db, readonly=True) as store:
+            return {r["options_hash"] for r in store.rows(status="ok")}
+
+    def base_hash(ck, db, max_length):
+        return options_hash(make_config(model=str(ck), out=str(db), max_length=max_length,
+                                        **kw).result_options())
+
+    for ck, max_length, marked in [(plain, 20, False), (eos, None, False), (eos, 20, True)]:
+        db = tmp_path / f"{ck.name}-{max_length}.db"
+        s = trace(str(ck), out=str(db), max_length=max_length, **kw)
+        assert s.ok == 2, s.errors
+        want = options_hash(make_config(model=str(ck), out=str(db), max_length=max_length, **kw)
+                            .result_options() | ({"truncation": TRUNCATION_KEEPS_SPECIAL} if marked else {}))
+        assert hashes(db) == {want}
+        assert (want != base_hash(ck, db, max_length)) == marked
+
+    # A database traced the old way (its rows under the options without the mark): resumed,
+    # nothing of it counts as done; both kinds stay, each under its own hash.
+    db = tmp_path / "old.db"
+    import geomfast.sweep as sweep
+
+    with monkeypatch.context() as m:
+        m.setattr(sweep, "_truncation_matters", lambda cfg: False)  # as before the mark existed
+        assert trace(str(eos), out=str(db), max_length=20, **kw).ok == 2
+    s = trace(str(eos), out=str(db), max_length=20, **kw)
+    assert (s.ok, s.skipped) == (2, 0)
+    assert len(hashes(db)) == 2
+
+    # A tokenizer that cannot be asked when the options are hashed, but loads later: its
+    # checkpoints are refused (recorded as failures), not written under the unmarked hash.
+    real, calls = models.load_tokenizer, []
+
+    def flaky(*a, **k):
+        calls.append(a)
+        if len(calls) == 1:
+            raise OSError("tokenizer temporarily unavailable")
+        return real(*a, **k)
+
+    monkeypatch.setattr(models, "load_tokenizer", flaky)
+    s = trace(str(eos), out=str(tmp_path / "flaky.db"), max_length=20, **kw)
+    assert (s.ok, s.failed) == (0, 2)
+    assert all("appends special tokens" in msg for _, msg in s.errors), s.errors
