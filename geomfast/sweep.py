@@ -338,15 +338,13 @@ def run_result_options(cfg: TraceConfig, checkpoints) -> dict[str, Any]:
     if not _truncation_matters(cfg):
         return opts
     from .data import appends_special_tokens
-    from .models import load_tokenizer
 
     first: dict[str, Any] = {}
     for c in checkpoints:
         first.setdefault(c.model, c)
     for c in first.values():
         try:
-            tok = load_tokenizer(c.source, c.hub_revision, trust_remote_code=cfg.trust_remote_code,
-                                 local_files_only=cfg.local_files_only or None)
+            tok = _tokenizer(c, cfg)
         except Exception:  # reported per checkpoint by load_checkpoint
             continue
         if appends_special_tokens(tok):
@@ -451,11 +449,7 @@ class _SampleCache:
                     "synthetic", None, n_samples=cfg.n_samples, seed=cfg.seed,
                     min_length=cfg.min_length, max_length=max_length, vocab_size=vocab)
         else:
-            from .models import load_tokenizer
-
-            tok = load_tokenizer(checkpoint.source, checkpoint.hub_revision,
-                                 trust_remote_code=cfg.trust_remote_code,
-                                 local_files_only=cfg.local_files_only or None)
+            tok = _tokenizer(checkpoint, cfg)
             if (self._marked is False and _truncation_matters(cfg)
                     and data.appends_special_tokens(tok)):
                 raise RuntimeError(
@@ -475,6 +469,13 @@ class _SampleCache:
                 "at least 2")
         self._key_of_model[checkpoint.model] = key
         return got
+
+
+def _tokenizer(checkpoint, cfg: TraceConfig):
+    from .models import load_tokenizer
+
+    return load_tokenizer(checkpoint.source, checkpoint.hub_revision, trust_remote_code=cfg.trust_remote_code,
+                          local_files_only=cfg.local_files_only or None)
 
 
 def _model_config(checkpoint, cfg: TraceConfig):
