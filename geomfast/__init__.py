@@ -18,7 +18,8 @@ except ImportError as e:  # pragma: no cover - only on a broken install
 from .accumulator import GramAccumulator
 from .linalg import backends, eigvalsh, singular_values, singular_values_of, spectra, spectrum
 from .metrics import (AlphaReqResult, DegenerateSpectrumError, SpectrumWarning, alpha_req, condition_number,
-                      effective_rank, geometry, participation_ratio, rankme, spectral_entropy, stable_rank)
+                      effective_rank, geometry, geometry_of_spectra, participation_ratio, rankme, spectral_entropy,
+                      stable_rank)
 from .pca import PCA
 from .phases import Phase, PhaseResult, Transition, detect_phases, detect_transitions, phases_from_store
 
@@ -31,7 +32,7 @@ __all__ = [
     "spectrum",
     # metrics
     "AlphaReqResult", "DegenerateSpectrumError", "SpectrumWarning", "alpha_req", "condition_number",
-    "effective_rank", "geometry", "participation_ratio", "rankme", "spectral_entropy", "stable_rank",
+    "effective_rank", "geometry", "geometry_of_spectra", "participation_ratio", "rankme", "spectral_entropy", "stable_rank",
     # drop-in PCA and phases
     "PCA", "Phase", "PhaseResult", "Transition", "detect_phases", "detect_transitions", "phases_from_store",
 ]

@@ -346,8 +346,8 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
     """Run :func:`geomfast.sweep.trace` as one rank of a torch.distributed job (see the module
     docstring). Every rank returns rank 0's :class:`~geomfast.sweep.TraceSummary`."""
     from .store import ResultStore, options_hash
-    from .sweep import TraceSummary, drop_stale_results, pending_checkpoints, requested_checkpoints, \
-        run_result_options
+    from .sweep import TraceSummary, derive_from_stored_spectra, drop_stale_results, pending_checkpoints, \
+        requested_checkpoints, run_result_options
 
     parallel = parallel or "data"
     if parallel not in PARALLEL_MODES:
@@ -378,6 +378,8 @@ def trace_distributed(cfg, *, parallel: str | None = None, command: Sequence[str
                                           "parallel": parallel, "world_size": ctx.world_size},
                                          command)
                 drop_stale_results(store, checkpoints, cfg)
+                summary.derived = derive_from_stored_spectra(store, checkpoints, cfg, result_opts, h,
+                                                             request, run_id)
                 keys = store.done_keys(h)
                 todo = pending_checkpoints(store, checkpoints, cfg, h, request, run_id, keys)
                 plan = {"run_id": run_id, "n": len(checkpoints), "todo": todo,

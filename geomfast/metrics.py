@@ -42,6 +42,7 @@ __all__ = [
     "rankme",
     "alpha_req",
     "geometry",
+    "geometry_of_spectra",
     "participation_ratio",
     "stable_rank",
     "spectral_entropy",
@@ -739,8 +740,6 @@ def geometry(x_or_accumulator, *, fit_range=(11, 100), eps: float = 1e-7,
             f"got {_input_ndim(x_or_accumulator)}-D input"
         )
     n, d = _activation_shape(fn, "x_or_accumulator", x_or_accumulator)
-    notes: list[str] = []
-
     if (spectrum is None or singular_values is None) and not _is_accumulator(x_or_accumulator):
         # One pass over the activations serves both solves (each would otherwise accumulate them).
         from .linalg import _accumulate
@@ -754,16 +753,36 @@ def geometry(x_or_accumulator, *, fit_range=(11, 100), eps: float = 1e-7,
         lam = _covariance_spectrum(fn, x_or_accumulator, n, method=method, k=k)
     else:
         lam = spectrum
-    lam = _as_spectrum(fn, "spectrum", lam)
+    if singular_values is None:
+        singular_values = _raw_singular_values(x_or_accumulator)
+    out = geometry_of_spectra(lam, singular_values, n=n, dim=d, fit_range=fit_range, eps=eps,
+                              method=method, _fn=fn)
+    _emit(out["warnings"])
+    return out
+
+
+def geometry_of_spectra(spectrum, singular_values, *, n: int, dim: int, fit_range=(11, 100),
+                        eps: float = 1e-7, method: str = "full", _fn: str = "geometry_of_spectra") -> dict:
+    """:func:`geometry` from the spectra alone: ``spectrum`` (descending covariance eigenvalues,
+    ddof=1, length ``dim`` or fewer) and ``singular_values`` (of the raw matrix, at most
+    min(n, dim)) of n rows of dimension ``dim``. This is what ``geomfast trace`` computes from
+    each accumulator, so metrics under other options (``fit_range``, ``eps``) follow from the
+    stored spectra without a model. ``method`` only labels the note given when ``spectrum`` is
+    shorter than ``dim``. The warnings are returned, not issued."""
+    fn = _fn
+    fit_range = _check_fit_range(fn, fit_range)
+    eps = _check_eps(fn, eps)
+    for name, v in (("n", n), ("dim", dim)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"[{fn}] {name} must be an integer >= 1, got {v!r}")
+    n, d = int(n), int(dim)
+    notes: list[str] = []
+    lam = _as_spectrum(fn, "spectrum", spectrum)
     if lam.size > d:
         raise ValueError(
             f"[{fn}] spectrum must have at most dim={d} values, got {lam.size}"
         )
-    if singular_values is None:
-        sv = _raw_singular_values(x_or_accumulator)
-    else:
-        sv = singular_values
-    sv = _as_spectrum(fn, "singular_values", sv)
+    sv = _as_spectrum(fn, "singular_values", singular_values)
     if sv.size > min(n, d):
         raise ValueError(
             f"[{fn}] singular_values must have at most min(n, dim)={min(n, d)} values, "
@@ -809,5 +828,4 @@ def geometry(x_or_accumulator, *, fit_range=(11, 100), eps: float = 1e-7,
     out["dim"] = d
     # alpha's notes may repeat (none do today); keep order, drop duplicates.
     out["warnings"] = list(dict.fromkeys(notes))
-    _emit(out["warnings"])
     return {key: out[key] for key in GEOMETRY_KEYS}

@@ -156,10 +156,12 @@ class TraceSummary:
     rows_written: int = 0
     seconds: float = 0.0
     errors: list[tuple[str, str]] = field(default_factory=list)
+    derived: int = 0  # rows written from stored spectra (derive_from_stored_spectra), no model
 
     def __str__(self) -> str:
+        derived = f" (and {self.derived} derived from stored spectra)" if self.derived else ""
         s = (f"{self.checkpoints} checkpoint(s): {self.ok} traced, {self.skipped} already done, "
-             f"{self.failed} failed; {self.rows_written} row(s) written to {self.db} "
+             f"{self.failed} failed; {self.rows_written} row(s) written{derived} to {self.db} "
              f"in {self.seconds:.1f} s")
         for rev, err in self.errors:
             s += f"\n  error at {rev}: {err}"
@@ -404,6 +406,69 @@ def pending_checkpoints(store: ResultStore, checkpoints, cfg: TraceConfig, h: st
         else:
             left.append(c)
     return left
+
+
+# Options that change only the metrics computed from a spectrum, never the spectrum: results that
+# differ from a request in these alone are derived from the stored spectra, with no model.
+METRIC_ONLY_OPTIONS = ("fit_range", "eps")
+
+
+def _canonical(options) -> dict:
+    return json.loads(json.dumps(dict(options), sort_keys=True, default=str))
+
+
+def derive_from_stored_spectra(store: ResultStore, checkpoints, cfg: TraceConfig, result_opts: dict,
+                               h: str, request: str, run_id: int | None) -> int:
+    """Rows this request still lacks whose spectra are stored under options that differ only in
+    METRIC_ONLY_OPTIONS (another ``fit_range`` or ``eps``): written from those spectra
+    (metrics.geometry_of_spectra, exactly what a forward pass would give, the spectra being the
+    same float64 values), so re-tracing with another fit range loads no model. A checkpoint
+    marked done for this request under the other options is marked done here too. Returns the
+    number of rows written."""
+    from .metrics import geometry_of_spectra
+
+    base = {k: v for k, v in _canonical(result_opts).items() if k not in METRIC_ONLY_OPTIONS}
+    done = store.done_checkpoints(h, request)
+    todo = {(c.model, c.revision): c for c in checkpoints if (c.model, c.revision) not in done}
+    if not todo:
+        return 0
+    have = store.done_keys(h)
+    sources: dict[tuple, dict] = {}  # (model, revision, layer, pooling) -> a row to derive it from
+    marked: dict[tuple, set] = {}  # (model, revision) -> the other hashes of its source rows
+    for model in sorted({m for m, _ in todo}):
+        for row in store.rows(status="ok", model=model):
+            key = (row["model"], row["revision"], row["layer"], row["pooling"])
+            if (key[0], key[1]) not in todo or row["options_hash"] == h or key in have:
+                continue
+            try:
+                opts = json.loads(row["options"] or "null")
+            except ValueError:
+                continue
+            if not isinstance(opts, dict) or \
+                    {k: v for k, v in opts.items() if k not in METRIC_ONLY_OPTIONS} != base:
+                continue
+            sources.setdefault(key, row)
+            marked.setdefault((key[0], key[1]), set()).add(row["options_hash"])
+    written = 0
+    for key, row in sources.items():
+        spec, sv = store.spectrum(row["id"], "covariance"), store.spectrum(row["id"], "singular")
+        if spec is None or sv is None or not row["n"] or not row["dim"]:
+            continue
+        t0 = time.perf_counter()
+        metrics = geometry_of_spectra(spec, sv, n=int(row["n"]), dim=int(row["dim"]),
+                                      fit_range=cfg.fit_range, eps=cfg.eps, method=cfg.spectrum_method,
+                                      _fn="geometry")  # the notes read as finalize()'s do
+        if store.write_result(todo[key[:2]], key[2], key[3], options=result_opts, metrics=metrics,
+                              spectra={"covariance": spec, "singular": sv}, run_id=run_id,
+                              timings={"metrics_s": time.perf_counter() - t0}):
+            written += 1
+    for (model, revision), hashes in marked.items():
+        if any((model, revision) in store.done_checkpoints(o, request) for o in hashes):
+            store.mark_checkpoint_done(model, revision, h, request, run_id)
+    if written and cfg.progress:
+        print(f"[geomfast] {written} result(s) derived from spectra already stored under other "
+              f"{' / '.join(METRIC_ONLY_OPTIONS)}: no model loaded for them", file=sys.stderr)
+    return written
 
 
 # ----------------------------------------------------------------------------- per checkpoint
@@ -667,6 +732,7 @@ def _trace(cfg: TraceConfig, *, command, store, on_checkpoint, parallel) -> Trac
     try:
         summary.checkpoints = len(checkpoints)
         drop_stale_results(store, checkpoints, cfg)
+        summary.derived = derive_from_stored_spectra(store, checkpoints, cfg, result_opts, h, request, run_id)
         todo = pending_checkpoints(store, checkpoints, cfg, h, request, run_id)
         summary.skipped = len(checkpoints) - len(todo)
         if summary.skipped and cfg.progress:

@@ -592,3 +592,61 @@ def test_truncation_keeping_an_appended_eos_has_its_own_options_hash(tmp_path, m
     s = trace(str(eos), out=str(tmp_path / "flaky.db"), max_length=20, **kw)
     assert (s.ok, s.failed) == (0, 2)
     assert all("appends special tokens" in msg for _, msg in s.errors), s.errors
+
+
+@pytest.mark.parametrize("layers", ["all", "embed,last"])
+def test_another_fit_range_or_eps_is_derived_from_the_stored_spectra(series, tmp_path, monkeypatch, layers):
+    """Re-tracing with only another fit_range or eps writes its rows from the spectra already
+    stored (no model loads), equal to what a fresh trace computes; a change of anything that
+    changes the spectra (here n_samples) still runs the model. With layer names known only from
+    the model ('all'), the checkpoint marker is carried over too."""
+    import geomfast.sweep as sweep
+    from geomfast.store import ResultStore
+    from geomfast.sweep import trace
+
+    ck, docs = series
+    kw = dict(dataset=str(docs), revisions="step0,step2", n_samples=40, layers=layers,
+              pooling="last,mean", progress=False)
+    db = tmp_path / "r.db"
+    first = trace(str(ck), out=str(db), fit_range=(3, 20), **kw)
+    assert first.ok == 2, first.errors
+    n_rows = first.rows_written
+    with ResultStore(db, readonly=True) as store:
+        (h_first,) = {r["options_hash"] for r in store.rows(status="ok")}
+
+    real = sweep.load_checkpoint
+    loads = []
+
+    def no_model(*a, **k):
+        loads.append(a[0].revision)
+        return real(*a, **k)
+
+    monkeypatch.setattr(sweep, "load_checkpoint", no_model)
+    metric_cols = ("rankme", "rankme_garrido2023", "rankme_full", "alpha", "alpha_r2", "alpha_r2_100",
+                   "participation_ratio", "stable_rank", "spectral_entropy", "effective_rank_roy",
+                   "condition_number", "n", "dim", "warnings")
+
+    def by_key(path, h=None):
+        with ResultStore(path, readonly=True) as store:
+            return {(r["revision"], r["layer"], r["pooling"]): tuple(r[c] for c in metric_cols)
+                    for r in store.rows(status="ok", options_hash=h)}
+
+    for opts in [dict(fit_range=(3, 12)), dict(fit_range=(3, 20), eps=1e-4)]:
+        s = trace(str(ck), out=str(db), **{**dict(fit_range=(3, 20)), **opts}, **kw)
+        assert (s.ok, s.skipped, s.derived) == (0, 2, n_rows), s
+        assert loads == []
+        fresh = tmp_path / f"fresh-{len(opts)}-{opts.get('eps')}.db"
+        monkeypatch.setattr(sweep, "load_checkpoint", real)
+        trace(str(ck), out=str(fresh), **{**dict(fit_range=(3, 20)), **opts}, **kw)
+        monkeypatch.setattr(sweep, "load_checkpoint", no_model)
+        with ResultStore(fresh, readonly=True) as store:
+            (h,) = {r["options_hash"] for r in store.rows(status="ok")}
+        want = by_key(fresh)
+        assert by_key(db, h) == want and len(want) == n_rows
+        assert want != by_key(db, h_first)  # recomputed under the new options, not copied
+        again = trace(str(ck), out=str(db), **{**dict(fit_range=(3, 20)), **opts}, **kw)
+        assert (again.ok, again.skipped, again.derived) == (0, 2, 0)
+        assert loads == []
+
+    s = trace(str(ck), out=str(db), fit_range=(3, 20), **{**kw, "n_samples": 30})
+    assert (s.ok, s.derived) == (2, 0) and sorted(loads) == ["step0", "step2"]
