@@ -13,22 +13,74 @@ group, a sweep split by hand). Rows are copied with their spectra; the results' 
   ``'ok'`` row of that checkpoint: a failure since traced is stale.
 
 Runs are copied once (a run already copied is recognised by its command, options, host and
-start time) and the run ids of the copied rows follow them; checkpoint markers are added if
+start time) and the run ids of the copied rows follow them; a run copied while it was still
+``'running'`` takes the status and end time the input has since recorded (``'finished'``,
+``'failed'``, ``'interrupted'``), so a merge made mid-run and repeated later does not keep it
+running, or report it interrupted once its process is gone. Checkpoint markers are added if
 absent. Each input is merged in one transaction, so merging is atomic per input and
 idempotent: merging the same input again changes nothing.
+
+A run's status is what happened to it: an interrupted run stays ``'interrupted'`` after a
+later run completed its work (here or in another input). :func:`completed_by` tells the two
+apart, for reports that advise re-running.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence
 
 from ._paths import same_file
 from .store import ResultStore
 
-__all__ = ["MergeSummary", "merge_stores", "register_cli"]
+__all__ = ["MergeSummary", "completed_by", "merge_stores", "register_cli"]
 
 _RUN_IDENTITY = ("command", "options", "options_hash", "version", "host", "started_at")
+# What a run records when it ends (a copy made while it ran lacks them until merged again).
+_RUN_OUTCOME = ("status", "finished_at")
+
+# Options of a trace run that do not change which results it writes, or under which options
+# hash: where (``out``: a resume elsewhere, then merged, is the same work), on what hardware and
+# how fast, with what progress output. Everything else in a run's options must match for a
+# later run to have done its work.
+_NOT_WORK = frozenset({"out", "device", "device_map", "batch_size", "progress", "prefetch",
+                       "parallel", "world_size"})
+
+
+def _work(run: Mapping) -> str | None:
+    """The work a run was asked for, canonical (its options less :data:`_NOT_WORK`); None when
+    its options are not a JSON object (nothing can be said to have redone it)."""
+    try:
+        opts = json.loads(run.get("options") or "")
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(opts, dict) or not opts:
+        return None
+    return json.dumps({k: v for k, v in opts.items() if k not in _NOT_WORK}, sort_keys=True, default=str)
+
+
+def completed_by(runs: Iterable[Mapping]) -> dict[int, int | None]:
+    """For each interrupted run of ``runs`` (``ResultStore.runs()``: statuses as judged there,
+    a dead process's ``'running'`` included), the id of a run started after it that asked for
+    the same work (the same models, revisions, layers, poolings and result options; see
+    :data:`_NOT_WORK` for what may differ) and finished, or None where there is none: work of
+    that run may still be missing, and re-running its command completes it.
+
+    A finished trace leaves every checkpoint of its request done or recorded as an error
+    (``show --errors``), whatever an earlier run of that request had written; a run started
+    before the interrupted one proves nothing (results may have been removed since, e.g. for
+    rewritten weights). Runs whose options cannot be read are never judged completed."""
+    runs = list(runs)
+    out: dict[int, int | None] = {}
+    for r in runs:
+        if r.get("status") != "interrupted":
+            continue
+        work = _work(r)
+        later = [o for o in runs if o.get("status") == "finished" and work is not None
+                 and (o.get("started_at") or 0) > (r.get("started_at") or 0) and _work(o) == work]
+        out[int(r["id"])] = int(min(later, key=lambda o: o["started_at"])["id"]) if later else None
+    return out
 
 
 @dataclass
@@ -40,11 +92,13 @@ class MergeSummary:
     skipped: int = 0
     runs: int = 0
     checkpoints: int = 0
+    runs_updated: int = 0  # runs copied earlier while running, that have ended since
 
     def __str__(self) -> str:
+        updated = f", {self.runs_updated} run(s) ended since an earlier merge updated" if self.runs_updated else ""
         return (f"{self.inputs} database(s) merged into {self.out}: {self.inserted} row(s) added, "
                 f"{self.replaced} error row(s) replaced, {self.skipped} already there; "
-                f"{self.runs} run(s) and {self.checkpoints} checkpoint marker(s) added")
+                f"{self.runs} run(s) and {self.checkpoints} checkpoint marker(s) added{updated}")
 
 
 def _columns(conn, table: str) -> list[str]:
@@ -86,9 +140,15 @@ def _merge_one(src, dst: ResultStore, summary: MergeSummary) -> None:
         for r in src.execute(f"SELECT id, {', '.join(run_cols)} FROM runs ORDER BY id"):
             ident = [c for c in _RUN_IDENTITY if c in run_cols]
             cond = " AND ".join(f"{c} IS ?" for c in ident)
-            old = conn.execute(f"SELECT id FROM runs WHERE {cond}", [r[c] for c in ident]).fetchone()
+            old = conn.execute(f"SELECT id, status FROM runs WHERE {cond}", [r[c] for c in ident]).fetchone()
             if old is not None:
                 run_map[r["id"]] = old[0]
+                outcome = [c for c in _RUN_OUTCOME if c in run_cols]
+                if "status" in outcome and old["status"] == "running" and r["status"] != "running":
+                    # copied while it ran: it has ended since (the input's record is the newer)
+                    conn.execute(f"UPDATE runs SET {', '.join(f'{c}=?' for c in outcome)} WHERE id=?",
+                                 [*(r[c] for c in outcome), old[0]])
+                    summary.runs_updated += 1
                 continue
             cur = conn.execute(f"INSERT INTO runs({', '.join(run_cols)}) VALUES "
                                f"({', '.join('?' * len(run_cols))})", [r[c] for c in run_cols])
