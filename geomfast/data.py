@@ -44,20 +44,118 @@ def is_local_dataset(dataset: str) -> bool:
     return path.suffix.lower() in _LOCAL_SUFFIXES or path.exists()
 
 
-def check_dataset(dataset: str) -> str:
+def check_dataset(dataset: str, *, text_field: str = "text", local_files_only: bool = False) -> str:
     """The dataset argument checked before any model is loaded: 'synthetic', a hub id (as given),
     or a local .txt/.jsonl/.parquet file, returned as its resolved path (the same file however it
-    is typed)."""
+    is typed).
+
+    What would fail alike for every checkpoint is refused here, as :class:`DatasetError`: a local
+    file that load_texts cannot read (a folder, a .jsonl line that is not a JSON object with a
+    string ``text_field``, a .parquet without a string column ``text_field``, a .txt that is not
+    UTF-8), and a hub id when the hub is offline (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE,
+    ``local_files_only``) or the ``datasets`` package is missing. A local file is read once for
+    this (a .parquet: its schema only), as the options hash reads it anyway."""
     spec = str(dataset)
-    if spec in SYNTHETIC_NAMES or not is_local_dataset(spec):
+    if spec in SYNTHETIC_NAMES:
+        return spec
+    if not is_local_dataset(spec):
+        _check_hub_dataset(spec, local_files_only)
         return spec
     path = Path(spec).expanduser()
+    if path.is_dir():
+        raise DatasetError(f"[trace] dataset {spec!r} is a folder, expected a local .txt, .jsonl or .parquet "
+                           "file (a hub dataset id, or 'synthetic')")
     if not path.is_file():
         raise FileNotFoundError(f"[trace] dataset: no such file {spec!r} (expected a local .txt, .jsonl or "
-                                ".parquet file, a hub dataset id, or 'synthetic')")
+                           ".parquet file, a hub dataset id, or 'synthetic')")
     if path.suffix.lower() not in _LOCAL_SUFFIXES:
-        raise ValueError(f"[trace] dataset must be a .txt, .jsonl or .parquet file, got {spec!r}")
-    return str(path.resolve())
+        raise DatasetError(f"[trace] dataset must be a .txt, .jsonl or .parquet file, got {spec!r}")
+    resolved = path.resolve()
+    _check_local_file(resolved, text_field)
+    return str(resolved)
+
+
+def _check_hub_dataset(spec: str, local_files_only: bool) -> None:
+    from .checkpoints import _offline
+
+    if _offline(local_files_only) or _env_on("HF_DATASETS_OFFLINE"):
+        how = "--local-files-only" if local_files_only else "HF_HUB_OFFLINE / HF_DATASETS_OFFLINE"
+        raise DatasetError(
+            f"[trace] dataset {spec!r} is not a local file, and a hub dataset is streamed from the Hugging "
+            f"Face hub, which is off ({how}): expected a local .txt, .jsonl or .parquet file, or 'synthetic'")
+    import importlib.util
+
+    if importlib.util.find_spec("datasets") is None:
+        raise DatasetError(
+            f"[trace] dataset {spec!r} is not a local file; streaming a hub dataset needs the `datasets` "
+            "package (pip install datasets), or pass a local .txt, .jsonl or .parquet file, or 'synthetic'")
+
+
+def _env_on(var: str) -> bool:
+    return os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_CHECKED: dict[tuple[str, int, int, str], bool] = {}
+_UPFRONT = "[trace] dataset"
+
+
+def _check_local_file(path: Path, text_field: str) -> None:
+    """Refuse (DatasetError) a local dataset file that _read_local would refuse, or whose texts are
+    not strings; each (path, size, mtime, field) is checked once per process."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns, text_field)
+    if key in _CHECKED:
+        return
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        _parquet_text_column(path, text_field, _UPFRONT)
+    else:
+        try:
+            with open(path, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    if suffix == ".jsonl" and line.strip():
+                        _jsonl_text(path, lineno, line, text_field, _UPFRONT)
+        except UnicodeDecodeError as err:
+            raise DatasetError(f"{_UPFRONT} {path} is not UTF-8 text ({err})") from None
+    _CHECKED[key] = True
+
+
+def _jsonl_text(path: Path, lineno: int, line: str, text_field: str, where: str = "[load_texts]"):
+    """The text of one .jsonl record (None or '' when empty: skipped), or DatasetError."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{where} {path}:{lineno} is not valid JSON ({err})") from None
+    if not isinstance(rec, dict) or text_field not in rec:
+        got = f"keys {sorted(rec)[:8]}" if isinstance(rec, dict) else f"a JSON {type(rec).__name__}"
+        raise DatasetError(f"{where} {path}:{lineno} has no field {text_field!r}: expected a JSON "
+                           f"object with a string {text_field!r}, got {got}")
+    t = rec[text_field]
+    if t is not None and not isinstance(t, str):
+        raise DatasetError(f"{where} {path}:{lineno}: field {text_field!r} must be a string, got "
+                           f"{type(t).__name__} {str(t)[:40]!r}")
+    return t
+
+
+def _parquet_text_column(path: Path, text_field: str, where: str = "[load_texts]"):
+    """pyarrow.parquet, after checking that ``path`` holds a string column ``text_field``."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - pyarrow is an optional dependency
+        raise DatasetError(f"{where} reading .parquet needs pyarrow: pip install 'geomfast[parquet]'") from None
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as err:
+        raise DatasetError(f"{where} {path} is not a readable Parquet file ({err})") from None
+    if text_field not in schema.names:
+        raise DatasetError(f"{where} {path} has no column {text_field!r}; columns: {schema.names}")
+    kind = schema.field(text_field).type
+    value = kind.value_type if pa.types.is_dictionary(kind) else kind
+    if not (pa.types.is_string(value) or pa.types.is_large_string(value) or pa.types.is_null(value)
+            or getattr(pa.types, "is_string_view", lambda _: False)(value)):
+        raise DatasetError(f"{where} {path}: column {text_field!r} must hold strings, got {kind}")
+    return pq
 
 
 _FINGERPRINTS: dict[tuple[str, int, int], str] = {}
@@ -90,25 +188,14 @@ def _read_local(path: Path, text_field: str) -> list[str]:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"[load_texts] {path}:{lineno} is not valid JSON ({err})") from None
-                if not isinstance(rec, dict) or text_field not in rec:
-                    raise ValueError(f"[load_texts] {path}:{lineno} has no field {text_field!r}")
-                if rec[text_field]:
-                    texts.append(str(rec[text_field]))
+                t = _jsonl_text(path, lineno, line, text_field)
+                if t:
+                    texts.append(t)
         return texts
     if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:  # pragma: no cover - pyarrow is an optional dependency
-            raise ImportError("[load_texts] reading .parquet needs pyarrow: pip install 'geomfast[parquet]'") from None
-        schema = pq.read_schema(path)
-        if text_field not in schema.names:
-            raise ValueError(f"[load_texts] {path} has no column {text_field!r}; columns: {schema.names}")
+        pq = _parquet_text_column(path, text_field)
         col = pq.read_table(path, columns=[text_field]).column(text_field).to_pylist()
-        return [str(t) for t in col if t]
+        return [t for t in col if t]
     raise ValueError(f"[load_texts] expected a {', '.join(_LOCAL_SUFFIXES)} file, got {str(path)!r}")
 
 
@@ -167,6 +254,9 @@ def load_texts(
     """
     path = Path(dataset).expanduser()
     if is_local_dataset(dataset):
+        if path.is_dir():
+            raise IsADirectoryError(f"[load_texts] {str(path)!r} is a folder, expected a .txt, .jsonl or "
+                                    ".parquet file")
         if not path.is_file():
             raise FileNotFoundError(f"[load_texts] no such file: {str(path)!r}")
         texts = _read_local(path, text_field)

@@ -22,6 +22,7 @@ __all__ = [
     "find_decoder_layers",
     "find_final_norm",
     "model_device",
+    "check_device",
     "DTYPES",
 ]
 
@@ -32,6 +33,19 @@ DTYPES = {
     "float64": "float64", "fp64": "float64", "double": "float64",
     "auto": "auto",
 }
+
+
+_DEVICE_RE = re.compile(r"(cpu|cuda)(?::(\d+))?")
+
+
+def check_device(device) -> tuple[str, int | None]:
+    """(type, index or None) of a device string geomfast traces on: 'cpu', 'cuda' or 'cuda:N'
+    ('cpu:N' too, as torch takes it). ValueError (no prefix: the caller names the argument) for
+    anything else: 'tpu', 'cuda:abc', a number. Whether CUDA is there is the caller's check."""
+    m = _DEVICE_RE.fullmatch(device) if isinstance(device, str) else None
+    if m is None:
+        raise ValueError(f"expected cpu, cuda or cuda:N (N a device index), got {device!r}")
+    return m.group(1), None if m.group(2) is None else int(m.group(2))
 
 
 def _torch_dtype(dtype):

@@ -199,7 +199,8 @@ def make_config(*, model, dataset=None, out, preset: str | None = None, **option
     layers, poolings = _split_spec(layers), _split_spec(pooling)
     _validate_request(layers, poolings)
     _validate_options(merged, fit_range)
-    dataset = check_dataset(dataset)
+    # what would fail alike for every checkpoint (an unreadable file, a hub id offline)
+    dataset = check_dataset(dataset, local_files_only=bool(merged.get("local_files_only")))
     if "stage_starts" in merged:
         from .checkpoints import stage_starts_of
 
@@ -223,16 +224,29 @@ def _validate_options(opts: dict, fit_range: tuple[int, ...]) -> None:
     at_least("batch_size", 1)
     at_least("max_length", 1)
     at_least("min_length", 0)
+    at_least("seed", 0, " (numpy's generators take non-negative seeds)")
     from .metrics import _check_fit_range
 
     _check_fit_range("trace", fit_range)  # the rule alpha_req applies, before the forward passes
-    device = str(opts.get("device") or "cpu")
-    if device.startswith("cuda"):
+    from .models import check_device
+
+    device = opts.get("device") or "cpu"
+    if type(device).__name__ == "device":  # a torch.device
+        device = str(device)
+    try:
+        kind, index = check_device(device)  # 'tpu', 'cuda:abc': torch's error at every load
+    except ValueError as e:
+        raise ValueError(f"[trace] device {device!r} is not a device geomfast traces on: {e}") from None
+    if kind == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise ValueError(f"[trace] device {device!r} needs CUDA, which this torch cannot use "
                              f"(torch {torch.__version__}, torch.cuda.is_available() is False)")
+        count = torch.cuda.device_count()
+        if index is not None and index >= count:
+            raise ValueError(f"[trace] device {device!r}: expected cuda:0 to cuda:{count - 1} "
+                             f"({count} CUDA device(s) here), got index {index}")
 
 
 def _validate_request(layers: tuple[str, ...], poolings: tuple[str, ...]) -> None:
