@@ -93,7 +93,9 @@ class GramAccumulator:
         CUDA input is read in place on the current stream of x's device, or on `stream` (a
         torch.cuda.Stream, a cupy Stream, or a cudaStream_t as an int); later work on the
         accumulator is ordered after it.
-        Raises ValueError on NaN/Inf (with their count and first row); the state is then unchanged.
+        Raises ValueError on NaN/Inf (with their count and first row), and on values whose centred
+        squares, summed over the rows, would overflow float64 (~1e150 and beyond); the state is
+        then unchanged.
         A chunk of zero rows (e.g. a batch whose rows were all masked out) adds nothing.
         """
         check_kind(x, func="GramAccumulator.update")  # (a nested tensor has no shape to read)
@@ -117,7 +119,8 @@ class GramAccumulator:
         return self
 
     def merge(self, other: "GramAccumulator") -> "GramAccumulator":
-        """Add another accumulator's rows (exactly; shifts may differ)."""
+        """Add another accumulator's rows (exactly; shifts may differ). A merge whose centred squares
+        would overflow float64 raises ValueError, the state unchanged."""
         if not isinstance(other, GramAccumulator):
             raise TypeError(f"[GramAccumulator.merge] expected a GramAccumulator, got {type(other).__name__}")
         if other.dim != self.dim:

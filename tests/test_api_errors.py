@@ -223,21 +223,34 @@ def test_tensor_on_meta_device():
 
 
 def test_overflowing_sums_are_an_error_not_inf():
-    """Finite input whose squares overflow float64: covariance() raises instead of returning
-    Inf/NaN, and so does the spectrum."""
-    acc = G(3).update(np.random.default_rng(new_seed()).random((10, 3)) * 1e200)
+    """Finite input whose squares overflow float64 is refused by update(), and a merge that would
+    overflow by merge(), each leaving the state as it was. What still overflows is read as an
+    error, never Inf/NaN: the raw (uncentred) Gram of rows far from 0 but well centred."""
+    rng = np.random.default_rng(new_seed())
+    acc = G(3)
+    with pytest.raises(ValueError) as e:
+        acc.update(rng.random((10, 3)) * 1e200)
+    check_message(e.value, "GramAccumulator.update", "overflow float64")
+    assert acc.count == 0
+    far = G(3).update(1e153 * (1 + 1e-3 * rng.standard_normal((1000, 3))))  # centred squares ~1e303
+    assert np.isfinite(far.covariance()).all()
     with pytest.raises(FloatingPointError) as e:
-        acc.covariance()
-    check_message(e.value, "GramAccumulator.covariance", "overflowed")
-    with pytest.raises((ValueError, FloatingPointError)):
-        acc.spectrum()
+        far.raw_gram()
+    check_message(e.value, "GramAccumulator.raw_gram", "overflowed")
+    other = G(3).update(-1e153 * (1 + 1e-3 * rng.standard_normal((1000, 3))))
+    before = far.state_dict()
+    with pytest.raises(ValueError) as e:
+        far.merge(other)
+    check_message(e.value, "GramAccumulator.merge", "overflow float64")
+    after = far.state_dict()
+    assert after["count"] == before["count"] and np.array_equal(after["gram"], before["gram"])
 
 
 def test_spectra_names_the_accumulator_that_failed():
     rng = np.random.default_rng(new_seed())
     good = G(3).update(rng.random((10, 3)))
-    bad = G(3).update(rng.random((10, 3)) * 1e200)
-    with pytest.raises(ValueError, match=r"\[spectra\] accumulator 2 of 3 .*non-finite"):
+    bad = G(3).update(rng.random((1, 3)))  # one row: no covariance
+    with pytest.raises(ValueError, match=r"\[spectra\] accumulator 2 of 3 .*count=1.*needs at least 2 row"):
         geomfast.spectra([good, good, bad])
 
 

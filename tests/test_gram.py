@@ -1019,3 +1019,30 @@ def test_the_cpu_thread_pool_waits_for_every_part_and_rethrows_the_first_error()
 
     with pytest.raises(ValueError, match="nparts >= 1"):
         _core._cpu_thread_pool_probe(0, [], 0)
+
+
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_an_update_whose_squares_overflow_is_refused_and_leaves_the_state(layout):
+    """Values whose centred squares, summed over the rows, pass float64's range are refused at the
+    update, like NaN, with nothing accumulated; accepted, every later read of the accumulator
+    failed. Data far from 0 but well centred (1e152 · (1 + 1e-3·N(0, 1))) is accepted: the exact
+    check runs where the cheap bound cannot tell, and the covariance is float64's."""
+    rng = np.random.default_rng(11)
+    good = rng.standard_normal((10, 4))
+    a = geomfast.GramAccumulator(4)
+    a.update(np.asarray(good, order=layout))
+    for bad in (np.full((3, 4), 1e300), 1e153 * rng.standard_normal((1000, 4))):
+        with pytest.raises(ValueError, match="overflow float64.*nothing was accumulated"):
+            a.update(np.asarray(bad, order=layout))
+    assert a.count == 10
+    np.testing.assert_allclose(a.covariance(), np.cov(good, rowvar=False), rtol=1e-13, atol=1e-15)
+    # a fresh accumulator refuses the same chunk as its first
+    with pytest.raises(ValueError, match="overflow float64"):
+        geomfast.GramAccumulator(4).update(np.asarray(1e153 * rng.standard_normal((1000, 4)), order=layout))
+
+    big = 1e152 * (1 + 1e-3 * rng.standard_normal((3000, 4)))
+    b = geomfast.GramAccumulator(4)
+    for chunk in np.array_split(big, 3):
+        b.update(np.asarray(chunk, order=layout))
+    ref = np.cov(big, rowvar=False)
+    assert np.abs(b.covariance() - ref).max() / np.abs(ref).max() < 1e-12

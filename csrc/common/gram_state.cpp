@@ -40,6 +40,11 @@ void add_state_into(GramState& into, const GramState& other) {
   for (int64_t i = 0; i < d; ++i) into.sum[i] += o.sum[i];
   for (int64_t i = 0; i < d * d; ++i) into.gram[i] += o.gram[i];
   into.count += o.count;
+  for (int64_t i = 0; i < d; ++i)
+    if (!(into.gram[i * d + i] < kSquaresLimit))
+      GF_THROW(ValueError, "[GramAccumulator.merge] the merged squares of column ", i,
+               " overflow float64 (the two accumulators' rows lie ~1e154 or more apart): expected merged centred ",
+               "squares below ", kSquaresLimit, "; rescale the input; nothing was merged");
 }
 
 void covariance_from_state(const GramState& s, int64_t ddof, double* out) {

@@ -407,6 +407,7 @@ class CpuGram final : public GramBackend {
     stage_inexact_ = false;
     stage_short_ = false;
     stage_fast_.reset();
+    max_abs_seen_ = 0.0;
   }
 
   void update(const MatrixView& x) override {
@@ -463,6 +464,10 @@ class CpuGram final : public GramBackend {
     stage_inexact_ = false;
     stage_short_ = false;
     stage_fast_.reset();
+    // every loaded row's |x| is within |shift| + sqrt(Σ (x − shift)²) in each column
+    max_abs_seen_ = 0.0;
+    for (int64_t c = 0; c < dim_; ++c)
+      max_abs_seen_ = std::max(max_abs_seen_, std::abs(shift_[c]) + std::sqrt(std::max(0.0, g_[c + c * dim_])));
   }
 
   void add_state(const GramState& s) override {
@@ -524,6 +529,7 @@ class CpuGram final : public GramBackend {
       scan.short_values = scan.short_values && s.short_values;
     }
     short_input_ = scan.short_values;  // for this update's float32 products (FastAccumulator::update)
+    chunk_max_abs_ = scan.max_abs;     // for check_squares
     if (scan.nonfinite)
       throw NonFiniteError(detail::concat("[GramAccumulator.update] x holds ", scan.nonfinite,
                                           " non-finite value(s) (NaN or Inf); the first is in row ", scan.first_row,
@@ -539,7 +545,7 @@ class CpuGram final : public GramBackend {
     // before it costs a few roundings; the final cancellation stays small unless they are most
     // of the rows.) follow_drift catches a drift of chunks too small to judge alone.
     const bool look = !reshift && n >= kDriftChunkRows;
-    if (!reshift && !(look && chunk_moved(x))) return;
+    if (!reshift && !(look && chunk_moved(x))) return check_squares(x, shift_);
     const int64_t m = std::min<int64_t>(n, reshift ? kShiftRows : kDriftRows);
     // The chunk's column means and variances from m rows spread evenly over it (the first rows of
     // a chunk may not be like the rest: sequences sorted by length, a drifting stream).
@@ -563,13 +569,59 @@ class CpuGram final : public GramBackend {
       const double sd = std::max(s0, sc);
       drift = drift || (sd > 0 && std::abs(mu - shift_[c]) > kDriftSpreads * sd);
     }
-    if (!drift) return;
+    if (!drift) return check_squares(x, shift_);
     on_grid(mean, spread, x.dtype);
-    if (look && mean == shift_) return;
+    if (look && mean == shift_) return check_squares(x, shift_);
+    check_squares(x, mean);  // (before the state moves to the new shift)
     if (count_ == 0) shift_ = mean;
     else reshift_to(mean);
     scale_ = spread;
     shift_rows_ = std::max(shift_rows_, count_ + m);
+  }
+
+  // Squares that overflow float64 (values near 1e150 and beyond, summed over the rows) are refused
+  // like non-finite values, before the state changes: accepted, they would leave an accumulator
+  // whose every later read fails. Every accepted |x| is at most max_abs_seen_ and every shift, a
+  // mean of such values, too, so (rows)·(2·max|x|)² bounds each column's Σ (x − shift)² and, by
+  // Cauchy–Schwarz, every product sum; only when that bound is not safely finite are the chunk's
+  // exact column sums around `shift` (the one its products will use) taken (one more pass) and
+  // added to the state's diagonal around it — data far from 0 but well centred
+  // (1e152 · (1 + 1e-3·N(0, 1))) is accepted.
+  void check_squares(const MatrixView& x, const std::vector<double>& shift) {
+    const int64_t d = dim_, n = x.rows;
+    const double a = std::max(max_abs_seen_, chunk_max_abs_);
+    const double rows = static_cast<double>(count_ + n);
+    if (rows * (2 * a) * (2 * a) < kSquaresLimit) {
+      max_abs_seen_ = a;
+      return;
+    }
+    settle_pending();  // the staged rows' products into g_, whose diagonal is read below
+    const int nthreads = ThreadPool::instance().size();
+    std::vector<double> sq(static_cast<size_t>(nthreads * d), 0.0);
+    dispatch_dtype(x.dtype, [&](auto tag) {
+      using L = Loader<decltype(tag)::value>;
+      const auto* base = static_cast<const typename L::raw*>(x.data);
+      parallel_for(n, 64, [&](int64_t r0, int64_t r1, int part) {
+        double* q = sq.data() + part * d;
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = 0; c < d; ++c) {
+            const double y = L::get(base + r * x.row_stride + c * x.col_stride) - shift[c];
+            q[c] += y * y;
+          }
+      });
+    });
+    const double n0 = static_cast<double>(count_);
+    for (int64_t c = 0; c < d; ++c) {
+      // the state's Σ (x − shift)² from its Σ (x − shift_)²: y + δ with δ = shift_ − shift
+      const double delta = shift_[c] - shift[c];
+      double total = count_ > 0 ? g_[c + c * d] + 2 * delta * sum_[c] + n0 * delta * delta : 0.0;
+      for (int p = 0; p < nthreads; ++p) total += sq[p * d + c];
+      if (!(total < kSquaresLimit))
+        GF_THROW(ValueError, "[GramAccumulator.update] the squares of x's column ", c, " (|x| up to ",
+                 chunk_max_abs_, "), summed over the rows, overflow float64: expected values whose centred squares ",
+                 "sum to less than ", kSquaresLimit, "; rescale the input; nothing was accumulated");
+    }
+    max_abs_seen_ = a;
   }
 
   // Is the mean of kDriftRows rows spread over x more than kDriftSpreads spreads from the shift in
@@ -849,6 +901,8 @@ class CpuGram final : public GramBackend {
   std::vector<double> stage64_;          // [block_rows, dim] staged centred rows (highest, exact)
   std::vector<float> stage32_;           // [block_rows, dim] staged centred rows (fast)
   int64_t staged_ = 0;                   // rows in the staging block (already in count_/sum_)
+  double chunk_max_abs_ = 0.0;           // max |x| of the update being validated (check_squares)
+  double max_abs_seen_ = 0.0;            // a bound on |x| over every accepted row (check_squares)
   // (a large update's lanes are borrowed from LanePool)
   // fast: AMX split products (amx_gram.cpp) instead of ssyrk, fixed at construction; staged
   // blocks accumulate in stage_fast_ (float32, flushed into g_), lanes in their own.

@@ -187,7 +187,7 @@ class CudaGram final : public GramBackend {
  public:
   CudaGram(int64_t dim, int device, Precision precision)
       : dim_(dim), device_(device), precision_(precision), h_shift_(static_cast<size_t>(dim), 0.0), h_c_(static_cast<size_t>(dim), 0.0),
-        h_scale_(static_cast<size_t>(dim), 0.0) {
+        h_scale_(static_cast<size_t>(dim), 0.0), h_sq_(static_cast<size_t>(dim), 0.0) {
     if (dim < 1) GF_THROW(ValueError, "[GramAccumulator] expected dim >= 1, got ", dim);
     DeviceGuard guard(device_);  // (make_cuda_gram has checked this device's cuBLAS/cuSOLVER handles)
     // Every allocation after the guard: pinned memory too would otherwise create a context on the
@@ -309,6 +309,8 @@ class CudaGram final : public GramBackend {
                                  : 0.0;
     column_stats(x, c_.get(), split_max, part_.get(), zsum_.get(), zsq_.get(), flags_.get(), st);
     check_flags(st, x);  // first update: already checked; this reads the overflow count
+    check_squares(x);    // before the state moves (follow_drift)
+    const std::vector<double> chunk_sq(hstats_.get() + d, hstats_.get() + 2 * d);
     if (!fresh && n >= kDriftChunkRows && follow_drift(n, st)) {
       // the state now sits on this chunk's mean: a new kernel shift, and the chunk's statistics again
       prepare_kernel_shift(want, sum_.get(), gram_.get(), d + 1, count_, st);
@@ -351,6 +353,21 @@ class CudaGram final : public GramBackend {
     }
     count_ += n;
     shift_set_ = true;
+    for (int64_t j = 0; j < d; ++j) h_sq_[j] += chunk_sq[j];
+  }
+
+  // Squares that overflow float64 (values near 1e150 and beyond, summed over the rows) are refused
+  // like non-finite values, before the state changes: accepted, they would leave an accumulator
+  // whose every later read fails. From what the update's one host sync brings anyway: this chunk's
+  // float64 Σ (x - c)² (hstats_) plus the accepted chunks' (h_sq_; around their own kernel shifts,
+  // which sit near the state's shift, so a close bound rather than the exact diagonal).
+  void check_squares(const MatrixView& x) const {
+    const int64_t d = dim_;
+    for (int64_t j = 0; j < d; ++j)
+      if (!(h_sq_[j] + hstats_[d + j] < kSquaresLimit))
+        GF_THROW(ValueError, "[GramAccumulator.update] the squares of x's column ", j, " (shape (", x.rows, ", ",
+                 x.cols, ")), summed over the rows, overflow float64: expected values whose centred squares sum to ",
+                 "less than ", kSquaresLimit, "; rescale the input; nothing was accumulated");
   }
 
   // A state an update left part-written is never used silently (see update).
@@ -403,8 +420,10 @@ class CudaGram final : public GramBackend {
     c_mode_ = Mode::kStale;
     broken_.clear();
     h_shift_ = s.shift;
-    for (size_t j = 0; j < d; ++j)  // the loaded rows' spread, for the drift checks
+    for (size_t j = 0; j < d; ++j) {  // the loaded rows' spread, for the drift checks
       h_scale_[j] = spread_from_sums(s.sum[j], s.gram[j * d + j], static_cast<double>(s.count));
+      h_sq_[j] = s.gram[j * d + j];
+    }
   }
 
   void add_state(const GramState& s) override {
@@ -425,6 +444,7 @@ class CudaGram final : public GramBackend {
     broken_.clear();
     std::fill(h_shift_.begin(), h_shift_.end(), 0.0);
     std::fill(h_scale_.begin(), h_scale_.end(), 0.0);
+    std::fill(h_sq_.begin(), h_sq_.end(), 0.0);
   }
 
   void covariance(int64_t ddof, double* out) const override {
@@ -759,6 +779,7 @@ class CudaGram final : public GramBackend {
   PinnedBuffer<double> hstats_;              // [2, d] the last column_stats' Σ (x - c), Σ (x - c)²
   std::vector<double> h_shift_, h_c_;        // host copies of the shift and the kernel shift
   std::vector<double> h_scale_;              // the columns' spread when the shift was set (drift)
+  std::vector<double> h_sq_;                 // Σ (x - c)² of the accepted chunks (check_squares)
   DeviceBuffer<int> col2j_;                  // [d]
   // (the products' work buffers are the device's, shared: DeviceHandles::scratch)
 };

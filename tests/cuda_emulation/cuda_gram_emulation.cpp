@@ -358,6 +358,35 @@ void case_non_finite_and_state(Precision p, unsigned seed) {
   report(pn + " reset() then update()", rel_fro(cov_of(*g), reference_cov({&c}, d)), bar, g->count() == 123);
 }
 
+void case_squares_overflow(unsigned seed) {
+  // float64 chunks whose squares, summed, pass float64's range: refused at the update with the
+  // state unchanged (as non-finite values are), alone or added to the rows already in.
+  const int64_t d = 6;
+  std::mt19937_64 rng(seed);
+  std::vector<double> mean(d, 2.0), sd(d, 1.0), huge(d, 0.0), huge_sd(d, 1e153);
+  Chunk a = make_chunk(DType::kFloat64, 40, d, mean, sd, rng);
+  Chunk bad = make_chunk(DType::kFloat64, 1000, d, huge, huge_sd, rng);
+  auto g = make_cuda_gram(d, 0, Precision::kHighest);
+  bool first = false, later = false;
+  try {
+    g->update(bad.view());
+  } catch (const ValueError& e) {
+    first = std::string(e.what()).find("overflow float64") != std::string::npos && g->count() == 0;
+  }
+  g->update(a.view());
+  const GramState before = g->state();
+  try {
+    g->update(bad.view());
+  } catch (const ValueError& e) {
+    const GramState after = g->state();
+    later = std::string(e.what()).find("nothing was accumulated") != std::string::npos &&
+            after.count == before.count && after.gram == before.gram && after.sum == before.sum &&
+            after.shift == before.shift;
+  }
+  report("float64 chunks whose squares overflow refused (first and later), state unchanged",
+         rel_fro(cov_of(*g), reference_cov({&a}, d)), 1e-12, first && later);
+}
+
 void case_f16_split_overflow(unsigned seed) {
   // |x - c| beyond float16's range in a shifted column: the chunk goes down the float32 path.
   setenv("GEOMFAST_CUDA_GRAM_KERNEL", "cublas", 1);
@@ -505,6 +534,7 @@ int main() {
     for (Precision p : {Precision::kHighest, Precision::kFast}) case_drift(p, DType::kFloat32, 1000.0, seed++, true);
     for (Precision p : {Precision::kHighest, Precision::kFast}) case_non_finite_and_state(p, seed++);
     case_f16_split_overflow(seed++);
+    case_squares_overflow(seed++);
     case_failure_midway(seed++);
     case_errors_left_behind(seed++);
     for (const char* kernel : {"cublas", "tc"}) case_shared_scratch(kernel, seed++);

@@ -28,9 +28,16 @@ struct GramState {
   std::vector<double> gram;   // [dim, dim]
 };
 
+// A state's column sums of squares stay below this (DBL_MAX / 16, room for the re-centring and the
+// covariance's algebra on them): an update or a merge that would pass it is refused, the state
+// unchanged, rather than leave an accumulator whose every read overflows.
+inline constexpr double kSquaresLimit = 0x1p1020;
+
 // Returns s re-expressed around new_shift [dim]: exact algebra, O(dim²).
 GramState reshift_state(const GramState& s, const double* new_shift);
-// into += other (re-shifting other onto into's shift; an empty `into` takes other's).
+// into += other (re-shifting other onto into's shift; an empty `into` takes other's). Throws
+// ValueError when a merged column's squares reach kSquaresLimit (`into` is then part-merged: pass a
+// copy).
 void add_state_into(GramState& into, const GramState& other);
 // One covariance entry from Σyyᵀ_ij, Σy_i, Σy_j: (G_ij − Σy_i·Σy_j / n) · scale, scale = 1/(n − ddof).
 // Shared by every path so that all give identical, exactly symmetric results.
