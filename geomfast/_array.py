@@ -17,7 +17,7 @@ FLOAT64, FLOAT32, FLOAT16, BFLOAT16 = 0, 1, 2, 3
 _NUMPY_CODES = {np.dtype(np.float64): FLOAT64, np.dtype(np.float32): FLOAT32, np.dtype(np.float16): FLOAT16}
 _TORCH_CODES = {"torch.float64": FLOAT64, "torch.float32": FLOAT32, "torch.float16": FLOAT16, "torch.bfloat16": BFLOAT16}
 CPU, CUDA = 0, 1
-SUPPORTED = "float64, float32, float16 or bfloat16"
+SUPPORTED = "float64, float32, float16 or bfloat16 (integer and bool arrays are up-cast to float64)"
 
 
 @dataclass
