@@ -447,12 +447,14 @@ def derive_from_stored_spectra(store: ResultStore, checkpoints, cfg: TraceConfig
     if not todo:
         return 0
     have = store.done_keys(h)
+    names = static_layer_names(cfg.layers)  # None: known only from the model ('all'): every layer
     sources: dict[tuple, dict] = {}  # (model, revision, layer, pooling) -> a row to derive it from
     marked: dict[tuple, set] = {}  # (model, revision) -> the other hashes of its source rows
     for model in sorted({m for m, _ in todo}):
         for row in store.rows(status="ok", model=model):
             key = (row["model"], row["revision"], row["layer"], row["pooling"])
-            if (key[0], key[1]) not in todo or row["options_hash"] == h or key in have:
+            if ((key[0], key[1]) not in todo or row["options_hash"] == h or key in have
+                    or key[3] not in cfg.poolings or (names is not None and key[2] not in names)):
                 continue
             try:
                 opts = json.loads(row["options"] or "null")

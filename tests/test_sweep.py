@@ -648,5 +648,9 @@ def test_another_fit_range_or_eps_is_derived_from_the_stored_spectra(series, tmp
         assert (again.ok, again.skipped, again.derived) == (0, 2, 0)
         assert loads == []
 
+    # a narrower request derives only its own rows
+    s = trace(str(ck), out=str(db), fit_range=(3, 15), **{**kw, "layers": "last", "pooling": "mean"})
+    assert (s.ok, s.derived) == (0, 2) and loads == []
+
     s = trace(str(ck), out=str(db), fit_range=(3, 20), **{**kw, "n_samples": 30})
     assert (s.ok, s.derived) == (2, 0) and sorted(loads) == ["step0", "step2"]
