@@ -45,6 +45,7 @@ __all__ = [
     "revision_stage",
     "revision_series",
     "select_revisions",
+    "check_selector",
     "resolve_checkpoints",
     "stage_starts_of",
     "is_model_folder",
@@ -402,7 +403,27 @@ def select_revisions(revs: list[str], selector: str | None) -> list[str]:
     return _select(list(revs), selector, _place(list(revs))[0])
 
 
+def check_selector(selector: str | None) -> None:
+    """Refuse a selector that is blank (``''``, ``' '``: it used to mean 'all') or a comma list
+    with an empty item (``','``, ``'step0,,'``: it kept nothing, or ignored the gap), before
+    anything is listed (ValueError)."""
+    if selector is None:
+        return
+    sel = str(selector)
+    if not sel.strip():
+        raise ValueError(f"[select_revisions] expected a selection (all, paper, every:K, log:N, range:A-B, or a "
+                         f"comma list of names/steps), got a blank one {sel!r}; leave it out for all")
+    items = sel.split(",")
+    if len(items) > 1 and not all(w.strip() for w in items):
+        which = [i + 1 for i, w in enumerate(items) if not w.strip()]
+        many = len(which) > 1
+        raise ValueError(f"[select_revisions] expected a comma list of revision names or steps, got {sel!r}, "
+                         f"whose item{'s' if many else ''} {', '.join(map(str, which))} (of {len(items)}) "
+                         f"{'are' if many else 'is'} empty")
+
+
 def _select(revs: list[str], selector: str | None, placed: dict[str, _Placed]) -> list[str]:
+    check_selector(selector)
     if selector is None:
         return revs
     sel = str(selector).strip()
@@ -605,6 +626,20 @@ def _split_at(entry: str) -> tuple[str, str | None]:
     return entry, None
 
 
+def _shown(model) -> str:
+    return repr(model) if isinstance(model, str) else " -> ".join(map(str, model))
+
+
+def _refuse_file(entry: str) -> None:
+    """A model given as a path to a file (transformers would read it as a config file): say so,
+    rather than 'no such folder' or a JSON error at each load."""
+    path = Path(entry).expanduser()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(
+            f"[resolve_checkpoints] model {entry!r} is a file, not a folder: expected a model folder (holding "
+            "config.json), a folder of checkpoint sub-folders, or a hub id")
+
+
 def _resolved_if_local(entry: str) -> str:
     """A series entry: a local folder as its resolved path, anything else (a hub id) as given."""
     path = Path(entry).expanduser()
@@ -654,6 +689,11 @@ def resolve_checkpoints(
     ``order`` runs over the whole list: stage 1 by step, then each later series by step.
     """
     starts = stage_starts_of(stage_starts)
+    try:
+        check_selector(revisions)  # before any listing, whatever the source
+    except ValueError as err:
+        raise ValueError(f"[resolve_checkpoints] {_shown(model)} --revisions {revisions!r}: "
+                         f"{str(err).removeprefix('[select_revisions] ')}") from None
     if isinstance(model, str):
         parts = _split_series(model)
         if parts is not None:
@@ -661,6 +701,8 @@ def resolve_checkpoints(
     if not isinstance(model, str):
         # local folders by their resolved path: './run' typed in two places is two models, and
         # '/abs/run' and './run' are one
+        for m in model:
+            _refuse_file(_split_at(str(m))[0])
         entries = [_resolved_if_local(str(m)) for m in model]
         if not entries:
             raise ValueError("[resolve_checkpoints] expected at least one model in the series, got none")
@@ -718,6 +760,7 @@ def resolve_checkpoints(
                                   hub_revision=None, step=p.step, tokens=p.tokens, order=i))
         return out
 
+    _refuse_file(str(model))
     if os.path.sep in str(model) and (str(model).startswith((".", "/", "~")) or str(model).count("/") > 1):
         raise FileNotFoundError(f"[resolve_checkpoints] no such folder: {str(model)!r}")
     model_id, pinned = _split_at(str(model))

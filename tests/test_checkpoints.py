@@ -474,3 +474,45 @@ def test_trace_passes_stage_starts_from_the_command_line(monkeypatch, capsys):
                                            "--stage-start", bad])
         err = capsys.readouterr().err
         assert "--stage-start" in err and what in err, (bad, err)
+
+
+@pytest.mark.parametrize("selector, needle", [
+    ("", "got a blank one ''"),
+    ("   ", "got a blank one '   '"),
+    (",", "got ',', whose items 1, 2 (of 2) are empty"),
+    ("step0,,", "got 'step0,,', whose items 2, 3 (of 3) are empty"),
+    (",step0", "got ',step0', whose item 1 (of 2) is empty"),
+])
+def test_a_blank_selection_or_an_empty_list_item_is_refused(tmp_path, selector, needle):
+    """' ' meant all, ',' kept nothing (a trace of 0 checkpoints, exit 0) and 'step0,,' ignored
+    the gap: each is refused, naming the model and the selection, whatever the source (a list of
+    revisions, a run folder, a hub id offline where names are otherwise trusted, a series)."""
+    revs = pythia_revisions()
+    with pytest.raises(ValueError, match=r"^\[select_revisions\] ") as e:
+        select_revisions(revs, selector)
+    assert needle in str(e.value)
+    run = tmp_path / "run"
+    for step in (0, 1):
+        _write_model_folder(run / f"step{step}")
+    for model in (str(run), "allenai/OLMo-1B-hf", "EleutherAI/pythia-160m", [str(run / "step0"), str(run / "step1")]):
+        with pytest.raises(ValueError) as e:
+            resolve_checkpoints(model, selector, local_files_only=True)
+        msg = str(e.value)
+        assert msg.startswith("[resolve_checkpoints] ") and f"--revisions {selector!r}: " in msg, msg
+        assert needle in msg and (model if isinstance(model, str) else str(run / "step0")) in msg, msg
+    assert resolve_checkpoints(str(run), "step1,0", local_files_only=True)[0].revision == "step0"  # still fine
+
+
+def test_a_file_given_as_model_is_refused_as_a_file(tmp_path, monkeypatch):
+    """It said 'no such folder' (a path with a separator), or went to the hub and failed at each
+    load as 'the config file is not a valid JSON file' (a bare file name)."""
+    f = tmp_path / "notes.txt"
+    f.write_text("not a model\n")
+    monkeypatch.chdir(tmp_path)
+    run = _write_model_folder(tmp_path / "run" / "step0").parent
+    for model in (str(f), "notes.txt", "./notes.txt", [str(run), "notes.txt"]):
+        with pytest.raises(NotADirectoryError, match=r"model '[^']*notes\.txt' is a file, not a folder: expected a "
+                                                     "model folder"):
+            resolve_checkpoints(model, local_files_only=True)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        resolve_checkpoints(str(tmp_path / "missing"), local_files_only=True)
