@@ -6,6 +6,7 @@ Each check raises ValueError with a message that starts with the argument as the
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Iterable
 
 __all__ = ["is_sqlite_file", "same_file", "check_output_file", "check_output_database",
@@ -49,12 +50,37 @@ def _nearest_existing(path: str) -> str:
 
 
 def _check_folder_writable(folder: str, flag: str, path: str) -> None:
-    """The folder that will hold ``path`` exists or can be created, and files can be made in it."""
+    """The folder that will hold ``path`` exists or can be created, and files can be made in it.
+
+    Beyond the permission bits (which root passes everywhere), a file or folder is made there
+    and removed at once: /proc, a read-only mount or a full file system refuse it here, named,
+    rather than half-way through the command as a bare ``[Errno 2] No such file or directory``."""
     base = _nearest_existing(folder)
     if not os.path.isdir(base):
         raise ValueError(f"{flag} {path}: {base} is a file, not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {path}: cannot create files in the folder {base} (permission denied)")
+    folder = os.path.abspath(folder)
+    try:
+        if base != folder:  # the first folder os.makedirs would create
+            missing = folder
+            while os.path.dirname(missing) != base:
+                missing = os.path.dirname(missing)
+            try:
+                os.mkdir(missing)
+            except FileExistsError:  # made meanwhile
+                return
+            try:
+                os.rmdir(missing)
+            except OSError:  # another process writes in it already: it is usable
+                pass
+        else:
+            fd, probe = tempfile.mkstemp(prefix=".geomfast-probe-", dir=base)
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        what = f"cannot create the folder {missing}" if base != folder else f"cannot create files in the folder {base}"
+        raise ValueError(f"{flag} {path}: {what} ({e.strerror or e})") from None
 
 
 def check_output_file(path: str | os.PathLike, flag: str,
