@@ -179,16 +179,32 @@ def _check_device(device, cli: bool = False) -> str:
     return device
 
 
-def _check_eig_options(eig_options: dict | None, cli: bool = False) -> dict:
+def _check_eig_options(eig_options: dict | None, cli: bool = False, k: int | None = None) -> dict:
     """The randomized solver's options, by geomfast.eigvalsh's rules (linalg._eig_args): tol a
-    finite float > 0, the integer options >= 0."""
+    finite float > 0, the integer options >= 0; and what the benchmark sets itself: a block width
+    >= 1 (0 would silently be the solver's default width, not what the row says it timed) and
+    tol_k in [1, k] (past k the solver clamps it to k)."""
     from .linalg import eig_option_problem
 
     opts = dict(eig_options or {})
     problem = eig_option_problem(opts, lambda key: _name(key, cli))
     if problem:
         _fail(problem, cli)
+    if opts.get("block") == 0:
+        _fail(f"{_name('block', cli)} must be an int >= 1 (leave it out for the solver's default, "
+              "clamp(k/8, 32, 256)), got 0", cli)
+    tol_k = opts.get("tol_k")
+    if tol_k is not None and (tol_k == 0 or (k is not None and tol_k > k)):
+        _fail(f"{_name('tol_k', cli)} must be an int in [1, {_name('k', cli)}={k}] (leave it out for all k), "
+              f"got {tol_k}", cli)
     return opts
+
+
+def _check_counts(repeats, warmup, cli: bool = False) -> None:
+    """repeats >= 1 timed calls, warmup >= 0 untimed ones (a negative count ran none, silently)."""
+    for key, value, least in (("repeats", repeats, 1), ("warmup", warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            _fail(f"{_name(key, cli)} must be an int >= {least}, got {value!r}", cli)
 
 
 def _check_k(k, sizes: Sequence[int], cli: bool = False) -> int:
@@ -348,7 +364,8 @@ def bench_eig(d: int, *, method: str = "full", k: int | None = 256, device: str 
     if method == "randomized":
         if k is None or not 1 <= k <= d:
             raise ValueError(f"[bench] randomized needs 1 <= k <= d={d}, got k={k!r}")
-        eig_options = _check_eig_options(eig_options)
+        eig_options = _check_eig_options(eig_options, k=k)
+    _check_counts(repeats, warmup)
     _check_device(device)
     a, lam = make_spd(d, alpha=alpha, seed=seed)
     rows = []
@@ -422,6 +439,7 @@ def run_bench(*, op: str = "all", sizes: Sequence[int] = QUICK_SIZES, n_rows: in
         raise ValueError(f"[bench] sizes must be hidden sizes >= 2, got {list(sizes)}")
     if int(n_rows) < 2 or int(repeats) < 1:
         raise ValueError(f"[bench] expected n_rows >= 2 and repeats >= 1, got n_rows={n_rows}, repeats={repeats}")
+    _check_counts(repeats, warmup)
     # every setting checked before the first case runs (a bad one must not cost a whole run)
     _check_device(device)
     if op in ("eig", "all"):
@@ -430,7 +448,7 @@ def run_bench(*, op: str = "all", sizes: Sequence[int] = QUICK_SIZES, n_rows: in
         _check_alpha(alpha)
         if method == "randomized":
             _check_k(k, sizes)
-            eig_options = _check_eig_options(eig_options)
+            eig_options = _check_eig_options(eig_options, k=k)
     results: list[dict] = []
     for d in sizes:
         if op in ("gram", "all"):
@@ -526,10 +544,12 @@ def _add_arguments(p) -> None:
                    help="power-law exponent of the test spectra k^-alpha, finite >= 0 (0: flat; default 1)")
     p.add_argument("--tol", type=float, default=None, help="randomized: relative tolerance (default 1e-6)")
     p.add_argument("--tol-k", type=int, default=None,
-                   help="randomized: how many leading values must meet --tol (default all k)")
-    p.add_argument("--block", type=int, default=None, help="randomized: Krylov block width")
-    p.add_argument("--repeats", type=int, default=3, help="timed calls per case (median reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls first")
+                   help="randomized: how many leading values must meet --tol, 1 to --k (default all k)")
+    p.add_argument("--block", type=int, default=None,
+                   help="randomized: Krylov block width, >= 1 (default clamp(k/8, 32, 256))")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed calls per case, >= 1 (median reported; default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls first, >= 0 (default 1)")
     p.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="also write JSON here")
 
 
@@ -545,14 +565,21 @@ def _run(args) -> int:
     # the flags checked here, named as flags, before anything runs
     if not args.sizes or any(d < 2 for d in args.sizes):
         raise ValueError(f"--sizes must be hidden sizes >= 2, got {args.sizes}")
+    if args.n_rows < 2:
+        raise ValueError(f"--n-rows must be an int >= 2, got {args.n_rows}")
+    _check_counts(args.repeats, args.warmup, cli=True)
     _check_device(args.device, cli=True)
     eig_options = {key: val for key, val in (("tol", args.tol), ("tol_k", args.tol_k),
                                              ("block", args.block)) if val is not None}
+    if eig_options and (args.op == "gram" or args.method != "randomized"):
+        given = ", ".join(_name(key, True) for key in eig_options)
+        raise ValueError(f"{given}: only for the randomized eigensolver (--op eig or all with --method "
+                         f"randomized), got --op {args.op} --method {args.method}")
     if args.op in ("eig", "all"):
         _check_alpha(args.alpha, cli=True)
         if args.method == "randomized":
             _check_k(args.k, args.sizes, cli=True)
-            _check_eig_options(eig_options, cli=True)
+            _check_eig_options(eig_options, cli=True, k=args.k)
     report = run_bench(op=args.op, sizes=args.sizes, n_rows=args.n_rows, dtypes=args.dtype,
                        precisions=args.precision, device=args.device, method=args.method, k=args.k,
                        alpha=args.alpha, repeats=args.repeats, warmup=args.warmup,

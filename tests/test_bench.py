@@ -315,3 +315,35 @@ def test_the_top_values_column_says_how_many_values_it_covers():
     rows = bench.bench_eig(64, method="full", repeats=1, warmup=0)
     assert {r["top_values"] for r in rows if "error" not in r} == {64}
     assert "top-64 rel. error" in bench.format_bench(rows)
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["--warmup", "-1"], "--warmup must be an int >= 0, got -1"),
+    (["--repeats", "0"], "--repeats must be an int >= 1, got 0"),
+    (["--n-rows", "1"], "--n-rows must be an int >= 2, got 1"),
+    (["--op", "eig", "--method", "randomized", "--k", "4", "--tol-k", "9"],
+     "--tol-k must be an int in [1, --k=4] (leave it out for all k), got 9"),
+    (["--op", "eig", "--method", "randomized", "--k", "4", "--tol-k", "0"],
+     "--tol-k must be an int in [1, --k=4] (leave it out for all k), got 0"),
+    (["--op", "eig", "--method", "randomized", "--k", "4", "--block", "0"],
+     "--block must be an int >= 1 (leave it out for the solver's default, clamp(k/8, 32, 256)), got 0"),
+    (["--k", "4", "--tol-k", "9"], "--tol-k: only for the randomized eigensolver (--op eig or all with --method "
+                                   "randomized), got --op all --method full"),
+    (["--op", "gram", "--method", "randomized", "--block", "8"], "--block: only for the randomized eigensolver "
+                                                                 "(--op eig or all with --method randomized), "
+                                                                 "got --op gram --method randomized"),
+])
+def test_cli_refuses_nonsense_counts_and_solver_options_up_front(argv, expect, capsys):
+    """Each ran: a negative warm-up as none, tol_k past k clamped, block 0 as the default width,
+    randomized-only options under --method full ignored."""
+    rc, out, err = _bench_cli(["--sizes", "32", *argv], capsys)
+    assert rc == 1 and out == "" and err == f"geomfast bench: error: {expect}\n", err
+    with pytest.raises(ValueError, match=r"^\[bench\] warmup must be an int >= 0, got -1"):
+        bench.run_bench(op="gram", sizes=[16], n_rows=32, repeats=1, warmup=-1)
+    with pytest.raises(ValueError, match=r"^\[bench\] tol_k must be an int in \[1, k=4\]"):
+        bench.bench_eig(32, method="randomized", k=4, repeats=1, warmup=0, eig_options={"tol_k": 5})
+    from geomfast.cli import main
+
+    with pytest.raises(SystemExit) as e:  # a parser error: one line, exit 1
+        main(["bench", "--op", "nope"])
+    assert e.value.code == 1 and "argument --op: invalid choice: 'nope'" in capsys.readouterr().err
