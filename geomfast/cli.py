@@ -17,8 +17,10 @@ import importlib
 import importlib.util
 import math
 import os
+import re
 import sqlite3
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -81,11 +83,34 @@ def register(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPar
 # ----------------------------------------------------------------------------- trace
 
 def _fit_range(text: str) -> tuple[int, int]:
+    what = "expected START:STOP, 0-based indices with 0 <= START and STOP - START >= 2 (stop exclusive)"
     try:
         lo, hi = (int(v) for v in text.replace(":", ",").split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected START:STOP (0-based, stop exclusive), got {text!r}")
+        raise argparse.ArgumentTypeError(f"{what}, got {text!r}") from None
+    if lo < 0 or hi - lo < 2:  # the rule alpha_req applies (metrics._check_fit_range)
+        raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
     return lo, hi
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    from .models import check_device
+
+    try:
+        check_device(text)
+    except ValueError as e:  # whether CUDA is there: make_config, before any model loads
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _add_trace(p: argparse.ArgumentParser) -> None:
@@ -95,28 +120,43 @@ def _add_trace(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revisions", default=None, metavar="R",
                    help="which checkpoints: all, paper (the paper's sampling of pretraining), "
                         "every:K, log:N, range:A-B, or a comma list of names/steps (default: all)")
-    p.add_argument("--dataset", default=None, metavar="D",
-                   help="local .txt/.jsonl/.parquet, a hub dataset id, or 'synthetic'")
-    p.add_argument("--n-samples", type=int, default=None, metavar="N")
+    from .sweep import DEFAULTS, PRESETS
+
+    li = PRESETS["li2025"]
+    p.add_argument("--dataset", required=True, metavar="D",
+                   help="required (no preset sets it): a local .txt (a document a line), .jsonl or "
+                        ".parquet (field/column 'text'), a hub dataset id (streamed, online), or "
+                        "'synthetic'")
+    p.add_argument("--n-samples", type=int, default=None, metavar="N",
+                   help=f"documents to trace, each with more than --min-length tokens (default "
+                        f"{DEFAULTS['n_samples']}; li2025: {li['n_samples']})")
     p.add_argument("--layers", default=None, metavar="L",
                    help="comma list of: last (after the final norm), embed, block indices "
                         "(negative allowed), all (default: last)")
     p.add_argument("--pooling", default=None, metavar="P",
                    help="comma list of: last, mean, all (default: last)")
     p.add_argument("--out", required=True, metavar="RESULTS.db", help="SQLite results database")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cpu)")
+    p.add_argument("--device", type=_device, default=None,
+                   help="cpu, cuda, cuda:1 … (default: cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="model weights (default float32; li2025: float16)")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help=f"sequences per forward pass; halves by itself on out-of-memory (default "
+                        f"{DEFAULTS['batch_size']})")
     p.add_argument("--min-length", type=int, default=None,
-                   help="keep sequences with MORE than this many tokens (li2025: 32)")
-    p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens")
+                   help=f"keep sequences with MORE than this many tokens (default "
+                        f"{DEFAULTS['min_length']}; li2025: {li['min_length']})")
+    p.add_argument("--max-length", type=int, default=None,
+                   help=f"truncate to this many tokens (default: none, but never past the model's "
+                        f"context; li2025: {li['max_length']})")
     p.add_argument("--precision", default=None, choices=["highest", "fast"])
     p.add_argument("--preset", default=None, choices=["li2025"],
                    help="the paper's settings; explicit flags override them")
     p.add_argument("--fit-range", type=_fit_range, default=None, metavar="START:STOP",
                    help="α-ReQ fit over 0-based indices [START, STOP) (default 11:100)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=_seed, default=None,
+                   help=f"seed (>= 0) of the random choice of documents, or of the synthetic "
+                        f"corpus (default {DEFAULTS['seed']})")
     p.add_argument("--padding-side", default=None, choices=["right", "left"])
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--local-files-only", action="store_true",
@@ -132,7 +172,7 @@ def _add_trace(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parallel", default=None, choices=["data", "checkpoint"],
                    help="under torchrun: shard the samples (data, the default) or deal out the "
                         "checkpoints (checkpoint); rank 0 writes the database")
-    p.add_argument("--device-map", default=None, metavar="MAP",
+    p.add_argument("--device-map", type=_device_map, default=None, metavar="MAP",
                    help="accelerate device map for a model larger than one GPU: auto, balanced, "
                         "sequential, or a JSON object")
 
@@ -168,7 +208,14 @@ def _device_map(text: str | None):
         return text
     import json
 
-    return json.loads(text)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected auto, balanced, sequential or a JSON object (module -> "
+                                         f"device), got {text!r}, which is not valid JSON ({e})") from None
+    if not isinstance(value, dict):  # pragma: no cover - a '{' always parses to an object
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
 
 
 def _run_trace(args: argparse.Namespace) -> int:
@@ -187,7 +234,7 @@ def _run_trace(args: argparse.Namespace) -> int:
         stage_starts=_stage_starts(args.stage_start),
         prefetch=False if args.no_prefetch else None,
         progress=False if args.no_progress else None,
-        parallel=args.parallel, device_map=_device_map(args.device_map),
+        parallel=args.parallel, device_map=args.device_map,
     )
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports for all
         print(summary)
@@ -401,10 +448,18 @@ def _load_plugins() -> None:
             hook(register)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line, ``geomfast trace: error: …``, exit status 1 (as every other user
+    error), not the usage block and exit status 2; ``--help`` shows the usage."""
+
+    def error(self, message: str):
+        self.exit(1, f"{self.prog}: error: {' '.join(str(message).split())}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="geomfast",
         description="Representation geometry (RankMe, α-ReQ) of language models across "
                     "training checkpoints.")
@@ -418,11 +473,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_NEGATIVE = re.compile(r"-\d")
+
+
+def _join_negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--fit-range -1:5`` / ``--layers -1,-2`` as ``--fit-range=-1:5``: argparse takes a value
+    that starts with '-' for an option unless it is a plain negative number, and said only
+    "expected one argument"; joined, the option's own check says what is allowed."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if sub is None:
+        return argv
+    i = next((i for i, tok in enumerate(argv) if tok in sub.choices), None)
+    if i is None:
+        return argv
+    valued = {opt for a in sub.choices[argv[i]]._actions if a.option_strings and a.nargs is None
+              for opt in a.option_strings}
+    out = list(argv[:i + 1])
+    rest = iter(argv[i + 1:])
+    for tok in rest:
+        if tok == "--":
+            out.append(tok)
+            out.extend(rest)
+            break
+        if tok in valued:
+            nxt = next(rest, None)
+            if nxt is not None and _NEGATIVE.match(nxt):
+                out.append(f"{tok}={nxt}")
+                continue
+            out.append(tok)
+            if nxt is not None:
+                out.append(nxt)
+            continue
+        out.append(tok)
+    return out
+
+
+def _one_line_warnings(where: list[str]):
+    """showwarning for the command line: ``geomfast trace: warning: …`` on one line, without the
+    file, line number and source line Python adds (library use keeps Python's own)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        stream = file if file is not None else sys.stderr
+        try:
+            stream.write(f"{where[0]}: warning: {' '.join(str(message).split())}\n")
+        except (OSError, ValueError):  # a closed or broken stderr: as Python's own, say nothing
+            pass
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    where = ["geomfast"]
+    with warnings.catch_warnings():
+        if not os.environ.get("GEOMFAST_DEBUG"):
+            warnings.showwarning = _one_line_warnings(where)
+        return _main(argv, where)
+
+
+def _main(argv: Sequence[str] | None, where: list[str]) -> int:
     _load_plugins()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(parser, list(sys.argv[1:] if argv is None else argv)))
     args.argv = None if argv is None else list(argv)
+    where[0] = f"geomfast {args.command}"
     if args._command.prepare is not None:
         args._command.prepare(args._parser, args)
     try:

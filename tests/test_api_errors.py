@@ -605,3 +605,33 @@ def test_batch_functions_name_the_accumulator_without_enough_rows():
     with pytest.raises(ValueError) as e:
         geomfast.spectrum(np.ones((1, 3)))
     check_message(e.value, "spectrum", "x", "at least 2 rows", "got 1")
+
+
+# --------------------------------------------------------------------------- trace options
+@pytest.mark.parametrize("options, needles", [
+    ({"device": "tpu"}, ("device 'tpu'", "expected cpu, cuda or cuda:N", "got 'tpu'")),
+    ({"device": "cuda:abc"}, ("device 'cuda:abc'", "expected cpu, cuda or cuda:N", "got 'cuda:abc'")),
+    ({"device": 3}, ("device 3", "expected cpu, cuda or cuda:N")),
+    ({"seed": -1}, ("seed must be >= 0", "got -1")),
+])
+def test_trace_options_refused_before_any_model_loads(tmp_path, options, needles):
+    """A bad device was torch's 'Expected one of cpu, cuda, ipu, …' at each checkpoint's load
+    ('cuda:abc': 'needs CUDA'), a negative seed numpy's 'expected non-negative integer'."""
+    from geomfast.sweep import make_config
+
+    with pytest.raises(ValueError) as e:
+        make_config(model="m", dataset="synthetic", out=str(tmp_path / "r.db"), **options)
+    check_message(e.value, "trace", *needles)
+
+
+def test_a_cuda_index_past_the_devices_is_refused(tmp_path, monkeypatch):
+    from geomfast.sweep import make_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError) as e:
+        make_config(model="m", dataset="synthetic", out=str(tmp_path / "r.db"), device="cuda:2")
+    check_message(e.value, "trace", "device 'cuda:2'", "expected cuda:0 to cuda:1", "got index 2")
+    for ok in ("cuda", "cuda:1", "cpu", "cpu:0"):
+        assert make_config(model="m", dataset="synthetic", out=str(tmp_path / "r.db"), device=ok).device == ok
+    make_config(model="m", dataset="synthetic", out=str(tmp_path / "r.db"), device=torch.device("cpu"))

@@ -244,7 +244,8 @@ def test_outputs_never_overwrite_an_input_database(tmp_path, capsys):
     assert {d["layer"] for d in json.loads(capsys.readouterr().out)} == {"embed", "block3", "last"}
     with pytest.raises(SystemExit) as e:
         main(["phases", "--json", str(other), str(db)])
-    assert e.value.code == 2 and "this is an SQLite database" in capsys.readouterr().err
+    err = capsys.readouterr().err  # a user error: one line, exit status 1 (not argparse's usage and 2)
+    assert e.value.code == 1 and "this is an SQLite database" in err and err.count("\n") == 1, err
     with pytest.raises(SystemExit):
         main(["phases", "--json"])
     assert "required: RESULTS.db" in capsys.readouterr().err
@@ -254,7 +255,7 @@ def test_outputs_never_overwrite_an_input_database(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main(["phases", f"--json={tmp_path / name}"])
         err = capsys.readouterr().err
-        assert e.value.code == 2 and "required: RESULTS.db" in err and "names where the JSON goes" in err, err
+        assert e.value.code == 1 and "required: RESULTS.db" in err and "names where the JSON goes" in err, err
     assert not (tmp_path / "new.json").exists() and (tmp_path / "old.json").read_text() == "[]\n"
     # both old spellings of a JSON file still write it
     for argv in (["phases", str(db), "--json", str(tmp_path / "a.json")],
@@ -398,3 +399,236 @@ def test_outputs_to_dev_stdout_and_pipes_still_work(tmp_path, argv):
                          capture_output=True, text=True, env=subprocess_env(), cwd="/", timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip(), "nothing written to stdout"
+
+
+# ----------------------------------------------------------------------------- refused up front
+
+def _cli(argv, capsys):
+    """(exit status, stdout, stderr) of `geomfast ARGV` in-process; a parser error's SystemExit
+    counts as its status."""
+    from geomfast.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _assert_one_error_line(rc, err, command, *needles):
+    assert rc == 1, (rc, err)
+    assert err.startswith(f"geomfast {command}: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and "usage:" not in err, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """trace may resolve checkpoints and read configs, but never load a checkpoint."""
+    import geomfast.sweep as sweep_mod
+
+    def no_load(*a, **k):
+        raise AssertionError("a checkpoint was loaded for a trace that should have been refused")
+
+    monkeypatch.setattr(sweep_mod, "load_checkpoint", no_load)
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+    pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("ckpts")
+    return make_checkpoint_folder(root / "run", steps=(0, 1)), write_text_files(root / "data")
+
+
+def test_an_unusable_dataset_is_one_error_before_any_model_loads(two_checkpoints, tmp_path, capsys,
+                                                                no_model_loads):
+    """A dataset that fails alike for every checkpoint was one '[load] ValueError' row per checkpoint
+    (exit 2), or, for a parquet of integers, traced silently: now one error line, exit 1, before any
+    model loads or any run is recorded."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    ck, _ = two_checkpoints
+    (tmp_path / "notext.jsonl").write_text('{"body": "a document"}\n{"body": "another"}\n')
+    (tmp_path / "badjson.jsonl").write_text('{"text": "a document"}\n{not json\n')
+    (tmp_path / "numbers.jsonl").write_text('{"text": "a document"}\n{"text": 17}\n')
+    pq.write_table(pa.table({"body": ["a", "b"]}), tmp_path / "nocol.parquet")
+    pq.write_table(pa.table({"text": [1, 2, 3]}), tmp_path / "ints.parquet")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\nsecond\n".encode("latin-1"))
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    (tmp_path / "folder.jsonl").mkdir()
+    cases = [("notext.jsonl", "notext.jsonl:1 has no field 'text'"),
+             ("badjson.jsonl", "badjson.jsonl:2 is not valid JSON"),
+             ("numbers.jsonl", "numbers.jsonl:2: field 'text' must be a string, got int"),
+             ("nocol.parquet", "has no column 'text'; columns: ['body']"),
+             ("ints.parquet", "column 'text' must hold strings, got int64"),
+             ("latin1.txt", "is not UTF-8 text"),
+             ("empty.txt", "gives 0 usable sample(s)"),
+             ("folder.jsonl", "is a folder, expected a local .txt, .jsonl or .parquet file"),
+             ("org/some-dataset", "is not a local file, and a hub dataset is streamed from the Hugging Face hub")]
+    for name, needle in cases:
+        spec = name if "/" in name else str(tmp_path / name)
+        db = tmp_path / f"{name.replace('/', '_')}.db"
+        rc, out, err = _cli(["trace", "--model", str(ck), "--dataset", spec, "--n-samples", "8",
+                             "--out", str(db), "--no-progress"], capsys)
+        _assert_one_error_line(rc, err, "trace", "[trace] dataset", needle)
+        assert out == "" and not db.exists(), name  # no run, no row
+
+
+def test_the_same_valid_dataset_keeps_its_samples_and_options_hash(two_checkpoints):
+    """The up-front check reads the file only: a valid file's options (hash) and documents are
+    those the loader gives."""
+    from geomfast.data import load_texts
+    from geomfast.store import options_hash
+    from geomfast.sweep import make_config
+
+    _, files = two_checkpoints
+    for kind, path in files.items():
+        cfg = make_config(model="m", dataset=str(path), out="r.db")
+        opts = cfg.result_options()
+        assert set(opts) == {"dataset_sha256", "dataset", "n_samples", "seed", "min_length", "max_length",
+                             "dtype", "precision", "preset", "fit_range", "eps", "spectrum_method"}, kind
+        assert opts["dataset"] == str(path.resolve()) and options_hash(opts) == options_hash(
+            make_config(model="m", dataset=str(path), out="r.db").result_options())
+        assert load_texts(str(path)) == load_texts(str(files["txt"])), kind
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--device", "tpu"], "argument --device: expected cpu, cuda or cuda:N (N a device index), got 'tpu'"),
+    (["--device", "cuda:abc"], "argument --device: expected cpu, cuda or cuda:N (N a device index), got 'cuda:abc'"),
+    (["--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
+    (["--revisions", ","], "--revisions ',': expected a comma list of revision names or steps, got ',', "
+                           "whose items 1, 2 (of 2) are empty"),
+    (["--revisions", " "], "--revisions ' ': expected a selection"),
+    (["--revisions", "step0,,"], "whose items 2, 3 (of 3) are empty"),
+    (["--device-map", "{bad json"], "argument --device-map: expected auto, balanced, sequential or a JSON "
+                                    "object (module -> device), got '{bad json', which is not valid JSON"),
+    (["--fit-range", "-1:5"], "argument --fit-range: expected START:STOP, 0-based indices with 0 <= START"),
+    (["--fit-range", "5:6"], "got '5:6'"),
+    (["--stage-start", "1=5"], "argument --stage-start: '1=5': stage_starts: expected a stage number >= 2"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_bad_trace_options_are_one_error_line_naming_the_flag(two_checkpoints, tmp_path, capsys,
+                                                             no_model_loads, extra, needle):
+    """Each was a per-checkpoint '[load]' error row, a trace of 0 checkpoints with exit 0, a bare
+    JSON error, argparse's 'expected one argument', or the usage block with exit 2."""
+    ck, files = two_checkpoints
+    db = tmp_path / "r.db"
+    rc, out, err = _cli(["trace", "--model", str(ck), "--dataset", str(files["txt"]), "--n-samples", "8",
+                         "--out", str(db), "--no-progress", *extra], capsys)
+    command = "trace" if extra != ["--no-such-flag"] else ""  # (the top-level parser's error)
+    if command:
+        _assert_one_error_line(rc, err, command, needle)
+    else:
+        assert rc == 1 and err == f"geomfast: error: {needle}\n", err
+    assert not db.exists()
+
+
+def test_negative_values_reach_the_option_and_parse_errors_exit_1(two_checkpoints, tmp_path, capsys):
+    """A value starting with '-' other than a plain number (--layers -1,-2) was taken for an
+    option; parser errors (a missing --dataset, no command) are one line, exit 1."""
+    ck, files = two_checkpoints
+    db = tmp_path / "r.db"
+    rc, out, err = _cli(["trace", "--model", str(ck), "--revisions", "step1", "--dataset", str(files["txt"]),
+                         "--n-samples", "8", "--layers", "-1,-2", "--out", str(db), "--no-progress"], capsys)
+    assert rc == 0 and "1 traced" in out, err
+    from geomfast.store import ResultStore
+
+    with ResultStore(db, readonly=True) as s:
+        assert sorted(r["layer"] for r in s.rows(status="ok")) == ["block0", "block1"]
+    rc, _, err = _cli(["trace", "--model", str(ck), "--out", str(db)], capsys)
+    _assert_one_error_line(rc, err, "trace", "the following arguments are required: --dataset")
+    rc, _, err = _cli([], capsys)
+    assert rc == 1 and err == "geomfast: error: the following arguments are required: COMMAND\n", err
+    with pytest.raises(SystemExit) as e:  # --help still prints the usage and exits 0
+        from geomfast.cli import main
+
+        main(["trace", "--help"])
+    assert e.value.code == 0 and "usage: geomfast trace" in capsys.readouterr().out
+
+
+def test_a_file_given_as_model_or_a_folder_given_as_dataset_says_so(two_checkpoints, tmp_path, capsys):
+    ck, files = two_checkpoints
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for model in (str(files["txt"]), os.path.relpath(files["txt"])):
+        rc, _, err = _cli(["trace", "--model", model, "--dataset", str(files["txt"]),
+                           "--out", str(tmp_path / "r.db"), "--no-progress"], capsys)
+        _assert_one_error_line(rc, err, "trace", f"model {model!r} is a file, not a folder")
+    rc, _, err = _cli(["trace", "--model", str(ck), "--model", str(files["jsonl"]), "--dataset", str(files["txt"]),
+                       "--out", str(tmp_path / "r.db"), "--no-progress"], capsys)
+    _assert_one_error_line(rc, err, "trace", "is a file, not a folder")
+    rc, _, err = _cli(["trace", "--model", str(ck), "--dataset", str(folder), "--out", str(tmp_path / "r.db"),
+                       "--no-progress"], capsys)
+    _assert_one_error_line(rc, err, "trace", f"dataset {str(folder)!r} is a folder, expected a local .txt")
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/status"), reason="needs Linux's /proc")
+def test_outputs_where_no_file_can_be_made_name_the_argument(tmp_path, capsys):
+    """/proc passes the permission check as root, then failed half-way with a bare
+    "[Errno 2] No such file or directory: '/proc/nonexist'"; a file or folder is now made and
+    removed there first, and the error names the argument."""
+    db = _fake_db(tmp_path / "f.db")
+    cases = [(["export", str(db), "-o", "/proc/x.csv"], "-o /proc/x.csv: cannot create files in the folder /proc"),
+             (["plot", str(db), "-o", "/proc/x.png"], "-o /proc/x.png: cannot create files in the folder /proc"),
+             (["phases", str(db), "--json", "/proc/x.json"], "--json /proc/x.json: cannot create files in the folder /proc"),
+             (["export", str(db), "-o", "/proc/nonexist/x.csv"], "-o /proc/nonexist/x.csv: cannot create "),
+             (["trace", "--model", str(tmp_path), "--dataset", "synthetic", "--out", "/proc/nonexist/x.db"],
+              "[trace] out /proc/nonexist/x.db: cannot create ")]
+    for argv, needle in cases:
+        rc, out, err = _cli(argv, capsys)
+        _assert_one_error_line(rc, err, argv[0], needle)
+    # a folder that can be made is made by the command, not left behind by the check
+    assert _cli(["export", str(db), "-o", str(tmp_path / "new" / "deep" / "x.csv")], capsys)[0] == 0
+    assert (tmp_path / "new" / "deep" / "x.csv").is_file()
+    assert not [p for p in tmp_path.rglob(".geomfast-probe-*")]
+
+
+def test_warnings_are_one_line_on_the_command_line_and_python_s_own_in_the_library(capsys):
+    import warnings
+
+    from geomfast import cli
+
+    def add(p):
+        pass
+
+    def run(args):
+        warnings.warn("[warntest] first line\n  and its second", UserWarning)
+        return 0
+
+    cli.register("warntest", "a test subcommand", add, run)
+    before = warnings.showwarning
+    try:
+        rc, out, err = _cli(["warntest"], capsys)
+    finally:
+        cli.COMMANDS[:] = [c for c in cli.COMMANDS if c.name != "warntest"]
+    assert rc == 0 and err == "geomfast warntest: warning: [warntest] first line and its second\n", err
+    assert warnings.showwarning is before  # library use keeps Python's warnings
+    with pytest.warns(UserWarning, match="first line"):
+        run(None)
+
+
+def test_a_dataset_warning_of_the_trace_is_one_line(two_checkpoints, tmp_path, capsys):
+    """--max-length past the model's context: the warning was printed with sweep.py's path, line
+    number and source line."""
+    ck, files = two_checkpoints
+    rc, out, err = _cli(["trace", "--model", str(ck), "--revisions", "step0", "--dataset", str(files["txt"]),
+                         "--n-samples", "8", "--max-length", "100000", "--out", str(tmp_path / "r.db"),
+                         "--no-progress"], capsys)
+    assert rc == 0, err
+    assert err == ("geomfast trace: warning: [trace] max_length 100000 is past "
+                   f"{ck.resolve()}'s context of 256 tokens: sequences are truncated to 256\n"), err
+
+
+def test_trace_help_says_what_is_required_and_the_defaults():
+    from geomfast.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    text = " ".join(sub.choices["trace"].format_help().split())
+    assert "--dataset D [--n-samples N]" in text  # required: not in brackets in the usage
+    assert "--dataset D required (no preset sets it)" in text
+    assert "--n-samples N documents to trace" in text and "(default 1000; li2025: 15000)" in text
+    assert "--batch-size B sequences per forward pass" in text and "(default 32)" in text
+    assert "--seed SEED seed (>= 0)" in text and "(default 0)" in text

@@ -172,3 +172,57 @@ def test_length_batches(side):
     assert set(plain) == {"input_ids", "attention_mask"}
     with pytest.raises(ValueError, match="padding_side"):
         next(iter(length_batches(samples, 2, pad_id=0, padding_side="middle")))
+
+
+def test_check_dataset_refuses_what_every_checkpoint_would_fail_on(tmp_path, files, monkeypatch):
+    """The checks trace makes before any model loads (DatasetError: the sweep stops with it):
+    what load_texts refuses later, strings only (a parquet of integers was traced as their
+    digits), and a hub id the hub cannot stream."""
+    import importlib.util
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from geomfast.data import DatasetError, check_dataset
+
+    for path in files.values():
+        assert check_dataset(str(path)) == str(path.resolve())
+    assert check_dataset("synthetic") == "synthetic"
+    (tmp_path / "a.jsonl").write_text('{"text": "one"}\n["text"]\n')
+    (tmp_path / "b.jsonl").write_text('{"text": "one"}\n{"text": null}\n{"text": ["x"]}\n')
+    pq.write_table(pa.table({"text": [1.5, 2.5]}), tmp_path / "c.parquet")
+    (tmp_path / "d.parquet").write_bytes(b"PAR1 this is not parquet")
+    (tmp_path / "e.txt").write_bytes(b"ok\n\xff\xfe\n")
+    (tmp_path / "f.txt").write_text("")
+    cases = {"a.jsonl": "a.jsonl:2 has no field 'text': expected a JSON object with a string 'text', got a JSON list",
+             "b.jsonl": "b.jsonl:3: field 'text' must be a string, got list",
+             "c.parquet": "column 'text' must hold strings, got double",
+             "d.parquet": "is not a readable Parquet file",
+             "e.txt": "is not UTF-8 text",
+             "f.txt": "gives 0 usable sample(s)"}
+    for name, needle in cases.items():
+        with pytest.raises(DatasetError, match=r"^\[trace\] dataset ") as e:
+            check_dataset(str(tmp_path / name))
+        assert needle in str(e.value), (name, str(e.value))
+    # the loader refuses the same (a DatasetError too: should it get there, the sweep stops)
+    with pytest.raises(DatasetError, match=r"^\[load_texts\] .*c\.parquet: column 'text' must hold strings"):
+        load_texts(str(tmp_path / "c.parquet"))
+    with pytest.raises(DatasetError, match=r"^\[load_texts\] .*b\.jsonl:3: field 'text' must be a string"):
+        load_texts(str(tmp_path / "b.jsonl"))
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        load_texts(str(tmp_path))
+    # hub ids: offline (the environment, or local_files_only), or without the datasets package
+    with pytest.raises(DatasetError, match="HF_HUB_OFFLINE / HF_DATASETS_OFFLINE"):
+        check_dataset("org/corpus")
+    import geomfast.checkpoints as ck
+
+    monkeypatch.setattr(ck, "_offline", lambda local_files_only: bool(local_files_only))
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    with pytest.raises(DatasetError, match=r"\(--local-files-only\)"):
+        check_dataset("org/corpus", local_files_only=True)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real(name, *a))
+    with pytest.raises(DatasetError, match="needs the `datasets` package"):
+        check_dataset("org/corpus")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "datasets" else real(name, *a))
+    assert check_dataset("org/corpus:config") == "org/corpus:config"  # online, with datasets: as given
