@@ -100,33 +100,24 @@ _UPFRONT = "[trace] dataset"
 
 
 def _check_local_file(path: Path, text_field: str) -> None:
-    """Refuse (DatasetError) a local dataset file that _read_local would refuse, whose texts are
-    not strings, or that holds no document; each (path, size, mtime, field) is checked once per
-    process."""
+    """Refuse (DatasetError) a local dataset file that _read_local would refuse, or whose texts are
+    not strings; each (path, size, mtime, field) is checked once per process. (Too few documents
+    is the sample cache's DatasetError, once tokenized: it depends on --min-length.)"""
     st = os.stat(path)
     key = (str(path), st.st_size, st.st_mtime_ns, text_field)
     if key in _CHECKED:
         return
     suffix = path.suffix.lower()
-    docs = 0
     if suffix == ".parquet":
-        pq = _parquet_text_column(path, text_field, _UPFRONT)
-        docs = pq.ParquetFile(path).metadata.num_rows  # (empty and null texts counted: at most)
+        _parquet_text_column(path, text_field, _UPFRONT)
     else:
         try:
             with open(path, encoding="utf-8") as f:
                 for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    if suffix == ".jsonl":
-                        docs += bool(_jsonl_text(path, lineno, line, text_field, _UPFRONT))
-                    else:
-                        docs += 1
+                    if suffix == ".jsonl" and line.strip():
+                        _jsonl_text(path, lineno, line, text_field, _UPFRONT)
         except UnicodeDecodeError as err:
             raise DatasetError(f"{_UPFRONT} {path} is not UTF-8 text ({err})") from None
-    if docs == 0:  # (fewer than 2 samples once tokenized: the sample cache's DatasetError)
-        raise DatasetError(f"{_UPFRONT} {str(path)!r} gives 0 usable sample(s): it holds no non-empty "
-                           "document, and a covariance needs at least 2")
     _CHECKED[key] = True
 
 

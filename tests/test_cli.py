@@ -456,7 +456,6 @@ def test_an_unusable_dataset_is_one_error_before_any_model_loads(two_checkpoints
     pq.write_table(pa.table({"body": ["a", "b"]}), tmp_path / "nocol.parquet")
     pq.write_table(pa.table({"text": [1, 2, 3]}), tmp_path / "ints.parquet")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\nsecond\n".encode("latin-1"))
-    (tmp_path / "empty.txt").write_text("\n  \n")
     (tmp_path / "folder.jsonl").mkdir()
     cases = [("notext.jsonl", "notext.jsonl:1 has no field 'text'"),
              ("badjson.jsonl", "badjson.jsonl:2 is not valid JSON"),
@@ -464,7 +463,6 @@ def test_an_unusable_dataset_is_one_error_before_any_model_loads(two_checkpoints
              ("nocol.parquet", "has no column 'text'; columns: ['body']"),
              ("ints.parquet", "column 'text' must hold strings, got int64"),
              ("latin1.txt", "is not UTF-8 text"),
-             ("empty.txt", "gives 0 usable sample(s)"),
              ("folder.jsonl", "is a folder, expected a local .txt, .jsonl or .parquet file"),
              ("org/some-dataset", "is not a local file, and a hub dataset is streamed from the Hugging Face hub")]
     for name, needle in cases:

@@ -193,13 +193,11 @@ def test_check_dataset_refuses_what_every_checkpoint_would_fail_on(tmp_path, fil
     pq.write_table(pa.table({"text": [1.5, 2.5]}), tmp_path / "c.parquet")
     (tmp_path / "d.parquet").write_bytes(b"PAR1 this is not parquet")
     (tmp_path / "e.txt").write_bytes(b"ok\n\xff\xfe\n")
-    (tmp_path / "f.txt").write_text("")
     cases = {"a.jsonl": "a.jsonl:2 has no field 'text': expected a JSON object with a string 'text', got a JSON list",
              "b.jsonl": "b.jsonl:3: field 'text' must be a string, got list",
              "c.parquet": "column 'text' must hold strings, got double",
              "d.parquet": "is not a readable Parquet file",
-             "e.txt": "is not UTF-8 text",
-             "f.txt": "gives 0 usable sample(s)"}
+             "e.txt": "is not UTF-8 text"}
     for name, needle in cases.items():
         with pytest.raises(DatasetError, match=r"^\[trace\] dataset ") as e:
             check_dataset(str(tmp_path / name))
