@@ -19,6 +19,21 @@ and where the paper draws its curves.
    (bandwidth ``bandwidth``, default 0.3 ≈ a factor 1.35 in steps) averages where checkpoints are
    dense (Pythia's every-1000-steps tail) and leaves sparse early checkpoints (powers of two,
    0.69 apart in ``x``) almost untouched.
+
+   Heavy-tailed noise also puts *pairs* of outlying checkpoints next to each other, which the
+   median of 3 keeps, and an outlying last checkpoint; the kernel's mean does not bound them
+   (one value of 10⁵ moved the end of the curve by thousands). So the smoother averages the
+   median of 3 except where it departs from a wide running median — over the checkpoints within
+   ``bandwidth / 2``, as many on either side, so a median of 3 where checkpoints are sparse —
+   by more than 6 median departures (and by more than the smallest significant change,
+   ``max(rel_range · range, rel_level · median)``, so that on a clean curve, where the median
+   departure is ~0, only a departure that could matter is replaced): there the wide running
+   median replaces it. The last (first) checkpoint, where the two next to it lie within
+   ``bandwidth / 2``, is compared with Tukey's end-point rule, the median of itself, its
+   neighbour and the line through the next two. A running median keeps a monotone stretch
+   exactly and a sharp extreme nearly, and every other checkpoint is averaged as before, so that
+   Gaussian noise is averaged as efficiently as without this step (and clean curves, in practice,
+   give the same phases).
 2. **Noise and significance.** The noise ``σ`` is the robust spread (1.4826 · median absolute
    deviation) of the raw values around the smoothed curve. A change of RankMe is significant
    when it exceeds ``threshold = max(rel_range · range(smoothed), noise_k · σ,
@@ -29,7 +44,12 @@ and where the paper draws its curves.
    ``min_points`` checkpoint intervals (default 2) — is merged into its neighbours (an interior run
    disappears with the extremum pair that delimits it; an end run joins the adjacent one). What
    remains alternates rise / fall, each run significant and long enough. A trajectory whose
-   whole change is below the threshold has no phase at all.
+   whole change is below the threshold has no phase at all; nor has one whose whole change is
+   significant only thanks to its first checkpoint (unfiltered unless the two after it lie
+   within ``bandwidth / 2``): recomputed with that value replaced by the median of 3 at the
+   second checkpoint, it must still exceed the threshold, as a jump in the first interval
+   followed by a flat curve is just what one outlying first checkpoint looks like. A fall from
+   initialisation is exempt: it is the warm-up collapse (below).
 
    ``min_points`` exists because the running median removes a single outlying checkpoint only
    in the interior: at either end of the series one unusual checkpoint alone can make a short
@@ -48,12 +68,17 @@ and where the paper draws its curves.
    two neighbouring boundaries (the whole region of the two runs it separates, which the
    smoothed curve chose), at least ``min_points`` intervals from them (one after the start for a
    warm-up collapse). Values are the running median of 3, so that a single outlying checkpoint
-   never becomes a boundary; as the median ties a sharp extreme with its larger neighbour, ties
-   go to the raw value, unless that raw value is a spike — beyond what straight lines through
-   the two checkpoints on either side predict, by more than the threshold. (The smoothed
-   extremum itself is biased towards the gentler side of a peak by up to a bandwidth: boundaries
-   are not placed there.) Boundaries are reported in steps, and in tokens where the store knows
-   them.
+   never becomes a boundary, clipped to within ``k = max(σ, rel_range · range, rel_level ·
+   median)`` of both the smoothed curve and the local running median of 5 (of 3 where sparse):
+   a pair of outlying checkpoints far from the true extreme exceeds the curve by at most ``k``
+   and cannot outbid it (with Cauchy noise the extreme median of 3 over a hundred dense
+   checkpoints is almost always such a pair), while a sharp extreme that the smoother shaves is
+   still within ``k`` of its local median and keeps its value. As the median ties a sharp
+   extreme with its larger neighbour, ties go to the raw value, unless that raw value is a
+   spike — beyond what straight lines through the two checkpoints on either side predict, by
+   more than the threshold. (The smoothed extremum itself is biased towards the
+   gentler side of a peak by up to a bandwidth: boundaries are not placed there.) Boundaries are
+   reported in steps, and in tokens where the store knows them.
 5. **Labels.** A rise is ``entropy_seeking``. When the series starts at initialisation, a brief
    rise undone by a larger fall that a rise then follows is merged into the warm-up collapse
    (with a note) — the tiny demo model does this in its first 16 steps. A fall after a rise is
@@ -213,9 +238,78 @@ def _kernel_smooth(x: np.ndarray, y: np.ndarray, h: float) -> np.ndarray:
     return out
 
 
-def _smooth(x, y, h):
+def _running_median(x: np.ndarray, y: np.ndarray, h: float, widest: int | None = None) -> np.ndarray:
+    """Running median over the checkpoints within ``h / 2`` of each one in x, as many on either
+    side (at least one: a median of 3; at most ``widest``).
+
+    Sparse checkpoints get the median of 3; dense ones a wider median, which a pair or a cluster
+    of outlying checkpoints does not move, as a single one does not move the median of 3, while
+    a monotone stretch, however steep, is kept exactly (the median of a symmetric window of
+    monotone values is its centre). An end checkpoint is kept, unless the two next to it lie
+    within ``h / 2``: it is then the median of itself, its neighbour and the straight line
+    through the next two (Tukey's end-point rule), so that one outlying last checkpoint of a
+    dense schedule moves nothing while a trend into the end is kept."""
+    out = _median3(y)
+    n = y.size
+    if n < 4:
+        return out
+    half = 0.5 * h
+    lo = np.searchsorted(x, x - half, side="left")
+    hi = np.searchsorted(x, x + half, side="right") - 1
+    for i in range(2, n - 2):
+        k = min(i - lo[i], hi[i] - i, i, n - 1 - i)
+        if widest is not None:
+            k = min(k, widest)
+        if k > 1:
+            out[i] = np.median(y[i - k: i + k + 1])
+    if _end_filtered(x, h, 0):
+        out[0] = np.median([y[0], out[1], 3 * out[1] - 2 * out[2]])
+    if _end_filtered(x, h, -1):
+        out[-1] = np.median([y[-1], out[-2], 3 * out[-2] - 2 * out[-3]])
+    return out
+
+
+def _end_filtered(x: np.ndarray, h: float, end: int) -> bool:
+    """Whether :func:`_running_median` filters the first (``end`` 0) or the last (-1) checkpoint:
+    the two checkpoints next to it lie within ``h / 2``."""
+    if x.size < 4:
+        return False
+    return bool(x[2] - x[0] <= 0.5 * h) if end == 0 else bool(x[-1] - x[-3] <= 0.5 * h)
+
+
+_OUTLIER_MADS = 6.0  # departure from the wide running median (in median departures) of an outlier
+
+
+def _smooth(x, y, h, rel_range: float = 0.1, rel_level: float = PHASE_REL_LEVEL):
+    """The running median of 3 ``m`` and the smoothed curve ``s``.
+
+    ``s`` is the local-linear kernel smoother of ``m``, except at the checkpoints where ``m``
+    departs from the wide running median of :func:`_running_median` by more than
+    ``_OUTLIER_MADS`` (6) median departures (and by more than the smallest change that is
+    significant whatever the noise: ``rel_range`` of the range, ``rel_level`` of the level):
+    those hold a pair or cluster of outliers that the median of 3 keeps, or an outlying last
+    checkpoint, and the wide running median replaces them. Every other checkpoint is averaged
+    as before, so that the smoother loses nothing on Gaussian noise."""
     m = _median3(y)
-    return m, _kernel_smooth(x, m, h)
+    if y.size < 4:
+        return m, _kernel_smooth(x, m, h)
+    mw = _running_median(x, y, h)
+    d = np.abs(m - mw)
+    floor = max(rel_range * float(mw.max() - mw.min()), rel_level * float(np.median(np.abs(mw))))
+    cut = max(_OUTLIER_MADS * float(np.median(d)), floor)
+    return m, _kernel_smooth(x, np.where(d > cut, mw, m) if cut > 0 else m, h)
+
+
+def _robust_values(x, y, m, s, h, k) -> np.ndarray:
+    """The values boundaries are placed on: ``m`` clipped to within ``k`` of both the smoothed
+    curve ``s`` and the local running median of 5 (of 3 where checkpoints are sparse).
+
+    A pair of outlying checkpoints, which the median of 3 keeps, then exceeds the curve by at
+    most ``k`` and cannot become the extreme of a whole phase far from the true one; a sharp
+    extreme, which the smoother shaves (by more than ``k`` on a clean curve with a narrow peak),
+    is still within ``k`` of the local median and keeps its value."""
+    local = _running_median(x, y, h, widest=2)
+    return np.clip(m, np.minimum(s, local) - k, np.maximum(s, local) + k)
 
 
 def _noise(y, s) -> float:
@@ -249,6 +343,15 @@ def _monotone_runs(s: np.ndarray) -> list[list[int]]:
         else:
             runs.append([i, i + 1, int(signs[i])])
     return runs
+
+
+def _change_without_first(x, y, r, h, rel_range, rel_level) -> float:
+    """Run r's net change on the curve smoothed with the first checkpoint's value replaced by the
+    median of 3 at the second: the change without what the first checkpoint alone says."""
+    y = y.copy()
+    y[0] = _median3(y)[1]
+    s = _smooth(x, y, h, rel_range, rel_level)[1]
+    return float(abs(s[r[1]] - s[r[0]]))
 
 
 def _simplify(runs: list[list[int]], s: np.ndarray, thr: float, min_points: int,
@@ -331,10 +434,11 @@ def _place(b: int, kind: str, x, m, y, lo: int, hi: int, gap_lo: int = 1, gap_hi
     in lo..hi, at least ``gap_lo`` intervals after lo and ``gap_hi`` before hi (so that every
     phase stays as long as simplification made it).
 
-    Values are the running median of 3 ``m``, so that a single outlying checkpoint is no extreme.
-    The median ties a sharp extreme with its larger neighbour, and a spike with its own; ties go
-    to a checkpoint that is no spike (:func:`_spike`, beyond ``tol``), then to the raw value
-    ``y``, then to the checkpoint nearest the smoothed extremum b."""
+    Values ``m`` are the running median of 3, clipped by :func:`_robust_values`, so that a
+    single outlying checkpoint is no extreme, nor a pair far from the true one. The median ties
+    a sharp extreme with its larger neighbour, and a spike with its own; ties go to a checkpoint
+    that is no spike (:func:`_spike`, beyond ``tol``), then to the raw value ``y``, then to the
+    checkpoint nearest the smoothed extremum b."""
     first, last = lo + gap_lo, hi - gap_hi
     if first > last:  # no room: keep the smoothed extremum
         return b
@@ -437,7 +541,7 @@ def detect_phases(steps, rankme, alpha=None, *, tokens=None, bandwidth: float = 
         res.notes.append(f"too few checkpoints ({n}) to detect phases (need at least {max(3, min_points + 1)})")
         return res
     x = np.log1p(steps_a)
-    m, s = _smooth(x, r, bandwidth)
+    m, s = _smooth(x, r, bandwidth, rel_range, rel_level)
     noise = _noise(r, s)
     thr = _threshold(s, noise, rel_range, noise_k, rel_level)
     res.noise, res.threshold = noise, thr
@@ -451,18 +555,37 @@ def detect_phases(steps, rankme, alpha=None, *, tokens=None, bandwidth: float = 
             f"{'' if hi_ - lo_ == 1 else 's'}, fewer than min_points = {min_points}) at the "
             f"{'start' if lo_ == 0 else 'end'} of the series: left out of the phases (merging it "
             "would reverse the next phase)")
-    if len(runs) == 1 and abs(s[runs[0][1]] - s[runs[0][0]]) < thr:
+    first_alone = False  # the first checkpoint alone makes the only run significant
+    if len(runs) == 1 and abs(s[runs[0][1]] - s[runs[0][0]]) >= thr:
+        # the only run must be significant without what an unfiltered first checkpoint alone
+        # says, unless it is the warm-up collapse (a fall from initialisation)
+        if (not _end_filtered(x, bandwidth, 0) and not (at_init and runs[0][2] < 0)
+                and _change_without_first(x, r, runs[0], bandwidth, rel_range, rel_level) < thr):
+            first_alone, runs = True, []
+    elif len(runs) == 1:
         runs = []
     if not runs:
-        res.notes.append(f"RankMe changes by less than the significance threshold ({thr:.3g}): no phase")
+        if first_alone:
+            res.notes.append(f"RankMe changes significantly only at the first checkpoint (step "
+                             f"{int(steps_a[0])}, {r[0]:.3g}), which no filter can check against its "
+                             "neighbours: no phase")
+        else:
+            res.notes.append(f"RankMe changes by less than the significance threshold ({thr:.3g}): no phase")
         return res
+
+    # boundaries go on robust values: a checkpoint may exceed the smoothed curve and its local
+    # median by one noise sigma, or by the smallest change that is significant whatever the
+    # noise if that is larger (on a clean curve, sigma ~ 0, that floor alone decides)
+    floor = max(rel_range * float(s.max() - s.min()), rel_level * float(np.median(np.abs(s))))
+    k = max(noise, floor)
+    v = _robust_values(x, r, m, s, bandwidth, k) if k > 0 else m
 
     # A brief rise right after initialisation, undone by a larger fall that a rise follows, is
     # part of the warm-up period: merge it into the collapse (noted below).
     early_rise = None
     if (len(runs) >= 3 and at_init and runs[0][0] == 0 and runs[0][2] > 0 and runs[1][2] < 0
             and abs(s[runs[1][1]] - s[runs[1][0]]) > abs(s[runs[0][1]] - s[runs[0][0]])):
-        peak = _place(runs[0][1], "max", x, m, r, runs[0][0], runs[1][1], tol=thr)
+        peak = _place(runs[0][1], "max", x, v, r, runs[0][0], runs[1][1], tol=thr)
         early_rise = (int(steps_a[peak]), float(r[peak]))
         runs = [[runs[0][0], runs[1][1], -1]] + runs[2:]
 
@@ -473,14 +596,14 @@ def detect_phases(steps, rankme, alpha=None, *, tokens=None, bandwidth: float = 
     for i in range(1, len(cut) - 1):
         kind = "max" if runs[i - 1][2] > 0 else "min"
         gap_lo = 1 if (i == 1 and warmup_first) else min_points
-        cut[i] = _place(cut[i], kind, x, m, r, cut[i - 1], cut[i + 1], gap_lo, min_points,
+        cut[i] = _place(cut[i], kind, x, v, r, cut[i - 1], cut[i + 1], gap_lo, min_points,
                         tol=thr)
 
     a_ok = a is not None and np.isfinite(a).sum() >= 3
     if a_ok:
         fin = np.isfinite(a)
         a_f = np.interp(x, x[fin], a[fin])
-        am, a_s = _smooth(x, a_f, bandwidth)
+        am, a_s = _smooth(x, a_f, bandwidth, rel_range, rel_level)
         thr_a = _threshold(a_s, _noise(a_f, a_s), rel_range, noise_k, rel_level)
     elif a is not None:
         res.notes.append("fewer than 3 α values: α not used")
