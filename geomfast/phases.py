@@ -188,6 +188,9 @@ class PhaseResult:
     layer: str | None = None
     pooling: str | None = None
     options_hash: str | None = None
+    # when the same model × layer × pooling was traced under several option sets: what sets this
+    # one apart (e.g. "fit_range=[3, 30]"), so that their tables can be told apart
+    options_differ: str | None = None
 
     @property
     def present(self) -> dict[str, bool]:
@@ -726,14 +729,44 @@ def phases_from_rows(rows: Sequence[dict], *, metric: str = "rankme", **options)
                                      labels=[row.get("revision") or str(row.get("ord")) for row in g], **keep)
         res.model, res.layer, res.pooling, res.options_hash = model, layer, pooling, h
         out.append(res)
+    _describe_option_sets(out, rows)
     return out
 
 
+def _describe_option_sets(results: list[PhaseResult], rows: Sequence[dict]) -> None:
+    """Fill ``options_differ`` of results whose series was traced under several option sets: the
+    options whose values differ between those sets (from the rows' stored options), and the hash."""
+    import json
+
+    opts: dict = {}
+    for row in rows:
+        h = row.get("options_hash")
+        if h not in opts and row.get("options"):
+            try:
+                opts[h] = json.loads(row["options"])
+            except ValueError:
+                opts[h] = {}
+    by_series: dict[tuple, list[PhaseResult]] = {}
+    for res in results:
+        by_series.setdefault((res.model, res.layer, res.pooling), []).append(res)
+    for group in by_series.values():
+        if len(group) < 2:
+            continue
+        sets = [opts.get(res.options_hash) or {} for res in group]
+        keys = sorted({k for o in sets for k in o})
+        differ = [k for k in keys if len({json.dumps(o.get(k), sort_keys=True) for o in sets}) > 1]
+        for res, o in zip(group, sets):
+            what = ", ".join(f"{k}={json.dumps(o.get(k))}" for k in differ)
+            res.options_differ = f"options {str(res.options_hash)[:8]}" + (f": {what}" if what else "")
+
+
 def phases_from_store(db, *, model: str | None = None, layer: str | None = None,
-                      pooling: str | None = None, metric: str = "rankme", **options) -> list[PhaseResult]:
-    """Phases of every model × layer × pooling in a results database (path or ResultStore).
-    ``metric`` picks the RankMe column (rankme, rankme_full, rankme_garrido2023); ``options``
-    go to :func:`detect_phases`."""
+                      pooling: str | None = None, options_hash: str | None = None,
+                      metric: str = "rankme", **options) -> list[PhaseResult]:
+    """Phases of every model × layer × pooling (× option set) in a results database (path or
+    ResultStore). ``options_hash``: only the rows of this option set (a prefix of its hash is
+    enough). ``metric`` picks the RankMe column (rankme, rankme_full, rankme_garrido2023);
+    ``options`` go to :func:`detect_phases`."""
     from .store import ResultStore, filter_rows, model_key
 
     store = db if isinstance(db, ResultStore) else ResultStore(db, readonly=True)
@@ -742,7 +775,8 @@ def phases_from_store(db, *, model: str | None = None, layer: str | None = None,
     finally:
         if store is not db:
             store.close()
-    rows = filter_rows(rows, model=model_key(model), layer=layer, pooling=pooling, func="phases")
+    rows = filter_rows(rows, model=model_key(model), layer=layer, pooling=pooling,
+                       options_hash=options_hash, func="phases")
     return phases_from_rows(rows, metric=metric, **options)
 
 
@@ -760,6 +794,8 @@ def format_phases(results: Sequence[PhaseResult]) -> str:
     for res in results:
         head = " ".join(v for v in (res.model, res.layer and f"layer {res.layer}",
                                      res.pooling and f"{res.pooling} pooling") if v) or "trajectory"
+        if res.options_differ:
+            head += f"  [{res.options_differ}]"
         if res.mode == "pretraining":
             head += f"  ({res.n_points} checkpoint{'' if res.n_points == 1 else 's'}"
             head += f", threshold {res.threshold:.3g})" if res.threshold is not None else ")"
@@ -834,6 +870,9 @@ def _add_arguments(p) -> None:
     p.add_argument("--model", default=None, help="only this model")
     p.add_argument("--layer", default=None, help="only this layer (e.g. last)")
     p.add_argument("--pooling", default=None, help="only this pooling")
+    p.add_argument("--options", dest="options_hash", default=None, metavar="HASH",
+                   help="only the rows of this option set (its options hash, or a prefix of it; "
+                        "shown in the header when a series was traced under several)")
     p.add_argument("--metric", default="rankme", choices=["rankme", "rankme_full", "rankme_garrido2023"],
                    help="which RankMe column drives the segmentation (default rankme, li2025)")
     p.add_argument("--bandwidth", type=float, default=0.3, help="smoother bandwidth in log(step+1)")
@@ -871,7 +910,7 @@ def _prepare(parser, args) -> None:
 
 def _run(args) -> int:
     results = phases_from_store(args.db, model=args.model, layer=args.layer, pooling=args.pooling,
-                                metric=args.metric, bandwidth=args.bandwidth, min_points=args.min_points,
+                                options_hash=args.options_hash, metric=args.metric, bandwidth=args.bandwidth, min_points=args.min_points,
                                 rel_range=args.rel_range, noise_k=args.noise_k)
     if not results:
         if args.json_out == "-":

@@ -775,21 +775,26 @@ def layer_key(layer: str | None, present: Iterable[str]) -> str | None:
 
 
 def filter_rows(rows: list[dict], *, layer: str | None = None, pooling: str | None = None,
-                model: str | None = None, func: str = "show") -> list[dict]:
-    """Rows matching the filters (normalised as trace names things). A filter matching nothing on
-    rows that exist is an error that says what is there."""
-    if not rows or (layer is None and pooling is None and model is None):
+                model: str | None = None, options_hash: str | None = None, func: str = "show") -> list[dict]:
+    """Rows matching the filters (normalised as trace names things; ``options_hash`` may be a
+    prefix of the hash). A filter matching nothing on rows that exist is an error that says what
+    is there."""
+    if not rows or (layer is None and pooling is None and model is None and options_hash is None):
         return rows
+    if options_hash is not None and not str(options_hash).strip():
+        raise ValueError(f"[{func}] options hash must be a hash or a prefix of one, got {options_hash!r}")
     key = layer_key(layer, {r["layer"] for r in rows})
     out = [r for r in rows if (model is None or r["model"] == model) and (key is None or r["layer"] == key)
-           and (pooling is None or r["pooling"] == pooling)]
+           and (pooling is None or r["pooling"] == pooling)
+           and (options_hash is None or str(r.get("options_hash") or "").startswith(str(options_hash).strip()))]
     if not out:
         def have(c):
             return ", ".join(sorted({str(r[c]) for r in rows}))
-        asked = ", ".join(f"{k} {v!r}" for k, v in (("model", model), ("layer", layer), ("pooling", pooling))
-                          if v is not None)
+        asked = ", ".join(f"{k} {v!r}" for k, v in (("model", model), ("layer", layer), ("pooling", pooling),
+                                                     ("options hash", options_hash)) if v is not None)
         raise ValueError(f"[{func}] no results for {asked}; the database holds models: {have('model')}; "
-                         f"layers: {have('layer')}; poolings: {have('pooling')}")
+                         f"layers: {have('layer')}; poolings: {have('pooling')}; options hashes: "
+                         f"{have('options_hash')}")
     return out
 
 

@@ -613,3 +613,35 @@ def test_first_checkpoint_alone_makes_no_phase():
     y[0] = 70.0
     res = detect_phases(PYTHIA_STEPS, y)
     assert _kinds(res) == ["warmup_collapse"] and res.phases[0].start_step == 0
+
+
+def test_a_series_traced_under_two_option_sets_is_told_apart_and_selectable(tmp_path, capsys):
+    """The same model × layer × pooling under two option sets (another fit range): two tables,
+    each header saying which options set it apart and its hash, and `--options HASH` (a prefix
+    is enough) keeps one. A hash that matches nothing says which hashes the database holds."""
+    from geomfast.cli import main
+    from geomfast.store import ResultStore, options_hash
+
+    db = tmp_path / "two.db"
+    sets = [{"dataset": "d", "fit_range": [11, 100]}, {"dataset": "d", "fit_range": [3, 30]}]
+    with ResultStore(db) as store:
+        for opts, shift in zip(sets, (0.0, 0.5)):
+            for i, (s, r, a) in enumerate(zip(DEMO_STEPS, DEMO_RANKME, DEMO_ALPHA)):
+                store.write_result({"model": "tiny", "revision": f"step{s}", "step": s, "order": i}, "last",
+                                   "last", options=opts, metrics={"rankme": r, "alpha": a + shift, "n": 512,
+                                                                  "dim": 64})
+    hashes = [options_hash(o) for o in sets]
+    results = phases_from_store(db)
+    assert sorted(r.options_hash for r in results) == sorted(hashes)
+    by = {r.options_hash: r for r in results}
+    for h, o in zip(hashes, sets):
+        assert by[h].options_differ == f"options {h[:8]}: fit_range={json.dumps(o['fit_range'])}"
+    text = format_phases(results)
+    assert f"[options {hashes[1][:8]}: fit_range=[3, 30]]" in text
+    (one,) = phases_from_store(db, options_hash=hashes[1][:6])
+    assert one.options_hash == hashes[1] and one.options_differ is None
+    assert main(["phases", str(db), "--options", hashes[0][:8]]) == 0
+    out = capsys.readouterr().out
+    assert out.count("tiny layer last last pooling") == 1 and "[options" not in out
+    with pytest.raises(ValueError, match="options hashes: " + ", ".join(sorted(hashes))):
+        phases_from_store(db, options_hash="ffffffff")
