@@ -267,6 +267,8 @@ def _add_plot(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="only this model")
     p.add_argument("--layer", default=None, help="only this layer (e.g. last, block3, embed)")
     p.add_argument("--pooling", default=None, help="only this pooling (last, mean, all)")
+    p.add_argument("--options", dest="options_hash", default=None, metavar="HASH",
+                   help="only the rows of this option set (its options hash, or a prefix of it)")
     p.add_argument("--no-phases", action="store_true",
                    help="do not shade phases (by default: those of the only series plotted, else of "
                         "the final layer, last token)")
@@ -277,8 +279,8 @@ def _run_plot(args: argparse.Namespace) -> int:
     from .plot import plot_results
 
     out = plot_results(args.db, args.output, metrics=[m for m in args.metrics.split(",") if m],
-                       model=args.model, layer=args.layer, pooling=args.pooling, title=args.title,
-                       phases=not args.no_phases)
+                       model=args.model, layer=args.layer, pooling=args.pooling,
+                       options_hash=args.options_hash, title=args.title, phases=not args.no_phases)
     print(f"plot written to {out}")
     return 0
 

@@ -87,13 +87,15 @@ def plot_results(
     model: str | None = None,
     layer: str | None = None,
     pooling: str | None = None,
+    options_hash: str | None = None,
     title: str | None = None,
     dpi: int = 120,
     phases: bool = True,
 ) -> str:
     """Draw one panel per metric (default RankMe and α) against step, one line per
     model × layer × pooling, and save a PNG to ``out``. ``db`` is a path or a ResultStore.
-    ``model``, ``layer``, ``pooling``: plot only those rows (as ``geomfast phases`` selects them).
+    ``model``, ``layer``, ``pooling``, ``options_hash`` (or a prefix of it): plot only those rows
+    (as ``geomfast phases`` selects them).
     ``phases``: shade the phases of one series (:func:`reference_series`: the only one plotted,
     else the paper's final layer, last token), named above the first panel."""
     import matplotlib
@@ -125,7 +127,8 @@ def plot_results(
         raise ValueError(f"[plot_results] no successful results in {getattr(db, 'path', db)!r}")
     from .store import filter_rows, model_key
 
-    rows = filter_rows(rows, model=model_key(model), layer=layer, pooling=pooling, func="plot_results")
+    rows = filter_rows(rows, model=model_key(model), layer=layer, pooling=pooling,
+                       options_hash=options_hash, func="plot_results")
     from .store import METRIC_COLUMNS
 
     known = (*METRIC_COLUMNS, "n", "dim")

@@ -645,3 +645,35 @@ def test_a_series_traced_under_two_option_sets_is_told_apart_and_selectable(tmp_
     assert out.count("tiny layer last last pooling") == 1 and "[options" not in out
     with pytest.raises(ValueError, match="options hashes: " + ", ".join(sorted(hashes))):
         phases_from_store(db, options_hash="ffffffff")
+
+
+def test_plot_keeps_one_option_set(tmp_path):
+    """`geomfast plot --options HASH` draws only that option set's line (one line, not two)."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from geomfast.cli import main
+    from geomfast.store import ResultStore, options_hash
+
+    db = tmp_path / "two.db"
+    sets = [{"dataset": "d", "fit_range": [11, 100]}, {"dataset": "d", "fit_range": [3, 30]}]
+    with ResultStore(db) as store:
+        for opts in sets:
+            for i, (s, r, a) in enumerate(zip(DEMO_STEPS, DEMO_RANKME, DEMO_ALPHA)):
+                store.write_result({"model": "tiny", "revision": f"step{s}", "step": s, "order": i}, "last",
+                                   "last", options=opts, metrics={"rankme": r, "alpha": a, "n": 512, "dim": 64})
+    lines = []
+    real = plt.Figure.savefig
+
+    def spy(fig, *a, **kw):
+        lines.append(len(fig.axes[0].get_lines()))
+        return real(fig, *a, **kw)
+
+    plt.Figure.savefig = spy
+    try:
+        assert main(["plot", str(db), "-o", str(tmp_path / "both.png"), "--no-phases"]) == 0
+        assert main(["plot", str(db), "-o", str(tmp_path / "one.png"), "--no-phases",
+                     "--options", options_hash(sets[1])[:8]]) == 0
+    finally:
+        plt.Figure.savefig = real
+    assert lines == [2, 1]
