@@ -22,10 +22,31 @@ How it computes (and why it equals scikit-learn's PCA):
 * ``svd_solver='randomized'`` solves only the top ``n_components`` eigenvalues (the core's
   randomized subspace iteration); the ratio still divides by the exact trace. ``'auto'`` picks
   randomized when ``n_components`` is an int well below ``n_features`` (see ``geomfast.eigvalsh``).
-* Not supported: ``n_components='mle'`` (raises ``ValueError``), ``score`` / ``score_samples``.
+* The probabilistic PCA model (Tipping & Bishop; Bishop, PRML 12.2.1), as sklearn defines it:
+  ``get_covariance`` (sklearn's formula), ``get_precision`` (its inverse), ``score_samples``
+  (each row's Gaussian log-likelihood under it) and ``score`` (their mean). In the basis of
+  ``components_`` the model covariance is diagonal — ``w·max(ev - σ², 0) + σ²`` along each
+  component (``w = ev`` when ``whiten``, as in sklearn, else 1) and ``σ² = noise_variance_``
+  across the rest — so the precision, the log-determinant and each row's Mahalanobis term come
+  from that diagonal (the eigenvectors are computed then, once), without sklearn's
+  inversion-lemma cancellation. With every component kept (``n_components_ = n_features``) the
+  model is the sample covariance C (C² whitened, by sklearn's formula) and they come from C⁻¹
+  (LU; no eigenvectors), which unlike an eigenbasis is not thrown off by features of very
+  different scales. A model covariance singular to working precision (a variance at rounding
+  level: ``σ² = 0`` with ``n_components_ < n_features``, e.g. ``n_components=None`` with fewer
+  samples than features, or a constant or dependent feature) has no precision or density:
+  ``ValueError`` saying which ``n_components`` has one (sklearn returns rounding noise there, e.g.
+  a precision of 1e16 and scores of ±inf).
+* ``get_feature_names_out`` (``pca0``, ``pca1``, …), ``set_output`` (``transform`` and
+  ``fit_transform`` as pandas / polars DataFrames; also sklearn's global ``transform_output``),
+  and sklearn's estimator hooks (``get_metadata_routing``, ``__sklearn_tags__``), so pipelines
+  with ``set_output`` or metadata routing take it.
+* Not supported: ``n_components='mle'`` (raises ``ValueError``); ``feature_names_in_`` (column
+  names of a DataFrame are not recorded).
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -73,6 +94,10 @@ class PCA:
     Attributes (after fit): components_ [k, d] (lazy), explained_variance_ [k],
     explained_variance_ratio_ [k], singular_values_ [k], mean_ [d], n_components_,
     n_samples_seen_, n_samples_, n_features_in_, noise_variance_ — numpy float64.
+
+    Methods: fit, partial_fit, transform, fit_transform, inverse_transform, get_covariance,
+    get_precision, score_samples, score, get_feature_names_out, set_output, get_params,
+    set_params (and sklearn's get_metadata_routing / __sklearn_tags__).
     """
 
     def __init__(self, n_components=None, *, copy=True, whiten=False, svd_solver="auto", tol=0.0,
@@ -314,28 +339,209 @@ class PCA:
         cov.flat[:: cov.shape[0] + 1] += self.noise_variance_
         return cov
 
+    def _model(self, func: str) -> tuple[int, int, np.ndarray, float]:
+        """The probabilistic PCA model of get_covariance in the basis of components_: (k, d, the
+        model variances along the k components [k], σ² = noise_variance_ across the other d - k
+        directions). ValueError, naming ``func``, where that covariance is singular to working
+        precision (its precision, log-determinant and densities do not exist)."""
+        self._check_fitted(func)
+        f = self._spectral(func)
+        ev = f["explained_variance_"]
+        s2 = float(f["noise_variance_"])
+        k, d = int(f["n_components_"]), int(self._acc.dim)
+        # The variances the model is made of: the kept eigenvalues along the components and σ²
+        # across the rest. One at the covariance's rounding level (d·ε·largest) is no variance
+        # (a null direction of the data, e.g. beyond n_samples - 1): the model is singular.
+        fitted = np.concatenate([ev, [s2] if k < d else []])
+        vmax = float(fitted.max()) if fitted.size else 0.0
+        vmin = float(fitted.min()) if fitted.size else 0.0
+        tiny = d * np.finfo(np.float64).eps * vmax
+        if not vmin > tiny:
+            what = (f"noise_variance_ = {s2:.3g} across the {d - k} feature direction(s) the "
+                    f"{k} component(s) leave out" if k < d and s2 <= vmin
+                    else f"explained variance {vmin:.3g} along component {int(np.argmin(ev))}")
+            r = int(np.sum(ev > tiny))  # the data's directions of nonzero variance (numerically)
+            fix = (f"fit with n_components at most {r - 1}" if r >= 1 else
+                   "the rows are all the same, and no Gaussian has them as samples")
+            raise ValueError(
+                f"[PCA.{func}] the model covariance is singular to working precision: {what} (the "
+                f"largest variance is {vmax:.3g}), so it has no inverse and the data no density "
+                f"under it. The data vary in {r} of the {d} feature directions; {fix} (now "
+                f"n_components={self.n_components!r}, n_components_ = {k})")
+        diff = np.where(ev > s2, ev - s2, 0.0)
+        lam = (ev if self.whiten else 1.0) * diff + s2  # get_covariance: comp_w.T·diag(diff)·comp_w + σ²·I
+        if lam.size and not lam.min() > 0:  # whiten: ev·(ev - σ²) + σ² underflows only with σ² = 0
+            raise ValueError(f"[PCA.{func}] the whitened model variance ev² of component "
+                             f"{int(np.argmin(lam))} underflows to 0: the model covariance is singular")
+        return k, d, lam, s2
+
+    def _inverse_covariance(self, func: str) -> tuple[np.ndarray, float]:
+        """(C⁻¹, log det C) of the sample covariance C (ddof=1), by LU: with every component
+        kept (n_components_ = n_features) the model covariance is C (C² when whitened, by
+        sklearn's formula), and an inverse taken from C's entries is insensitive to the scale
+        of each feature, which one through its eigenvectors is not (data with outlier features
+        lose digits there)."""
+        f = self._spectral(func)
+        if f.get("cov_inv") is None:
+            cov = f["cov"]
+            sign, logdet = np.linalg.slogdet(cov)
+            if not sign > 0:
+                raise ValueError(f"[PCA.{func}] the sample covariance is singular (its determinant is "
+                                 f"{'0' if sign == 0 else 'negative'} in floating point): no precision "
+                                 "or density; fit with a smaller n_components")
+            inv = np.linalg.solve(cov, np.eye(cov.shape[0]))
+            f["cov_inv"] = ((inv + inv.T) / 2, float(logdet))
+        return f["cov_inv"]
+
+    def get_precision(self) -> np.ndarray:
+        """Model precision [d, d]: the inverse of :meth:`get_covariance` (sklearn's definition,
+        whiten included)."""
+        k, d, lam, s2 = self._model("get_precision")
+        if k == d:  # every component kept: C⁻¹ (C⁻² whitened)
+            inv, _ = self._inverse_covariance("get_precision")
+            return inv @ inv if self.whiten else inv.copy()
+        comp = self.components_ if k else np.zeros((0, d))
+        prec = (comp.T * (1.0 / lam - 1.0 / s2)) @ comp  # the model's eigenbasis
+        prec.flat[:: d + 1] += 1.0 / s2
+        return prec
+
+    def score_samples(self, X):
+        """Log-likelihood of each row of X [n, n_features] under the probabilistic PCA model
+        (Gaussian with mean ``mean_`` and covariance :meth:`get_covariance`; Bishop, PRML
+        12.2.1), as sklearn's PCA.score_samples: [n] in X's library and device, float64."""
+        k, d, lam, s2 = self._model("score_samples")
+        mean, whiten = self.mean_, self.whiten
+        if k == d:  # the model covariance is C (C² whitened): from C⁻¹, see _inverse_covariance
+            inv, logdet_c = self._inverse_covariance("score_samples")
+            logdet = 2.0 * logdet_c if whiten else logdet_c
+        else:
+            comp = self.components_ if k else np.zeros((0, d))
+            logdet = float(np.sum(np.log(lam))) + (d - k) * math.log(s2)
+        const = -0.5 * (d * math.log(2.0 * math.pi) + logdet)
+
+        def fn(x, conv):
+            xr = x - conv(mean)
+            if k == d:
+                y = xr @ conv(inv)
+                q = (y * y).sum(1) if whiten else (xr * y).sum(1)
+                return -0.5 * q + const
+            c = conv(comp)
+            z = xr @ c.T  # coordinates along the components
+            q = (z * z / conv(lam)).sum(1)
+            r = xr - z @ c  # the rest, measured directly rather than as |x|² - |z|²
+            q = q + (r * r).sum(1) / s2
+            return -0.5 * q + const
+
+        return self._apply(X, fn, "score_samples", self.n_features_in_, keep_float64=True)
+
+    def score(self, X, y=None) -> float:
+        """Mean log-likelihood of the rows of X under the model (:meth:`score_samples`)."""
+        ll = self.score_samples(X)
+        return float(ll.mean())
+
+    # ------------------------------------------------------------------ sklearn API extras
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """Names of the transform's output columns, as sklearn's: ``pca0`` … ``pca{k-1}``
+        (object array). ``input_features``, when given, must have n_features_in_ names."""
+        self._check_fitted("get_feature_names_out")
+        if input_features is not None:
+            names = np.asarray(input_features, dtype=object)
+            if names.ndim != 1 or len(names) != self.n_features_in_:
+                raise ValueError(f"[PCA.get_feature_names_out] input_features should have length equal "
+                                 f"to number of features ({self.n_features_in_}), got "
+                                 f"{len(names) if names.ndim == 1 else f'shape {names.shape}'}")
+        k = self.n_components_  # the spectrum only: no eigenvectors for names
+        return np.asarray([f"pca{i}" for i in range(k)], dtype=object)
+
+    _OUTPUTS = ("default", "pandas", "polars")
+
+    def set_output(self, *, transform=None) -> "PCA":
+        """Output container of transform and fit_transform, as sklearn's set_output:
+        'default' (an array of X's kind), 'pandas' or 'polars' (a DataFrame with columns
+        get_feature_names_out(); pandas keeps X's index), None (unchanged). Unset, sklearn's
+        global ``transform_output`` (sklearn.set_config) applies, as for sklearn's PCA."""
+        if transform is None:
+            return self
+        if transform not in self._OUTPUTS:
+            raise ValueError(f"[PCA.set_output] transform must be one of {self._OUTPUTS} or None, "
+                             f"got {transform!r}")
+        if not hasattr(self, "_sklearn_output_config"):  # sklearn's name: clone() copies it
+            self._sklearn_output_config = {}
+        self._sklearn_output_config["transform"] = transform
+        return self
+
+    def _output(self) -> str:
+        mode = getattr(self, "_sklearn_output_config", {}).get("transform")
+        if mode is None:
+            try:
+                from sklearn import get_config
+            except ImportError:
+                return "default"
+            mode = get_config().get("transform_output", "default")
+        if mode not in self._OUTPUTS:
+            raise ValueError(f"[PCA.transform] output container must be one of {self._OUTPUTS}, got {mode!r}")
+        return mode
+
+    def _wrap(self, z, X):
+        mode = self._output()
+        if mode == "default":
+            return z
+        if _is_torch(z):
+            z = z.detach().cpu().numpy()
+        elif _is_cupy(z):
+            z = z.get()
+        columns = list(self.get_feature_names_out())
+        try:
+            lib = __import__(mode)
+        except ImportError as e:
+            raise ImportError(f"[PCA.transform] set_output(transform={mode!r}) needs {mode}, which is "
+                              f"not installed") from e
+        if mode == "pandas":
+            index = getattr(X, "index", None) if isinstance(X, lib.DataFrame) else None
+            return lib.DataFrame(z, index=index, columns=columns, copy=False)
+        return lib.DataFrame(z, schema=columns, orient="row")
+
+    def get_metadata_routing(self):
+        """sklearn's metadata routing: PCA requests no metadata (an empty MetadataRequest)."""
+        from sklearn.utils.metadata_routing import MetadataRequest
+
+        return MetadataRequest(owner=self)
+
+    def __sklearn_tags__(self):
+        """sklearn's estimator tags (sklearn >= 1.6): a transformer that needs fitting, takes
+        dense 2-D input without NaN and preserves float32 / float64."""
+        from sklearn.base import BaseEstimator, TransformerMixin
+
+        class _Transformer(TransformerMixin, BaseEstimator):  # sklearn's defaults for one
+            pass
+
+        tags = _Transformer().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
     # ------------------------------------------------------------------ projections
-    def _apply(self, X, fn, func: str, expected_cols: int):
+    def _apply(self, X, fn, func: str, expected_cols: int, keep_float64: bool = False):
         """Run fn on a float64 version of X in X's own library/device; return X's kind of array
-        (float32 for float32/16/bfloat16 inputs, float64 otherwise, like sklearn)."""
+        (float32 for float32/16/bfloat16 inputs, float64 otherwise, like sklearn; float64
+        always with ``keep_float64``)."""
         n, d = self._shape(X, func)
         if d != expected_cols:
             raise ValueError(f"[PCA.{func}] X has {d} features, expected {expected_cols}")
         if _is_torch(X):
             import torch
 
-            out_dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
+            out_dtype = torch.float64 if X.dtype == torch.float64 or keep_float64 else torch.float32
             xt = X.detach().to(torch.float64)
             res = fn(xt, lambda a: torch.as_tensor(a, dtype=torch.float64, device=xt.device))
             return res.to(out_dtype)
         if _is_cupy(X):
             import cupy
 
-            out_dtype = cupy.float64 if X.dtype == cupy.float64 else cupy.float32
+            out_dtype = cupy.float64 if X.dtype == cupy.float64 or keep_float64 else cupy.float32
             res = fn(X.astype(cupy.float64), lambda a: cupy.asarray(a, dtype=cupy.float64))
             return res.astype(out_dtype)
         x = np.asarray(X)
-        out_dtype = np.float32 if x.dtype in (np.float32, np.float16) else np.float64
+        out_dtype = np.float32 if x.dtype in (np.float32, np.float16) and not keep_float64 else np.float64
         res = fn(x.astype(np.float64, copy=False), lambda a: np.asarray(a, dtype=np.float64))
         return res.astype(out_dtype, copy=False)
 
@@ -351,7 +557,7 @@ class PCA:
                 z = z / conv(np.where(scale > 0, scale, 1.0))
             return z
 
-        return self._apply(X, fn, "transform", self.n_features_in_)
+        return self._wrap(self._apply(X, fn, "transform", self.n_features_in_), X)
 
     def fit_transform(self, X, y=None):
         return self.fit(X).transform(X)

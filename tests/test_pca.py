@@ -256,3 +256,294 @@ def test_paper_pipeline_runs_by_changing_one_import():
     from geomfast.metrics import rankme
 
     assert abs(rankme(x, convention="li2025") - rm) <= 1e-8 * rm
+
+
+# --------------------------------------------------------------------------- probabilistic PCA
+# get_covariance / get_precision / score_samples / score, against sklearn's own results and an
+# exact (mpmath) evaluation; fresh data each run (the seed is in every failure message).
+
+def _fresh_seed() -> int:
+    return int(np.random.SeedSequence().entropy % (2**63))
+
+
+def _pca_data(kind, n, d, rng):
+    if kind == "llm":  # means ~1e3 x the spread, outlier features 1e2 x larger, power-law spectrum
+        from conftest import llm_like
+
+        return llm_like(n, d, rng)
+    spec = np.arange(1, d + 1) ** -1.0
+    x = (rng.standard_normal((n, d)) * np.sqrt(spec)) @ np.linalg.qr(rng.standard_normal((d, d)))[0]
+    return x + 5.0 * rng.uniform(-1, 1, d)
+
+
+def _held_out(x, rng, m=40):
+    """Rows like x's (new draws around some of its rows), for likelihoods off the training set."""
+    rows = x[rng.permutation(x.shape[0])[:m]]
+    return rows + 0.1 * x.std(0) * rng.standard_normal(rows.shape)
+
+
+def _model_variances(ref, d):
+    """The variances sklearn's model covariance is made of (its attributes): kept eigenvalues,
+    and noise_variance_ when directions are left out — and the model's condition number."""
+    ev, s2, k = ref.explained_variance_, float(ref.noise_variance_), ref.n_components_
+    fitted = np.concatenate([ev, [s2] if k < d else []])
+    lam = (ev if ref.whiten else 1.0) * np.maximum(ev - s2, 0.0) + s2
+    model = np.concatenate([lam, [s2] if k < d else []])
+    return fitted, float(model.max() / model.min()) if model.min() > 0 else np.inf
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+@pytest.mark.parametrize("n_components", [None, 1, 7, 0.5, 0.95, "m-1"])
+@pytest.mark.parametrize("n,d", [(400, 48), (31, 48)])  # more samples than features, and fewer
+@pytest.mark.parametrize("kind", ["plain", "llm"])
+def test_probabilistic_model_matches_sklearn(kind, n, d, n_components, whiten):
+    import warnings
+
+    seed = _fresh_seed()
+    rng = np.random.default_rng(seed)
+    x = _pca_data(kind, n, d, rng)
+    xt = _held_out(x, rng)
+    nc = min(n, d) - 1 if n_components == "m-1" else n_components
+    ours = PCA(nc, whiten=whiten, svd_solver="full").fit(x)
+    ref = SKPCA(nc, whiten=whiten, svd_solver="full").fit(x)
+    assert ours.n_components_ == ref.n_components_, seed
+    eps = np.finfo(np.float64).eps
+    fitted, cond = _model_variances(ref, d)
+    if not fitted.min() > d * eps * fitted.max():
+        # A null direction in the model (noise_variance_ 0 or at rounding level with directions
+        # left out: n <= d and n_components >= n - 1): sklearn answers rounding noise, we refuse.
+        for call in (ours.get_precision, lambda: ours.score_samples(xt), lambda: ours.score(xt)):
+            with pytest.raises(ValueError, match=r"\[PCA\.(get_precision|score_samples)\] the model "
+                                                 r"covariance is singular.*n_components"):
+                call()
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn's inversions of ill-conditioned models
+        p_ref, ll_ref, score_ref = ref.get_precision(), ref.score_samples(xt), ref.score(xt)
+    p, ll = ours.get_precision(), ours.score_samples(xt)
+    assert p.shape == (d, d) and ll.shape == (xt.shape[0],) and ll.dtype == np.float64
+    # the precision is the covariance's inverse, and sklearn's to its rounding (eps x condition)
+    c = ours.get_covariance()
+    np.testing.assert_allclose(c, ref.get_covariance(), rtol=0, atol=1e-10 * np.abs(c).max(), err_msg=str(seed))
+    tol = 50 * eps * cond
+    if tol < 1e-4:  # else sklearn's own inverse has no digits left (whiten squares the condition)
+        assert np.abs(p - p_ref).max() <= tol * np.abs(p_ref).max(), (seed, cond)
+        # (a log-likelihood near 0 is a difference of terms ~d: sklearn's rounding there is ~1e-12;
+        # ours is within 3e-14 of exact then, test_score_samples_against_exact_arithmetic)
+        assert np.max(np.abs(ll - ll_ref) / np.maximum(1.0, np.abs(ll_ref))) <= max(tol, 1e-11), (seed, cond)
+        assert abs(ours.score(xt) - score_ref) <= max(tol, 1e-11) * max(1.0, abs(score_ref)), seed
+    assert np.abs(p @ c - np.eye(d)).max() <= 50 * eps * cond, (seed, cond)
+    assert ours.score(xt) == pytest.approx(float(np.mean(ll)), rel=1e-15, abs=1e-12)
+    if kind == "plain" and cond < 1e8:  # independently: scipy's Gaussian with the model covariance
+        # (not on LM-like rows, where scipy's eigh-based density is 1e-9 off an exact evaluation,
+        # 100x further than ours: test_score_samples_against_exact_arithmetic)
+        from scipy.stats import multivariate_normal
+
+        lp = multivariate_normal(mean=ref.mean_, cov=ref.get_covariance()).logpdf(xt)
+        assert np.max(np.abs(ll - lp) / np.maximum(1.0, np.abs(lp))) <= 1e-11, seed
+    # the training rows too, and score = their mean
+    np.testing.assert_allclose(ours.score(x), np.mean(ours.score_samples(x)), rtol=1e-14)
+
+
+def _mp_reference(x):
+    """Exact arithmetic (mpmath, 40 digits): mean, eigendecomposition of the ddof=1 covariance."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 40
+    n, d = x.shape
+    cols = [[mp.mpf(float(v)) for v in x[:, j]] for j in range(d)]
+    mean = [mp.fsum(c) / n for c in cols]
+    cen = [[v - mean[j] for v in cols[j]] for j in range(d)]
+    cov = mp.matrix(d, d)
+    for i in range(d):
+        for j in range(i + 1):
+            cov[i, j] = cov[j, i] = mp.fsum(a * b for a, b in zip(cen[i], cen[j])) / (n - 1)
+    e, q = mp.eigsy(cov)
+    order = sorted(range(d), key=lambda i: -e[i])
+    return mp, mean, [e[i] for i in order], [[q[r, i] for r in range(d)] for i in order]
+
+
+def _mp_score_samples(mp, ref, nc, whiten, xt, n):
+    """sklearn's model (n_components rule, noise_variance_, whitened formula) evaluated exactly."""
+    mean, ev_all, vecs = ref
+    d = len(mean)
+    m = min(n, d)
+    ev = [max(v, mp.mpf(0)) for v in ev_all[:m]]
+    total = mp.fsum(ev_all)
+    if nc is None:
+        k = m
+    elif isinstance(nc, int):
+        k = nc
+    else:
+        acc, k = mp.mpf(0), 0
+        while acc <= nc:
+            acc += ev[k] / total
+            k += 1
+    s2 = mp.fsum(ev[k:m]) / (m - k) if k < m else mp.mpf(0)
+    lam = [(ev[i] if whiten else 1) * max(ev[i] - s2, 0) + s2 for i in range(k)]
+    logdet = mp.fsum(mp.log(v) for v in lam) + ((d - k) * mp.log(s2) if k < d else 0)
+    out = []
+    for row in xt:
+        xr = [mp.mpf(float(v)) - mean[j] for j, v in enumerate(row)]
+        z = [mp.fsum(c * v for c, v in zip(vecs[i], xr)) for i in range(k)]
+        q = mp.fsum(z[i] ** 2 / lam[i] for i in range(k))
+        if k < d:
+            q += (mp.fsum(v * v for v in xr) - mp.fsum(v * v for v in z)) / s2
+        out.append(float(-(q + d * mp.log(2 * mp.pi) + logdet) / 2))
+    return k, np.array(out)
+
+
+@pytest.mark.parametrize("n,d", [(200, 24), (20, 24)])
+def test_score_samples_against_exact_arithmetic(n, d):
+    """LM-like data (large means, outlier features): every row's log-likelihood as close to an
+    exact evaluation of the model sklearn defines as float64 allows — 10 eps x the condition
+    number of the fitted variances, the rounding of the covariance's entries amplified — also
+    where sklearn's own inversion loses every digit (whiten with every component kept squares
+    the condition: sklearn is 1e-4 .. 1 off there). Measured: ours <= 0.8 eps x condition.
+    (n_components just below the rank is left to the test above: there the float64
+    eigenvectors themselves, ours and sklearn's alike, are only good to ~1e-8.)"""
+    seed = _fresh_seed()
+    rng = np.random.default_rng(seed)
+    from conftest import llm_like
+
+    x = llm_like(n, d, rng)
+    xt = _held_out(x, rng, 8)
+    mp, *ref = _mp_reference(x)
+    eps = np.finfo(np.float64).eps
+    for nc in ([None, 1, 7, 0.95] if n > d else [1, 7, 0.95]):
+        for whiten in (False, True):
+            k, exact = _mp_score_samples(mp, ref, nc, whiten, xt, n)
+            ours = PCA(nc, whiten=whiten).fit(x)
+            assert ours.n_components_ == k, (seed, nc)
+            fitted = np.concatenate([ours.explained_variance_, [ours.noise_variance_] if k < d else []])
+            tol = max(1e-13, 10 * eps * fitted.max() / fitted.min())
+            assert tol < 1e-3, (seed, nc, "the fresh data are too ill-conditioned to test anything")
+            err = np.max(np.abs(ours.score_samples(xt) - exact) / np.maximum(1.0, np.abs(exact)))
+            assert err <= tol, (seed, nc, whiten, err, tol)
+
+
+def test_probabilistic_model_edge_cases_and_errors():
+    seed = _fresh_seed()
+    rng = np.random.default_rng(seed)
+    x = _pca_data("plain", 60, 8, rng)
+    # n_components=0: an isotropic Gaussian of the mean variance (sklearn: eye / noise_variance_)
+    zero, ref0 = PCA(0).fit(x), SKPCA(0, svd_solver="full").fit(x)
+    np.testing.assert_allclose(zero.get_precision(), ref0.get_precision(), rtol=1e-12)
+    np.testing.assert_allclose(zero.score_samples(x), ref0.score_samples(x), rtol=1e-12)
+    assert list(zero.get_feature_names_out()) == []
+    # X of another width, unfitted, columns constant (a zero variance): named errors
+    p = PCA(3).fit(x)
+    with pytest.raises(ValueError, match=r"\[PCA.score_samples\] X has 5 features, expected 8"):
+        p.score_samples(x[:, :5])
+    from sklearn.exceptions import NotFittedError
+
+    for call in ("get_precision", "score_samples", "score", "get_feature_names_out"):
+        with pytest.raises(NotFittedError, match=call if call != "score" else "score_samples"):
+            getattr(PCA(), call)(*([x] if call.startswith("score") else []))
+    flat = x.copy()
+    flat[:, 2] = 7.0
+    with pytest.raises(ValueError, match=r"singular to working precision: explained variance \S+ along "
+                                         r"component 7 .* vary in 7 of the 8 feature directions; fit "
+                                         r"with n_components at most 6 \(now n_components=None"):
+        PCA().fit(flat).score(flat)
+    np.testing.assert_allclose(PCA(6).fit(flat).score(flat), SKPCA(6).fit(flat).score(flat), rtol=1e-11)
+    # fewer samples than features, every component kept: nothing left for noise_variance_
+    # (sklearn answers a precision of ~1e16 and scores of -inf), and the 5 rows vary in 4 directions
+    few = x[:5]
+    with pytest.raises(ValueError, match=r"\[PCA.get_precision\] .*: noise_variance_ = 0 across the 3 "
+                                         r"feature direction\(s\) the 5 component\(s\) leave out .* "
+                                         r"vary in 4 of the 8 .* at most 3"):
+        PCA().fit(few).get_precision()
+    np.testing.assert_allclose(PCA(3).fit(few).score(x), SKPCA(3).fit(few).score(x), rtol=1e-10)
+    with pytest.raises(ValueError, match=r"noise_variance_ = 0 .* vary in 0 of the 3 .* rows are all the same"):
+        PCA(0).fit(np.ones((10, 3))).score(np.ones((10, 3)))
+    line = x[:, :1] * rng.standard_normal(8)  # rank 1: only the isotropic model has a density
+    with pytest.raises(ValueError, match=r"vary in 1 of the 8 feature directions; fit with n_components at most 0"):
+        PCA(1).fit(line).score(line)
+    np.testing.assert_allclose(PCA(0).fit(line).score(line), SKPCA(0).fit(line).score(line), rtol=1e-12)
+    # torch rows: the same values as a torch float64 tensor; float32 rows still give float64
+    torch = pytest.importorskip("torch")
+    ll = p.score_samples(torch.from_numpy(x).float())
+    assert isinstance(ll, torch.Tensor) and ll.dtype == torch.float64
+    np.testing.assert_allclose(ll.numpy(), p.score_samples(x.astype(np.float32)), rtol=1e-13)
+    assert p.score_samples(x.astype(np.float32)).dtype == np.float64
+    assert isinstance(p.score(torch.from_numpy(x)), float)
+
+
+def test_likelihood_methods_keep_eigenvectors_lazy():
+    """Names and spectra never solve for eigenvectors; the likelihood of a model that keeps
+    every component needs none either (it is the sample covariance); one with fewer does."""
+    x = _pca_data("plain", 300, 20, np.random.default_rng(_fresh_seed()))
+    p = PCA(5).fit(x)
+    assert list(p.get_feature_names_out()) == ["pca0", "pca1", "pca2", "pca3", "pca4"]
+    _ = p.explained_variance_ratio_, p.noise_variance_
+    assert p._fitted["components"] is None
+    p.score(x)
+    assert p._fitted["components"] is not None
+    full = PCA().fit(x)
+    full.score(x), full.get_precision()
+    assert full._fitted["components"] is None
+
+
+@pytest.mark.parametrize("n_components", [None, 3, 0.8])
+def test_get_feature_names_out_as_sklearn(n_components):
+    x = _pca_data("plain", 100, 12, np.random.default_rng(_fresh_seed()))
+    ours = PCA(n_components).fit(x)
+    ref = SKPCA(n_components, svd_solver="full").fit(x)
+    out = ours.get_feature_names_out()
+    assert out.dtype == object and list(out) == list(ref.get_feature_names_out())
+    names = [f"f{i}" for i in range(12)]
+    assert list(ours.get_feature_names_out(names)) == list(ref.get_feature_names_out(names))
+    with pytest.raises(ValueError, match=r"input_features should have length equal to number of "
+                                         r"features \(12\), got 3"):
+        ours.get_feature_names_out(names[:3])
+
+
+def test_sklearn_model_selection_output_and_routing():
+    """What sklearn does with its PCA, with ours: choose n_components by cross-validated
+    likelihood (GridSearchCV uses score), set_output on a pipeline, metadata routing, clone."""
+    import sklearn
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV, KFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    seed = _fresh_seed()
+    x = _pca_data("plain", 240, 16, np.random.default_rng(seed))
+    grid = {"n_components": [1, 4, 8, 12]}
+    cv = KFold(4, shuffle=True, random_state=seed % 1000)
+    ours = GridSearchCV(PCA(), grid, cv=cv).fit(x)
+    ref = GridSearchCV(SKPCA(svd_solver="full"), grid, cv=cv).fit(x)
+    assert ours.best_params_ == ref.best_params_, seed
+    np.testing.assert_allclose(ours.cv_results_["mean_test_score"], ref.cv_results_["mean_test_score"],
+                               rtol=1e-11)
+    assert np.isclose(ours.best_estimator_.score(x), ref.best_estimator_.score(x), rtol=1e-11)
+
+    pipe = make_pipeline(StandardScaler(), PCA(3)).set_output(transform="default")
+    assert isinstance(pipe.fit_transform(x), np.ndarray)
+    with pytest.raises(ValueError, match=r"\[PCA.set_output\] transform must be one of"):
+        PCA().set_output(transform="xarray")
+    p = PCA(3).set_output(transform="pandas")
+    assert clone(p)._sklearn_output_config == {"transform": "pandas"}
+    for make in (lambda: p.fit_transform(x), lambda: _global_pandas(sklearn, x)):
+        try:
+            import pandas
+        except ImportError:
+            with pytest.raises(ImportError, match=r"set_output\(transform='pandas'\) needs pandas"):
+                make()
+        else:
+            df = make()
+            assert isinstance(df, pandas.DataFrame) and list(df.columns) == ["pca0", "pca1", "pca2"]
+    assert isinstance(PCA(3).fit(x).set_output(transform="default").transform(x), np.ndarray)
+
+    with sklearn.config_context(enable_metadata_routing=True):
+        z = make_pipeline(StandardScaler(), PCA(3)).fit(x).transform(x)
+    assert z.shape == (240, 3)
+    assert str(PCA().get_metadata_routing()) == str(SKPCA().get_metadata_routing())
+    tags = PCA().__sklearn_tags__()
+    assert tags.requires_fit and tags.transformer_tags is not None
+    assert tags.transformer_tags.preserves_dtype == SKPCA().__sklearn_tags__().transformer_tags.preserves_dtype
+
+
+def _global_pandas(sklearn, x):
+    with sklearn.config_context(transform_output="pandas"):
+        return PCA(3).fit_transform(x)
