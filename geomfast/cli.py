@@ -361,9 +361,14 @@ def _run_show(args: argparse.Namespace) -> int:
     errors = [r for r in rows if r["status"] == "error"]
     if errors and not args.errors:
         print(f"\n{len(errors)} error row(s); `geomfast show {args.db} --errors` lists them")
-    killed = sum(r["status"] == "interrupted" for r in runs)
+    from .merge import completed_by
+
+    by = completed_by(runs)  # interrupted run -> the later run that finished its work, or None
+    killed = sum(v is None for v in by.values())
+    notes = ([f"{killed} interrupted: their finished results are kept, re-run to complete"] if killed else []) \
+        + ([f"{len(by) - killed} interrupted, since completed by a later run"] if len(by) > killed else [])
     print(f"\n{len(rows)} row(s), {len(runs)} run(s) recorded in {args.db}"
-          + (f" ({killed} interrupted: their finished results are kept, re-run to complete)" if killed else ""))
+          + (f" ({'; '.join(notes)})" if notes else ""))
     return 0
 
 

@@ -134,6 +134,11 @@ def test_resume_after_sigkill(series, tmp_path):
     with sqlite3.connect(db) as con:  # recorded as such by the next run, finished ones as finished
         assert [r[0] for r in con.execute("SELECT status FROM runs ORDER BY id")] == \
             ["interrupted", "finished", "finished"]
+    # `show` says the killed run's work was completed since, not "re-run to complete"
+    out = subprocess.run([sys.executable, "-m", "geomfast", "show", str(db)], env=_env(), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "1 interrupted, since completed by a later run" in out.stdout and "re-run" not in out.stdout
 
 
 def _corrupt(folder: Path) -> None:
