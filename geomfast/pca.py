@@ -532,17 +532,22 @@ class PCA:
 
             out_dtype = torch.float64 if X.dtype == torch.float64 or keep_float64 else torch.float32
             xt = X.detach().to(torch.float64)
+            _check_finite(torch.isfinite(xt).all(dim=1).cpu().numpy(), func)
             res = fn(xt, lambda a: torch.as_tensor(a, dtype=torch.float64, device=xt.device))
             return res.to(out_dtype)
         if _is_cupy(X):
             import cupy
 
             out_dtype = cupy.float64 if X.dtype == cupy.float64 or keep_float64 else cupy.float32
-            res = fn(X.astype(cupy.float64), lambda a: cupy.asarray(a, dtype=cupy.float64))
+            xc = X.astype(cupy.float64)
+            _check_finite(cupy.asnumpy(cupy.isfinite(xc).all(axis=1)), func)
+            res = fn(xc, lambda a: cupy.asarray(a, dtype=cupy.float64))
             return res.astype(out_dtype)
         x = np.asarray(X)
         out_dtype = np.float32 if x.dtype in (np.float32, np.float16) and not keep_float64 else np.float64
-        res = fn(x.astype(np.float64, copy=False), lambda a: np.asarray(a, dtype=np.float64))
+        x64 = x.astype(np.float64, copy=False)
+        _check_finite(np.isfinite(x64).all(axis=1), func)
+        res = fn(x64, lambda a: np.asarray(a, dtype=np.float64))
         return res.astype(out_dtype, copy=False)
 
     def transform(self, X):
@@ -580,6 +585,14 @@ class PCA:
         """The underlying GramAccumulator (e.g. to merge states across processes or save them)."""
         self._check_fitted("accumulator")
         return self._acc
+
+
+def _check_finite(row_ok: np.ndarray, func: str) -> None:
+    """NaN/Inf in X is an error (sklearn raises too), not rows of NaN in the result."""
+    if not row_ok.all():
+        bad = np.flatnonzero(~row_ok)
+        raise ValueError(f"[PCA.{func}] X holds NaN or Inf in {bad.size} row(s), the first is row {int(bad[0])}: "
+                         "expected finite values")
 
 
 def _not_fitted(msg: str) -> Exception:

@@ -547,3 +547,25 @@ def test_sklearn_model_selection_output_and_routing():
 def _global_pandas(sklearn, x):
     with sklearn.config_context(transform_output="pandas"):
         return PCA(3).fit_transform(x)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_non_finite_rows_are_refused_not_projected_to_nan(kind):
+    """transform / inverse_transform / score_samples of X with NaN or Inf raise a ValueError naming
+    the first bad row (sklearn raises too); they returned rows of NaN."""
+    rng = np.random.default_rng(_fresh_seed())
+    x = rng.standard_normal((50, 6))
+    pca = PCA(3).fit(x)
+    bad = x[:5].copy()
+    bad[2, 1] = np.nan
+    bad[4, 0] = np.inf
+    z = pca.transform(x[:5])[:, :3].copy()
+    z[1, 2] = np.nan
+    if kind == "torch":
+        import torch
+
+        bad, z = torch.from_numpy(bad), torch.from_numpy(z)
+    for func, arg in (("transform", bad), ("score_samples", bad), ("inverse_transform", z)):
+        with pytest.raises(ValueError, match=rf"\[PCA.{func}\] X holds NaN or Inf in \d row\(s\), the first is row "
+                                             rf"{2 if func != 'inverse_transform' else 1}"):
+            getattr(pca, func)(arg)
