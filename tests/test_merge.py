@@ -4,6 +4,7 @@ is missing."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -43,7 +44,7 @@ def _killed_run(db, options, steps=(0,)) -> None:
     import json
 
     subprocess.run([sys.executable, "-c", code, str(db), json.dumps(options), json.dumps(list(steps))],
-                   check=True, env=subprocess_env())
+                   check=True, env=subprocess_env(), cwd=os.path.dirname(os.fspath(db)))  # (not the source tree)
 
 
 def _statuses(db) -> list[str]:
