@@ -101,23 +101,33 @@ _UPFRONT = "[trace] dataset"
 
 def _check_local_file(path: Path, text_field: str) -> None:
     """Refuse (DatasetError) a local dataset file that _read_local would refuse, or whose texts are
-    not strings; each (path, size, mtime, field) is checked once per process. (Too few documents
-    is the sample cache's DatasetError, once tokenized: it depends on --min-length.)"""
+    not strings, or that holds no document; each (path, size, mtime, field) is checked
+    once per process. (Too few documents above --min-length tokens is the sample cache's
+    DatasetError, once tokenized.)"""
     st = os.stat(path)
     key = (str(path), st.st_size, st.st_mtime_ns, text_field)
     if key in _CHECKED:
         return
     suffix = path.suffix.lower()
+    docs = 0  # documents with some text (a parquet: its rows)
     if suffix == ".parquet":
-        _parquet_text_column(path, text_field, _UPFRONT)
+        docs = _parquet_text_column(path, text_field, _UPFRONT).read_metadata(path).num_rows
     else:
         try:
             with open(path, encoding="utf-8") as f:
                 for lineno, line in enumerate(f, 1):
-                    if suffix == ".jsonl" and line.strip():
-                        _jsonl_text(path, lineno, line, text_field, _UPFRONT)
+                    if not line.strip():
+                        continue
+                    if suffix == ".jsonl":
+                        t = _jsonl_text(path, lineno, line, text_field, _UPFRONT)
+                        docs += bool(t and t.strip())
+                    else:
+                        docs += 1
         except UnicodeDecodeError as err:
             raise DatasetError(f"{_UPFRONT} {path} is not UTF-8 text ({err})") from None
+    if docs == 0:
+        raise DatasetError(f"{_UPFRONT} {path} holds 0 documents with text (a .txt: a document per non-blank "
+                           f"line; a .jsonl: a record per line with a string {text_field!r}): nothing to trace")
     _CHECKED[key] = True
 
 

@@ -279,14 +279,21 @@ def test_an_unusable_dataset_stops_the_sweep_with_the_reason(series, tmp_path):
     from geomfast.sweep import trace
 
     ck, _ = series
-    blank = tmp_path / "blank.txt"
-    blank.write_text("\n   \n\n")
+    short = tmp_path / "short.txt"  # documents, none longer than min_length tokens
+    short.write_text("a b\nc d\ne f\n")
     db = tmp_path / "r.db"
     with pytest.raises(DatasetError, match="0 usable sample"):
-        trace(str(ck), dataset=str(blank), out=str(db), revisions="step0,step1", n_samples=8,
-              layers="last", pooling="last", progress=False)
+        trace(str(ck), dataset=str(short), out=str(db), revisions="step0,step1", n_samples=8,
+              min_length=20, layers="last", pooling="last", progress=False)
     with ResultStore(db, readonly=True) as store:
         assert store.count("error") == 0 and store.count("ok") == 0
+    # A file with no document at all is refused before anything, database included.
+    blank, db2 = tmp_path / "blank.txt", tmp_path / "r2.db"
+    blank.write_text("\n   \n\n")
+    with pytest.raises(DatasetError, match="holds 0 documents"):
+        trace(str(ck), dataset=str(blank), out=str(db2), revisions="step0,step1", n_samples=8,
+              layers="last", pooling="last", progress=False)
+    assert not db2.exists()
 
 
 def test_sequences_are_cut_at_the_model_context(tmp_path):
