@@ -504,11 +504,16 @@ def is_model_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / "config.json").is_file()
 
 
+def _env_on(var: str) -> bool:
+    """Whether the environment variable ``var`` says yes (1, true, yes, on), as the HF libraries read it."""
+    return os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _offline(local_files_only: bool) -> bool:
     if local_files_only:
         return True
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+        if _env_on(var):
             return True
     try:
         from huggingface_hub import constants

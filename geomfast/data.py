@@ -76,7 +76,7 @@ def check_dataset(dataset: str, *, text_field: str = "text", local_files_only: b
 
 
 def _check_hub_dataset(spec: str, local_files_only: bool) -> None:
-    from .checkpoints import _offline
+    from .checkpoints import _env_on, _offline
 
     if _offline(local_files_only) or _env_on("HF_DATASETS_OFFLINE"):
         how = "--local-files-only" if local_files_only else "HF_HUB_OFFLINE / HF_DATASETS_OFFLINE"
@@ -89,10 +89,6 @@ def _check_hub_dataset(spec: str, local_files_only: bool) -> None:
         raise DatasetError(
             f"[trace] dataset {spec!r} is not a local file; streaming a hub dataset needs the `datasets` "
             "package (pip install datasets), or pass a local .txt, .jsonl or .parquet file, or 'synthetic'")
-
-
-def _env_on(var: str) -> bool:
-    return os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 _CHECKED: dict[tuple[str, int, int, str], bool] = {}
@@ -211,14 +207,14 @@ def _read_local(path: Path, text_field: str) -> list[str]:
 
 
 def _iter_hub(dataset: str, *, split: str, text_field: str, seed: int, config: str | None) -> Iterator[str]:
-    from .checkpoints import _offline
+    from .checkpoints import _env_on, _offline
 
     if _offline(False):
         raise RuntimeError(
             f"[load_texts] {dataset!r} is not a local file and the Hugging Face hub is offline "
             "(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE): pass a local .txt, .jsonl or .parquet file, or 'synthetic'"
         )
-    if os.environ.get("HF_DATASETS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    if _env_on("HF_DATASETS_OFFLINE"):
         raise RuntimeError(f"[load_texts] {dataset!r} needs the hub but HF_DATASETS_OFFLINE is set")
     try:
         import datasets
