@@ -450,18 +450,24 @@ def derive_from_stored_spectra(store: ResultStore, checkpoints, cfg: TraceConfig
     names = static_layer_names(cfg.layers)  # None: known only from the model ('all'): every layer
     sources: dict[tuple, dict] = {}  # (model, revision, layer, pooling) -> a row to derive it from
     marked: dict[tuple, set] = {}  # (model, revision) -> the other hashes of its source rows
+    alike: dict[str, bool] = {}  # options hash -> its options differ from ours in metric options only
+
+    def differs_in_metrics_only(row) -> bool:
+        if row["options_hash"] not in alike:
+            try:
+                opts = json.loads(row["options"] or "null")
+            except ValueError:
+                opts = None
+            alike[row["options_hash"]] = isinstance(opts, dict) and \
+                {k: v for k, v in opts.items() if k not in METRIC_ONLY_OPTIONS} == base
+        return alike[row["options_hash"]]
+
     for model in sorted({m for m, _ in todo}):
         for row in store.rows(status="ok", model=model):
             key = (row["model"], row["revision"], row["layer"], row["pooling"])
             if ((key[0], key[1]) not in todo or row["options_hash"] == h or key in have
-                    or key[3] not in cfg.poolings or (names is not None and key[2] not in names)):
-                continue
-            try:
-                opts = json.loads(row["options"] or "null")
-            except ValueError:
-                continue
-            if not isinstance(opts, dict) or \
-                    {k: v for k, v in opts.items() if k not in METRIC_ONLY_OPTIONS} != base:
+                    or key[3] not in cfg.poolings or (names is not None and key[2] not in names)
+                    or not differs_in_metrics_only(row)):
                 continue
             sources.setdefault(key, row)
             marked.setdefault((key[0], key[1]), set()).add(row["options_hash"])
@@ -478,8 +484,9 @@ def derive_from_stored_spectra(store: ResultStore, checkpoints, cfg: TraceConfig
                               spectra={"covariance": spec, "singular": sv}, run_id=run_id,
                               timings={"metrics_s": time.perf_counter() - t0}):
             written += 1
+    done_under = {o: store.done_checkpoints(o, request) for o in {o for hs in marked.values() for o in hs}}
     for (model, revision), hashes in marked.items():
-        if any((model, revision) in store.done_checkpoints(o, request) for o in hashes):
+        if any((model, revision) in done_under[o] for o in hashes):
             store.mark_checkpoint_done(model, revision, h, request, run_id)
     if written and cfg.progress:
         print(f"[geomfast] {written} result(s) derived from spectra already stored under other "
