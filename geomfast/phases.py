@@ -298,8 +298,7 @@ def _smooth(x, y, h, rel_range: float = 0.1, rel_level: float = PHASE_REL_LEVEL)
         return m, _kernel_smooth(x, m, h)
     mw = _running_median(x, y, h)
     d = np.abs(m - mw)
-    floor = max(rel_range * float(mw.max() - mw.min()), rel_level * float(np.median(np.abs(mw))))
-    cut = max(_OUTLIER_MADS * float(np.median(d)), floor)
+    cut = max(_OUTLIER_MADS * float(np.median(d)), _floor(mw, rel_range, rel_level))
     return m, _kernel_smooth(x, np.where(d > cut, mw, m) if cut > 0 else m, h)
 
 
@@ -319,9 +318,15 @@ def _noise(y, s) -> float:
     return float(1.4826 * np.median(np.abs(y - s))) if y.size else 0.0
 
 
-def _threshold(s, noise, rel_range, noise_k, rel_level) -> float:
+def _floor(s, rel_range, rel_level) -> float:
+    """The smallest change of curve ``s`` that is significant whatever the noise: ``rel_range``
+    of its range, or ``rel_level`` of its level if larger."""
     rng = float(s.max() - s.min()) if s.size else 0.0
-    return max(rel_range * rng, noise_k * noise, rel_level * float(np.median(np.abs(s))))
+    return max(rel_range * rng, rel_level * float(np.median(np.abs(s))))
+
+
+def _threshold(s, noise, rel_range, noise_k, rel_level) -> float:
+    return max(_floor(s, rel_range, rel_level), noise_k * noise)
 
 
 # ----------------------------------------------------------------------------- segmentation
@@ -579,8 +584,7 @@ def detect_phases(steps, rankme, alpha=None, *, tokens=None, bandwidth: float = 
     # boundaries go on robust values: a checkpoint may exceed the smoothed curve and its local
     # median by one noise sigma, or by the smallest change that is significant whatever the
     # noise if that is larger (on a clean curve, sigma ~ 0, that floor alone decides)
-    floor = max(rel_range * float(s.max() - s.min()), rel_level * float(np.median(np.abs(s))))
-    k = max(noise, floor)
+    k = max(noise, _floor(s, rel_range, rel_level))
     v = _robust_values(x, r, m, s, bandwidth, k) if k > 0 else m
 
     # A brief rise right after initialisation, undone by a larger fall that a rise follows, is
