@@ -587,9 +587,10 @@ def _run(args) -> int:
                        eig_options=eig_options)
     print(format_bench(report["results"]))
     if args.json_out:  # (checked before any run: cli.check_paths)
+        from ._paths import write_file
+
         os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)  # as export, plot
-        with open(args.json_out, "w") as f:
-            json.dump(report, f, indent=1, default=str)
+        write_file(args.json_out, (json.dumps(report, indent=1, default=str) + "\n").encode())
         print(f"JSON written to {args.json_out}")
     failed = [r for r in report["results"] if "error" in r and r["impl"].startswith("geomfast")]
     if failed:

@@ -24,6 +24,8 @@ import os
 import time
 from typing import Any
 
+from ._paths import write_file
+
 __all__ = ["DEMO", "checkpoint_steps", "train_tiny_gpt_neox", "run_demo", "describe_phases"]
 
 DEMO: dict[str, Any] = {
@@ -138,8 +140,7 @@ def train_tiny_gpt_neox(folder: str, *, steps: int = DEMO["steps"], progress: bo
         if step in save_at:
             save(step)
     bar.close()
-    with open(os.path.join(folder, "train_log.json"), "w") as f:
-        json.dump(log, f, indent=1)
+    write_file(os.path.join(folder, "train_log.json"), (json.dumps(log, indent=1) + "\n").encode())
     return log
 
 
@@ -210,8 +211,7 @@ def _claim_folder(out: str, config: dict) -> None:
                 if os.path.exists(os.path.join(out, name)):
                     os.remove(os.path.join(out, name))
     os.makedirs(out, exist_ok=True)
-    with open(marker, "w") as f:
-        json.dump(config, f, indent=1, sort_keys=True)
+    write_file(marker, (json.dumps(config, indent=1, sort_keys=True) + "\n").encode())
 
 
 def run_demo(out: str = "geomfast-demo", *, steps: int = DEMO["steps"], threads: int | None = None,
@@ -266,7 +266,6 @@ def run_demo(out: str = "geomfast-demo", *, steps: int = DEMO["steps"], threads:
         str(summary),
     ]
     text = "\n".join(lines)
-    with open(os.path.join(out, "summary.txt"), "w") as f:
-        f.write(text + "\n")
+    write_file(os.path.join(out, "summary.txt"), (text + "\n").encode())
     return {"db": db, "plot": png, "checkpoints": ck_dir, "summary": text,
             "train_s": t_train, "trace_s": t_trace, "total_s": time.perf_counter() - t0}

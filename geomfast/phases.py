@@ -927,9 +927,10 @@ def _run(args) -> int:
         if args.json_out == "-":
             print(text)
             return 0
+        from ._paths import write_file
+
         os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)  # as export, plot
-        with open(args.json_out, "w") as f:
-            f.write(text + "\n")
+        write_file(args.json_out, (text + "\n").encode())
     print(format_phases(results))
     if args.json_out not in (None, "-"):
         print(f"\nJSON written to {args.json_out}")

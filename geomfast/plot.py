@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
-import tempfile
 from collections import defaultdict
 from typing import Sequence
 
@@ -226,92 +224,10 @@ def plot_results(
     finally:
         plt.close(fig)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    from ._paths import write_file
+
     write_file(out, buf.getvalue())
     return out
-
-
-def write_file(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path``: all of it, flushed to the disk, or an OSError (ENOSPC …).
-
-    A regular file (or a new one) is written to a temporary file beside it that replaces it only
-    once complete, so a failed write leaves the previous file as it was and no partial one. A
-    device or FIFO (``/dev/stdout``) is written in place. A symlink is followed."""
-    shown = os.fspath(path)
-    try:
-        _write_file(os.path.realpath(shown), data)
-    except OSError as e:
-        if e.filename is None and e.errno is not None:  # os.write's errors name no file: name it
-            raise OSError(e.errno, e.strerror, shown) from None
-        raise
-
-
-def _write_file(path: str, data: bytes) -> None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        st = None
-    folder = os.path.dirname(path)
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        _write_fd(os.open(path, os.O_WRONLY), data, sync=False)
-        return
-    if not os.access(folder, os.W_OK | os.X_OK):  # an existing writable file, in a folder we cannot
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)  # add to: only in place (check_output_file)
-        try:
-            _write_fd(fd, data, sync=True)
-        except OSError:
-            try:  # no partial image left behind looking like a plot
-                os.truncate(path, 0)
-            except OSError:
-                pass
-            raise
-        return
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file 0600: give it the mode the file had, or a new file's (umask)
-        if st is not None:
-            mode = stat.S_IMODE(st.st_mode)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.fchmod(fd, mode)
-        _write_fd(fd, data, sync=True)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # the rename itself, on the disk
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
-
-
-def _write_fd(fd: int, data: bytes, *, sync: bool) -> None:
-    """Write all of ``data`` to the open descriptor ``fd`` and close it; OSError on any failure
-    (also one reported only by fsync or close, as NFS and full disks may)."""
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        if sync:
-            os.fsync(fd)
-    except BaseException:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-        raise
-    os.close(fd)
 
 
 # ----------------------------------------------------------------------------- phase shading

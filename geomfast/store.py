@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -812,7 +813,7 @@ def export(db: "str | os.PathLike | ResultStore", path: str | os.PathLike, *,
     format = format.lower()
     if format not in ("csv", "parquet"):
         raise ValueError(f"[export] format must be 'csv' or 'parquet', got {format!r}")
-    from ._paths import is_sqlite_file, same_file
+    from ._paths import is_sqlite_file, same_file, write_file
 
     src = db.path if isinstance(db, ResultStore) else os.fspath(db)
     if same_file(path, src) or is_sqlite_file(path):  # writing there would destroy a database
@@ -827,12 +828,15 @@ def export(db: "str | os.PathLike | ResultStore", path: str | os.PathLike, *,
     cols = list(EXPORT_COLUMNS)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
+    # Built in memory (a row is ~30 fields, no spectra), then written whole: a full disk or a
+    # kill half-way leaves the previous file, never a truncated table that reads as complete.
     if format == "csv":
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(cols)
-            for r in rows:
-                w.writerow(["" if r.get(c) is None else r.get(c) for c in cols])
+        text = io.StringIO(newline="")
+        w = csv.writer(text)
+        w.writerow(cols)
+        for r in rows:
+            w.writerow(["" if r.get(c) is None else r.get(c) for c in cols])
+        data = text.getvalue().encode()
     else:
         try:
             import pyarrow as pa
@@ -843,5 +847,8 @@ def export(db: "str | os.PathLike | ResultStore", path: str | os.PathLike, *,
         types.update({c: pa.int64() for c in ("step", "tokens", "n", "dim", "ord", "run_id")})
         schema = pa.schema([(c, types.get(c, pa.string())) for c in cols])
         table = pa.table({c: [r.get(c) for r in rows] for c in cols}, schema=schema)
-        pq.write_table(table, path)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        data = sink.getvalue().to_pybytes()
+    write_file(path, data)
     return len(rows)
