@@ -138,6 +138,10 @@ def _add_trace(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="RESULTS.db", help="SQLite results database")
     p.add_argument("--device", type=_device, default=None,
                    help="cpu, cuda, cuda:1 … (default: cpu)")
+    p.add_argument("--accumulate-on", default=None, choices=["auto", "model", "cpu"],
+                   help="where the Gram states live: model (the activations' device), cpu (host "
+                        "memory: the GPU's memory left to the model), or auto (the default: model, "
+                        "unless geomfast's CUDA backend cannot run here, then cpu with a warning)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="model weights (default float32; li2025: float16)")
     p.add_argument("--batch-size", type=int, default=None, metavar="B",
@@ -234,7 +238,7 @@ def _run_trace(args: argparse.Namespace) -> int:
         stage_starts=_stage_starts(args.stage_start),
         prefetch=False if args.no_prefetch else None,
         progress=False if args.no_progress else None,
-        parallel=args.parallel, device_map=args.device_map,
+        parallel=args.parallel, device_map=args.device_map, accumulate_on=args.accumulate_on,
     )
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports for all
         print(summary)

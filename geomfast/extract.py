@@ -113,6 +113,7 @@ def extract_accumulators(
     accumulators: dict | None = None,
     accumulator_factory: Callable | None = None,
     min_batch_size: int = 1,
+    device: str | None = None,
 ) -> dict:
     """Accumulate the Gram state of each (layer, pooling) over samples, in one truncated pass.
 
@@ -130,6 +131,9 @@ def extract_accumulators(
         shards); missing keys are created.
     accumulator_factory: ``f(dim, device, precision)`` -> accumulator (default
         ``geomfast.GramAccumulator``).
+    device: where the accumulators live: None (each layer's activations' own device) or a
+        device such as 'cpu', to which each pooled chunk is copied (the GPU's memory kept for
+        the model, or a GPU that geomfast's CUDA backend cannot use).
 
     Out of memory halves the batch size (down to ``min_batch_size``) and retries; layers already
     fed by the failed attempt are not fed twice.
@@ -181,6 +185,8 @@ def extract_accumulators(
             if key in state["skip"]:
                 continue
             x = pool(h, mask, p)
+            if device is not None and _device_str(x.device) != device:
+                x = x.to(device)
             acc = accs.get(key)
             if acc is None:
                 acc = accs[key] = factory(int(x.shape[-1]), _device_str(x.device), precision)
@@ -285,5 +291,5 @@ def extract_accumulators(
     if hidden is not None:
         for key in keys:
             if key not in accs:
-                accs[key] = factory(int(hidden), _device_str(in_device), precision)
+                accs[key] = factory(int(hidden), device or _device_str(in_device), precision)
     return {key: accs[key] for key in keys if key in accs}

@@ -44,7 +44,7 @@ _RUN_OUTCOME = ("status", "finished_at")
 # hash: where (``out``: a resume elsewhere, then merged, is the same work), on what hardware and
 # how fast, with what progress output. Everything else in a run's options must match for a
 # later run to have done its work.
-_NOT_WORK = frozenset({"out", "device", "device_map", "batch_size", "progress", "prefetch",
+_NOT_WORK = frozenset({"out", "device", "device_map", "accumulate_on", "batch_size", "progress", "prefetch",
                        "parallel", "world_size"})
 
 

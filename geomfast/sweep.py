@@ -83,6 +83,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 32,
     "device": "cpu",
     "padding_side": "right",
+    "accumulate_on": "auto",
 }
 
 
@@ -114,6 +115,9 @@ class TraceConfig:
     # where later training stages start: ((stage, step, tokens or None), …); see resolve_checkpoints
     stage_starts: tuple[tuple[int, int, int | None], ...] = ()
     device_map: str | None = None
+    # where the Gram states live: 'model' (each activation's own device) or 'cpu' (host memory;
+    # make_config resolves 'auto': the model's device where geomfast's backend for it can run)
+    accumulate_on: str = "auto"
     progress: bool = True
     prefetch: bool = True
 
@@ -199,6 +203,7 @@ def make_config(*, model, dataset=None, out, preset: str | None = None, **option
     layers, poolings = _split_spec(layers), _split_spec(pooling)
     _validate_request(layers, poolings)
     _validate_options(merged, fit_range)
+    merged["accumulate_on"] = _resolve_accumulate_on(merged)
     # what would fail alike for every checkpoint (an unreadable file, a hub id offline)
     dataset = check_dataset(dataset, local_files_only=bool(merged.get("local_files_only")))
     if "stage_starts" in merged:
@@ -247,6 +252,46 @@ def _validate_options(opts: dict, fit_range: tuple[int, ...]) -> None:
         if index is not None and index >= count:
             raise ValueError(f"[trace] device {device!r}: expected cuda:0 to cuda:{count - 1} "
                              f"({count} CUDA device(s) here), got index {index}")
+
+
+ACCUMULATE_ON = ("auto", "model", "cpu")
+
+
+def _resolve_accumulate_on(opts: dict) -> str:
+    """'model' or 'cpu' for the ``accumulate_on`` option. 'auto' (the default) is 'model' unless
+    the activations are on a CUDA device that geomfast's CUDA backend cannot use (not built, no
+    driver it can run on: ``geomfast.backends()['cuda']['reason']``); then the states are
+    accumulated in host memory, with a warning, rather than every checkpoint failing after its
+    model loaded. An explicit 'model' there is refused, with the reason."""
+    want = opts.get("accumulate_on") or "auto"
+    if not isinstance(want, str) or want.lower() not in ACCUMULATE_ON:
+        raise ValueError(f"[trace] accumulate_on must be one of {', '.join(ACCUMULATE_ON)}, got {want!r}")
+    want = want.lower()
+    if want == "cpu":
+        return "cpu"
+    device = str(opts.get("device") or "cpu")
+    on_cuda = device.startswith("cuda")
+    if not on_cuda and opts.get("device_map"):
+        import torch
+
+        on_cuda = torch.cuda.is_available()  # accelerate places the layers on the GPUs
+    if not on_cuda:
+        return "model"
+    from .linalg import backends
+
+    cuda = backends()["cuda"]
+    if cuda["usable"]:
+        return "model"
+    where = "the model's GPUs" if opts.get("device_map") else repr(device)
+    if want == "model":
+        raise ValueError(f"[trace] accumulate_on 'model' keeps the Gram states on {where}, but geomfast's CUDA "
+                         f"backend cannot run here ({cuda['reason']}); expected accumulate_on 'cpu' (or 'auto'), "
+                         "which accumulates them in host memory, or a geomfast built with CUDA "
+                         "(GEOMFAST_CUDA=ON, see the README)")
+    warnings.warn(f"[trace] geomfast's CUDA backend cannot run here ({cuda['reason']}): the Gram states are "
+                  f"accumulated on the CPU (as --accumulate-on cpu) while the model runs on {where}",
+                  stacklevel=3)
+    return "cpu"
 
 
 def _validate_request(layers: tuple[str, ...], poolings: tuple[str, ...]) -> None:
@@ -630,7 +675,8 @@ def extract_checkpoint(model, samples, cfg: TraceConfig, *, layers: Sequence[str
     return extract_accumulators(
         model, samples, layers=layers, pooling=pooling if len(pooling) > 1 else pooling[0],
         batch_size=cfg.batch_size, precision=cfg.precision, padding_side=cfg.padding_side,
-        progress=cfg.progress if progress is None else progress)
+        progress=cfg.progress if progress is None else progress,
+        device="cpu" if cfg.accumulate_on == "cpu" else None)
 
 
 def finalize(acc, cfg: TraceConfig, *, spectrum=None, singular_values=None) -> tuple[dict, dict[str, np.ndarray]]:

@@ -539,3 +539,25 @@ def test_singular_values_solved_on_the_device_match_the_cpu():
     got, want = gpu_acc.singular_values(), cpu_acc.singular_values()
     assert got.shape == want.shape == (257,)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * want[0])
+
+
+@gpu
+@needs_torch
+def test_extraction_from_a_gpu_model_into_cpu_states_matches_gpu_states():
+    """--accumulate-on cpu: pooled CUDA activations copied to host accumulators give the states
+    the CUDA accumulators give (both 'highest', so within 1e-12 of the same float64 sums)."""
+    pytest.importorskip("transformers")
+    from geomfast.extract import extract_accumulators
+    from helpers_models import build_tiny_model, corpus_texts, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    samples = [tok(t)["input_ids"] for t in corpus_texts(40, seed=5)]
+    model = build_tiny_model("gpt_neox", layers=2).eval().to("cuda")
+    opts = dict(layers=[0, "last"], pooling=["last", "mean", "all"], batch_size=8, precision="highest")
+    on_gpu = extract_accumulators(model, samples, **opts)
+    on_cpu = extract_accumulators(model, samples, device="cpu", **opts)
+    assert sorted(on_gpu) == sorted(on_cpu)
+    for key in on_gpu:
+        assert on_gpu[key].device.startswith("cuda") and on_cpu[key].device == "cpu"
+        assert on_gpu[key].count == on_cpu[key].count > 0
+        assert rel_fro(on_cpu[key].covariance(), on_gpu[key].covariance()) <= 1e-11
