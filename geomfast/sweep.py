@@ -722,9 +722,15 @@ def solve_all(accs: dict, cfg: TraceConfig) -> dict:
 
 # ----------------------------------------------------------------------------- the sweep
 
-def _short_error(e: BaseException) -> str:
+def _short_error(e: BaseException, cfg: "TraceConfig | None" = None) -> str:
+    """The error as stored and shown; with ``cfg``, a failure of geomfast's CUDA backend (its
+    messages start '[cuda]') says how to trace without it."""
     msg = f"{type(e).__name__}: {e}"
-    return msg if len(msg) <= 2000 else msg[:2000] + " …"
+    msg = msg if len(msg) <= 2000 else msg[:2000] + " …"
+    if cfg is not None and cfg.accumulate_on == "model" and "[cuda] " in msg:
+        msg += (" (geomfast's CUDA backend failed: --accumulate-on cpu, accumulate_on='cpu' in Python, "
+                "keeps the Gram states in host memory and solves their spectra on the CPU)")
+    return msg
 
 
 def trace(model: str | Sequence[str], *, dataset: str | None = None, out: str,
@@ -896,7 +902,7 @@ def _finalize_and_write(store: ResultStore, ck, accs: dict, cfg: TraceConfig, re
             metrics, spectra = finalize(acc, cfg, spectrum=spec, singular_values=sv)
             status, err = "ok", None
         except Exception as e:
-            metrics, spectra, status, err = None, None, "error", _short_error(e)
+            metrics, spectra, status, err = None, None, "error", _short_error(e, cfg)
             layer_errors += 1
             summary.errors.append((ck.revision, f"{layer}/{pooling}: {err}"))
         timings = {"load_s": load_s, "extract_s": extract_s,
@@ -914,9 +920,9 @@ def _finalize_and_write(store: ResultStore, ck, accs: dict, cfg: TraceConfig, re
 
 
 def _record_failure(store, ck, cfg, result_opts, run_id, e, trace_text, timings, summary, stage):
-    err = f"[{stage}] {_short_error(e)}"
+    err = f"[{stage}] {_short_error(e, cfg)}"
     if cfg.progress:
-        print(f"\n[geomfast] {ck.model}@{ck.revision} failed ({stage}): {_short_error(e)}",
+        print(f"\n[geomfast] {ck.model}@{ck.revision} failed ({stage}): {err[len(stage) + 3:]}",
               file=sys.stderr)
     store.write_error(ck, options=result_opts, error=err, run_id=run_id, timings=timings,
                       layers=["*" + ",".join(cfg.layers)], poolings=[",".join(cfg.poolings)])

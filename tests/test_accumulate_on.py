@@ -138,3 +138,29 @@ def test_the_config_decides_the_extraction_device(tmp_path, monkeypatch):
     for where, device in (("cpu", "cpu"), ("model", None), ("auto", None)):
         extract_checkpoint(None, [], _config(tmp_path, accumulate_on=where, progress=False))
     assert seen == ["cpu", None, None]
+
+
+@pytest.mark.parametrize("where", ["model", "cpu"])
+def test_a_cuda_backend_failure_is_stored_with_the_way_around_it(tmp_path, monkeypatch, where):
+    """A checkpoint whose extraction fails inside geomfast's CUDA backend (messages '[cuda] …')
+    is recorded, as any failure, with a hint to trace with the states on the CPU; a trace that
+    already accumulates there gets no such hint."""
+    from helpers_models import make_checkpoint_folder, write_text_files
+
+    import geomfast.sweep as sweep
+    from geomfast.store import ResultStore
+
+    ck = make_checkpoint_folder(tmp_path / "ckpts", steps=(0, 1))
+    docs = write_text_files(tmp_path / "data")["txt"]
+
+    def cuda_fault(*a, **k):
+        raise RuntimeError("[cuda] cudaStreamSynchronize(st) failed at gram_cuda.cu:502: an illegal memory access")
+
+    monkeypatch.setattr(sweep, "extract_checkpoint", cuda_fault)
+    s = sweep.trace(str(ck), dataset=str(docs), out=str(tmp_path / "r.db"), n_samples=16,
+                    fit_range=(3, 20), progress=False, accumulate_on=where)
+    assert (s.ok, s.failed) == (0, 2)
+    with ResultStore(tmp_path / "r.db", readonly=True) as store:
+        errors = [r["error"] for r in store.rows(status="error")]
+    assert len(errors) == 2 and all("illegal memory access" in e for e in errors)
+    assert all(("--accumulate-on cpu" in e) == (where == "model") for e in errors), errors
