@@ -7,6 +7,7 @@ length so that little compute goes to padding.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import warnings
@@ -223,9 +224,25 @@ def _iter_hub(dataset: str, *, split: str, text_field: str, seed: int, config: s
             f"[load_texts] {dataset!r} is not a local file; streaming a hub dataset needs the `datasets` "
             "package (pip install datasets), or pass a local .txt/.jsonl/.parquet file"
         ) from None
-    ds = datasets.load_dataset(dataset, config, split=split, streaming=True)
-    ds = ds.shuffle(seed=seed, buffer_size=10_000)
-    for rec in ds:
+    # What fails here (no such dataset, config or split; a gated one; the hub unreachable) fails
+    # alike for every checkpoint: a DatasetError, which stops the sweep with the reason instead of
+    # recording the same error at each checkpoint. (An error later in the stream is the
+    # checkpoint's own: the next one streams again.)
+    named = f"{dataset}:{config}" if config else dataset
+    try:
+        ds = datasets.load_dataset(dataset, config, split=split, streaming=True)
+        ds = ds.shuffle(seed=seed, buffer_size=10_000)
+        records = iter(ds)
+        first = next(records, None)
+    except Exception as err:  # datasets' own exception types vary across its versions
+        raise DatasetError(f"{_UPFRONT} {named!r} (split {split!r}) could not be streamed from the hub: "
+                           f"{type(err).__name__}: {' '.join(str(err).split())[:500]}") from None
+    if first is None:
+        raise DatasetError(f"{_UPFRONT} {named!r} (split {split!r}) streamed no records")
+    if text_field not in first:
+        raise DatasetError(f"{_UPFRONT} {named!r} (split {split!r}) has no field {text_field!r}: its records "
+                           f"have {sorted(first)[:12]}")
+    for rec in itertools.chain((first,), records):
         t = rec.get(text_field)
         if t:
             yield str(t)

@@ -224,3 +224,57 @@ def test_check_dataset_refuses_what_every_checkpoint_would_fail_on(tmp_path, fil
         check_dataset("org/corpus")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "datasets" else real(name, *a))
     assert check_dataset("org/corpus:config") == "org/corpus:config"  # online, with datasets: as given
+
+
+def test_a_hub_dataset_that_cannot_be_streamed_is_a_dataset_error(monkeypatch, tok):
+    """No such dataset / config, or records without the text field: the same for every
+    checkpoint, so a DatasetError (the sweep stops with it) instead of an error row per
+    checkpoint. A stream that works gives its texts in order."""
+    import sys
+    import types
+
+    import geomfast.checkpoints as ck
+    from geomfast.data import DatasetError
+
+    monkeypatch.setattr(ck, "_offline", lambda local_files_only: False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    now = {}
+
+    class Stream:
+        def __init__(self, records):
+            self.records = records
+
+        def shuffle(self, seed, buffer_size):
+            return self
+
+        def __iter__(self):
+            return iter(self.records)
+
+    def load_dataset(name, config, split, streaming):
+        assert streaming
+        got = now["records"]
+        if isinstance(got, Exception):
+            raise got
+        return Stream(got)
+
+    class DatasetNotFoundError(FileNotFoundError):
+        pass
+
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = load_dataset
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    now["records"] = DatasetNotFoundError("Dataset 'org/nope' doesn't exist on the Hub\nor cannot be accessed.")
+    with pytest.raises(DatasetError, match=r"^\[trace\] dataset 'org/nope:cfg' \(split 'train'\) could not be "
+                                           r"streamed from the hub: DatasetNotFoundError: Dataset 'org/nope' "
+                                           r"doesn't exist on the Hub or cannot be accessed\.$"):
+        load_samples("org/nope:cfg", tok, n_samples=4)
+    now["records"] = []
+    with pytest.raises(DatasetError, match=r"'org/empty' \(split 'train'\) streamed no records"):
+        load_texts("org/empty", n_samples=4)
+    now["records"] = [{"content": "a text", "id": 1}]
+    with pytest.raises(DatasetError, match=r"has no field 'text': its records have \['content', 'id'\]"):
+        load_texts("org/other-field", n_samples=4)
+    texts = corpus_texts(20, seed=9)
+    now["records"] = [{"text": t} for t in texts]
+    assert load_texts("org/ok", n_samples=5) == texts[:5]
+    assert len(load_samples("org/ok", tok, n_samples=4)) == 4
