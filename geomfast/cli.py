@@ -176,9 +176,22 @@ def _add_trace(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parallel", default=None, choices=["data", "checkpoint"],
                    help="under torchrun: shard the samples (data, the default) or deal out the "
                         "checkpoints (checkpoint); rank 0 writes the database")
+    p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                   help="trace only the I-th of N interleaved shares of the checkpoints (I from 0, "
+                        "e.g. $SLURM_ARRAY_TASK_ID/N), each job into its own --out; then "
+                        "`geomfast merge` the databases")
     p.add_argument("--device-map", type=_device_map, default=None, metavar="MAP",
                    help="accelerate device map for a model larger than one GPU: auto, balanced, "
                         "sequential, or a JSON object")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from .sweep import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("[trace] ")) from None
 
 
 def _stage_start(text: str) -> tuple[int, str | int]:
@@ -239,6 +252,7 @@ def _run_trace(args: argparse.Namespace) -> int:
         prefetch=False if args.no_prefetch else None,
         progress=False if args.no_progress else None,
         parallel=args.parallel, device_map=args.device_map, accumulate_on=args.accumulate_on,
+        shard=args.shard,
     )
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports for all
         print(summary)

@@ -118,6 +118,9 @@ class TraceConfig:
     # where the Gram states live: 'model' (each activation's own device) or 'cpu' (host memory;
     # make_config resolves 'auto': the model's device where geomfast's backend for it can run)
     accumulate_on: str = "auto"
+    # (index, count): this process traces every count-th checkpoint from the index-th (0-based)
+    # of the resolved list, e.g. one job of a SLURM array; the shards' databases merge into one
+    shard: tuple[int, int] | None = None
     progress: bool = True
     prefetch: bool = True
 
@@ -204,6 +207,8 @@ def make_config(*, model, dataset=None, out, preset: str | None = None, **option
     _validate_request(layers, poolings)
     _validate_options(merged, fit_range)
     merged["accumulate_on"] = _resolve_accumulate_on(merged)
+    if merged.get("shard") is not None:
+        merged["shard"] = parse_shard(merged["shard"])
     # what would fail alike for every checkpoint (an unreadable file, a hub id offline)
     dataset = check_dataset(dataset, local_files_only=bool(merged.get("local_files_only")))
     if "stage_starts" in merged:
@@ -252,6 +257,34 @@ def _validate_options(opts: dict, fit_range: tuple[int, ...]) -> None:
         if index is not None and index >= count:
             raise ValueError(f"[trace] device {device!r}: expected cuda:0 to cuda:{count - 1} "
                              f"({count} CUDA device(s) here), got index {index}")
+
+
+def parse_shard(shard) -> tuple[int, int]:
+    """(index, count) from 'I/N' or a pair: the I-th of N shards, 0 <= I < N (0-based, as
+    SLURM_ARRAY_TASK_ID with --array=0-(N-1), or torch's RANK)."""
+    text = shard if isinstance(shard, str) else None
+    try:
+        if text is not None:
+            i, n = (int(p) for p in text.strip().split("/"))
+        else:
+            i, n = (int(p) for p in shard)
+            if any(isinstance(p, bool) or int(p) != p for p in shard):
+                raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"[trace] shard must be 'I/N' (the I-th of N shards, from 0), got {shard!r}") from None
+    if n < 1 or not 0 <= i < n:
+        hint = " (shards count from 0: the last of N is N-1/N)" if n >= 1 and i == n else ""
+        raise ValueError(f"[trace] shard {i}/{n}: expected N >= 1 and 0 <= I < N{hint}")
+    return i, n
+
+
+def shard_checkpoints(checkpoints: Sequence, shard: tuple[int, int] | None) -> list:
+    """The checkpoints of one shard: every N-th of the resolved list from the I-th (interleaved,
+    so each shard holds early and late checkpoints of every series alike)."""
+    if shard is None:
+        return list(checkpoints)
+    i, n = shard
+    return list(checkpoints)[i::n]
 
 
 ACCUMULATE_ON = ("auto", "model", "cpu")
@@ -424,6 +457,12 @@ def requested_checkpoints(cfg: TraceConfig) -> list:
                                       cfg.revisions, local_files_only=cfg.local_files_only,
                                       stage_starts={k: (step, tokens) for k, step, tokens in cfg.stage_starts})
     check_block_indices(checkpoints, cfg)  # before any weights load
+    if cfg.shard is not None:
+        mine = shard_checkpoints(checkpoints, cfg.shard)
+        if not mine:
+            warnings.warn(f"[trace] shard {cfg.shard[0]}/{cfg.shard[1]} holds no checkpoint: the request "
+                          f"resolves to {len(checkpoints)}, fewer than the {cfg.shard[1]} shards", stacklevel=3)
+        return mine
     return checkpoints
 
 
