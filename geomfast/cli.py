@@ -267,12 +267,15 @@ def _add_export(p: argparse.ArgumentParser) -> None:
                    help="default: from the output file's extension")
     p.add_argument("-o", "--output", required=True, metavar="FILE")
     p.add_argument("--ok-only", action="store_true", help="leave out error rows")
+    p.add_argument("--spectra", action="store_true",
+                   help="Parquet only: also each row's stored spectra, as list columns "
+                        "covariance_spectrum and singular_values")
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from .store import export
 
-    n = export(args.db, args.output, format=args.format, include_errors=not args.ok_only)
+    n = export(args.db, args.output, format=args.format, include_errors=not args.ok_only, spectra=args.spectra)
     print(f"{n} row(s) written to {args.output}")
     return 0
 
@@ -280,8 +283,14 @@ def _run_export(args: argparse.Namespace) -> int:
 def _add_plot(p: argparse.ArgumentParser) -> None:
     p.add_argument("db", metavar="RESULTS.db")
     p.add_argument("-o", "--output", required=True, metavar="FILE.png")
-    p.add_argument("--metrics", default="rankme,alpha",
+    p.add_argument("--metrics", default=None,
                    help="comma list of result columns, one panel each (default rankme,alpha)")
+    p.add_argument("--spectra", action="store_true",
+                   help="plot the stored covariance eigenspectra of one series instead (log-log, one "
+                        "curve per checkpoint, α fit range shaded): the --model/--layer/--pooling "
+                        "series, by default the final layer, last token")
+    p.add_argument("--checkpoints", type=int, default=None, metavar="K",
+                   help="with --spectra: at most K checkpoints, spread over training (default 8)")
     p.add_argument("--model", default=None, help="only this model")
     p.add_argument("--layer", default=None, help="only this layer (e.g. last, block3, embed)")
     p.add_argument("--pooling", default=None, help="only this pooling (last, mean, all)")
@@ -294,9 +303,23 @@ def _add_plot(p: argparse.ArgumentParser) -> None:
 
 
 def _run_plot(args: argparse.Namespace) -> int:
-    from .plot import plot_results
+    from .plot import plot_results, plot_spectra
 
-    out = plot_results(args.db, args.output, metrics=[m for m in args.metrics.split(",") if m],
+    if args.spectra:
+        clash = [flag for flag, given in (("--metrics", args.metrics is not None),
+                                          ("--no-phases", args.no_phases)) if given]
+        if clash:
+            raise ValueError(f"{' and '.join(clash)} plot(s) metrics against step; --spectra plots eigenspectra: "
+                             "expected one or the other")
+        out = plot_spectra(args.db, args.output, model=args.model, layer=args.layer, pooling=args.pooling,
+                           options_hash=args.options_hash, title=args.title,
+                           checkpoints=8 if args.checkpoints is None else args.checkpoints)
+        print(f"plot written to {out}")
+        return 0
+    if args.checkpoints is not None:
+        raise ValueError("--checkpoints K chooses the curves of --spectra: expected --spectra with it")
+    metrics = "rankme,alpha" if args.metrics is None else args.metrics
+    out = plot_results(args.db, args.output, metrics=[m for m in metrics.split(",") if m],
                        model=args.model, layer=args.layer, pooling=args.pooling,
                        options_hash=args.options_hash, title=args.title, phases=not args.no_phases)
     print(f"plot written to {out}")

@@ -11,7 +11,7 @@ import os
 from collections import defaultdict
 from typing import Sequence
 
-__all__ = ["plot_results", "reference_series", "series"]
+__all__ = ["plot_results", "plot_spectra", "reference_series", "series", "spread_checkpoints"]
 
 
 def series(rows: Sequence[dict], *, x: str = "step") -> dict[tuple[str, str, str, str], list[dict]]:
@@ -105,16 +105,7 @@ def plot_results(
     from .store import ResultStore
 
     check_output_file(out, "out", [("db", db.path if isinstance(db, ResultStore) else db)])
-    # The format is the extension's (PNG without one), checked before anything is drawn; the
-    # file is written at ``out`` exactly (savefig(path) would have added '.png' to a bare name).
-    ext = os.path.splitext(os.fspath(out))[1][1:].lower()
-    if ext:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-        supported = FigureCanvasAgg.get_supported_filetypes()
-        if ext not in supported:
-            raise ValueError(f"[plot_results] out {os.fspath(out)!r}: cannot write '.{ext}' files; expected "
-                             f"one of {', '.join('.' + e for e in sorted(supported))} (or no extension: PNG)")
+    ext = _image_format(out, "plot_results")
     store = db if isinstance(db, ResultStore) else ResultStore(db, readonly=True)
     try:
         rows = store.rows(status="ok")
@@ -215,6 +206,27 @@ def plot_results(
         title = ", ".join(models) if len(models) <= 3 else f"{len(models)} models"
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
+    return _save(fig, out, ext, dpi)
+
+
+def _image_format(out, func: str) -> str:
+    """The image format of ``out``: its extension's, '' (PNG) without one; checked before anything
+    is drawn. The file is written at ``out`` exactly (savefig(path) would add '.png' to a bare
+    name)."""
+    ext = os.path.splitext(os.fspath(out))[1][1:].lower()
+    if ext:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        supported = FigureCanvasAgg.get_supported_filetypes()
+        if ext not in supported:
+            raise ValueError(f"[{func}] out {os.fspath(out)!r}: cannot write '.{ext}' files; expected "
+                             f"one of {', '.join('.' + e for e in sorted(supported))} (or no extension: PNG)")
+    return ext
+
+
+def _save(fig, out, ext: str, dpi: int) -> str:
+    import matplotlib.pyplot as plt
+
     out = os.fspath(out)
     try:
         # Render in memory, then write the file ourselves: savefig(path) lets a failed write
@@ -228,6 +240,113 @@ def plot_results(
 
     write_file(out, buf.getvalue())
     return out
+
+
+# ----------------------------------------------------------------------------- eigenspectra
+
+def spread_checkpoints(rows: Sequence[dict], k: int) -> list[dict]:
+    """Up to ``k`` rows of one series (sorted along training), spread evenly over its positions:
+    the first and the last always, the others between (on the usual log-spaced checkpoint
+    schedules, evenly in log-step)."""
+    import numpy as np
+
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"[plot_spectra] checkpoints must be a positive int, got {k!r}")
+    if len(rows) <= k:
+        return list(rows)
+    if k == 1:
+        return [rows[-1]]
+    picks = np.unique(np.round(np.linspace(0, len(rows) - 1, k)).astype(int))
+    return [rows[i] for i in picks]
+
+
+def _fit_range_of(row: dict) -> tuple[int, int] | None:
+    import json
+
+    try:
+        fr = json.loads(row.get("options") or "{}").get("fit_range")
+        return (int(fr[0]), int(fr[1])) if fr else None
+    except (ValueError, TypeError, AttributeError, IndexError):
+        return None
+
+
+def plot_spectra(
+    db,
+    out: str | os.PathLike,
+    *,
+    model: str | None = None,
+    layer: str | None = None,
+    pooling: str | None = None,
+    options_hash: str | None = None,
+    checkpoints: int = 8,
+    title: str | None = None,
+    dpi: int = 120,
+) -> str:
+    """The stored covariance eigenspectra of one series across training, log-log: each
+    eigenvalue as a fraction of the total variance against its rank (1-based), one curve per
+    checkpoint (up to ``checkpoints`` of them, spread over training, coloured from early to
+    late), with the α-ReQ fit range shaded and each curve's α and RankMe in the legend — the
+    picture behind α-ReQ (a steeper decay: a larger α). The series is the only one left by the
+    filters, else the paper's (:func:`reference_series`: final layer, last token), named in the
+    title. Saves to ``out`` (format from its extension, PNG without one)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ._paths import check_output_file
+    from .store import ResultStore, filter_rows, model_key
+
+    check_output_file(out, "out", [("db", db.path if isinstance(db, ResultStore) else db)])
+    ext = _image_format(out, "plot_spectra")
+    store = db if isinstance(db, ResultStore) else ResultStore(db, readonly=True)
+    try:
+        rows = store.rows(status="ok")
+        if not rows:
+            raise ValueError(f"[plot_spectra] no successful results in {getattr(db, 'path', db)!r}")
+        rows = filter_rows(rows, model=model_key(model), layer=layer, pooling=pooling,
+                           options_hash=options_hash, func="plot_spectra")
+        use_step = any(r.get("step") is not None for r in rows)
+        groups = series(rows, x="step" if use_step else "ord")
+        ref = reference_series(list(groups))
+        picked = spread_checkpoints(groups[ref], checkpoints)
+        curves = [(r, store.spectrum(r["id"], "covariance")) for r in picked]
+    finally:
+        if store is not db:
+            store.close()
+    curves = [(r, np.asarray(s, dtype=np.float64)) for r, s in curves if s is not None and len(s)]
+    if not curves:
+        raise ValueError(f"[plot_spectra] no stored covariance spectrum for {ref[0]}, {ref[1]}, {ref[2]} pooling "
+                         "(rows written before spectra were stored: re-trace them)")
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    cmap = plt.get_cmap("viridis")
+    for j, (r, s) in enumerate(curves):
+        total = float(np.sum(s[s > 0]))
+        keep = s > 0
+        if total <= 0 or not keep.any():
+            continue
+        ranks = np.arange(1, len(s) + 1)[keep]
+        when = f"step {r['step']:,}" if r.get("step") is not None else str(r["revision"])
+        stats = ", ".join(f"{name} {r[key]:.{prec}f}" for name, key, prec in
+                          (("α", "alpha", 2), ("RankMe", "rankme", 1)) if r.get(key) is not None)
+        ax.loglog(ranks, s[keep] / total, color=cmap(j / max(len(curves) - 1, 1)), linewidth=1.4,
+                  label=f"{when}" + (f" ({stats})" if stats else ""))
+    fr = _fit_range_of(curves[-1][0])
+    if fr is not None:
+        ax.axvspan(fr[0] + 1, fr[1], color="0.5", alpha=0.12, label=f"α fit: ranks {fr[0] + 1}–{fr[1]}")
+    ax.set_xlabel("eigenvalue rank (1 = largest)")
+    ax.set_ylabel("fraction of the total variance")
+    ax.grid(True, which="major", alpha=0.35)
+    ax.grid(True, which="minor", alpha=0.12)
+    ax.legend(fontsize=8, loc="lower left")
+    what = f"{ref[0]}: {_series_label(ref[1], ref[2])}"
+    if len({k[3] for k in groups}) > 1:
+        what += f" [options {ref[3][:8]}]"
+    ax.set_title(title or f"covariance eigenspectra across training — {what}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out, ext, dpi)
 
 
 # ----------------------------------------------------------------------------- phase shading

@@ -800,9 +800,12 @@ def filter_rows(rows: list[dict], *, layer: str | None = None, pooling: str | No
 
 
 def export(db: "str | os.PathLike | ResultStore", path: str | os.PathLike, *,
-           format: str | None = None, include_errors: bool = True) -> int:
-    """Write every result row (not the spectra) to ``path`` as CSV or Parquet (pyarrow).
-    Returns the number of rows written. ``format`` defaults to the file extension."""
+           format: str | None = None, include_errors: bool = True, spectra: bool = False) -> int:
+    """Write every result row to ``path`` as CSV or Parquet (pyarrow).
+    Returns the number of rows written. ``format`` defaults to the file extension.
+    ``spectra`` (Parquet only): also the stored spectra, as list columns
+    ``covariance_spectrum`` (descending covariance eigenvalues) and ``singular_values`` (of the
+    raw activations), null where a row has none (errors)."""
     path = os.fspath(path)
     if format is None:
         ext = os.path.splitext(path)[1].lower()
@@ -813,6 +816,9 @@ def export(db: "str | os.PathLike | ResultStore", path: str | os.PathLike, *,
     format = format.lower()
     if format not in ("csv", "parquet"):
         raise ValueError(f"[export] format must be 'csv' or 'parquet', got {format!r}")
+    if spectra and format != "parquet":
+        raise ValueError(f"[export] spectra are list columns, which CSV cannot hold: expected a .parquet "
+                         f"file (or format='parquet') with spectra, got {format!r} for {path!r}")
     from ._paths import is_sqlite_file, same_file, write_file
 
     src = db.path if isinstance(db, ResultStore) else os.fspath(db)
@@ -822,6 +828,10 @@ def export(db: "str | os.PathLike | ResultStore", path: str | os.PathLike, *,
     store = db if isinstance(db, ResultStore) else ResultStore(db, readonly=True)
     try:
         rows = store.rows(status=None if include_errors else "ok")
+        lists = {}
+        if spectra:
+            for col, kind in (("covariance_spectrum", "covariance"), ("singular_values", "singular")):
+                lists[col] = [None if (s := store.spectrum(r["id"], kind)) is None else s.tolist() for r in rows]
     finally:
         if not isinstance(db, ResultStore):
             store.close()
@@ -845,8 +855,9 @@ def export(db: "str | os.PathLike | ResultStore", path: str | os.PathLike, *,
             raise ImportError("[export] parquet needs pyarrow: pip install 'geomfast[parquet]'") from e
         types = {c: pa.float64() for c in (*METRIC_COLUMNS, "load_s", "extract_s", "metrics_s", "created_at")}
         types.update({c: pa.int64() for c in ("step", "tokens", "n", "dim", "ord", "run_id")})
-        schema = pa.schema([(c, types.get(c, pa.string())) for c in cols])
-        table = pa.table({c: [r.get(c) for r in rows] for c in cols}, schema=schema)
+        types.update({c: pa.list_(pa.float64()) for c in lists})
+        schema = pa.schema([(c, types.get(c, pa.string())) for c in (*cols, *lists)])
+        table = pa.table({**{c: [r.get(c) for r in rows] for c in cols}, **lists}, schema=schema)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         data = sink.getvalue().to_pybytes()

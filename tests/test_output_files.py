@@ -105,3 +105,40 @@ def test_export_csv_round_trips(tmp_path):
     i = table[0].index("rankme")
     assert [float(r[i]) for r in table[1:]] == [r["rankme"] for r in rows]
     assert oct(os.stat(tmp_path / "r.csv").st_mode & 0o777) != oct(0o600)  # not mkstemp's mode
+
+
+def test_export_with_spectra_holds_the_stored_values(tmp_path, capsys):
+    """--spectra: Parquet list columns equal to the stored spectra (null for a row without);
+    CSV is refused, naming the fix."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    from geomfast.cli import main
+    from geomfast.store import ResultStore, export
+
+    rng = np.random.default_rng(4)
+    want = {}
+    with ResultStore(tmp_path / "r.db") as s:
+        for i in range(3):
+            ck = dict(model="org/tiny", revision=f"step{i}", step=i, order=i)
+            spec = np.sort(rng.random(16))[::-1]
+            sv = np.sqrt(spec * 99) + rng.random(16) * 1e-3
+            s.write_result(ck, "last", "last", options={"x": 1}, metrics={"rankme": 3.0 + i, "n": 100, "dim": 16},
+                           spectra={"covariance": spec, "singular": sv})
+            want[f"step{i}"] = (spec, sv)
+        s.write_error(dict(model="org/tiny", revision="step9", step=9, order=9), options={"x": 1}, error="boom")
+    assert main(["export", str(tmp_path / "r.db"), "-o", str(tmp_path / "r.parquet"), "--spectra"]) == 0
+    assert "4 row(s) written" in capsys.readouterr().out
+    t = pq.read_table(tmp_path / "r.parquet").to_pylist()
+    assert len(t) == 4
+    for r in t:
+        if r["revision"] == "step9":
+            assert r["status"] == "error" and r["covariance_spectrum"] is None and r["singular_values"] is None
+            continue
+        spec, sv = want[r["revision"]]
+        assert np.array_equal(r["covariance_spectrum"], spec) and np.array_equal(r["singular_values"], sv)
+    plain = pq.read_table(export(tmp_path / "r.db", tmp_path / "plain.parquet") and tmp_path / "plain.parquet")
+    assert "covariance_spectrum" not in plain.column_names
+    with pytest.raises(ValueError, match=r"\[export\] spectra are list columns, which CSV cannot hold"):
+        export(tmp_path / "r.db", tmp_path / "r.csv", spectra=True)
+    assert main(["export", str(tmp_path / "r.db"), "-o", str(tmp_path / "r.csv"), "--spectra"]) == 1
+    assert "expected a .parquet file" in capsys.readouterr().err
+    assert not (tmp_path / "r.csv").exists()
