@@ -66,6 +66,9 @@ def test_shards_merged_equal_one_trace(tmp_path):
         parts.append(tmp_path / f"part{i}.db")
     merge_stores(tmp_path / "merged.db", parts)
     assert _rows(tmp_path / "merged.db") == _rows(tmp_path / "whole.db")
+    # the merged shards count as the whole request done: an unsharded trace there does nothing
+    resumed = trace(str(ck), out=str(tmp_path / "merged.db"), **kw)
+    assert (resumed.ok, resumed.skipped, resumed.failed) == (0, len(STEPS), 0)
     # a shard re-run resumes its own share only: nothing left to do
     again = trace(str(ck), out=str(tmp_path / "part1.db"), shard=(1, 3), **kw)
     assert (again.ok, again.skipped) == (0, len(STEPS[1::3]))
