@@ -436,6 +436,83 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- info
+
+def environment() -> dict:
+    """What this geomfast runs on: versions, the backends (what was built, what is usable here,
+    and why not), the CPU's Gram kernels, the CUDA devices torch sees. For bug reports and the
+    first run on a new machine; nothing here loads a model or touches the network."""
+    import importlib.metadata
+    import platform
+
+    from . import __version__
+    from .linalg import backends
+
+    def version(dist: str) -> str | None:
+        names = (dist,) if dist != "cupy" else ("cupy", "cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x")
+        for name in names:  # cupy's wheels are named by their CUDA
+            try:
+                return importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                pass
+        return None
+
+    info: dict = {"geomfast": __version__, "python": platform.python_version(),
+                  "platform": platform.platform(), "cpu_count": os.cpu_count(),
+                  "packages": {d: version(d) for d in ("numpy", "torch", "transformers", "tokenizers",
+                                                       "safetensors", "accelerate", "datasets", "scipy",
+                                                       "scikit-learn", "cupy", "matplotlib", "pyarrow")},
+                  "backends": backends()}
+    try:
+        import torch
+
+        cuda = {"torch_cuda": torch.version.cuda, "available": bool(torch.cuda.is_available())}
+        if cuda["available"]:
+            cuda["devices"] = [f"cuda:{i}: {torch.cuda.get_device_name(i)} (compute capability "
+                               f"{'.'.join(map(str, torch.cuda.get_device_capability(i)))})"
+                               for i in range(torch.cuda.device_count())]
+        info["torch_cuda"] = cuda
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        info["torch_cuda"] = None
+    return info
+
+
+def _add_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="the same as JSON on stdout")
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    import json
+
+    info = environment()
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"geomfast {info['geomfast']} on Python {info['python']}, {info['platform']}, {info['cpu_count']} CPU(s)")
+    print("packages: " + ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v is not None))
+    missing = [k for k, v in info["packages"].items() if v is None]
+    if missing:
+        print("not installed: " + ", ".join(missing))
+    for name, b in info["backends"].items():
+        state = "usable" if b["usable"] else ("built, not usable" if b["built"] else "not built")
+        line = f"backend {name}: {state}"
+        if b.get("device_count"):
+            line += f", {b['device_count']} device(s)"
+        print(line + (f" — {b['reason']}" if b.get("reason") else ""))
+        if b.get("details"):
+            print(f"  {b['details']}")
+    tc = info.get("torch_cuda")
+    if tc is not None:
+        print(f"torch: CUDA {tc['torch_cuda'] or '(CPU build)'}, available: {tc['available']}, "
+              f"{info.get('torch_threads')} thread(s)")
+        for d in tc.get("devices", []):
+            print(f"  {d}")
+        if tc["available"] and not info["backends"]["cuda"]["usable"]:
+            print("  (geomfast traces there with --accumulate-on cpu: the Gram states in host memory)")
+    return 0
+
+
 _DB = PathArg("db", "RESULTS.db", "input")
 # trace checks --out itself (sweep, on rank 0 alone: other ranks never write it)
 register("trace", "trace RankMe / α-ReQ across checkpoints and layers into a results database",
@@ -447,6 +524,8 @@ register("plot", "plot RankMe and α against training step", _add_plot, _run_plo
          paths=(_DB, PathArg("output", "-o", "file")))
 register("demo", "offline demo: train a tiny GPT-NeoX, trace its checkpoints, plot",
          _add_demo, _run_demo, paths=(PathArg("out", "--out", "folder"),))
+register("info", "what geomfast runs on here: versions, backends (and why one is unusable), devices",
+         _add_info, _run_info)
 
 
 # ----------------------------------------------------------------------------- paths
