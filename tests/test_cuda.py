@@ -284,6 +284,50 @@ def test_strided_and_column_major_inputs():
 
 @gpu
 @needs_torch
+@pytest.mark.parametrize("precision", ["highest", "fast"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_views_not_on_16_byte_boundaries(dtype, precision, gram_kernel):
+    """Views whose rows are not 16-byte aligned (the 16-byte-vector kernels must not read them):
+    x[:, 1:], a storage offset of one element with whole-vector strides, 16-bit rows 8 bytes
+    apart, x[3:] of an odd width, a transposed view at an offset; and x[3:] of whole vectors,
+    which the vector kernels read. tests/cuda_emulation checks the same on the CPU."""
+    if precision == "highest" and gram_kernel != "cublas":
+        pytest.skip("the kernel choice is the fast 16-bit path's")
+    n = 3000
+    flat = random_rows(n * 72 + 8, 1, dtype, seed=41, mean=3.0).reshape(-1)
+    views = {
+        "x[:, 1:]": flat[: n * 65].view(n, 65)[:, 1:],
+        "offset 1, row stride 72": flat[1 : 1 + n * 72].view(n, 72)[:, :64],
+        "rows of 68": flat[: n * 68].view(n, 68)[:, :64],
+        "x[3:], 37 columns": flat[: (n + 3) * 37].view(n + 3, 37)[3:],
+        "x[3:], 64 columns": flat[: (n + 3) * 64].view(n + 3, 64)[3:],
+        "transposed, offset 1": flat[1 : 1 + 40 * (n + 1)].view(40, n + 1)[:, :n].T,
+    }
+    for name, x in views.items():
+        acc = feed(geomfast.GramAccumulator(x.shape[1], device="cuda", precision=precision), x)
+        torch.cuda.synchronize()  # a misaligned load would surface here, as a sticky error
+        assert rel_fro(acc.covariance(), gpu_reference_cov(x)) <= BARS[precision], name
+
+
+@gpu
+def test_cupy_data_misaligned_for_its_type_is_refused():
+    """A cupy array made at a byte offset (memptr + 1): every load of it would fault (and lose the
+    context), so update() and eigvalsh() refuse it before any kernel runs."""
+    cupy = pytest.importorskip("cupy")
+    d = 16
+    raw = cupy.zeros(4 * d * d + 16, dtype=cupy.uint8)
+    x = cupy.ndarray((d, d), dtype=cupy.float32, memptr=raw.data + 2)
+    acc = geomfast.GramAccumulator(d, device="cuda", precision="fast")
+    with pytest.raises(ValueError, match="aligned"):
+        acc.update(x)
+    assert acc.count == 0
+    with pytest.raises(ValueError, match="aligned"):
+        geomfast.eigvalsh(x)
+    cupy.cuda.Device().synchronize()  # the context is intact
+
+
+@gpu
+@needs_torch
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_non_default_stream(dtype):
     d = 96

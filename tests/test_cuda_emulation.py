@@ -148,9 +148,11 @@ def run_driver(exe: Path, **fake_env: str) -> str:
 
 def test_cuda_gram_host_code_on_cpu_emulation(host_emulation):
     """CudaGram itself (gram_cuda.cu's host code, launchers and kernels): every update path, dtype
-    switches, non-finite chunks, state()/set_state()/add_state()/reset(), against long double."""
+    switches, non-finite chunks, state()/set_state()/add_state()/reset(), views at any offset and
+    stride (the 16-byte-vector kernels only where rows are 16-byte aligned: the emulation aborts on
+    a misaligned vector load), data misaligned for its type refused, against long double."""
     out = run_driver(host_emulation["cuda_gram_emulation"])
-    assert out.count(" -> ok") == 52
+    assert out.count(" -> ok") == 65
     assert "fast 16-bit kernels cublas, tc, wg)" in out  # the fake device is a 9.0: backends() lists wg
 
 
@@ -158,8 +160,9 @@ def test_cuda_eigensolvers_on_cpu_emulation(host_emulation):
     """eig_cuda.cu: the full solve from the upper triangle of any layout, float32, the cuSOLVER
     failure chain (float32 -> float64 -> CPU, warned), a non-finite matrix, the randomized solver
     over cuBLAS/cuSOLVER, spectrum() and the batched spectra (and their fallback), eigvalsh of a batch
-    of matrices (its checks, fallback and randomized route)."""
-    assert run_driver(host_emulation["cuda_eig_emulation"]).count(" -> ok") == 18
+    of matrices (its checks, fallback and randomized route), an offset / padded view, data
+    misaligned for its type refused."""
+    assert run_driver(host_emulation["cuda_eig_emulation"]).count(" -> ok") == 19
 
 
 def test_cuda_solvers_without_memory_pools_on_cpu_emulation(host_emulation):
@@ -167,4 +170,4 @@ def test_cuda_solvers_without_memory_pools_on_cpu_emulation(host_emulation):
     stream-ordered allocation unsupported): every buffer falls back to cudaMalloc / cudaFree, and the
     fake runtime aborts on a buffer freed the other way. The eigensolver driver covers the
     accumulators' state, covariance and spectra buffers too."""
-    assert run_driver(host_emulation["cuda_eig_emulation"], GF_FAKE_NO_MEMPOOLS="1").count(" -> ok") == 18
+    assert run_driver(host_emulation["cuda_eig_emulation"], GF_FAKE_NO_MEMPOOLS="1").count(" -> ok") == 19

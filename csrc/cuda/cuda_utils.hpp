@@ -69,6 +69,15 @@ namespace geomfast::cuda {
 
 inline cudaStream_t as_stream(std::uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
+// Whether a view's data start at its elements' natural alignment, which every kernel's loads of it
+// need: the strides count elements, so then every element is aligned. Otherwise each load is a
+// misaligned address (cudaErrorMisalignedAddress, sticky: the context is lost for the process).
+// torch views always are (storage offsets count elements); a cupy array made at a byte offset
+// (cupy.ndarray(shape, dtype, memptr=m + 1)) need not be.
+inline bool elements_aligned(const MatrixView& x) {
+  return reinterpret_cast<std::uintptr_t>(x.data) % dtype_size(x.dtype) == 0;
+}
+
 // Whether runtime device `device` has an active primary context (the driver's
 // cuDevicePrimaryCtxGetState, reached through the runtime: no libcuda link). True when unknown.
 inline bool has_primary_context(int device) {

@@ -250,6 +250,10 @@ void check_matrix(const MatrixView& a) {
     GF_THROW(ValueError, "[eigvalsh] expected a square matrix, got shape (", a.rows, ", ", a.cols, ")");
   if (a.dtype != DType::kFloat64 && a.dtype != DType::kFloat32)
     GF_THROW(TypeError, "[eigvalsh] expected float32 or float64, got ", dtype_name(a.dtype));
+  if (!elements_aligned(a))  // before any kernel reads it (a fault would lose the context)
+    GF_THROW(ValueError, "[eigvalsh] expected ", dtype_name(a.dtype), " data aligned to its ", dtype_size(a.dtype),
+             "-byte elements, got a matrix starting ", reinterpret_cast<std::uintptr_t>(a.data) % dtype_size(a.dtype),
+             " byte(s) past a boundary; pass a copy of it");
 }
 
 }  // namespace

@@ -267,6 +267,11 @@ class CudaGram final : public GramBackend {
     if (x.cols != dim_)
       GF_THROW(ValueError, "[GramAccumulator.update] expected a 2-D array with ", dim_,
                " columns, got shape (", x.rows, ", ", x.cols, ")");
+    if (!elements_aligned(x))  // before any kernel reads it (a fault would lose the context)
+      GF_THROW(ValueError, "[GramAccumulator.update] expected ", dtype_name(x.dtype), " data aligned to its ",
+               dtype_size(x.dtype), "-byte elements, got an array starting ",
+               reinterpret_cast<std::uintptr_t>(x.data) % dtype_size(x.dtype),
+               " byte(s) past a boundary; pass a copy of it; nothing was accumulated");
     if (x.rows == 0) return;
     check_intact("update");
     DeviceGuard guard(device_);

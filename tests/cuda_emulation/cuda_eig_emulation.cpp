@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -143,6 +144,44 @@ int main() {
       raised = true;
     }
     report("non-finite matrix: a ValueError before any solver, not NaN", 0.0, 1.0, raised);
+    {
+      // a view at a storage offset with a padded row stride (a[1:, 1:]-like: any offset, any
+      // stride), float32; and data misaligned for its type (a cupy array made at memptr + 1 / + 2):
+      // a ValueError before any kernel reads it (each load would fault on a GPU)
+      const int64_t ld = n + 3;
+      std::vector<float> padded(static_cast<size_t>((n + 1) * ld + 8), NAN);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < n; ++j) padded[1 + i * ld + j] = static_cast<float>(a[i * n + j]);
+      r = eigvalsh_cuda(cuda_view(padded.data() + 1, DType::kFloat32, n, ld, 1), full);
+      const bool strided_ok = max_rel(r.values, lam, n) <= 1e-6;
+      std::vector<unsigned char> raw(n * n * sizeof(double) + 16);
+      bool refused = true;
+      for (DType t : {DType::kFloat64, DType::kFloat32}) {
+        const size_t shift = t == DType::kFloat64 ? 4 : 2;
+        const auto at = reinterpret_cast<std::uintptr_t>(raw.data());
+        unsigned char* p = raw.data() + (16 - at % 16) % 16 + shift;
+        for (int64_t i = 0; i < n * n; ++i) {
+          if (t == DType::kFloat64) std::memcpy(p + i * 8, &a[i], 8);
+          const float f = static_cast<float>(a[i]);
+          if (t == DType::kFloat32) std::memcpy(p + i * 4, &f, 4);
+        }
+        bool this_one = false;
+        try {
+          eigvalsh_cuda(cuda_view(p, t, n, n, 1), full);
+        } catch (const ValueError& e) {
+          this_one = std::string(e.what()).find("aligned") != std::string::npos;
+        }
+        try {
+          eigvalsh_many({cuda_view(a.data(), DType::kFloat64, n, n, 1), cuda_view(p, t, n, n, 1)}, full);
+          this_one = false;
+        } catch (const ValueError& e) {
+          this_one = this_one && std::string(e.what()).find("aligned") != std::string::npos;
+        }
+        refused = refused && this_one;
+      }
+      report("offset + padded float32 view solved; misaligned data refused", max_rel(r.values, lam, n), 1e-6,
+             strided_ok && refused, refused ? "" : " (misaligned data taken)");
+    }
     unsetenv("GF_FAKE_SYEVD_FAIL");
 
     // randomized top-k over CudaDenseOps (cuBLAS products, CholeskyQR2, small syevd)

@@ -3,7 +3,9 @@
 // under fake_cuda_runtime.cpp. Checks every path CudaGram::update takes (highest: DSYRK; fast:
 // SSYRK for float32/float64, the 16-bit split on cuBLAS products or the tc kernel, the float32
 // fallback when a float16 split would overflow), dtype switches between updates, non-finite
-// chunks, state()/set_state()/add_state()/reset(), against a long-double two-pass covariance.
+// chunks, state()/set_state()/add_state()/reset(), views at any offset and stride (no 16-byte
+// vector load of a misaligned row: the emulation aborts on one), data misaligned for its type
+// refused, against a long-double two-pass covariance.
 // Prints a line per case; exits 1 on any failure. Built and run by tests/test_cuda_emulation.py.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -11,6 +13,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -24,6 +27,14 @@ using namespace geomfast;
 
 namespace {
 
+// Where a view's elements sit in its buffer, as torch / cupy views put them: element (r, j) at
+// element offset + r * rs + j * cs from a 16-byte boundary, plus byte_shift bytes (not 0 only for
+// memory misaligned for its own type, e.g. a cupy array made at memptr + 1).
+struct Layout {
+  int64_t offset = 0, rs = 0, cs = 0;
+  size_t byte_shift = 0;
+};
+
 // Rows of one dtype, stored as the raw bytes the accumulator reads, plus their exact values.
 struct Chunk {
   DType dtype;
@@ -31,6 +42,9 @@ struct Chunk {
   bool column_major = false;
   std::vector<unsigned char> bytes;
   std::vector<double> values;  // [rows, cols] row-major, the exact values of `bytes`
+  bool strided = false;        // a view laid out by `layout` (from byte `lead` of bytes)
+  Layout layout{};
+  size_t lead = 0;
 
   MatrixView view() const {
     MatrixView v;
@@ -41,6 +55,16 @@ struct Chunk {
     v.row_stride = column_major ? 1 : cols;
     v.col_stride = column_major ? rows : 1;
     v.device = Device{DeviceType::kCUDA, 0};
+    if (strided) {
+      const unsigned char* base = bytes.data() + lead;  // 16-aligned + byte_shift when made
+      if (reinterpret_cast<std::uintptr_t>(base) % 16 != layout.byte_shift) {
+        std::printf("strided chunk: its buffer moved to another alignment\n");
+        std::exit(1);
+      }
+      v.data = base + layout.offset * static_cast<int64_t>(dtype_size(dtype));
+      v.row_stride = layout.rs;
+      v.col_stride = layout.cs;
+    }
     return v;
   }
 };
@@ -77,6 +101,25 @@ Chunk make_chunk(DType t, int64_t rows, int64_t cols, const std::vector<double>&
       }
       c.values[r * cols + j] = exact;
     }
+  return c;
+}
+
+// The same rows as make_chunk's, in a view laid out by `lay` inside a larger buffer (the other
+// bytes are NaN patterns: an element read from outside the view shows).
+Chunk make_strided_chunk(DType t, int64_t rows, int64_t cols, const std::vector<double>& mean,
+                         const std::vector<double>& sd, std::mt19937_64& rng, Layout lay) {
+  const Chunk dense = make_chunk(t, rows, cols, mean, sd, rng);
+  const size_t es = dtype_size(t);
+  const int64_t span = lay.offset + (rows - 1) * lay.rs + (cols - 1) * lay.cs + 1;
+  Chunk c{t, rows, cols, false, std::vector<unsigned char>(static_cast<size_t>(span) * es + 32, 0xFF), dense.values};
+  c.strided = true;
+  c.layout = lay;
+  const auto at = reinterpret_cast<std::uintptr_t>(c.bytes.data());
+  c.lead = (16 - at % 16) % 16 + lay.byte_shift;
+  unsigned char* base = c.bytes.data() + c.lead + lay.offset * static_cast<int64_t>(es);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j)
+      std::memcpy(base + (r * lay.rs + j * lay.cs) * static_cast<int64_t>(es), dense.bytes.data() + (r * cols + j) * es, es);
   return c;
 }
 
@@ -486,6 +529,82 @@ void case_bad_kernel_name(unsigned seed) {
          1e-6, named && g->count() == 50, named ? "" : " (messages: " + msg + " | " + msg2 + ")");
 }
 
+// Views as torch and cupy hand them over, where 16-byte vector loads (column_stats_vec_kernel,
+// split_rows_vec_kernel) would fault: rows starting 2 bytes off a 16-byte boundary (bf16 x[:, 1:]),
+// a storage offset of one element with a row stride and width that are whole vectors (only the
+// pointer's alignment tells), 16-bit rows 8 bytes apart (only the row stride tells), x[3:] with an
+// odd width and with whole vectors (16-byte aligned: the vector kernels run), float32 / float64
+// offsets, and transposed views with an offset. The emulation aborts on a misaligned vector load (wmma_emulation.hpp's
+// __ldg), so each case checks that the launchers take the one-value-per-load kernels there, and
+// gets the covariance right, on every update path.
+void case_unaligned_views(Precision p, DType t, const char* kernel, unsigned seed) {
+  setenv("GEOMFAST_CUDA_GRAM_KERNEL", kernel, 1);
+  struct Shape {
+    const char* name;
+    int64_t d;
+    Layout (*lay)(int64_t rows, int64_t d);
+  };
+  const Shape shapes[] = {
+      {"x[:, 1:] (rows 1 element off)", 64, [](int64_t, int64_t d) { return Layout{1, d + 1, 1, 0}; }},
+      {"storage offset 1, row stride 72", 64, [](int64_t, int64_t) { return Layout{1, 72, 1, 0}; }},
+      {"x[:, :64] of width 68 (16-bit rows 8 bytes apart)", 64, [](int64_t, int64_t) { return Layout{0, 68, 1, 0}; }},
+      {"x[3:], odd width", 37, [](int64_t, int64_t d) { return Layout{3 * d, d, 1, 0}; }},
+      {"x[3:], whole vectors (the vector kernels)", 64, [](int64_t, int64_t d) { return Layout{3 * d, d, 1, 0}; }},
+      {"x[:, 2:] of width + 2 (8 bytes off for float32)", 64, [](int64_t, int64_t d) { return Layout{2, d + 2, 1, 0}; }},
+      {"transposed, offset 1", 40, [](int64_t rows, int64_t) { return Layout{1, 1, rows + 1, 0}; }},
+  };
+  std::mt19937_64 rng(seed);
+  double worst = 0.0;
+  bool counts = true;
+  for (const Shape& sh : shapes) {
+    std::vector<double> mean(sh.d), sd(sh.d, 1.0);
+    for (int64_t j = 0; j < sh.d; ++j) mean[j] = j % 3 == 0 ? 200.0 : 0.1 * j;
+    std::vector<Chunk> chunks;
+    for (int64_t rows : {333, 1, 290}) chunks.push_back(make_strided_chunk(t, rows, sh.d, mean, sd, rng, sh.lay(rows, sh.d)));
+    auto g = make_cuda_gram(sh.d, 0, p);
+    const double err = rel_fro(cov_of(fed(*g, chunks)), reference_cov(pointers(chunks), sh.d));
+    worst = std::max(worst, err);
+    counts = counts && g->count() == 624;
+    if (!(err <= (p == Precision::kHighest ? 1e-12 : 1e-6))) std::printf("  (%s: %.2e)\n", sh.name, err);
+  }
+  report(std::string(p == Precision::kHighest ? "highest " : "fast ") + dname(t) + " " + kernel +
+             ": unaligned / strided / offset views",
+         worst, p == Precision::kHighest ? 1e-12 : 1e-6, counts);
+}
+
+// Data misaligned for its own type (a cupy array made at memptr + 1): every kernel's loads of it
+// would fault on a GPU (and lose the context), so the update refuses it before any launch, with the
+// state unchanged. (The emulation cannot see such a scalar load: x86 reads it.)
+void case_misaligned_elements(unsigned seed) {
+  setenv("GEOMFAST_CUDA_GRAM_KERNEL", "cublas", 1);
+  const int64_t d = 24;
+  std::mt19937_64 rng(seed);
+  std::vector<double> mean(d, 3.0), sd(d, 1.0);
+  const Chunk a = make_chunk(DType::kFloat32, 100, d, mean, sd, rng);
+  bool all_refused = true;
+  for (DType t : {DType::kBFloat16, DType::kFloat32, DType::kFloat64}) {
+    const Chunk bad = make_strided_chunk(t, 50, d, mean, sd, rng, Layout{0, d, 1, 1});
+    for (Precision p : {Precision::kHighest, Precision::kFast}) {
+      auto g = make_cuda_gram(d, 0, p);
+      g->update(a.view());
+      const GramState before = g->state();
+      bool refused = false;
+      try {
+        g->update(bad.view());
+      } catch (const ValueError& e) {
+        const GramState after = g->state();
+        refused = std::string(e.what()).find("aligned") != std::string::npos && after.count == before.count &&
+                  after.gram == before.gram && after.sum == before.sum;
+      }
+      all_refused = all_refused && refused;
+    }
+  }
+  auto g = make_cuda_gram(d, 0, Precision::kFast);
+  g->update(a.view());
+  report("data misaligned for its type (memptr + 1) refused, state unchanged", rel_fro(cov_of(*g), reference_cov({&a}, d)),
+         1e-6, all_refused, all_refused ? "" : " (an update took it)");
+}
+
 }  // namespace
 
 int main() {
@@ -538,6 +657,12 @@ int main() {
     case_failure_midway(seed++);
     case_errors_left_behind(seed++);
     for (const char* kernel : {"cublas", "tc"}) case_shared_scratch(kernel, seed++);
+    for (DType t : {DType::kBFloat16, DType::kFloat16, DType::kFloat32, DType::kFloat64})
+      case_unaligned_views(Precision::kHighest, t, "cublas", seed++);
+    for (const char* kernel : {"cublas", "tc", "wg"})
+      for (DType t : {DType::kBFloat16, DType::kFloat16}) case_unaligned_views(Precision::kFast, t, kernel, seed++);
+    for (DType t : {DType::kFloat32, DType::kFloat64}) case_unaligned_views(Precision::kFast, t, "cublas", seed++);
+    case_misaligned_elements(seed++);
   } catch (const std::exception& e) {
     std::printf("EXCEPTION: %s\n", e.what());
     return 1;

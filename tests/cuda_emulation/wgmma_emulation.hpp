@@ -172,6 +172,12 @@ inline void land(const ::gf_emu::AsyncCopy& c) {
     std::memset(c.dst, 0, 16);
 }
 inline void cp_async_16(uint32_t dst, const void* src, bool valid) {
+  // cp.async.cg of 16 bytes: both addresses 16-byte aligned (the source too when src-size is 0)
+  if (dst % 16 != 0) {
+    std::fprintf(stderr, "cp.async: shared address 0x%x is not 16-byte aligned\n", dst);
+    std::abort();
+  }
+  ::gf_emu::need_aligned(src, 16, "cp.async (global source)");
   const ::gf_emu::AsyncCopy c{::gf_emu::shared_bytes_at(dst, 16), static_cast<const uint8_t*>(src), valid};
   if (::gf_emu::g_schedule == ::gf_emu::Schedule::kEarlyCopy)
     land(c);

@@ -176,6 +176,19 @@ inline void launch(unsigned gx, unsigned gy, int threads, const std::function<vo
   launch(Dim3{gx, gy, 1}, Dim3{static_cast<unsigned>(threads), 1, 1}, true, kernel);
 }
 
+// CUDA's alignment rules where the emulation sees the access (on the GPU a misaligned address is
+// cudaErrorMisalignedAddress, sticky: the context is lost; on x86 it would just work, so the
+// emulation checks): every load at its type's natural alignment (16 bytes for uint4 / float4),
+// WMMA's load_matrix_sync / store_matrix_sync at 256-bit aligned pointers with ldm a multiple of
+// 16 bytes (8 elements of 16-bit types, 4 of float), cp.async of 16 bytes at 16-byte aligned
+// source and destination. A violation aborts with the address and what needed it.
+inline void need_aligned(const void* p, size_t align, const char* what) {
+  if (reinterpret_cast<uintptr_t>(p) % align != 0) {
+    std::fprintf(stderr, "%s: address %p is not %zu-byte aligned (a misaligned address on a GPU)\n", what, p, align);
+    std::abort();
+  }
+}
+
 inline void need_cta(const char* what) {
   if (g_cta == nullptr) {
     std::fprintf(stderr, "%s in a kernel launched without barriers\n", what);
@@ -200,6 +213,7 @@ inline void __syncwarp() {
 using std::isfinite;  // device code calls it unqualified
 template <typename T>
 inline T __ldg(const T* p) {
+  ::gf_emu::need_aligned(p, alignof(T), "__ldg");
   return *p;
 }
 // Round-to-nearest float arithmetic, never contracted into an FMA (as the intrinsics guarantee).
@@ -256,6 +270,11 @@ struct fragment {
 
 template <typename Use, typename T, typename Layout>
 void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
+  ::gf_emu::need_aligned(p, 32, "wmma::load_matrix_sync");
+  if (ldm % (16 / sizeof(T)) != 0) {
+    std::fprintf(stderr, "wmma::load_matrix_sync: ldm %u is not a multiple of %zu elements\n", ldm, 16 / sizeof(T));
+    std::abort();
+  }
   for (int i = 0; i < 16; ++i)
     for (int j = 0; j < 16; ++j)
       f.x[i * 16 + j] = to_f(std::is_same_v<Layout, col_major> ? p[i + j * ldm] : p[i * ldm + j]);
@@ -310,6 +329,11 @@ void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix
 
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm,
                               layout_t layout) {
+  ::gf_emu::need_aligned(p, 32, "wmma::store_matrix_sync");
+  if (ldm % 4 != 0) {
+    std::fprintf(stderr, "wmma::store_matrix_sync: ldm %u is not a multiple of 4 floats\n", ldm);
+    std::abort();
+  }
   for (int i = 0; i < 16; ++i)
     for (int j = 0; j < 16; ++j) {
       const float v = f.x[i * 16 + j];
