@@ -92,11 +92,22 @@ def test_full_invariants(n):
 
 
 # The full solver's two paths: LAPACK dsyevd, and (the default from n = 3072) our reduction to a
-# band + dsytrd_sb2st + dsterf. Forced here on sizes around the band width (32) and its multiples.
-@pytest.mark.parametrize("solver", ["two_stage", "dsyevd"])
+# band + dsytrd_sb2st + dsterf, whose band step runs on the lower triangle (dsymm + dsyr2k, the
+# default) or on both (dgemm, GEOMFAST_CPU_BAND=gemm). Forced here on sizes around the band width
+# (32) and its multiples.
+SOLVERS = ["two_stage", "two_stage:gemm", "dsyevd"]
+
+
+def _force(solver, monkeypatch):
+    full, _, band = solver.partition(":")
+    monkeypatch.setenv("GEOMFAST_CPU_EIG_FULL", full)
+    monkeypatch.setenv("GEOMFAST_CPU_BAND", band or "auto")
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("n", [1, 2, 3, 32, 33, 34, 64, 65, 97, 300])
 def test_full_solvers_match_numpy(solver, n, monkeypatch):
-    monkeypatch.setenv("GEOMFAST_CPU_EIG_FULL", solver)
+    _force(solver, monkeypatch)
     seed = new_seed()
     rng = np.random.default_rng(seed)
     a = random_symmetric(rng, n)
@@ -112,10 +123,11 @@ def test_full_solvers_match_numpy(solver, n, monkeypatch):
         assert np.array_equal(geomfast.eigvalsh(junk), got), f"seed={seed} {solver}: the lower triangle was read"
 
 
-def test_two_stage_on_covariances_with_large_means_and_known_spectra(monkeypatch):
+@pytest.mark.parametrize("solver", SOLVERS[:2])
+def test_two_stage_on_covariances_with_large_means_and_known_spectra(solver, monkeypatch):
     """Covariances of LLM-like activations (large means, outlier dimensions: a spread of ~1e8 in the
     spectrum) and a power-law spectrum under a random rotation, through the two-stage solver."""
-    monkeypatch.setenv("GEOMFAST_CPU_EIG_FULL", "two_stage")
+    _force(solver, monkeypatch)
     seed = new_seed()
     rng = np.random.default_rng(seed)
     x = llm_like(2000, 200, rng)
@@ -134,6 +146,10 @@ def test_full_solver_override_is_checked(monkeypatch):
     monkeypatch.setenv("GEOMFAST_CPU_EIG_FULL", "mkl")
     with pytest.raises(ValueError, match="GEOMFAST_CPU_EIG_FULL must be 'auto', 'dsyevd' or 'two_stage', got 'mkl'"):
         geomfast.eigvalsh(np.eye(4))
+    monkeypatch.setenv("GEOMFAST_CPU_EIG_FULL", "two_stage")
+    monkeypatch.setenv("GEOMFAST_CPU_BAND", "trmm")
+    with pytest.raises(ValueError, match="GEOMFAST_CPU_BAND must be 'auto', 'symm' or 'gemm', got 'trmm'"):
+        geomfast.eigvalsh(np.eye(40))
 
 
 def test_covariance_spectrum_of_activations():

@@ -13,13 +13,23 @@
 // k waiting for the previous sweep's task k + 2): correct, same speed as sb2st on one thread,
 // and no faster on two (0.09–0.12 s vs 0.10–0.14 s at n = 2048), slower while OpenBLAS's
 // threads still spin after the band step — every task reads what the other core just wrote.
+// Since 2026-12-04 the reduction works on the lower triangle alone by default: W = A22 V by dsymm
+// and the trailing update by dsyr2k, 4n³/3 flops instead of 2n³. On the 2-core Zen 4 (OpenBLAS
+// 0.3.31) dsymm runs as fast as dgemm on these shapes and dsyr2k does the update in half the
+// time of the dgemm: 3.09 s against 3.76 s at n = 4096 (median of 4 interleaved rounds; torch /
+// MKL 3.29 s), 1.46 against 1.63 s at 3072. Where dsymm runs at half dgemm's speed (the 2-core Xeon
+// above) the gain in the update pays for the loss in W. GEOMFAST_CPU_BAND=gemm forces the
+// two-triangle dgemm reduction (A/B timing). A variant with W from two dtrmm (A22 = L + Lᵀ − D)
+// was measured alongside: 3.19 s, no better than dsymm.
 // Also tried and not kept (2026-12-03): a lookahead reduction whose trailing update runs over the
 // lower 256² tiles only, fused with the next panel's A22·V while each tile is in cache (our
 // threads, single-threaded BLAS per tile; 2/3 of the flops): the band step took the same time as
 // the full-matrix dgemm (2.64 vs 2.84 s at n = 4096, 0.63 vs 0.60 s at 2048 on one thread; noise
 // ±10 %) — the per-tile dgemm calls of depth 32–64 run slower than one large call.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "cpu/blas.hpp"
@@ -36,6 +46,8 @@ void GF_BLAS(dsytrd_sb2st_)(const char* stage1, const char* vect, const char* up
                             double* ab, const int* ldab, double* d, double* e, double* hous, const int* lhous,
                             double* work, const int* lwork, int* info, std::size_t, std::size_t, std::size_t);
 void GF_BLAS(dsterf_)(const int* n, double* d, double* e, int* info);
+void GF_BLAS(cblas_dsyr2k)(int order, int uplo, int trans, int n, int k, double alpha, const double* a, int lda,
+                           const double* b, int ldb, double beta, double* c, int ldc);
 }
 
 namespace geomfast::cpu {
@@ -47,9 +59,11 @@ using namespace blas;
 // band of half-width b by orthogonal similarity, panel by panel: the QR factorisation of the
 // m × b block under the band gives Q = I − V T Vᵀ, and the trailing block is replaced by
 // Qᵀ A22 Q = A22 − (V Zᵀ + Z Vᵀ), with W = A22 V T and Z = W − ½ V (Tᵀ Vᵀ W).
+// lower_only: A22 V by dsymm from the lower triangle and the update by dsyr2k on it; otherwise
+// both triangles are kept (the caller mirrors the lower one first) and both products are dgemm.
 // On return the band (a[i + j n] for 0 ≤ i − j ≤ b) holds the reduced matrix; below it, the
 // reflectors.
-void reduce_to_band(double* a, int n, int b) {
+void reduce_to_band(double* a, int n, int b, bool lower_only) {
   std::vector<double> tau(b), t(static_cast<size_t>(b) * b), s(static_cast<size_t>(b) * b);
   std::vector<double> v, work;
   int lwork = -1, info = 0;
@@ -62,7 +76,7 @@ void reduce_to_band(double* a, int n, int b) {
   }
   const size_t panel_elems = static_cast<size_t>(std::max(0, n - b)) * b;
   v.resize(2 * panel_elems);
-  std::vector<double> zv(2 * panel_elems);
+  std::vector<double> zv(lower_only ? 0 : 2 * panel_elems);
   for (int j = 0; j + b < n - 1; j += b) {
     int m = n - j - b;  // rows under the band in this panel (>= 2)
     double* panel = a + (j + b) + static_cast<size_t>(j) * n;
@@ -82,12 +96,19 @@ void reduce_to_band(double* a, int n, int b) {
     double* z = v.data() + static_cast<size_t>(m) * kb;  // W, then Z, right after V: [V Z]
     double* a22 = a + (j + b) + static_cast<size_t>(j + b) * n;
     // W = A22 V T
-    GF_BLAS(cblas_dgemm)(kColMajor, kNoTrans, kNoTrans, m, kb, m, 1.0, a22, n, v.data(), m, 0.0, z, m);
+    if (lower_only)
+      GF_BLAS(cblas_dsymm)(kColMajor, kLeft, kLower, m, kb, 1.0, a22, n, v.data(), m, 0.0, z, m);
+    else
+      GF_BLAS(cblas_dgemm)(kColMajor, kNoTrans, kNoTrans, m, kb, m, 1.0, a22, n, v.data(), m, 0.0, z, m);
     GF_BLAS(cblas_dtrmm)(kColMajor, kRight, kUpper, kNoTrans, kNonUnit, m, kb, 1.0, t.data(), b, z, m);
     // S = Tᵀ (Vᵀ W); Z = W − ½ V S
     GF_BLAS(cblas_dgemm)(kColMajor, kTrans, kNoTrans, kb, kb, m, 1.0, v.data(), m, z, m, 0.0, s.data(), b);
     GF_BLAS(cblas_dtrmm)(kColMajor, kLeft, kUpper, kTrans, kNonUnit, kb, kb, 1.0, t.data(), b, s.data(), b);
     GF_BLAS(cblas_dgemm)(kColMajor, kNoTrans, kNoTrans, m, kb, kb, -0.5, v.data(), m, s.data(), b, 1.0, z, m);
+    if (lower_only) {  // A22 −= V Zᵀ + Z Vᵀ, lower triangle
+      GF_BLAS(cblas_dsyr2k)(kColMajor, kLower, kNoTrans, m, kb, -1.0, v.data(), m, z, m, 1.0, a22, n);
+      continue;
+    }
     // A22 −= V Zᵀ + Z Vᵀ = [V Z] [Z V]ᵀ, both triangles, in one product of depth 2 kb
     std::memcpy(zv.data(), z, sizeof(double) * m * kb);
     std::memcpy(zv.data() + static_cast<size_t>(m) * kb, v.data(), sizeof(double) * m * kb);
@@ -107,8 +128,13 @@ std::vector<double> two_stage_values(double* a, int n) {
   std::vector<double> d(n), e(std::max(1, n - 1));
   if (n == 0) return d;
   const int b = two_stage_bandwidth(n);
-  mirror_upper(a, n);  // column-major lower onto upper: the reduction's products run as dgemm
-  reduce_to_band(a, n, b);
+  const char* band = std::getenv("GEOMFAST_CPU_BAND");
+  const std::string how = band ? band : "";
+  if (!how.empty() && how != "auto" && how != "symm" && how != "gemm")
+    GF_THROW(ValueError, "[eigvalsh] GEOMFAST_CPU_BAND must be 'auto', 'symm' or 'gemm', got '", how, "'");
+  const bool lower_only = how != "gemm";
+  if (!lower_only) mirror_upper(a, n);  // column-major lower onto upper: the products run as dgemm
+  reduce_to_band(a, n, b, lower_only);
   // Band storage for sb2st ('L'): ab[(i − j) + j (b + 1)] = a[i + j n], 0 ≤ i − j ≤ b.
   const int ldab = b + 1;
   std::vector<double> ab(static_cast<size_t>(ldab) * n, 0.0);
