@@ -94,7 +94,7 @@ def test_full_invariants(n):
 # The full solver's two paths: LAPACK dsyevd, and (the default from n = 3072) our reduction to a
 # band + dsytrd_sb2st + dsterf, whose band step runs on the lower triangle (dsymm + dsyr2k, the
 # default) or on both (dgemm, GEOMFAST_CPU_BAND=gemm). Forced here on sizes around the band width
-# (32) and its multiples.
+# (32), its multiples and those of a block of delayed updates (4 panels: 128 columns).
 SOLVERS = ["two_stage", "two_stage:gemm", "dsyevd"]
 
 
@@ -105,7 +105,7 @@ def _force(solver, monkeypatch):
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
-@pytest.mark.parametrize("n", [1, 2, 3, 32, 33, 34, 64, 65, 97, 300])
+@pytest.mark.parametrize("n", [1, 2, 3, 32, 33, 34, 64, 65, 97, 127, 128, 129, 161, 300, 513])
 def test_full_solvers_match_numpy(solver, n, monkeypatch):
     _force(solver, monkeypatch)
     seed = new_seed()

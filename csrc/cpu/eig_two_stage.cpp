@@ -14,13 +14,16 @@
 // and no faster on two (0.09–0.12 s vs 0.10–0.14 s at n = 2048), slower while OpenBLAS's
 // threads still spin after the band step — every task reads what the other core just wrote.
 // Since 2026-12-04 the reduction works on the lower triangle alone by default: W = A22 V by dsymm
-// and the trailing update by dsyr2k, 4n³/3 flops instead of 2n³. On the 2-core Zen 4 (OpenBLAS
-// 0.3.31) dsymm runs as fast as dgemm on these shapes and dsyr2k does the update in half the
-// time of the dgemm: 3.09 s against 3.76 s at n = 4096 (median of 4 interleaved rounds; torch /
-// MKL 3.29 s), 1.46 against 1.63 s at 3072. Where dsymm runs at half dgemm's speed (the 2-core Xeon
-// above) the gain in the update pays for the loss in W. GEOMFAST_CPU_BAND=gemm forces the
-// two-triangle dgemm reduction (A/B timing). A variant with W from two dtrmm (A22 = L + Lᵀ − D)
-// was measured alongside: 3.19 s, no better than dsymm.
+// and the trailing update by dsyr2k, 4n³/3 flops instead of 2n³, the update delayed over blocks of
+// 4 panels (reduce_to_band_lower). On the 2-core Zen 4 (OpenBLAS 0.3.31) dsymm runs as fast as
+// dgemm on these shapes, and dsyr2k of rank 2b = 64 does the update in half the dgemm's time:
+// 3.09 s against 3.76 s at n = 4096 (median of 4 interleaved rounds; torch / MKL 3.29 s), 1.46
+// against 1.63 s at 3072; delaying the update to one dsyr2k of rank 256 per 4 panels then gave
+// 2.71 s against 3.16 s (interleaved with torch, 3 rounds once the VM was quiet: 4 panels 2.79 s,
+// 1 panel 3.03 s, the dgemm reduction 3.65 s, torch / MKL 2.77 s). Where dsymm runs at half dgemm's speed (the 2-core Xeon above) the gain
+// in the update pays for the loss in W. GEOMFAST_CPU_BAND=gemm forces the two-triangle dgemm
+// reduction (A/B timing). A variant with W from two dtrmm (A22 = L + Lᵀ − D) was measured
+// alongside: 3.19 s, no better than dsymm.
 // Also tried and not kept (2026-12-03): a lookahead reduction whose trailing update runs over the
 // lower 256² tiles only, fused with the next panel's A22·V while each tile is in cache (our
 // threads, single-threaded BLAS per tile; 2/3 of the flops): the band step took the same time as
@@ -59,11 +62,10 @@ using namespace blas;
 // band of half-width b by orthogonal similarity, panel by panel: the QR factorisation of the
 // m × b block under the band gives Q = I − V T Vᵀ, and the trailing block is replaced by
 // Qᵀ A22 Q = A22 − (V Zᵀ + Z Vᵀ), with W = A22 V T and Z = W − ½ V (Tᵀ Vᵀ W).
-// lower_only: A22 V by dsymm from the lower triangle and the update by dsyr2k on it; otherwise
-// both triangles are kept (the caller mirrors the lower one first) and both products are dgemm.
+// Both triangles are kept (the caller mirrors the lower one first), so both products are dgemm.
 // On return the band (a[i + j n] for 0 ≤ i − j ≤ b) holds the reduced matrix; below it, the
-// reflectors.
-void reduce_to_band(double* a, int n, int b, bool lower_only) {
+// reflectors. (GEOMFAST_CPU_BAND=gemm; the default is reduce_to_band_lower.)
+void reduce_to_band(double* a, int n, int b) {
   std::vector<double> tau(b), t(static_cast<size_t>(b) * b), s(static_cast<size_t>(b) * b);
   std::vector<double> v, work;
   int lwork = -1, info = 0;
@@ -76,7 +78,7 @@ void reduce_to_band(double* a, int n, int b, bool lower_only) {
   }
   const size_t panel_elems = static_cast<size_t>(std::max(0, n - b)) * b;
   v.resize(2 * panel_elems);
-  std::vector<double> zv(lower_only ? 0 : 2 * panel_elems);
+  std::vector<double> zv(2 * panel_elems);
   for (int j = 0; j + b < n - 1; j += b) {
     int m = n - j - b;  // rows under the band in this panel (>= 2)
     double* panel = a + (j + b) + static_cast<size_t>(j) * n;
@@ -96,19 +98,12 @@ void reduce_to_band(double* a, int n, int b, bool lower_only) {
     double* z = v.data() + static_cast<size_t>(m) * kb;  // W, then Z, right after V: [V Z]
     double* a22 = a + (j + b) + static_cast<size_t>(j + b) * n;
     // W = A22 V T
-    if (lower_only)
-      GF_BLAS(cblas_dsymm)(kColMajor, kLeft, kLower, m, kb, 1.0, a22, n, v.data(), m, 0.0, z, m);
-    else
-      GF_BLAS(cblas_dgemm)(kColMajor, kNoTrans, kNoTrans, m, kb, m, 1.0, a22, n, v.data(), m, 0.0, z, m);
+    GF_BLAS(cblas_dgemm)(kColMajor, kNoTrans, kNoTrans, m, kb, m, 1.0, a22, n, v.data(), m, 0.0, z, m);
     GF_BLAS(cblas_dtrmm)(kColMajor, kRight, kUpper, kNoTrans, kNonUnit, m, kb, 1.0, t.data(), b, z, m);
     // S = Tᵀ (Vᵀ W); Z = W − ½ V S
     GF_BLAS(cblas_dgemm)(kColMajor, kTrans, kNoTrans, kb, kb, m, 1.0, v.data(), m, z, m, 0.0, s.data(), b);
     GF_BLAS(cblas_dtrmm)(kColMajor, kLeft, kUpper, kTrans, kNonUnit, kb, kb, 1.0, t.data(), b, s.data(), b);
     GF_BLAS(cblas_dgemm)(kColMajor, kNoTrans, kNoTrans, m, kb, kb, -0.5, v.data(), m, s.data(), b, 1.0, z, m);
-    if (lower_only) {  // A22 −= V Zᵀ + Z Vᵀ, lower triangle
-      GF_BLAS(cblas_dsyr2k)(kColMajor, kLower, kNoTrans, m, kb, -1.0, v.data(), m, z, m, 1.0, a22, n);
-      continue;
-    }
     // A22 −= V Zᵀ + Z Vᵀ = [V Z] [Z V]ᵀ, both triangles, in one product of depth 2 kb
     std::memcpy(zv.data(), z, sizeof(double) * m * kb);
     std::memcpy(zv.data() + static_cast<size_t>(m) * kb, v.data(), sizeof(double) * m * kb);
@@ -116,7 +111,86 @@ void reduce_to_band(double* a, int n, int b, bool lower_only) {
   }
 }
 
+// The same reduction on the lower triangle alone (the default): W = A22 V by dsymm and the
+// trailing update by dsyr2k (4n³/3 flops instead of 2n³), the update delayed over blocks of p
+// panels (the blocking of LAPACK's dlatrd, one level up): panel k's W comes from the matrix as it
+// was at the start of its block, corrected by the reflectors accumulated since, [VA ZA] (global
+// rows, zero above each panel); each panel's own columns are brought up to date just before its
+// QR; the matrix beyond the block is updated once per block by one dsyr2k of rank 2pb instead of p
+// of rank 2b (thin products run far from the BLAS's peak).
+void reduce_to_band_lower(double* a, int n, int b, int p) {
+  std::vector<double> tau(b), t(static_cast<size_t>(b) * b), s(static_cast<size_t>(b) * b), work;
+  int lwork = -1, info = 0;
+  {
+    double q = 0;
+    const int m = std::max(1, n - b);
+    GF_BLAS(dgeqrf_)(&m, &b, a, &n, tau.data(), &q, &lwork, &info);
+    lwork = std::max(1, static_cast<int>(q));
+    work.resize(lwork);
+  }
+  const size_t nn = static_cast<size_t>(n);
+  const int kmax = p * b;
+  std::vector<double> va(nn * kmax), za(nn * kmax), tmp(static_cast<size_t>(kmax) * b);
+  auto at = [n](double* base, int row, int col) { return base + row + static_cast<size_t>(col) * n; };
+  for (int j0 = 0; j0 + b < n - 1; j0 += kmax) {
+    int kacc = 0;  // reflectors accumulated in this block
+    int next = j0;  // first column the block's panels have not reduced
+    for (int k = 0; k < p; ++k) {
+      const int j = j0 + k * b;
+      if (j + b >= n - 1) break;
+      const int m = n - j - b;
+      if (kacc > 0) {  // panel columns j .. j+b, rows j .. n, brought up to date
+        GF_BLAS(cblas_dgemm)(kColMajor, kNoTrans, kTrans, n - j, b, kacc, -1.0, at(va.data(), j, 0), n,
+                             at(za.data(), j, 0), n, 1.0, at(a, j, j), n);
+        GF_BLAS(cblas_dgemm)(kColMajor, kNoTrans, kTrans, n - j, b, kacc, -1.0, at(za.data(), j, 0), n,
+                             at(va.data(), j, 0), n, 1.0, at(a, j, j), n);
+      }
+      double* panel = at(a, j + b, j);
+      GF_BLAS(dgeqrf_)(&m, &b, panel, &n, tau.data(), work.data(), &lwork, &info);
+      GF_ASSERT(info == 0, "dgeqrf info=", info);
+      const int kb = std::min(b, m);
+      for (int c = 0; c < kb; ++c) {  // V (global rows: zeros above, unit diagonal), Z's zeros above
+        double* vc = at(va.data(), 0, kacc + c);
+        std::fill(vc, vc + j + b + c, 0.0);
+        vc[j + b + c] = 1.0;
+        std::memcpy(vc + j + b + c + 1, panel + static_cast<size_t>(c) * n + c + 1, sizeof(double) * (m - c - 1));
+        std::fill(at(za.data(), 0, kacc + c), at(za.data(), j + b, kacc + c), 0.0);
+      }
+      double* vk = at(va.data(), j + b, kacc);
+      double* wk = at(za.data(), j + b, kacc);
+      const char fwd = 'F', col = 'C';
+      GF_BLAS(dlarft_)(&fwd, &col, &m, &kb, vk, &n, tau.data(), t.data(), &b, 1, 1);
+      // W = A22 V, A22 = (block-start A22) − VA ZAᵀ − ZA VAᵀ
+      GF_BLAS(cblas_dsymm)(kColMajor, kLeft, kLower, m, kb, 1.0, at(a, j + b, j + b), n, vk, n, 0.0, wk, n);
+      if (kacc > 0) {
+        GF_BLAS(cblas_dgemm)(kColMajor, kTrans, kNoTrans, kacc, kb, m, 1.0, at(za.data(), j + b, 0), n, vk, n,
+                             0.0, tmp.data(), kacc);
+        GF_BLAS(cblas_dgemm)(kColMajor, kNoTrans, kNoTrans, m, kb, kacc, -1.0, at(va.data(), j + b, 0), n,
+                             tmp.data(), kacc, 1.0, wk, n);
+        GF_BLAS(cblas_dgemm)(kColMajor, kTrans, kNoTrans, kacc, kb, m, 1.0, at(va.data(), j + b, 0), n, vk, n,
+                             0.0, tmp.data(), kacc);
+        GF_BLAS(cblas_dgemm)(kColMajor, kNoTrans, kNoTrans, m, kb, kacc, -1.0, at(za.data(), j + b, 0), n,
+                             tmp.data(), kacc, 1.0, wk, n);
+      }
+      // Z = W T − ½ V (Tᵀ Vᵀ W T)
+      GF_BLAS(cblas_dtrmm)(kColMajor, kRight, kUpper, kNoTrans, kNonUnit, m, kb, 1.0, t.data(), b, wk, n);
+      GF_BLAS(cblas_dgemm)(kColMajor, kTrans, kNoTrans, kb, kb, m, 1.0, vk, n, wk, n, 0.0, s.data(), b);
+      GF_BLAS(cblas_dtrmm)(kColMajor, kLeft, kUpper, kTrans, kNonUnit, kb, kb, 1.0, t.data(), b, s.data(), b);
+      GF_BLAS(cblas_dgemm)(kColMajor, kNoTrans, kNoTrans, m, kb, kb, -0.5, vk, n, s.data(), b, 1.0, wk, n);
+      kacc += kb;
+      next = j + b;
+    }
+    if (kacc > 0 && next < n)  // the matrix beyond the block: A −= VA ZAᵀ + ZA VAᵀ, lower triangle
+      GF_BLAS(cblas_dsyr2k)(kColMajor, kLower, kNoTrans, n - next, kacc, -1.0, at(va.data(), next, 0), n,
+                            at(za.data(), next, 0), n, 1.0, at(a, next, next), n);
+  }
+}
+
 }  // namespace
+
+// Panels per delayed trailing update (a dsyr2k of rank 2 · 4 · 32 = 256). At n = 4096 on the
+// 2-core Zen 4, median of 3 runs: 1 panel 3.16 s, 2 2.99 s, 4 2.71 s, 6 3.0 s, 8 2.87 s.
+constexpr int kDelayedPanels = 4;
 
 int two_stage_bandwidth(int n) {
   // Wider panels run the BLAS faster, but the bulge chasing costs ~n²·b on one core. Measured at
@@ -132,9 +206,12 @@ std::vector<double> two_stage_values(double* a, int n) {
   const std::string how = band ? band : "";
   if (!how.empty() && how != "auto" && how != "symm" && how != "gemm")
     GF_THROW(ValueError, "[eigvalsh] GEOMFAST_CPU_BAND must be 'auto', 'symm' or 'gemm', got '", how, "'");
-  const bool lower_only = how != "gemm";
-  if (!lower_only) mirror_upper(a, n);  // column-major lower onto upper: the products run as dgemm
-  reduce_to_band(a, n, b, lower_only);
+  if (how == "gemm") {
+    mirror_upper(a, n);  // column-major lower onto upper: the products run as dgemm
+    reduce_to_band(a, n, b);
+  } else {
+    reduce_to_band_lower(a, n, b, kDelayedPanels);
+  }
   // Band storage for sb2st ('L'): ab[(i − j) + j (b + 1)] = a[i + j n], 0 ≤ i − j ≤ b.
   const int ldab = b + 1;
   std::vector<double> ab(static_cast<size_t>(ldab) * n, 0.0);
