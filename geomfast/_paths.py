@@ -156,6 +156,15 @@ def write_file(path: str | os.PathLike, data: bytes) -> None:
     device or FIFO (``/dev/stdout``) is written in place. A symlink is followed."""
     shown = os.fspath(path)
     try:
+        try:
+            st = os.stat(shown)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            # a device, FIFO or pipe, as named: /dev/stdout's real path is /proc/<pid>/fd/pipe:[…],
+            # which is no path at all
+            _write_fd(os.open(shown, os.O_WRONLY), data, sync=False)
+            return
         _write_file(os.path.realpath(shown), data)
     except OSError as e:
         if e.filename is None and e.errno is not None:  # os.write's errors name no file: name it
