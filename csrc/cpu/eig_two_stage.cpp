@@ -58,6 +58,16 @@ namespace {
 
 using namespace blas;
 
+// dgeqrf's workspace for the largest panel, (n − b) × b.
+std::vector<double> panel_qr_workspace(double* a, int n, int b) {
+  double q = 0;
+  const int m = std::max(1, n - b), query = -1;
+  int info = 0;
+  std::vector<double> tau(b);
+  GF_BLAS(dgeqrf_)(&m, &b, a, &n, tau.data(), &q, &query, &info);
+  return std::vector<double>(static_cast<size_t>(std::max(1, static_cast<int>(q))));
+}
+
 // Reduces the symmetric n × n column-major matrix `a` (lower triangle read and overwritten) to a
 // band of half-width b by orthogonal similarity, panel by panel: the QR factorisation of the
 // m × b block under the band gives Q = I − V T Vᵀ, and the trailing block is replaced by
@@ -67,15 +77,9 @@ using namespace blas;
 // reflectors. (GEOMFAST_CPU_BAND=gemm; the default is reduce_to_band_lower.)
 void reduce_to_band(double* a, int n, int b) {
   std::vector<double> tau(b), t(static_cast<size_t>(b) * b), s(static_cast<size_t>(b) * b);
-  std::vector<double> v, work;
-  int lwork = -1, info = 0;
-  {
-    double q = 0;
-    const int m = std::max(1, n - b);
-    GF_BLAS(dgeqrf_)(&m, &b, a, &n, tau.data(), &q, &lwork, &info);
-    lwork = std::max(1, static_cast<int>(q));
-    work.resize(lwork);
-  }
+  std::vector<double> v;
+  std::vector<double> work = panel_qr_workspace(a, n, b);
+  int lwork = static_cast<int>(work.size()), info = 0;
   const size_t panel_elems = static_cast<size_t>(std::max(0, n - b)) * b;
   v.resize(2 * panel_elems);
   std::vector<double> zv(2 * panel_elems);
@@ -119,15 +123,9 @@ void reduce_to_band(double* a, int n, int b) {
 // QR; the matrix beyond the block is updated once per block by one dsyr2k of rank 2pb instead of p
 // of rank 2b (thin products run far from the BLAS's peak).
 void reduce_to_band_lower(double* a, int n, int b, int p) {
-  std::vector<double> tau(b), t(static_cast<size_t>(b) * b), s(static_cast<size_t>(b) * b), work;
-  int lwork = -1, info = 0;
-  {
-    double q = 0;
-    const int m = std::max(1, n - b);
-    GF_BLAS(dgeqrf_)(&m, &b, a, &n, tau.data(), &q, &lwork, &info);
-    lwork = std::max(1, static_cast<int>(q));
-    work.resize(lwork);
-  }
+  std::vector<double> tau(b), t(static_cast<size_t>(b) * b), s(static_cast<size_t>(b) * b);
+  std::vector<double> work = panel_qr_workspace(a, n, b);
+  int lwork = static_cast<int>(work.size()), info = 0;
   const size_t nn = static_cast<size_t>(n);
   const int kmax = p * b;
   std::vector<double> va(nn * kmax), za(nn * kmax), tmp(static_cast<size_t>(kmax) * b);
