@@ -69,7 +69,7 @@ if [ -n "$wgo" ] && command -v cuobjdump >/dev/null 2>&1; then
   cuobjdump -sass "$wgo" >"$out/wgmma.sass" 2>&1
   say "gram_wgmma.cu SASS: $(grep -c 'HGMMA' "$out/wgmma.sass") HGMMA, $(grep -cE '\b(LDL|STL)\b' "$out/wgmma.sass") LDL/STL (expected 48 and 0; wgmma.sass)"
 fi
-"$py" -c "import geomfast, json; print(json.dumps(geomfast.backends(), indent=1))"
+"$py" -m geomfast info | tee "$out/info.txt"   # versions, backends (why CUDA is unusable), the cards
 
 if [ "${GPU_SANITIZE:-0}" = "1" ] && command -v compute-sanitizer >/dev/null 2>&1; then
   # Opt-in (slow): out-of-bounds and uninitialised-memory checks of our kernels on a few small cases.
