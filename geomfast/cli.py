@@ -462,7 +462,10 @@ def environment() -> dict:
                   "packages": {d: version(d) for d in ("numpy", "torch", "transformers", "tokenizers",
                                                        "safetensors", "accelerate", "datasets", "scipy",
                                                        "scikit-learn", "cupy", "matplotlib", "pyarrow")},
-                  "backends": backends()}
+                  "backends": backends(),
+                  # what changes geomfast's kernels, threads or hub access without a flag
+                  "environment": {k: v for k, v in sorted(os.environ.items())
+                                  if k.startswith(_INFO_ENV) and not any(w in k for w in _SECRET_WORDS)}}
     try:
         import torch
 
@@ -476,6 +479,10 @@ def environment() -> dict:
     except ImportError:
         info["torch_cuda"] = None
     return info
+
+
+_INFO_ENV = ("GEOMFAST_", "OPENBLAS_", "OMP_", "MKL_", "HF_", "TRANSFORMERS_", "CUDA_VISIBLE_DEVICES")
+_SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD")  # never printed (an info paste goes into bug reports)
 
 
 def _add_info(p: argparse.ArgumentParser) -> None:
@@ -502,6 +509,8 @@ def _run_info(args: argparse.Namespace) -> int:
         print(line + (f" — {b['reason']}" if b.get("reason") else ""))
         if b.get("details"):
             print(f"  {b['details']}")
+    if info["environment"]:
+        print("environment: " + ", ".join(f"{k}={v}" for k, v in info["environment"].items()))
     tc = info.get("torch_cuda")
     if tc is not None:
         print(f"torch: CUDA {tc['torch_cuda'] or '(CPU build)'}, available: {tc['available']}, "

@@ -50,3 +50,20 @@ def test_info_points_a_gpu_without_the_cuda_backend_to_host_accumulation(capsys,
     assert "cuda:0: Fake H100 (compute capability 9.0)" in out
     assert "backend cuda: not built — not built: GEOMFAST_CUDA=OFF" in out
     assert "--accumulate-on cpu" in out
+
+
+def test_info_shows_the_variables_that_change_kernels_but_no_token(capsys, monkeypatch):
+    from geomfast.cli import main
+
+    monkeypatch.setenv("GEOMFAST_CPU_BAND", "gemm")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.setenv("UNRELATED_VARIABLE", "x")
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("environment: "))
+    assert "GEOMFAST_CPU_BAND=gemm" in line and "OPENBLAS_NUM_THREADS=1" in line
+    assert "hf_secret" not in out and "UNRELATED_VARIABLE" not in out
+    assert main(["info", "--json"]) == 0
+    env = json.loads(capsys.readouterr().out)["environment"]
+    assert env["GEOMFAST_CPU_BAND"] == "gemm" and "HF_TOKEN" not in env
