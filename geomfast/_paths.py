@@ -152,8 +152,9 @@ def write_file(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path``: all of it, flushed to the disk, or an OSError (ENOSPC …).
 
     A regular file (or a new one) is written to a temporary file beside it that replaces it only
-    once complete, so a failed write leaves the previous file as it was and no partial one. A
-    device or FIFO (``/dev/stdout``) is written in place. A symlink is followed."""
+    once complete, so a failed write leaves the previous file as it was and no partial one; missing
+    parent folders are made. A device or FIFO (``/dev/stdout``) is written in place. A symlink is
+    followed."""
     shown = os.fspath(path)
     try:
         try:
@@ -165,22 +166,18 @@ def write_file(path: str | os.PathLike, data: bytes) -> None:
             # which is no path at all
             _write_fd(os.open(shown, os.O_WRONLY), data, sync=False)
             return
-        _write_file(os.path.realpath(shown), data)
+        real = os.path.realpath(shown)
+        os.makedirs(os.path.dirname(real), exist_ok=True)
+        _write_file(real, st, data)
     except OSError as e:
         if e.filename is None and e.errno is not None:  # os.write's errors name no file: name it
             raise OSError(e.errno, e.strerror, shown) from None
         raise
 
 
-def _write_file(path: str, data: bytes) -> None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        st = None
+def _write_file(path: str, st: os.stat_result | None, data: bytes) -> None:
+    """``data`` into the regular file ``path`` (``st``: its stat, None when it does not exist yet)."""
     folder = os.path.dirname(path)
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        _write_fd(os.open(path, os.O_WRONLY), data, sync=False)
-        return
     if not os.access(folder, os.W_OK | os.X_OK):  # an existing writable file, in a folder we cannot
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC)  # add to: only in place (check_output_file)
         try:

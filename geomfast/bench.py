@@ -589,7 +589,6 @@ def _run(args) -> int:
     if args.json_out:  # (checked before any run: cli.check_paths)
         from ._paths import write_file
 
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)  # as export, plot
         write_file(args.json_out, (json.dumps(report, indent=1, default=str) + "\n").encode())
         print(f"JSON written to {args.json_out}")
     failed = [r for r in report["results"] if "error" in r and r["impl"].startswith("geomfast")]

@@ -103,7 +103,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -929,7 +928,6 @@ def _run(args) -> int:
             return 0
         from ._paths import write_file
 
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)  # as export, plot
         write_file(args.json_out, (text + "\n").encode())
     print(format_phases(results))
     if args.json_out not in (None, "-"):

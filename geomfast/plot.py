@@ -235,7 +235,6 @@ def _save(fig, out, ext: str, dpi: int) -> str:
         fig.savefig(buf, dpi=dpi, format=ext or "png")
     finally:
         plt.close(fig)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     from ._paths import write_file
 
     write_file(out, buf.getvalue())

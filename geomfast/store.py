@@ -836,8 +836,6 @@ def export(db: "str | os.PathLike | ResultStore", path: str | os.PathLike, *,
         if not isinstance(db, ResultStore):
             store.close()
     cols = list(EXPORT_COLUMNS)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
     # Built in memory (a row is ~30 fields, no spectra), then written whole: a full disk or a
     # kill half-way leaves the previous file, never a truncated table that reads as complete.
     if format == "csv":

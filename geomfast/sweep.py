@@ -959,9 +959,10 @@ def _finalize_and_write(store: ResultStore, ck, accs: dict, cfg: TraceConfig, re
 
 
 def _record_failure(store, ck, cfg, result_opts, run_id, e, trace_text, timings, summary, stage):
-    err = f"[{stage}] {_short_error(e, cfg)}"
+    msg = _short_error(e, cfg)
+    err = f"[{stage}] {msg}"
     if cfg.progress:
-        print(f"\n[geomfast] {ck.model}@{ck.revision} failed ({stage}): {err[len(stage) + 3:]}",
+        print(f"\n[geomfast] {ck.model}@{ck.revision} failed ({stage}): {msg}",
               file=sys.stderr)
     store.write_error(ck, options=result_opts, error=err, run_id=run_id, timings=timings,
                       layers=["*" + ",".join(cfg.layers)], poolings=[",".join(cfg.poolings)])
