@@ -68,6 +68,26 @@ std::vector<double> panel_qr_workspace(double* a, int n, int b) {
   return std::vector<double>(static_cast<size_t>(std::max(1, static_cast<int>(q))));
 }
 
+// V of a panel factored by dgeqrf (its kb reflectors under the band, ld n): column c gets
+// `above` + c zeros, the unit diagonal, then the reflector's tail, in v (ld ldv).
+void copy_reflectors(const double* panel, int n, int m, int kb, int above, double* v, int ldv) {
+  for (int c = 0; c < kb; ++c) {
+    double* vc = v + static_cast<size_t>(c) * ldv;
+    std::fill(vc, vc + above + c, 0.0);
+    vc[above + c] = 1.0;
+    std::memcpy(vc + above + c + 1, panel + static_cast<size_t>(c) * n + c + 1, sizeof(double) * (m - c - 1));
+  }
+}
+
+// W (m × kb, ld ldw) = A22 V on entry, Z = W T − ½ V (Tᵀ Vᵀ W T) on return: the trailing update is
+// then A22 − V Zᵀ − Z Vᵀ. T (ld b) is the reflectors' triangular factor, s a kb × kb scratch (ld b).
+void w_to_z(int m, int kb, const double* v, int ldv, double* w, int ldw, const double* t, int b, double* s) {
+  GF_BLAS(cblas_dtrmm)(kColMajor, kRight, kUpper, kNoTrans, kNonUnit, m, kb, 1.0, t, b, w, ldw);
+  GF_BLAS(cblas_dgemm)(kColMajor, kTrans, kNoTrans, kb, kb, m, 1.0, v, ldv, w, ldw, 0.0, s, b);
+  GF_BLAS(cblas_dtrmm)(kColMajor, kLeft, kUpper, kTrans, kNonUnit, kb, kb, 1.0, t, b, s, b);
+  GF_BLAS(cblas_dgemm)(kColMajor, kNoTrans, kNoTrans, m, kb, kb, -0.5, v, ldv, s, b, 1.0, w, ldw);
+}
+
 // Reduces the symmetric n × n column-major matrix `a` (lower triangle read and overwritten) to a
 // band of half-width b by orthogonal similarity, panel by panel: the QR factorisation of the
 // m × b block under the band gives Q = I − V T Vᵀ, and the trailing block is replaced by
@@ -90,24 +110,14 @@ void reduce_to_band(double* a, int n, int b) {
     GF_ASSERT(info == 0, "dgeqrf info=", info);
     int kb = std::min(b, m);  // reflectors
     // V: the reflectors with their unit diagonal, zeros above it (R stays in the band).
-    for (int c = 0; c < kb; ++c) {
-      double* vc = v.data() + static_cast<size_t>(c) * m;
-      const double* pc = panel + static_cast<size_t>(c) * n;
-      std::fill(vc, vc + c, 0.0);
-      vc[c] = 1.0;
-      std::memcpy(vc + c + 1, pc + c + 1, sizeof(double) * (m - c - 1));
-    }
+    copy_reflectors(panel, n, m, kb, 0, v.data(), m);
     const char fwd = 'F', col = 'C';
     GF_BLAS(dlarft_)(&fwd, &col, &m, &kb, v.data(), &m, tau.data(), t.data(), &b, 1, 1);
     double* z = v.data() + static_cast<size_t>(m) * kb;  // W, then Z, right after V: [V Z]
     double* a22 = a + (j + b) + static_cast<size_t>(j + b) * n;
-    // W = A22 V T
+    // W = A22 V, then Z
     GF_BLAS(cblas_dgemm)(kColMajor, kNoTrans, kNoTrans, m, kb, m, 1.0, a22, n, v.data(), m, 0.0, z, m);
-    GF_BLAS(cblas_dtrmm)(kColMajor, kRight, kUpper, kNoTrans, kNonUnit, m, kb, 1.0, t.data(), b, z, m);
-    // S = Tᵀ (Vᵀ W); Z = W − ½ V S
-    GF_BLAS(cblas_dgemm)(kColMajor, kTrans, kNoTrans, kb, kb, m, 1.0, v.data(), m, z, m, 0.0, s.data(), b);
-    GF_BLAS(cblas_dtrmm)(kColMajor, kLeft, kUpper, kTrans, kNonUnit, kb, kb, 1.0, t.data(), b, s.data(), b);
-    GF_BLAS(cblas_dgemm)(kColMajor, kNoTrans, kNoTrans, m, kb, kb, -0.5, v.data(), m, s.data(), b, 1.0, z, m);
+    w_to_z(m, kb, v.data(), m, z, m, t.data(), b, s.data());
     // A22 −= V Zᵀ + Z Vᵀ = [V Z] [Z V]ᵀ, both triangles, in one product of depth 2 kb
     std::memcpy(zv.data(), z, sizeof(double) * m * kb);
     std::memcpy(zv.data() + static_cast<size_t>(m) * kb, v.data(), sizeof(double) * m * kb);
@@ -147,13 +157,9 @@ void reduce_to_band_lower(double* a, int n, int b, int p) {
       GF_BLAS(dgeqrf_)(&m, &b, panel, &n, tau.data(), work.data(), &lwork, &info);
       GF_ASSERT(info == 0, "dgeqrf info=", info);
       const int kb = std::min(b, m);
-      for (int c = 0; c < kb; ++c) {  // V (global rows: zeros above, unit diagonal), Z's zeros above
-        double* vc = at(va.data(), 0, kacc + c);
-        std::fill(vc, vc + j + b + c, 0.0);
-        vc[j + b + c] = 1.0;
-        std::memcpy(vc + j + b + c + 1, panel + static_cast<size_t>(c) * n + c + 1, sizeof(double) * (m - c - 1));
+      copy_reflectors(panel, n, m, kb, j + b, at(va.data(), 0, kacc), n);  // global rows: zeros above
+      for (int c = 0; c < kb; ++c)  // and Z's zeros above
         std::fill(at(za.data(), 0, kacc + c), at(za.data(), j + b, kacc + c), 0.0);
-      }
       double* vk = at(va.data(), j + b, kacc);
       double* wk = at(za.data(), j + b, kacc);
       const char fwd = 'F', col = 'C';
@@ -170,11 +176,7 @@ void reduce_to_band_lower(double* a, int n, int b, int p) {
         GF_BLAS(cblas_dgemm)(kColMajor, kNoTrans, kNoTrans, m, kb, kacc, -1.0, at(za.data(), j + b, 0), n,
                              tmp.data(), kacc, 1.0, wk, n);
       }
-      // Z = W T − ½ V (Tᵀ Vᵀ W T)
-      GF_BLAS(cblas_dtrmm)(kColMajor, kRight, kUpper, kNoTrans, kNonUnit, m, kb, 1.0, t.data(), b, wk, n);
-      GF_BLAS(cblas_dgemm)(kColMajor, kTrans, kNoTrans, kb, kb, m, 1.0, vk, n, wk, n, 0.0, s.data(), b);
-      GF_BLAS(cblas_dtrmm)(kColMajor, kLeft, kUpper, kTrans, kNonUnit, kb, kb, 1.0, t.data(), b, s.data(), b);
-      GF_BLAS(cblas_dgemm)(kColMajor, kNoTrans, kNoTrans, m, kb, kb, -0.5, vk, n, s.data(), b, 1.0, wk, n);
+      w_to_z(m, kb, vk, n, wk, n, t.data(), b, s.data());
       kacc += kb;
       next = j + b;
     }
