@@ -108,16 +108,11 @@ def plot_results(
     ext = _image_format(out, "plot_results")
     store = db if isinstance(db, ResultStore) else ResultStore(db, readonly=True)
     try:
-        rows = store.rows(status="ok")
+        rows = _selected_rows(store, "plot_results", model=model, layer=layer, pooling=pooling,
+                              options_hash=options_hash)
     finally:
         if store is not db:
             store.close()
-    if not rows:
-        raise ValueError(f"[plot_results] no successful results in {getattr(db, 'path', db)!r}")
-    from .store import filter_rows, model_key
-
-    rows = filter_rows(rows, model=model_key(model), layer=layer, pooling=pooling,
-                       options_hash=options_hash, func="plot_results")
     from .store import METRIC_COLUMNS
 
     known = (*METRIC_COLUMNS, "n", "dim")
@@ -209,6 +204,17 @@ def plot_results(
     return _save(fig, out, ext, dpi)
 
 
+def _selected_rows(store, func: str, **filters) -> list[dict]:
+    """The ok rows of the open ``store`` that ``filters`` (model, layer, pooling, options_hash)
+    keep, as ``geomfast phases`` selects them; ValueError when there are none at all."""
+    from .store import filter_rows, model_key
+
+    rows = store.rows(status="ok")
+    if not rows:
+        raise ValueError(f"[{func}] no successful results in {store.path!r}")
+    return filter_rows(rows, **{**filters, "model": model_key(filters.get("model"))}, func=func)
+
+
 def _image_format(out, func: str) -> str:
     """The image format of ``out``: its extension's, '' (PNG) without one; checked before anything
     is drawn. The file is written at ``out`` exactly (savefig(path) would add '.png' to a bare
@@ -295,17 +301,14 @@ def plot_spectra(
     import numpy as np
 
     from ._paths import check_output_file
-    from .store import ResultStore, filter_rows, model_key
+    from .store import ResultStore
 
     check_output_file(out, "out", [("db", db.path if isinstance(db, ResultStore) else db)])
     ext = _image_format(out, "plot_spectra")
     store = db if isinstance(db, ResultStore) else ResultStore(db, readonly=True)
     try:
-        rows = store.rows(status="ok")
-        if not rows:
-            raise ValueError(f"[plot_spectra] no successful results in {getattr(db, 'path', db)!r}")
-        rows = filter_rows(rows, model=model_key(model), layer=layer, pooling=pooling,
-                           options_hash=options_hash, func="plot_spectra")
+        rows = _selected_rows(store, "plot_spectra", model=model, layer=layer, pooling=pooling,
+                              options_hash=options_hash)
         use_step = any(r.get("step") is not None for r in rows)
         groups = series(rows, x="step" if use_step else "ord")
         ref = reference_series(list(groups))
@@ -322,10 +325,10 @@ def plot_spectra(
     fig, ax = plt.subplots(figsize=(8, 5.5))
     cmap = plt.get_cmap("viridis")
     for j, (r, s) in enumerate(curves):
-        total = float(np.sum(s[s > 0]))
         keep = s > 0
-        if total <= 0 or not keep.any():
+        if not keep.any():
             continue
+        total = float(np.sum(s[keep]))
         ranks = np.arange(1, len(s) + 1)[keep]
         when = f"step {r['step']:,}" if r.get("step") is not None else str(r["revision"])
         stats = ", ".join(f"{name} {r[key]:.{prec}f}" for name, key, prec in
